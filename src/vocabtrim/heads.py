@@ -1,0 +1,66 @@
+"""The LM head a drafter drafts with: the full one, or one trimmed to a token map.
+
+A trimmed head is a real K x hidden weight copied out of the full head once at load time,
+so each draft step reads K rows instead of the whole vocabulary. Draft index i stands for
+target token `ids[i]`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .errors import VocabtrimError
+
+
+class Head:
+    """hidden states -> logits over the head's own index space (the kept tokens)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, ids: Tensor | None, vocab_size: int):
+        self.weight = weight
+        self.bias = bias
+        self.vocab_size = vocab_size
+        self.ids = ids  # None: identity (full head)
+        self._ids_list = None if ids is None else ids.tolist()
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, kept_ids: Tensor | None = None) -> "Head":
+        """The head of `model`, trimmed to `kept_ids` (target token ids) when given."""
+        lin = model.get_output_embeddings()
+        weight, bias = lin.weight.detach(), getattr(lin, "bias", None)
+        vocab = weight.shape[0]
+        if kept_ids is None:
+            return cls(weight, bias, None, vocab)
+        kept_ids = kept_ids.to(torch.long)
+        if kept_ids.numel() == 0 or int(kept_ids.max()) >= vocab or int(kept_ids.min()) < 0:
+            raise VocabtrimError(f"token map ids must lie in [0, {vocab}) for this drafter")
+        # .contiguous() copies the rows: a new small matrix, not a view of the full head
+        w = weight.index_select(0, kept_ids).contiguous()
+        b = None if bias is None else bias.detach().index_select(0, kept_ids).contiguous()
+        return cls(w, b, kept_ids, vocab)
+
+    @property
+    def rows(self) -> int:
+        return self.weight.shape[0]
+
+    def __call__(self, hidden: Tensor) -> Tensor:
+        return torch.nn.functional.linear(hidden, self.weight, self.bias)
+
+    def token(self, index: int) -> int:
+        """Target token id of head index `index`."""
+        return index if self._ids_list is None else self._ids_list[index]
+
+    def to_vocab(self, dist: Tensor) -> Tensor:
+        """Scatter [..., rows] into [..., vocab_size], zero outside the kept set."""
+        if self.ids is None:
+            return dist
+        out = dist.new_zeros(*dist.shape[:-1], self.vocab_size)
+        return out.index_copy_(-1, self.ids, dist)
+
+    def full_logits(self, hidden: Tensor) -> Tensor:
+        """Logits over the whole vocabulary, -inf outside the kept set (for transformers)."""
+        logits = self(hidden)
+        if self.ids is None:
+            return logits
+        out = logits.new_full((*logits.shape[:-1], self.vocab_size), float("-inf"))
+        return out.index_copy_(-1, self.ids, logits)

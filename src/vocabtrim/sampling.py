@@ -1,0 +1,88 @@
+"""Logits -> processed distribution, and the two lossless verification rules.
+
+Verification must compare the *same* processed distributions the tokens were drawn from
+(temperature, top-k, top-p applied), otherwise rejection sampling is no longer lossless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .errors import VocabtrimError
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen. temperature 0 means greedy (argmax)."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise VocabtrimError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise VocabtrimError(f"top-k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise VocabtrimError(f"top-p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def probs(self, logits: Tensor) -> Tensor:
+        """Processed distribution over the last dimension, float32."""
+        if self.greedy:
+            return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+        x = logits.float() / self.temperature
+        if self.top_k and self.top_k < x.shape[-1]:
+            kth = torch.topk(x, self.top_k, dim=-1).values[..., -1:]
+            x = x.masked_fill(x < kth, float("-inf"))
+        if self.top_p < 1.0:
+            sorted_x, order = torch.sort(x, dim=-1, descending=True)
+            cum = sorted_x.softmax(-1).cumsum(-1)
+            drop = cum - sorted_x.softmax(-1) >= self.top_p  # keep the smallest set reaching top_p
+            x = x.scatter(-1, order, sorted_x.masked_fill(drop, float("-inf")))
+        return x.softmax(-1)
+
+    def choose(self, logits: Tensor, gen: torch.Generator | None) -> tuple[int, Tensor | None]:
+        """Pick one token from 1-D logits; also return the distribution it came from
+        (None when greedy: the argmax needs no distribution)."""
+        if self.greedy:
+            return int(logits.argmax()), None
+        p = self.probs(logits)
+        return int(torch.multinomial(p, 1, generator=gen)), p
+
+
+def verify(drafts: list[int], q: Tensor | None, target_logits: Tensor, sampling: Sampling,
+           gen: torch.Generator | None) -> tuple[int, int]:
+    """Decide how many drafts the target accepts and which token it adds after them.
+
+    drafts: g draft token ids; q: [g, V] processed draft distributions (None when greedy);
+    target_logits: [g + 1, V]. Returns (n_accepted, next_token).
+    """
+    g = len(drafts)
+    if sampling.greedy:
+        best = target_logits.argmax(-1).tolist()
+        n = 0
+        while n < g and drafts[n] == best[n]:
+            n += 1
+        return n, best[n]
+    p = sampling.probs(target_logits)
+    if g:
+        idx = torch.arange(g)
+        tok = torch.tensor(drafts)
+        ratio = p[idx, tok] / q[idx, tok]
+        u = torch.rand(g, generator=gen)
+        rejected = (u >= ratio).nonzero()
+        if len(rejected):
+            n = int(rejected[0])
+            residual = (p[n] - q[n]).clamp_min(0)
+            if residual.sum() <= 0:  # p == q up to rounding: any draw from p is exact
+                residual = p[n]
+            return n, int(torch.multinomial(residual, 1, generator=gen))
+    return g, int(torch.multinomial(p[g], 1, generator=gen))

@@ -1,0 +1,86 @@
+"""Tiny random-weight models (seconds to build) and the real default pair (fetched once).
+
+Tiny models are Llama-shaped on purpose: the engine must not depend on the architecture,
+and transformers maps a plain tokenizers tokenizer onto Llama models unchanged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models as tk_models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, LlamaConfig, LlamaForCausalLM
+
+TINY_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def tiny_model(vocab: int = 64, seed: int = 0, tie: bool = False, layers: int = 2,
+               context: int = 256) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=context, tie_word_embeddings=tie,
+                      eos_token_id=1, bos_token_id=0, pad_token_id=0)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # sharper logits than the default init, so drafts get accepted
+        model.get_output_embeddings().weight.mul_(8)
+    return model
+
+
+def noisy_copy(model: LlamaForCausalLM, scale: float, seed: int) -> LlamaForCausalLM:
+    """A drafter that mostly agrees with `model`: the same weights plus Gaussian noise."""
+    torch.manual_seed(seed)
+    other = LlamaForCausalLM(model.config).eval()
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * scale * p.std().clamp_min(1e-3))
+    return other
+
+
+def tiny_tokenizer(vocab: int) -> PreTrainedTokenizerFast:
+    specials = ["<s>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
+    words = specials + [f"w{i}" for i in range(vocab - len(specials))]
+    tok = Tokenizer(tk_models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|end|>",
+                                   additional_special_tokens=specials[2:])
+    fast.chat_template = TINY_TEMPLATE
+    return fast
+
+
+def save_tiny(path: Path, vocab: int = 64, seed: int = 0, tie: bool = False, context: int = 256,
+              model: LlamaForCausalLM | None = None) -> Path:
+    model = model or tiny_model(vocab, seed, tie, context=context)
+    model.save_pretrained(path)
+    tiny_tokenizer(model.config.vocab_size).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    target = tiny_model(64, seed=1)
+    return {
+        "target": save_tiny(root / "target", model=target),
+        "draft": save_tiny(root / "draft", model=noisy_copy(target, 0.3, seed=2)),
+        "other_vocab": save_tiny(root / "other", vocab=80, seed=3),
+        "short": save_tiny(root / "short", seed=4, context=16),
+    }
+
+
+@pytest.fixture(scope="session")
+def real_pair():
+    """The built-in default pair (bf16), fetched and converted into the cache on first use."""
+    from vocabtrim import models
+
+    target = models.load(models.DEFAULT_TARGET)
+    draft = models.load(models.DEFAULT_DRAFT)
+    return target, draft
+
+
+def read_json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

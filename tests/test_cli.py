@@ -1,0 +1,101 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from vocabtrim.cli import main
+
+
+def run(*args, env=None):
+    return CliRunner().invoke(main, [str(a) for a in args], env=env)
+
+
+def gen(dirs, *args, env=None):
+    return run("generate", "--target", dirs["target"], "--draft", dirs["draft"], *args, env=env)
+
+
+def assert_one_line_error(result, *words):
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_generate_json_on_tiny_models(tiny_dirs):
+    r = gen(tiny_dirs, "--prompt", "w1 w2 w3", "--max-new-tokens", 12, "--json")
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)
+    for key in ("text", "token_ids", "new_tokens", "target_forwards", "drafter_forwards",
+                "accepted_per_round", "acceptance_rate", "tau", "cost_ratio", "mbsu",
+                "seconds", "tokens_per_second", "prefill_s", "draft_s", "verify_s"):
+        assert key in d
+    assert d["new_tokens"] == len(d["token_ids"]) <= 12
+    alone = gen(tiny_dirs, "--prompt", "w1 w2 w3", "--max-new-tokens", 12, "--json", "--no-draft")
+    assert json.loads(alone.stdout)["token_ids"] == d["token_ids"]
+
+
+def test_generate_streams_the_same_text_as_json(tiny_dirs):
+    args = ("--prompt", "w7 w9 w3", "--max-new-tokens", 6, "--raw")
+    streamed, whole = gen(tiny_dirs, *args), gen(tiny_dirs, *args, "--json")
+    assert streamed.exit_code == 0 and "tok/s" in streamed.stderr
+    assert streamed.stdout.strip() == json.loads(whole.stdout)["text"] == "w49 w57 w51"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--prompt", "   "], ["prompt is empty"]),
+    (["--prompt", "w1", "--max-new-tokens", "0"], ["max-new-tokens"]),
+    (["--prompt", "w1", "--temperature", "-1"], ["temperature"]),
+    (["--prompt", "w1", "--top-p", "0"], ["top-p"]),
+    (["--prompt", "w1", "--target", "no-such-model"], ["unknown model", "no-such-model"]),
+    (["--prompt", "w1", "--draft", "/nonexistent/file.gguf"], ["GGUF file not found"]),
+    ([], ["--prompt"]),
+])
+def test_bad_input(tiny_dirs, args, words):
+    assert_one_line_error(gen(tiny_dirs, *args), *words)
+
+
+def test_vocabulary_mismatch_names_both_sizes(tiny_dirs):
+    r = run("generate", "--target", tiny_dirs["target"], "--draft", tiny_dirs["other_vocab"],
+            "--prompt", "w1")
+    assert_one_line_error(r, "80", "64", "vocabulary")
+
+
+def test_prompt_longer_than_context(tiny_dirs):
+    r = run("generate", "--target", tiny_dirs["short"], "--no-draft", "--raw",
+            "--prompt", " ".join(["w3"] * 40))
+    assert_one_line_error(r, "context holds 16")
+
+
+def test_corrupt_gguf(tmp_path, tiny_dirs):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 100)
+    assert_one_line_error(gen(tiny_dirs, "--prompt", "w1", "--draft", bad), "broken.gguf")
+
+
+def test_corrupt_cache_entry(tmp_path, tiny_dirs):
+    entry = tmp_path / "models" / "qwen2.5-coder-0.5b"
+    entry.mkdir(parents=True)
+    for f in tiny_dirs["draft"].iterdir():
+        (entry / f.name).write_bytes(f.read_bytes())
+    (entry / "model.safetensors").write_bytes(b"not a safetensors file")
+    (entry / "vocabtrim.json").write_text(json.dumps({"name": "qwen2.5-coder-0.5b"}))
+    r = gen(tiny_dirs, "--prompt", "w1", "--draft", "qwen2.5-coder-0.5b",
+            env={"VOCABTRIM_CACHE": str(tmp_path)})
+    assert_one_line_error(r, "qwen2.5-coder-0.5b", "fetch")
+
+
+def test_models_list(tmp_path):
+    r = run("models", "list", env={"VOCABTRIM_CACHE": str(tmp_path)})
+    assert r.exit_code == 0 and "qwen2.5-coder-1.5b" in r.stdout and "not fetched" in r.stdout
+
+
+def test_console_script_exits_nonzero_without_traceback():
+    r = subprocess.run([sys.executable, "-m", "vocabtrim.cli", "generate", "--prompt", "x",
+                        "--target", "nope"], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == "error: unknown model 'nope': not a built-in name " \
+        "(qwen2.5-coder-0.5b, qwen2.5-coder-1.5b), a model directory, a .gguf file or a hub id"

@@ -1,0 +1,43 @@
+"""Integration on the real default pair (bf16). Fetches and converts it on first use."""
+
+import pytest
+
+from vocabtrim import models
+from vocabtrim.engine import Engine, Stop, divergence
+from vocabtrim.policies import Policy
+
+pytestmark = pytest.mark.real
+
+PROMPTS = [
+    "Write a Python function that returns the n-th Fibonacci number.",
+    "def merge_sorted(a: list[int], b: list[int]) -> list[int]:\n    \"\"\"Merge two sorted lists.\"\"\"",
+    "Explain in two sentences what a hash map is.",
+]
+
+
+def test_greedy_identical_to_target_alone_and_stats_consistent(real_pair):
+    target, draft = real_pair
+    alone, spec = Engine(target.model), Engine(target.model, draft.model)
+    stop = Stop(models.stop_token_ids(target))
+    accepted = 0
+    for text in PROMPTS:
+        ids = models.encode_prompt(target.tokenizer, text)
+        ref, _ = alone.generate(ids, 32, Policy(5), stop=stop)
+        out, s = spec.generate(ids, 32, Policy(5), stop=stop)
+        d = divergence(target.model, ids, ref, out)
+        assert d is None or d["tie"], f"greedy output differs from the target alone: {d}"
+        assert s.new_tokens == len(out) == sum(s.accepted_per_round) + s.bonus_tokens
+        assert s.target_forwards == len(s.draft_lengths) + 1
+        assert 0.2 < s.cost_ratio < 0.45  # 0.5B drafter vs 1.5B target, full heads
+        accepted += sum(s.accepted_per_round)
+    assert accepted > 20
+
+
+def test_stop_ids_include_end_of_turn(real_pair):
+    target, _ = real_pair
+    assert target.tokenizer.convert_tokens_to_ids("<|im_end|>") in models.stop_token_ids(target)
+
+
+def test_vocabularies_match(real_pair):
+    target, draft = real_pair
+    assert target.model.config.vocab_size == draft.model.config.vocab_size == 151936
