@@ -79,29 +79,33 @@ def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
 @click.option("--top-p", default=1.0, show_default=True)
 @click.option("--top-k", default=0, show_default=True, help="0 means off.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--draft-len", default=5, show_default=True, help="Static draft length K.")
+@click.option("--policy", "policy_spec", default="static:5", show_default=True,
+              help="Draft-length rule: static:K, adaedl[:lambda=..,gamma=..,max=..], "
+                   "confidence:T, heuristic, svip.")
+@click.option("--draft-len", type=int, help="Shorthand for --policy static:K.")
 @click.option("--system", help="A system prompt (none is added otherwise).")
 @click.option("--raw", is_flag=True, help="Send the prompt as plain text, no chat template.")
 @click.option("--stop", "stop_strings", multiple=True, help="Stop after this string (repeatable).")
+@click.option("--token-map", type=click.Path(path_type=Path),
+              help="Draft with the LM head trimmed to this token map (from `vocabtrim trim`).")
 @click.option("--dtype", default="bfloat16", show_default=True,
               type=click.Choice(list(models.DTYPES)))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def generate(target, draft, no_draft, prompt, prompt_file, max_new_tokens, temperature, top_p,
-             top_k, seed, draft_len, system, raw, stop_strings, dtype, as_json) -> None:
+             top_k, seed, policy_spec, draft_len, system, raw, stop_strings, token_map, dtype,
+             as_json) -> None:
     """Generate a reply, streaming text as the target accepts it."""
-    from .engine import Engine, Stop
-    from .policies import Policy
+    from .engine import Stop
+    from .policies import parse_policy
     from .sampling import Sampling
 
     text = _read_prompt(prompt, prompt_file)
     sampling = Sampling(temperature, top_k, top_p)
-    policy = Policy(draft_len)
+    policy = parse_policy(f"static:{draft_len}" if draft_len is not None else policy_spec)
     if max_new_tokens < 1:
         raise VocabtrimError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    tgt = models.load(target, dtype)
+    tgt, engine = _engine(target, None if no_draft else draft, token_map, dtype)
     ids = models.encode_prompt(tgt.tokenizer, text, system, raw)
-    drf = None if no_draft else models.load(draft, dtype)
-    engine = Engine(tgt.model, drf.model if drf else None)
     stop = Stop(models.stop_token_ids(tgt), tuple(stop_strings), tgt.tokenizer.decode)
     stream = None if as_json else _Streamer(tgt.tokenizer)
     new, stats = engine.generate(ids, max_new_tokens, policy, sampling, seed, stop,
@@ -117,6 +121,172 @@ def generate(target, draft, no_draft, prompt, prompt_file, max_new_tokens, tempe
         click.echo(f"[{stats.new_tokens} tokens, {stats.tokens_per_second:.2f} tok/s, "
                    f"tau {stats.tau:.2f}, acceptance {stats.acceptance_rate:.2f}, "
                    f"MBSU {stats.mbsu:.2f}]", err=True)
+
+
+def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "bfloat16"):
+    """Load the target, the drafter and the token map; check they belong together.
+    Returns (target, drafter or None, kept ids or None)."""
+    from .calibrate import tokenizer_fingerprint
+    from .tokenmap import TokenMap
+
+    if token_map is not None and draft is None:
+        raise VocabtrimError("--token-map needs a drafter (drop --no-draft)")
+    tm = None if token_map is None else TokenMap.load(token_map)
+    tgt = models.load(target, dtype)
+    drf = None if draft is None else models.load(draft, dtype)
+    if tm is not None:
+        tm.check_drafter(drf.model.config.vocab_size, tokenizer_fingerprint(drf.tokenizer))
+    return tgt, drf, None if tm is None else tm.kept_ids
+
+
+def _engine(target: str, draft: str | None, token_map: Path | None, dtype: str = "bfloat16"):
+    """The loaded target and an Engine around it (and the drafter, if any)."""
+    from .engine import Engine
+
+    tgt, drf, kept = _load(target, draft, token_map, dtype)
+    return tgt, Engine(tgt.model, drf.model if drf else None, kept)
+
+
+@main.command()
+@click.option("--source", type=click.Choice(["target", "draft", "raw"]), required=True,
+              help="Count text the target generates, the drafter generates, or the data itself.")
+@click.option("--data", required=True, help="humaneval, stdlib, a JSONL/text file or a directory.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Counts file to write.")
+@click.option("--limit", type=int, help="Use only the first N items.")
+@click.option("--skip", default=0, show_default=True, help="Skip the first N items (keep evaluation prompts out).")
+@click.option("--max-new-tokens", default=256, show_default=True)
+@click.option("--temperature", default=0.0, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--target", default=models.DEFAULT_TARGET, show_default=True)
+@click.option("--draft", default=models.DEFAULT_DRAFT, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run of the same settings.")
+def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed, target, draft,
+              resume) -> None:
+    """Count token frequencies on a calibration set (only generated tokens count)."""
+    from .calibrate import count_tokens, generate_fn, load_items, tokenize_fn, tokenizer_fingerprint
+    from .sampling import Sampling
+
+    sampling = Sampling(temperature)
+    if max_new_tokens < 1:
+        raise VocabtrimError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    items = load_items(data)[skip:][:limit]
+    if not items:
+        raise VocabtrimError(f"no calibration items in {data} (after --skip/--limit)")
+    meta = {"source": source, "data": data, "skip": skip, "limit": limit, "items": len(items)}
+    if source == "raw":
+        lm = models.load(draft)
+        per_item = tokenize_fn(lm.tokenizer)
+        meta.update(model=draft)
+    else:
+        # the target's text comes out of the speculative engine: lossless, and faster
+        gen_model = target if source == "target" else draft
+        lm, engine = _engine(gen_model, draft if source == "target" else None, None)
+        meta.update(model=gen_model, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        per_item = generate_fn(engine, lm, max_new_tokens, sampling, seed)
+    meta["tokenizer"] = tokenizer_fingerprint(lm.tokenizer)
+    counts = count_tokens(items, out, meta, lm.model.config.vocab_size, per_item, resume)
+    click.echo(f"counted {counts.meta['tokens']} tokens from {counts.meta['items_done']} items, "
+               f"{int((counts.counts > 0).sum())} distinct -> {out}")
+
+
+@main.command()
+@click.option("--counts", type=click.Path(path_type=Path), required=True)
+@click.option("--keep", type=int, help="K: how many tokens the drafter head keeps.")
+@click.option("--coverage", type=float, help="Keep the fewest tokens covering this fraction of counts.")
+@click.option("--draft", default=models.DEFAULT_DRAFT, show_default=True,
+              help="The drafter the map is for (its tokenizer must match the counts).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Token map directory.")
+def trim(counts, keep, coverage, draft, out) -> None:
+    """Choose the K most frequent tokens: the trimmed drafter head's vocabulary."""
+    from .calibrate import Counts, tokenizer_fingerprint
+    from .tokenmap import trim as trim_counts
+
+    c = Counts.load(counts)
+    drf = models.load(draft)
+    fp = tokenizer_fingerprint(drf.tokenizer)
+    if c.meta.get("tokenizer") != fp or c.counts.numel() != drf.model.config.vocab_size:
+        raise VocabtrimError(
+            f"{counts} was counted with another tokenizer (vocabulary {c.counts.numel()}, "
+            f"fingerprint {c.meta.get('tokenizer')}); {draft} has {drf.model.config.vocab_size}, {fp}")
+    tm = trim_counts(c, keep, coverage, sorted(models.stop_token_ids(drf)))
+    tm.meta["drafter"] = draft
+    tm.save(out)
+    click.echo(f"kept {tm.k} of {tm.meta['vocab_size']} tokens, covering "
+               f"{tm.meta['coverage']:.2%} of the calibration tokens -> {out}")
+
+
+@main.command()
+@click.option("--token-map", type=click.Path(path_type=Path), required=True)
+@click.option("--format", "fmt", type=click.Choice(["sglang", "eagle3"]), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+def export(token_map, fmt, out) -> None:
+    """Write a token map in a format serving engines read."""
+    from .tokenmap import TokenMap, export as export_map
+
+    export_map(TokenMap.load(token_map), fmt, out)
+    click.echo(f"wrote {fmt} export -> {out}")
+
+
+DEFAULT_BENCH_PROMPTS = 6  # HumanEval problems in a no-argument run: about 15 minutes on 2 cores
+
+
+@main.command()
+@click.option("--data", default="humaneval", show_default=True,
+              help="humaneval, a Spec-Bench question file, or a JSONL with 'prompt' (+ 'category').")
+@click.option("--per-category", type=int, help="First N questions of each category.")
+@click.option("--limit", type=int, help=f"First N questions (humaneval default: {DEFAULT_BENCH_PROMPTS}).")
+@click.option("--max-new-tokens", default=128, show_default=True)
+@click.option("--temperature", default=0.0, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--methods", default="ar,sd,sd+vt,sd+adaedl,sd+vt+adaedl,hf", show_default=True)
+@click.option("--draft-len", default=5, show_default=True, help="K of the static methods.")
+@click.option("--adaedl", default="adaedl", show_default=True, help="Policy spec of the adaedl methods.")
+@click.option("--token-map", type=click.Path(path_type=Path), help="Token map for the +vt methods.")
+@click.option("--calibrate", "calib", default="humaneval:n=32,k=16384,tokens=128", show_default=True,
+              help="Without --token-map: build one from target answers to DATA prompts "
+                   "outside the evaluation set, cached for reuse.")
+@click.option("--target", default=models.DEFAULT_TARGET, show_default=True)
+@click.option("--draft", default=models.DEFAULT_DRAFT, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results/bench"), show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods, draft_len, adaedl,
+          token_map, calib, target, draft, out, resume) -> None:
+    """Spec-Bench-style evaluation: every method on every prompt, with tables and plots."""
+    from .bench import methods as bm
+    from .bench.data import load_questions, select
+    from .bench.report import markdown, summarize, write_reports
+    from .bench.run import read_results, run_matrix
+    from .engine import Stop, divergence
+    from .policies import parse_policy
+    from .sampling import Sampling
+
+    names = bm.parse_methods(methods)
+    sampling = Sampling(temperature)
+    parse_policy(adaedl)
+    if max_new_tokens < 1:
+        raise VocabtrimError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if data == "humaneval" and per_category is None and limit is None:
+        limit = DEFAULT_BENCH_PROMPTS
+    questions = select(load_questions(data), per_category, limit)
+    if not resume and read_results(out / "results.jsonl"):
+        raise VocabtrimError(f"{out} already holds results; pass --resume to continue or choose another --out")
+    calib_spec = None if token_map else bm.parse_calibration(calib)
+    tgt, drf, kept = _load(target, draft, token_map)
+    if kept is None and any(n in bm.NEEDS_MAP for n in names):
+        exclude = {t for q in questions for t in q.turns}
+        kept = bm.calibrated_map(calib_spec, exclude, tgt, drf)
+    stop = Stop(models.stop_token_ids(tgt))
+    matrix = bm.build(names, tgt.model, drf.model, kept, sampling, seed, stop, draft_len, adaedl)
+    records = run_matrix(questions, matrix, tgt.tokenizer, max_new_tokens, out / "results.jsonl", resume)
+    check = lambda p, a, b: divergence(tgt.model, p, a, b)
+    summary = summarize(records, "ar", sampling.greedy, check)
+    summary["settings"] = {"data": data, "questions": len(questions), "max_new_tokens": max_new_tokens,
+                           "temperature": temperature, "seed": seed, "draft_len": draft_len,
+                           "adaedl": adaedl, "token_map_k": None if kept is None else len(kept),
+                           "target": target, "draft": draft}
+    write_reports(summary, out)
+    click.echo(markdown(summary))
+    click.echo(f"results, summary.md and plots in {out}")
 
 
 class _Streamer:

@@ -153,6 +153,7 @@ class Engine:
             raise VocabtrimError(f"the prompt has {len(prompt)} tokens; the context holds {self.context}")
         max_new_tokens = min(max_new_tokens, self.context - len(prompt))
         gen = torch.Generator().manual_seed(seed)
+        policy.reset()
         target = CachedLM(self.target)
         drafter = self.drafter
         stats = GenerationStats(cost_ratio=self.cost_ratio)
@@ -205,6 +206,7 @@ class Engine:
             if on_tokens:
                 on_tokens(new[before:])
         stats.new_tokens = len(new)
+        stats.policy_state = policy.state()
         stats.seconds = time.perf_counter() - start
         return new, stats
 

@@ -9,7 +9,7 @@ computed, including drafts a stopping rule discarded.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
@@ -41,6 +41,7 @@ class GenerationStats:
     draft_s: float = 0.0
     verify_s: float = 0.0
     seconds: float = 0.0
+    policy_state: dict = field(default_factory=dict)  # e.g. AdaEDL's final lambda
 
     @property
     def acceptance_rate(self) -> float:
@@ -60,6 +61,14 @@ class GenerationStats:
     @property
     def tokens_per_second(self) -> float:
         return self.new_tokens / self.seconds if self.seconds else 0.0
+
+    def add(self, other: "GenerationStats") -> None:
+        """Accumulate another generation of the same pair (e.g. the next turn) into this one."""
+        for f in fields(self):
+            if f.name in ("cost_ratio", "policy_state"):  # properties of the pair: latest wins
+                setattr(self, f.name, getattr(other, f.name))
+            else:
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     def to_dict(self) -> dict:
         out = asdict(self)

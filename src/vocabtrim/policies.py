@@ -3,22 +3,29 @@
 The engine asks a policy three things: how many drafts at most this round (`budget`),
 after each drafter forward whether to keep its token and go on (`keep`), and after
 verification how it went (`observe`). A forward whose token `keep` rejects is still a
-drafter forward that was paid for, and the engine counts it.
+drafter forward that was paid for, and the engine counts it. Every rule keeps the first
+draft of a round: a round with no draft teaches an adaptive rule nothing (0/0 acceptance).
 """
 
 from __future__ import annotations
+
+import math
 
 from torch import Tensor
 
 from .errors import VocabtrimError
 
 
+def entropy(probs: Tensor) -> float:
+    """Shannon entropy in nats."""
+    p = probs[probs > 0]
+    return float(-(p * p.log()).sum())
+
+
 class Policy:
-    """Base rule: draft up to `max_len` tokens every round, never stop early."""
+    """`static:K`: draft K tokens every round."""
 
-    name = "static"
-
-    def __init__(self, max_len: int):
+    def __init__(self, max_len: int = 5):
         if max_len < 1:
             raise VocabtrimError(f"draft length must be >= 1, got {max_len}")
         self.max_len = max_len
@@ -28,11 +35,17 @@ class Policy:
 
     def keep(self, step: int, probs: Tensor, index: int) -> bool:
         """step: 0-based position in the round; probs: the drafter's distribution the token
-        was drawn from (plain softmax when greedy); index: the chosen entry of probs."""
+        was drawn from (its plain softmax when greedy); index: the chosen entry of probs."""
+        return step == 0 or self.go_on(probs, index)
+
+    def go_on(self, probs: Tensor, index: int) -> bool:
         return True
 
     def observe(self, drafted: int, accepted: int) -> None:
         """Learn from one verified round."""
+
+    def reset(self) -> None:
+        """Forget per-generation state (called when a generation starts)."""
 
     def state(self) -> dict:
         return {}
@@ -41,12 +54,130 @@ class Policy:
         return f"static:{self.max_len}"
 
 
+class Confidence(Policy):
+    """`confidence:T`: stop when the drafter's probability of its own token is below T."""
+
+    def __init__(self, threshold: float = 0.4, max_len: int = 16):
+        super().__init__(max_len)
+        self.threshold = threshold
+
+    def go_on(self, probs, index):
+        return float(probs[index]) >= self.threshold
+
+    def spec(self):
+        return f"confidence:{self.threshold},max={self.max_len}"
+
+
+class Heuristic(Policy):
+    """`heuristic`: K += 2 after a fully accepted round, else K -= 1 (transformers' schedule)."""
+
+    def __init__(self, start: int = 5, max_len: int = 16):
+        super().__init__(max_len)
+        self.start = self.k = min(start, max_len)
+
+    def budget(self):
+        return self.k
+
+    def observe(self, drafted, accepted):
+        self.k = min(self.k + 2, self.max_len) if accepted == drafted else max(1, self.k - 1)
+
+    def reset(self):
+        self.k = self.start
+
+    def state(self):
+        return {"k": self.k}
+
+    def spec(self):
+        return f"heuristic:start={self.start},max={self.max_len}"
+
+
+class Svip(Policy):
+    """`svip`: stop when sqrt(0.15 * H) > h (SVIP, arXiv 2411.18462)."""
+
+    def __init__(self, h: float = 0.3, max_len: int = 40):
+        super().__init__(max_len)
+        self.h = h
+
+    def go_on(self, probs, index):
+        return math.sqrt(0.15 * entropy(probs)) <= self.h
+
+    def spec(self):
+        return f"svip:h={self.h},max={self.max_len}"
+
+
+class AdaEDL(Policy):
+    """`adaedl`: stop when the entropy lower bound on acceptance, 1 - sqrt(gamma * H), falls
+    below lambda; lambda follows the observed acceptance (AdaEDL, arXiv 2410.18351)."""
+
+    def __init__(self, lam: float = 0.5, gamma: float = 0.2, max_len: int = 16, adapt: bool = True,
+                 eps: float = 0.01, alpha: float = 0.9, beta1: float = 0.5, beta2: float = 0.9,
+                 persist: bool = False):
+        super().__init__(max_len)
+        self.lam0, self.gamma, self.adapt, self.persist = lam, gamma, adapt, persist
+        self.eps, self.alpha, self.beta1, self.beta2 = eps, alpha, beta1, beta2
+        self.lam, self.ar = lam, alpha
+
+    def go_on(self, probs, index):
+        return 1 - math.sqrt(self.gamma * entropy(probs)) >= self.lam
+
+    def observe(self, drafted, accepted):
+        if not self.adapt or drafted == 0:
+            return
+        self.ar = self.beta1 * self.ar + (1 - self.beta1) * accepted / drafted
+        if self.ar < self.alpha:
+            target = self.lam + self.eps
+        elif drafted < self.max_len:
+            target = self.lam - self.eps
+        else:
+            target = self.lam
+        self.lam = self.beta2 * self.lam + (1 - self.beta2) * target
+
+    def reset(self):
+        if not self.persist:
+            self.lam, self.ar = self.lam0, self.alpha
+
+    def state(self):
+        return {"lambda": self.lam, "acceptance_ema": self.ar}
+
+    def spec(self):
+        return (f"adaedl:lambda={self.lam0},gamma={self.gamma},max={self.max_len},"
+                f"adapt={'on' if self.adapt else 'off'}")
+
+
+FORMS = ("static:K", "adaedl[:lambda=0.5,gamma=0.2,max=16,adapt=on,eps=0.01,alpha=0.9,"
+         "beta1=0.5,beta2=0.9,persist=off]", "confidence:T[,max=16]", "heuristic[:start=5,max=16]",
+         "svip[:h=0.3,max=40]")
+_KEYS = {"adaedl": {"lambda": "lam", "gamma": "gamma", "max": "max_len", "adapt": "adapt", "eps": "eps",
+                    "alpha": "alpha", "beta1": "beta1", "beta2": "beta2", "persist": "persist"},
+         "confidence": {"t": "threshold", "max": "max_len"},
+         "heuristic": {"start": "start", "max": "max_len"},
+         "svip": {"h": "h", "max": "max_len"},
+         "static": {"k": "max_len"}}
+_CLASSES = {"adaedl": AdaEDL, "confidence": Confidence, "heuristic": Heuristic, "svip": Svip,
+            "static": Policy}
+_FIRST = {"static": "k", "confidence": "t", "heuristic": "start", "svip": "h", "adaedl": "lambda"}
+
+
 def parse_policy(spec: str) -> Policy:
-    """`static:K` -> a Policy. One-line error on anything else."""
-    name, _, arg = spec.partition(":")
-    if name == "static":
-        try:
-            return Policy(int(arg))
-        except ValueError:
-            pass
-    raise VocabtrimError(f"bad policy {spec!r}; valid forms: static:K")
+    """`name[:value | :key=value,...]` -> a Policy; one-line error listing the valid forms."""
+    name, _, args = spec.strip().partition(":")
+    try:
+        if name not in _CLASSES or (name == "static" and not args):
+            raise ValueError
+        kwargs = {}
+        for i, part in enumerate(a for a in args.split(",") if a):
+            key, eq, value = part.partition("=")
+            if not eq:  # a bare first value: static:5, confidence:0.4
+                if i:
+                    raise ValueError
+                key, value = _FIRST[name], part
+            kwargs[_KEYS[name][key.strip().lower()]] = _value(value.strip())
+        return _CLASSES[name](**kwargs)
+    except (ValueError, KeyError, TypeError):
+        raise VocabtrimError(f"bad policy {spec!r}; valid forms: {'; '.join(FORMS)}") from None
+
+
+def _value(text: str) -> bool | int | float:
+    if text in ("on", "off"):
+        return text == "on"
+    return int(text) if text.lstrip("-").isdigit() else float(text)

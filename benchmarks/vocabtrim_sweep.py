@@ -1,0 +1,120 @@
+"""Issue 3 benchmark: sweep the trimmed head size K and compare calibration sources.
+
+Default pair, bf16, greedy. Counts come from HumanEval problems disjoint from the
+evaluation problems (target- and drafter-generated answers) and from the Python standard
+library's source (raw). Every configuration runs on every evaluation prompt, interleaved.
+Prints per K: tau, acceptance, cost ratio c, MBSU and tokens/s, each also as a ratio to
+the untrimmed drafter measured in the same run; writes sweep.png (MBSU and tau against K).
+
+    python benchmarks/vocabtrim_sweep.py --eval 16 --calib 48 --out results/sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from vocabtrim import models
+from vocabtrim.bench.data import humaneval
+from vocabtrim.bench.report import summarize
+from vocabtrim.bench.run import Method, run_matrix
+from vocabtrim.calibrate import count_tokens, generate_fn, load_items, tokenize_fn, tokenizer_fingerprint
+from vocabtrim.engine import Engine, Stop, divergence
+from vocabtrim.files import atomic_write
+from vocabtrim.policies import Policy
+from vocabtrim.sampling import Sampling
+from vocabtrim.tokenmap import trim
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--eval", type=int, default=16, help="HumanEval problems 0..N-1 are evaluated")
+    ap.add_argument("--calib", type=int, default=48, help="HumanEval problems 100..100+N-1 calibrate")
+    ap.add_argument("--calib-tokens", type=int, default=128)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--keeps", default="65536,32768,16384,8192,4096")
+    ap.add_argument("--sources-k", type=int, default=16384, help="K at which the sources are compared")
+    ap.add_argument("--k", type=int, default=5, help="static draft length")
+    ap.add_argument("--out", type=Path, default=Path("results/sweep"))
+    args = ap.parse_args()
+    tgt, drf = models.load(models.DEFAULT_TARGET), models.load(models.DEFAULT_DRAFT)
+    vocab = drf.model.config.vocab_size
+    spec_full = Engine(tgt.model, drf.model)
+    stop = Stop(models.stop_token_ids(tgt))
+    greedy = Sampling()
+
+    calib_prompts = [q.turns[0] for q in humaneval(100, 100 + args.calib)]
+    counts = {}
+    for source in ("target", "draft", "raw"):
+        meta = {"source": source, "tokenizer": tokenizer_fingerprint(drf.tokenizer)}
+        if source == "raw":
+            items, fn = load_items("stdlib"), tokenize_fn(drf.tokenizer)
+        else:
+            eng = spec_full if source == "target" else Engine(drf.model)
+            items, fn = calib_prompts, generate_fn(eng, tgt, args.calib_tokens, greedy, 0)
+            meta.update(data=f"humaneval[100:{100 + args.calib}]", max_new_tokens=args.calib_tokens)
+        print(f"counting {source} tokens", flush=True)
+        counts[source] = count_tokens(items, args.out / f"counts-{source}.safetensors", meta, vocab,
+                                      fn, resume=True)
+
+    always = sorted(models.stop_token_ids(drf))
+    keeps = [int(k) for k in args.keeps.split(",")]
+    maps = {f"K={k}": trim(counts["target"], keep=k, always=always) for k in keeps}
+    for source in ("draft", "raw"):
+        maps[f"{source}@{args.sources_k}"] = trim(counts[source], keep=args.sources_k, always=always)
+    engines = {"full": spec_full, **{n: Engine(tgt.model, drf.model, tm.kept_ids) for n, tm in maps.items()}}
+    methods = [Method(n, lambda ids, m, e=e: e.generate(ids, m, Policy(args.k), greedy, 0, stop))
+               for n, e in engines.items()]
+    with torch.inference_mode():
+        spec_full.generate(models.encode_prompt(tgt.tokenizer, "Say hello."), 8, Policy(args.k))
+    records = run_matrix(humaneval(0, args.eval), methods, tgt.tokenizer, args.max_new_tokens,
+                         args.out / "results.jsonl", resume=True)
+    check = lambda p, a, b: divergence(tgt.model, p, a, b)
+    summary = summarize(records, baseline="full", check=check)
+    summary["coverage"] = {n: tm.meta["coverage"] for n, tm in maps.items()}
+    summary["calibration_tokens"] = {s: c.meta["tokens"] for s, c in counts.items()}
+    atomic_write(args.out / "sweep.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1)))
+
+    ms = summary["methods"]
+    full = ms["full"]["overall"]
+    print(f"\ncalibration tokens: {summary['calibration_tokens']}")
+    print(f"{'config':14} {'cover':>6} {'tau':>6} {'accept':>7} {'c':>6} {'MBSU':>6} {'tok/s':>6}"
+          f" {'dMBSU':>7} {'dtok/s':>7} {'dtau':>7}  identical")
+    for n, m in ms.items():
+        o = m["overall"]
+        c = engines[n].cost_ratio
+        cov = summary["coverage"].get(n, 1.0)
+        print(f"{n:14} {cov:6.3f} {o['tau']:6.2f} {o['acceptance_rate']:7.3f} {c:6.3f} {o['mbsu']:6.3f} "
+              f"{o['tokens_per_second']:6.2f} {o['mbsu'] / full['mbsu'] - 1:+7.1%} "
+              f"{o['speedup'] - 1:+7.1%} {o['tau'] / full['tau'] - 1:+7.1%}  {m.get('identical', 'baseline')}")
+    plot(ms, keeps, vocab, args.out / "sweep.png")
+    print(f"\nwrote {args.out / 'sweep.png'}")
+
+
+def plot(ms: dict, keeps: list[int], vocab: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [vocab] + keeps
+    names = ["full"] + [f"K={k}" for k in keeps]
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for key, label, mark in (("mbsu", "MBSU", "o-"), ("tau", "tau (tokens / target call)", "s--"),
+                             ("speedup", "tokens/s vs full head", "^:")):
+        ax.plot(xs, [ms[n]["overall"][key] for n in names], mark, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, ["full\n151,936"] + [f"{k // 1024}k" for k in keeps])
+    ax.set_xlabel("drafter LM head rows K (target-generated calibration)")
+    ax.set_title("VocabTrim on Qwen2.5-Coder 0.5B -> 1.5B, HumanEval, greedy, K=5 drafts")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+
+
+if __name__ == "__main__":
+    main()

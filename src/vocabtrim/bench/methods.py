@@ -1,0 +1,127 @@
+"""The method matrix: target alone, speculative variants, and transformers as the peer."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..engine import Engine, Stop
+from ..errors import VocabtrimError
+from ..metrics import GenerationStats, weights_per_forward
+from ..policies import Policy, parse_policy
+from ..sampling import Sampling
+from .run import Method
+
+METHODS = ("ar", "sd", "sd+vt", "sd+adaedl", "sd+vt+adaedl", "hf")
+NEEDS_MAP = ("sd+vt", "sd+vt+adaedl")
+
+
+def parse_methods(text: str) -> list[str]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in names if m not in METHODS]
+    if bad or not names:
+        raise VocabtrimError(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(METHODS)}")
+    return list(dict.fromkeys(names))
+
+
+def build(names: list[str], target, drafter, kept_ids: torch.Tensor | None, sampling: Sampling,
+          seed: int, stop: Stop, draft_len: int = 5, adaedl: str = "adaedl") -> list[Method]:
+    """One Method per name, sharing the loaded models."""
+    full = Engine(target, drafter)
+    trimmed = Engine(target, drafter, kept_ids) if kept_ids is not None else None
+    engines = {"ar": (Engine(target), Policy(1)),
+               "sd": (full, Policy(draft_len)),
+               "sd+vt": (trimmed, Policy(draft_len)),
+               "sd+adaedl": (full, parse_policy(adaedl)),
+               "sd+vt+adaedl": (trimmed, parse_policy(adaedl))}
+    out = []
+    for n in names:
+        if n == "hf":
+            out.append(Method(n, HFAssisted(target, drafter, sampling, seed, stop)))
+        else:
+            engine, policy = engines[n]
+            out.append(Method(n, lambda ids, m, e=engine, p=policy: e.generate(ids, m, p, sampling, seed, stop)))
+    return out
+
+
+class HFAssisted:
+    """transformers' assisted generation with its default settings, counted like our engine
+    (forward hooks count target and drafter forwards)."""
+
+    def __init__(self, target, drafter, sampling: Sampling, seed: int, stop: Stop):
+        self.target, self.drafter, self.sampling, self.seed = target, drafter, sampling, seed
+        self.eos = sorted(stop.token_ids)
+        self.cost = weights_per_forward(drafter, drafter.config.vocab_size) / \
+            weights_per_forward(target, target.config.vocab_size)
+
+    def __call__(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], GenerationStats]:
+        torch.manual_seed(self.seed)
+        inp = torch.tensor([ids])
+        s = self.sampling
+        kwargs = {"do_sample": False} if s.greedy else {
+            "do_sample": True, "temperature": s.temperature, "top_k": s.top_k or None, "top_p": s.top_p}
+        calls = {self.target: 0, self.drafter: 0}
+        hooks = [m.register_forward_hook(lambda mod, *_: calls.__setitem__(mod, calls[mod] + 1))
+                 for m in calls]
+        t0 = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                out = self.target.generate(inp, attention_mask=torch.ones_like(inp),
+                                           assistant_model=self.drafter, max_new_tokens=max_new_tokens,
+                                           eos_token_id=self.eos, **kwargs)
+        finally:
+            for h in hooks:
+                h.remove()
+        new = out[0, len(ids):].tolist()
+        stats = GenerationStats(new_tokens=len(new), target_forwards=calls[self.target],
+                                drafter_forwards=calls[self.drafter], cost_ratio=self.cost,
+                                seconds=time.perf_counter() - t0)
+        return new, stats
+
+
+def parse_calibration(spec: str) -> dict:
+    """`DATA[:n=32,k=16384,tokens=128]` -> settings for a target-generated token map."""
+    data, _, rest = spec.partition(":")
+    out = {"data": data, "n": 32, "k": 16384, "tokens": 128}
+    try:
+        for part in filter(None, rest.split(",")):
+            key, _, value = part.partition("=")
+            if key not in ("n", "k", "tokens"):
+                raise ValueError
+            out[key] = int(value)
+    except ValueError:
+        raise VocabtrimError(f"bad --calibrate {spec!r}; form: DATA[:n=32,k=16384,tokens=128]") from None
+    return out
+
+
+def calibrated_map(spec: dict, exclude: set[str], target, drafter) -> torch.Tensor:
+    """Kept ids of a token map counted on the target's answers to the last `n` calibration
+    prompts that are not evaluation prompts; cached under the vocabtrim cache, keyed by the
+    settings, the models and the prompts, so a later run (or an interrupted one) reuses it."""
+    import hashlib
+    import json
+
+    from ..calibrate import count_tokens, generate_fn, load_items, tokenizer_fingerprint
+    from ..models import cache_root, stop_token_ids
+    from ..tokenmap import TokenMap, trim
+
+    items = [t for t in load_items(spec["data"]) if t not in exclude][-spec["n"]:]
+    if not items:
+        raise VocabtrimError(f"no calibration prompts in {spec['data']} outside the evaluation set")
+    meta = {"source": "target", "data": spec["data"], "items": len(items), "max_new_tokens": spec["tokens"],
+            "model": target.name, "drafter": drafter.name,
+            "tokenizer": tokenizer_fingerprint(drafter.tokenizer),
+            "prompts_sha": hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]}
+    key = hashlib.sha256(json.dumps({**meta, "k": spec["k"]}, sort_keys=True).encode()).hexdigest()[:12]
+    where = cache_root() / "tokenmaps" / key
+    if (where / "map").is_dir():
+        return TokenMap.load(where / "map").kept_ids
+    engine = Engine(target.model, drafter.model)
+    fn = generate_fn(engine, target, spec["tokens"], Sampling(), 0)
+    counts = count_tokens(items, where / "counts.safetensors", meta, drafter.model.config.vocab_size,
+                          fn, resume=True)
+    tm = trim(counts, keep=spec["k"], always=sorted(stop_token_ids(drafter)))
+    tm.meta["drafter"] = drafter.name
+    tm.save(where / "map")
+    return tm.kept_ids

@@ -1,0 +1,146 @@
+"""results.jsonl -> per-method, per-category summary, Markdown tables and plots.
+
+Aggregates are ratios of sums (tokens over seconds, tokens over target forwards), not
+means of per-prompt ratios, so long answers weigh as much as they cost.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+from ..files import atomic_write
+
+CheckFn = Callable[[list[int], list[int], list[int]], dict | None]
+
+
+def aggregate(recs: list[dict]) -> dict:
+    tokens = sum(r["new_tokens"] for r in recs)
+    seconds = sum(r["seconds"] for r in recs)
+    tfw = sum(r["target_forwards"] for r in recs)
+    drafted = sum(sum(r["draft_lengths"]) for r in recs)
+    rounds = sum(len(r["draft_lengths"]) for r in recs)
+    cost = sum(r["cost_ratio"] * r["drafter_forwards"] + r["target_forwards"] for r in recs)
+    return {
+        "prompts": len(recs), "tokens": tokens, "seconds": seconds,
+        "tokens_per_second": tokens / seconds if seconds else 0.0,
+        "tau": tokens / tfw if tfw else 0.0,
+        "acceptance_rate": sum(sum(r["accepted_per_round"]) for r in recs) / drafted if drafted else None,
+        "mean_draft_length": drafted / rounds if rounds else None,
+        "mbsu": tokens / cost if cost else 0.0,
+        "time_split": {k: sum(r[f"{k}_s"] for r in recs) / seconds if seconds else 0.0
+                       for k in ("prefill", "draft", "verify")},
+    }
+
+
+def compare(recs: list[dict], base: list[dict], check: CheckFn | None) -> list[dict]:
+    """Turns whose greedy output differs from the baseline's, with the divergence found."""
+    ref = {r["question_id"]: r["turns"] for r in base}
+    out = []
+    for r in recs:
+        for i, (t, b) in enumerate(zip(r["turns"], ref.get(r["question_id"], []))):
+            if t["token_ids"] != b["token_ids"]:
+                d = check(b["prompt_ids"], b["token_ids"], t["token_ids"]) if check else None
+                out.append({"question_id": r["question_id"], "turn": i, **(d or {"tie": False})})
+                break  # later turns follow different histories
+    return out
+
+
+def summarize(records: list[dict], baseline: str = "ar", greedy: bool = True,
+              check: CheckFn | None = None) -> dict:
+    by_method: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_method[r["method"]].append(r)
+    base = by_method.get(baseline, [])
+    base_cat = {c: aggregate([r for r in base if r["category"] == c])
+                for c in {r["category"] for r in base}}
+    base_all = aggregate(base) if base else None
+    methods = {}
+    for name, recs in by_method.items():
+        cats = {}
+        for c in sorted({r["category"] for r in recs}):
+            a = aggregate([r for r in recs if r["category"] == c])
+            b = base_cat.get(c)
+            a["speedup"] = a["tokens_per_second"] / b["tokens_per_second"] if b else None
+            cats[c] = a
+        overall = aggregate(recs)
+        overall["speedup"] = (overall["tokens_per_second"] / base_all["tokens_per_second"]
+                              if base_all else None)
+        entry = {"overall": overall, "categories": cats}
+        if greedy and base and name != baseline:
+            diffs = compare(recs, base, check)
+            entry["mismatches"] = diffs
+            entry["identical"] = ("yes" if not diffs else
+                                  f"ties only ({len(diffs)})" if all(d["tie"] for d in diffs) else
+                                  f"NO: {sum(not d['tie'] for d in diffs)} real mismatch(es)")
+        methods[name] = entry
+    return {"baseline": baseline, "greedy": greedy, "methods": methods}
+
+
+def _f(x, fmt="{:.2f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def markdown(summary: dict) -> str:
+    """Spec-Bench-style tables: overall per method, then speed-up per category."""
+    ms = summary["methods"]
+    lines = ["| method | tok/s | speed-up | tau | acceptance | mean draft | MBSU | identical to ar |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, m in ms.items():
+        o = m["overall"]
+        lines.append(f"| {name} | {o['tokens_per_second']:.2f} | {_f(o['speedup'], '{:.2f}x')} | "
+                     f"{o['tau']:.2f} | {_f(o['acceptance_rate'])} | {_f(o['mean_draft_length'])} | "
+                     f"{o['mbsu']:.2f} | {m.get('identical', '-')} |")
+    cats = sorted({c for m in ms.values() for c in m["categories"]})
+    lines += ["", "Speed-up over `ar` (tokens/s ratio) per category:", "",
+              "| method | " + " | ".join(cats) + " |", "|---" * (len(cats) + 1) + "|"]
+    for name, m in ms.items():
+        cells = [_f(m["categories"].get(c, {}).get("speedup"), "{:.2f}x") for c in cats]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    bad = {n: m["mismatches"] for n, m in ms.items() if any(not d["tie"] for d in m.get("mismatches", []))}
+    if bad:
+        lines += ["", "**GREEDY MISMATCHES (a bug):** " + json.dumps(bad)]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, out_dir: Path) -> list[Path]:
+    """speedup.png (per category per method) and tau_mbsu.png (per method)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ms = summary["methods"]
+    names = list(ms)
+    cats = sorted({c for m in ms.values() for c in m["categories"]})
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(cats) * len(names) / 3), 4))
+    width = 0.8 / len(names)
+    for i, n in enumerate(names):
+        vals = [ms[n]["categories"].get(c, {}).get("speedup") or 0 for c in cats]
+        ax.bar([j + i * width for j in range(len(cats))], vals, width, label=n)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cats))], cats, rotation=20)
+    ax.axhline(1, color="grey", lw=0.8)
+    ax.set_ylabel("speed-up over ar (tokens/s)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths = [out_dir / "speedup.png", out_dir / "tau_mbsu.png"]
+    atomic_write(paths[0], lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [ms[n]["overall"]["tau"] for n in names], 0.4, label="tau")
+    ax.bar([x + 0.2 for x in xs], [ms[n]["overall"]["mbsu"] for n in names], 0.4, label="MBSU")
+    ax.set_xticks(list(xs), names, rotation=20)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(paths[1], lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return paths
+
+
+def write_reports(summary: dict, out_dir: Path) -> None:
+    atomic_write(out_dir / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1)))
+    atomic_write(out_dir / "summary.md", lambda tmp: Path(tmp).write_text(markdown(summary)))
+    plot(summary, out_dir)

@@ -1,0 +1,75 @@
+"""Run a matrix of methods over questions, interleaved prompt by prompt, into results.jsonl.
+
+Every method sees the same question before the next question starts, so slow phases of a
+noisy machine hit all methods alike. Each (question, method) result is appended as one JSON
+line as soon as it exists: an interrupted run leaves valid partial results, and `resume`
+skips what is already there.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from tqdm.auto import tqdm
+
+from ..metrics import GenerationStats
+from ..models import chat_ids
+from .data import Question
+
+GenerateFn = Callable[[list[int], int], tuple[list[int], GenerationStats]]
+
+
+@dataclass
+class Method:
+    name: str
+    generate: GenerateFn  # (prompt ids, max new tokens) -> (new ids, stats)
+
+
+def ask(q: Question, m: Method, tokenizer, max_new_tokens: int) -> dict:
+    """All turns of `q`; each later turn follows the method's own earlier answers."""
+    messages: list[dict] = []
+    total = GenerationStats()
+    turns = []
+    for turn in q.turns:
+        messages.append({"role": "user", "content": turn})
+        prompt = chat_ids(tokenizer, messages)
+        new, s = m.generate(prompt, max_new_tokens)
+        messages.append({"role": "assistant", "content": tokenizer.decode(new, skip_special_tokens=True)})
+        turns.append({"prompt_ids": prompt, "token_ids": new})
+        total.add(s)
+    return {"question_id": q.id, "category": q.category, "method": m.name, **total.to_dict(),
+            "turns": turns}
+
+
+def read_results(path: Path) -> list[dict]:
+    """Complete lines of a results file (a line cut short by a kill is ignored)."""
+    out = []
+    if Path(path).exists():
+        for line in Path(path).read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return out
+
+
+def run_matrix(questions: list[Question], methods: list[Method], tokenizer, max_new_tokens: int,
+               results: Path, resume: bool = False) -> list[dict]:
+    """Fill `results` (JSONL) with one record per (question, method); return all records."""
+    records = read_results(results) if resume else []
+    done = {(r["question_id"], r["method"]) for r in records}
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text("".join(json.dumps(r) + "\n" for r in records))  # drop a torn last line
+    todo = [(q, m) for q in questions for m in methods if (q.id, m.name) not in done]
+    with open(results, "a") as f, tqdm(total=len(todo), desc="bench", unit="run") as bar:
+        for q, m in todo:
+            bar.set_postfix_str(f"{q.id} {m.name}")
+            rec = ask(q, m, tokenizer, max_new_tokens)
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            records.append(rec)
+            bar.update(1)
+    return records

@@ -1,0 +1,158 @@
+"""Counting token frequencies on a calibration set (raw text, drafter- or target-generated).
+
+The paper's best source is text the *target* generated: that is what the drafter must
+predict at decode time. Only generated tokens are counted, never prompt tokens. Counts are
+saved atomically every few items, with the number of items done, so `--resume` continues
+without counting anything twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .errors import VocabtrimError
+from .files import atomic_write
+
+SOURCES = ("target", "draft", "raw")
+BUILTIN_DATA = ("humaneval", "stdlib")
+TEXT_SUFFIXES = (".txt", ".md", ".py", ".jsonl", ".json", ".rst")
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Identity of a vocabulary: the same token strings at the same ids."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
+
+
+def load_items(data: str) -> list[str]:
+    """Calibration texts: prompts to answer, or text to tokenize in raw mode.
+
+    DATA is `humaneval`, `stdlib`, a Spec-Bench JSONL (first turn of each question), a
+    JSONL with `prompt` or `text` fields, a plain text file, or a directory of such files.
+    """
+    if data == "humaneval":
+        from .bench.data import humaneval
+
+        return [q.turns[0] for q in humaneval()]
+    if data == "stdlib":
+        root = Path(sysconfig.get_paths()["stdlib"])
+        files = sorted(p for p in root.rglob("*.py") if "test" not in p.parts)
+        return [p.read_text(errors="replace") for p in files]
+    path = Path(data)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
+        if not files:
+            raise VocabtrimError(f"{data} holds no text files ({', '.join(TEXT_SUFFIXES)})")
+        return [t for p in files for t in _file_items(p)]
+    if path.is_file():
+        return _file_items(path)
+    raise VocabtrimError(f"no calibration data at {data!r}: give a file, a directory, "
+                         f"or one of {', '.join(BUILTIN_DATA)}")
+
+
+def _file_items(path: Path) -> list[str]:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise VocabtrimError(f"cannot read {path}: {e}") from None
+    if path.suffix != ".jsonl":
+        return [text] if text.strip() else []
+    items = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            item = obj["turns"][0] if "turns" in obj else obj.get("prompt", obj.get("text"))
+        except (json.JSONDecodeError, AttributeError, IndexError, KeyError, TypeError):
+            item = None
+        if not isinstance(item, str):
+            raise VocabtrimError(f"{path}:{n}: expected a JSON object with 'turns', 'prompt' or 'text'")
+        items.append(item)
+    return items
+
+
+@dataclass
+class Counts:
+    """Token counts over a vocabulary plus where they came from."""
+
+    counts: torch.Tensor  # int64 [vocab]
+    meta: dict = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        atomic_write(path, lambda tmp: save_file({"counts": self.counts}, tmp,
+                                            metadata={"vocabtrim": json.dumps(self.meta)}))
+
+    @classmethod
+    def load(cls, path: Path) -> "Counts":
+        try:
+            tensors = load_file(path)
+            with safe_open(path, "pt") as f:
+                meta = json.loads((f.metadata() or {})["vocabtrim"])
+            return cls(tensors["counts"], meta)
+        except FileNotFoundError:
+            raise VocabtrimError(f"counts file not found: {path}") from None
+        except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as e:
+            raise VocabtrimError(f"{path} is not a vocabtrim counts file ({e})") from None
+
+
+def tokenize_fn(tokenizer) -> Callable[[str], list[int]]:
+    """Raw mode: the text's own tokens."""
+    return lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def generate_fn(engine, lm, max_new_tokens: int, sampling, seed: int) -> Callable[[str], list[int]]:
+    """Generated mode: the tokens `engine` answers a prompt with (prompt tokens excluded).
+    With a drafter in the engine this is still exactly the target's text, only faster."""
+    from .engine import Stop
+    from .models import encode_prompt, stop_token_ids
+    from .policies import Policy
+
+    stop = Stop(stop_token_ids(lm))
+    return lambda text: engine.generate(encode_prompt(lm.tokenizer, text), max_new_tokens,
+                                        Policy(5), sampling, seed, stop)[0]
+
+
+def count_tokens(items: list[str], out: Path, meta: dict, vocab_size: int, per_item,
+                 resume: bool = False, save_every_s: float = 30.0) -> Counts:
+    """Run `per_item(text) -> list[int]` over items, counting ids, saving as it goes.
+
+    With resume, an existing file with the same provenance continues from the first item
+    it has not counted."""
+    counts = Counts(torch.zeros(vocab_size, dtype=torch.int64), {**meta, "items_done": 0, "tokens": 0})
+    if resume and Path(out).exists():
+        prev = Counts.load(out)
+        same = {k: prev.meta.get(k) for k in meta} == meta
+        if not same or prev.counts.numel() != vocab_size:
+            raise VocabtrimError(f"{out} was made with other settings; cannot resume it "
+                                 "(remove it or drop --resume)")
+        counts = prev
+    elif Path(out).exists() and not resume:
+        raise VocabtrimError(f"{out} exists; pass --resume to continue it or choose another --out")
+    done = counts.meta["items_done"]
+    last_save = time.monotonic()
+    with tqdm(total=len(items), initial=done, desc="calibrate", unit="item") as bar:
+        for i in range(done, len(items)):
+            ids = per_item(items[i])
+            if ids:
+                counts.counts += torch.bincount(torch.tensor(ids), minlength=vocab_size)[:vocab_size]
+            counts.meta["items_done"] = i + 1
+            counts.meta["tokens"] += len(ids)
+            bar.update(1)
+            bar.set_postfix(tokens=counts.meta["tokens"])
+            if time.monotonic() - last_save > save_every_s:
+                counts.save(out)
+                last_save = time.monotonic()
+    counts.save(out)
+    return counts
