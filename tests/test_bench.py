@@ -1,0 +1,122 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import tiny_tokenizer
+from vocabtrim.bench.data import Question, load_questions, select
+from vocabtrim.bench.report import markdown, summarize
+from vocabtrim.bench.run import Method, read_results, run_matrix
+from vocabtrim.cli import main
+from vocabtrim.metrics import GenerationStats
+
+SPEC_BENCH = [
+    {"question_id": 81, "category": "writing", "turns": ["w5 w6", "w7 w8"]},
+    {"question_id": 82, "category": "writing", "turns": ["w9 w10", "w11"]},
+    {"question_id": 161, "category": "translation", "turns": ["w12 w13"]},
+    {"question_id": 162, "category": "translation", "turns": ["w14 w15"]},
+    {"question_id": 241, "category": "qa", "turns": ["w16"]},
+]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_load_questions_formats(tmp_path):
+    qs = load_questions(str(write_jsonl(tmp_path / "sb.jsonl", SPEC_BENCH)))
+    assert qs[0] == Question("81", "writing", ("w5 w6", "w7 w8")) and len(qs) == 5
+    qs = load_questions(str(write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}, {"prompt": "b", "category": "x"}])))
+    assert [(q.id, q.category, q.turns) for q in qs] == [("1", "default", ("a",)), ("2", "x", ("b",))]
+    assert len(load_questions("humaneval")) == 164
+    assert [q.id for q in select(load_questions(str(tmp_path / "sb.jsonl")), per_category=1)] == ["81", "161", "241"]
+    assert len(select(qs, limit=1)) == 1
+
+
+@pytest.mark.parametrize("line", ['{"turns": []}', '{"category": "x"}', 'not json', '{"turns": [3]}', '[1]'])
+def test_malformed_question_line_is_named(tmp_path, line):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"prompt": "fine"}\n' + line + "\n")
+    with pytest.raises(Exception, match=r"q.jsonl:2: expected"):
+        load_questions(str(path))
+
+
+def fake_method(name, calls, fail_at=None):
+    def gen(ids, max_new):
+        calls.append((name, len(ids)))
+        if fail_at is not None and len(calls) == fail_at:
+            raise KeyboardInterrupt
+        return [7, 8], GenerationStats(new_tokens=2, target_forwards=1 if name != "ar" else 2,
+                                       seconds=0.5, draft_lengths=[2] if name != "ar" else [],
+                                       accepted_per_round=[1] if name != "ar" else [])
+    return Method(name, gen)
+
+
+def test_run_matrix_resumes_without_repeating_work(tmp_path):
+    qs = [Question(str(i), "c", ("w5", "w6")) for i in range(3)]
+    calls: list = []
+    out = tmp_path / "results.jsonl"
+    methods = [fake_method("ar", calls, fail_at=5), fake_method("sd", calls)]
+    with pytest.raises(KeyboardInterrupt):
+        run_matrix(qs, methods, tiny_tokenizer(64), 4, out)
+    assert len(read_results(out)) == 2  # two complete (question, method) records survived
+    with open(out, "a") as f:
+        f.write('{"question_id": "torn')  # a line cut short by a kill
+    calls.clear()
+    recs = run_matrix(qs, [fake_method("ar", calls), fake_method("sd", calls)], tiny_tokenizer(64), 4, out,
+                      resume=True)
+    assert len(recs) == 6 and len(calls) == 8  # 4 remaining records x 2 turns each
+    assert len(read_results(out)) == 6
+    # the second turn was asked after the method's own first answer
+    assert recs[0]["turns"][1]["prompt_ids"][: len(recs[0]["turns"][0]["prompt_ids"])] == recs[0]["turns"][0]["prompt_ids"]
+
+
+def test_bench_end_to_end_on_tiny_models(tmp_path, tiny_dirs):
+    data = write_jsonl(tmp_path / "sb.jsonl", SPEC_BENCH)
+    calib = write_jsonl(tmp_path / "calib.jsonl", [{"prompt": f"w{i} w{i + 2}"} for i in range(20, 26)])
+    out = tmp_path / "out"
+    args = ["bench", "--target", tiny_dirs["target"], "--draft", tiny_dirs["draft"], "--data", data,
+            "--per-category", 1, "--max-new-tokens", 10, "--out", out,
+            "--calibrate", f"{calib}:n=4,k=30,tokens=6"]
+    env = {"VOCABTRIM_CACHE": str(tmp_path / "cache")}
+    r = CliRunner().invoke(main, [str(a) for a in args], env=env)
+    assert r.exit_code == 0, r.stderr + str(r.exception)
+    recs = read_results(out / "results.jsonl")
+    assert len(recs) == 3 * 6 and {r["method"] for r in recs} == {"ar", "sd", "sd+vt", "sd+adaedl", "sd+vt+adaedl", "hf"}
+    summary = json.loads((out / "summary.json").read_text())
+    for name, m in summary["methods"].items():
+        mine = [x for x in recs if x["method"] == name]
+        tokens = sum(x["new_tokens"] for x in mine)
+        assert m["overall"]["tokens"] == tokens
+        assert m["overall"]["tokens_per_second"] == pytest.approx(tokens / sum(x["seconds"] for x in mine))
+        assert set(m["categories"]) == {"writing", "translation", "qa"}
+        if name != "ar":
+            assert m["identical"] == "yes", m.get("mismatches")
+    assert summary["methods"]["ar"]["overall"]["speedup"] == pytest.approx(1.0)
+    assert (out / "summary.md").read_text() == markdown(summary)
+    assert (out / "speedup.png").stat().st_size > 1000 and (out / "tau_mbsu.png").stat().st_size > 1000
+    assert any((tmp_path / "cache" / "tokenmaps").glob("*/map/token_map.json"))  # cached for reuse
+    again = CliRunner().invoke(main, [str(a) for a in args], env=env)
+    assert again.exit_code == 1 and "--resume" in again.stderr
+
+
+def test_summary_reports_a_real_mismatch_loudly():
+    def rec(method, ids):
+        return {"question_id": "1", "category": "c", "method": method, "new_tokens": 2, "seconds": 1.0,
+                "target_forwards": 1, "drafter_forwards": 0, "draft_lengths": [], "accepted_per_round": [],
+                "cost_ratio": 0.0, "prefill_s": 0, "draft_s": 0, "verify_s": 0,
+                "turns": [{"prompt_ids": [1], "token_ids": ids}]}
+    check = lambda p, a, b: {"position": 1, "margin": 3.0, "tie": False}
+    s = summarize([rec("ar", [5, 6]), rec("sd", [5, 7])], check=check)
+    assert s["methods"]["sd"]["identical"].startswith("NO")
+    assert "GREEDY MISMATCHES" in markdown(s)
+    tie = lambda p, a, b: {"position": 1, "margin": 0.0, "tie": True}
+    assert summarize([rec("ar", [5, 6]), rec("sd", [5, 7])], check=tie)["methods"]["sd"]["identical"] == "ties only (1)"
+
+
+def test_bench_bad_arguments(tmp_path):
+    r = CliRunner().invoke(main, ["bench", "--methods", "ar,warp", "--out", str(tmp_path)])
+    assert r.exit_code == 1 and "unknown method(s) warp" in r.stderr
+    r = CliRunner().invoke(main, ["bench", "--calibrate", "humaneval:z=1", "--out", str(tmp_path)])
+    assert r.exit_code == 1 and "bad --calibrate" in r.stderr
