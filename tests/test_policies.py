@@ -7,7 +7,6 @@ from conftest import noisy_copy, tiny_model
 from test_engine import DRAFT, TARGET, prompts
 from vocabtrim.engine import Engine
 from vocabtrim.policies import AdaEDL, Confidence, Heuristic, Policy, Svip, entropy, parse_policy
-from vocabtrim.sampling import Sampling
 
 PEAKED = torch.tensor([0.97, 0.01, 0.01, 0.01])
 FLAT = torch.full((8,), 1 / 8)

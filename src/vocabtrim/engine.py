@@ -79,10 +79,9 @@ class ModelDrafter:
         self.lm = CachedLM(model)
         self.cost_per_forward = weights_per_forward(model, head.rows)
 
-    def reset(self) -> None:
-        self.lm = CachedLM(self.model)
-
     def prefill(self, seq: list[int]) -> None:
+        """Start a new generation: a fresh cache holding `seq`."""
+        self.lm = CachedLM(self.model)
         self.lm.hidden(seq, 1)
 
     def propose(self, seq, n_max, policy, sampling, gen) -> Proposal:
@@ -173,7 +172,6 @@ class Engine:
         _, first = verify([], None, self.target_head(target.hidden(seq, 1)), sampling, gen)
         stats.target_forwards = stats.bonus_tokens = 1
         if drafter:
-            drafter.reset()
             drafter.prefill(seq)
             stats.drafter_forwards = 1
         stats.prefill_s = time.perf_counter() - start
