@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models as tk_models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, LlamaConfig, LlamaForCausalLM
+from tokenizers import Tokenizer, pre_tokenizers
+from tokenizers import models as tk_models
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 TINY_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")

@@ -2,9 +2,9 @@ import itertools
 
 import pytest
 import torch
+from conftest import noisy_copy, tiny_model
 from scipy.stats import chisquare
 
-from conftest import noisy_copy, tiny_model
 from vocabtrim import engine as engine_mod
 from vocabtrim.engine import CachedLM, Engine, Stop
 from vocabtrim.policies import Policy

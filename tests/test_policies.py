@@ -2,11 +2,19 @@ import math
 
 import pytest
 import torch
-
 from conftest import noisy_copy, tiny_model
 from test_engine import DRAFT, TARGET, prompts
+
 from vocabtrim.engine import Engine
-from vocabtrim.policies import AdaEDL, Confidence, Heuristic, Policy, Svip, entropy, parse_policy
+from vocabtrim.policies import (
+    AdaEDL,
+    Confidence,
+    Heuristic,
+    Policy,
+    Svip,
+    entropy,
+    parse_policy,
+)
 
 PEAKED = torch.tensor([0.97, 0.01, 0.01, 0.01])
 FLAT = torch.full((8,), 1 / 8)

@@ -3,9 +3,18 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import noisy_copy, tiny_model
-from test_engine import PROMPT, RUNS, SAMPLING, SMALL_D, SMALL_T, chi2_pvalue, exact_joint, prompts
+from test_engine import (
+    PROMPT,
+    RUNS,
+    SAMPLING,
+    SMALL_D,
+    SMALL_T,
+    chi2_pvalue,
+    exact_joint,
+    prompts,
+)
+
 from vocabtrim.calibrate import Counts, count_tokens, load_items
 from vocabtrim.cli import main
 from vocabtrim.engine import Engine

@@ -12,9 +12,9 @@ import hashlib
 import json
 import sysconfig
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -95,7 +95,7 @@ class Counts:
                                             metadata={"vocabtrim": json.dumps(self.meta)}))
 
     @classmethod
-    def load(cls, path: Path) -> "Counts":
+    def load(cls, path: Path) -> Counts:
         try:
             tensors = load_file(path)
             with safe_open(path, "pt") as f:

@@ -163,7 +163,13 @@ def _engine(target: str, draft: str | None, token_map: Path | None, dtype: str =
 def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed, target, draft,
               resume) -> None:
     """Count token frequencies on a calibration set (only generated tokens count)."""
-    from .calibrate import count_tokens, generate_fn, load_items, tokenize_fn, tokenizer_fingerprint
+    from .calibrate import (
+        count_tokens,
+        generate_fn,
+        load_items,
+        tokenize_fn,
+        tokenizer_fingerprint,
+    )
     from .sampling import Sampling
 
     sampling = Sampling(temperature)
@@ -221,7 +227,8 @@ def trim(counts, keep, coverage, draft, out) -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 def export(token_map, fmt, out) -> None:
     """Write a token map in a format serving engines read."""
-    from .tokenmap import TokenMap, export as export_map
+    from .tokenmap import TokenMap
+    from .tokenmap import export as export_map
 
     export_map(TokenMap.load(token_map), fmt, out)
     click.echo(f"wrote {fmt} export -> {out}")

@@ -10,8 +10,9 @@ rejection costs no recomputation. The target alone is the same loop with no draf
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -22,6 +23,8 @@ from .heads import Head
 from .metrics import GenerationStats, weights_per_forward
 from .policies import Policy
 from .sampling import Sampling, verify
+
+GREEDY = Sampling()
 
 
 class CachedLM:
@@ -140,7 +143,7 @@ class Engine:
 
     @torch.inference_mode()
     def generate(self, prompt: list[int], max_new_tokens: int, policy: Policy,
-                 sampling: Sampling = Sampling(), seed: int = 0, stop: Stop | None = None,
+                 sampling: Sampling = GREEDY, seed: int = 0, stop: Stop | None = None,
                  on_tokens: Callable[[list[int]], None] | None = None,
                  ) -> tuple[list[int], GenerationStats]:
         """Generate up to `max_new_tokens` after `prompt`; returns (new ids, stats)."""

@@ -24,7 +24,7 @@ class Head:
         self._ids_list = None if ids is None else ids.tolist()
 
     @classmethod
-    def of(cls, model: torch.nn.Module, kept_ids: Tensor | None = None) -> "Head":
+    def of(cls, model: torch.nn.Module, kept_ids: Tensor | None = None) -> Head:
         """The head of `model`, trimmed to `kept_ids` (target token ids) when given."""
         lin = model.get_output_embeddings()
         weight, bias = lin.weight.detach(), getattr(lin, "bias", None)

@@ -62,7 +62,7 @@ class GenerationStats:
     def tokens_per_second(self) -> float:
         return self.new_tokens / self.seconds if self.seconds else 0.0
 
-    def add(self, other: "GenerationStats") -> None:
+    def add(self, other: GenerationStats) -> None:
         """Accumulate another generation of the same pair (e.g. the next turn) into this one."""
         for f in fields(self):
             if f.name in ("cost_ratio", "policy_state"):  # properties of the pair: latest wins

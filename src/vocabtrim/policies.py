@@ -144,8 +144,8 @@ class AdaEDL(Policy):
                 f"adapt={'on' if self.adapt else 'off'}")
 
 
-FORMS = ("static:K", "adaedl[:lambda=0.5,gamma=0.2,max=16,adapt=on,eps=0.01,alpha=0.9,"
-         "beta1=0.5,beta2=0.9,persist=off]", "confidence:T[,max=16]", "heuristic[:start=5,max=16]",
+FORMS = ("static:K", ("adaedl[:lambda=0.5,gamma=0.2,max=16,adapt=on,eps=0.01,alpha=0.9,"
+                      "beta1=0.5,beta2=0.9,persist=off]"), "confidence:T[,max=16]", "heuristic[:start=5,max=16]",
          "svip[:h=0.3,max=40]")
 _KEYS = {"adaedl": {"lambda": "lam", "gamma": "gamma", "max": "max_len", "adapt": "adapt", "eps": "eps",
                     "alpha": "alpha", "beta1": "beta1", "beta2": "beta2", "persist": "persist"},

@@ -19,8 +19,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .calibrate import Counts
-from .files import atomic_write
 from .errors import VocabtrimError
+from .files import atomic_write
 
 FORMATS = ("sglang", "eagle3")
 
@@ -46,7 +46,7 @@ class TokenMap:
             Path(tmp).rename(out)
 
     @classmethod
-    def load(cls, path: Path) -> "TokenMap":
+    def load(cls, path: Path) -> TokenMap:
         path = Path(path)
         try:
             kept = load_file(path / "token_map.safetensors")["kept_ids"]
