@@ -6,7 +6,7 @@ library's source (raw). Every configuration runs on every evaluation prompt, int
 Prints per K: tau, acceptance, cost ratio c, MBSU and tokens/s, each also as a ratio to
 the untrimmed drafter measured in the same run; writes sweep.png (MBSU and tau against K).
 
-    python benchmarks/vocabtrim_sweep.py --eval 16 --calib 48 --out results/sweep
+    python benchmarks/vocabtrim_sweep.py --eval 16 --calib 32 --out results/sweep
 """
 
 from __future__ import annotations
@@ -19,9 +19,16 @@ import torch
 
 from vocabtrim import models
 from vocabtrim.bench.data import humaneval
+from vocabtrim.bench.methods import target_counts
 from vocabtrim.bench.report import summarize
 from vocabtrim.bench.run import Method, run_matrix
-from vocabtrim.calibrate import count_tokens, generate_fn, load_items, tokenize_fn, tokenizer_fingerprint
+from vocabtrim.calibrate import (
+    count_tokens,
+    generate_fn,
+    load_items,
+    tokenize_fn,
+    tokenizer_fingerprint,
+)
 from vocabtrim.engine import Engine, Stop, divergence
 from vocabtrim.files import atomic_write
 from vocabtrim.policies import Policy
@@ -32,7 +39,7 @@ from vocabtrim.tokenmap import trim
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--eval", type=int, default=16, help="HumanEval problems 0..N-1 are evaluated")
-    ap.add_argument("--calib", type=int, default=48, help="HumanEval problems 100..100+N-1 calibrate")
+    ap.add_argument("--calib", type=int, default=32, help="the last N HumanEval problems calibrate")
     ap.add_argument("--calib-tokens", type=int, default=128)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--keeps", default="65536,32768,16384,8192,4096")
@@ -46,16 +53,20 @@ def main() -> None:
     stop = Stop(models.stop_token_ids(tgt))
     greedy = Sampling()
 
-    calib_prompts = [q.turns[0] for q in humaneval(100, 100 + args.calib)]
-    counts = {}
-    for source in ("target", "draft", "raw"):
+    # Target counts are the ones `vocabtrim bench` calibrates with (same prompts, same cache).
+    spec = {"data": "humaneval", "n": args.calib, "tokens": args.calib_tokens}
+    evaluated = humaneval(0, args.eval)
+    exclude = {q.turns[0] for q in evaluated}
+    print("counting target tokens", flush=True)
+    counts = {"target": target_counts(spec, exclude, tgt, drf)}
+    calib_prompts = [t for t in load_items("humaneval") if t not in exclude][-args.calib:]
+    for source in ("draft", "raw"):
         meta = {"source": source, "tokenizer": tokenizer_fingerprint(drf.tokenizer)}
         if source == "raw":
             items, fn = load_items("stdlib"), tokenize_fn(drf.tokenizer)
         else:
-            eng = spec_full if source == "target" else Engine(drf.model)
-            items, fn = calib_prompts, generate_fn(eng, tgt, args.calib_tokens, greedy, 0)
-            meta.update(data=f"humaneval[100:{100 + args.calib}]", max_new_tokens=args.calib_tokens)
+            items, fn = calib_prompts, generate_fn(Engine(drf.model), drf, args.calib_tokens, greedy, 0)
+            meta.update(data=f"humaneval[-{args.calib}:]", max_new_tokens=args.calib_tokens)
         print(f"counting {source} tokens", flush=True)
         counts[source] = count_tokens(items, args.out / f"counts-{source}.safetensors", meta, vocab,
                                       fn, resume=True)
@@ -70,7 +81,7 @@ def main() -> None:
                for n, e in engines.items()]
     with torch.inference_mode():
         spec_full.generate(models.encode_prompt(tgt.tokenizer, "Say hello."), 8, Policy(args.k))
-    records = run_matrix(humaneval(0, args.eval), methods, tgt.tokenizer, args.max_new_tokens,
+    records = run_matrix(evaluated, methods, tgt.tokenizer, args.max_new_tokens,
                          args.out / "results.jsonl", resume=True)
     check = lambda p, a, b: divergence(tgt.model, p, a, b)
     summary = summarize(records, baseline="full", check=check)

@@ -2,8 +2,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import tiny_tokenizer
+
 from vocabtrim.bench.data import Question, load_questions, select
 from vocabtrim.bench.report import markdown, summarize
 from vocabtrim.bench.run import Method, read_results, run_matrix
@@ -96,7 +96,7 @@ def test_bench_end_to_end_on_tiny_models(tmp_path, tiny_dirs):
     assert summary["methods"]["ar"]["overall"]["speedup"] == pytest.approx(1.0)
     assert (out / "summary.md").read_text() == markdown(summary)
     assert (out / "speedup.png").stat().st_size > 1000 and (out / "tau_mbsu.png").stat().st_size > 1000
-    assert any((tmp_path / "cache" / "tokenmaps").glob("*/map/token_map.json"))  # cached for reuse
+    assert any((tmp_path / "cache" / "calibration").glob("*.safetensors"))  # counts cached for reuse
     again = CliRunner().invoke(main, [str(a) for a in args], env=env)
     assert again.exit_code == 1 and "--resume" in again.stderr
 

@@ -95,16 +95,15 @@ def parse_calibration(spec: str) -> dict:
     return out
 
 
-def calibrated_map(spec: dict, exclude: set[str], target, drafter) -> torch.Tensor:
-    """Kept ids of a token map counted on the target's answers to the last `n` calibration
-    prompts that are not evaluation prompts; cached under the vocabtrim cache, keyed by the
-    settings, the models and the prompts, so a later run (or an interrupted one) reuses it."""
+def target_counts(spec: dict, exclude: set[str], target, drafter):
+    """Token counts of the target's greedy answers to the last `n` calibration prompts that
+    are not evaluation prompts; cached under the vocabtrim cache, keyed by the settings, the
+    models and the prompts, so later runs (any K, or an interrupted run) reuse them."""
     import hashlib
     import json
 
     from ..calibrate import count_tokens, generate_fn, load_items, tokenizer_fingerprint
-    from ..models import cache_root, stop_token_ids
-    from ..tokenmap import TokenMap, trim
+    from ..models import cache_root
 
     items = [t for t in load_items(spec["data"]) if t not in exclude][-spec["n"]:]
     if not items:
@@ -113,15 +112,16 @@ def calibrated_map(spec: dict, exclude: set[str], target, drafter) -> torch.Tens
             "model": target.name, "drafter": drafter.name,
             "tokenizer": tokenizer_fingerprint(drafter.tokenizer),
             "prompts_sha": hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]}
-    key = hashlib.sha256(json.dumps({**meta, "k": spec["k"]}, sort_keys=True).encode()).hexdigest()[:12]
-    where = cache_root() / "tokenmaps" / key
-    if (where / "map").is_dir():
-        return TokenMap.load(where / "map").kept_ids
-    engine = Engine(target.model, drafter.model)
-    fn = generate_fn(engine, target, spec["tokens"], Sampling(), 0)
-    counts = count_tokens(items, where / "counts.safetensors", meta, drafter.model.config.vocab_size,
-                          fn, resume=True)
-    tm = trim(counts, keep=spec["k"], always=sorted(stop_token_ids(drafter)))
-    tm.meta["drafter"] = drafter.name
-    tm.save(where / "map")
-    return tm.kept_ids
+    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:12]
+    fn = generate_fn(Engine(target.model, drafter.model), target, spec["tokens"], Sampling(), 0)
+    return count_tokens(items, cache_root() / "calibration" / f"{key}.safetensors", meta,
+                        drafter.model.config.vocab_size, fn, resume=True)
+
+
+def calibrated_map(spec: dict, exclude: set[str], target, drafter) -> torch.Tensor:
+    """Kept ids of the top-`k` token map over `target_counts` (EOS and end-of-turn always kept)."""
+    from ..models import stop_token_ids
+    from ..tokenmap import trim
+
+    counts = target_counts(spec, exclude, target, drafter)
+    return trim(counts, keep=spec["k"], always=sorted(stop_token_ids(drafter))).kept_ids
