@@ -90,6 +90,10 @@ def test_bench_end_to_end_on_tiny_models(tmp_path, tiny_dirs):
         tokens = sum(x["new_tokens"] for x in mine)
         assert m["overall"]["tokens"] == tokens
         assert m["overall"]["tokens_per_second"] == pytest.approx(tokens / sum(x["seconds"] for x in mine))
+        if name != "hf":  # our engine times its phases; transformers is timed as a whole
+            decode = sum(x["seconds"] - x["prefill_s"] for x in mine)
+            assert m["overall"]["decode_tokens_per_second"] == pytest.approx(tokens / decode)
+            assert 0 < sum(m["overall"]["time_split"].values()) <= 1
         assert set(m["categories"]) == {"writing", "translation", "qa"}
         if name != "ar":
             assert m["identical"] == "yes", m.get("mismatches")

@@ -23,7 +23,7 @@ def aggregate(recs: list[dict]) -> dict:
     drafted = sum(sum(r["draft_lengths"]) for r in recs)
     rounds = sum(len(r["draft_lengths"]) for r in recs)
     cost = sum(r["cost_ratio"] * r["drafter_forwards"] + r["target_forwards"] for r in recs)
-    return {
+    out = {
         "prompts": len(recs), "tokens": tokens, "seconds": seconds,
         "tokens_per_second": tokens / seconds if seconds else 0.0,
         "tau": tokens / tfw if tfw else 0.0,
@@ -33,6 +33,9 @@ def aggregate(recs: list[dict]) -> dict:
         "time_split": {k: sum(r[f"{k}_s"] for r in recs) / seconds if seconds else 0.0
                        for k in ("prefill", "draft", "verify")},
     }
+    decode = seconds - sum(r["prefill_s"] for r in recs)  # the prompt's cost is the same for all methods
+    out["decode_tokens_per_second"] = tokens / decode if decode > 0 else 0.0
+    return out
 
 
 def compare(recs: list[dict], base: list[dict], check: CheckFn | None) -> list[dict]:
@@ -99,6 +102,17 @@ def markdown(summary: dict) -> str:
     for name, m in ms.items():
         cells = [_f(m["categories"].get(c, {}).get("speedup"), "{:.2f}x") for c in cats]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", ("Where the time goes (share of wall-clock; `other` is Python, sampling and cache "
+                   "handling between forwards):"), "",
+              "| method | prefill | drafting | verification | other | decode tok/s |", "|---|---|---|---|---|---|"]
+    for name, m in ms.items():
+        split = m["overall"]["time_split"]
+        if not any(split.values()):  # a peer we time only as a whole (transformers)
+            lines.append(f"| {name} | - | - | - | - | - |")
+            continue
+        cells = [split["prefill"], split["draft"], split["verify"], 1 - sum(split.values())]
+        lines.append(f"| {name} | " + " | ".join(f"{x:.0%}" for x in cells) +
+                     f" | {m['overall']['decode_tokens_per_second']:.2f} |")
     bad = {n: m["mismatches"] for n, m in ms.items() if any(not d["tie"] for d in m.get("mismatches", []))}
     if bad:
         lines += ["", "**GREEDY MISMATCHES (a bug):** " + json.dumps(bad)]
