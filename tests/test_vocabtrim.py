@@ -15,7 +15,7 @@ from test_engine import (
     prompts,
 )
 
-from vocabtrim.calibrate import Counts, count_tokens, load_items
+from vocabtrim.calibrate import Counts, count_tokens, load_items, stdlib_files
 from vocabtrim.cli import main
 from vocabtrim.engine import Engine
 from vocabtrim.heads import Head
@@ -131,7 +131,9 @@ def test_load_items_formats(tmp_path):
     with pytest.raises(Exception, match="bad.jsonl:2"):
         load_items(str(tmp_path / "bad.jsonl"))
     assert len(load_items("humaneval")) == 164
-    assert len(load_items("stdlib")) > 100
+    assert len(load_items("stdlib")) == len(stdlib_files()) > 100
+    names = {f.name for f in stdlib_files()}
+    assert "os.py" in names and not any("site-packages" in f.parts for f in stdlib_files())
     with pytest.raises(Exception, match="no calibration data"):
         load_items(str(tmp_path / "missing"))
 

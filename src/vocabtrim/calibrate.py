@@ -35,6 +35,14 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
 
 
+def stdlib_files() -> list[Path]:
+    """The standard library's own source files: no tests, no installed third-party packages
+    (site-packages lives inside the stdlib directory)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"test", "tests", "site-packages", "dist-packages"}
+    return sorted(p for p in root.rglob("*.py") if not skip & set(p.relative_to(root).parts))
+
+
 def load_items(data: str) -> list[str]:
     """Calibration texts: prompts to answer, or text to tokenize in raw mode.
 
@@ -46,9 +54,7 @@ def load_items(data: str) -> list[str]:
 
         return [q.turns[0] for q in humaneval()]
     if data == "stdlib":
-        root = Path(sysconfig.get_paths()["stdlib"])
-        files = sorted(p for p in root.rglob("*.py") if "test" not in p.parts)
-        return [p.read_text(errors="replace") for p in files]
+        return [p.read_text(errors="replace") for p in stdlib_files()]
     path = Path(data)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
