@@ -234,7 +234,7 @@ def export(token_map, fmt, out) -> None:
     click.echo(f"wrote {fmt} export -> {out}")
 
 
-DEFAULT_BENCH_PROMPTS = 6  # HumanEval problems in a no-argument run: about 15 minutes on 2 cores
+DEFAULT_BENCH_PROMPTS = 6  # no-argument run: ~25 min on 2 AVX512-BF16 cores, over an hour on AVX2-only
 
 
 @main.command()
