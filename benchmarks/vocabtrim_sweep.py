@@ -19,7 +19,7 @@ import torch
 
 from vocabtrim import models
 from vocabtrim.bench.data import humaneval
-from vocabtrim.bench.methods import target_counts
+from vocabtrim.bench.methods import calibration_prompts, target_counts
 from vocabtrim.bench.report import summarize
 from vocabtrim.bench.run import Method, run_matrix
 from vocabtrim.calibrate import (
@@ -59,7 +59,7 @@ def main() -> None:
     exclude = {q.turns[0] for q in evaluated}
     print("counting target tokens", flush=True)
     counts = {"target": target_counts(spec, exclude, tgt, drf)}
-    calib_prompts = [t for t in load_items("humaneval") if t not in exclude][-args.calib:]
+    calib_prompts = calibration_prompts(spec, exclude)
     for source in ("draft", "raw"):
         meta = {"source": source, "tokenizer": tokenizer_fingerprint(drf.tokenizer)}
         if source == "raw":

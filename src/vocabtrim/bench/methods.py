@@ -95,6 +95,16 @@ def parse_calibration(spec: str) -> dict:
     return out
 
 
+def calibration_prompts(spec: dict, exclude: set[str]) -> list[str]:
+    """The last `n` prompts of the calibration data that are not evaluation prompts."""
+    from ..calibrate import load_items
+
+    items = [t for t in load_items(spec["data"]) if t not in exclude][-spec["n"]:]
+    if not items:
+        raise VocabtrimError(f"no calibration prompts in {spec['data']} outside the evaluation set")
+    return items
+
+
 def target_counts(spec: dict, exclude: set[str], target, drafter):
     """Token counts of the target's greedy answers to the last `n` calibration prompts that
     are not evaluation prompts; cached under the vocabtrim cache, keyed by the settings, the
@@ -102,12 +112,10 @@ def target_counts(spec: dict, exclude: set[str], target, drafter):
     import hashlib
     import json
 
-    from ..calibrate import count_tokens, generate_fn, load_items, tokenizer_fingerprint
+    from ..calibrate import count_tokens, generate_fn, tokenizer_fingerprint
     from ..models import cache_root
 
-    items = [t for t in load_items(spec["data"]) if t not in exclude][-spec["n"]:]
-    if not items:
-        raise VocabtrimError(f"no calibration prompts in {spec['data']} outside the evaluation set")
+    items = calibration_prompts(spec, exclude)
     meta = {"source": "target", "data": spec["data"], "items": len(items), "max_new_tokens": spec["tokens"],
             "model": target.name, "drafter": drafter.name,
             "tokenizer": tokenizer_fingerprint(drafter.tokenizer),
