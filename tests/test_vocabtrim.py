@@ -29,7 +29,7 @@ def test_trimmed_logits_equal_full_logits_at_kept_ids(tie):
     model = tiny_model(64, seed=5, tie=tie)
     kept = torch.tensor([7, 3, 60, 1, 22])
     full, trimmed = Head.of(model), Head.of(model, kept)
-    assert trimmed.rows == 5 and trimmed.weight.data_ptr() != full.weight.data_ptr()
+    assert trimmed.rows == 5 and trimmed.proj.weight.data_ptr() != full.proj.weight.data_ptr()
     h = torch.randn(4, 32)
     torch.testing.assert_close(trimmed(h), full(h)[:, kept])
     fl = trimmed.full_logits(h)

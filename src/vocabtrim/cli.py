@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from . import models
+from . import kernels, models
 from .errors import VocabtrimError
 
 
@@ -67,6 +67,12 @@ def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
     return prompt
 
 
+dtype_option = click.option(
+    "--dtype", default="auto", show_default=True, type=click.Choice(list(kernels.DTYPES)),
+    help="How both models multiply. auto: bfloat16 where the CPU multiplies bf16 natively, "
+         "else packed-fp16 (fbgemm fp16 weights, fp32 math).")
+
+
 @main.command()
 @click.option("--target", default=models.DEFAULT_TARGET, show_default=True,
               help="Built-in name, model directory, .gguf file or cached hub id.")
@@ -88,8 +94,7 @@ def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
 @click.option("--stop", "stop_strings", multiple=True, help="Stop after this string (repeatable).")
 @click.option("--token-map", type=click.Path(path_type=Path),
               help="Draft with the LM head trimmed to this token map (from `vocabtrim trim`).")
-@click.option("--dtype", default="bfloat16", show_default=True,
-              type=click.Choice(list(models.DTYPES)))
+@dtype_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def generate(target, draft, no_draft, prompt, prompt_file, max_new_tokens, temperature, top_p,
              top_k, seed, policy_spec, draft_len, system, raw, stop_strings, token_map, dtype,
@@ -123,7 +128,7 @@ def generate(target, draft, no_draft, prompt, prompt_file, max_new_tokens, tempe
                    f"MBSU {stats.mbsu:.2f}]", err=True)
 
 
-def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "bfloat16"):
+def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "auto"):
     """Load the target, the drafter and the token map; check they belong together.
     Returns (target, drafter or None, kept ids or None)."""
     from .calibrate import tokenizer_fingerprint
@@ -139,7 +144,7 @@ def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "
     return tgt, drf, None if tm is None else tm.kept_ids
 
 
-def _engine(target: str, draft: str | None, token_map: Path | None, dtype: str = "bfloat16"):
+def _engine(target: str, draft: str | None, token_map: Path | None, dtype: str = "auto"):
     """The loaded target and an Engine around it (and the drafter, if any)."""
     from .engine import Engine
 
@@ -160,8 +165,9 @@ def _engine(target: str, draft: str | None, token_map: Path | None, dtype: str =
 @click.option("--target", default=models.DEFAULT_TARGET, show_default=True)
 @click.option("--draft", default=models.DEFAULT_DRAFT, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same settings.")
+@dtype_option
 def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed, target, draft,
-              resume) -> None:
+              resume, dtype) -> None:
     """Count token frequencies on a calibration set (only generated tokens count)."""
     from .calibrate import (
         count_tokens,
@@ -180,13 +186,13 @@ def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed,
         raise VocabtrimError(f"no calibration items in {data} (after --skip/--limit)")
     meta = {"source": source, "data": data, "skip": skip, "limit": limit, "items": len(items)}
     if source == "raw":
-        lm = models.load(draft)
+        lm = models.load(draft, "bfloat16")  # only its tokenizer is used
         per_item = tokenize_fn(lm.tokenizer)
         meta.update(model=draft)
     else:
         # the target's text comes out of the speculative engine: lossless, and faster
         gen_model = target if source == "target" else draft
-        lm, engine = _engine(gen_model, draft if source == "target" else None, None)
+        lm, engine = _engine(gen_model, draft if source == "target" else None, None, dtype)
         meta.update(model=gen_model, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         per_item = generate_fn(engine, lm, max_new_tokens, sampling, seed)
     meta["tokenizer"] = tokenizer_fingerprint(lm.tokenizer)
@@ -208,7 +214,7 @@ def trim(counts, keep, coverage, draft, out) -> None:
     from .tokenmap import trim as trim_counts
 
     c = Counts.load(counts)
-    drf = models.load(draft)
+    drf = models.load(draft, "bfloat16")  # only its tokenizer and vocabulary are used
     fp = tokenizer_fingerprint(drf.tokenizer)
     if c.meta.get("tokenizer") != fp or c.counts.numel() != drf.model.config.vocab_size:
         raise VocabtrimError(
@@ -256,8 +262,9 @@ DEFAULT_BENCH_PROMPTS = 6  # no-argument run: ~25 min on 2 AVX512-BF16 cores, ov
 @click.option("--draft", default=models.DEFAULT_DRAFT, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results/bench"), show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@dtype_option
 def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods, draft_len, adaedl,
-          token_map, calib, target, draft, out, resume) -> None:
+          token_map, calib, target, draft, out, resume, dtype) -> None:
     """Spec-Bench-style evaluation: every method on every prompt, with tables and plots."""
     from .bench import methods as bm
     from .bench.data import load_questions, select
@@ -278,7 +285,7 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     if not resume and read_results(out / "results.jsonl"):
         raise VocabtrimError(f"{out} already holds results; pass --resume to continue or choose another --out")
     calib_spec = None if token_map else bm.parse_calibration(calib)
-    tgt, drf, kept = _load(target, draft, token_map)
+    tgt, drf, kept = _load(target, draft, token_map, dtype)
     if kept is None and any(n in bm.NEEDS_MAP for n in names):
         exclude = {t for q in questions for t in q.turns}
         kept = bm.calibrated_map(calib_spec, exclude, tgt, drf)

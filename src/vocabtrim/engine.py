@@ -9,6 +9,7 @@ rejection costs no recomputation. The target alone is the same loop with no draf
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from transformers import DynamicCache
 
 from .errors import VocabtrimError
 from .heads import Head
+from .kernels import compute_dtype
 from .metrics import GenerationStats, weights_per_forward
 from .policies import Policy
 from .sampling import Sampling, verify
@@ -34,6 +36,9 @@ class CachedLM:
         self.body = model.get_decoder()
         self.cache = DynamicCache()
         self.ids: list[int] = []
+        # transformers 5.24 renamed `past_key_values` to `cache` (the old name goes in 5.40)
+        params = inspect.signature(self.body.forward).parameters
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
 
     def hidden(self, seq: list[int], last: int) -> Tensor:
         """Final hidden states [last, H] of the last `last` positions of `seq`, feeding the
@@ -44,7 +49,7 @@ class CachedLM:
         if keep < len(self.ids):
             self.cache.crop(keep - len(self.ids))
         new = torch.tensor([seq[keep:]])
-        out = self.body(input_ids=new, past_key_values=self.cache, use_cache=True)
+        out = self.body(input_ids=new, use_cache=True, **{self.cache_kw: self.cache})
         self.ids = list(seq)
         return out.last_hidden_state[0, -last:]
 
@@ -130,8 +135,8 @@ class Engine:
         self.target = target
         self.target_head = Head.of(target)
         if drafter is not None:
-            tv = target.get_output_embeddings().weight.shape[0]
-            dv = drafter.get_output_embeddings().weight.shape[0]
+            tv = target.get_output_embeddings().out_features
+            dv = drafter.get_output_embeddings().out_features
             if tv != dv:
                 raise VocabtrimError(
                     f"drafter vocabulary ({dv}) differs from target vocabulary ({tv}); "
@@ -216,7 +221,11 @@ def _context(model: torch.nn.Module) -> int:
     return int(getattr(model.config, "max_position_embeddings", 1 << 30))
 
 
-TIE_TOLERANCE = 0.25  # logits; two bf16 steps at the magnitude (16-32) of a confident top logit
+# How far apart (in logits) the target's two best tokens may be for a divergence between
+# a 1-token and a many-token forward to count as a numerical tie, per compute dtype: two
+# bf16 steps at the magnitude (16-32) of a confident top logit; fp32 accumulation-order
+# noise is far below 0.01.
+TIE_TOLERANCE = {torch.bfloat16: 0.25, torch.float16: 0.05, torch.float32: 0.01}
 
 
 @torch.inference_mode()
@@ -224,9 +233,10 @@ def divergence(target: torch.nn.Module, prompt: list[int], a: list[int], b: list
     """Where two greedy outputs of the same target first differ, and by how much the target
     itself prefers one token over the other there (re-scored in one plain forward).
 
-    None when they are identical. bf16 kernels resolve exact ties differently for 1-token and
-    many-token forwards, so a divergence with margin <= TIE_TOLERANCE is a numerical tie,
-    anything larger is a bug."""
+    None when they are identical. Kernels for 1-token and many-token forwards round
+    differently and may resolve near-exact ties differently, so a divergence with margin
+    within the tolerance of the target's compute dtype is a numerical tie, anything larger
+    is a bug."""
     n = _common_prefix(a, b, min(len(a), len(b)))
     if n == len(a) == len(b):
         return None
@@ -234,5 +244,6 @@ def divergence(target: torch.nn.Module, prompt: list[int], a: list[int], b: list
     ta = a[n] if n < len(a) else None
     tb = b[n] if n < len(b) else None
     margin = None if ta is None or tb is None else abs(float(logits[ta] - logits[tb]))
-    return {"position": n, "token_a": ta, "token_b": tb, "margin": margin,
-            "tie": margin is not None and margin <= TIE_TOLERANCE}
+    tolerance = TIE_TOLERANCE[compute_dtype(target)]
+    return {"position": n, "token_a": ta, "token_b": tb, "margin": margin, "tolerance": tolerance,
+            "tie": margin is not None and margin <= tolerance}

@@ -1,50 +1,46 @@
 """The LM head a drafter drafts with: the full one, or one trimmed to a token map.
 
-A trimmed head is a real K x hidden weight copied out of the full head once at load time,
-so each draft step reads K rows instead of the whole vocabulary. Draft index i stands for
-target token `ids[i]`.
+A trimmed head is a real K x hidden weight copied out of the full head once at load time
+(packed like the model's own layers), so each draft step reads K rows instead of the whole
+vocabulary. Draft index i stands for target token `ids[i]`.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .errors import VocabtrimError
+from .kernels import rows as linear_rows
 
 
 class Head:
     """hidden states -> logits over the head's own index space (the kept tokens)."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, ids: Tensor | None, vocab_size: int):
-        self.weight = weight
-        self.bias = bias
+    def __init__(self, proj: nn.Module, ids: Tensor | None, vocab_size: int):
+        self.proj = proj  # an nn.Linear or a PackedLinear
         self.vocab_size = vocab_size
         self.ids = ids  # None: identity (full head)
         self._ids_list = None if ids is None else ids.tolist()
 
     @classmethod
-    def of(cls, model: torch.nn.Module, kept_ids: Tensor | None = None) -> Head:
+    def of(cls, model: nn.Module, kept_ids: Tensor | None = None) -> Head:
         """The head of `model`, trimmed to `kept_ids` (target token ids) when given."""
         lin = model.get_output_embeddings()
-        weight, bias = lin.weight.detach(), getattr(lin, "bias", None)
-        vocab = weight.shape[0]
+        vocab = lin.out_features
         if kept_ids is None:
-            return cls(weight, bias, None, vocab)
+            return cls(lin, None, vocab)
         kept_ids = kept_ids.to(torch.long)
         if kept_ids.numel() == 0 or int(kept_ids.max()) >= vocab or int(kept_ids.min()) < 0:
             raise VocabtrimError(f"token map ids must lie in [0, {vocab}) for this drafter")
-        # .contiguous() copies the rows: a new small matrix, not a view of the full head
-        w = weight.index_select(0, kept_ids).contiguous()
-        b = None if bias is None else bias.detach().index_select(0, kept_ids).contiguous()
-        return cls(w, b, kept_ids, vocab)
+        return cls(linear_rows(lin, kept_ids), kept_ids, vocab)
 
     @property
     def rows(self) -> int:
-        return self.weight.shape[0]
+        return self.proj.out_features
 
     def __call__(self, hidden: Tensor) -> Tensor:
-        return torch.nn.functional.linear(hidden, self.weight, self.bias)
+        return self.proj(hidden)
 
     def token(self, index: int) -> int:
         """Target token id of head index `index`."""

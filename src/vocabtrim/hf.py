@@ -24,7 +24,7 @@ class TrimmedLMHead(nn.Module):
     def __init__(self, head: Head):
         super().__init__()
         self.head = head
-        self.weight = nn.Parameter(head.weight, requires_grad=False)  # for code that reads .weight
+        self.proj = head.proj  # registered, so .to() / .float() reach the K rows
 
     def forward(self, hidden: Tensor) -> Tensor:
         return self.head.full_logits(hidden)

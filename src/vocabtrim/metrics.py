@@ -13,17 +13,18 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
+from .kernels import weight_count
+
 COST_CONVENTION = ("weights read per forward: decoder layers + norms + 1 embedding row + "
                    "LM head rows used; MBSU = tokens / (c*drafter_forwards + target_forwards)")
 
 
 def weights_per_forward(model: torch.nn.Module, head_rows: int) -> int:
     """Weights one single-token forward of `model` reads with a head of `head_rows` rows."""
-    decoder = model.get_decoder()
     emb = model.get_input_embeddings().weight
-    body = sum(p.numel() for p in decoder.parameters()) - emb.numel()
+    body = weight_count(model.get_decoder()) - emb.numel()
     hidden = emb.shape[1]
-    return body + hidden + head_rows * model.get_output_embeddings().weight.shape[1]
+    return body + hidden + head_rows * model.get_output_embeddings().in_features
 
 
 @dataclass

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import kernels
 from .errors import VocabtrimError
 
 
@@ -66,7 +67,6 @@ BUILTINS: dict[str, Builtin] = {
 }
 DEFAULT_TARGET = "qwen2.5-coder-1.5b"
 DEFAULT_DRAFT = "qwen2.5-coder-0.5b"
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 _MARKER = "vocabtrim.json"  # written last into a cache entry: its presence means "complete"
 
 
@@ -208,6 +208,7 @@ class Loaded:
     name: str
     model: torch.nn.Module
     tokenizer: object
+    dtype: str = "bfloat16"  # resolved: a torch dtype name or kernels.PACKED
 
 
 def resolve(spec: str) -> tuple[Path | str, str | None]:
@@ -230,21 +231,23 @@ def resolve(spec: str) -> tuple[Path | str, str | None]:
     return spec, None  # a hub id: only the local hub cache is consulted
 
 
-def load(spec: str, dtype: str = "bfloat16") -> Loaded:
-    """Load model and tokenizer for `spec` (see `resolve`), in eval mode, never remote code."""
+def load(spec: str, dtype: str = "auto") -> Loaded:
+    """Load model and tokenizer for `spec` (see `resolve`), in eval mode, never remote code.
+
+    `dtype` is a torch dtype name, `packed-fp16` (fbgemm fp16 weights, fp32 math) or
+    `auto`: whichever of bfloat16 and packed-fp16 is fast on this CPU (see kernels.py)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a load from the cache takes seconds: no bar needed
     hf_logging.set_verbosity_error()
-    if dtype not in DTYPES:
-        raise VocabtrimError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    dtype = kernels.resolve(dtype)
     where, gguf = resolve(spec)
     kwargs = {"gguf_file": gguf} if gguf else {}
     try:
         tok = AutoTokenizer.from_pretrained(where, local_files_only=True, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
-            where, dtype=DTYPES[dtype], local_files_only=True, **kwargs)
+            where, dtype=kernels.TORCH_DTYPES.get(dtype, torch.bfloat16), local_files_only=True, **kwargs)
     except OSError as e:
         if spec in BUILTINS:
             raise VocabtrimError(
@@ -257,7 +260,9 @@ def load(spec: str, dtype: str = "bfloat16") -> Loaded:
     if gguf and tok.chat_template is None:
         tok.chat_template = _gguf_chat_template(Path(where) / gguf)
     model.eval()
-    return Loaded(spec, model, tok)
+    if dtype == kernels.PACKED:
+        kernels.pack(model)
+    return Loaded(spec, model, tok, dtype)
 
 
 def _first_line(e: BaseException) -> str:

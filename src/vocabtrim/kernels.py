@@ -1,0 +1,117 @@
+"""How a model's linear layers multiply on this hardware: plain torch dtypes, or fbgemm's
+packed fp16 weights with fp32 math.
+
+Speculative decoding pays only when the target scores K+1 tokens for about the price of
+one. That holds on CPUs with native bf16 matmul (AVX512-BF16, AMX) and on GPUs. On
+AVX2-only x86 CPUs torch emulates bf16 and fp16 GEMMs: six tokens cost about five times
+one, and a 150-token prefill of the 1.5B target takes ~20 s. fbgemm's fp16-weight /
+fp32-activation GEMM (the kernel behind torch's dynamic fp16 quantization) reads 16-bit
+weights and stays memory-bound at small M, so six tokens cost ~1.4x one and that prefill
+~2 s. Its weights are the same 16-bit weights: every bf16 value in fp16's normal range
+(above 6e-5 in magnitude) is exact in fp16; the math is fp32.
+
+`auto` picks `packed-fp16` on x86 CPUs with fbgemm and without native bf16, else bfloat16.
+"""
+
+from __future__ import annotations
+
+import platform
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from torch import Tensor, nn
+
+from .errors import VocabtrimError
+
+TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+PACKED = "packed-fp16"
+DTYPES = ("auto", *TORCH_DTYPES, PACKED)
+
+
+def packed_available() -> bool:
+    """fbgemm's fp16 GEMM ships in torch's x86 builds only."""
+    return "fbgemm" in torch.backends.quantized.supported_engines and hasattr(
+        torch.ops.quantized, "linear_dynamic_fp16")
+
+
+def native_bf16() -> bool:
+    """True where torch's CPU bf16 matmul is native rather than emulated."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return True  # Arm CPUs: torch's bf16 kernels use the hardware's own dot products
+    cpu = torch.cpu
+    return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported",
+                                                          "_is_amx_tile_supported"))
+
+
+def resolve(dtype: str) -> str:
+    """The concrete choice behind `dtype` (`auto` -> what is fastest here)."""
+    if dtype not in DTYPES:
+        raise VocabtrimError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return PACKED if packed_available() and not native_bf16() else "bfloat16"
+    if dtype == PACKED and not packed_available():
+        raise VocabtrimError(f"{PACKED} needs torch's fbgemm kernels (x86 builds); use bfloat16")
+    return dtype
+
+
+class PackedLinear(nn.Module):
+    """A linear layer whose weight lives packed for fbgemm as fp16; inputs and outputs fp32."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        b = None if bias is None else bias.detach().float().contiguous()
+        self.register_buffer("bias", b)  # kept beside the packed copy: cheap to read
+        self.packed = torch.ops.quantized.linear_prepack_fp16(weight.detach().float().contiguous(), b)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.ops.quantized.linear_dynamic_fp16(x.reshape(-1, self.in_features).float(), self.packed)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    @property
+    def weight(self) -> Tensor:
+        """The fp32 weight, unpacked on each access (slow: for trimming, not for decoding)."""
+        return torch.ops.quantized.linear_unpack_fp16(self.packed)[0]
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, fp16 packed"
+
+
+def pack(model: nn.Module) -> nn.Module:
+    """Replace every nn.Linear of `model` by a PackedLinear and make the rest fp32, in place.
+
+    Packing converts and reorders every weight once (~150 ms per 14 M weights); it runs on
+    all threads, one layer per thread."""
+    slots = [(parent, name, child) for parent in model.modules()
+             for name, child in parent.named_children() if isinstance(child, nn.Linear)]
+    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+        packed = list(pool.map(lambda s: PackedLinear(s[2].weight, s[2].bias), slots))
+    for (parent, name, _), new in zip(slots, packed):
+        setattr(parent, name, new)
+    return model.float()
+
+
+def rows(linear: nn.Module, ids: Tensor) -> nn.Module:
+    """A new linear layer of the same kind holding only output rows `ids` (a real copy)."""
+    weight = linear.weight.detach().index_select(0, ids)
+    bias = None if linear.bias is None else linear.bias.detach().index_select(0, ids)
+    if isinstance(linear, PackedLinear):
+        return PackedLinear(weight, bias)
+    out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
+                    dtype=weight.dtype, device=weight.device)
+    out.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
+    if bias is not None:
+        out.bias = nn.Parameter(bias.contiguous(), requires_grad=False)
+    return out
+
+
+def weight_count(module: nn.Module) -> int:
+    """Weights held by `module` and its children, packed ones included."""
+    return sum(p.numel() for p in module.parameters()) + sum(
+        m.in_features * m.out_features + (0 if m.bias is None else m.out_features)
+        for m in module.modules() if isinstance(m, PackedLinear))
+
+
+def compute_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype the model's matmuls accumulate in (fp32 for packed layers)."""
+    return next(model.parameters()).dtype

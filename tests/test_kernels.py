@@ -1,0 +1,93 @@
+"""Packed fp16 layers (fbgemm): same weights, fp32 math, and everything else unchanged."""
+
+import pytest
+import torch
+from conftest import noisy_copy, tiny_model
+from test_engine import prompts
+
+from vocabtrim import kernels
+from vocabtrim.engine import TIE_TOLERANCE, Engine
+from vocabtrim.errors import VocabtrimError
+from vocabtrim.heads import Head
+from vocabtrim.hf import trimmed_assistant
+from vocabtrim.metrics import weights_per_forward
+from vocabtrim.policies import Policy, parse_policy
+
+pytestmark = pytest.mark.skipif(not kernels.packed_available(), reason="needs torch's fbgemm (x86)")
+
+
+def packed(model):
+    return kernels.pack(noisy_copy(model, 0.0, seed=0))  # a packed copy; the original stays
+
+
+def test_packed_linear_is_fp32_math_on_fp16_weights():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(48, 24)
+    p = kernels.PackedLinear(lin.weight, lin.bias)
+    x = torch.randn(3, 5, 48)
+    ref = torch.nn.functional.linear(x, lin.weight.half().float(), lin.bias)
+    torch.testing.assert_close(p(x), ref, rtol=1e-5, atol=1e-5)
+    assert p(x).dtype == torch.float32 and p(x).shape == (3, 5, 24)
+    torch.testing.assert_close(p.weight, lin.weight.detach().half().float())  # unpacks what it holds
+    bf16 = lin.weight.detach().bfloat16()
+    assert torch.equal(kernels.PackedLinear(bf16).weight, bf16.float())  # bf16 weights are exact
+
+
+def test_pack_replaces_linears_keeps_costs_and_greedy_output():
+    target = tiny_model(64, seed=1)
+    draft = noisy_copy(target, 0.3, seed=2)
+    pt, pd = packed(target), packed(draft)
+    assert not any(isinstance(m, torch.nn.Linear) for m in pt.modules())
+    assert kernels.compute_dtype(pt) == torch.float32
+    assert weights_per_forward(pt, 64) == weights_per_forward(target, 64)
+    alone, spec = Engine(pt), Engine(pt, pd)
+    accepted = 0
+    for p in prompts(10):
+        ref, _ = alone.generate(p, 30, Policy(1))
+        for policy in ("static:4", "adaedl"):
+            out, s = spec.generate(p, 30, parse_policy(policy))
+            assert out == ref
+            accepted += sum(s.accepted_per_round)
+    assert accepted > 0
+    logits_plain = target(torch.tensor([[5, 6, 7]])).logits
+    logits_packed = pt(torch.tensor([[5, 6, 7]])).logits
+    torch.testing.assert_close(logits_packed, logits_plain, rtol=2e-3, atol=2e-3)  # fp16 weights
+
+
+def test_trimmed_head_of_packed_model_is_packed_and_equal_at_kept_ids():
+    model = packed(tiny_model(64, seed=5, tie=True))
+    kept = torch.tensor([7, 3, 60, 1, 22])
+    full, trimmed = Head.of(model), Head.of(model, kept)
+    assert isinstance(trimmed.proj, kernels.PackedLinear) and trimmed.rows == 5
+    h = torch.randn(4, 32)
+    torch.testing.assert_close(trimmed(h), full(h)[:, kept])
+
+
+def test_transformers_drop_in_with_packed_models():
+    target = packed(tiny_model(64, seed=1))
+    assistant = trimmed_assistant(packed(noisy_copy(tiny_model(64, seed=1), 0.2, seed=2)),
+                                  torch.arange(5, 64))
+    for p in prompts(3):
+        ids = torch.tensor([p])
+        ref = target.generate(ids, max_new_tokens=16, do_sample=False)
+        got = target.generate(ids, max_new_tokens=16, do_sample=False, assistant_model=assistant,
+                              num_assistant_tokens=4)
+        assert got.tolist() == ref.tolist()
+
+
+def test_auto_picks_packed_only_without_native_bf16(monkeypatch):
+    monkeypatch.setattr(kernels, "native_bf16", lambda: False)
+    assert kernels.resolve("auto") == kernels.PACKED
+    monkeypatch.setattr(kernels, "native_bf16", lambda: True)
+    assert kernels.resolve("auto") == "bfloat16"
+    assert kernels.resolve("float32") == "float32"
+    monkeypatch.setattr(kernels, "packed_available", lambda: False)
+    with pytest.raises(VocabtrimError, match="fbgemm"):
+        kernels.resolve(kernels.PACKED)
+    with pytest.raises(VocabtrimError, match="unknown dtype"):
+        kernels.resolve("int3")
+
+
+def test_tie_tolerance_follows_compute_dtype():
+    assert TIE_TOLERANCE[kernels.compute_dtype(packed(tiny_model(64)))] == 0.01
+    assert TIE_TOLERANCE[kernels.compute_dtype(tiny_model(64).bfloat16())] == 0.25
