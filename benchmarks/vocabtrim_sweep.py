@@ -91,16 +91,18 @@ def main() -> None:
 
     ms = summary["methods"]
     full = ms["full"]["overall"]
-    print(f"\ncalibration tokens: {summary['calibration_tokens']}")
+    print(f"\ndtype {tgt.dtype}; calibration tokens: {summary['calibration_tokens']}")
     print(f"{'config':14} {'cover':>6} {'tau':>6} {'accept':>7} {'c':>6} {'MBSU':>6} {'tok/s':>6}"
-          f" {'dMBSU':>7} {'dtok/s':>7} {'dtau':>7}  identical")
+          f" {'decode':>6} {'dMBSU':>7} {'dtok/s':>7} {'ddecode':>7} {'dtau':>7}  identical")
     for n, m in ms.items():
         o = m["overall"]
         c = engines[n].cost_ratio
         cov = summary["coverage"].get(n, 1.0)
         print(f"{n:14} {cov:6.3f} {o['tau']:6.2f} {o['acceptance_rate']:7.3f} {c:6.3f} {o['mbsu']:6.3f} "
-              f"{o['tokens_per_second']:6.2f} {o['mbsu'] / full['mbsu'] - 1:+7.1%} "
-              f"{o['speedup'] - 1:+7.1%} {o['tau'] / full['tau'] - 1:+7.1%}  {m.get('identical', 'baseline')}")
+              f"{o['tokens_per_second']:6.2f} {o['decode_tokens_per_second']:6.2f} "
+              f"{o['mbsu'] / full['mbsu'] - 1:+7.1%} {o['speedup'] - 1:+7.1%} "
+              f"{o['decode_tokens_per_second'] / full['decode_tokens_per_second'] - 1:+7.1%} "
+              f"{o['tau'] / full['tau'] - 1:+7.1%}  {m.get('identical', 'baseline')}")
     plot(ms, keeps, vocab, args.out / "sweep.png")
     print(f"\nwrote {args.out / 'sweep.png'}")
 

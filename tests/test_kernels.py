@@ -9,7 +9,6 @@ from vocabtrim import kernels
 from vocabtrim.engine import TIE_TOLERANCE, Engine
 from vocabtrim.errors import VocabtrimError
 from vocabtrim.heads import Head
-from vocabtrim.hf import trimmed_assistant
 from vocabtrim.metrics import weights_per_forward
 from vocabtrim.policies import Policy, parse_policy
 
@@ -61,18 +60,6 @@ def test_trimmed_head_of_packed_model_is_packed_and_equal_at_kept_ids():
     assert isinstance(trimmed.proj, kernels.PackedLinear) and trimmed.rows == 5
     h = torch.randn(4, 32)
     torch.testing.assert_close(trimmed(h), full(h)[:, kept])
-
-
-def test_transformers_drop_in_with_packed_models():
-    target = packed(tiny_model(64, seed=1))
-    assistant = trimmed_assistant(packed(noisy_copy(tiny_model(64, seed=1), 0.2, seed=2)),
-                                  torch.arange(5, 64))
-    for p in prompts(3):
-        ids = torch.tensor([p])
-        ref = target.generate(ids, max_new_tokens=16, do_sample=False)
-        got = target.generate(ids, max_new_tokens=16, do_sample=False, assistant_model=assistant,
-                              num_assistant_tokens=4)
-        assert got.tolist() == ref.tolist()
 
 
 def test_auto_picks_packed_only_without_native_bf16(monkeypatch):

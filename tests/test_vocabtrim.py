@@ -15,6 +15,7 @@ from test_engine import (
     prompts,
 )
 
+from vocabtrim import kernels
 from vocabtrim.calibrate import Counts, count_tokens, load_items, stdlib_files
 from vocabtrim.cli import main
 from vocabtrim.engine import Engine
@@ -153,12 +154,16 @@ def test_exports_round_trip(tmp_path):
     assert t2d.nonzero().flatten().tolist() == [1, 3, 17, 40] and meta["draft_vocab_size"] == "4"
 
 
-def test_transformers_drop_in_greedy_equals_target_alone():
+@pytest.mark.parametrize("packed", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not kernels.packed_available(), reason="needs torch's fbgemm (x86)"))])
+def test_transformers_drop_in_greedy_equals_target_alone(packed):
     target = tiny_model(64, seed=1)
     draft = noisy_copy(target, 0.2, seed=2)
+    if packed:  # fbgemm fp16 layers, the `auto` choice on AVX2 CPUs
+        target, draft = kernels.pack(target), kernels.pack(draft)
     kept = torch.arange(5, 64)
     assistant = trimmed_assistant(draft, kept)
-    assert draft.get_output_embeddings().weight.shape[0] == 64  # the original is untouched
+    assert draft.get_output_embeddings().out_features == 64  # the original is untouched
     for p in prompts(4):
         ids = torch.tensor([p])
         ref = target.generate(ids, max_new_tokens=20, do_sample=False)

@@ -193,7 +193,8 @@ def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed,
         # the target's text comes out of the speculative engine: lossless, and faster
         gen_model = target if source == "target" else draft
         lm, engine = _engine(gen_model, draft if source == "target" else None, None, dtype)
-        meta.update(model=gen_model, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        meta.update(model=gen_model, dtype=lm.dtype, max_new_tokens=max_new_tokens,
+                    temperature=temperature, seed=seed)
         per_item = generate_fn(engine, lm, max_new_tokens, sampling, seed)
     meta["tokenizer"] = tokenizer_fingerprint(lm.tokenizer)
     counts = count_tokens(items, out, meta, lm.model.config.vocab_size, per_item, resume)

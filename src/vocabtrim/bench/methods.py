@@ -117,7 +117,7 @@ def target_counts(spec: dict, exclude: set[str], target, drafter):
 
     items = calibration_prompts(spec, exclude)
     meta = {"source": "target", "data": spec["data"], "items": len(items), "max_new_tokens": spec["tokens"],
-            "model": target.name, "drafter": drafter.name,
+            "model": target.name, "drafter": drafter.name, "dtype": target.dtype,
             "tokenizer": tokenizer_fingerprint(drafter.tokenizer),
             "prompts_sha": hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]}
     key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:12]
