@@ -73,10 +73,13 @@ def main() -> None:
 
     always = sorted(models.stop_token_ids(drf))
     keeps = [int(k) for k in args.keeps.split(",")]
+    # Each K twice: the map plus the prompt's own tokens (our default) and the map alone (the paper).
     maps = {f"K={k}": trim(counts["target"], keep=k, always=always) for k in keeps}
     for source in ("draft", "raw"):
         maps[f"{source}@{args.sources_k}"] = trim(counts[source], keep=args.sources_k, always=always)
-    engines = {"full": spec_full, **{n: Engine(tgt.model, drf.model, tm.kept_ids) for n, tm in maps.items()}}
+    engines = {"full": spec_full, **{n: Engine(tgt.model, drf.model, tm.kept_ids) for n, tm in maps.items()},
+               **{f"K={k} map only": Engine(tgt.model, drf.model, maps[f"K={k}"].kept_ids, prompt_tokens=False)
+                  for k in keeps}}
     methods = [Method(n, lambda ids, m, e=e: e.generate(ids, m, Policy(args.k), greedy, 0, stop))
                for n, e in engines.items()]
     with torch.inference_mode():
@@ -92,13 +95,13 @@ def main() -> None:
     ms = summary["methods"]
     full = ms["full"]["overall"]
     print(f"\ndtype {tgt.dtype}; calibration tokens: {summary['calibration_tokens']}")
-    print(f"{'config':14} {'cover':>6} {'tau':>6} {'accept':>7} {'c':>6} {'MBSU':>6} {'tok/s':>6}"
+    print(f"{'config':20} {'cover':>6} {'tau':>6} {'accept':>7} {'c':>6} {'MBSU':>6} {'tok/s':>6}"
           f" {'decode':>6} {'dMBSU':>7} {'dtok/s':>7} {'ddecode':>7} {'dtau':>7}  identical")
     for n, m in ms.items():
         o = m["overall"]
-        c = engines[n].cost_ratio
-        cov = summary["coverage"].get(n, 1.0)
-        print(f"{n:14} {cov:6.3f} {o['tau']:6.2f} {o['acceptance_rate']:7.3f} {c:6.3f} {o['mbsu']:6.3f} "
+        c = o["cost_ratio"]
+        cov = summary["coverage"].get(n.removesuffix(" map only"), 1.0)
+        print(f"{n:20} {cov:6.3f} {o['tau']:6.2f} {o['acceptance_rate']:7.3f} {c:6.3f} {o['mbsu']:6.3f} "
               f"{o['tokens_per_second']:6.2f} {o['decode_tokens_per_second']:6.2f} "
               f"{o['mbsu'] / full['mbsu'] - 1:+7.1%} {o['speedup'] - 1:+7.1%} "
               f"{o['decode_tokens_per_second'] / full['decode_tokens_per_second'] - 1:+7.1%} "
@@ -114,17 +117,20 @@ def plot(ms: dict, keeps: list[int], vocab: int, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     xs = [vocab] + keeps
-    names = ["full"] + [f"K={k}" for k in keeps]
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for key, label, mark in (("mbsu", "MBSU", "o-"), ("tau", "tau (tokens / target call)", "s--"),
-                             ("speedup", "tokens/s vs full head", "^:")):
-        ax.plot(xs, [ms[n]["overall"][key] for n in names], mark, label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(xs, ["full\n151,936"] + [f"{k // 1024}k" for k in keeps])
-    ax.set_xlabel("drafter LM head rows K (target-generated calibration)")
-    ax.set_title("VocabTrim on Qwen2.5-Coder 0.5B -> 1.5B, HumanEval, greedy, K=5 drafts")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for suffix, label, style in (("", "map + prompt tokens", "-"), (" map only", "map only (paper)", "--")):
+        names = ["full"] + [f"K={k}{suffix}" for k in keeps]
+        for ax, key, name, mark in ((left, "mbsu", "MBSU", "o"), (left, "tau", "tau", "s"),
+                                    (right, "speedup", "tokens/s vs full head", "^")):
+            ax.plot(xs, [ms[n]["overall"][key] for n in names], mark + style, label=f"{name}, {label}")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, ["full\n151,936"] + [f"{k // 1024}k" for k in keeps])
+        ax.set_xlabel("drafter LM head rows K (target-generated calibration)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    right.axhline(1.0, color="gray", lw=0.8)
+    fig.suptitle("VocabTrim on Qwen2.5-Coder 0.5B -> 1.5B, HumanEval, greedy, K=5 drafts", fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 

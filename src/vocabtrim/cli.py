@@ -67,6 +67,10 @@ def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
     return prompt
 
 
+prompt_tokens_option = click.option(
+    "--prompt-tokens/--no-prompt-tokens", default=True, show_default=True,
+    help="With a token map, let the drafter also propose the prompt's own tokens the map "
+         "lacks (a few extra head rows per generation); off: the map alone, as in the paper.")
 dtype_option = click.option(
     "--dtype", default="auto", show_default=True, type=click.Choice(list(kernels.DTYPES)),
     help="How both models multiply. auto: bfloat16 where the CPU multiplies bf16 natively, "
@@ -94,11 +98,12 @@ dtype_option = click.option(
 @click.option("--stop", "stop_strings", multiple=True, help="Stop after this string (repeatable).")
 @click.option("--token-map", type=click.Path(path_type=Path),
               help="Draft with the LM head trimmed to this token map (from `vocabtrim trim`).")
+@prompt_tokens_option
 @dtype_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def generate(target, draft, no_draft, prompt, prompt_file, max_new_tokens, temperature, top_p,
-             top_k, seed, policy_spec, draft_len, system, raw, stop_strings, token_map, dtype,
-             as_json) -> None:
+             top_k, seed, policy_spec, draft_len, system, raw, stop_strings, token_map, prompt_tokens,
+             dtype, as_json) -> None:
     """Generate a reply, streaming text as the target accepts it."""
     from .engine import Stop
     from .policies import parse_policy
@@ -109,7 +114,7 @@ def generate(target, draft, no_draft, prompt, prompt_file, max_new_tokens, tempe
     policy = parse_policy(f"static:{draft_len}" if draft_len is not None else policy_spec)
     if max_new_tokens < 1:
         raise VocabtrimError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    tgt, engine = _engine(target, None if no_draft else draft, token_map, dtype)
+    tgt, engine = _engine(target, None if no_draft else draft, token_map, dtype, prompt_tokens)
     ids = models.encode_prompt(tgt.tokenizer, text, system, raw)
     stop = Stop(models.stop_token_ids(tgt), tuple(stop_strings), tgt.tokenizer.decode)
     stream = None if as_json else _Streamer(tgt.tokenizer)
@@ -144,12 +149,13 @@ def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "
     return tgt, drf, None if tm is None else tm.kept_ids
 
 
-def _engine(target: str, draft: str | None, token_map: Path | None, dtype: str = "auto"):
+def _engine(target: str, draft: str | None, token_map: Path | None, dtype: str = "auto",
+            prompt_tokens: bool = True):
     """The loaded target and an Engine around it (and the drafter, if any)."""
     from .engine import Engine
 
     tgt, drf, kept = _load(target, draft, token_map, dtype)
-    return tgt, Engine(tgt.model, drf.model if drf else None, kept)
+    return tgt, Engine(tgt.model, drf.model if drf else None, kept, prompt_tokens)
 
 
 @main.command()
@@ -263,9 +269,10 @@ DEFAULT_BENCH_PROMPTS = 6  # no-argument run: ~25 min on 2 AVX512-BF16 cores, ov
 @click.option("--draft", default=models.DEFAULT_DRAFT, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results/bench"), show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@prompt_tokens_option
 @dtype_option
 def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods, draft_len, adaedl,
-          token_map, calib, target, draft, out, resume, dtype) -> None:
+          token_map, calib, target, draft, out, resume, prompt_tokens, dtype) -> None:
     """Spec-Bench-style evaluation: every method on every prompt, with tables and plots."""
     from .bench import methods as bm
     from .bench.data import load_questions, select
@@ -291,13 +298,15 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
         exclude = {t for q in questions for t in q.turns}
         kept = bm.calibrated_map(calib_spec, exclude, tgt, drf)
     stop = Stop(models.stop_token_ids(tgt))
-    matrix = bm.build(names, tgt.model, drf.model, kept, sampling, seed, stop, draft_len, adaedl)
+    matrix = bm.build(names, tgt.model, drf.model, kept, sampling, seed, stop, draft_len, adaedl,
+                      prompt_tokens)
     records = run_matrix(questions, matrix, tgt.tokenizer, max_new_tokens, out / "results.jsonl", resume)
     check = lambda p, a, b: divergence(tgt.model, p, a, b)
     summary = summarize(records, "ar", sampling.greedy, check)
     summary["settings"] = {"data": data, "questions": len(questions), "max_new_tokens": max_new_tokens,
                            "temperature": temperature, "seed": seed, "draft_len": draft_len,
                            "adaedl": adaedl, "token_map_k": None if kept is None else len(kept),
+                           "prompt_tokens": prompt_tokens, "dtype": tgt.dtype,
                            "target": target, "draft": draft}
     write_reports(summary, out)
     click.echo(markdown(summary))

@@ -71,7 +71,7 @@ class Proposal:
 class Drafter(Protocol):
     """What the engine needs from any drafter."""
 
-    cost_per_forward: int
+    cost_per_forward: int  # weights read per forward in the current generation
 
     def prefill(self, seq: list[int]) -> None: ...
 
@@ -82,13 +82,21 @@ class Drafter(Protocol):
 class ModelDrafter:
     """A small causal LM of the target's vocabulary, drafting with a full or trimmed head."""
 
-    def __init__(self, model: torch.nn.Module, head: Head):
-        self.model, self.head = model, head
+    def __init__(self, model: torch.nn.Module, head: Head, prompt_tokens: bool = True):
+        self.model, self.base_head, self.head = model, head, head
+        self.prompt_tokens = prompt_tokens
         self.lm = CachedLM(model)
-        self.cost_per_forward = weights_per_forward(model, head.rows)
+        self._body_cost = weights_per_forward(model, 0)
+        self._hidden = model.get_output_embeddings().in_features
+
+    @property
+    def cost_per_forward(self) -> int:
+        return self._body_cost + self.head.rows * self._hidden
 
     def prefill(self, seq: list[int]) -> None:
-        """Start a new generation: a fresh cache holding `seq`."""
+        """Start a new generation: a fresh cache holding `seq`, and a trimmed head that can
+        also propose the prompt's own tokens (unless prompt_tokens is off)."""
+        self.head = self.base_head.for_prompt(seq) if self.prompt_tokens else self.base_head
         self.lm = CachedLM(self.model)
         self.lm.hidden(seq, 1)
 
@@ -131,7 +139,7 @@ class Engine:
     """A target, an optional drafter, and the loop that makes them one lossless decoder."""
 
     def __init__(self, target: torch.nn.Module, drafter: torch.nn.Module | None = None,
-                 kept_ids: Tensor | None = None):
+                 kept_ids: Tensor | None = None, prompt_tokens: bool = True):
         self.target = target
         self.target_head = Head.of(target)
         if drafter is not None:
@@ -141,10 +149,15 @@ class Engine:
                 raise VocabtrimError(
                     f"drafter vocabulary ({dv}) differs from target vocabulary ({tv}); "
                     "cross-vocabulary drafting is not supported yet")
-        self.drafter = None if drafter is None else ModelDrafter(drafter, Head.of(drafter, kept_ids))
+        self.drafter = None if drafter is None else ModelDrafter(
+            drafter, Head.of(drafter, kept_ids), prompt_tokens)
         self.context = min(_context(m) for m in (target, drafter) if m is not None)
-        target_cost = weights_per_forward(target, self.target_head.rows)
-        self.cost_ratio = self.drafter.cost_per_forward / target_cost if self.drafter else 0.0
+        self.target_cost = weights_per_forward(target, self.target_head.rows)
+
+    @property
+    def cost_ratio(self) -> float:
+        """c of the latest generation (a trimmed head's rows can grow with the prompt)."""
+        return self.drafter.cost_per_forward / self.target_cost if self.drafter else 0.0
 
     @torch.inference_mode()
     def generate(self, prompt: list[int], max_new_tokens: int, policy: Policy,
@@ -163,7 +176,7 @@ class Engine:
         policy.reset()
         target = CachedLM(self.target)
         drafter = self.drafter
-        stats = GenerationStats(cost_ratio=self.cost_ratio)
+        stats = GenerationStats()
         seq, new = list(prompt), []
         start = time.perf_counter()
 
@@ -182,6 +195,7 @@ class Engine:
         if drafter:
             drafter.prefill(seq)
             stats.drafter_forwards = 1
+            stats.cost_ratio = self.cost_ratio
         stats.prefill_s = time.perf_counter() - start
         done = commit([first])
         if on_tokens:

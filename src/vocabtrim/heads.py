@@ -3,6 +3,12 @@
 A trimmed head is a real K x hidden weight copied out of the full head once at load time
 (packed like the model's own layers), so each draft step reads K rows instead of the whole
 vocabulary. Draft index i stands for target token `ids[i]`.
+
+Answers copy from their prompt: identifiers in code, names and numbers in prose. Those
+are often rare tokens that no calibration set ranks in the top K, and a drafter that
+cannot propose them loses the whole rest of the round. `for_prompt` therefore adds the
+prompt's own tokens that the map lacks as a few extra rows for one generation (gathered
+from the full head; a prompt of 150 tokens adds at most 150 rows to K).
 """
 
 from __future__ import annotations
@@ -11,16 +17,20 @@ import torch
 from torch import Tensor, nn
 
 from .errors import VocabtrimError
+from .kernels import PackedLinear
 from .kernels import rows as linear_rows
 
 
 class Head:
     """hidden states -> logits over the head's own index space (the kept tokens)."""
 
-    def __init__(self, proj: nn.Module, ids: Tensor | None, vocab_size: int):
+    def __init__(self, proj: nn.Module, ids: Tensor | None, vocab_size: int,
+                 source: Tensor | None = None):
         self.proj = proj  # an nn.Linear or a PackedLinear
         self.vocab_size = vocab_size
         self.ids = ids  # None: identity (full head)
+        self.source = source  # full head weight, to gather a prompt's extra rows from
+        self.extra: Tensor | None = None  # [n, hidden] fp32 rows of the extra ids
         self._ids_list = None if ids is None else ids.tolist()
 
     @classmethod
@@ -33,14 +43,34 @@ class Head:
         kept_ids = kept_ids.to(torch.long)
         if kept_ids.numel() == 0 or int(kept_ids.max()) >= vocab or int(kept_ids.min()) < 0:
             raise VocabtrimError(f"token map ids must lie in [0, {vocab}) for this drafter")
-        return cls(linear_rows(lin, kept_ids), kept_ids, vocab)
+        source = lin.weight16 if isinstance(lin, PackedLinear) else lin.weight.detach()
+        return cls(linear_rows(lin, kept_ids), kept_ids, vocab, source)
+
+    def for_prompt(self, prompt: list[int]) -> Head:
+        """This head plus rows for the prompt's tokens it lacks (itself when none)."""
+        if self.ids is None or self.source is None:
+            return self
+        missing = torch.ones(self.vocab_size, dtype=torch.bool)
+        missing[self.ids] = False
+        present = torch.zeros(self.vocab_size, dtype=torch.bool)
+        present[torch.tensor(prompt, dtype=torch.long)] = True
+        extra_ids = (missing & present).nonzero().flatten()
+        if extra_ids.numel() == 0:
+            return self
+        head = Head(self.proj, torch.cat([self.ids, extra_ids]), self.vocab_size)
+        head.extra = self.source.index_select(0, extra_ids).float()
+        return head
 
     @property
     def rows(self) -> int:
-        return self.proj.out_features
+        return self.proj.out_features + (0 if self.extra is None else self.extra.shape[0])
 
     def __call__(self, hidden: Tensor) -> Tensor:
-        return self.proj(hidden)
+        logits = self.proj(hidden)
+        if self.extra is None:
+            return logits
+        extra = torch.nn.functional.linear(hidden.float(), self.extra).to(logits.dtype)
+        return torch.cat([logits, extra], dim=-1)
 
     def token(self, index: int) -> int:
         """Target token id of head index `index`."""

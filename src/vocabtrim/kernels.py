@@ -15,6 +15,7 @@ weights and stays memory-bound at small M, so six tokens cost ~1.4x one and that
 
 from __future__ import annotations
 
+import functools
 import platform
 from concurrent.futures import ThreadPoolExecutor
 
@@ -70,8 +71,13 @@ class PackedLinear(nn.Module):
 
     @property
     def weight(self) -> Tensor:
-        """The fp32 weight, unpacked on each access (slow: for trimming, not for decoding)."""
+        """The fp32 weight, unpacked on each access (slow: not for decoding)."""
         return torch.ops.quantized.linear_unpack_fp16(self.packed)[0]
+
+    @functools.cached_property
+    def weight16(self) -> Tensor:
+        """The fp16 weight, unpacked once and kept: rows to gather for trimmed heads."""
+        return self.weight.half()
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fp16 packed"
@@ -93,7 +99,8 @@ def pack(model: nn.Module) -> nn.Module:
 
 def rows(linear: nn.Module, ids: Tensor) -> nn.Module:
     """A new linear layer of the same kind holding only output rows `ids` (a real copy)."""
-    weight = linear.weight.detach().index_select(0, ids)
+    source = linear.weight16 if isinstance(linear, PackedLinear) else linear.weight.detach()
+    weight = source.index_select(0, ids)
     bias = None if linear.bias is None else linear.bias.detach().index_select(0, ids)
     if isinstance(linear, PackedLinear):
         return PackedLinear(weight, bias)

@@ -65,10 +65,14 @@ class GenerationStats:
 
     def add(self, other: GenerationStats) -> None:
         """Accumulate another generation of the same pair (e.g. the next turn) into this one."""
+        forwards = self.drafter_forwards + other.drafter_forwards
+        if forwards:  # c may differ per turn (a trimmed head adds each prompt's tokens)
+            self.cost_ratio = (self.cost_ratio * self.drafter_forwards
+                               + other.cost_ratio * other.drafter_forwards) / forwards
         for f in fields(self):
-            if f.name in ("cost_ratio", "policy_state"):  # properties of the pair: latest wins
-                setattr(self, f.name, getattr(other, f.name))
-            else:
+            if f.name == "policy_state":  # the rule's state after the latest turn
+                self.policy_state = other.policy_state
+            elif f.name != "cost_ratio":
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     def to_dict(self) -> dict:

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 from .errors import VocabtrimError
 
 
 def entropy(probs: Tensor) -> float:
-    """Shannon entropy in nats."""
-    p = probs[probs > 0]
-    return float(-(p * p.log()).sum())
+    """Shannon entropy in nats (entr(0) = 0: no boolean indexing over the vocabulary)."""
+    return float(torch.special.entr(probs).sum())
 
 
 class Policy:

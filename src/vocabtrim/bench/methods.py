@@ -26,10 +26,11 @@ def parse_methods(text: str) -> list[str]:
 
 
 def build(names: list[str], target, drafter, kept_ids: torch.Tensor | None, sampling: Sampling,
-          seed: int, stop: Stop, draft_len: int = 5, adaedl: str = "adaedl") -> list[Method]:
+          seed: int, stop: Stop, draft_len: int = 5, adaedl: str = "adaedl",
+          prompt_tokens: bool = True) -> list[Method]:
     """One Method per name, sharing the loaded models."""
     full = Engine(target, drafter)
-    trimmed = Engine(target, drafter, kept_ids) if kept_ids is not None else None
+    trimmed = Engine(target, drafter, kept_ids, prompt_tokens) if kept_ids is not None else None
     engines = {"ar": (Engine(target), Policy(1)),
                "sd": (full, Policy(draft_len)),
                "sd+vt": (trimmed, Policy(draft_len)),

@@ -22,7 +22,9 @@ def aggregate(recs: list[dict]) -> dict:
     tfw = sum(r["target_forwards"] for r in recs)
     drafted = sum(sum(r["draft_lengths"]) for r in recs)
     rounds = sum(len(r["draft_lengths"]) for r in recs)
-    cost = sum(r["cost_ratio"] * r["drafter_forwards"] + r["target_forwards"] for r in recs)
+    drafter_cost = sum(r["cost_ratio"] * r["drafter_forwards"] for r in recs)
+    drafter_forwards = sum(r["drafter_forwards"] for r in recs)
+    cost = drafter_cost + tfw
     out = {
         "prompts": len(recs), "tokens": tokens, "seconds": seconds,
         "tokens_per_second": tokens / seconds if seconds else 0.0,
@@ -30,6 +32,7 @@ def aggregate(recs: list[dict]) -> dict:
         "acceptance_rate": sum(sum(r["accepted_per_round"]) for r in recs) / drafted if drafted else None,
         "mean_draft_length": drafted / rounds if rounds else None,
         "mbsu": tokens / cost if cost else 0.0,
+        "cost_ratio": drafter_cost / drafter_forwards if drafter_forwards else None,  # c per drafter forward
         "time_split": {k: sum(r[f"{k}_s"] for r in recs) / seconds if seconds else 0.0
                        for k in ("prefill", "draft", "verify")},
     }
