@@ -1,12 +1,15 @@
 """Issue 3 benchmark: sweep the trimmed head size K and compare calibration sources.
 
-Default pair, bf16, greedy. Counts come from HumanEval problems disjoint from the
-evaluation problems (target- and drafter-generated answers) and from the Python standard
-library's source (raw). Every configuration runs on every evaluation prompt, interleaved.
-Prints per K: tau, acceptance, cost ratio c, MBSU and tokens/s, each also as a ratio to
-the untrimmed drafter measured in the same run; writes sweep.png (MBSU and tau against K).
+Default pair, `auto` dtype, greedy, static K=5 drafts. Counts come from HumanEval problems
+disjoint from the evaluation problems (target- and drafter-generated answers) and from the
+Python standard library's source (raw). Each K runs twice: the map plus the prompt's own
+tokens (vocabtrim's default) and the map alone (the paper). Every configuration runs on
+every evaluation prompt, interleaved. Prints per configuration: tau, acceptance, cost
+ratio c, MBSU and tokens/s (wall-clock and decode-only), each also as a ratio to the
+untrimmed drafter measured in the same run; writes sweep.png (MBSU, tau and tokens/s
+against K).
 
-    python benchmarks/vocabtrim_sweep.py --eval 16 --calib 32 --out results/sweep
+    python benchmarks/vocabtrim_sweep.py --eval 16 --calib 128 --out results/sweep
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from vocabtrim.tokenmap import trim
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--eval", type=int, default=16, help="HumanEval problems 0..N-1 are evaluated")
-    ap.add_argument("--calib", type=int, default=32, help="the last N HumanEval problems calibrate")
+    ap.add_argument("--calib", type=int, default=128, help="the last N HumanEval problems calibrate")
     ap.add_argument("--calib-tokens", type=int, default=128)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--keeps", default="65536,32768,16384,8192,4096")

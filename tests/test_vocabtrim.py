@@ -52,6 +52,9 @@ def test_prompt_tokens_extend_a_trimmed_head():
     torch.testing.assert_close(head(h), Head.of(model)(h)[:, head.ids])
     assert base.for_prompt([3, 7, 1]) is base  # nothing missing: the same head
     assert Head.of(model).for_prompt([3, 40]).rows == 64  # a full head needs nothing
+    lin = torch.nn.Linear(32, 64)  # a head with a bias: extra rows carry theirs
+    biased = Head(kernels.rows(lin, kept), kept, 64, lin).for_prompt([40, 3])
+    torch.testing.assert_close(biased(h), lin(h)[:, [7, 3, 60, 1, 22, 40]])
 
 
 @pytest.mark.parametrize("prompt_tokens", [True, False])
@@ -214,9 +217,12 @@ def test_cli_calibrate_trim_generate_export(tmp_path, tiny_dirs):
     args = ("generate", "--target", tiny_dirs["target"], "--draft", tiny_dirs["draft"],
             "--prompt", "w7 w9 w3", "--max-new-tokens", 10, "--json")
     full, trimmed = cli(*args), cli(*args, "--token-map", tmp_path / "tm")
+    map_only = cli(*args, "--token-map", tmp_path / "tm", "--no-prompt-tokens")
     assert trimmed.exit_code == 0, trimmed.stderr
-    assert json.loads(trimmed.stdout)["token_ids"] == json.loads(full.stdout)["token_ids"]
-    assert json.loads(trimmed.stdout)["cost_ratio"] < json.loads(full.stdout)["cost_ratio"]
+    full, trimmed, map_only = (json.loads(r.stdout) for r in (full, trimmed, map_only))
+    assert trimmed["token_ids"] == map_only["token_ids"] == full["token_ids"]
+    # the map lacks some of w7 w9 w3 (and the template's tokens): their rows cost a little
+    assert map_only["cost_ratio"] < trimmed["cost_ratio"] < full["cost_ratio"]
     r = cli("export", "--token-map", tmp_path / "tm", "--format", "sglang", "--out", tmp_path / "hot.pt")
     assert r.exit_code == 0 and torch.load(tmp_path / "hot.pt", weights_only=True).numel() == 20
 

@@ -17,7 +17,6 @@ import torch
 from torch import Tensor, nn
 
 from .errors import VocabtrimError
-from .kernels import PackedLinear
 from .kernels import rows as linear_rows
 
 
@@ -25,12 +24,12 @@ class Head:
     """hidden states -> logits over the head's own index space (the kept tokens)."""
 
     def __init__(self, proj: nn.Module, ids: Tensor | None, vocab_size: int,
-                 source: Tensor | None = None):
+                 source: nn.Module | None = None):
         self.proj = proj  # an nn.Linear or a PackedLinear
         self.vocab_size = vocab_size
         self.ids = ids  # None: identity (full head)
-        self.source = source  # full head weight, to gather a prompt's extra rows from
-        self.extra: Tensor | None = None  # [n, hidden] fp32 rows of the extra ids
+        self.source = source  # the full head, to gather a prompt's extra rows from
+        self.extra: nn.Module | None = None  # a plain fp32 linear layer of the extra ids' rows
         self._ids_list = None if ids is None else ids.tolist()
 
     @classmethod
@@ -43,8 +42,7 @@ class Head:
         kept_ids = kept_ids.to(torch.long)
         if kept_ids.numel() == 0 or int(kept_ids.max()) >= vocab or int(kept_ids.min()) < 0:
             raise VocabtrimError(f"token map ids must lie in [0, {vocab}) for this drafter")
-        source = lin.weight16 if isinstance(lin, PackedLinear) else lin.weight.detach()
-        return cls(linear_rows(lin, kept_ids), kept_ids, vocab, source)
+        return cls(linear_rows(lin, kept_ids), kept_ids, vocab, lin)
 
     def for_prompt(self, prompt: list[int]) -> Head:
         """This head plus rows for the prompt's tokens it lacks (itself when none)."""
@@ -58,19 +56,18 @@ class Head:
         if extra_ids.numel() == 0:
             return self
         head = Head(self.proj, torch.cat([self.ids, extra_ids]), self.vocab_size)
-        head.extra = self.source.index_select(0, extra_ids).float()
+        head.extra = linear_rows(self.source, extra_ids, packed=False).float()
         return head
 
     @property
     def rows(self) -> int:
-        return self.proj.out_features + (0 if self.extra is None else self.extra.shape[0])
+        return self.proj.out_features + (0 if self.extra is None else self.extra.out_features)
 
     def __call__(self, hidden: Tensor) -> Tensor:
         logits = self.proj(hidden)
         if self.extra is None:
             return logits
-        extra = torch.nn.functional.linear(hidden.float(), self.extra).to(logits.dtype)
-        return torch.cat([logits, extra], dim=-1)
+        return torch.cat([logits, self.extra(hidden.float()).to(logits.dtype)], dim=-1)
 
     def token(self, index: int) -> int:
         """Target token id of head index `index`."""

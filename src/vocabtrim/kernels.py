@@ -97,15 +97,15 @@ def pack(model: nn.Module) -> nn.Module:
     return model.float()
 
 
-def rows(linear: nn.Module, ids: Tensor) -> nn.Module:
-    """A new linear layer of the same kind holding only output rows `ids` (a real copy)."""
+def rows(linear: nn.Module, ids: Tensor, packed: bool = True) -> nn.Module:
+    """A new linear layer holding only output rows `ids` (a real copy): of the same kind,
+    or a plain nn.Linear when `packed` is False (a few rows are not worth packing)."""
     source = linear.weight16 if isinstance(linear, PackedLinear) else linear.weight.detach()
     weight = source.index_select(0, ids)
     bias = None if linear.bias is None else linear.bias.detach().index_select(0, ids)
-    if isinstance(linear, PackedLinear):
+    if packed and isinstance(linear, PackedLinear):
         return PackedLinear(weight, bias)
-    out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
-                    dtype=weight.dtype, device=weight.device)
+    out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
     out.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
     if bias is not None:
         out.bias = nn.Parameter(bias.contiguous(), requires_grad=False)
