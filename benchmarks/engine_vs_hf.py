@@ -1,6 +1,6 @@
 """Issue 2 benchmark: target alone vs this engine (static K) vs transformers assisted generation.
 
-Greedy, bf16, default pair, HumanEval prompts; the three methods run prompt by prompt,
+Greedy, default pair (in --dtype, default auto), HumanEval prompts; the three methods run prompt by prompt,
 interleaved, so machine noise hits them alike. Prints tokens/s, ratios measured in this run,
 and whether every output is identical to the target alone (first divergence and its margin
 otherwise).
@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from vocabtrim import models
+from vocabtrim import kernels, models
 from vocabtrim.bench.data import humaneval
 from vocabtrim.engine import Engine, Stop, divergence
 from vocabtrim.policies import Policy
@@ -35,9 +35,10 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--dtype", default="auto", choices=kernels.DTYPES)
     args = ap.parse_args()
     torch.manual_seed(0)
-    tgt, drf = models.load(models.DEFAULT_TARGET), models.load(models.DEFAULT_DRAFT)
+    tgt, drf = (models.load(m, dtype=args.dtype) for m in (models.DEFAULT_TARGET, models.DEFAULT_DRAFT))
     alone, spec = Engine(tgt.model), Engine(tgt.model, drf.model)
     stop = Stop(models.stop_token_ids(tgt))
     methods = {

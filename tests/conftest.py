@@ -75,7 +75,7 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def real_pair():
-    """The built-in default pair (bf16), fetched and converted into the cache on first use."""
+    """The built-in default pair in the auto dtype, fetched and converted into the cache on first use."""
     from vocabtrim import models
 
     target = models.load(models.DEFAULT_TARGET)

@@ -1,10 +1,10 @@
-"""Integration on the real default pair (bf16). Fetches and converts it on first use."""
+"""Integration on the real default pair (auto dtype). Fetches and converts it on first use."""
 
 import pytest
 
 from vocabtrim import models
 from vocabtrim.engine import Engine, Stop, divergence
-from vocabtrim.policies import Policy
+from vocabtrim.policies import Policy, parse_policy
 
 pytestmark = pytest.mark.real
 
@@ -31,6 +31,18 @@ def test_greedy_identical_to_target_alone_and_stats_consistent(real_pair):
         assert 0.2 < s.cost_ratio < 0.45  # 0.5B drafter vs 1.5B target, full heads
         accepted += sum(s.accepted_per_round)
     assert accepted > 20
+
+
+@pytest.mark.parametrize("spec", ["static:3", "adaedl", "confidence:0.4", "heuristic", "svip"])
+def test_greedy_identical_with_every_policy(real_pair, spec):
+    target, draft = real_pair
+    ids = models.encode_prompt(target.tokenizer, PROMPTS[1])
+    stop = Stop(models.stop_token_ids(target))
+    ref, _ = Engine(target.model).generate(ids, 32, Policy(1), stop=stop)
+    out, s = Engine(target.model, draft.model).generate(ids, 32, parse_policy(spec), stop=stop)
+    d = divergence(target.model, ids, ref, out)
+    assert d is None or d["tie"], f"{spec}: greedy output differs from the target alone: {d}"
+    assert s.drafter_forwards >= 1 + sum(s.draft_lengths)
 
 
 def test_stop_ids_include_end_of_turn(real_pair):

@@ -247,7 +247,7 @@ def export(token_map, fmt, out) -> None:
     click.echo(f"wrote {fmt} export -> {out}")
 
 
-DEFAULT_BENCH_PROMPTS = 6  # no-argument run: ~25 min on 2 AVX512-BF16 cores, over an hour on AVX2-only
+DEFAULT_BENCH_PROMPTS = 6  # no-argument run: ~25 min on 2 cores (packed-fp16 on AVX2, estimated)
 
 
 @main.command()
