@@ -10,6 +10,12 @@ untrimmed drafter measured in the same run; writes sweep.png (MBSU, tau and toke
 against K).
 
     python benchmarks/vocabtrim_sweep.py --eval 16 --calib 128 --out results/sweep
+
+A focused, noise-resistant comparison of one K with the untrimmed drafter (each prompt run
+three times per head, the fastest kept, with a bootstrap interval of the speed-up):
+
+    python benchmarks/vocabtrim_sweep.py --eval 36 --keeps 16384 --sources "" --no-map-only \
+        --repeats 3 --out results/ab
 """
 
 from __future__ import annotations
@@ -47,6 +53,10 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--keeps", default="65536,32768,16384,8192,4096")
     ap.add_argument("--sources-k", type=int, default=16384, help="K at which the sources are compared")
+    ap.add_argument("--sources", default="draft,raw", help="other calibration sources ('' for none)")
+    ap.add_argument("--map-only", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run each K with the map alone (the paper's head)")
+    ap.add_argument("--repeats", type=int, default=1, help="runs per (prompt, config); the fastest is kept")
     ap.add_argument("--k", type=int, default=5, help="static draft length")
     ap.add_argument("--out", type=Path, default=Path("results/sweep"))
     args = ap.parse_args()
@@ -63,7 +73,8 @@ def main() -> None:
     print("counting target tokens", flush=True)
     counts = {"target": target_counts(spec, exclude, tgt, drf)}
     calib_prompts = calibration_prompts(spec, exclude)
-    for source in ("draft", "raw"):
+    sources = [x for x in args.sources.split(",") if x]
+    for source in sources:
         meta = {"source": source, "tokenizer": tokenizer_fingerprint(drf.tokenizer)}
         if source == "raw":
             items, fn = load_items("stdlib"), tokenize_fn(drf.tokenizer)
@@ -78,17 +89,17 @@ def main() -> None:
     keeps = [int(k) for k in args.keeps.split(",")]
     # Each K twice: the map plus the prompt's own tokens (our default) and the map alone (the paper).
     maps = {f"K={k}": trim(counts["target"], keep=k, always=always) for k in keeps}
-    for source in ("draft", "raw"):
+    for source in sources:
         maps[f"{source}@{args.sources_k}"] = trim(counts[source], keep=args.sources_k, always=always)
     engines = {"full": spec_full, **{n: Engine(tgt.model, drf.model, tm.kept_ids) for n, tm in maps.items()},
                **{f"K={k} map only": Engine(tgt.model, drf.model, maps[f"K={k}"].kept_ids, prompt_tokens=False)
-                  for k in keeps}}
+                  for k in keeps if args.map_only}}
     methods = [Method(n, lambda ids, m, e=e: e.generate(ids, m, Policy(args.k), greedy, 0, stop))
                for n, e in engines.items()]
     with torch.inference_mode():
         spec_full.generate(models.encode_prompt(tgt.tokenizer, "Say hello."), 8, Policy(args.k))
     records = run_matrix(evaluated, methods, tgt.tokenizer, args.max_new_tokens,
-                         args.out / "results.jsonl", resume=True)
+                         args.out / "results.jsonl", resume=True, repeats=args.repeats)
     check = lambda p, a, b: divergence(tgt.model, p, a, b)
     summary = summarize(records, baseline="full", check=check)
     summary["coverage"] = {n: tm.meta["coverage"] for n, tm in maps.items()}
@@ -99,18 +110,24 @@ def main() -> None:
     full = ms["full"]["overall"]
     print(f"\ndtype {tgt.dtype}; calibration tokens: {summary['calibration_tokens']}")
     print(f"{'config':20} {'cover':>6} {'tau':>6} {'accept':>7} {'c':>6} {'MBSU':>6} {'tok/s':>6}"
-          f" {'decode':>6} {'dMBSU':>7} {'dtok/s':>7} {'ddecode':>7} {'dtau':>7}  identical")
+          f" {'decode':>6} {'dMBSU':>7} {'dtok/s':>7} {'95% CI':>15} {'ddecode':>7} {'dtau':>7}  identical")
     for n, m in ms.items():
         o = m["overall"]
         c = o["cost_ratio"]
         cov = summary["coverage"].get(n.removesuffix(" map only"), 1.0)
         print(f"{n:20} {cov:6.3f} {o['tau']:6.2f} {o['acceptance_rate']:7.3f} {c:6.3f} {o['mbsu']:6.3f} "
               f"{o['tokens_per_second']:6.2f} {o['decode_tokens_per_second']:6.2f} "
-              f"{o['mbsu'] / full['mbsu'] - 1:+7.1%} {o['speedup'] - 1:+7.1%} "
+              f"{o['mbsu'] / full['mbsu'] - 1:+7.1%} {o['speedup'] - 1:+7.1%} {ci(o['speedup_ci']):>15} "
               f"{o['decode_tokens_per_second'] / full['decode_tokens_per_second'] - 1:+7.1%} "
               f"{o['tau'] / full['tau'] - 1:+7.1%}  {m.get('identical', 'baseline')}")
-    plot(ms, keeps, vocab, args.out / "sweep.png")
-    print(f"\nwrote {args.out / 'sweep.png'}")
+    if args.map_only:  # the plot sets each K's map-only head beside the default one
+        plot(ms, keeps, vocab, args.out / "sweep.png")
+        print(f"\nwrote {args.out / 'sweep.png'}")
+
+
+def ci(interval: list[float] | None) -> str:
+    """A speed-up's 95% interval as relative gains."""
+    return "" if interval is None else f"{interval[0] - 1:+.1%}..{interval[1] - 1:+.1%}"
 
 
 def plot(ms: dict, keeps: list[int], vocab: int, path: Path) -> None:

@@ -5,7 +5,7 @@ from click.testing import CliRunner
 from conftest import tiny_tokenizer
 
 from vocabtrim.bench.data import Question, load_questions, select
-from vocabtrim.bench.report import markdown, summarize
+from vocabtrim.bench.report import markdown, speedup_interval, summarize
 from vocabtrim.bench.run import Method, read_results, run_matrix
 from vocabtrim.cli import main
 from vocabtrim.metrics import GenerationStats
@@ -72,18 +72,47 @@ def test_run_matrix_resumes_without_repeating_work(tmp_path):
     assert recs[0]["turns"][1]["prompt_ids"][: len(recs[0]["turns"][0]["prompt_ids"])] == recs[0]["turns"][0]["prompt_ids"]
 
 
+def test_run_matrix_repeats_alternate_order_and_keep_the_fastest(tmp_path):
+    calls: list = []
+    times = iter([3.0, 1.0, 2.0, 5.0, 0.5, 4.0])  # ar, sd, then sd, ar (reversed), then ar, sd
+
+    def timed(name):
+        def gen(ids, max_new):
+            calls.append(name)
+            return [7], GenerationStats(new_tokens=1, target_forwards=1, seconds=next(times))
+        return Method(name, gen)
+
+    q = Question("0", "c", ("w5",))
+    recs = run_matrix([q], [timed("ar"), timed("sd")], tiny_tokenizer(64), 4, tmp_path / "r.jsonl", repeats=3)
+    assert calls == ["ar", "sd", "sd", "ar", "ar", "sd"]
+    best = {r["method"]: (r["seconds"], r["runs_s"]) for r in recs}
+    assert best == {"ar": (0.5, [3.0, 5.0, 0.5]), "sd": (1.0, [1.0, 2.0, 4.0])}
+    with pytest.raises(ValueError, match="repeats"):
+        run_matrix([q], [timed("ar")], tiny_tokenizer(64), 4, tmp_path / "s.jsonl", repeats=0)
+
+
+def test_speedup_interval_brackets_the_ratio():
+    base = [{"question_id": str(i), "new_tokens": 10, "seconds": 1.0} for i in range(8)]
+    fast = [{"question_id": str(i), "new_tokens": 10, "seconds": 0.8 + 0.05 * (i % 3)} for i in range(8)]
+    lo, hi = speedup_interval(fast, base)
+    point = 80 / sum(r["seconds"] for r in fast) / (80 / 8.0)
+    assert lo < point < hi and lo > 1.0
+    assert speedup_interval(fast[:1], base) is None
+
+
 def test_bench_end_to_end_on_tiny_models(tmp_path, tiny_dirs):
     data = write_jsonl(tmp_path / "sb.jsonl", SPEC_BENCH)
     calib = write_jsonl(tmp_path / "calib.jsonl", [{"prompt": f"w{i} w{i + 2}"} for i in range(20, 26)])
     out = tmp_path / "out"
     args = ["bench", "--target", tiny_dirs["target"], "--draft", tiny_dirs["draft"], "--data", data,
             "--per-category", 1, "--max-new-tokens", 10, "--out", out,
-            "--calibrate", f"{calib}:n=4,k=30,tokens=6"]
+            "--calibrate", f"{calib}:n=4,k=30,tokens=6", "--repeats", 2]
     env = {"VOCABTRIM_CACHE": str(tmp_path / "cache")}
     r = CliRunner().invoke(main, [str(a) for a in args], env=env)
     assert r.exit_code == 0, r.stderr + str(r.exception)
     recs = read_results(out / "results.jsonl")
     assert len(recs) == 3 * 6 and {r["method"] for r in recs} == {"ar", "sd", "sd+vt", "sd+adaedl", "sd+vt+adaedl", "hf"}
+    assert all(r["seconds"] == min(r["runs_s"]) and len(r["runs_s"]) == 2 for r in recs)
     summary = json.loads((out / "summary.json").read_text())
     for name, m in summary["methods"].items():
         mine = [x for x in recs if x["method"] == name]
@@ -124,3 +153,5 @@ def test_bench_bad_arguments(tmp_path):
     assert r.exit_code == 1 and "unknown method(s) warp" in r.stderr
     r = CliRunner().invoke(main, ["bench", "--calibrate", "humaneval:z=1", "--out", str(tmp_path)])
     assert r.exit_code == 1 and "bad --calibrate" in r.stderr
+    r = CliRunner().invoke(main, ["bench", "--repeats", "0", "--out", str(tmp_path)])
+    assert r.exit_code == 1 and r.stderr.strip() == "error: --repeats must be >= 1, got 0"

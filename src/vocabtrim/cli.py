@@ -269,10 +269,12 @@ DEFAULT_BENCH_PROMPTS = 6  # no-argument run: ~25 min on 2 cores (packed-fp16 on
 @click.option("--draft", default=models.DEFAULT_DRAFT, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results/bench"), show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@click.option("--repeats", default=1, show_default=True,
+              help="Runs of each prompt per method, order alternating; the fastest is kept (noisy machines).")
 @prompt_tokens_option
 @dtype_option
 def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods, draft_len, adaedl,
-          token_map, calib, target, draft, out, resume, prompt_tokens, dtype) -> None:
+          token_map, calib, target, draft, out, resume, repeats, prompt_tokens, dtype) -> None:
     """Spec-Bench-style evaluation: every method on every prompt, with tables and plots."""
     from .bench import methods as bm
     from .bench.data import load_questions, select
@@ -287,6 +289,8 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     parse_policy(adaedl)
     if max_new_tokens < 1:
         raise VocabtrimError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if repeats < 1:
+        raise VocabtrimError(f"--repeats must be >= 1, got {repeats}")
     if data == "humaneval" and per_category is None and limit is None:
         limit = DEFAULT_BENCH_PROMPTS
     questions = select(load_questions(data), per_category, limit)
@@ -300,11 +304,12 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     stop = Stop(models.stop_token_ids(tgt))
     matrix = bm.build(names, tgt.model, drf.model, kept, sampling, seed, stop, draft_len, adaedl,
                       prompt_tokens)
-    records = run_matrix(questions, matrix, tgt.tokenizer, max_new_tokens, out / "results.jsonl", resume)
+    records = run_matrix(questions, matrix, tgt.tokenizer, max_new_tokens, out / "results.jsonl", resume,
+                         repeats)
     check = lambda p, a, b: divergence(tgt.model, p, a, b)
     summary = summarize(records, "ar", sampling.greedy, check)
     summary["settings"] = {"data": data, "questions": len(questions), "max_new_tokens": max_new_tokens,
-                           "temperature": temperature, "seed": seed, "draft_len": draft_len,
+                           "repeats": repeats, "temperature": temperature, "seed": seed, "draft_len": draft_len,
                            "adaedl": adaedl, "token_map_k": None if kept is None else len(kept),
                            "prompt_tokens": prompt_tokens, "dtype": tgt.dtype,
                            "target": target, "draft": draft}

@@ -7,6 +7,7 @@ means of per-prompt ratios, so long answers weigh as much as they cost.
 from __future__ import annotations
 
 import json
+import random
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,25 @@ def aggregate(recs: list[dict]) -> dict:
     decode = seconds - sum(r["prefill_s"] for r in recs)  # the prompt's cost is the same for all methods
     out["decode_tokens_per_second"] = tokens / decode if decode > 0 else 0.0
     return out
+
+
+def speedup_interval(recs: list[dict], base: list[dict], draws: int = 2000) -> list[float] | None:
+    """95% bootstrap interval of the tokens/s ratio to the baseline, resampling questions
+    with their baseline runs (paired): how far the speed-up would move on another draw of
+    prompts and of machine noise. None with fewer than two shared questions."""
+    ref = {r["question_id"]: r for r in base}
+    pairs = [(r, ref[r["question_id"]]) for r in recs if r["question_id"] in ref]
+    if len(pairs) < 2:
+        return None
+    rng = random.Random(0)
+    ratios = sorted(_ratio(rng.choices(pairs, k=len(pairs))) for _ in range(draws))
+    return [ratios[int(0.025 * draws)], ratios[int(0.975 * draws) - 1]]
+
+
+def _ratio(pairs: list[tuple[dict, dict]]) -> float:
+    """tokens/s of the first of each pair over tokens/s of the second, as ratios of sums."""
+    speed = [sum(p[i]["new_tokens"] for p in pairs) / sum(p[i]["seconds"] for p in pairs) for i in (0, 1)]
+    return speed[0] / speed[1]
 
 
 def compare(recs: list[dict], base: list[dict], check: CheckFn | None) -> list[dict]:
@@ -74,6 +94,7 @@ def summarize(records: list[dict], baseline: str = "ar", greedy: bool = True,
         overall = aggregate(recs)
         overall["speedup"] = (overall["tokens_per_second"] / base_all["tokens_per_second"]
                               if base_all else None)
+        overall["speedup_ci"] = speedup_interval(recs, base) if name != baseline else None
         entry = {"overall": overall, "categories": cats}
         if greedy and base and name != baseline:
             diffs = compare(recs, base, check)
@@ -92,11 +113,13 @@ def _f(x, fmt="{:.2f}") -> str:
 def markdown(summary: dict) -> str:
     """Spec-Bench-style tables: overall per method, then speed-up per category."""
     ms = summary["methods"]
-    lines = ["| method | tok/s | speed-up | tau | acceptance | mean draft | MBSU | identical to ar |",
+    lines = ["| method | tok/s | speed-up (95% CI) | tau | acceptance | mean draft | MBSU | identical to ar |",
              "|---|---|---|---|---|---|---|---|"]
     for name, m in ms.items():
         o = m["overall"]
-        lines.append(f"| {name} | {o['tokens_per_second']:.2f} | {_f(o['speedup'], '{:.2f}x')} | "
+        ci = o.get("speedup_ci")
+        ci = f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else ""
+        lines.append(f"| {name} | {o['tokens_per_second']:.2f} | {_f(o['speedup'], '{:.2f}x')}{ci} | "
                      f"{o['tau']:.2f} | {_f(o['acceptance_rate'])} | {_f(o['mean_draft_length'])} | "
                      f"{o['mbsu']:.2f} | {m.get('identical', '-')} |")
     cats = sorted({c for m in ms.values() for c in m["categories"]})

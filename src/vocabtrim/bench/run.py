@@ -1,9 +1,12 @@
 """Run a matrix of methods over questions, interleaved prompt by prompt, into results.jsonl.
 
 Every method sees the same question before the next question starts, so slow phases of a
-noisy machine hit all methods alike. Each (question, method) result is appended as one JSON
-line as soon as it exists: an interrupted run leaves valid partial results, and `resume`
-skips what is already there.
+noisy machine hit all methods alike. With `repeats` > 1 each question is asked of every
+method that many times, in reversed order on alternate passes, and the fastest run is kept:
+on a shared machine the fastest run is the one other tenants disturbed least, and outputs
+are seeded, so every run of a method produces the same tokens. Each (question, method)
+result is appended as one JSON line once it exists: an interrupted run leaves valid partial
+results, and `resume` skips what is already there.
 """
 
 from __future__ import annotations
@@ -57,19 +60,30 @@ def read_results(path: Path) -> list[dict]:
 
 
 def run_matrix(questions: list[Question], methods: list[Method], tokenizer, max_new_tokens: int,
-               results: Path, resume: bool = False) -> list[dict]:
+               results: Path, resume: bool = False, repeats: int = 1) -> list[dict]:
     """Fill `results` (JSONL) with one record per (question, method); return all records."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     records = read_results(results) if resume else []
     done = {(r["question_id"], r["method"]) for r in records}
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text("".join(json.dumps(r) + "\n" for r in records))  # drop a torn last line
-    todo = [(q, m) for q in questions for m in methods if (q.id, m.name) not in done]
-    with open(results, "a") as f, tqdm(total=len(todo), desc="bench", unit="run") as bar:
-        for q, m in todo:
-            bar.set_postfix_str(f"{q.id} {m.name}")
-            rec = ask(q, m, tokenizer, max_new_tokens)
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
-            records.append(rec)
-            bar.update(1)
+    todo = [(q, [m for m in methods if (q.id, m.name) not in done]) for q in questions]
+    todo = [(q, ms) for q, ms in todo if ms]
+    with open(results, "a") as f, tqdm(total=repeats * sum(len(ms) for _, ms in todo),
+                                       desc="bench", unit="run") as bar:
+        for q, ms in todo:
+            runs: dict[str, list[dict]] = {m.name: [] for m in ms}
+            for rep in range(repeats):
+                for m in (ms if rep % 2 == 0 else ms[::-1]):
+                    bar.set_postfix_str(f"{q.id} {m.name}")
+                    runs[m.name].append(ask(q, m, tokenizer, max_new_tokens))
+                    bar.update(1)
+            for m in ms:
+                rec = min(runs[m.name], key=lambda r: r["seconds"])
+                if repeats > 1:
+                    rec["runs_s"] = [r["seconds"] for r in runs[m.name]]
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+                records.append(rec)
     return records
