@@ -9,7 +9,9 @@ the price of one (memory-bound). This prints both, measured in one run, for each
 On CPUs with native bf16 matmul (AVX512-BF16 / AMX) (b) holds in bf16; on AVX2-only CPUs
 bf16 and fp16 matmuls are emulated, multi-token forwards turn compute-bound, and
 verification of K+1 tokens costs several single-token forwards, while packed-fp16 (fbgemm
-fp16 weights, fp32 math; what `auto` picks there) keeps it close to one.
+fp16 weights, fp32 math; what `auto` picks there) keeps it close to one. It also splits a
+draft step into the drafter's body and its LM head (full and trimmed): the head's share is
+the most that VocabTrim can take off a draft step.
 """
 
 from __future__ import annotations
@@ -37,6 +39,22 @@ def forward_ms(lm: CachedLM, head: Head, context: list[int], n: int, repeats: in
     return 1000 * statistics.median(times)
 
 
+def head_split_ms(lm: CachedLM, heads: dict[str, Head], context: list[int], repeats: int) -> dict[str, float]:
+    """Median milliseconds of one drafter step's body and of each head on its hidden state:
+    how much of a draft step any head trimming can save at most."""
+    lm.hidden(context, 1)
+    times: dict[str, list[float]] = {"body": [], **{n: [] for n in heads}}
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        h = lm.hidden(context + [1000 + r], 1)
+        times["body"].append(time.perf_counter() - t0)
+        for n, head in heads.items():
+            t0 = time.perf_counter()
+            head(h)
+            times[n].append(time.perf_counter() - t0)
+    return {n: 1000 * statistics.median(t) for n, t in times.items()}
+
+
 def prefill_s(model, context: list[int]) -> float:
     """Seconds to prefill `context` into an empty cache (what every generation pays first)."""
     t0 = time.perf_counter()
@@ -51,12 +69,14 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=200, help="tokens already in the cache")
     ap.add_argument("--prefill", type=int, default=150, help="prompt length whose prefill is timed")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--trimmed", type=int, default=16384, help="rows of the trimmed drafter head timed")
     args = ap.parse_args()
     context = list(range(500, 500 + args.context))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
     print(f"{'dtype':11} {'drafter 1':>9} {'target 1':>9} {f'target {args.k + 1}':>9} {'c (time)':>9} "
           f"{'verify/1':>9} {'round/ar':>9} {f'prefill {args.prefill}':>12}")
+    splits = {}
     for dtype in args.dtypes.split(","):
         ms = {}
         with torch.inference_mode():
@@ -64,6 +84,9 @@ def main() -> None:
                 loaded = models.load(name, dtype=dtype)
                 lm, head = CachedLM(loaded.model), Head.of(loaded.model)
                 ms[role, 1] = forward_ms(lm, head, context, 1, args.repeats)
+                if role == "draft":
+                    trimmed = Head.of(loaded.model, torch.arange(args.trimmed))
+                    splits[dtype] = head_split_ms(lm, {"full": head, "trimmed": trimmed}, context, args.repeats)
                 if role == "target":
                     ms[role, args.k + 1] = forward_ms(lm, head, context, args.k + 1, args.repeats)
                     prefill = prefill_s(loaded.model, context[:args.prefill])
@@ -75,6 +98,11 @@ def main() -> None:
               f"{c:9.3f} {verify:9.2f} {args.k * c + verify:9.2f} {prefill:11.2f}s")
     print(f"\nround/ar: the time of one K={args.k} round in target forwards; speculative decoding "
           "beats the target alone only when tau exceeds it.")
+    print(f"\n{'dtype':11} {'drafter body':>12} {'full head':>9} {f'{args.trimmed} head':>10} {'head share':>10}")
+    for dtype, t in splits.items():
+        share = t["full"] / (t["body"] + t["full"])
+        print(f"{dtype:11} {t['body']:10.1f}ms {t['full']:7.1f}ms {t['trimmed']:8.1f}ms {share:10.1%}")
+    print("head share: the full head's part of a draft step, the most that trimming the head can save.")
 
 
 if __name__ == "__main__":

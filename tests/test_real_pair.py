@@ -33,12 +33,20 @@ def test_greedy_identical_to_target_alone_and_stats_consistent(real_pair):
     assert accepted > 20
 
 
-@pytest.mark.parametrize("spec", ["static:3", "adaedl", "confidence:0.4", "heuristic", "svip"])
-def test_greedy_identical_with_every_policy(real_pair, spec):
-    target, draft = real_pair
+@pytest.fixture(scope="module")
+def target_alone(real_pair) -> tuple[list[int], list[int]]:
+    """(prompt ids, the target's own greedy answer) for PROMPTS[1], computed once."""
+    target, _ = real_pair
     ids = models.encode_prompt(target.tokenizer, PROMPTS[1])
+    ref, _ = Engine(target.model).generate(ids, 32, Policy(1), stop=Stop(models.stop_token_ids(target)))
+    return ids, ref
+
+
+@pytest.mark.parametrize("spec", ["static:3", "adaedl", "confidence:0.4", "heuristic", "svip"])
+def test_greedy_identical_with_every_policy(real_pair, target_alone, spec):
+    target, draft = real_pair
+    ids, ref = target_alone
     stop = Stop(models.stop_token_ids(target))
-    ref, _ = Engine(target.model).generate(ids, 32, Policy(1), stop=stop)
     out, s = Engine(target.model, draft.model).generate(ids, 32, parse_policy(spec), stop=stop)
     d = divergence(target.model, ids, ref, out)
     assert d is None or d["tie"], f"{spec}: greedy output differs from the target alone: {d}"
