@@ -247,7 +247,7 @@ def export(token_map, fmt, out) -> None:
     click.echo(f"wrote {fmt} export -> {out}")
 
 
-DEFAULT_BENCH_PROMPTS = 6  # no-argument run: ~25 min on 2 cores (packed-fp16 on AVX2, estimated)
+DEFAULT_BENCH_PROMPTS = 6  # no-argument run: 14.5 min on 2 AVX2 cores, models cached (packed-fp16)
 
 
 @main.command()
