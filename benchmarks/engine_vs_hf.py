@@ -17,7 +17,9 @@ import torch
 
 from vocabtrim import kernels, models
 from vocabtrim.bench.data import humaneval
-from vocabtrim.engine import Engine, Stop, divergence
+from vocabtrim.bench.identity import divergence
+from vocabtrim.drafters import ModelDrafter
+from vocabtrim.engine import Engine, Stop
 from vocabtrim.policies import Policy
 
 
@@ -39,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     tgt, drf = (models.load(m, dtype=args.dtype) for m in (models.DEFAULT_TARGET, models.DEFAULT_DRAFT))
-    alone, spec = Engine(tgt.model), Engine(tgt.model, drf.model)
+    alone, spec = Engine(tgt.model), Engine(tgt.model, ModelDrafter(drf.model, tgt.model))
     stop = Stop(models.stop_token_ids(tgt))
     methods = {
         "target alone": lambda ids, n: alone.generate(ids, n, Policy(args.k), stop=stop)[0],

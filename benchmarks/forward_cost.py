@@ -23,7 +23,7 @@ import time
 import torch
 
 from vocabtrim import models
-from vocabtrim.engine import CachedLM
+from vocabtrim.cache import CachedLM
 from vocabtrim.heads import Head
 
 

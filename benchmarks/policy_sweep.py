@@ -21,9 +21,11 @@ import torch
 from vocabtrim import models
 from vocabtrim.bench import methods as bm
 from vocabtrim.bench.data import humaneval
+from vocabtrim.bench.identity import divergence
 from vocabtrim.bench.report import aggregate, summarize
 from vocabtrim.bench.run import Method, run_matrix
-from vocabtrim.engine import Engine, Stop, divergence
+from vocabtrim.drafters import ModelDrafter
+from vocabtrim.engine import Engine, Stop
 from vocabtrim.files import atomic_write
 from vocabtrim.policies import Policy, parse_policy
 from vocabtrim.sampling import Sampling
@@ -56,7 +58,7 @@ def main() -> None:
         exclude = {q.turns[0] for q in questions}
         print("calibrating the token map (cached after the first run)", flush=True)
         kept = bm.calibrated_map(bm.parse_calibration(args.calibrate), exclude, tgt, drf)
-    engines = {"full": Engine(tgt.model, drf.model), "vt": Engine(tgt.model, drf.model, kept)}
+    engines = {"full": Engine(tgt.model, ModelDrafter(drf.model, tgt.model)), "vt": Engine(tgt.model, ModelDrafter(drf.model, tgt.model, kept))}
     stop = Stop(models.stop_token_ids(tgt))
 
     def method(name: str, engine: Engine, policy: Policy, temperature: float) -> Method:

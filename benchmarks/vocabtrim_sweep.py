@@ -28,6 +28,7 @@ import torch
 
 from vocabtrim import models
 from vocabtrim.bench.data import humaneval
+from vocabtrim.bench.identity import divergence
 from vocabtrim.bench.methods import calibration_prompts, target_counts
 from vocabtrim.bench.report import summarize
 from vocabtrim.bench.run import Method, run_matrix
@@ -38,7 +39,8 @@ from vocabtrim.calibrate import (
     tokenize_fn,
     tokenizer_fingerprint,
 )
-from vocabtrim.engine import Engine, Stop, divergence
+from vocabtrim.drafters import ModelDrafter
+from vocabtrim.engine import Engine, Stop
 from vocabtrim.files import atomic_write
 from vocabtrim.policies import Policy
 from vocabtrim.sampling import Sampling
@@ -62,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
     tgt, drf = models.load(models.DEFAULT_TARGET), models.load(models.DEFAULT_DRAFT)
     vocab = drf.model.config.vocab_size
-    spec_full = Engine(tgt.model, drf.model)
+    spec_full = Engine(tgt.model, ModelDrafter(drf.model, tgt.model))
     stop = Stop(models.stop_token_ids(tgt))
     greedy = Sampling()
 
@@ -91,8 +93,8 @@ def main() -> None:
     maps = {f"K={k}": trim(counts["target"], keep=k, always=always) for k in keeps}
     for source in sources:
         maps[f"{source}@{args.sources_k}"] = trim(counts[source], keep=args.sources_k, always=always)
-    engines = {"full": spec_full, **{n: Engine(tgt.model, drf.model, tm.kept_ids) for n, tm in maps.items()},
-               **{f"K={k} map only": Engine(tgt.model, drf.model, maps[f"K={k}"].kept_ids, prompt_tokens=False)
+    engines = {"full": spec_full, **{n: Engine(tgt.model, ModelDrafter(drf.model, tgt.model, tm.kept_ids)) for n, tm in maps.items()},
+               **{f"K={k} map only": Engine(tgt.model, ModelDrafter(drf.model, tgt.model, maps[f"K={k}"].kept_ids, prompt_tokens=False))
                   for k in keeps if args.map_only}}
     methods = [Method(n, lambda ids, m, e=e: e.generate(ids, m, Policy(args.k), greedy, 0, stop))
                for n, e in engines.items()]

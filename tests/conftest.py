@@ -14,6 +14,9 @@ from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers import models as tk_models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from vocabtrim.drafters import ModelDrafter
+from vocabtrim.engine import Engine
+
 TINY_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
@@ -29,6 +32,11 @@ def tiny_model(vocab: int = 64, seed: int = 0, tie: bool = False, layers: int = 
     with torch.no_grad():  # sharper logits than the default init, so drafts get accepted
         model.get_output_embeddings().weight.mul_(8)
     return model
+
+
+def spec_engine(target, draft=None, kept_ids=None, prompt_tokens: bool = True) -> Engine:
+    """An Engine with a model drafter (the target alone when `draft` is None)."""
+    return Engine(target, None if draft is None else ModelDrafter(draft, target, kept_ids, prompt_tokens))
 
 
 def noisy_copy(model: LlamaForCausalLM, scale: float, seed: int) -> LlamaForCausalLM:

@@ -2,12 +2,14 @@ import itertools
 
 import pytest
 import torch
-from conftest import noisy_copy, tiny_model
+from conftest import noisy_copy, spec_engine, tiny_model
 from scipy.stats import chisquare
 
 from vocabtrim import engine as engine_mod
-from vocabtrim.engine import CachedLM, Engine, Stop
-from vocabtrim.policies import Policy
+from vocabtrim.cache import CachedLM
+from vocabtrim.drafters import HybridDrafter, ModelDrafter, SuffixDrafter
+from vocabtrim.engine import Engine, Stop
+from vocabtrim.policies import Policy, parse_policy
 from vocabtrim.sampling import Sampling, verify
 
 TARGET = tiny_model(64, seed=1)
@@ -22,7 +24,7 @@ def prompts(n: int, vocab: int = 64) -> list[list[int]]:
 
 @pytest.mark.parametrize("k", [1, 2, 3, 5, 8])
 def test_greedy_identical_to_target_alone(k):
-    alone, spec = Engine(TARGET), Engine(TARGET, DRAFT)
+    alone, spec = Engine(TARGET), spec_engine(TARGET, DRAFT)
     accepted = 0
     for p in prompts(12):
         ref, _ = alone.generate(p, 40, Policy(k))
@@ -34,7 +36,7 @@ def test_greedy_identical_to_target_alone(k):
 
 
 def test_stop_token_inside_a_draft_and_max_new_tokens_mid_round():
-    alone, spec = Engine(TARGET), Engine(TARGET, noisy_copy(TARGET, 0.05, seed=3))
+    alone, spec = Engine(TARGET), spec_engine(TARGET, noisy_copy(TARGET, 0.05, seed=3))
     hits = 0
     for p in prompts(20):
         ref, _ = alone.generate(p, 60, Policy(8))
@@ -51,13 +53,21 @@ def test_stop_token_inside_a_draft_and_max_new_tokens_mid_round():
 
 
 def test_stats_are_consistent():
-    _, s = Engine(TARGET, DRAFT).generate(prompts(1)[0], 50, Policy(4))
+    _, s = spec_engine(TARGET, DRAFT).generate(prompts(1)[0], 50, Policy(4))
     assert s.new_tokens == sum(s.accepted_per_round) + s.bonus_tokens == 50
-    assert s.target_forwards == len(s.draft_lengths) + 1
-    assert s.drafter_forwards == sum(s.draft_lengths) + 1  # static: no discarded forwards
+    assert 0 not in s.draft_lengths and s.target_forwards >= len(s.draft_lengths) + 1
+    assert s.drafter_forwards == sum(s.draft_lengths)  # static: no discarded forwards
     assert s.cost_ratio == pytest.approx(1.0)  # drafter and target have the same size here
+    prefill = s.draft_cost - s.cost_ratio * s.drafter_forwards
+    assert 0.5 < prefill < 1  # the drafter's prefill reads its body, not its head
     assert s.tau == pytest.approx(50 / s.target_forwards)
-    assert s.mbsu == pytest.approx(50 / (s.cost_ratio * s.drafter_forwards + s.target_forwards))
+    assert s.mbsu == pytest.approx(50 / (s.draft_cost + s.target_forwards))
+
+
+def test_a_round_without_room_for_drafts_is_a_plain_target_step():
+    _, s = spec_engine(TARGET, DRAFT).generate(prompts(1)[0], 2, Policy(4))  # prefill + one step
+    assert s.target_forwards == 2 and s.draft_lengths == [] and s.mean_draft_length is None
+    assert s.drafter_forwards == 0
 
 
 def test_target_alone_counts_one_forward_per_token():
@@ -90,23 +100,24 @@ SAMPLING = Sampling(temperature=0.9, top_k=4)
 
 
 @torch.inference_mode()
-def exact_joint(n: int) -> dict[tuple[int, ...], float]:
+def exact_joint(n: int, prompt: tuple[int, ...] = tuple(PROMPT)) -> dict[tuple[int, ...], float]:
     """The target's own probability of every n-token continuation, by enumeration."""
     out = {}
     for toks in itertools.product(range(V), repeat=n):
         p = 1.0
         for i in range(n):
-            logits = SMALL_T(torch.tensor([PROMPT + list(toks[:i])])).logits[0, -1]
+            logits = SMALL_T(torch.tensor([list(prompt) + list(toks[:i])])).logits[0, -1]
             p *= float(SAMPLING.probs(logits)[toks[i]])
         out[toks] = p
     return out
 
 
-def sample_joint(runs: int, n: int = 3) -> dict[tuple[int, ...], int]:
-    eng = Engine(SMALL_T, SMALL_D)
+def sample_joint(runs: int, n: int = 3, engine: Engine | None = None, policy: str = "static:2",
+                 prompt: tuple[int, ...] = tuple(PROMPT)) -> dict[tuple[int, ...], int]:
+    eng = engine or spec_engine(SMALL_T, SMALL_D)
     counts: dict[tuple[int, ...], int] = {}
     for seed in range(runs):
-        out, _ = eng.generate(PROMPT, n, Policy(2), SAMPLING, seed=seed)
+        out, _ = eng.generate(list(prompt), n, parse_policy(policy), SAMPLING, seed=seed)
         counts[tuple(out)] = counts.get(tuple(out), 0) + 1
     return counts
 
@@ -124,6 +135,38 @@ RUNS = 3000
 def test_sampling_follows_target_distribution():
     p = chi2_pvalue(sample_joint(RUNS), exact_joint(3), RUNS)
     assert p > 1e-3, f"sampled continuations do not follow the target (chi-square p={p:.2g})"
+
+
+# A drafter identical to the target makes a rule that peeks at the sampled token and then
+# discards it show (confidence:0.3 used to give chi-square 104 here); a different drafter
+# makes verification reject often.
+@pytest.mark.parametrize("rule", ["static:2", "confidence:0.3,max=2", "adaedl:max=3", "svip:h=0.4,max=3",
+                                  "heuristic:start=1,max=3"])
+@pytest.mark.parametrize("drafter", ["same", "other"])
+def test_sampling_follows_target_with_every_policy(rule, drafter):
+    eng = spec_engine(SMALL_T, SMALL_T if drafter == "same" else SMALL_D)
+    p = chi2_pvalue(sample_joint(RUNS, engine=eng, policy=rule), exact_joint(3), RUNS)
+    assert p > 1e-3, f"{rule} with the {drafter} drafter: chi-square p={p:.2g}"
+
+
+REPEATING = (2, 3, 4, 2, 3)  # a prompt whose suffix recurs: suffix drafts get proposed
+
+
+@pytest.mark.parametrize("kind", ["suffix", "hybrid"])
+def test_sampling_follows_target_with_every_drafter(kind):
+    suffix = SuffixDrafter(V)
+    drafter = suffix if kind == "suffix" else HybridDrafter(ModelDrafter(SMALL_D, SMALL_T), suffix, min_score=0.5)
+    eng = Engine(SMALL_T, drafter)
+    sources = {s for seed in range(20) for s in ("suffix", "model") if _rounds_of(eng, seed, s)}
+    assert sources == ({"suffix"} if kind == "suffix" else {"suffix", "model"})
+    p = chi2_pvalue(sample_joint(RUNS, 4, eng, "static:2", REPEATING), exact_joint(4, REPEATING), RUNS)
+    assert p > 1e-3, f"{kind} drafter: chi-square p={p:.2g}"
+
+
+def _rounds_of(eng: Engine, seed: int, source: str) -> int:
+    _, s = eng.generate(list(REPEATING), 4, Policy(2), SAMPLING, seed=seed)
+    model_rounds = len(s.draft_lengths) - s.suffix_rounds
+    return s.suffix_rounds if source == "suffix" else model_rounds
 
 
 def _accept_always(drafts, q, logits, sampling, gen):

@@ -2,11 +2,12 @@
 
 import pytest
 import torch
-from conftest import noisy_copy, tiny_model
+from conftest import noisy_copy, spec_engine, tiny_model
 from test_engine import prompts
 
 from vocabtrim import kernels
-from vocabtrim.engine import TIE_TOLERANCE, Engine
+from vocabtrim.bench.identity import TIE_TOLERANCE
+from vocabtrim.engine import Engine
 from vocabtrim.errors import VocabtrimError
 from vocabtrim.heads import Head
 from vocabtrim.metrics import weights_per_forward
@@ -39,7 +40,7 @@ def test_pack_replaces_linears_keeps_costs_and_greedy_output():
     assert not any(isinstance(m, torch.nn.Linear) for m in pt.modules())
     assert kernels.compute_dtype(pt) == torch.float32
     assert weights_per_forward(pt, 64) == weights_per_forward(target, 64)
-    alone, spec = Engine(pt), Engine(pt, pd)
+    alone, spec = Engine(pt), spec_engine(pt, pd)
     accepted = 0
     for p in prompts(10):
         ref, _ = alone.generate(p, 30, Policy(1))

@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from conftest import noisy_copy, tiny_model
+from conftest import noisy_copy, spec_engine, tiny_model
 from test_engine import DRAFT, TARGET, prompts
 
 from vocabtrim.engine import Engine
@@ -37,19 +37,20 @@ def test_entropy_in_nats():
 
 def test_adaedl_threshold():
     a = AdaEDL()  # lambda 0.5, gamma 0.2: go on while H <= (1 - 0.5)^2 / 0.2 = 1.25 nats
-    assert a.keep(1, PEAKED, 0) and not a.keep(1, FLAT, 0)
-    assert a.keep(1, with_entropy(1.24), 0) and not a.keep(1, with_entropy(1.26), 0)
-    assert a.keep(0, FLAT, 0)  # the first draft of a round is always kept
+    assert a.draft(1, PEAKED) and not a.draft(1, FLAT)
+    assert a.draft(1, with_entropy(1.24)) and not a.draft(1, with_entropy(1.26))
+    assert a.draft(0, FLAT)  # the first draft of a round is always kept
     strict = AdaEDL(lam=0.9)  # H <= 0.05
-    assert strict.keep(1, with_entropy(0.04), 0) and not strict.keep(1, with_entropy(0.06), 0)
+    assert strict.draft(1, with_entropy(0.04)) and not strict.draft(1, with_entropy(0.06))
 
 
 def test_confidence_and_svip_thresholds():
-    c = Confidence(0.4)
-    assert c.keep(1, torch.tensor([0.41, 0.59]), 0) and not c.keep(1, torch.tensor([0.39, 0.61]), 0)
+    c = Confidence(0.4)  # drafts every token, stops after one it is unsure of
+    assert c.draft(1, torch.tensor([0.39, 0.61]))
+    assert c.go_on(torch.tensor([0.41, 0.59]), 0) and not c.go_on(torch.tensor([0.39, 0.61]), 0)
     s = Svip()  # go on while sqrt(0.15 H) <= 0.3, i.e. H <= 0.6
-    assert s.keep(1, with_entropy(0.59), 0) and not s.keep(1, with_entropy(0.61), 0)
-    assert Policy(3).keep(5, FLAT, 0)
+    assert s.draft(1, with_entropy(0.59)) and not s.draft(1, with_entropy(0.61))
+    assert Policy(3).draft(5, FLAT) and Policy(3).go_on(FLAT, 0)
 
 
 def test_adaedl_lambda_follows_acceptance():
@@ -104,23 +105,23 @@ def test_bad_policy_lists_valid_forms(bad):
         parse_policy(bad)
 
 
-@pytest.mark.parametrize("spec", ["static:3", "adaedl", "confidence:0.4", "heuristic", "svip",
+@pytest.mark.parametrize("rule", ["static:3", "adaedl", "confidence:0.4", "heuristic", "svip",
                                   "adaedl:lambda=0.2,max=6"])
-def test_greedy_identical_with_every_policy(spec):
-    alone, spec_engine = Engine(TARGET), Engine(TARGET, DRAFT)
+def test_greedy_identical_with_every_policy(rule):
+    alone, spec = Engine(TARGET), spec_engine(TARGET, DRAFT)
     for p in prompts(6):
         ref, _ = alone.generate(p, 30, Policy(1))
-        out, s = spec_engine.generate(p, 30, parse_policy(spec))
+        out, s = spec.generate(p, 30, parse_policy(rule))
         assert out == ref
-        assert s.drafter_forwards >= 1 + sum(s.draft_lengths)
-        assert max(s.draft_lengths) <= parse_policy(spec).max_len
+        assert s.drafter_forwards >= sum(s.draft_lengths)
+        assert max(s.draft_lengths) <= parse_policy(rule).max_len
 
 
 def test_adaedl_draft_lengths_follow_entropy_and_count_discarded_forwards():
     target = tiny_model(64, seed=1)
     with torch.no_grad():  # entropies spread over 0-2 nats, around AdaEDL's 1.25 threshold
         target.get_output_embeddings().weight.mul_(6)
-    eng = Engine(target, noisy_copy(target, 0.3, seed=2))
+    eng = spec_engine(target, noisy_copy(target, 0.3, seed=2))
     lengths, stopped = set(), 0
     for p in prompts(6):
         ref, _ = Engine(target).generate(p, 40, Policy(1))
@@ -128,5 +129,5 @@ def test_adaedl_draft_lengths_follow_entropy_and_count_discarded_forwards():
         assert out == ref
         lengths |= set(s.draft_lengths)
         # every round the rule ended early paid one extra drafter forward
-        stopped += s.drafter_forwards - 1 - sum(s.draft_lengths)
+        stopped += s.drafter_forwards - sum(s.draft_lengths)
     assert len(lengths) > 5 and stopped > 10

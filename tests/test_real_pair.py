@@ -1,9 +1,11 @@
 """Integration on the real default pair (auto dtype). Fetches and converts it on first use."""
 
 import pytest
+from conftest import spec_engine
 
 from vocabtrim import models
-from vocabtrim.engine import Engine, Stop, divergence
+from vocabtrim.bench.identity import divergence
+from vocabtrim.engine import Engine, Stop
 from vocabtrim.policies import Policy, parse_policy
 
 pytestmark = pytest.mark.real
@@ -17,7 +19,7 @@ PROMPTS = [
 
 def test_greedy_identical_to_target_alone_and_stats_consistent(real_pair):
     target, draft = real_pair
-    alone, spec = Engine(target.model), Engine(target.model, draft.model)
+    alone, spec = Engine(target.model), spec_engine(target.model, draft.model)
     stop = Stop(models.stop_token_ids(target))
     accepted = 0
     for text in PROMPTS:
@@ -47,7 +49,7 @@ def test_greedy_identical_with_every_policy(real_pair, target_alone, spec):
     target, draft = real_pair
     ids, ref = target_alone
     stop = Stop(models.stop_token_ids(target))
-    out, s = Engine(target.model, draft.model).generate(ids, 32, parse_policy(spec), stop=stop)
+    out, s = spec_engine(target.model, draft.model).generate(ids, 32, parse_policy(spec), stop=stop)
     d = divergence(target.model, ids, ref, out)
     assert d is None or d["tie"], f"{spec}: greedy output differs from the target alone: {d}"
     assert s.drafter_forwards >= 1 + sum(s.draft_lengths)

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import noisy_copy, tiny_model
+from conftest import noisy_copy, spec_engine, tiny_model
 from test_engine import (
     PROMPT,
     RUNS,
@@ -65,16 +65,16 @@ def test_greedy_with_trimmed_drafter_identical(tie, prompt_tokens):
     alone = Engine(target)
     ref = {tuple(p): alone.generate(p, 30, Policy(4))[0] for p in prompts(8)}
     kept = torch.tensor(sorted({t for out in ref.values() for t in out})[:-3] + [1])  # some misses
-    spec = Engine(target, draft, kept, prompt_tokens)
+    spec = spec_engine(target, draft, kept, prompt_tokens)
     assert spec.drafter.head.rows == len(kept)
-    assert spec.cost_ratio < Engine(target, draft).cost_ratio
+    assert spec.drafter.cost_per_forward < spec_engine(target, draft).drafter.cost_per_forward
     accepted, grew = 0, False
     for p, out in ref.items():
         got, stats = spec.generate(list(p), 30, Policy(4))
         assert got == out
         accepted += sum(stats.accepted_per_round)
         grew |= spec.drafter.head.rows > len(kept)
-        assert stats.cost_ratio == spec.cost_ratio  # c counts this generation's rows
+        assert stats.cost_ratio == spec.drafter.cost_per_forward / spec.target_cost  # this generation's rows
     assert accepted > 0 and grew == prompt_tokens
 
 
@@ -83,7 +83,7 @@ KEPT = {"map": [0, 2, 3], "map+prompt": [0, 1]}
 
 
 def sample_trimmed(runs: int, kept: list[int]) -> dict:
-    eng = Engine(SMALL_T, SMALL_D, torch.tensor(kept))
+    eng = spec_engine(SMALL_T, SMALL_D, torch.tensor(kept))
     counts: dict = {}
     for seed in range(runs):
         out, _ = eng.generate(PROMPT, 3, Policy(2), SAMPLING, seed=seed)

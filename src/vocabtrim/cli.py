@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from . import kernels, models
+from .drafters import KINDS
 from .errors import VocabtrimError
 
 
@@ -82,6 +83,9 @@ dtype_option = click.option(
               help="Built-in name, model directory, .gguf file or cached hub id.")
 @click.option("--draft", default=models.DEFAULT_DRAFT, show_default=True, help="Drafter, same forms.")
 @click.option("--no-draft", is_flag=True, help="Decode with the target alone.")
+@click.option("--drafter", "drafter_kind", default="model", show_default=True, type=click.Choice(KINDS),
+              help="model: the drafter LM; suffix: drafts matched in the prompt, the output and earlier "
+                   "outputs, no model; hybrid: the suffix draft when it scores well, else the model's.")
 @click.option("--prompt", help="The user prompt.")
 @click.option("--prompt-file", type=click.Path(path_type=Path), help="Read the prompt from a file.")
 @click.option("--max-new-tokens", default=256, show_default=True)
@@ -101,7 +105,7 @@ dtype_option = click.option(
 @prompt_tokens_option
 @dtype_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def generate(target, draft, no_draft, prompt, prompt_file, max_new_tokens, temperature, top_p,
+def generate(target, draft, no_draft, drafter_kind, prompt, prompt_file, max_new_tokens, temperature, top_p,
              top_k, seed, policy_spec, draft_len, system, raw, stop_strings, token_map, prompt_tokens,
              dtype, as_json) -> None:
     """Generate a reply, streaming text as the target accepts it."""
@@ -114,7 +118,7 @@ def generate(target, draft, no_draft, prompt, prompt_file, max_new_tokens, tempe
     policy = parse_policy(f"static:{draft_len}" if draft_len is not None else policy_spec)
     if max_new_tokens < 1:
         raise VocabtrimError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    tgt, engine = _engine(target, None if no_draft else draft, token_map, dtype, prompt_tokens)
+    tgt, engine = _engine(target, None if no_draft else draft, token_map, dtype, prompt_tokens, drafter_kind)
     ids = models.encode_prompt(tgt.tokenizer, text, system, raw)
     stop = Stop(models.stop_token_ids(tgt), tuple(stop_strings), tgt.tokenizer.decode)
     stream = None if as_json else _Streamer(tgt.tokenizer)
@@ -123,7 +127,8 @@ def generate(target, draft, no_draft, prompt, prompt_file, max_new_tokens, tempe
     out_text = tgt.tokenizer.decode(new, skip_special_tokens=True)
     if as_json:
         record = {"text": out_text, "token_ids": new, "prompt_tokens": len(ids),
-                  "target": target, "draft": None if no_draft else draft,
+                  "target": target, "draft": None if no_draft or drafter_kind == "suffix" else draft,
+                  "drafter": None if no_draft else drafter_kind,
                   "policy": None if no_draft else policy.spec(), **stats.to_dict()}
         click.echo(json.dumps(record))
     else:
@@ -150,12 +155,17 @@ def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "
 
 
 def _engine(target: str, draft: str | None, token_map: Path | None, dtype: str = "auto",
-            prompt_tokens: bool = True):
-    """The loaded target and an Engine around it (and the drafter, if any)."""
+            prompt_tokens: bool = True, kind: str = "model"):
+    """The loaded target and an Engine around it with a drafter of `kind` (none when
+    `draft` is None; the suffix drafter loads no model)."""
+    from .drafters import make_drafter
     from .engine import Engine
 
-    tgt, drf, kept = _load(target, draft, token_map, dtype)
-    return tgt, Engine(tgt.model, drf.model if drf else None, kept, prompt_tokens)
+    if kind == "suffix" and token_map is not None:
+        raise VocabtrimError("--token-map trims a drafter model's head; the suffix drafter has none")
+    tgt, drf, kept = _load(target, None if kind == "suffix" else draft, token_map, dtype)
+    drafter = None if draft is None else make_drafter(kind, tgt.model, drf and drf.model, kept, prompt_tokens)
+    return tgt, Engine(tgt.model, drafter)
 
 
 @main.command()
@@ -278,9 +288,10 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     """Spec-Bench-style evaluation: every method on every prompt, with tables and plots."""
     from .bench import methods as bm
     from .bench.data import load_questions, select
+    from .bench.identity import divergence
     from .bench.report import markdown, summarize, write_reports
     from .bench.run import read_results, run_matrix
-    from .engine import Stop, divergence
+    from .engine import Stop
     from .policies import parse_policy
     from .sampling import Sampling
 

@@ -3,12 +3,17 @@
 Convention (stated in every JSON output as `cost_convention`): a forward reads every
 decoder weight (layers and norms), one row of the input embedding per token, and the LM
 head rows it actually uses (K rows when trimmed). c = drafter reads / target reads.
-MBSU = new_tokens / (c * drafter_forwards + target_forwards), counting every forward
-computed, including drafts a stopping rule discarded.
+MBSU = new_tokens / (draft_cost + target_forwards), where draft_cost is what the drafter
+read in units of one target forward: c per drafting forward (every forward computed,
+including one whose token a stopping rule discarded) plus its prefill, which reads the
+body but no head. A model-free drafter (suffix matching) reads nothing.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -16,7 +21,8 @@ import torch
 from .kernels import weight_count
 
 COST_CONVENTION = ("weights read per forward: decoder layers + norms + 1 embedding row + "
-                   "LM head rows used; MBSU = tokens / (c*drafter_forwards + target_forwards)")
+                   "LM head rows used; MBSU = tokens / (draft_cost + target_forwards), draft_cost = "
+                   "c*drafter_forwards + the drafter prefill's body share")
 
 
 def weights_per_forward(model: torch.nn.Module, head_rows: int) -> int:
@@ -34,10 +40,12 @@ class GenerationStats:
     new_tokens: int = 0
     target_forwards: int = 0
     drafter_forwards: int = 0
-    draft_lengths: list[int] = field(default_factory=list)  # per verification round
-    accepted_per_round: list[int] = field(default_factory=list)  # drafts committed per round
+    draft_lengths: list[int] = field(default_factory=list)  # per verification round with drafts
+    accepted_per_round: list[int] = field(default_factory=list)  # drafts committed per such round
+    suffix_rounds: int = 0  # rounds drafted by suffix matching (no drafter forward)
     bonus_tokens: int = 0  # tokens the target produced itself (one per target forward, at most)
-    cost_ratio: float = 0.0
+    cost_ratio: float = 0.0  # c of one drafting forward
+    draft_cost: float = 0.0  # drafter reads in target-forward units
     prefill_s: float = 0.0
     draft_s: float = 0.0
     verify_s: float = 0.0
@@ -50,14 +58,39 @@ class GenerationStats:
         return sum(self.accepted_per_round) / drafted if drafted else 0.0
 
     @property
+    def mean_draft_length(self) -> float | None:
+        """Drafts per round that had any (None when no round did)."""
+        return sum(self.draft_lengths) / len(self.draft_lengths) if self.draft_lengths else None
+
+    @property
     def tau(self) -> float:
         """Tokens per target forward."""
         return self.new_tokens / self.target_forwards if self.target_forwards else 0.0
 
     @property
     def mbsu(self) -> float:
-        cost = self.cost_ratio * self.drafter_forwards + self.target_forwards
+        cost = self.draft_cost + self.target_forwards
         return self.new_tokens / cost if cost else 0.0
+
+    @contextmanager
+    def timing(self, phase: str) -> Iterator[None]:
+        """Add the wall-clock time of the block to `phase` (prefill_s, draft_s, verify_s)."""
+        t0 = time.perf_counter()
+        yield
+        setattr(self, phase, getattr(self, phase) + time.perf_counter() - t0)
+
+    def record_round(self, drafted: int, forwards: int, source: str, accepted: int, added: int) -> None:
+        """One target forward that verified `drafted` drafts (made with `forwards` drafter
+        forwards) and committed `added` tokens, `accepted` of them drafts. A round without
+        drafts is a plain target step, not a round whose drafts were all rejected."""
+        self.target_forwards += 1
+        self.drafter_forwards += forwards
+        self.draft_cost += forwards * self.cost_ratio
+        if drafted:
+            self.draft_lengths.append(drafted)
+            self.accepted_per_round.append(min(accepted, added))
+            self.suffix_rounds += source == "suffix"
+        self.bonus_tokens += int(added > accepted)
 
     @property
     def tokens_per_second(self) -> float:
@@ -75,8 +108,15 @@ class GenerationStats:
             elif f.name != "cost_ratio":
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
+    @classmethod
+    def from_dict(cls, record: dict) -> GenerationStats:
+        """The stats a `to_dict` record (e.g. a results.jsonl line) holds; fields it lacks
+        keep their defaults."""
+        return cls(**{f.name: record[f.name] for f in fields(cls) if f.name in record})
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out.update(acceptance_rate=self.acceptance_rate, tau=self.tau, mbsu=self.mbsu,
+                   mean_draft_length=self.mean_draft_length,
                    tokens_per_second=self.tokens_per_second, cost_convention=COST_CONVENTION)
         return out

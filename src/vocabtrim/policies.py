@@ -1,10 +1,15 @@
 """Draft-length rules: how many tokens the drafter proposes before the target verifies.
 
-The engine asks a policy three things: how many drafts at most this round (`budget`),
-after each drafter forward whether to keep its token and go on (`keep`), and after
-verification how it went (`observe`). A forward whose token `keep` rejects is still a
-drafter forward that was paid for, and the engine counts it. Every rule keeps the first
-draft of a round: a round with no draft teaches an adaptive rule nothing (0/0 acceptance).
+The drafter asks a policy how many drafts at most this round (`budget`), then after each
+forward whether to propose a token from that distribution at all (`draft`, decided from
+the distribution alone, the sampled token is discarded on no), and after keeping a token
+whether to draft another (`go_on`, which may look at the token because it stays drafted).
+A rule that looked at the sampled token and then discarded it would bias the drafts away
+from the q that verification divides by: under sampling the output would no longer be the
+target's. After verification the policy learns how the round went (`observe`). A forward
+whose token is discarded is still a forward that was paid for, and the engine counts it.
+Every rule drafts at least one token a round: a round with no draft teaches an adaptive
+rule nothing (0/0 acceptance).
 """
 
 from __future__ import annotations
@@ -33,12 +38,20 @@ class Policy:
     def budget(self) -> int:
         return self.max_len
 
-    def keep(self, step: int, probs: Tensor, index: int) -> bool:
-        """step: 0-based position in the round; probs: the drafter's distribution the token
-        was drawn from (its plain softmax when greedy); index: the chosen entry of probs."""
-        return step == 0 or self.go_on(probs, index)
+    reads_probs = False  # whether draft/go_on read the distribution (greedy then needs a softmax)
 
-    def go_on(self, probs: Tensor, index: int) -> bool:
+    def draft(self, step: int, probs: Tensor | None) -> bool:
+        """Propose a token from this forward's distribution? step: 0-based position in the
+        round; probs: the distribution the token is drawn from (the plain softmax when
+        greedy; None when the rule does not read it)."""
+        return step == 0 or self.sure(probs)
+
+    def sure(self, probs: Tensor | None) -> bool:
+        """Whether the drafter is sure enough to draft from `probs` (the distribution only)."""
+        return True
+
+    def go_on(self, probs: Tensor | None, index: int) -> bool:
+        """After drafting entry `index` of `probs`: draft another token?"""
         return True
 
     def observe(self, drafted: int, accepted: int) -> None:
@@ -55,7 +68,10 @@ class Policy:
 
 
 class Confidence(Policy):
-    """`confidence:T`: stop when the drafter's probability of its own token is below T."""
+    """`confidence:T`: stop after a draft whose probability under the drafter is below T
+    (the token is kept, as in transformers: dropping it would bias the drafts)."""
+
+    reads_probs = True
 
     def __init__(self, threshold: float = 0.4, max_len: int = 16):
         super().__init__(max_len)
@@ -94,11 +110,13 @@ class Heuristic(Policy):
 class Svip(Policy):
     """`svip`: stop when sqrt(0.15 * H) > h (SVIP, arXiv 2411.18462)."""
 
+    reads_probs = True
+
     def __init__(self, h: float = 0.3, max_len: int = 40):
         super().__init__(max_len)
         self.h = h
 
-    def go_on(self, probs, index):
+    def sure(self, probs):
         return math.sqrt(0.15 * entropy(probs)) <= self.h
 
     def spec(self):
@@ -109,6 +127,8 @@ class AdaEDL(Policy):
     """`adaedl`: stop when the entropy lower bound on acceptance, 1 - sqrt(gamma * H), falls
     below lambda; lambda follows the observed acceptance (AdaEDL, arXiv 2410.18351)."""
 
+    reads_probs = True
+
     def __init__(self, lam: float = 0.5, gamma: float = 0.2, max_len: int = 16, adapt: bool = True,
                  eps: float = 0.01, alpha: float = 0.9, beta1: float = 0.5, beta2: float = 0.9,
                  persist: bool = False):
@@ -117,7 +137,7 @@ class AdaEDL(Policy):
         self.eps, self.alpha, self.beta1, self.beta2 = eps, alpha, beta1, beta2
         self.lam, self.ar = lam, alpha
 
-    def go_on(self, probs, index):
+    def sure(self, probs):
         return 1 - math.sqrt(self.gamma * entropy(probs)) >= self.lam
 
     def observe(self, drafted, accepted):

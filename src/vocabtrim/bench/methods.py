@@ -1,4 +1,8 @@
-"""The method matrix: target alone, speculative variants, and transformers as the peer."""
+"""The method matrix: target alone, speculative variants, and transformers as the peer.
+
+`hf` is transformers' assisted generation with its default settings; `pld` its prompt
+lookup decoding (`prompt_lookup_num_tokens=10`, its default matching, no drafter model).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import time
 
 import torch
 
+from ..drafters import HybridDrafter, ModelDrafter, SuffixDrafter
 from ..engine import Engine, Stop
 from ..errors import VocabtrimError
 from ..metrics import GenerationStats, weights_per_forward
@@ -13,8 +18,8 @@ from ..policies import Policy, parse_policy
 from ..sampling import Sampling
 from .run import Method
 
-METHODS = ("ar", "sd", "sd+vt", "sd+adaedl", "sd+vt+adaedl", "hf")
-NEEDS_MAP = ("sd+vt", "sd+vt+adaedl")
+METHODS = ("ar", "sd", "sd+vt", "sd+adaedl", "sd+vt+adaedl", "suffix", "hybrid", "hybrid+vt", "hf", "pld")
+NEEDS_MAP = ("sd+vt", "sd+vt+adaedl", "hybrid+vt")
 
 
 def parse_methods(text: str) -> list[str]:
@@ -28,32 +33,43 @@ def parse_methods(text: str) -> list[str]:
 def build(names: list[str], target, drafter, kept_ids: torch.Tensor | None, sampling: Sampling,
           seed: int, stop: Stop, draft_len: int = 5, adaedl: str = "adaedl",
           prompt_tokens: bool = True) -> list[Method]:
-    """One Method per name, sharing the loaded models."""
-    full = Engine(target, drafter)
-    trimmed = Engine(target, drafter, kept_ids, prompt_tokens) if kept_ids is not None else None
-    engines = {"ar": (Engine(target), Policy(1)),
-               "sd": (full, Policy(draft_len)),
-               "sd+vt": (trimmed, Policy(draft_len)),
-               "sd+adaedl": (full, parse_policy(adaedl)),
-               "sd+vt+adaedl": (trimmed, parse_policy(adaedl))}
+    """One Method per name, sharing the loaded models. Each suffix and hybrid method keeps
+    its own store of earlier outputs across the run's questions."""
+    vocab = target.get_output_embeddings().out_features
+    full = Engine(target, ModelDrafter(drafter, target))
+    trimmed = None if kept_ids is None else Engine(target, ModelDrafter(drafter, target, kept_ids, prompt_tokens))
+    engines = {
+        "ar": lambda: (Engine(target), Policy(1)),
+        "sd": lambda: (full, Policy(draft_len)),
+        "sd+vt": lambda: (trimmed, Policy(draft_len)),
+        "sd+adaedl": lambda: (full, parse_policy(adaedl)),
+        "sd+vt+adaedl": lambda: (trimmed, parse_policy(adaedl)),
+        "suffix": lambda: (Engine(target, SuffixDrafter(vocab)), Policy(draft_len)),
+        "hybrid": lambda: (Engine(target, HybridDrafter(full.drafter, SuffixDrafter(vocab))), Policy(draft_len)),
+        "hybrid+vt": lambda: (Engine(target, HybridDrafter(trimmed.drafter, SuffixDrafter(vocab))),
+                              Policy(draft_len)),
+    }
     out = []
     for n in names:
         if n == "hf":
-            out.append(Method(n, HFAssisted(target, drafter, sampling, seed, stop)))
+            out.append(Method(n, HFGenerate(target, sampling, seed, stop, assistant=drafter)))
+        elif n == "pld":
+            out.append(Method(n, HFGenerate(target, sampling, seed, stop, prompt_lookup_num_tokens=10)))
         else:
-            engine, policy = engines[n]
+            engine, policy = engines[n]()
             out.append(Method(n, lambda ids, m, e=engine, p=policy: e.generate(ids, m, p, sampling, seed, stop)))
     return out
 
 
-class HFAssisted:
-    """transformers' assisted generation with its default settings, counted like our engine
-    (forward hooks count target and drafter forwards)."""
+class HFGenerate:
+    """transformers' `generate` (assisted by `assistant`, or with other speculative
+    `generate_kwargs` such as prompt lookup), counted like our engine: forward hooks count
+    target and drafter forwards."""
 
-    def __init__(self, target, drafter, sampling: Sampling, seed: int, stop: Stop):
-        self.target, self.drafter, self.sampling, self.seed = target, drafter, sampling, seed
-        self.eos = sorted(stop.token_ids)
-        self.cost = weights_per_forward(drafter, drafter.config.vocab_size) / \
+    def __init__(self, target, sampling: Sampling, seed: int, stop: Stop, assistant=None, **generate_kwargs):
+        self.target, self.drafter, self.sampling, self.seed = target, assistant, sampling, seed
+        self.eos, self.kwargs = sorted(stop.token_ids), generate_kwargs
+        self.cost = 0.0 if assistant is None else weights_per_forward(assistant, assistant.config.vocab_size) / \
             weights_per_forward(target, target.config.vocab_size)
 
     def __call__(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], GenerationStats]:
@@ -62,7 +78,7 @@ class HFAssisted:
         s = self.sampling
         kwargs = {"do_sample": False} if s.greedy else {
             "do_sample": True, "temperature": s.temperature, "top_k": s.top_k or None, "top_p": s.top_p}
-        calls = {self.target: 0, self.drafter: 0}
+        calls = {m: 0 for m in (self.target, self.drafter) if m is not None}
         hooks = [m.register_forward_hook(lambda mod, *_: calls.__setitem__(mod, calls[mod] + 1))
                  for m in calls]
         t0 = time.perf_counter()
@@ -70,13 +86,14 @@ class HFAssisted:
             with torch.inference_mode():
                 out = self.target.generate(inp, attention_mask=torch.ones_like(inp),
                                            assistant_model=self.drafter, max_new_tokens=max_new_tokens,
-                                           eos_token_id=self.eos, **kwargs)
+                                           eos_token_id=self.eos, **kwargs, **self.kwargs)
         finally:
             for h in hooks:
                 h.remove()
         new = out[0, len(ids):].tolist()
+        forwards = calls.get(self.drafter, 0)
         stats = GenerationStats(new_tokens=len(new), target_forwards=calls[self.target],
-                                drafter_forwards=calls[self.drafter], cost_ratio=self.cost,
+                                drafter_forwards=forwards, cost_ratio=self.cost, draft_cost=self.cost * forwards,
                                 seconds=time.perf_counter() - t0)
         return new, stats
 
@@ -122,7 +139,8 @@ def target_counts(spec: dict, exclude: set[str], target, drafter):
             "tokenizer": tokenizer_fingerprint(drafter.tokenizer),
             "prompts_sha": hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]}
     key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:12]
-    fn = generate_fn(Engine(target.model, drafter.model), target, spec["tokens"], Sampling(), 0)
+    fn = generate_fn(Engine(target.model, ModelDrafter(drafter.model, target.model)), target, spec["tokens"],
+                     Sampling(), 0)
     return count_tokens(items, cache_root() / "calibration" / f"{key}.safetensors", meta,
                         drafter.model.config.vocab_size, fn, resume=True)
 

@@ -13,32 +13,29 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..files import atomic_write
+from ..metrics import GenerationStats
 
 CheckFn = Callable[[list[int], list[int], list[int]], dict | None]
 
 
 def aggregate(recs: list[dict]) -> dict:
-    tokens = sum(r["new_tokens"] for r in recs)
-    seconds = sum(r["seconds"] for r in recs)
-    tfw = sum(r["target_forwards"] for r in recs)
-    drafted = sum(sum(r["draft_lengths"]) for r in recs)
-    rounds = sum(len(r["draft_lengths"]) for r in recs)
-    drafter_cost = sum(r["cost_ratio"] * r["drafter_forwards"] for r in recs)
-    drafter_forwards = sum(r["drafter_forwards"] for r in recs)
-    cost = drafter_cost + tfw
+    """One method's records summed into one `GenerationStats`, plus the time split."""
+    total = GenerationStats()
+    for r in recs:
+        total.add(GenerationStats.from_dict(r))
+    seconds = total.seconds
     out = {
-        "prompts": len(recs), "tokens": tokens, "seconds": seconds,
-        "tokens_per_second": tokens / seconds if seconds else 0.0,
-        "tau": tokens / tfw if tfw else 0.0,
-        "acceptance_rate": sum(sum(r["accepted_per_round"]) for r in recs) / drafted if drafted else None,
-        "mean_draft_length": drafted / rounds if rounds else None,
-        "mbsu": tokens / cost if cost else 0.0,
-        "cost_ratio": drafter_cost / drafter_forwards if drafter_forwards else None,  # c per drafter forward
-        "time_split": {k: sum(r[f"{k}_s"] for r in recs) / seconds if seconds else 0.0
+        "prompts": len(recs), "tokens": total.new_tokens, "seconds": seconds,
+        "tokens_per_second": total.tokens_per_second, "tau": total.tau,
+        "acceptance_rate": total.acceptance_rate if total.draft_lengths else None,
+        "mean_draft_length": total.mean_draft_length, "mbsu": total.mbsu,
+        "cost_ratio": total.cost_ratio if total.drafter_forwards else None,  # c per drafter forward
+        "suffix_rounds": total.suffix_rounds,
+        "time_split": {k: getattr(total, f"{k}_s") / seconds if seconds else 0.0
                        for k in ("prefill", "draft", "verify")},
     }
-    decode = seconds - sum(r["prefill_s"] for r in recs)  # the prompt's cost is the same for all methods
-    out["decode_tokens_per_second"] = tokens / decode if decode > 0 else 0.0
+    decode = seconds - total.prefill_s  # the prompt's cost is the same for all methods
+    out["decode_tokens_per_second"] = total.new_tokens / decode if decode > 0 else 0.0
     return out
 
 

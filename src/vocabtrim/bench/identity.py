@@ -1,0 +1,36 @@
+"""Is a greedy output the target's own? Where two outputs first differ, and whether that is
+a numerical tie of the target's or a bug."""
+
+from __future__ import annotations
+
+import torch
+
+from ..cache import common_prefix
+from ..kernels import compute_dtype
+
+# How far apart (in logits) the target's two best tokens may be for a divergence between
+# a 1-token and a many-token forward to count as a numerical tie, per compute dtype: two
+# bf16 steps at the magnitude (16-32) of a confident top logit; fp32 accumulation-order
+# noise is far below 0.01.
+TIE_TOLERANCE = {torch.bfloat16: 0.25, torch.float16: 0.05, torch.float32: 0.01}
+
+
+@torch.inference_mode()
+def divergence(target: torch.nn.Module, prompt: list[int], a: list[int], b: list[int]) -> dict | None:
+    """Where two greedy outputs of the same target first differ, and by how much the target
+    itself prefers one token over the other there (re-scored in one plain forward).
+
+    None when they are identical. Kernels for 1-token and many-token forwards round
+    differently and may resolve near-exact ties differently, so a divergence with margin
+    within the tolerance of the target's compute dtype is a numerical tie, anything larger
+    is a bug."""
+    n = common_prefix(a, b)
+    if n == len(a) == len(b):
+        return None
+    logits = target(torch.tensor([prompt + a[:n]])).logits[0, -1].float()
+    ta = a[n] if n < len(a) else None
+    tb = b[n] if n < len(b) else None
+    margin = None if ta is None or tb is None else abs(float(logits[ta] - logits[tb]))
+    tolerance = TIE_TOLERANCE[compute_dtype(target)]
+    return {"position": n, "token_a": ta, "token_b": tb, "margin": margin, "tolerance": tolerance,
+            "tie": margin is not None and margin <= tolerance}

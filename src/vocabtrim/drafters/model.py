@@ -1,0 +1,63 @@
+"""A small causal LM of the target's vocabulary, drafting with a full or trimmed head."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..cache import CachedLM
+from ..errors import VocabtrimError
+from ..heads import Head
+from ..metrics import weights_per_forward
+from .base import Drafter, Proposal
+
+
+class ModelDrafter(Drafter):
+    """Drafts token by token with `model`, asking the policy after every forward.
+
+    With `kept_ids` the head is trimmed to a token map (VocabTrim); `prompt_tokens` adds
+    the prompt's own tokens the map lacks as extra rows for each generation."""
+
+    def __init__(self, model: torch.nn.Module, target: torch.nn.Module, kept_ids: Tensor | None = None,
+                 prompt_tokens: bool = True):
+        tv = target.get_output_embeddings().out_features
+        dv = model.get_output_embeddings().out_features
+        if tv != dv:
+            raise VocabtrimError(f"drafter vocabulary ({dv}) differs from target vocabulary ({tv}); "
+                                 "cross-vocabulary drafting is not supported yet")
+        self.model, self.prompt_tokens = model, prompt_tokens
+        self.base_head = self.head = Head.of(model, kept_ids)
+        self.lm = CachedLM(model)
+        self.prefill_cost = weights_per_forward(model, 0)
+        self.context = int(getattr(model.config, "max_position_embeddings", 1 << 30))
+        self._hidden = model.get_output_embeddings().in_features
+
+    @property
+    def cost_per_forward(self) -> int:
+        return self.prefill_cost + self.head.rows * self._hidden
+
+    def prefill(self, seq: list[int]) -> None:
+        """A fresh cache holding `seq` (no head: the first draft comes after the target's
+        first token), and a trimmed head that can also propose the prompt's tokens."""
+        self.head = self.base_head.for_prompt(seq) if self.prompt_tokens else self.base_head
+        self.lm = CachedLM(self.model)
+        self.lm.hidden(seq, 1)
+
+    def propose(self, seq, room, policy, sampling, gen) -> Proposal:
+        tokens: list[int] = []
+        dists: list[Tensor] = []
+        forwards = 0
+        for step in range(min(room, policy.budget())):
+            logits = self.head(self.lm.hidden(seq + tokens, 1))[0]
+            forwards += 1
+            index, dist = sampling.choose(logits, gen)
+            probs = dist if dist is not None or not policy.reads_probs else logits.float().softmax(-1)
+            if not policy.draft(step, probs):  # decided from the distribution alone
+                break
+            tokens.append(self.head.token(index))
+            if dist is not None:
+                dists.append(dist)
+            if not policy.go_on(probs, index):  # may look at the token: it stays drafted
+                break
+        q = self.head.to_vocab(torch.stack(dists)) if dists else None
+        return Proposal(tokens, q, forwards, "model")

@@ -1,0 +1,148 @@
+"""Model-free drafts: continue the recent text the way it continued before.
+
+Answers copy: code restates its prompt's signature and reuses its own identifiers and
+lines, summaries and RAG answers quote their sources, later turns repeat earlier ones. A
+draft found by matching the sequence's suffix against text already seen costs no model
+forward at all.
+
+The scoring follows SuffixDecoding (arXiv 2411.04975): every earlier place where the
+current suffix occurs, matched for m tokens, is a candidate. For each match length m, the
+candidates matching at least m tokens vote on the next token; the draft follows the most
+frequent continuation, multiplying a path probability by its share of the votes, and stops
+when that falls below `min_prob` or the draft reaches `min(max_len, m * factor)` tokens.
+A draft's score is the sum of its path probabilities: the number of its tokens the text
+seen so far expects to be accepted. The best-scoring draft over all m, over the current
+sequence and the store of earlier outputs, wins.
+
+Under sampling the draft is deterministic, so its q is one-hot: verification accepts x
+with probability p(x) and on rejection samples from p without x, which is exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, deque
+from dataclasses import dataclass
+
+from ..sampling import Sampling
+from .base import Drafter, Proposal, one_hot_rows
+
+SEP = -1  # between documents in the store of earlier outputs: never matched, never drafted
+
+
+@dataclass
+class Draft:
+    tokens: list[int]
+    score: float  # expected accepted tokens, as the matched text estimates it
+
+
+class TokenText:
+    """A token sequence with the positions where each token occurs, grown in place."""
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self.where: dict[int, list[int]] = {}
+
+    def extend(self, tokens: list[int]) -> None:
+        for t in tokens:
+            if t != SEP:
+                self.where.setdefault(t, []).append(len(self.tokens))
+            self.tokens.append(t)
+
+    def candidates(self, suffix: list[int], depth: int, recent: int, end: int | None = None
+                   ) -> list[tuple[int, int]]:
+        """(position after the match, match length) for the latest `recent` earlier
+        occurrences of the suffix's last token, each matched backwards up to `depth` tokens.
+        `end` excludes occurrences that are the suffix itself (the sequence's own end)."""
+        out = []
+        for i in reversed(self.where.get(suffix[-1], ())):
+            if end is not None and i + 1 >= end:
+                continue
+            m = 1
+            while m < depth and i - m >= 0 and m < len(suffix) and self.tokens[i - m] == suffix[-1 - m]:
+                m += 1
+            out.append((i + 1, m))
+            if len(out) == recent:
+                break
+        return out
+
+    def walk(self, starts: list[int], budget: int, min_prob: float) -> Draft:
+        """Follow the most frequent continuation of `starts` while its path probability
+        stays at or above `min_prob` (ties: the most recent occurrence wins)."""
+        tokens: list[int] = []
+        prob, score = 1.0, 0.0
+        while len(tokens) < budget:
+            votes = Counter(self.tokens[j] for j in starts if j < len(self.tokens) and self.tokens[j] != SEP)
+            if not votes:
+                break
+            tok, count = votes.most_common(1)[0]
+            prob *= count / sum(votes.values())
+            if prob < min_prob:
+                break
+            tokens.append(tok)
+            score += prob
+            starts = [j + 1 for j in starts if j < len(self.tokens) and self.tokens[j] == tok]
+        return Draft(tokens, score)
+
+
+class SuffixDrafter(Drafter):
+    """Drafts from the prompt, the output so far and (optionally) earlier outputs.
+
+    max_len: longest draft; factor: a match of m tokens may draft m * factor; depth: the
+    longest match considered; min_prob: the path-probability floor; recent: candidates per
+    text; store_tokens: the store of earlier outputs holds at most this many tokens, oldest
+    evicted (0: no store). The store never proposes from an earlier answer to the very same
+    prompt, so a benchmark that repeats a prompt measures matching, not replay."""
+
+    def __init__(self, vocab_size: int, max_len: int = 16, factor: float = 1.0, depth: int = 24,
+                 min_prob: float = 0.1, recent: int = 64, store_tokens: int = 1 << 16):
+        self.vocab_size, self.max_len, self.factor, self.depth = vocab_size, max_len, factor, depth
+        self.min_prob, self.recent, self.store_tokens = min_prob, recent, store_tokens
+        self.text = TokenText()
+        self.docs: deque[tuple[str, list[int]]] = deque()  # (prompt key, output), oldest first
+        self.store = self._index([])
+        self.prompt_key = ""
+
+    def prefill(self, seq: list[int]) -> None:
+        self.text = TokenText()
+        self.text.extend(seq)
+        self.prompt_key = _key(seq)
+        self.store = self._index([d for d in self.docs if d[0] != self.prompt_key])
+
+    def best(self, seq: list[int], room: int) -> Draft:
+        """The best-scoring draft for what follows `seq` (empty when nothing matches)."""
+        self.text.extend(seq[len(self.text.tokens):])
+        best = Draft([], 0.0)
+        for text, end in ((self.text, len(seq)), (self.store, None)):
+            found = text.candidates(seq, self.depth, self.recent, end)
+            for m in sorted({m for _, m in found}, reverse=True):
+                budget = min(room, self.max_len, int(m * self.factor))
+                d = text.walk([j for j, mj in found if mj >= m], budget, self.min_prob)
+                if d.score > best.score:
+                    best = d
+        return best
+
+    def propose(self, seq, room, policy, sampling, gen) -> Proposal:
+        return self.proposal(self.best(seq, room), sampling)
+
+    def proposal(self, draft: Draft, sampling: Sampling) -> Proposal:
+        q = None if sampling.greedy or not draft.tokens else one_hot_rows(draft.tokens, self.vocab_size)
+        return Proposal(draft.tokens, q, 0, "suffix" if draft.tokens else "none")
+
+    def finish(self, seq: list[int], prompt_len: int) -> None:
+        if not self.store_tokens:
+            return
+        self.docs.append((self.prompt_key, seq[prompt_len:]))
+        while sum(len(d) for _, d in self.docs) > self.store_tokens:
+            self.docs.popleft()
+
+    @staticmethod
+    def _index(docs) -> TokenText:
+        text = TokenText()
+        for _, out in docs:
+            text.extend([*out, SEP])
+        return text
+
+
+def _key(prompt: list[int]) -> str:
+    return hashlib.sha256(str(prompt).encode()).hexdigest()[:16]
