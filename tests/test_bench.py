@@ -1,10 +1,12 @@
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
-from conftest import tiny_tokenizer
+from conftest import tiny_model, tiny_tokenizer
 
 from vocabtrim.bench.data import Question, load_questions, select
+from vocabtrim.bench.identity import TIE_TOLERANCE, divergence
 from vocabtrim.bench.report import markdown, speedup_interval, summarize
 from vocabtrim.bench.run import Method, read_results, run_matrix
 from vocabtrim.cli import main
@@ -155,3 +157,15 @@ def test_bench_bad_arguments(tmp_path):
     assert r.exit_code == 1 and "bad --calibrate" in r.stderr
     r = CliRunner().invoke(main, ["bench", "--repeats", "0", "--out", str(tmp_path)])
     assert r.exit_code == 1 and r.stderr.strip() == "error: --repeats must be >= 1, got 0"
+
+
+def test_divergence_finds_the_first_difference_and_its_margin():
+    target = tiny_model(64, seed=1)
+    assert divergence(target, [5, 6], [7, 8, 9], [7, 8, 9]) is None
+    d = divergence(target, [5, 6], [7, 8, 9], [7, 8, 10])
+    with torch.no_grad():
+        logits = target(torch.tensor([[5, 6, 7, 8]])).logits[0, -1]
+    assert (d["position"], d["token_a"], d["token_b"]) == (2, 9, 10)
+    assert d["margin"] == pytest.approx(abs(float(logits[9] - logits[10])), abs=1e-4)
+    assert d["tolerance"] == TIE_TOLERANCE[torch.float32] and d["tie"] == (d["margin"] <= 0.01)
+    assert divergence(target, [5], [7], [7, 8])["margin"] is None  # one output is a prefix: no tie

@@ -6,7 +6,8 @@ from conftest import noisy_copy, tiny_model
 from test_engine import prompts
 
 from vocabtrim import kernels
-from vocabtrim.engine import TIE_TOLERANCE, Engine
+from vocabtrim.bench.identity import TIE_TOLERANCE
+from vocabtrim.engine import Engine
 from vocabtrim.errors import VocabtrimError
 from vocabtrim.heads import Head
 from vocabtrim.metrics import weights_per_forward

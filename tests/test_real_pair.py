@@ -3,7 +3,8 @@
 import pytest
 
 from vocabtrim import models
-from vocabtrim.engine import Engine, Stop, divergence
+from vocabtrim.bench.identity import divergence
+from vocabtrim.engine import Engine, Stop
 from vocabtrim.policies import Policy, parse_policy
 
 pytestmark = pytest.mark.real
