@@ -7,7 +7,7 @@ from conftest import tiny_model, tiny_tokenizer
 
 from vocabtrim.bench.data import Question, load_questions, select
 from vocabtrim.bench.identity import TIE_TOLERANCE, divergence
-from vocabtrim.bench.report import markdown, speedup_interval, summarize
+from vocabtrim.bench.report import markdown, plot, speedup_interval, summarize
 from vocabtrim.bench.run import Method, read_results, run_matrix
 from vocabtrim.cli import main
 from vocabtrim.metrics import GenerationStats
@@ -136,18 +136,32 @@ def test_bench_end_to_end_on_tiny_models(tmp_path, tiny_dirs):
     assert again.exit_code == 1 and "--resume" in again.stderr
 
 
+def rec(method, ids, question_id="1", category="c", seconds=1.0):
+    """A results.jsonl record of one greedy turn."""
+    return {"question_id": question_id, "category": category, "method": method, "new_tokens": 2,
+            "seconds": seconds, "target_forwards": 1, "drafter_forwards": 0, "draft_lengths": [],
+            "accepted_per_round": [], "cost_ratio": 0.0, "prefill_s": 0, "draft_s": 0, "verify_s": 0,
+            "turns": [{"prompt_ids": [1], "token_ids": ids}]}
+
+
 def test_summary_reports_a_real_mismatch_loudly():
-    def rec(method, ids):
-        return {"question_id": "1", "category": "c", "method": method, "new_tokens": 2, "seconds": 1.0,
-                "target_forwards": 1, "drafter_forwards": 0, "draft_lengths": [], "accepted_per_round": [],
-                "cost_ratio": 0.0, "prefill_s": 0, "draft_s": 0, "verify_s": 0,
-                "turns": [{"prompt_ids": [1], "token_ids": ids}]}
     check = lambda p, a, b: {"position": 1, "margin": 3.0, "tie": False}
     s = summarize([rec("ar", [5, 6]), rec("sd", [5, 7])], check=check)
     assert s["methods"]["sd"]["identical"].startswith("NO")
     assert "GREEDY MISMATCHES" in markdown(s)
     tie = lambda p, a, b: {"position": 1, "margin": 0.0, "tie": True}
     assert summarize([rec("ar", [5, 6]), rec("sd", [5, 7])], check=tie)["methods"]["sd"]["identical"] == "ties only (1)"
+
+
+@pytest.mark.parametrize("questions", [4, 1], ids=["with intervals", "without intervals"])
+def test_plot_draws_intervals_where_the_summary_has_them(tmp_path, questions):
+    recs = [rec(m, [5, 6], str(q), "ab"[q % 2], seconds=s * (1 + q / 10))
+            for q in range(questions) for m, s in (("ar", 1.0), ("sd", 0.6))]
+    summary = summarize(recs)
+    assert (summary["methods"]["sd"]["overall"]["speedup_ci"] is None) == (questions == 1)
+    paths = plot(summary, tmp_path)
+    assert [p.name for p in paths] == ["speedup.png", "tau_mbsu.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
 
 
 def test_bench_bad_arguments(tmp_path):
