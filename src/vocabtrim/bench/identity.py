@@ -22,7 +22,7 @@ TIE_TOLERANCE = {torch.bfloat16: 0.25, torch.float16: 0.05, torch.float32: 0.01}
 def _common_prefix(a: list[int], b: list[int]) -> int:
     """Length of the longest shared prefix of `a` and `b`."""
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):  # stops at the shorter
         if x != y:
             break
         n += 1

@@ -47,11 +47,13 @@ def build(names: list[str], target, drafter, kept_ids: torch.Tensor | None, samp
 
 
 class HFAssisted:
-    """transformers' assisted generation with its default settings, counted like our engine
-    (forward hooks count target and drafter forwards)."""
+    """transformers' assisted generation, counted like our engine (forward hooks count target
+    and drafter forwards); its default settings unless `generate_kwargs` (passed to
+    `generate()`, e.g. `num_assistant_tokens`) say otherwise."""
 
-    def __init__(self, target, drafter, sampling: Sampling, seed: int, stop: Stop):
+    def __init__(self, target, drafter, sampling: Sampling, seed: int, stop: Stop, **generate_kwargs):
         self.target, self.drafter, self.sampling, self.seed = target, drafter, sampling, seed
+        self.generate_kwargs = generate_kwargs
         self.eos = sorted(stop.token_ids)
         self.cost = weights_per_forward(drafter, drafter.config.vocab_size) / \
             weights_per_forward(target, target.config.vocab_size)
@@ -70,7 +72,7 @@ class HFAssisted:
             with torch.inference_mode():
                 out = self.target.generate(inp, attention_mask=torch.ones_like(inp),
                                            assistant_model=self.drafter, max_new_tokens=max_new_tokens,
-                                           eos_token_id=self.eos, **kwargs)
+                                           eos_token_id=self.eos, **kwargs, **self.generate_kwargs)
         finally:
             for h in hooks:
                 h.remove()
