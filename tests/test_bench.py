@@ -2,14 +2,12 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
-from conftest import tiny_model, tiny_tokenizer
+from conftest import cli, tiny_model, tiny_tokenizer
 
 from vocabtrim.bench.data import Question, load_questions, select
 from vocabtrim.bench.identity import TIE_TOLERANCE, divergence
 from vocabtrim.bench.report import markdown, plot, speedup_interval, summarize
 from vocabtrim.bench.run import Method, read_results, run_matrix
-from vocabtrim.cli import main
 from vocabtrim.metrics import GenerationStats
 
 SPEC_BENCH = [
@@ -110,7 +108,7 @@ def test_bench_end_to_end_on_tiny_models(tmp_path, tiny_dirs):
             "--per-category", 1, "--max-new-tokens", 10, "--out", out,
             "--calibrate", f"{calib}:n=4,k=30,tokens=6", "--repeats", 2]
     env = {"VOCABTRIM_CACHE": str(tmp_path / "cache")}
-    r = CliRunner().invoke(main, [str(a) for a in args], env=env)
+    r = cli(*args, env=env)
     assert r.exit_code == 0, r.stderr + str(r.exception)
     recs = read_results(out / "results.jsonl")
     assert len(recs) == 3 * 6 and {r["method"] for r in recs} == {"ar", "sd", "sd+vt", "sd+adaedl", "sd+vt+adaedl", "hf"}
@@ -132,7 +130,7 @@ def test_bench_end_to_end_on_tiny_models(tmp_path, tiny_dirs):
     assert (out / "summary.md").read_text() == markdown(summary)
     assert (out / "speedup.png").stat().st_size > 1000 and (out / "tau_mbsu.png").stat().st_size > 1000
     assert any((tmp_path / "cache" / "calibration").glob("*.safetensors"))  # counts cached for reuse
-    again = CliRunner().invoke(main, [str(a) for a in args], env=env)
+    again = cli(*args, env=env)
     assert again.exit_code == 1 and "--resume" in again.stderr
 
 
@@ -165,11 +163,11 @@ def test_plot_draws_intervals_where_the_summary_has_them(tmp_path, questions):
 
 
 def test_bench_bad_arguments(tmp_path):
-    r = CliRunner().invoke(main, ["bench", "--methods", "ar,warp", "--out", str(tmp_path)])
+    r = cli("bench", "--methods", "ar,warp", "--out", tmp_path)
     assert r.exit_code == 1 and "unknown method(s) warp" in r.stderr
-    r = CliRunner().invoke(main, ["bench", "--calibrate", "humaneval:z=1", "--out", str(tmp_path)])
+    r = cli("bench", "--calibrate", "humaneval:z=1", "--out", tmp_path)
     assert r.exit_code == 1 and "bad --calibrate" in r.stderr
-    r = CliRunner().invoke(main, ["bench", "--repeats", "0", "--out", str(tmp_path)])
+    r = cli("bench", "--repeats", "0", "--out", tmp_path)
     assert r.exit_code == 1 and r.stderr.strip() == "error: --repeats must be >= 1, got 0"
 
 
