@@ -16,16 +16,13 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
-from vocabtrim import models
 from vocabtrim.bench import methods as bm
+from vocabtrim.bench.common import engine_method, identity_check, load_pair, warm_up
 from vocabtrim.bench.data import humaneval
-from vocabtrim.bench.identity import divergence
-from vocabtrim.bench.report import aggregate, summarize
-from vocabtrim.bench.run import Method, run_matrix
+from vocabtrim.bench.report import aggregate, pyplot, save_figure, summarize
+from vocabtrim.bench.run import run_matrix
 from vocabtrim.drafters import ModelDrafter
-from vocabtrim.engine import Engine, Stop
+from vocabtrim.engine import Engine
 from vocabtrim.files import atomic_write
 from vocabtrim.policies import Policy, parse_policy
 from vocabtrim.sampling import Sampling
@@ -50,7 +47,7 @@ def main() -> None:
     for s in specs:
         parse_policy(s)
     temps = [float(t) for t in args.temperatures.split(",")]
-    tgt, drf = models.load(models.DEFAULT_TARGET), models.load(models.DEFAULT_DRAFT)
+    tgt, drf, stop = load_pair()
     questions = humaneval(0, args.eval)
     if args.token_map:
         kept = TokenMap.load(args.token_map).kept_ids
@@ -58,24 +55,17 @@ def main() -> None:
         exclude = {q.turns[0] for q in questions}
         print("calibrating the token map (cached after the first run)", flush=True)
         kept = bm.calibrated_map(bm.parse_calibration(args.calibrate), exclude, tgt, drf)
-    engines = {"full": Engine(tgt.model, ModelDrafter(drf.model, tgt.model)), "vt": Engine(tgt.model, ModelDrafter(drf.model, tgt.model, kept))}
-    stop = Stop(models.stop_token_ids(tgt))
-
-    def method(name: str, engine: Engine, policy: Policy, temperature: float) -> Method:
-        sampling = Sampling(temperature)
-        return Method(name, lambda ids, m: engine.generate(ids, m, policy, sampling, args.seed, stop))
-
-    matrix = [method("ar", Engine(tgt.model), Policy(1), 0.0)]
-    matrix += [method(f"T={t}|{head}|{spec}", engine, parse_policy(spec), t)
+    engines = {"full": Engine(tgt.model, ModelDrafter(drf.model, tgt.model)),
+               "vt": Engine(tgt.model, ModelDrafter(drf.model, tgt.model, kept))}
+    matrix = [engine_method("ar", Engine(tgt.model), Policy(1), Sampling(), args.seed, stop)]
+    matrix += [engine_method(f"T={t}|{head}|{spec}", engine, parse_policy(spec), Sampling(t), args.seed, stop)
                for t in temps for head, engine in engines.items() for spec in specs]
-    with torch.inference_mode():  # warm-up: first calls allocate
-        engines["full"].generate(models.encode_prompt(tgt.tokenizer, "Say hello."), 8, Policy(5))
+    warm_up(matrix, tgt.tokenizer)
     records = run_matrix(questions, matrix, tgt.tokenizer, args.max_new_tokens,
                          args.out / "results.jsonl", resume=True)
 
-    check = lambda p, a, b: divergence(tgt.model, p, a, b)
     greedy = summarize([r for r in records if r["method"] == "ar" or r["method"].startswith("T=0.0|")],
-                       "ar", True, check)["methods"]
+                       "ar", True, identity_check(tgt.model))["methods"]
     rows = []
     for t in temps:
         for head in engines:
@@ -121,11 +111,7 @@ def markdown(rows: list[dict], ar: dict, k: int) -> str:
 
 
 def plot(rows: list[dict], temps: list[float], specs: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     heads = sorted({r["head"] for r in rows})
     fig, axes = plt.subplots(1, len(heads), figsize=(5.5 * len(heads), 3.8), sharey=True, squeeze=False)
     width = 0.8 / len(temps)
@@ -141,7 +127,7 @@ def plot(rows: list[dict], temps: list[float], specs: list[str], path: Path) -> 
     axes[0][0].legend(fontsize=8)
     fig.suptitle("Draft-length policies, Qwen2.5-Coder 0.5B -> 1.5B, HumanEval, 128 new tokens", fontsize=10)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

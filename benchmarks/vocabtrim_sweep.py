@@ -24,14 +24,12 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from vocabtrim import models
+from vocabtrim.bench.common import engine_method, identity_check, load_pair, warm_up
 from vocabtrim.bench.data import humaneval
-from vocabtrim.bench.identity import divergence
 from vocabtrim.bench.methods import calibration_prompts, target_counts
-from vocabtrim.bench.report import summarize
-from vocabtrim.bench.run import Method, run_matrix
+from vocabtrim.bench.report import pyplot, save_figure, summarize
+from vocabtrim.bench.run import run_matrix
 from vocabtrim.calibrate import (
     count_tokens,
     generate_fn,
@@ -40,7 +38,7 @@ from vocabtrim.calibrate import (
     tokenizer_fingerprint,
 )
 from vocabtrim.drafters import ModelDrafter
-from vocabtrim.engine import Engine, Stop
+from vocabtrim.engine import Engine
 from vocabtrim.files import atomic_write
 from vocabtrim.policies import Policy
 from vocabtrim.sampling import Sampling
@@ -62,10 +60,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=5, help="static draft length")
     ap.add_argument("--out", type=Path, default=Path("results/sweep"))
     args = ap.parse_args()
-    tgt, drf = models.load(models.DEFAULT_TARGET), models.load(models.DEFAULT_DRAFT)
+    tgt, drf, stop = load_pair()
     vocab = drf.model.config.vocab_size
-    spec_full = Engine(tgt.model, ModelDrafter(drf.model, tgt.model))
-    stop = Stop(models.stop_token_ids(tgt))
     greedy = Sampling()
 
     # Target counts are the ones `vocabtrim bench` calibrates with (same prompts, same cache).
@@ -93,17 +89,16 @@ def main() -> None:
     maps = {f"K={k}": trim(counts["target"], keep=k, always=always) for k in keeps}
     for source in sources:
         maps[f"{source}@{args.sources_k}"] = trim(counts[source], keep=args.sources_k, always=always)
-    engines = {"full": spec_full, **{n: Engine(tgt.model, ModelDrafter(drf.model, tgt.model, tm.kept_ids)) for n, tm in maps.items()},
-               **{f"K={k} map only": Engine(tgt.model, ModelDrafter(drf.model, tgt.model, maps[f"K={k}"].kept_ids, prompt_tokens=False))
+    drafter = lambda kept=None, prompt_tokens=True: ModelDrafter(drf.model, tgt.model, kept, prompt_tokens)
+    engines = {"full": Engine(tgt.model, drafter()),
+               **{n: Engine(tgt.model, drafter(tm.kept_ids)) for n, tm in maps.items()},
+               **{f"K={k} map only": Engine(tgt.model, drafter(maps[f"K={k}"].kept_ids, False))
                   for k in keeps if args.map_only}}
-    methods = [Method(n, lambda ids, m, e=e: e.generate(ids, m, Policy(args.k), greedy, 0, stop))
-               for n, e in engines.items()]
-    with torch.inference_mode():
-        spec_full.generate(models.encode_prompt(tgt.tokenizer, "Say hello."), 8, Policy(args.k))
+    methods = [engine_method(n, e, Policy(args.k), greedy, 0, stop) for n, e in engines.items()]
+    warm_up(methods, tgt.tokenizer)
     records = run_matrix(evaluated, methods, tgt.tokenizer, args.max_new_tokens,
                          args.out / "results.jsonl", resume=True, repeats=args.repeats)
-    check = lambda p, a, b: divergence(tgt.model, p, a, b)
-    summary = summarize(records, baseline="full", check=check)
+    summary = summarize(records, baseline="full", check=identity_check(tgt.model))
     summary["coverage"] = {n: tm.meta["coverage"] for n, tm in maps.items()}
     summary["calibration_tokens"] = {s: c.meta["tokens"] for s, c in counts.items()}
     atomic_write(args.out / "sweep.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1)))
@@ -133,11 +128,7 @@ def ci(interval: list[float] | None) -> str:
 
 
 def plot(ms: dict, keeps: list[int], vocab: int, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     xs = [vocab] + keeps
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for suffix, label, style in (("", "map + prompt tokens", "-"), (" map only", "map only (paper)", "--")):
@@ -154,7 +145,7 @@ def plot(ms: dict, keeps: list[int], vocab: int, path: Path) -> None:
     right.axhline(1.0, color="gray", lw=0.8)
     fig.suptitle("VocabTrim on Qwen2.5-Coder 0.5B -> 1.5B, HumanEval, greedy, K=5 drafts", fontsize=10)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,21 @@
-"""Tiny random-weight models (seconds to build) and the real default pair (fetched once).
+"""Tiny random-weight models (seconds to build), the real default pair (fetched once) and
+the in-process CLI runner every test uses.
 
 Tiny models are Llama-shaped on purpose: the engine must not depend on the architecture,
 and transformers maps a plain tokenizers tokenizer onto Llama models unchanged."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner, Result
 from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers import models as tk_models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from vocabtrim.cli import main
 from vocabtrim.drafters import ModelDrafter
 from vocabtrim.engine import Engine
 
@@ -91,5 +93,6 @@ def real_pair():
     return target, draft
 
 
-def read_json_lines(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+def cli(*args, env: dict[str, str] | None = None) -> Result:
+    """Run the `vocabtrim` command in-process; arguments may be paths or numbers."""
+    return CliRunner().invoke(main, [str(a) for a in args], env=env)

@@ -1,13 +1,13 @@
 import json
 
 import pytest
-from click.testing import CliRunner
-from conftest import tiny_tokenizer
+import torch
+from conftest import cli, tiny_model, tiny_tokenizer
 
 from vocabtrim.bench.data import Question, load_questions, select
-from vocabtrim.bench.report import markdown, speedup_interval, summarize
+from vocabtrim.bench.identity import TIE_TOLERANCE, divergence
+from vocabtrim.bench.report import markdown, plot, speedup_interval, summarize
 from vocabtrim.bench.run import Method, read_results, run_matrix
-from vocabtrim.cli import main
 from vocabtrim.metrics import GenerationStats
 
 SPEC_BENCH = [
@@ -108,7 +108,7 @@ def test_bench_end_to_end_on_tiny_models(tmp_path, tiny_dirs):
             "--per-category", 1, "--max-new-tokens", 10, "--out", out,
             "--calibrate", f"{calib}:n=4,k=30,tokens=6", "--repeats", 2]
     env = {"VOCABTRIM_CACHE": str(tmp_path / "cache")}
-    r = CliRunner().invoke(main, [str(a) for a in args], env=env)
+    r = cli(*args, env=env)
     assert r.exit_code == 0, r.stderr + str(r.exception)
     recs = read_results(out / "results.jsonl")
     assert len(recs) == 3 * 6 and {r["method"] for r in recs} == {"ar", "sd", "sd+vt", "sd+adaedl", "sd+vt+adaedl", "hf"}
@@ -130,16 +130,19 @@ def test_bench_end_to_end_on_tiny_models(tmp_path, tiny_dirs):
     assert (out / "summary.md").read_text() == markdown(summary)
     assert (out / "speedup.png").stat().st_size > 1000 and (out / "tau_mbsu.png").stat().st_size > 1000
     assert any((tmp_path / "cache" / "calibration").glob("*.safetensors"))  # counts cached for reuse
-    again = CliRunner().invoke(main, [str(a) for a in args], env=env)
+    again = cli(*args, env=env)
     assert again.exit_code == 1 and "--resume" in again.stderr
 
 
+def rec(method, ids, question_id="1", category="c", seconds=1.0):
+    """A results.jsonl record of one greedy turn."""
+    return {"question_id": question_id, "category": category, "method": method, "new_tokens": 2,
+            "seconds": seconds, "target_forwards": 1, "drafter_forwards": 0, "draft_lengths": [],
+            "accepted_per_round": [], "cost_ratio": 0.0, "prefill_s": 0, "draft_s": 0, "verify_s": 0,
+            "turns": [{"prompt_ids": [1], "token_ids": ids}]}
+
+
 def test_summary_reports_a_real_mismatch_loudly():
-    def rec(method, ids):
-        return {"question_id": "1", "category": "c", "method": method, "new_tokens": 2, "seconds": 1.0,
-                "target_forwards": 1, "drafter_forwards": 0, "draft_lengths": [], "accepted_per_round": [],
-                "cost_ratio": 0.0, "prefill_s": 0, "draft_s": 0, "verify_s": 0,
-                "turns": [{"prompt_ids": [1], "token_ids": ids}]}
     check = lambda p, a, b: {"position": 1, "margin": 3.0, "tie": False}
     s = summarize([rec("ar", [5, 6]), rec("sd", [5, 7])], check=check)
     assert s["methods"]["sd"]["identical"].startswith("NO")
@@ -148,10 +151,33 @@ def test_summary_reports_a_real_mismatch_loudly():
     assert summarize([rec("ar", [5, 6]), rec("sd", [5, 7])], check=tie)["methods"]["sd"]["identical"] == "ties only (1)"
 
 
+@pytest.mark.parametrize("questions", [4, 1], ids=["with intervals", "without intervals"])
+def test_plot_draws_intervals_where_the_summary_has_them(tmp_path, questions):
+    recs = [rec(m, [5, 6], str(q), "ab"[q % 2], seconds=s * (1 + q / 10))
+            for q in range(questions) for m, s in (("ar", 1.0), ("sd", 0.6))]
+    summary = summarize(recs)
+    assert (summary["methods"]["sd"]["overall"]["speedup_ci"] is None) == (questions == 1)
+    paths = plot(summary, tmp_path)
+    assert [p.name for p in paths] == ["speedup.png", "tau_mbsu.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
 def test_bench_bad_arguments(tmp_path):
-    r = CliRunner().invoke(main, ["bench", "--methods", "ar,warp", "--out", str(tmp_path)])
+    r = cli("bench", "--methods", "ar,warp", "--out", tmp_path)
     assert r.exit_code == 1 and "unknown method(s) warp" in r.stderr
-    r = CliRunner().invoke(main, ["bench", "--calibrate", "humaneval:z=1", "--out", str(tmp_path)])
+    r = cli("bench", "--calibrate", "humaneval:z=1", "--out", tmp_path)
     assert r.exit_code == 1 and "bad --calibrate" in r.stderr
-    r = CliRunner().invoke(main, ["bench", "--repeats", "0", "--out", str(tmp_path)])
+    r = cli("bench", "--repeats", "0", "--out", tmp_path)
     assert r.exit_code == 1 and r.stderr.strip() == "error: --repeats must be >= 1, got 0"
+
+
+def test_divergence_finds_the_first_difference_and_its_margin():
+    target = tiny_model(64, seed=1)
+    assert divergence(target, [5, 6], [7, 8, 9], [7, 8, 9]) is None
+    d = divergence(target, [5, 6], [7, 8, 9], [7, 8, 10])
+    with torch.no_grad():
+        logits = target(torch.tensor([[5, 6, 7, 8]])).logits[0, -1]
+    assert (d["position"], d["token_a"], d["token_b"]) == (2, 9, 10)
+    assert d["margin"] == pytest.approx(abs(float(logits[9] - logits[10])), abs=1e-4)
+    assert d["tolerance"] == TIE_TOLERANCE[torch.float32] and d["tie"] == (d["margin"] <= 0.01)
+    assert divergence(target, [5], [7], [7, 8])["margin"] is None  # one output is a prefix: no tie

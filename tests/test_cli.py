@@ -3,17 +3,15 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
+import torch
+from conftest import cli
 
-from vocabtrim.cli import main
-
-
-def run(*args, env=None):
-    return CliRunner().invoke(main, [str(a) for a in args], env=env)
+from vocabtrim.calibrate import Counts
+from vocabtrim.tokenmap import TokenMap
 
 
 def gen(dirs, *args, env=None):
-    return run("generate", "--target", dirs["target"], "--draft", dirs["draft"], *args, env=env)
+    return cli("generate", "--target", dirs["target"], "--draft", dirs["draft"], *args, env=env)
 
 
 def assert_one_line_error(result, *words):
@@ -59,13 +57,13 @@ def test_bad_input(tiny_dirs, args, words):
 
 
 def test_vocabulary_mismatch_names_both_sizes(tiny_dirs):
-    r = run("generate", "--target", tiny_dirs["target"], "--draft", tiny_dirs["other_vocab"],
+    r = cli("generate", "--target", tiny_dirs["target"], "--draft", tiny_dirs["other_vocab"],
             "--prompt", "w1")
     assert_one_line_error(r, "80", "64", "vocabulary")
 
 
 def test_prompt_longer_than_context(tiny_dirs):
-    r = run("generate", "--target", tiny_dirs["short"], "--no-draft", "--raw",
+    r = cli("generate", "--target", tiny_dirs["short"], "--no-draft", "--raw",
             "--prompt", " ".join(["w3"] * 40))
     assert_one_line_error(r, "context holds 16")
 
@@ -89,7 +87,7 @@ def test_corrupt_cache_entry(tmp_path, tiny_dirs):
 
 
 def test_models_list(tmp_path):
-    r = run("models", "list", env={"VOCABTRIM_CACHE": str(tmp_path)})
+    r = cli("models", "list", env={"VOCABTRIM_CACHE": str(tmp_path)})
     assert r.exit_code == 0 and "qwen2.5-coder-1.5b" in r.stdout and "not fetched" in r.stdout
 
 
@@ -99,3 +97,57 @@ def test_console_script_exits_nonzero_without_traceback():
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip() == "error: unknown model 'nope': not a built-in name " \
         "(qwen2.5-coder-0.5b, qwen2.5-coder-1.5b), a model directory, a .gguf file or a hub id"
+
+
+def test_cli_calibrate_trim_generate_export(tmp_path, tiny_dirs):
+    data = tmp_path / "cal.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"w{i} w{i + 1}"}) for i in range(6)))
+    counts = tmp_path / "counts.safetensors"
+    r = cli("calibrate", "--source", "target", "--data", data, "--out", counts, "--max-new-tokens", 8,
+            "--target", tiny_dirs["target"], "--draft", tiny_dirs["draft"])
+    assert r.exit_code == 0, r.stderr
+    c = Counts.load(counts)
+    assert c.meta["source"] == "target" and c.meta["items_done"] == 6 and c.counts.sum() == c.meta["tokens"] > 0
+    r = cli("trim", "--counts", counts, "--keep", 20, "--draft", tiny_dirs["draft"], "--out", tmp_path / "tm")
+    assert r.exit_code == 0, r.stderr
+    tm = TokenMap.load(tmp_path / "tm")
+    assert tm.k == 20 and 1 in tm.kept_ids.tolist()  # the EOS of the tiny tokenizer is forced in
+    args = ("generate", "--target", tiny_dirs["target"], "--draft", tiny_dirs["draft"],
+            "--prompt", "w7 w9 w3", "--max-new-tokens", 10, "--json")
+    full, trimmed = cli(*args), cli(*args, "--token-map", tmp_path / "tm")
+    map_only = cli(*args, "--token-map", tmp_path / "tm", "--no-prompt-tokens")
+    for r in (full, trimmed, map_only):
+        assert r.exit_code == 0, r.stderr
+    full, trimmed, map_only = (json.loads(r.stdout) for r in (full, trimmed, map_only))
+    assert trimmed["token_ids"] == map_only["token_ids"] == full["token_ids"]
+    # the map lacks some of w7 w9 w3 (and the template's tokens): their rows cost a little
+    assert map_only["cost_ratio"] < trimmed["cost_ratio"] < full["cost_ratio"]
+    r = cli("export", "--token-map", tmp_path / "tm", "--format", "sglang", "--out", tmp_path / "hot.pt")
+    assert r.exit_code == 0 and torch.load(tmp_path / "hot.pt", weights_only=True).numel() == 20
+
+
+def test_cli_trim_rejects_counts_of_another_tokenizer(tmp_path, tiny_dirs):
+    counts = tmp_path / "c.safetensors"
+    (tmp_path / "t.txt").write_text("w1 w2 w3")
+    assert cli("calibrate", "--source", "raw", "--data", tmp_path / "t.txt", "--out", counts,
+               "--draft", tiny_dirs["other_vocab"]).exit_code == 0
+    r = cli("trim", "--counts", counts, "--keep", 5, "--draft", tiny_dirs["draft"], "--out", tmp_path / "tm")
+    assert r.exit_code == 1 and r.stderr.startswith("error: ") and "another tokenizer" in r.stderr
+    assert not (tmp_path / "tm").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["trim", "--counts", "missing.safetensors", "--keep", "4", "--out", "x"], "not found"),
+    (["export", "--token-map", "nowhere", "--format", "sglang", "--out", "x.pt"], "no token map"),
+])
+def test_cli_bad_files(tmp_path, args, words, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = cli(*args)
+    assert r.exit_code == 1 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_corrupt_counts_file(tmp_path, tiny_dirs):
+    bad = tmp_path / "c.safetensors"
+    bad.write_bytes(b"garbage")
+    r = cli("trim", "--counts", bad, "--keep", 4, "--draft", tiny_dirs["draft"], "--out", tmp_path / "tm")
+    assert r.exit_code == 1 and "not a vocabtrim counts file" in r.stderr

@@ -1,7 +1,7 @@
 """Integration on the real default pair (auto dtype). Fetches and converts it on first use."""
 
 import pytest
-from conftest import spec_engine
+from conftest import cli, spec_engine
 
 from vocabtrim import models
 from vocabtrim.bench.identity import divergence
@@ -69,23 +69,19 @@ def test_calibrate_trim_generate_on_real_pair(real_pair, tmp_path):
     """Target-generated counts on two HumanEval prompts, a trimmed head, same greedy output."""
     import json
 
-    from click.testing import CliRunner
-
-    from vocabtrim.cli import main
-
-    def cli(*args):
-        r = CliRunner().invoke(main, [str(a) for a in args])
+    def ok(*args) -> str:
+        r = cli(*args)
         assert r.exit_code == 0, r.stderr
         return r.stdout
 
     counts, tm = tmp_path / "counts.safetensors", tmp_path / "tm"
-    cli("calibrate", "--source", "target", "--data", "humaneval", "--skip", 100, "--limit", 2,
-        "--max-new-tokens", 24, "--out", counts)
-    cli("trim", "--counts", counts, "--keep", 4096, "--out", tm)
+    ok("calibrate", "--source", "target", "--data", "humaneval", "--skip", 100, "--limit", 2,
+       "--max-new-tokens", 24, "--out", counts)
+    ok("trim", "--counts", counts, "--keep", 4096, "--out", tm)
     prompt = ("--prompt", "Write a Python function that reverses a string.", "--max-new-tokens", 24,
               "--json")
-    alone = json.loads(cli("generate", "--no-draft", *prompt))
-    trimmed = json.loads(cli("generate", "--token-map", tm, *prompt))
+    alone = json.loads(ok("generate", "--no-draft", *prompt))
+    trimmed = json.loads(ok("generate", "--token-map", tm, *prompt))
     target, _ = real_pair
     ids = models.encode_prompt(target.tokenizer, prompt[1])
     d = divergence(target.model, ids, alone["token_ids"], trimmed["token_ids"])

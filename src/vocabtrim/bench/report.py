@@ -142,29 +142,50 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: dict, out_dir: Path) -> list[Path]:
-    """speedup.png (per category per method) and tau_mbsu.png (per method)."""
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: figures go to files, never to a screen."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write `fig` as a PNG atomically (a killed run leaves no half-written image) and free it."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    pyplot().close(fig)
+    return path
+
+
+def plot(summary: dict, out_dir: Path) -> list[Path]:
+    """speedup.png (per category and overall, per method; each bar labelled with its tokens/s,
+    the overall bars with their 95% interval where there is one) and tau_mbsu.png (per method)."""
+    plt = pyplot()
     ms = summary["methods"]
     names = list(ms)
     cats = sorted({c for m in ms.values() for c in m["categories"]})
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(cats) * len(names) / 3), 4))
+    groups = cats + ["overall"]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups) * len(names) / 3), 4))
     width = 0.8 / len(names)
     for i, n in enumerate(names):
-        vals = [ms[n]["categories"].get(c, {}).get("speedup") or 0 for c in cats]
-        ax.bar([j + i * width for j in range(len(cats))], vals, width, label=n)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cats))], cats, rotation=20)
+        cells = [ms[n]["categories"].get(c) for c in cats] + [ms[n]["overall"]]
+        xs = [j + i * width for j in range(len(groups))]
+        bars = ax.bar(xs, [(a or {}).get("speedup") or 0 for a in cells], width, label=n)
+        ax.bar_label(bars, [f"{a['tokens_per_second']:.1f}" if a else "" for a in cells],
+                     label_type="center", rotation=90, fontsize=7)
+        ci, point = ms[n]["overall"].get("speedup_ci"), ms[n]["overall"]["speedup"]
+        if ci and point:
+            ax.errorbar(xs[-1], point, yerr=[[point - ci[0]], [ci[1] - point]], fmt="none",
+                        ecolor="black", capsize=3, lw=0.8)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))], groups, rotation=20)
     ax.axhline(1, color="grey", lw=0.8)
-    ax.set_ylabel("speed-up over ar (tokens/s)")
-    ax.legend(fontsize=8)
+    ax.set_ylabel(f"speed-up over {summary['baseline']} (tokens/s)")
+    ax.set_title("bars labelled with tokens/s; overall: 95% bootstrap interval", fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))
     fig.tight_layout()
-    paths = [out_dir / "speedup.png", out_dir / "tau_mbsu.png"]
-    atomic_write(paths[0], lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    paths = [save_figure(fig, out_dir / "speedup.png")]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     xs = range(len(names))
     ax.bar([x - 0.2 for x in xs], [ms[n]["overall"]["tau"] for n in names], 0.4, label="tau")
@@ -172,8 +193,7 @@ def plot(summary: dict, out_dir: Path) -> list[Path]:
     ax.set_xticks(list(xs), names, rotation=20)
     ax.legend()
     fig.tight_layout()
-    atomic_write(paths[1], lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    paths.append(save_figure(fig, out_dir / "tau_mbsu.png"))
     return paths
 
 

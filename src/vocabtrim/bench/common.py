@@ -1,0 +1,51 @@
+"""What the benchmark scripts share on top of the runner: the default pair with its stop
+set, a Method per engine configuration, a warm-up before timing and the identity check."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import partial
+from typing import NamedTuple
+
+import torch
+
+from .. import models
+from ..engine import Engine, Stop
+from ..policies import Policy
+from ..sampling import Sampling
+from .identity import divergence
+from .report import CheckFn
+from .run import Method
+
+
+class Pair(NamedTuple):
+    target: models.Loaded
+    drafter: models.Loaded
+    stop: Stop  # the target's EOS and end-of-turn ids
+
+
+def load_pair(dtype: str = "auto") -> Pair:
+    """The built-in default pair in `dtype`, fetched and converted on first use."""
+    target = models.load(models.DEFAULT_TARGET, dtype=dtype)
+    drafter = models.load(models.DEFAULT_DRAFT, dtype=dtype)
+    return Pair(target, drafter, Stop(models.stop_token_ids(target)))
+
+
+def engine_method(name: str, engine: Engine, policy: Policy, sampling: Sampling, seed: int,
+                  stop: Stop) -> Method:
+    """A Method that runs `engine` with fixed settings."""
+    return Method(name, lambda ids, n: engine.generate(ids, n, policy, sampling, seed, stop))
+
+
+def warm_up(methods: Iterable[Method], tokenizer) -> None:
+    """One short untimed generation per method: first calls allocate caches and buffers,
+    which would otherwise be charged to whichever method meets the first question."""
+    ids = models.encode_prompt(tokenizer, "Say hello.")
+    with torch.inference_mode():
+        for m in methods:
+            m.generate(ids, 8)
+
+
+def identity_check(target: torch.nn.Module) -> CheckFn:
+    """`summarize`'s check: the divergence of two greedy outputs of `target`."""
+    return partial(divergence, target)

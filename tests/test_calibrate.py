@@ -1,0 +1,43 @@
+"""Calibration data and resumable token counting."""
+
+import pytest
+
+from vocabtrim.calibrate import Counts, count_tokens, load_items, stdlib_files
+
+
+def test_count_resume_counts_each_item_once(tmp_path):
+    items = [f"item{i}" for i in range(7)]
+    seen = []
+
+    def per_item(text, fail_at=None):
+        if fail_at is not None and text == fail_at:
+            raise KeyboardInterrupt
+        seen.append(text)
+        return [int(text[-1]), 9]
+
+    out = tmp_path / "c.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        count_tokens(items, out, {"source": "raw"}, 12, lambda t: per_item(t, "item4"), save_every_s=0)
+    assert Counts.load(out).meta["items_done"] == 4
+    with pytest.raises(Exception, match="exists"):
+        count_tokens(items, out, {"source": "raw"}, 12, per_item)
+    with pytest.raises(Exception, match="other settings"):
+        count_tokens(items, out, {"source": "target"}, 12, per_item, resume=True)
+    c = count_tokens(items, out, {"source": "raw"}, 12, per_item, resume=True)
+    assert seen == items
+    assert c.counts.tolist() == [1, 1, 1, 1, 1, 1, 1, 0, 0, 7, 0, 0] and c.meta["tokens"] == 14
+
+
+def test_load_items_formats(tmp_path):
+    (tmp_path / "sb.jsonl").write_text('{"question_id": 1, "category": "qa", "turns": ["a?", "b?"]}\n'
+                                       '{"prompt": "c"}\n\n{"text": "d"}\n')
+    assert load_items(str(tmp_path / "sb.jsonl")) == ["a?", "c", "d"]
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"nope": 1}\n')
+    with pytest.raises(Exception, match="bad.jsonl:2"):
+        load_items(str(tmp_path / "bad.jsonl"))
+    assert len(load_items("humaneval")) == 164
+    assert len(load_items("stdlib")) == len(stdlib_files()) > 100
+    names = {f.name for f in stdlib_files()}
+    assert "os.py" in names and not any("site-packages" in f.parts for f in stdlib_files())
+    with pytest.raises(Exception, match="no calibration data"):
+        load_items(str(tmp_path / "missing"))
