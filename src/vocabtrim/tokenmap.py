@@ -128,9 +128,9 @@ def check_size_rule(keep: int | None, coverage: float | None) -> None:
     if (keep is None) == (coverage is None):
         raise VocabtrimError("give exactly one of --keep and --coverage")
     if keep is not None and keep < 1:
-        raise VocabtrimError(f"K must be >= 1, got {keep}")
+        raise VocabtrimError(f"K must be >= 1 (--keep), got {keep}")
     if coverage is not None and not 0 < coverage <= 1:
-        raise VocabtrimError(f"coverage must be in (0, 1], got {coverage}")
+        raise VocabtrimError(f"--coverage must be in (0, 1], got {coverage}")
 
 
 def trim(counts: Counts, keep: int | None = None, coverage: float | None = None,
