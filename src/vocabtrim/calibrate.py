@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .bench.data import as_turns, humaneval
 from .errors import VocabtrimError
 from .files import atomic_write
 
@@ -50,8 +51,6 @@ def load_items(data: str) -> list[str]:
     JSONL with `prompt` or `text` fields, a plain text file, or a directory of such files.
     """
     if data == "humaneval":
-        from .bench.data import humaneval
-
         return [q.turns[0] for q in humaneval()]
     if data == "stdlib":
         return [p.read_text(errors="replace") for p in stdlib_files()]
@@ -80,11 +79,12 @@ def _file_items(path: Path) -> list[str]:
             continue
         try:
             obj = json.loads(line)
-            item = obj["turns"][0] if "turns" in obj else obj.get("prompt", obj.get("text"))
-        except (json.JSONDecodeError, AttributeError, IndexError, KeyError, TypeError):
+            item = as_turns(obj["turns"])[0] if "turns" in obj else obj.get("prompt", obj.get("text"))
+        except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
             item = None
         if not isinstance(item, str):
-            raise VocabtrimError(f"{path}:{n}: expected a JSON object with 'turns', 'prompt' or 'text'")
+            raise VocabtrimError(f"{path}:{n}: expected a JSON object with 'turns' (a list of non-empty "
+                                 "strings), 'prompt' or 'text'")
         items.append(item)
     return items
 

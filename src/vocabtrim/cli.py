@@ -14,15 +14,22 @@ from .errors import VocabtrimError
 
 
 class Main(click.Group):
-    """Turns every expected failure into `error: ...` on one line and exit status 1."""
+    """Turns every expected failure into `error: ...` on one line and exit status 1: ours,
+    and click's own usage errors (click alone prints a usage block and exits with 2)."""
 
-    def invoke(self, ctx: click.Context):
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
         try:
-            return super().invoke(ctx)
-        except VocabtrimError as e:
-            click.echo(f"error: {e}", err=True)
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as e:  # a bare group: its help, as click shows it
+            e.show()
+            sys.exit(e.exit_code)
+        except (VocabtrimError, click.ClickException) as e:
+            message = e.format_message() if isinstance(e, click.ClickException) else str(e)
+            click.echo(f"error: {' '.join(message.split())}", err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
+        except click.Abort:  # Ctrl-C
             click.echo("interrupted", err=True)
             sys.exit(130)
 
@@ -63,6 +70,8 @@ def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
             prompt = prompt_file.read_text()
         except OSError as e:
             raise VocabtrimError(f"cannot read prompt file {prompt_file}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise VocabtrimError(f"cannot read prompt file {prompt_file}: it is not UTF-8 text") from None
     if not prompt.strip():
         raise VocabtrimError("the prompt is empty")
     return prompt
@@ -96,7 +105,7 @@ dtype_option = click.option(
 @click.option("--policy", "policy_spec", default="static:5", show_default=True,
               help="Draft-length rule: static:K, adaedl[:lambda=..,gamma=..,max=..], "
                    "confidence:T, heuristic, svip.")
-@click.option("--draft-len", type=int, help="Shorthand for --policy static:K.")
+@click.option("--draft-len", type=click.IntRange(min=1), help="Shorthand for --policy static:K.")
 @click.option("--system", help="A system prompt (none is added otherwise).")
 @click.option("--raw", is_flag=True, help="Send the prompt as plain text, no chat template.")
 @click.option("--stop", "stop_strings", multiple=True, help="Stop after this string (repeatable).")
@@ -114,6 +123,8 @@ def generate(target, draft, no_draft, drafter_kind, prompt, prompt_file, max_new
     from .sampling import Sampling
 
     text = _read_prompt(prompt, prompt_file)
+    if "" in stop_strings:
+        raise VocabtrimError("--stop needs a non-empty string (an empty one matches at once)")
     sampling = Sampling(temperature, top_k, top_p)
     policy = parse_policy(f"static:{draft_len}" if draft_len is not None else policy_spec)
     if max_new_tokens < 1:
@@ -149,6 +160,13 @@ def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "
     tm = None if token_map is None else TokenMap.load(token_map)
     tgt = models.load(target, dtype)
     drf = None if draft is None else models.load(draft, dtype)
+    if drf is not None:  # the same vocabulary size is not the same vocabulary
+        ft, fd = tokenizer_fingerprint(tgt.tokenizer), tokenizer_fingerprint(drf.tokenizer)
+        if ft != fd:
+            raise VocabtrimError(
+                f"the drafter {draft} and the target {target} use different tokenizers (vocabulary "
+                f"{drf.model.config.vocab_size} vs {tgt.model.config.vocab_size}, fingerprint {fd} vs {ft}); "
+                "drafting across vocabularies is not supported")
     if tm is not None:
         tm.check_drafter(drf.model.config.vocab_size, tokenizer_fingerprint(drf.tokenizer))
     return tgt, drf, None if tm is None else tm.kept_ids
@@ -173,8 +191,9 @@ def _engine(target: str, draft: str | None, token_map: Path | None, dtype: str =
               help="Count text the target generates, the drafter generates, or the data itself.")
 @click.option("--data", required=True, help="humaneval, stdlib, a JSONL/text file or a directory.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Counts file to write.")
-@click.option("--limit", type=int, help="Use only the first N items.")
-@click.option("--skip", default=0, show_default=True, help="Skip the first N items (keep evaluation prompts out).")
+@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N items.")
+@click.option("--skip", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Skip the first N items (keep evaluation prompts out).")
 @click.option("--max-new-tokens", default=256, show_default=True)
 @click.option("--temperature", default=0.0, show_default=True)
 @click.option("--seed", default=0, show_default=True)
@@ -228,8 +247,11 @@ def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed,
 def trim(counts, keep, coverage, draft, out) -> None:
     """Choose the K most frequent tokens: the trimmed drafter head's vocabulary."""
     from .calibrate import Counts, tokenizer_fingerprint
+    from .tokenmap import check_replaceable, check_size_rule
     from .tokenmap import trim as trim_counts
 
+    check_size_rule(keep, coverage)
+    check_replaceable(out)
     c = Counts.load(counts)
     drf = models.load(draft, "bfloat16")  # only its tokenizer and vocabulary are used
     fp = tokenizer_fingerprint(drf.tokenizer)
@@ -263,13 +285,15 @@ DEFAULT_BENCH_PROMPTS = 6  # no-argument run: 14.5 min on 2 AVX2 cores, models c
 @main.command()
 @click.option("--data", default="humaneval", show_default=True,
               help="humaneval, a Spec-Bench question file, or a JSONL with 'prompt' (+ 'category').")
-@click.option("--per-category", type=int, help="First N questions of each category.")
-@click.option("--limit", type=int, help=f"First N questions (humaneval default: {DEFAULT_BENCH_PROMPTS}).")
+@click.option("--per-category", type=click.IntRange(min=1), help="First N questions of each category.")
+@click.option("--limit", type=click.IntRange(min=1),
+              help=f"First N questions (humaneval default: {DEFAULT_BENCH_PROMPTS}).")
 @click.option("--max-new-tokens", default=128, show_default=True)
 @click.option("--temperature", default=0.0, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--methods", default="ar,sd,sd+vt,sd+adaedl,sd+vt+adaedl,hf", show_default=True)
-@click.option("--draft-len", default=5, show_default=True, help="K of the static methods.")
+@click.option("--draft-len", default=5, show_default=True, type=click.IntRange(min=1),
+              help="K of the static methods.")
 @click.option("--adaedl", default="adaedl", show_default=True, help="Policy spec of the adaedl methods.")
 @click.option("--token-map", type=click.Path(path_type=Path), help="Token map for the +vt methods.")
 @click.option("--calibrate", "calib", default="humaneval:n=32,k=16384,tokens=128", show_default=True,
@@ -344,7 +368,8 @@ class _Streamer:
             self.shown = len(text)
 
     def finish(self) -> None:
-        click.echo()
+        """Print what is still held back (text may really end in U+FFFD), then a newline."""
+        click.echo(self.tokenizer.decode(self.ids, skip_special_tokens=True)[self.shown:])
 
 
 if __name__ == "__main__":

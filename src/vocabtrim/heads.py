@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .errors import VocabtrimError
 from .kernels import rows as linear_rows
+from .tokenmap import check_ids
 
 
 class Head:
@@ -40,8 +40,7 @@ class Head:
         if kept_ids is None:
             return cls(lin, None, vocab)
         kept_ids = kept_ids.to(torch.long)
-        if kept_ids.numel() == 0 or int(kept_ids.max()) >= vocab or int(kept_ids.min()) < 0:
-            raise VocabtrimError(f"token map ids must lie in [0, {vocab}) for this drafter")
+        check_ids(kept_ids, vocab, "the token map for this drafter")
         return cls(linear_rows(lin, kept_ids), kept_ids, vocab, lin)
 
     def for_prompt(self, prompt: list[int]) -> Head:

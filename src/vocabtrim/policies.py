@@ -15,6 +15,7 @@ rule nothing (0/0 acceptance).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -31,8 +32,8 @@ class Policy:
     """`static:K`: draft K tokens every round."""
 
     def __init__(self, max_len: int = 5):
-        if max_len < 1:
-            raise VocabtrimError(f"draft length must be >= 1, got {max_len}")
+        if not _is_length(max_len):
+            raise VocabtrimError(f"draft length must be {_RANGES['max_len'][1]}, got {max_len!r}")
         self.max_len = max_len
 
     def budget(self) -> int:
@@ -178,8 +179,36 @@ _CLASSES = {"adaedl": AdaEDL, "confidence": Confidence, "heuristic": Heuristic, 
 _FIRST = {"static": "k", "confidence": "t", "heuristic": "start", "svip": "h", "adaedl": "lambda"}
 
 
+def _is_length(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _number(ok: Callable[[float], bool]) -> Callable[[object], bool]:
+    """A check that a value is a finite number (not on/off) for which `ok` holds."""
+    return lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and ok(v)
+
+
+# every parameter's range, by constructor argument: a value outside it crashes or misleads
+# only after the models have loaded (a fractional length, gamma < 0 under a square root)
+_RANGES = {
+    "max_len": (_is_length, "an integer >= 1"),
+    "start": (_is_length, "an integer >= 1"),
+    "threshold": (_number(lambda v: 0 <= v <= 1), "a number in [0, 1]"),
+    "lam": (_number(lambda v: 0 <= v <= 1), "a number in [0, 1]"),
+    "gamma": (_number(lambda v: v > 0), "a number > 0"),
+    "h": (_number(lambda v: v >= 0), "a number >= 0"),
+    "eps": (_number(lambda v: v >= 0), "a number >= 0"),
+    "alpha": (_number(lambda v: 0 < v <= 1), "a number in (0, 1]"),
+    "beta1": (_number(lambda v: 0 <= v < 1), "a number in [0, 1)"),
+    "beta2": (_number(lambda v: 0 <= v < 1), "a number in [0, 1)"),
+    "adapt": (lambda v: isinstance(v, bool), "on or off"),
+    "persist": (lambda v: isinstance(v, bool), "on or off"),
+}
+
+
 def parse_policy(spec: str) -> Policy:
-    """`name[:value | :key=value,...]` -> a Policy; one-line error listing the valid forms."""
+    """`name[:value | :key=value,...]` -> a Policy; one-line error listing the valid forms,
+    or naming the parameter whose value is out of its range."""
     name, _, args = spec.strip().partition(":")
     try:
         if name not in _CLASSES or (name == "static" and not args):
@@ -191,7 +220,11 @@ def parse_policy(spec: str) -> Policy:
                 if i:
                     raise ValueError
                 key, value = _FIRST[name], part
-            kwargs[_KEYS[name][key.strip().lower()]] = _value(value.strip())
+            arg, v = _KEYS[name][key.strip().lower()], _value(value.strip())
+            ok, allowed = _RANGES[arg]
+            if not ok(v):
+                raise VocabtrimError(f"bad policy {spec!r}: {key.strip()} must be {allowed}, got {value.strip()}")
+            kwargs[arg] = v
         return _CLASSES[name](**kwargs)
     except (ValueError, KeyError, TypeError):
         raise VocabtrimError(f"bad policy {spec!r}; valid forms: {'; '.join(FORMS)}") from None

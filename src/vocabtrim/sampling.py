@@ -6,6 +6,7 @@ Verification must compare the *same* processed distributions the tokens were dra
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,11 +24,12 @@ class Sampling:
     top_p: float = 1.0  # 1.0: off
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise VocabtrimError(f"temperature must be >= 0, got {self.temperature}")
+        # NaN compares false with everything, so a plain `< 0` test would let it through
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise VocabtrimError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise VocabtrimError(f"top-k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
+        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
             raise VocabtrimError(f"top-p must be in (0, 1], got {self.top_p}")
 
     @property

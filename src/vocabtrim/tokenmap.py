@@ -9,7 +9,6 @@ and the calibration provenance). Exports are what serving engines read: an SGLan
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,64 @@ from safetensors.torch import load_file, save_file
 
 from .calibrate import Counts
 from .errors import VocabtrimError
-from .files import atomic_write
+from .files import atomic_write, replace_dir
 
 FORMATS = ("sglang", "eagle3")
+FILES = ("token_map.safetensors", "token_map.json")
+META_KEYS = ("k", "vocab_size", "coverage", "tokenizer")  # what `trim` always writes
+
+
+def check_ids(ids: torch.Tensor, vocab_size: int, what: str = "the token map") -> None:
+    """Refuse ids that are not distinct or not in [0, vocab_size).
+
+    Draft index i stands for token ids[i]: a duplicate leaves one of its head rows out of
+    the scattered distribution q (q then differs from what was sampled), and an id out of
+    range wraps around or writes outside the vocabulary in the exports."""
+    if ids.dim() != 1 or ids.numel() == 0:
+        raise VocabtrimError(f"{what} must hold a non-empty list of token ids")
+    bad = ids[(ids < 0) | (ids >= vocab_size)]
+    if bad.numel():
+        raise VocabtrimError(f"{what} holds ids outside [0, {vocab_size}): {_some(bad)}")
+    uniq, counts = ids.unique(return_counts=True)
+    if (counts > 1).any():
+        raise VocabtrimError(f"{what} holds duplicate ids: {_some(uniq[counts > 1])}")
+
+
+def _some(ids: torch.Tensor, n: int = 5) -> str:
+    shown = ", ".join(str(i) for i in ids[:n].tolist())
+    return shown + (f" (and {ids.numel() - n} more)" if ids.numel() > n else "")
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse to write a token map over anything but a token map (a kept directory, a file)."""
+    out = Path(out)
+    if out.exists() and not is_token_map(out):
+        raise VocabtrimError(f"refusing to overwrite {out}: it is not a token map written by vocabtrim")
+
+
+def is_token_map(path: Path) -> bool:
+    """A directory holding exactly the two token map files, with vocabtrim's metadata."""
+    path = Path(path)
+    if not path.is_dir() or sorted(p.name for p in path.iterdir()) != sorted(FILES):
+        return False
+    try:
+        _read_meta(path)
+    except VocabtrimError:
+        return False
+    return True
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads((path / "token_map.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise VocabtrimError(f"{path} is not a valid token map ({e})") from None
+    missing = [k for k in META_KEYS if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise VocabtrimError(f"{path}/token_map.json is not a token map's metadata (lacks {', '.join(missing)})")
+    if not all(isinstance(meta[k], int) and meta[k] > 0 for k in ("k", "vocab_size")):
+        raise VocabtrimError(f"{path}/token_map.json: k and vocab_size must be positive integers")
+    return meta
 
 
 @dataclass
@@ -35,28 +89,31 @@ class TokenMap:
         return self.kept_ids.numel()
 
     def save(self, out: Path) -> None:
-        """Write the directory atomically (build in a temp dir, then rename over)."""
-        out = Path(out)
+        """Write the directory in a temp dir beside `out`, then put it in place in one step
+        (see files.replace_dir): an earlier map at `out` is replaced, anything else refused."""
+        out = Path(out).resolve()  # `.` has no name to build a sibling from
+        check_replaceable(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
-            save_file({"kept_ids": self.kept_ids.contiguous()}, f"{tmp}/token_map.safetensors")
-            Path(tmp, "token_map.json").write_text(json.dumps(self.meta, indent=1))
-            if out.exists():
-                shutil.rmtree(out)
-            Path(tmp).rename(out)
+            new = Path(tmp, "map")
+            new.mkdir()
+            save_file({"kept_ids": self.kept_ids.contiguous()}, new / "token_map.safetensors")
+            (new / "token_map.json").write_text(json.dumps(self.meta, indent=1))
+            replace_dir(new, out)
 
     @classmethod
     def load(cls, path: Path) -> TokenMap:
         path = Path(path)
+        if not all((path / f).is_file() for f in FILES):
+            raise VocabtrimError(f"no token map at {path} (expected a directory made by `vocabtrim trim`)")
+        meta = _read_meta(path)
         try:
             kept = load_file(path / "token_map.safetensors")["kept_ids"]
-            meta = json.loads((path / "token_map.json").read_text())
-        except (FileNotFoundError, NotADirectoryError):
-            raise VocabtrimError(f"no token map at {path} (expected a directory made by `vocabtrim trim`)") from None
-        except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as e:
+        except (SafetensorError, KeyError, OSError) as e:
             raise VocabtrimError(f"{path} is not a valid token map ({e})") from None
-        if kept.dtype != torch.int64 or kept.dim() != 1 or kept.numel() != meta.get("k"):
+        if kept.dtype != torch.int64 or kept.dim() != 1 or kept.numel() != meta["k"]:
             raise VocabtrimError(f"{path} is not a valid token map (kept_ids shape or dtype)")
+        check_ids(kept, meta["vocab_size"], f"token map {path}")
         return cls(kept, meta)
 
     def check_drafter(self, vocab_size: int, fingerprint: str) -> None:
@@ -64,6 +121,16 @@ class TokenMap:
             raise VocabtrimError(
                 f"the token map was made for another tokenizer (vocabulary {self.meta.get('vocab_size')}, "
                 f"fingerprint {self.meta.get('tokenizer')}); this drafter has {vocab_size}, {fingerprint}")
+
+
+def check_size_rule(keep: int | None, coverage: float | None) -> None:
+    """Exactly one of K >= 1 and a coverage in (0, 1]: `trim` checks, and the CLI before loading a model."""
+    if (keep is None) == (coverage is None):
+        raise VocabtrimError("give exactly one of --keep and --coverage")
+    if keep is not None and keep < 1:
+        raise VocabtrimError(f"K must be >= 1 (--keep), got {keep}")
+    if coverage is not None and not 0 < coverage <= 1:
+        raise VocabtrimError(f"--coverage must be in (0, 1], got {coverage}")
 
 
 def trim(counts: Counts, keep: int | None = None, coverage: float | None = None,
@@ -76,18 +143,15 @@ def trim(counts: Counts, keep: int | None = None, coverage: float | None = None,
     c = counts.counts
     vocab = c.numel()
     total = int(c.sum())
-    if (keep is None) == (coverage is None):
-        raise VocabtrimError("give exactly one of --keep and --coverage")
+    check_size_rule(keep, coverage)
     # stable sort on -count keeps ascending ids among equal counts: deterministic
     order = torch.sort(-c, stable=True).indices
     if coverage is not None:
-        if not 0 < coverage <= 1:
-            raise VocabtrimError(f"coverage must be in (0, 1], got {coverage}")
         if total == 0:
             raise VocabtrimError("the counts file counted no tokens")
         cum = c[order].cumsum(0)
         keep = int(torch.searchsorted(cum, torch.tensor(coverage * total), side="left")) + 1
-    if not 1 <= keep <= vocab:
+    if keep > vocab:
         raise VocabtrimError(f"K must be between 1 and the vocabulary size {vocab}, got {keep}")
     kept = order[:keep].tolist()
     missing = [t for t in dict.fromkeys(always) if t not in set(kept)]
@@ -96,6 +160,7 @@ def trim(counts: Counts, keep: int | None = None, coverage: float | None = None,
     if missing:
         kept = kept[: keep - len(missing)] + missing
     ids = torch.tensor(kept, dtype=torch.int64)
+    check_ids(ids, vocab, "the trimmed map (with the tokens it must keep)")
     covered = int(c[ids].sum())
     meta = {"k": keep, "vocab_size": vocab, "coverage": covered / total if total else 0.0,
             "forced_ids": list(dict.fromkeys(always)), "tokenizer": counts.meta.get("tokenizer"),
@@ -105,6 +170,7 @@ def trim(counts: Counts, keep: int | None = None, coverage: float | None = None,
 
 def export(tm: TokenMap, fmt: str, out: Path) -> None:
     """Write what a serving engine reads (atomically)."""
+    check_ids(tm.kept_ids, tm.meta["vocab_size"])
     if fmt == "sglang":
         atomic_write(out, lambda tmp: torch.save(tm.kept_ids.clone(), tmp))
     elif fmt == "eagle3":

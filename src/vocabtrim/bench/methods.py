@@ -99,17 +99,19 @@ class HFGenerate:
 
 
 def parse_calibration(spec: str) -> dict:
-    """`DATA[:n=32,k=16384,tokens=128]` -> settings for a target-generated token map."""
+    """`DATA[:n=32,k=16384,tokens=128]` -> settings for a target-generated token map
+    (each a count >= 1: n=0 would take `[-0:]`, every prompt)."""
     data, _, rest = spec.partition(":")
     out = {"data": data, "n": 32, "k": 16384, "tokens": 128}
     try:
         for part in filter(None, rest.split(",")):
             key, _, value = part.partition("=")
-            if key not in ("n", "k", "tokens"):
+            if key not in ("n", "k", "tokens") or int(value) < 1:
                 raise ValueError
             out[key] = int(value)
     except ValueError:
-        raise VocabtrimError(f"bad --calibrate {spec!r}; form: DATA[:n=32,k=16384,tokens=128]") from None
+        raise VocabtrimError(f"bad --calibrate {spec!r}; form: DATA[:n=32,k=16384,tokens=128], "
+                             "each an integer >= 1") from None
     return out
 
 

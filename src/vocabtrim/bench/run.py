@@ -12,12 +12,14 @@ results, and `resume` skips what is already there.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..files import atomic_write
 from ..metrics import GenerationStats
 from ..models import chat_ids
 from .data import Question
@@ -48,14 +50,21 @@ def ask(q: Question, m: Method, tokenizer, max_new_tokens: int) -> dict:
 
 
 def read_results(path: Path) -> list[dict]:
-    """Complete lines of a results file (a line cut short by a kill is ignored)."""
-    out = []
+    """The records of a results file. A line that is not one (cut short by a kill, or
+    damaged) is skipped, not the end of the file, and its number reported on stderr."""
+    out, bad = [], []
     if Path(path).exists():
-        for line in Path(path).read_text().splitlines():
+        for n, line in enumerate(Path(path).read_text(errors="replace").splitlines(), start=1):
             try:
-                out.append(json.loads(line))
+                rec = json.loads(line)
             except json.JSONDecodeError:
-                break
+                rec = None
+            if isinstance(rec, dict) and {"question_id", "method"} <= rec.keys():
+                out.append(rec)
+            elif line.strip():
+                bad.append(str(n))
+    if bad:
+        print(f"warning: {path}: skipped line(s) {', '.join(bad)}: not a result record", file=sys.stderr)
     return out
 
 
@@ -66,8 +75,8 @@ def run_matrix(questions: list[Question], methods: list[Method], tokenizer, max_
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     records = read_results(results) if resume else []
     done = {(r["question_id"], r["method"]) for r in records}
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text("".join(json.dumps(r) + "\n" for r in records))  # drop a torn last line
+    text = "".join(json.dumps(r) + "\n" for r in records)  # without the skipped lines
+    atomic_write(results, lambda tmp: Path(tmp).write_text(text))  # a kill keeps the old file
     todo = [(q, [m for m in methods if (q.id, m.name) not in done]) for q in questions]
     todo = [(q, ms) for q, ms in todo if ms]
     with open(results, "a") as f, tqdm(total=repeats * sum(len(ms) for _, ms in todo),
