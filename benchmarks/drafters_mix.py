@@ -1,0 +1,45 @@
+"""Suffix and hybrid drafters against the model drafter and transformers' prompt lookup, on
+code and prose in one interleaved run.
+
+Writes a question file of HumanEval problems 0..N-1 (category `humaneval`) followed by the
+Spec-Bench-format sample (3 questions per category, multi-turn where the format has it) and
+runs `vocabtrim bench` on it, so every method meets every question in the same run.
+
+    python benchmarks/drafters_mix.py --humaneval 16 --out results/drafters
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from vocabtrim.bench.data import humaneval
+
+SAMPLE = Path(__file__).with_name("spec_bench_sample.jsonl")
+METHODS = "ar,sd+vt,suffix,hybrid,hybrid+vt,pld"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--humaneval", type=int, default=16, help="HumanEval problems 0..N-1")
+    ap.add_argument("--methods", default=METHODS)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--out", type=Path, default=Path("results/drafters"))
+    ap.add_argument("--resume", action="store_true")
+    args = ap.parse_args()
+    questions = [{"question_id": q.id, "category": "humaneval", "turns": list(q.turns)}
+                 for q in humaneval(0, args.humaneval)]
+    questions += [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = args.out / "questions.jsonl"
+    data.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    cmd = [sys.executable, "-m", "vocabtrim.cli", "bench", "--data", str(data), "--methods", args.methods,
+           "--max-new-tokens", str(args.max_new_tokens), "--out", str(args.out)]
+    sys.exit(subprocess.call(cmd + (["--resume"] if args.resume else [])))
+
+
+if __name__ == "__main__":
+    main()
