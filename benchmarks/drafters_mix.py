@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vocabtrim.bench.data import humaneval
+from vocabtrim.data import humaneval
 
 SAMPLE = Path(__file__).with_name("spec_bench_sample.jsonl")
 METHODS = "ar,sd+vt,suffix,hybrid,hybrid+vt,pld"

@@ -19,9 +19,9 @@ from pathlib import Path
 from vocabtrim import kernels
 from vocabtrim.bench import methods as bm
 from vocabtrim.bench.common import identity_check, load_pair, warm_up
-from vocabtrim.bench.data import humaneval
 from vocabtrim.bench.report import markdown, summarize, write_reports
 from vocabtrim.bench.run import Method, run_matrix
+from vocabtrim.data import humaneval
 from vocabtrim.sampling import Sampling
 
 

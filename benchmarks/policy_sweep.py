@@ -16,11 +16,11 @@ import argparse
 import json
 from pathlib import Path
 
-from vocabtrim.bench import methods as bm
 from vocabtrim.bench.common import engine_method, identity_check, load_pair, warm_up
-from vocabtrim.bench.data import humaneval
 from vocabtrim.bench.report import aggregate, pyplot, save_figure, summarize
 from vocabtrim.bench.run import run_matrix
+from vocabtrim.calibrate import calibrated_map, parse_calibration
+from vocabtrim.data import humaneval
 from vocabtrim.drafters import ModelDrafter
 from vocabtrim.engine import Engine
 from vocabtrim.files import atomic_write
@@ -54,7 +54,7 @@ def main() -> None:
     else:
         exclude = {q.turns[0] for q in questions}
         print("calibrating the token map (cached after the first run)", flush=True)
-        kept = bm.calibrated_map(bm.parse_calibration(args.calibrate), exclude, tgt, drf)
+        kept = calibrated_map(parse_calibration(args.calibrate), exclude, tgt, drf)
     engines = {"full": Engine(tgt.model, ModelDrafter(drf.model, tgt.model)),
                "vt": Engine(tgt.model, ModelDrafter(drf.model, tgt.model, kept))}
     matrix = [engine_method("ar", Engine(tgt.model), Policy(1), Sampling(), args.seed, stop)]

@@ -26,17 +26,18 @@ from pathlib import Path
 
 from vocabtrim import models
 from vocabtrim.bench.common import engine_method, identity_check, load_pair, warm_up
-from vocabtrim.bench.data import humaneval
-from vocabtrim.bench.methods import calibration_prompts, target_counts
 from vocabtrim.bench.report import pyplot, save_figure, summarize
 from vocabtrim.bench.run import run_matrix
 from vocabtrim.calibrate import (
+    calibration_prompts,
     count_tokens,
     generate_fn,
     load_items,
+    target_counts,
     tokenize_fn,
     tokenizer_fingerprint,
 )
+from vocabtrim.data import humaneval
 from vocabtrim.drafters import ModelDrafter
 from vocabtrim.engine import Engine
 from vocabtrim.files import atomic_write

@@ -4,10 +4,10 @@ import pytest
 import torch
 from conftest import cli, tiny_model, tiny_tokenizer
 
-from vocabtrim.bench.data import Question, load_questions, select
 from vocabtrim.bench.identity import TIE_TOLERANCE, divergence
 from vocabtrim.bench.report import markdown, plot, speedup_interval, summarize
 from vocabtrim.bench.run import Method, read_results, run_matrix
+from vocabtrim.data import Question, load_questions, select
 from vocabtrim.metrics import GenerationStats
 
 SPEC_BENCH = [

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from vocabtrim import models
-from vocabtrim.bench.data import Question
+from vocabtrim.data import Question
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 

@@ -41,3 +41,27 @@ def test_load_items_formats(tmp_path):
     assert "os.py" in names and not any("site-packages" in f.parts for f in stdlib_files())
     with pytest.raises(Exception, match="no calibration data"):
         load_items(str(tmp_path / "missing"))
+
+
+SERVED = {  # answers a serving engine wrote, in the three shapes the README names
+    "text": ('{"text": "def f(): pass"}', "def f(): pass"),
+    "prompt/response": ('{"prompt": "Write f.", "response": "def f(): pass"}', "def f(): pass"),
+    "messages": ('{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "f?"},'
+                 ' {"role": "assistant", "content": "def f():"}, {"role": "user", "content": "and g?"},'
+                 ' {"role": "assistant", "content": "def g():"}]}', "def f():\ndef g():"),
+}
+
+
+@pytest.mark.parametrize("shape", SERVED)
+def test_raw_counting_reads_only_what_the_assistant_wrote(tmp_path, shape):
+    line, counted = SERVED[shape]
+    (tmp_path / "answers.jsonl").write_text(line + "\n")
+    assert load_items(str(tmp_path / "answers.jsonl"), answers=True) == [counted]
+
+
+def test_prompt_mode_takes_the_prompt_of_each_shape(tmp_path):
+    (tmp_path / "p.jsonl").write_text("\n".join(line for line, _ in SERVED.values()) + "\n")
+    assert load_items(str(tmp_path / "p.jsonl")) == ["def f(): pass", "Write f.", "f?"]
+    (tmp_path / "bad.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    with pytest.raises(Exception, match="no assistant turn"):
+        load_items(str(tmp_path / "bad.jsonl"), answers=True)

@@ -17,10 +17,10 @@ from safetensors.torch import save_file
 from test_bench import fake_method
 
 from vocabtrim import files, models
-from vocabtrim.bench.data import Question
 from vocabtrim.bench.run import read_results, run_matrix
 from vocabtrim.calibrate import Counts, tokenizer_fingerprint
 from vocabtrim.cli import _Streamer
+from vocabtrim.data import Question
 from vocabtrim.errors import VocabtrimError
 from vocabtrim.heads import Head
 from vocabtrim.tokenmap import FORMATS, TokenMap, export, trim

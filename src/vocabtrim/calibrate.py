@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .bench.data import as_turns, humaneval
+from .data import humaneval, record_text
 from .errors import VocabtrimError
 from .files import atomic_write
 
@@ -44,11 +44,11 @@ def stdlib_files() -> list[Path]:
     return sorted(p for p in root.rglob("*.py") if not skip & set(p.relative_to(root).parts))
 
 
-def load_items(data: str) -> list[str]:
-    """Calibration texts: prompts to answer, or text to tokenize in raw mode.
+def load_items(data: str, answers: bool = False) -> list[str]:
+    """Calibration texts: prompts to answer or, with `answers` (raw mode), text to count.
 
-    DATA is `humaneval`, `stdlib`, a Spec-Bench JSONL (first turn of each question), a
-    JSONL with `prompt` or `text` fields, a plain text file, or a directory of such files.
+    DATA is `humaneval`, `stdlib`, a JSONL (`data.record_text`: Spec-Bench turns, prompt /
+    response, text, chat messages), a plain text file, or a directory of such files.
     """
     if data == "humaneval":
         return [q.turns[0] for q in humaneval()]
@@ -59,14 +59,14 @@ def load_items(data: str) -> list[str]:
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
         if not files:
             raise VocabtrimError(f"{data} holds no text files ({', '.join(TEXT_SUFFIXES)})")
-        return [t for p in files for t in _file_items(p)]
+        return [t for p in files for t in _file_items(p, answers)]
     if path.is_file():
-        return _file_items(path)
+        return _file_items(path, answers)
     raise VocabtrimError(f"no calibration data at {data!r}: give a file, a directory, "
                          f"or one of {', '.join(BUILTIN_DATA)}")
 
 
-def _file_items(path: Path) -> list[str]:
+def _file_items(path: Path, answers: bool) -> list[str]:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -78,14 +78,10 @@ def _file_items(path: Path) -> list[str]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-            item = as_turns(obj["turns"])[0] if "turns" in obj else obj.get("prompt", obj.get("text"))
-        except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
-            item = None
-        if not isinstance(item, str):
-            raise VocabtrimError(f"{path}:{n}: expected a JSON object with 'turns' (a list of non-empty "
-                                 "strings), 'prompt' or 'text'")
-        items.append(item)
+            items.append(record_text(json.loads(line), answers))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise VocabtrimError(f"{path}:{n}: {e}; expected a JSON object with 'turns' (a list of "
+                                 "non-empty strings), 'prompt' (+ 'response'), 'text' or 'messages'") from None
     return items
 
 
@@ -162,3 +158,58 @@ def count_tokens(items: list[str], out: Path, meta: dict, vocab_size: int, per_i
                 last_save = time.monotonic()
     counts.save(out)
     return counts
+
+
+def parse_calibration(spec: str) -> dict:
+    """`DATA[:n=32,k=16384,tokens=128]` -> settings for a target-generated token map
+    (each a count >= 1: n=0 would take `[-0:]`, every prompt)."""
+    data, _, rest = spec.partition(":")
+    out = {"data": data, "n": 32, "k": 16384, "tokens": 128}
+    try:
+        for part in filter(None, rest.split(",")):
+            key, _, value = part.partition("=")
+            if key not in ("n", "k", "tokens") or int(value) < 1:
+                raise ValueError
+            out[key] = int(value)
+    except ValueError:
+        raise VocabtrimError(f"bad --calibrate {spec!r}; form: DATA[:n=32,k=16384,tokens=128], "
+                             "each an integer >= 1") from None
+    return out
+
+
+def calibration_prompts(spec: dict, exclude: set[str]) -> list[str]:
+    """The last `n` prompts of the calibration data that are not evaluation prompts."""
+    items = [t for t in load_items(spec["data"]) if t not in exclude][-spec["n"]:]
+    if not items:
+        raise VocabtrimError(f"no calibration prompts in {spec['data']} outside the evaluation set")
+    return items
+
+
+def target_counts(spec: dict, exclude: set[str], target, drafter):
+    """Token counts of the target's greedy answers to the last `n` calibration prompts that
+    are not evaluation prompts; cached under the vocabtrim cache, keyed by the settings, the
+    models and the prompts, so later runs (any K, or an interrupted run) reuse them."""
+    from .drafters import ModelDrafter
+    from .engine import Engine
+    from .models import cache_root
+    from .sampling import Sampling
+
+    items = calibration_prompts(spec, exclude)
+    meta = {"source": "target", "data": spec["data"], "items": len(items), "max_new_tokens": spec["tokens"],
+            "model": target.name, "drafter": drafter.name, "dtype": target.dtype,
+            "tokenizer": tokenizer_fingerprint(drafter.tokenizer),
+            "prompts_sha": hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]}
+    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:12]
+    fn = generate_fn(Engine(target.model, ModelDrafter(drafter.model, target.model)), target, spec["tokens"],
+                     Sampling(), 0)
+    return count_tokens(items, cache_root() / "calibration" / f"{key}.safetensors", meta,
+                        drafter.model.config.vocab_size, fn, resume=True)
+
+
+def calibrated_map(spec: dict, exclude: set[str], target, drafter) -> torch.Tensor:
+    """Kept ids of the top-`k` token map over `target_counts` (EOS and end-of-turn always kept)."""
+    from .models import stop_token_ids
+    from .tokenmap import trim
+
+    counts = target_counts(spec, exclude, target, drafter)
+    return trim(counts, keep=spec["k"], always=sorted(stop_token_ids(drafter))).kept_ids

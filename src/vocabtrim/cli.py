@@ -216,7 +216,7 @@ def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed,
     sampling = Sampling(temperature)
     if max_new_tokens < 1:
         raise VocabtrimError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    items = load_items(data)[skip:][:limit]
+    items = load_items(data, answers=source == "raw")[skip:][:limit]
     if not items:
         raise VocabtrimError(f"no calibration items in {data} (after --skip/--limit)")
     meta = {"source": source, "data": data, "skip": skip, "limit": limit, "items": len(items)}
@@ -311,10 +311,11 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
           token_map, calib, target, draft, out, resume, repeats, prompt_tokens, dtype) -> None:
     """Spec-Bench-style evaluation: every method on every prompt, with tables and plots."""
     from .bench import methods as bm
-    from .bench.data import load_questions, select
     from .bench.identity import divergence
     from .bench.report import markdown, summarize, write_reports
     from .bench.run import read_results, run_matrix
+    from .calibrate import calibrated_map, parse_calibration
+    from .data import load_questions, select
     from .engine import Stop
     from .policies import parse_policy
     from .sampling import Sampling
@@ -331,11 +332,11 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     questions = select(load_questions(data), per_category, limit)
     if not resume and read_results(out / "results.jsonl"):
         raise VocabtrimError(f"{out} already holds results; pass --resume to continue or choose another --out")
-    calib_spec = None if token_map else bm.parse_calibration(calib)
+    calib_spec = None if token_map else parse_calibration(calib)
     tgt, drf, kept = _load(target, draft, token_map, dtype)
     if kept is None and any(n in bm.NEEDS_MAP for n in names):
         exclude = {t for q in questions for t in q.turns}
-        kept = bm.calibrated_map(calib_spec, exclude, tgt, drf)
+        kept = calibrated_map(calib_spec, exclude, tgt, drf)
     stop = Stop(models.stop_token_ids(tgt))
     matrix = bm.build(names, tgt.model, drf.model, kept, sampling, seed, stop, draft_len, adaedl,
                       prompt_tokens)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..data import Question
 from ..files import atomic_write
 from ..metrics import GenerationStats
 from ..models import chat_ids
-from .data import Question
 
 GenerateFn = Callable[[list[int], int], tuple[list[int], GenerationStats]]
 

@@ -1,4 +1,7 @@
-"""Evaluation and calibration prompts: Spec-Bench JSONL, prompt JSONL, built-in HumanEval."""
+"""Questions and texts: Spec-Bench JSONL, prompt JSONL, chat logs, built-in HumanEval.
+
+Both the benchmark (questions) and calibration (prompts to answer, or answers to count)
+read their data here."""
 
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ def load_questions(path: str) -> list[Question]:
     import json
     from pathlib import Path
 
-    from ..errors import VocabtrimError
+    from .errors import VocabtrimError
 
     if path == "humaneval":
         return humaneval()
@@ -76,3 +79,28 @@ def select(questions: list[Question], per_category: int | None = None,
                 keep.append(q)
         questions = keep
     return questions[:limit] if limit is not None else questions
+
+
+def record_text(obj: object, answers: bool = False) -> str:
+    """The text one JSONL record stands for: the prompt to answer or, with `answers`, what an
+    assistant wrote (for counting). Shapes: `{"turns": [...]}` (Spec-Bench; its first
+    turn), `{"prompt": ..., "response": ...}`, `{"text": ...}`, and OpenAI-style
+    `{"messages": [{"role", "content"}, ...]}` (its first user turn, or every assistant
+    turn). Raises ValueError for anything else."""
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    if "messages" in obj:
+        role = "assistant" if answers else "user"
+        texts = [m["content"] for m in obj["messages"] if isinstance(m, dict) and m.get("role") == role]
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise ValueError(f"'messages' holds no {role} turn with string content")
+        return "\n".join(texts) if answers else texts[0]
+    if answers and "response" in obj:
+        text = obj["response"]
+    elif "turns" in obj:
+        text = as_turns(obj["turns"])[0]
+    else:
+        text = obj.get("prompt", obj.get("text"))
+    if not isinstance(text, str):
+        raise ValueError("no 'turns', 'prompt', 'response', 'text' or 'messages' with a string")
+    return text
