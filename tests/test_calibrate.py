@@ -46,9 +46,9 @@ def test_load_items_formats(tmp_path):
 SERVED = {  # answers a serving engine wrote, in the three shapes the README names
     "text": ('{"text": "def f(): pass"}', "def f(): pass"),
     "prompt/response": ('{"prompt": "Write f.", "response": "def f(): pass"}', "def f(): pass"),
-    "messages": ('{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "f?"},'
-                 ' {"role": "assistant", "content": "def f():"}, {"role": "user", "content": "and g?"},'
-                 ' {"role": "assistant", "content": "def g():"}]}', "def f():\ndef g():"),
+    "messages": (('{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "f?"},'
+                  ' {"role": "assistant", "content": "def f():"}, {"role": "user", "content": "and g?"},'
+                  ' {"role": "assistant", "content": "def g():"}]}'), "def f():\ndef g():"),
 }
 
 

@@ -86,9 +86,9 @@ def record_text(obj: object, answers: bool = False) -> str:
     assistant wrote (for counting). Shapes: `{"turns": [...]}` (Spec-Bench; its first
     turn), `{"prompt": ..., "response": ...}`, `{"text": ...}`, and OpenAI-style
     `{"messages": [{"role", "content"}, ...]}` (its first user turn, or every assistant
-    turn). Raises ValueError for anything else."""
+    turn). Raises ValueError or TypeError for anything else."""
     if not isinstance(obj, dict):
-        raise ValueError("not a JSON object")
+        raise TypeError("not a JSON object")
     if "messages" in obj:
         role = "assistant" if answers else "user"
         texts = [m["content"] for m in obj["messages"] if isinstance(m, dict) and m.get("role") == role]
@@ -102,5 +102,5 @@ def record_text(obj: object, answers: bool = False) -> str:
     else:
         text = obj.get("prompt", obj.get("text"))
     if not isinstance(text, str):
-        raise ValueError("no 'turns', 'prompt', 'response', 'text' or 'messages' with a string")
+        raise TypeError("no 'turns', 'prompt', 'response', 'text' or 'messages' with a string")
     return text
