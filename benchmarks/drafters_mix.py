@@ -25,6 +25,7 @@ METHODS = "ar,sd+vt,suffix,hybrid,hybrid+vt,pld"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--humaneval", type=int, default=16, help="HumanEval problems 0..N-1")
+    ap.add_argument("--per-category", type=int, default=3, help="Spec-Bench-format questions per category")
     ap.add_argument("--methods", default=METHODS)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--out", type=Path, default=Path("results/drafters"))
@@ -32,7 +33,12 @@ def main() -> None:
     args = ap.parse_args()
     questions = [{"question_id": q.id, "category": "humaneval", "turns": list(q.turns)}
                  for q in humaneval(0, args.humaneval)]
-    questions += [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
+    seen: dict[str, int] = {}
+    for line in filter(str.strip, SAMPLE.read_text().splitlines()):
+        q = json.loads(line)
+        seen[q["category"]] = seen.get(q["category"], 0) + 1
+        if seen[q["category"]] <= args.per_category:
+            questions.append(q)
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.out / "questions.jsonl"
     data.write_text("".join(json.dumps(q) + "\n" for q in questions))

@@ -291,7 +291,7 @@ DEFAULT_BENCH_PROMPTS = 6  # no-argument run: 14.5 min on 2 AVX2 cores, models c
 @click.option("--max-new-tokens", default=128, show_default=True)
 @click.option("--temperature", default=0.0, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--methods", default="ar,sd,sd+vt,sd+adaedl,sd+vt+adaedl,hf", show_default=True)
+@click.option("--methods", default="ar,sd,sd+vt,sd+vt+adaedl,suffix,hybrid+vt,hf,pld", show_default=True)
 @click.option("--draft-len", default=5, show_default=True, type=click.IntRange(min=1),
               help="K of the static methods.")
 @click.option("--adaedl", default="adaedl", show_default=True, help="Policy spec of the adaedl methods.")
