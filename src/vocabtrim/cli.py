@@ -9,8 +9,10 @@ from pathlib import Path
 import click
 
 from . import kernels, models
+from .calibrate import SOURCES
 from .drafters import KINDS
 from .errors import VocabtrimError
+from .tokenmap import FORMATS
 
 
 class Main(click.Group):
@@ -97,7 +99,7 @@ dtype_option = click.option(
                    "outputs, no model; hybrid: the suffix draft when it scores well, else the model's.")
 @click.option("--prompt", help="The user prompt.")
 @click.option("--prompt-file", type=click.Path(path_type=Path), help="Read the prompt from a file.")
-@click.option("--max-new-tokens", default=256, show_default=True)
+@click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--temperature", default=0.0, show_default=True, help="0 means greedy.")
 @click.option("--top-p", default=1.0, show_default=True)
 @click.option("--top-k", default=0, show_default=True, help="0 means off.")
@@ -127,8 +129,6 @@ def generate(target, draft, no_draft, drafter_kind, prompt, prompt_file, max_new
         raise VocabtrimError("--stop needs a non-empty string (an empty one matches at once)")
     sampling = Sampling(temperature, top_k, top_p)
     policy = parse_policy(f"static:{draft_len}" if draft_len is not None else policy_spec)
-    if max_new_tokens < 1:
-        raise VocabtrimError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     tgt, engine = _engine(target, None if no_draft else draft, token_map, dtype, prompt_tokens, drafter_kind)
     ids = models.encode_prompt(tgt.tokenizer, text, system, raw)
     stop = Stop(models.stop_token_ids(tgt), tuple(stop_strings), tgt.tokenizer.decode)
@@ -187,14 +187,14 @@ def _engine(target: str, draft: str | None, token_map: Path | None, dtype: str =
 
 
 @main.command()
-@click.option("--source", type=click.Choice(["target", "draft", "raw"]), required=True,
+@click.option("--source", type=click.Choice(SOURCES), required=True,
               help="Count text the target generates, the drafter generates, or the data itself.")
 @click.option("--data", required=True, help="humaneval, stdlib, a JSONL/text file or a directory.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Counts file to write.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N items.")
 @click.option("--skip", default=0, show_default=True, type=click.IntRange(min=0),
               help="Skip the first N items (keep evaluation prompts out).")
-@click.option("--max-new-tokens", default=256, show_default=True)
+@click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--temperature", default=0.0, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--target", default=models.DEFAULT_TARGET, show_default=True)
@@ -214,8 +214,6 @@ def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed,
     from .sampling import Sampling
 
     sampling = Sampling(temperature)
-    if max_new_tokens < 1:
-        raise VocabtrimError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     items = load_items(data, answers=source == "raw")[skip:][:limit]
     if not items:
         raise VocabtrimError(f"no calibration items in {data} (after --skip/--limit)")
@@ -268,7 +266,7 @@ def trim(counts, keep, coverage, draft, out) -> None:
 
 @main.command()
 @click.option("--token-map", type=click.Path(path_type=Path), required=True)
-@click.option("--format", "fmt", type=click.Choice(["sglang", "eagle3"]), required=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 def export(token_map, fmt, out) -> None:
     """Write a token map in a format serving engines read."""
@@ -288,7 +286,7 @@ DEFAULT_BENCH_PROMPTS = 6  # no-argument run: 14.5 min on 2 AVX2 cores, models c
 @click.option("--per-category", type=click.IntRange(min=1), help="First N questions of each category.")
 @click.option("--limit", type=click.IntRange(min=1),
               help=f"First N questions (humaneval default: {DEFAULT_BENCH_PROMPTS}).")
-@click.option("--max-new-tokens", default=128, show_default=True)
+@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1))
 @click.option("--temperature", default=0.0, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--methods", default="ar,sd,sd+vt,sd+vt+adaedl,suffix,hybrid+vt,hf,pld", show_default=True)
@@ -323,8 +321,6 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     names = bm.parse_methods(methods)
     sampling = Sampling(temperature)
     parse_policy(adaedl)
-    if max_new_tokens < 1:
-        raise VocabtrimError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if repeats < 1:
         raise VocabtrimError(f"--repeats must be >= 1, got {repeats}")
     if data == "humaneval" and per_category is None and limit is None:
