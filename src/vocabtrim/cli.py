@@ -309,6 +309,7 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
           token_map, calib, target, draft, out, resume, repeats, prompt_tokens, dtype) -> None:
     """Spec-Bench-style evaluation: every method on every prompt, with tables and plots."""
     from .bench import methods as bm
+    from .bench.common import warm_up
     from .bench.identity import divergence
     from .bench.report import markdown, summarize, write_reports
     from .bench.run import read_results, run_matrix
@@ -336,6 +337,7 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     stop = Stop(models.stop_token_ids(tgt))
     matrix = bm.build(names, tgt.model, drf.model, kept, sampling, seed, stop, draft_len, adaedl,
                       prompt_tokens)
+    warm_up(matrix, tgt.tokenizer)
     records = run_matrix(questions, matrix, tgt.tokenizer, max_new_tokens, out / "results.jsonl", resume,
                          repeats)
     check = lambda p, a, b: divergence(tgt.model, p, a, b)
