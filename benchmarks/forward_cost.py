@@ -25,18 +25,7 @@ import torch
 from vocabtrim import models
 from vocabtrim.cache import CachedLM
 from vocabtrim.heads import Head
-
-
-def forward_ms(lm: CachedLM, head: Head, context: list[int], n: int, repeats: int) -> float:
-    """Median milliseconds to score n new tokens after a cached context (body + head)."""
-    lm.hidden(context, 1)
-    times = []
-    for r in range(repeats):
-        seq = context + [1000 + r + i for i in range(n)]
-        t0 = time.perf_counter()
-        head(lm.hidden(seq, n))
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+from vocabtrim.profile import forward_ms, prefill_s
 
 
 def head_split_ms(lm: CachedLM, heads: dict[str, Head], context: list[int], repeats: int) -> dict[str, float]:
@@ -53,13 +42,6 @@ def head_split_ms(lm: CachedLM, heads: dict[str, Head], context: list[int], repe
             head(h)
             times[n].append(time.perf_counter() - t0)
     return {n: 1000 * statistics.median(t) for n, t in times.items()}
-
-
-def prefill_s(model, context: list[int]) -> float:
-    """Seconds to prefill `context` into an empty cache (what every generation pays first)."""
-    t0 = time.perf_counter()
-    CachedLM(model).hidden(context, 1)
-    return time.perf_counter() - t0
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
+from vocabtrim import profile
 from vocabtrim.bench.common import engine_method, identity_check, load_pair, warm_up
 from vocabtrim.bench.report import aggregate, pyplot, save_figure, summarize
 from vocabtrim.bench.run import run_matrix
@@ -28,7 +29,7 @@ from vocabtrim.policies import Policy, parse_policy
 from vocabtrim.sampling import Sampling
 from vocabtrim.tokenmap import TokenMap
 
-POLICIES = "static:3;static:5;static:8;adaedl;confidence:0.4;heuristic;svip"
+POLICIES = "static:3;static:5;static:8;adaedl;confidence:0.4;heuristic;svip;cost"
 
 
 def main() -> None:
@@ -37,6 +38,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--temperatures", default="0,0.7,1.0")
     ap.add_argument("--policies", default=POLICIES, help="policy specs separated by ';'")
+    ap.add_argument("--heads", default="full,vt", help="drafter heads: full, vt (the token map) or both")
     ap.add_argument("--token-map", type=Path, help="token map of the +vt runs (default: --calibrate)")
     ap.add_argument("--calibrate", default="humaneval:n=128,k=16384,tokens=128",
                     help="target-generated token map from HumanEval problems outside the evaluation set")
@@ -57,8 +59,16 @@ def main() -> None:
         kept = calibrated_map(parse_calibration(args.calibrate), exclude, tgt, drf)
     engines = {"full": Engine(tgt.model, ModelDrafter(drf.model, tgt.model)),
                "vt": Engine(tgt.model, ModelDrafter(drf.model, tgt.model, kept))}
+    engines = {h: engines[h] for h in args.heads.split(",")}
+
+    def policy(spec: str, engine: Engine) -> Policy:
+        """A fresh policy per method; the cost rule reads this machine's profile."""
+        p = parse_policy(spec)
+        profile.bind(p, tgt, drf, engine.drafter.head_rows)
+        return p
+
     matrix = [engine_method("ar", Engine(tgt.model), Policy(1), Sampling(), args.seed, stop)]
-    matrix += [engine_method(f"T={t}|{head}|{spec}", engine, parse_policy(spec), Sampling(t), args.seed, stop)
+    matrix += [engine_method(f"T={t}|{head}|{spec}", engine, policy(spec, engine), Sampling(t), args.seed, stop)
                for t in temps for head, engine in engines.items() for spec in specs]
     warm_up(matrix, tgt.tokenizer)
     records = run_matrix(questions, matrix, tgt.tokenizer, args.max_new_tokens,
@@ -93,6 +103,10 @@ def _ratio(a: dict, b: dict | None) -> float | None:
     return a["tokens_per_second"] / b["tokens_per_second"] if b and b["tokens_per_second"] else None
 
 
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
 def markdown(rows: list[dict], ar: dict, k: int) -> str:
     lines = [(f"Target alone (greedy): {ar['tokens_per_second']:.2f} tok/s, "
               f"{ar['decode_tokens_per_second']:.2f} decode tok/s. `vt`: token map K={k}."), "",
@@ -103,7 +117,7 @@ def markdown(rows: list[dict], ar: dict, k: int) -> str:
         best = "" if r["vs_best_static"] is None else f"{r['vs_best_static']:.3f}x ({r['best_static']})"
         lines.append(
             f"| {r['temperature']:g} | {r['head']} | {r['policy']} | {r['tokens_per_second']:.2f} | "
-            f"{r['decode_tokens_per_second']:.2f} | {r['tau']:.2f} | {r['mean_draft_length']:.2f} | "
+            f"{r['decode_tokens_per_second']:.2f} | {r['tau']:.2f} | {_num(r['mean_draft_length'])} | "
             f"{r['acceptance_rate']:.2f} | {r['mbsu']:.2f} | "
             f"{'' if r['vs_static5'] is None else format(r['vs_static5'], '.3f') + 'x'} | {best} | "
             f"{r['identical'] or '-'} |")

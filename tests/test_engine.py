@@ -9,7 +9,8 @@ from vocabtrim import engine as engine_mod
 from vocabtrim.cache import CachedLM
 from vocabtrim.drafters import HybridDrafter, ModelDrafter, SuffixDrafter
 from vocabtrim.engine import Engine, Stop
-from vocabtrim.policies import Policy, parse_policy
+from vocabtrim.policies import Cost, Policy, parse_policy
+from vocabtrim.profile import Profile
 from vocabtrim.sampling import Sampling, verify
 
 TARGET = tiny_model(64, seed=1)
@@ -112,12 +113,22 @@ def exact_joint(n: int, prompt: tuple[int, ...] = tuple(PROMPT)) -> dict[tuple[i
     return out
 
 
+# verification dear enough that a round may draft nothing (cost's probe=1 then alternates
+# plain steps and drafting rounds) and a first draft below a ~0.2 chance is dropped
+MARGINAL = Profile({}, {"200": [100.0 + 30 * n for n in range(8)]}, {"1": 40.0, "2": 40.0}, 1.0)
+
+
+def make_policy(spec: str) -> Policy:
+    policy = parse_policy(spec)
+    return policy.bind(MARGINAL, V) if isinstance(policy, Cost) else policy
+
+
 def sample_joint(runs: int, n: int = 3, engine: Engine | None = None, policy: str = "static:2",
                  prompt: tuple[int, ...] = tuple(PROMPT)) -> dict[tuple[int, ...], int]:
     eng = engine or spec_engine(SMALL_T, SMALL_D)
     counts: dict[tuple[int, ...], int] = {}
     for seed in range(runs):
-        out, _ = eng.generate(list(prompt), n, parse_policy(policy), SAMPLING, seed=seed)
+        out, _ = eng.generate(list(prompt), n, make_policy(policy), SAMPLING, seed=seed)
         counts[tuple(out)] = counts.get(tuple(out), 0) + 1
     return counts
 
@@ -141,7 +152,7 @@ def test_sampling_follows_target_distribution():
 # discards it show (confidence:0.3 used to give chi-square 104 here); a different drafter
 # makes verification reject often.
 @pytest.mark.parametrize("rule", ["static:2", "confidence:0.3,max=2", "adaedl:max=3", "svip:h=0.4,max=3",
-                                  "heuristic:start=1,max=3"])
+                                  "heuristic:start=1,max=3", "cost:max=3,probe=1"])
 @pytest.mark.parametrize("drafter", ["same", "other"])
 def test_sampling_follows_target_with_every_policy(rule, drafter):
     eng = spec_engine(SMALL_T, SMALL_T if drafter == "same" else SMALL_D)

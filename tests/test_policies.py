@@ -9,6 +9,7 @@ from vocabtrim.engine import Engine
 from vocabtrim.policies import (
     AdaEDL,
     Confidence,
+    Cost,
     Heuristic,
     Policy,
     Svip,
@@ -92,6 +93,8 @@ def test_heuristic_schedule():
     ("heuristic", Heuristic, {"k": 5}),
     ("svip", Svip, {"h": 0.3, "max_len": 40}),
     ("svip:h=0.5,max=10", Svip, {"h": 0.5, "max_len": 10}),
+    ("cost", Cost, {"max_len": 32, "probe": 8}),
+    ("cost:max=8,probe=2", Cost, {"max_len": 8, "probe": 2}),
 ])
 def test_parse_policy(spec, cls, attrs):
     p = parse_policy(spec)

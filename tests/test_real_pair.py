@@ -3,7 +3,7 @@
 import pytest
 from conftest import cli, spec_engine
 
-from vocabtrim import models
+from vocabtrim import models, profile
 from vocabtrim.bench.identity import divergence
 from vocabtrim.drafters import make_drafter
 from vocabtrim.engine import Engine, Stop
@@ -54,6 +54,17 @@ def test_greedy_identical_with_every_policy(real_pair, target_alone, spec):
     d = divergence(target.model, ids, ref, out)
     assert d is None or d["tie"], f"{spec}: greedy output differs from the target alone: {d}"
     assert s.drafter_forwards >= sum(s.draft_lengths)  # the prefill is not a drafting forward
+
+
+def test_greedy_identical_with_cost_policy_on_this_machines_profile(real_pair, target_alone):
+    target, draft = real_pair
+    ids, ref = target_alone
+    eng, policy = spec_engine(target.model, draft.model), parse_policy("cost")
+    profile.bind(policy, target, draft, eng.drafter.head_rows)  # cached, or a quick profile now
+    out, s = eng.generate(ids, 32, policy, stop=Stop(models.stop_token_ids(target)))
+    d = divergence(target.model, ids, ref, out)
+    assert d is None or d["tie"], f"cost: greedy output differs from the target alone: {d}"
+    assert max(s.draft_lengths, default=0) <= policy.cap
 
 
 @pytest.mark.parametrize("kind", ["suffix", "hybrid"])

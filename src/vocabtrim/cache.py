@@ -35,6 +35,11 @@ class CachedLM:
         return out.last_hidden_state[0, -last:]
 
 
+def context_length(model: torch.nn.Module) -> int:
+    """The longest sequence `model` takes (its position embeddings)."""
+    return int(getattr(model.config, "max_position_embeddings", 1 << 30))
+
+
 def common_prefix(a: list[int], b: list[int], limit: int | None = None) -> int:
     """Length of the longest common prefix of `a` and `b`, at most `limit`."""
     limit = min(len(a), len(b)) if limit is None else limit

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from . import kernels, models
+from . import kernels, models, profile
 from .calibrate import SOURCES
 from .drafters import KINDS
 from .errors import VocabtrimError
@@ -85,8 +85,8 @@ prompt_tokens_option = click.option(
          "lacks (a few extra head rows per generation); off: the map alone, as in the paper.")
 dtype_option = click.option(
     "--dtype", default="auto", show_default=True, type=click.Choice(list(kernels.DTYPES)),
-    help="How both models multiply. auto: bfloat16 where the CPU multiplies bf16 natively, "
-         "else packed-fp16 (fbgemm fp16 weights, fp32 math).")
+    help="How both models multiply. auto: whichever of bfloat16 and packed-fp16 (fbgemm fp16 "
+         "weights, fp32 math) measured faster on this machine (timed once, then cached).")
 
 
 @main.command()
@@ -106,7 +106,8 @@ dtype_option = click.option(
 @click.option("--seed", default=0, show_default=True)
 @click.option("--policy", "policy_spec", default="static:5", show_default=True,
               help="Draft-length rule: static:K, adaedl[:lambda=..,gamma=..,max=..], "
-                   "confidence:T, heuristic, svip.")
+                   "confidence:T, heuristic, svip, cost (drafts while this machine's measured "
+                   "costs say it pays; see `vocabtrim profile`).")
 @click.option("--draft-len", type=click.IntRange(min=1), help="Shorthand for --policy static:K.")
 @click.option("--system", help="A system prompt (none is added otherwise).")
 @click.option("--raw", is_flag=True, help="Send the prompt as plain text, no chat template.")
@@ -129,7 +130,10 @@ def generate(target, draft, no_draft, drafter_kind, prompt, prompt_file, max_new
         raise VocabtrimError("--stop needs a non-empty string (an empty one matches at once)")
     sampling = Sampling(temperature, top_k, top_p)
     policy = parse_policy(f"static:{draft_len}" if draft_len is not None else policy_spec)
-    tgt, engine = _engine(target, None if no_draft else draft, token_map, dtype, prompt_tokens, drafter_kind)
+    tgt, drf, engine = _engine(target, None if no_draft else draft, token_map, dtype, prompt_tokens,
+                               drafter_kind)
+    if drf is not None:
+        profile.bind(policy, tgt, drf, engine.drafter.head_rows)
     ids = models.encode_prompt(tgt.tokenizer, text, system, raw)
     stop = Stop(models.stop_token_ids(tgt), tuple(stop_strings), tgt.tokenizer.decode)
     stream = None if as_json else _Streamer(tgt.tokenizer)
@@ -174,8 +178,8 @@ def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "
 
 def _engine(target: str, draft: str | None, token_map: Path | None, dtype: str = "auto",
             prompt_tokens: bool = True, kind: str = "model"):
-    """The loaded target and an Engine around it with a drafter of `kind` (none when
-    `draft` is None; the suffix drafter loads no model)."""
+    """The loaded target, the loaded drafter model and an Engine around them with a drafter
+    of `kind` (none when `draft` is None; the suffix drafter loads no model)."""
     from .drafters import make_drafter
     from .engine import Engine
 
@@ -183,7 +187,7 @@ def _engine(target: str, draft: str | None, token_map: Path | None, dtype: str =
         raise VocabtrimError("--token-map trims a drafter model's head; the suffix drafter has none")
     tgt, drf, kept = _load(target, None if kind == "suffix" else draft, token_map, dtype)
     drafter = None if draft is None else make_drafter(kind, tgt.model, drf and drf.model, kept, prompt_tokens)
-    return tgt, Engine(tgt.model, drafter)
+    return tgt, drf, Engine(tgt.model, drafter)
 
 
 @main.command()
@@ -225,7 +229,7 @@ def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed,
     else:
         # the target's text comes out of the speculative engine: lossless, and faster
         gen_model = target if source == "target" else draft
-        lm, engine = _engine(gen_model, draft if source == "target" else None, None, dtype)
+        lm, _, engine = _engine(gen_model, draft if source == "target" else None, None, dtype)
         meta.update(model=gen_model, dtype=lm.dtype, max_new_tokens=max_new_tokens,
                     temperature=temperature, seed=seed)
         per_item = generate_fn(engine, lm, max_new_tokens, sampling, seed)
@@ -335,8 +339,9 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
         exclude = {t for q in questions for t in q.turns}
         kept = calibrated_map(calib_spec, exclude, tgt, drf)
     stop = Stop(models.stop_token_ids(tgt))
+    costs = profile.for_pair(tgt, drf) if any(n in bm.NEEDS_PROFILE for n in names) else None
     matrix = bm.build(names, tgt.model, drf.model, kept, sampling, seed, stop, draft_len, adaedl,
-                      prompt_tokens)
+                      prompt_tokens, costs)
     warm_up(matrix, tgt.tokenizer)
     records = run_matrix(questions, matrix, tgt.tokenizer, max_new_tokens, out / "results.jsonl", resume,
                          repeats)
@@ -350,6 +355,24 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     write_reports(summary, out)
     click.echo(markdown(summary))
     click.echo(f"results, summary.md and plots in {out}")
+
+
+@main.command("profile")
+@click.option("--target", default=models.DEFAULT_TARGET, show_default=True)
+@click.option("--draft", default=models.DEFAULT_DRAFT, show_default=True)
+@dtype_option
+@click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON instead of a table.")
+def profile_cmd(target, draft, dtype, as_json) -> None:
+    """Time this machine: the target scoring 1..32 tokens at a short and a long context,
+    drafter steps, prefill. Cached for generate and bench (the cost policy), with a plot."""
+    from dataclasses import asdict
+
+    tgt, drf, _ = _load(target, draft, None, dtype)
+    p = profile.measure(tgt, drf)
+    path = profile.save(p)
+    p.plot(path.with_suffix(".png"))
+    click.echo(json.dumps(asdict(p)) if as_json else p.table())
+    click.echo(f"profile cached in {path}, plot in {path.with_suffix('.png')}", err=True)
 
 
 class _Streamer:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .cache import CachedLM
+from .cache import CachedLM, context_length
 from .drafters.base import Drafter, Proposal
 from .errors import VocabtrimError
 from .heads import Head
@@ -78,7 +78,7 @@ class Engine:
     def __init__(self, target: torch.nn.Module, drafter: Drafter | None = None):
         self.target, self.drafter = target, drafter
         self.head = Head.of(target)
-        self.context = min(_context(target), drafter.context if drafter else 1 << 30)
+        self.context = min(context_length(target), drafter.context if drafter else 1 << 30)
         self.target_cost = weights_per_forward(target, self.head.rows)
 
     @torch.inference_mode()
@@ -123,7 +123,3 @@ class Engine:
         if len(prompt) >= self.context:
             raise VocabtrimError(f"the prompt has {len(prompt)} tokens; the context holds {self.context}")
         return min(max_new_tokens, self.context - len(prompt))
-
-
-def _context(model: torch.nn.Module) -> int:
-    return int(getattr(model.config, "max_position_embeddings", 1 << 30))

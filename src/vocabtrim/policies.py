@@ -8,8 +8,9 @@ A rule that looked at the sampled token and then discarded it would bias the dra
 from the q that verification divides by: under sampling the output would no longer be the
 target's. After verification the policy learns how the round went (`observe`). A forward
 whose token is discarded is still a forward that was paid for, and the engine counts it.
-Every rule drafts at least one token a round: a round with no draft teaches an adaptive
-rule nothing (0/0 acceptance).
+Every rule but `cost` drafts at least one token a round: a round with no draft teaches an
+adaptive rule nothing (0/0 acceptance). `cost` may draft nothing (a plain target step) when
+this machine's measured costs say no draft pays, and probes again after a few such rounds.
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ class Policy:
     def go_on(self, probs: Tensor | None, index: int) -> bool:
         """After drafting entry `index` of `probs`: draft another token?"""
         return True
+
+    def cut(self, path: list[float]) -> int:
+        """How much of a free, deterministic draft (a suffix match) to verify, given each
+        token's chance that it and all before it are accepted: all of it."""
+        return len(path)
 
     def observe(self, drafted: int, accepted: int) -> None:
         """Learn from one verified round."""
@@ -165,18 +171,121 @@ class AdaEDL(Policy):
                 f"adapt={'on' if self.adapt else 'off'}")
 
 
+class Cost(Policy):
+    """`cost`: draft while the expected tokens per second grow, on this machine's measured
+    costs (profile.py; `bind` before use).
+
+    Before each draft the chance that it is accepted is estimated from the drafter's top
+    probability, calibrated online against what verification accepted (per confidence
+    bin, starting from a prior that takes the raw probability at its word and forgetting
+    slowly, so the estimate follows the text). S is the chance that every draft so far
+    survives, E(K) = 1 + S_1 + ... + S_K the expected tokens of a round with K drafts and
+    T(K) = K t_draft + t_verify(K+1) its time; a draft is made while E(K+1)/T(K+1) beats
+    E(K)/T(K), counting a forward already paid for as spent. A round drafts nothing when
+    even an average first draft does not pay, and after `probe` such rounds drafts once
+    to learn whether that still holds. Decisions read the distribution and past rounds,
+    never the sampled token, except in `go_on` where the token is kept: lossless."""
+
+    reads_probs = True
+    BINS, PRIOR, DECAY = 10, 2.0, 0.98
+
+    def __init__(self, max_len: int = 32, probe: int = 8):
+        super().__init__(max_len)
+        self.probe, self.idle, self.cap = probe, 0, max_len
+        self.hits = [self.PRIOR * (b + 0.5) / self.BINS for b in range(self.BINS)]
+        self.seen = [self.PRIOR] * self.BINS
+        self.first = [self.PRIOR * 0.5, self.PRIOR]  # hits and trials of first drafts
+        self.t_verify: list[float] = []
+        self._round([])
+
+    def bind(self, profile, head_rows: int) -> Cost:
+        """Draft by `profile` (profile.Profile) with a drafter head of `head_rows` rows. The
+        cap is the longest draft that pays even if every draft were accepted."""
+        self.t_draft = profile.draft_step_ms(head_rows)
+        self.t_verify = [profile.verify_ms(n) for n in range(1, self.max_len + 2)]
+        self.cap = max(range(self.max_len + 1), key=lambda k: (k + 1) / self._time(k))
+        return self
+
+    def _time(self, k: int) -> float:
+        return k * self.t_draft + self.t_verify[k]
+
+    def _round(self, bins: list[int]) -> None:
+        self.survive, self.expected, self.bins, self.accept = 1.0, 1.0, bins, 0.0
+
+    def _bound(self) -> None:
+        if not self.t_verify:
+            raise VocabtrimError("the cost policy needs this machine's costs (Cost.bind, or a profile)")
+
+    def budget(self):
+        self._bound()
+        self._round([])
+        first = self.first[0] / self.first[1]
+        if self.idle < self.probe and (1 + first) / self._time(1) <= 1 / self._time(0):
+            self.idle += 1
+            return 0
+        self.idle = 0
+        return self.cap
+
+    def draft(self, step, probs):
+        b = min(int(float(probs.max()) * self.BINS), self.BINS - 1)
+        a = self.hits[b] / self.seen[b]
+        paid = self._time(step) + self.t_draft  # this step's forward is spent either way
+        if (self.expected + self.survive * a) / self._time(step + 1) <= self.expected / paid:
+            return False
+        self.survive *= a
+        self.expected += self.survive
+        self.bins.append(b)
+        self.accept = a
+        return True
+
+    def go_on(self, probs, index):
+        """Another forward pays if a draft as likely as this one would."""
+        k, more = len(self.bins), self.expected + self.survive * self.accept
+        return k < self.cap and more / self._time(k + 1) > self.expected / self._time(k)
+
+    def cut(self, path):
+        """The length with the most expected tokens per ms when drafting costs nothing
+        and only verification does."""
+        self._bound()
+        path = path[:self.max_len]
+        expected = [1.0]
+        for s in path:
+            expected.append(expected[-1] + s)
+        return max(range(len(path) + 1), key=lambda k: expected[k] / self.t_verify[k])
+
+    def observe(self, drafted, accepted):
+        for i, b in enumerate(self.bins[:drafted]):
+            ok = i < accepted
+            self.hits[b] = self.DECAY * self.hits[b] + ok
+            self.seen[b] = self.DECAY * self.seen[b] + 1
+            if i == 0:
+                self.first = [self.DECAY * self.first[0] + ok, self.DECAY * self.first[1] + 1]
+            if not ok:  # later drafts were never judged
+                break
+
+    def reset(self):
+        self.idle = 0
+
+    def state(self):
+        return {"first_acceptance": self.first[0] / self.first[1], "cap": self.cap}
+
+    def spec(self):
+        return f"cost:max={self.max_len},probe={self.probe}"
+
+
 FORMS = ("static:K", ("adaedl[:lambda=0.5,gamma=0.2,max=16,adapt=on,eps=0.01,alpha=0.9,"
                       "beta1=0.5,beta2=0.9,persist=off]"), "confidence:T[,max=16]", "heuristic[:start=5,max=16]",
-         "svip[:h=0.3,max=40]")
+         "svip[:h=0.3,max=40]", "cost[:max=32,probe=8]")
 _KEYS = {"adaedl": {"lambda": "lam", "gamma": "gamma", "max": "max_len", "adapt": "adapt", "eps": "eps",
                     "alpha": "alpha", "beta1": "beta1", "beta2": "beta2", "persist": "persist"},
          "confidence": {"t": "threshold", "max": "max_len"},
          "heuristic": {"start": "start", "max": "max_len"},
          "svip": {"h": "h", "max": "max_len"},
-         "static": {"k": "max_len"}}
+         "static": {"k": "max_len"},
+         "cost": {"max": "max_len", "probe": "probe"}}
 _CLASSES = {"adaedl": AdaEDL, "confidence": Confidence, "heuristic": Heuristic, "svip": Svip,
-            "static": Policy}
-_FIRST = {"static": "k", "confidence": "t", "heuristic": "start", "svip": "h", "adaedl": "lambda"}
+            "static": Policy, "cost": Cost}
+_FIRST = {"static": "k", "confidence": "t", "heuristic": "start", "svip": "h", "adaedl": "lambda", "cost": "max"}
 
 
 def _is_length(v: object) -> bool:
@@ -193,6 +302,7 @@ def _number(ok: Callable[[float], bool]) -> Callable[[object], bool]:
 _RANGES = {
     "max_len": (_is_length, "an integer >= 1"),
     "start": (_is_length, "an integer >= 1"),
+    "probe": (_is_length, "an integer >= 1"),
     "threshold": (_number(lambda v: 0 <= v <= 1), "a number in [0, 1]"),
     "lam": (_number(lambda v: 0 <= v <= 1), "a number in [0, 1]"),
     "gamma": (_number(lambda v: v > 0), "a number > 0"),

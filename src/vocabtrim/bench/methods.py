@@ -10,16 +10,19 @@ import time
 
 import torch
 
-from ..drafters import HybridDrafter, ModelDrafter, SuffixDrafter
+from ..drafters import Drafter, HybridDrafter, ModelDrafter, SuffixDrafter
 from ..engine import Engine, Stop
 from ..errors import VocabtrimError
 from ..metrics import GenerationStats, weights_per_forward
-from ..policies import Policy, parse_policy
+from ..policies import Cost, Policy, parse_policy
+from ..profile import Profile
 from ..sampling import Sampling
 from .run import Method
 
-METHODS = ("ar", "sd", "sd+vt", "sd+adaedl", "sd+vt+adaedl", "suffix", "hybrid", "hybrid+vt", "hf", "pld")
-NEEDS_MAP = ("sd+vt", "sd+vt+adaedl", "hybrid+vt")
+METHODS = ("ar", "sd", "sd+vt", "sd+adaedl", "sd+vt+adaedl", "sd+cost", "sd+vt+cost", "suffix", "suffix+cost",
+           "hybrid", "hybrid+vt", "hybrid+vt+cost", "hf", "pld")
+NEEDS_MAP = ("sd+vt", "sd+vt+adaedl", "sd+vt+cost", "hybrid+vt", "hybrid+vt+cost")
+NEEDS_PROFILE = ("sd+cost", "sd+vt+cost", "suffix+cost", "hybrid+vt+cost")
 
 
 def parse_methods(text: str) -> list[str]:
@@ -32,9 +35,10 @@ def parse_methods(text: str) -> list[str]:
 
 def build(names: list[str], target, drafter, kept_ids: torch.Tensor | None, sampling: Sampling,
           seed: int, stop: Stop, draft_len: int = 5, adaedl: str = "adaedl",
-          prompt_tokens: bool = True) -> list[Method]:
+          prompt_tokens: bool = True, costs: Profile | None = None) -> list[Method]:
     """One Method per name, sharing the loaded models. Each suffix and hybrid method keeps
-    its own store of earlier outputs across the run's questions."""
+    its own store of earlier outputs across the run's questions; the cost methods draft by
+    `costs`, this machine's profile of the pair."""
     vocab = target.get_output_embeddings().out_features
     full = Engine(target, ModelDrafter(drafter, target))
     trimmed = None if kept_ids is None else Engine(target, ModelDrafter(drafter, target, kept_ids, prompt_tokens))
@@ -44,10 +48,15 @@ def build(names: list[str], target, drafter, kept_ids: torch.Tensor | None, samp
         "sd+vt": lambda: (trimmed, Policy(draft_len)),
         "sd+adaedl": lambda: (full, parse_policy(adaedl)),
         "sd+vt+adaedl": lambda: (trimmed, parse_policy(adaedl)),
+        "sd+cost": lambda: (full, _cost(costs, full.drafter)),
+        "sd+vt+cost": lambda: (trimmed, _cost(costs, trimmed.drafter)),
         "suffix": lambda: (Engine(target, SuffixDrafter(vocab)), Policy(draft_len)),
+        "suffix+cost": lambda: (Engine(target, SuffixDrafter(vocab)), _cost(costs, SuffixDrafter(vocab))),
         "hybrid": lambda: (Engine(target, HybridDrafter(full.drafter, SuffixDrafter(vocab))), Policy(draft_len)),
         "hybrid+vt": lambda: (Engine(target, HybridDrafter(trimmed.drafter, SuffixDrafter(vocab))),
                               Policy(draft_len)),
+        "hybrid+vt+cost": lambda: (Engine(target, HybridDrafter(trimmed.drafter, SuffixDrafter(vocab))),
+                                   _cost(costs, trimmed.drafter)),
     }
     out = []
     for n in names:
@@ -59,6 +68,12 @@ def build(names: list[str], target, drafter, kept_ids: torch.Tensor | None, samp
             engine, policy = engines[n]()
             out.append(Method(n, lambda ids, m, e=engine, p=policy: e.generate(ids, m, p, sampling, seed, stop)))
     return out
+
+
+def _cost(costs: Profile | None, drafter: Drafter) -> Cost:
+    if costs is None:
+        raise VocabtrimError("the cost methods need this machine's profile")
+    return Cost().bind(costs, drafter.head_rows)
 
 
 class HFGenerate:

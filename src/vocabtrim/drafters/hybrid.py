@@ -9,13 +9,18 @@ from .suffix import SuffixDrafter
 
 class HybridDrafter(Drafter):
     """Each round, a suffix draft whose score (expected accepted tokens) reaches
-    `min_score` is proposed as is, at no model cost; otherwise the model drafts. The model's
+    `min_score` is proposed (as far as the policy finds it worth verifying), at no model
+    cost; otherwise the model drafts. The model's
     cache catches up on the skipped tokens in its next forward, and the policy learns only
     from the rounds the model drafted."""
 
     def __init__(self, model: ModelDrafter, suffix: SuffixDrafter, min_score: float = 2.0):
         self.model, self.suffix, self.min_score = model, suffix, min_score
         self.prefill_cost, self.context = model.prefill_cost, model.context
+
+    @property
+    def head_rows(self) -> int:
+        return self.model.head_rows
 
     @property
     def cost_per_forward(self) -> int:
@@ -28,7 +33,7 @@ class HybridDrafter(Drafter):
     def propose(self, seq, room, policy, sampling, gen) -> Proposal:
         draft = self.suffix.best(seq, room)
         if draft.score >= self.min_score:
-            return self.suffix.proposal(draft, sampling)
+            return self.suffix.proposal(draft, policy, sampling)
         return self.model.propose(seq, room, policy, sampling, gen)
 
     def finish(self, seq, prompt_len):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..cache import CachedLM
+from ..cache import CachedLM, context_length
 from ..errors import VocabtrimError
 from ..heads import Head
 from ..metrics import weights_per_forward
@@ -29,8 +29,12 @@ class ModelDrafter(Drafter):
         self.base_head = self.head = Head.of(model, kept_ids)
         self.lm = CachedLM(model)
         self.prefill_cost = weights_per_forward(model, 0)
-        self.context = int(getattr(model.config, "max_position_embeddings", 1 << 30))
+        self.context = context_length(model)
         self._hidden = model.get_output_embeddings().in_features
+
+    @property
+    def head_rows(self) -> int:
+        return self.base_head.rows
 
     @property
     def cost_per_forward(self) -> int:

@@ -24,6 +24,7 @@ import hashlib
 from collections import Counter, deque
 from dataclasses import dataclass
 
+from ..policies import Policy
 from ..sampling import Sampling
 from .base import Drafter, Proposal, one_hot_rows
 
@@ -33,7 +34,12 @@ SEP = -1  # between documents in the store of earlier outputs: never matched, ne
 @dataclass
 class Draft:
     tokens: list[int]
-    score: float  # expected accepted tokens, as the matched text estimates it
+    path: list[float]  # each token's path probability: the chance it and all before it hold
+
+    @property
+    def score(self) -> float:
+        """Expected accepted tokens, as the matched text estimates it."""
+        return sum(self.path)
 
 
 class TokenText:
@@ -70,7 +76,8 @@ class TokenText:
         """Follow the most frequent continuation of `starts` while its path probability
         stays at or above `min_prob` (ties: the most recent occurrence wins)."""
         tokens: list[int] = []
-        prob, score = 1.0, 0.0
+        path: list[float] = []
+        prob = 1.0
         while len(tokens) < budget:
             votes = Counter(self.tokens[j] for j in starts if j < len(self.tokens) and self.tokens[j] != SEP)
             if not votes:
@@ -80,9 +87,9 @@ class TokenText:
             if prob < min_prob:
                 break
             tokens.append(tok)
-            score += prob
+            path.append(prob)
             starts = [j + 1 for j in starts if j < len(self.tokens) and self.tokens[j] == tok]
-        return Draft(tokens, score)
+        return Draft(tokens, path)
 
 
 class SuffixDrafter(Drafter):
@@ -112,7 +119,7 @@ class SuffixDrafter(Drafter):
     def best(self, seq: list[int], room: int) -> Draft:
         """The best-scoring draft for what follows `seq` (empty when nothing matches)."""
         self.text.extend(seq[len(self.text.tokens):])
-        best = Draft([], 0.0)
+        best = Draft([], [])
         for text, end in ((self.text, len(seq)), (self.store, None)):
             found = text.candidates(seq, self.depth, self.recent, end)
             for m in sorted({m for _, m in found}, reverse=True):
@@ -123,11 +130,14 @@ class SuffixDrafter(Drafter):
         return best
 
     def propose(self, seq, room, policy, sampling, gen) -> Proposal:
-        return self.proposal(self.best(seq, room), sampling)
+        return self.proposal(self.best(seq, room), policy, sampling)
 
-    def proposal(self, draft: Draft, sampling: Sampling) -> Proposal:
-        q = None if sampling.greedy or not draft.tokens else one_hot_rows(draft.tokens, self.vocab_size)
-        return Proposal(draft.tokens, q, 0, "suffix" if draft.tokens else "none")
+    def proposal(self, draft: Draft, policy: Policy, sampling: Sampling) -> Proposal:
+        """The draft as far as `policy` finds it worth verifying (free drafts: all of it,
+        unless verifying more tokens costs more than they are expected to bring)."""
+        tokens = draft.tokens[:policy.cut(draft.path)]
+        q = None if sampling.greedy or not tokens else one_hot_rows(tokens, self.vocab_size)
+        return Proposal(tokens, q, 0, "suffix" if tokens else "none")
 
     def finish(self, seq: list[int], prompt_len: int) -> None:
         if not self.store_tokens:

@@ -1,0 +1,261 @@
+"""What this machine charges for a forward: the measured costs that cost-aware drafting and
+`--dtype auto` decide from.
+
+Speculative decoding pays only where the target scores n tokens for little more than one
+and a draft step is cheap next to a target step. Both depend on the CPU, the thread count,
+torch's kernels and the dtype, so they are measured here, not assumed: the target's forward
+time for n = 1..32 new tokens at a short and a long cache, the drafter's step time for two
+head sizes (step time is linear in head rows: any token map's step is interpolated) and
+the target's prefill throughput. A full profile (`vocabtrim profile`, under 3 minutes on
+the default pair) takes medians over repeats; a quick one (a few seconds, taken when no
+profile is cached) times fewer points. Both are cached by what changes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .cache import CachedLM, context_length
+from .files import atomic_write
+from .heads import Head
+from .kernels import PACKED, PackedLinear, packed_available, weight_count
+
+FULL_N = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32)  # target tokens timed
+QUICK_N = (1, 2, 4, 8, 12)
+CONTEXTS = (200, 1000)  # cached tokens the target's forwards are timed after
+QUICK_CONTEXT = 64
+TRIMMED_ROWS = 16384  # the second head size timed (the default token map's K)
+
+
+@dataclass
+class Profile:
+    key: dict  # what the figures depend on (machine, torch, models, dtype)
+    target_ms: dict[str, list[float]]  # context -> ms to score n = 1..len new tokens
+    draft_ms: dict[str, float]  # head rows -> ms of one draft step (body + head)
+    prefill_tokens_per_s: float  # the target's prefill throughput
+    quick: bool = False
+
+    def verify_ms(self, n: int, context: int = CONTEXTS[0]) -> float:
+        """ms for the target to score `n` tokens after `context` cached ones (linear in
+        between the measured contexts and beyond the longest measured n)."""
+        curves = sorted((int(c), ms) for c, ms in self.target_ms.items())
+        at = [_extend(ms, n) for _, ms in curves]
+        if len(curves) == 1:
+            return at[0]
+        (c0, _), (c1, _) = curves[0], curves[-1]
+        return at[0] + (at[-1] - at[0]) * (context - c0) / (c1 - c0)
+
+    def draft_step_ms(self, rows: int) -> float:
+        """ms of one draft step with a head of `rows` rows (linear in rows)."""
+        (r0, t0), (r1, t1) = sorted((int(r), ms) for r, ms in self.draft_ms.items())
+        return t0 + (t1 - t0) * (rows - r0) / (r1 - r0)
+
+    def table(self) -> str:
+        ctxs = sorted(self.target_ms, key=int)
+        lines = [f"{'n':>3} " + " ".join(f"{'target @' + c:>12}" for c in ctxs)]
+        for n in range(1, len(self.target_ms[ctxs[0]]) + 1):
+            lines.append(f"{n:>3} " + " ".join(f"{self.verify_ms(n, int(c)):10.1f}ms" for c in ctxs))
+        lines += [f"drafter step, {int(r)} head rows: {ms:.1f} ms" for r, ms in sorted(
+                      self.draft_ms.items(), key=lambda x: int(x[0]))]
+        lines.append(f"target prefill: {self.prefill_tokens_per_s:.0f} tokens/s")
+        return "\n".join(lines)
+
+    def plot(self, path: Path) -> None:
+        """ms against tokens scored, one line per context, drafter steps as levels."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for c in sorted(self.target_ms, key=int):
+            ms = self.target_ms[c]
+            ax.plot(range(1, len(ms) + 1), ms, marker=".", label=f"target, {c} cached tokens")
+        for r, ms in sorted(self.draft_ms.items(), key=lambda x: int(x[0])):
+            ax.axhline(ms, linestyle="--", color="gray", linewidth=1)
+            ax.annotate(f"drafter step, {int(r)} head rows", (1, ms), fontsize=8, va="bottom")
+        ax.set(xlabel="tokens scored in one forward", ylabel="ms", ylim=(0, None),
+               title=f"{self.key['target']} / {self.key['drafter']}, {self.key['dtype']}, "
+                     f"{self.key['threads']} threads")
+        ax.legend()
+        fig.tight_layout()
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+        plt.close(fig)
+
+
+def _extend(ms: list[float], n: int) -> float:
+    """ms[n-1], extrapolated linearly past the end."""
+    if n <= len(ms):
+        return ms[max(n, 1) - 1]
+    slope = ms[-1] - ms[-2] if len(ms) > 1 else 0.0
+    return ms[-1] + slope * (n - len(ms))
+
+
+def cpu() -> dict:
+    """The CPU model, a digest of its flags, and torch's view of it."""
+    info = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            k, _, v = line.partition(":")
+            info.setdefault(k.strip(), v.strip())
+    except OSError:
+        pass
+    flags = info.get("flags") or info.get("Features") or ""
+    return {"cpu": info.get("model name") or platform.processor() or platform.machine(),
+            "flags": hashlib.sha256(flags.encode()).hexdigest()[:12],
+            "capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+
+
+def key(target, drafter, dtype: str) -> dict:
+    """What a profile of `target` and `drafter` (models.Loaded) depends on."""
+    return {**cpu(), "target": target.name, "drafter": drafter.name, "dtype": dtype,
+            "weights": [weight_count(target.model), weight_count(drafter.model)]}
+
+
+def path_for(k: dict) -> Path:
+    from .models import cache_root
+    digest = hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_root() / "profiles" / f"{digest}.json"
+
+
+def load(k: dict) -> Profile | None:
+    """The cached profile for key `k`, or None (also for an unreadable file)."""
+    try:
+        p = Profile(**json.loads(path_for(k).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    return p if p.key == k else None
+
+
+def save(p: Profile) -> Path:
+    path = path_for(p.key)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(asdict(p), indent=1)))
+    return path
+
+
+def forward_ms(lm: CachedLM, head: Head, context: list[int], n: int, repeats: int) -> float:
+    """Median ms to score `n` new tokens after a cached `context` (body + head); each repeat
+    scores other tokens, so the cache is cropped back and nothing is reused."""
+    lm.hidden(context, 1)
+    times = []
+    for r in range(repeats):
+        seq = context + [(1000 + r + i) % head.vocab_size for i in range(n)]
+        t0 = time.perf_counter()
+        head(lm.hidden(seq, n))
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def prefill_s(model: torch.nn.Module, context: list[int]) -> float:
+    """Seconds to prefill `context` into an empty cache."""
+    t0 = time.perf_counter()
+    CachedLM(model).hidden(context, 1)
+    return time.perf_counter() - t0
+
+
+@torch.inference_mode()
+def measure(target, drafter, quick: bool = False, progress: bool = True) -> Profile:
+    """Time `target` and `drafter` (models.Loaded) on this machine; see the module doc."""
+    ns, contexts, repeats = (QUICK_N, (QUICK_CONTEXT,), 2) if quick else (FULL_N, CONTEXTS, 3)
+    vocab = drafter.model.get_output_embeddings().out_features
+    heads = {vocab: Head.of(drafter.model), min(TRIMMED_ROWS, vocab // 2): Head.of(
+        drafter.model, torch.arange(min(TRIMMED_ROWS, vocab // 2)))}
+    room = min(context_length(target.model), context_length(drafter.model)) - max(ns) - repeats
+    contexts = sorted({min(c, room) for c in contexts})  # tiny test models hold less
+    ids = [(500 + i) % vocab for i in range(max(contexts))]
+    steps = len(contexts) * (len(ns) + 1) + len(heads)
+    bar = tqdm(total=steps, desc="profile", unit="step", disable=not progress or quick)
+    tlm, thead = CachedLM(target.model), Head.of(target.model)
+    forward_ms(tlm, thead, ids[:32], 4, 2)  # warm-up: first calls allocate
+    target_ms, prefill = {}, 0.0
+    for c in contexts:
+        seconds = prefill_s(target.model, ids[:c])
+        prefill = max(prefill, c / seconds)
+        bar.update()
+        measured = {}
+        for n in ns:
+            measured[n] = forward_ms(tlm, thead, ids[:c], n, repeats)
+            bar.update()
+        target_ms[str(c)] = [_interpolate(measured, n) for n in range(1, max(ns) + 1)]
+    dlm = CachedLM(drafter.model)
+    draft_ms = {}
+    for rows, head in heads.items():
+        draft_ms[str(rows)] = forward_ms(dlm, head, ids[:contexts[0]], 1, 3 * repeats)
+        bar.update()
+    bar.close()
+    return Profile(key(target, drafter, target.dtype), target_ms, draft_ms, prefill, quick)
+
+
+def _interpolate(measured: dict[int, float], n: int) -> float:
+    lo = max(k for k in measured if k <= n)
+    hi = min((k for k in measured if k >= n), default=lo)
+    if hi == lo:
+        return measured[lo]
+    return measured[lo] + (measured[hi] - measured[lo]) * (n - lo) / (hi - lo)
+
+
+def for_pair(target, drafter) -> Profile:
+    """The cached profile of this pair on this machine, else a quick one (measured now,
+    a few seconds, and cached until `vocabtrim profile` replaces it)."""
+    p = load(key(target, drafter, target.dtype))
+    if p is None:
+        p = measure(target, drafter, quick=True)
+        save(p)
+    return p
+
+
+def fastest_dtype() -> str:
+    """bfloat16 or packed-fp16, whichever runs a decode step's matrix products faster on
+    this machine (the target's MLP shapes at 1 and 6 tokens: a draft step and a verify);
+    timed once, well under a second, and cached per CPU, threads and torch version."""
+    if not packed_available():
+        return "bfloat16"
+    machine = cpu()
+    path = path_for({"dtype_choice": machine})
+    try:
+        return json.loads(path.read_text())["dtype"]
+    except (OSError, ValueError, KeyError):
+        pass
+    ms = {d: _matmul_ms(d) for d in ("bfloat16", PACKED)}
+    choice = min(ms, key=ms.get)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({"dtype": choice, "ms": ms, **machine})))
+    return choice
+
+
+@torch.inference_mode()
+def _matmul_ms(dtype: str, hidden: int = 1536, inner: int = 8960, repeats: int = 5) -> float:
+    """Median ms of an up and a down projection at 1 and at 6 tokens in `dtype`."""
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(inner, hidden, generator=gen) * 0.02, torch.randn(hidden, inner, generator=gen) * 0.02]
+    act = torch.float32 if dtype == PACKED else torch.bfloat16
+    layers = [PackedLinear(w) if dtype == PACKED else torch.nn.Linear(
+        w.shape[1], w.shape[0], bias=False, dtype=act).requires_grad_(False) for w in weights]
+    for layer, w in zip(layers, weights):
+        if dtype != PACKED:
+            layer.weight.copy_(w)
+    xs = [torch.randn(m, hidden, generator=gen).to(act) for m in (1, 6)]
+    times = []
+    for _ in range(repeats + 1):  # the first round warms up
+        t0 = time.perf_counter()
+        for x in xs:
+            layers[1](layers[0](x))
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times[1:])
+
+
+def bind(policy, target, drafter, head_rows: int) -> None:
+    """Give a cost-aware `policy` this machine's costs for the pair (models.Loaded) and a
+    drafter head of `head_rows` rows; other policies need none."""
+    from .policies import Cost
+
+    if isinstance(policy, Cost):
+        policy.bind(for_pair(target, drafter), head_rows)
