@@ -189,7 +189,7 @@ def target_counts(spec: dict, exclude: set[str], target, drafter):
     """Token counts of the target's greedy answers to the last `n` calibration prompts that
     are not evaluation prompts; cached under the vocabtrim cache, keyed by the settings, the
     models and the prompts, so later runs (any K, or an interrupted run) reuse them."""
-    from .drafters import ModelDrafter
+    from .drafters import SuffixDrafter
     from .engine import Engine
     from .models import cache_root
     from .sampling import Sampling
@@ -200,8 +200,10 @@ def target_counts(spec: dict, exclude: set[str], target, drafter):
             "tokenizer": tokenizer_fingerprint(drafter.tokenizer),
             "prompts_sha": hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]}
     key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:12]
-    fn = generate_fn(Engine(target.model, ModelDrafter(drafter.model, target.model)), target, spec["tokens"],
-                     Sampling(), 0)
+    # suffix drafts: the target's own answers, lossless, and on HumanEval faster than the
+    # model drafter (6.6 vs 4.4 tok/s with K=5 on a 2-core AVX2 EPYC)
+    fn = generate_fn(Engine(target.model, SuffixDrafter(target.model.get_output_embeddings().out_features)),
+                     target, spec["tokens"], Sampling(), 0)
     return count_tokens(items, cache_root() / "calibration" / f"{key}.safetensors", meta,
                         drafter.model.config.vocab_size, fn, resume=True)
 
