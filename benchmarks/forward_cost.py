@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from vocabtrim import models
+from vocabtrim import kernels, models
 from vocabtrim.cache import CachedLM
 from vocabtrim.heads import Head
 from vocabtrim.profile import forward_ms, prefill_s
@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, default=150, help="prompt length whose prefill is timed")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--trimmed", type=int, default=16384, help="rows of the trimmed drafter head timed")
+    ap.add_argument("--quant", default="int8,int4", help="drafter weight schemes timed too (empty: none)")
     args = ap.parse_args()
     context = list(range(500, 500 + args.context))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -67,8 +68,10 @@ def main() -> None:
                 lm, head = CachedLM(loaded.model), Head.of(loaded.model)
                 ms[role, 1] = forward_ms(lm, head, context, 1, args.repeats)
                 if role == "draft":
-                    trimmed = Head.of(loaded.model, torch.arange(args.trimmed))
-                    splits[dtype] = head_split_ms(lm, {"full": head, "trimmed": trimmed}, context, args.repeats)
+                    for scheme in ["none", *filter(None, args.quant.split(","))]:
+                        model = loaded.model if scheme == "none" else kernels.quantized(loaded.model, scheme)
+                        heads = {"full": Head.of(model), "trimmed": Head.of(model, torch.arange(args.trimmed))}
+                        splits[dtype, scheme] = head_split_ms(CachedLM(model), heads, context, args.repeats)
                 if role == "target":
                     ms[role, args.k + 1] = forward_ms(lm, head, context, args.k + 1, args.repeats)
                     prefill = prefill_s(loaded.model, context[:args.prefill])
@@ -80,11 +83,14 @@ def main() -> None:
               f"{c:9.3f} {verify:9.2f} {args.k * c + verify:9.2f} {prefill:11.2f}s")
     print(f"\nround/ar: the time of one K={args.k} round in target forwards; speculative decoding "
           "beats the target alone only when tau exceeds it.")
-    print(f"\n{'dtype':11} {'drafter body':>12} {'full head':>9} {f'{args.trimmed} head':>10} {'head share':>10}")
-    for dtype, t in splits.items():
+    print(f"\n{'dtype':11} {'weights':7} {'drafter body':>12} {'full head':>9} {f'{args.trimmed} head':>10} "
+          f"{'head share':>10} {'step, trimmed':>13}")
+    for (dtype, scheme), t in splits.items():
         share = t["full"] / (t["body"] + t["full"])
-        print(f"{dtype:11} {t['body']:10.1f}ms {t['full']:7.1f}ms {t['trimmed']:8.1f}ms {share:10.1%}")
-    print("head share: the full head's part of a draft step, the most that trimming the head can save.")
+        print(f"{dtype:11} {scheme:7} {t['body']:10.1f}ms {t['full']:7.1f}ms {t['trimmed']:8.1f}ms {share:10.1%} "
+              f"{t['body'] + t['trimmed']:11.1f}ms")
+    print("head share: the full head's part of a draft step, the most that trimming the head can save.\n"
+          "weights: the drafter's linear layers as they are, or quantized (--draft-quant).")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from conftest import noisy_copy, spec_engine, tiny_model
 from scipy.stats import chisquare
 
 from vocabtrim import engine as engine_mod
+from vocabtrim import kernels
 from vocabtrim.cache import CachedLM
 from vocabtrim.drafters import HybridDrafter, ModelDrafter, SuffixDrafter
 from vocabtrim.engine import Engine, Stop
@@ -158,6 +159,14 @@ def test_sampling_follows_target_with_every_policy(rule, drafter):
     eng = spec_engine(SMALL_T, SMALL_T if drafter == "same" else SMALL_D)
     p = chi2_pvalue(sample_joint(RUNS, engine=eng, policy=rule), exact_joint(3), RUNS)
     assert p > 1e-3, f"{rule} with the {drafter} drafter: chi-square p={p:.2g}"
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_sampling_follows_target_with_a_quantized_drafter(scheme):
+    """q must be the distribution the quantized drafter actually sampled from."""
+    eng = spec_engine(SMALL_T, kernels.quantized(SMALL_D, scheme))
+    p = chi2_pvalue(sample_joint(RUNS, engine=eng), exact_joint(3), RUNS)
+    assert p > 1e-3, f"{scheme} drafter: chi-square p={p:.2g}"
 
 
 REPEATING = (2, 3, 4, 2, 3)  # a prompt whose suffix recurs: suffix drafts get proposed

@@ -63,11 +63,7 @@ def test_trimmed_head_of_packed_model_is_packed_and_equal_at_kept_ids():
     torch.testing.assert_close(trimmed(h), full(h)[:, kept])
 
 
-def test_auto_picks_packed_only_without_native_bf16(monkeypatch):
-    monkeypatch.setattr(kernels, "native_bf16", lambda: False)
-    assert kernels.resolve("auto") == kernels.PACKED
-    monkeypatch.setattr(kernels, "native_bf16", lambda: True)
-    assert kernels.resolve("auto") == "bfloat16"
+def test_resolve_names_and_refusals(monkeypatch):  # `auto` by measurement: test_cost.py
     assert kernels.resolve("float32") == "float32"
     monkeypatch.setattr(kernels, "packed_available", lambda: False)
     with pytest.raises(VocabtrimError, match="fbgemm"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -83,6 +84,10 @@ prompt_tokens_option = click.option(
     "--prompt-tokens/--no-prompt-tokens", default=True, show_default=True,
     help="With a token map, let the drafter also propose the prompt's own tokens the map "
          "lacks (a few extra head rows per generation); off: the map alone, as in the paper.")
+quant_option = click.option(
+    "--draft-quant", default="none", show_default=True, type=click.Choice(list(kernels.QUANT)),
+    help="The drafter's linear layers and head as int8 (per row) or int4 (groups of 32) weights: "
+         "cheaper draft steps; the output stays the target's.")
 dtype_option = click.option(
     "--dtype", default="auto", show_default=True, type=click.Choice(list(kernels.DTYPES)),
     help="How both models multiply. auto: whichever of bfloat16 and packed-fp16 (fbgemm fp16 "
@@ -116,10 +121,11 @@ dtype_option = click.option(
               help="Draft with the LM head trimmed to this token map (from `vocabtrim trim`).")
 @prompt_tokens_option
 @dtype_option
+@quant_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def generate(target, draft, no_draft, drafter_kind, prompt, prompt_file, max_new_tokens, temperature, top_p,
              top_k, seed, policy_spec, draft_len, system, raw, stop_strings, token_map, prompt_tokens,
-             dtype, as_json) -> None:
+             dtype, draft_quant, as_json) -> None:
     """Generate a reply, streaming text as the target accepts it."""
     from .engine import Stop
     from .policies import parse_policy
@@ -131,7 +137,7 @@ def generate(target, draft, no_draft, drafter_kind, prompt, prompt_file, max_new
     sampling = Sampling(temperature, top_k, top_p)
     policy = parse_policy(f"static:{draft_len}" if draft_len is not None else policy_spec)
     tgt, drf, engine = _engine(target, None if no_draft else draft, token_map, dtype, prompt_tokens,
-                               drafter_kind)
+                               drafter_kind, draft_quant)
     if drf is not None:
         profile.bind(policy, tgt, drf, engine.drafter.head_rows)
     ids = models.encode_prompt(tgt.tokenizer, text, system, raw)
@@ -153,9 +159,9 @@ def generate(target, draft, no_draft, drafter_kind, prompt, prompt_file, max_new
                    f"MBSU {stats.mbsu:.2f}]", err=True)
 
 
-def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "auto"):
-    """Load the target, the drafter and the token map; check they belong together.
-    Returns (target, drafter or None, kept ids or None)."""
+def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "auto", quant: str = "none"):
+    """Load the target, the drafter (its linear layers in `quant`) and the token map; check
+    they belong together. Returns (target, drafter or None, kept ids or None)."""
     from .calibrate import tokenizer_fingerprint
     from .tokenmap import TokenMap
 
@@ -173,11 +179,13 @@ def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "
                 "drafting across vocabularies is not supported")
     if tm is not None:
         tm.check_drafter(drf.model.config.vocab_size, tokenizer_fingerprint(drf.tokenizer))
+    if drf is not None and quant != "none":
+        drf = replace(drf, name=f"{drf.name}@{quant}", model=kernels.quantized(drf.model, quant))
     return tgt, drf, None if tm is None else tm.kept_ids
 
 
 def _engine(target: str, draft: str | None, token_map: Path | None, dtype: str = "auto",
-            prompt_tokens: bool = True, kind: str = "model"):
+            prompt_tokens: bool = True, kind: str = "model", quant: str = "none"):
     """The loaded target, the loaded drafter model and an Engine around them with a drafter
     of `kind` (none when `draft` is None; the suffix drafter loads no model)."""
     from .drafters import make_drafter
@@ -185,7 +193,7 @@ def _engine(target: str, draft: str | None, token_map: Path | None, dtype: str =
 
     if kind == "suffix" and token_map is not None:
         raise VocabtrimError("--token-map trims a drafter model's head; the suffix drafter has none")
-    tgt, drf, kept = _load(target, None if kind == "suffix" else draft, token_map, dtype)
+    tgt, drf, kept = _load(target, None if kind == "suffix" else draft, token_map, dtype, quant)
     drafter = None if draft is None else make_drafter(kind, tgt.model, drf and drf.model, kept, prompt_tokens)
     return tgt, drf, Engine(tgt.model, drafter)
 
@@ -205,8 +213,9 @@ def _engine(target: str, draft: str | None, token_map: Path | None, dtype: str =
 @click.option("--draft", default=models.DEFAULT_DRAFT, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same settings.")
 @dtype_option
+@quant_option
 def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed, target, draft,
-              resume, dtype) -> None:
+              resume, dtype, draft_quant) -> None:
     """Count token frequencies on a calibration set (only generated tokens count)."""
     from .calibrate import (
         count_tokens,
@@ -229,7 +238,8 @@ def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed,
     else:
         # the target's text comes out of the speculative engine: lossless, and faster
         gen_model = target if source == "target" else draft
-        lm, _, engine = _engine(gen_model, draft if source == "target" else None, None, dtype)
+        lm, _, engine = _engine(gen_model, draft if source == "target" else None, None, dtype,
+                                quant=draft_quant)
         meta.update(model=gen_model, dtype=lm.dtype, max_new_tokens=max_new_tokens,
                     temperature=temperature, seed=seed)
         per_item = generate_fn(engine, lm, max_new_tokens, sampling, seed)
@@ -309,8 +319,9 @@ DEFAULT_BENCH_PROMPTS = 6  # no-argument run: 14.5 min on 2 AVX2 cores, models c
               help="Runs of each prompt per method, order alternating; the fastest is kept (noisy machines).")
 @prompt_tokens_option
 @dtype_option
+@quant_option
 def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods, draft_len, adaedl,
-          token_map, calib, target, draft, out, resume, repeats, prompt_tokens, dtype) -> None:
+          token_map, calib, target, draft, out, resume, repeats, prompt_tokens, dtype, draft_quant) -> None:
     """Spec-Bench-style evaluation: every method on every prompt, with tables and plots."""
     from .bench import methods as bm
     from .bench.common import warm_up
@@ -334,7 +345,7 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     if not resume and read_results(out / "results.jsonl"):
         raise VocabtrimError(f"{out} already holds results; pass --resume to continue or choose another --out")
     calib_spec = None if token_map else parse_calibration(calib)
-    tgt, drf, kept = _load(target, draft, token_map, dtype)
+    tgt, drf, kept = _load(target, draft, token_map, dtype, draft_quant)
     if kept is None and any(n in bm.NEEDS_MAP for n in names):
         exclude = {t for q in questions for t in q.turns}
         kept = calibrated_map(calib_spec, exclude, tgt, drf)
@@ -350,7 +361,7 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     summary["settings"] = {"data": data, "questions": len(questions), "max_new_tokens": max_new_tokens,
                            "repeats": repeats, "temperature": temperature, "seed": seed, "draft_len": draft_len,
                            "adaedl": adaedl, "token_map_k": None if kept is None else len(kept),
-                           "prompt_tokens": prompt_tokens, "dtype": tgt.dtype,
+                           "prompt_tokens": prompt_tokens, "dtype": tgt.dtype, "draft_quant": draft_quant,
                            "target": target, "draft": draft}
     write_reports(summary, out)
     click.echo(markdown(summary))

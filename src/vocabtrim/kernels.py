@@ -17,6 +17,7 @@ EPYC. `auto` therefore times both on the model's matrix shapes once per machine
 
 from __future__ import annotations
 
+import copy
 import functools
 from concurrent.futures import ThreadPoolExecutor
 
@@ -75,6 +76,87 @@ class PackedLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fp16 packed"
 
+    def remake(self, weight: Tensor, bias: Tensor | None) -> PackedLinear:
+        """A layer of the same kind holding `weight` (rows of this one, say)."""
+        return PackedLinear(weight, bias)
+
+
+QUANT = ("none", "int8", "int4")
+INT4_GROUP = 32
+
+
+class QuantLinear(nn.Module):
+    """A linear layer with weight-only int8 (one scale per output row) or int4 weights
+    (asymmetric, one scale and offset per group of `group` inputs), multiplied by torch's
+    own CPU kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`); activations,
+    scales and outputs in `act`. For drafters only: their precision decides how many drafts
+    are accepted, never what is output, since the target verifies at its own precision."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, scheme: str, act: torch.dtype = torch.float32,
+                 group: int = INT4_GROUP):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.scheme, self.act, self.group = scheme, act, group
+        w = weight.detach().float()
+        self.register_buffer("bias", None if bias is None else bias.detach().to(act))
+        if scheme == "int8":
+            scales = w.abs().amax(1).clamp_min(1e-12) / 127
+            self.register_buffer("qweight", torch.round(w / scales[:, None]).to(torch.int8))
+            self.register_buffer("scales", scales.to(act))
+        elif scheme == "int4":
+            if self.in_features % group:
+                raise VocabtrimError(f"int4 needs input sizes divisible by {group}; this layer has {self.in_features}")
+            w = torch.cat([w, w.new_zeros(-len(w) % 16, w.shape[1])])  # the kernel packs 16 rows at a time
+            g = w.reshape(-1, group)
+            low = g.amin(1, keepdim=True)
+            step = (g.amax(1, keepdim=True) - low).clamp_min(1e-12) / 15
+            q = ((g - low) / step).round().clamp(0, 15).to(torch.int32).reshape(w.shape)
+            self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+            # the kernel computes (q - 8) * scale + zero per group
+            zeros = low + 8 * step
+            sz = torch.cat([step.reshape(*w.shape[:1], -1, 1), zeros.reshape(*w.shape[:1], -1, 1)], 2)
+            self.register_buffer("scales", sz.transpose(0, 1).contiguous().to(act))
+        else:
+            raise VocabtrimError(f"unknown quantization {scheme!r}; choose from {', '.join(QUANT)}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.reshape(-1, self.in_features).to(self.act)
+        if self.scheme == "int8":
+            y = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scales)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.qweight, self.group,
+                                                           self.scales)[:, :self.out_features]
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    @functools.cached_property
+    def weight16(self) -> Tensor:
+        """The dequantized weight in fp16, computed once: rows to gather for trimmed heads
+        (int4: the layer applied to the identity, which is exactly what it multiplies by)."""
+        if self.scheme == "int8":
+            return (self.qweight.float() * self.scales.float()[:, None]).half()
+        with torch.inference_mode():
+            w = self(torch.eye(self.in_features, dtype=self.act))
+        return (w if self.bias is None else w - self.bias).T.half().contiguous()
+
+    def remake(self, weight: Tensor, bias: Tensor | None) -> QuantLinear:
+        return QuantLinear(weight, bias, self.scheme, self.act, self.group)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.scheme}"
+
+
+def quantized(model: nn.Module, scheme: str) -> nn.Module:
+    """A copy of `model` whose linear layers, LM head included, hold `scheme` weights (see
+    QuantLinear); embeddings and norms are copied as they are."""
+    if scheme not in QUANT[1:]:
+        raise VocabtrimError(f"unknown quantization {scheme!r}; choose from {', '.join(QUANT)}")
+    act = compute_dtype(model)
+    memo = {id(m): QuantLinear(m.weight, m.bias, scheme, act) for m in model.modules()
+            if isinstance(m, nn.Linear | PackedLinear)}
+    return copy.deepcopy(model, memo)
+
 
 def pack(model: nn.Module) -> nn.Module:
     """Replace every nn.Linear of `model` by a PackedLinear and make the rest fp32, in place.
@@ -93,11 +175,12 @@ def pack(model: nn.Module) -> nn.Module:
 def rows(linear: nn.Module, ids: Tensor, packed: bool = True) -> nn.Module:
     """A new linear layer holding only output rows `ids` (a real copy): of the same kind,
     or a plain nn.Linear when `packed` is False (a few rows are not worth packing)."""
-    source = linear.weight16 if isinstance(linear, PackedLinear) else linear.weight.detach()
+    custom = isinstance(linear, PackedLinear | QuantLinear)
+    source = linear.weight16 if custom else linear.weight.detach()
     weight = source.index_select(0, ids)
     bias = None if linear.bias is None else linear.bias.detach().index_select(0, ids)
-    if packed and isinstance(linear, PackedLinear):
-        return PackedLinear(weight, bias)
+    if packed and custom:
+        return linear.remake(weight, bias)
     out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
     out.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
     if bias is not None:
@@ -109,9 +192,10 @@ def weight_count(module: nn.Module) -> int:
     """Weights held by `module` and its children, packed ones included."""
     return sum(p.numel() for p in module.parameters()) + sum(
         m.in_features * m.out_features + (0 if m.bias is None else m.out_features)
-        for m in module.modules() if isinstance(m, PackedLinear))
+        for m in module.modules() if isinstance(m, PackedLinear | QuantLinear))
 
 
 def compute_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype the model's matmuls accumulate in (fp32 for packed layers)."""
+    """The dtype the model's matmuls accumulate in (fp32 for packed layers), which is
+    also the dtype of its embeddings and norms."""
     return next(model.parameters()).dtype

@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from .. import kernels
 from ..drafters import Drafter, HybridDrafter, ModelDrafter, SuffixDrafter
 from ..engine import Engine, Stop
 from ..errors import VocabtrimError
@@ -19,9 +20,9 @@ from ..profile import Profile
 from ..sampling import Sampling
 from .run import Method
 
-METHODS = ("ar", "sd", "sd+vt", "sd+adaedl", "sd+vt+adaedl", "sd+cost", "sd+vt+cost", "suffix", "suffix+cost",
-           "hybrid", "hybrid+vt", "hybrid+vt+cost", "hf", "pld")
-NEEDS_MAP = ("sd+vt", "sd+vt+adaedl", "sd+vt+cost", "hybrid+vt", "hybrid+vt+cost")
+METHODS = ("ar", "sd", "sd+vt", "sd+adaedl", "sd+vt+adaedl", "sd+cost", "sd+vt+cost", "sd+vt+q8", "sd+vt+q4",
+           "suffix", "suffix+cost", "hybrid", "hybrid+vt", "hybrid+vt+cost", "hf", "pld")
+NEEDS_MAP = ("sd+vt", "sd+vt+adaedl", "sd+vt+cost", "sd+vt+q8", "sd+vt+q4", "hybrid+vt", "hybrid+vt+cost")
 NEEDS_PROFILE = ("sd+cost", "sd+vt+cost", "suffix+cost", "hybrid+vt+cost")
 
 
@@ -42,12 +43,18 @@ def build(names: list[str], target, drafter, kept_ids: torch.Tensor | None, samp
     vocab = target.get_output_embeddings().out_features
     full = Engine(target, ModelDrafter(drafter, target))
     trimmed = None if kept_ids is None else Engine(target, ModelDrafter(drafter, target, kept_ids, prompt_tokens))
+
+    def quantized(scheme: str) -> Engine:  # a quantized copy of the drafter, built only when asked for
+        return Engine(target, ModelDrafter(kernels.quantized(drafter, scheme), target, kept_ids, prompt_tokens))
+
     engines = {
         "ar": lambda: (Engine(target), Policy(1)),
         "sd": lambda: (full, Policy(draft_len)),
         "sd+vt": lambda: (trimmed, Policy(draft_len)),
         "sd+adaedl": lambda: (full, parse_policy(adaedl)),
         "sd+vt+adaedl": lambda: (trimmed, parse_policy(adaedl)),
+        "sd+vt+q8": lambda: (quantized("int8"), Policy(draft_len)),
+        "sd+vt+q4": lambda: (quantized("int4"), Policy(draft_len)),
         "sd+cost": lambda: (full, _cost(costs, full.drafter)),
         "sd+vt+cost": lambda: (trimmed, _cost(costs, trimmed.drafter)),
         "suffix": lambda: (Engine(target, SuffixDrafter(vocab)), Policy(draft_len)),
