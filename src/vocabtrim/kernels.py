@@ -116,6 +116,7 @@ class QuantLinear(nn.Module):
             zeros = low + 8 * step
             sz = torch.cat([step.reshape(*w.shape[:1], -1, 1), zeros.reshape(*w.shape[:1], -1, 1)], 2)
             self.register_buffer("scales", sz.transpose(0, 1).contiguous().to(act))
+            self._codes = q.to(torch.uint8)  # unpacked, for weight16 (the kernel reads the packed copy)
         else:
             raise VocabtrimError(f"unknown quantization {scheme!r}; choose from {', '.join(QUANT)}")
 
@@ -132,13 +133,13 @@ class QuantLinear(nn.Module):
 
     @functools.cached_property
     def weight16(self) -> Tensor:
-        """The dequantized weight in fp16, computed once: rows to gather for trimmed heads
-        (int4: the layer applied to the identity, which is exactly what it multiplies by)."""
+        """The dequantized weight in fp16, computed once: rows to gather for trimmed heads."""
         if self.scheme == "int8":
             return (self.qweight.float() * self.scales.float()[:, None]).half()
-        with torch.inference_mode():
-            w = self(torch.eye(self.in_features, dtype=self.act))
-        return (w if self.bias is None else w - self.bias).T.half().contiguous()
+        step, zero = self.scales.float().transpose(0, 1).unbind(-1)  # [N, groups] each
+        codes = self._codes.float().reshape(len(self._codes), -1, self.group)
+        w = (codes - 8) * step[..., None] + zero[..., None]
+        return w.reshape(len(self._codes), -1)[:self.out_features].half()
 
     def remake(self, weight: Tensor, bias: Tensor | None) -> QuantLinear:
         return QuantLinear(weight, bias, self.scheme, self.act, self.group)
