@@ -16,7 +16,7 @@ from conftest import tiny_model, tiny_tokenizer
 from safetensors.torch import save_file
 from test_bench import fake_method
 
-from vocabtrim import files, models
+from vocabtrim import files, kernels, models
 from vocabtrim.bench.run import read_results, run_matrix
 from vocabtrim.calibrate import Counts, tokenizer_fingerprint
 from vocabtrim.cli import _Streamer
@@ -129,6 +129,8 @@ BAD = [
 def test_bad_input_is_one_error_line_and_writes_nothing(work, monkeypatch, args, words):
     root, dirs = work
     monkeypatch.chdir(root)
+    monkeypatch.setenv("VOCABTRIM_CACHE", str(root / "cache"))
+    kernels.resolve("auto")  # the machine's dtype choice is measured once, like a fetched model
     before = snapshot(root)
     r = run(*[a.format(**dirs) for a in args], env={"VOCABTRIM_CACHE": str(root / "cache")})
     assert r.exit_code == 1, r.stdout + r.stderr
