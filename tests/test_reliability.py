@@ -90,6 +90,7 @@ BAD = [
     (GEN + ["--prompt", "w1", "--policy", "adaedl:adapt=2"], "on or off"),
     (GEN + ["--prompt", "w1", "--policy", "confidence:1.5"], "t must be"),
     (GEN + ["--prompt", "w1", "--policy", "svip:h=-1"], "h must be"),
+    (GEN + ["--prompt", "w1", "--drafter", "suffix", "--policy", "cost"], "--policy cost"),
     (GEN + ["--prompt", "w1", "--policy", "heuristic:start=0"], "start must be"),
     (GEN + ["--prompt", "w1", "--draft-len", "0"], "'--draft-len'"),
     (GEN + ["--prompt", "w1", "--draft-len", "2.5"], "'--draft-len'"),

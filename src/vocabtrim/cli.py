@@ -136,6 +136,9 @@ def generate(target, draft, no_draft, drafter_kind, prompt, prompt_file, max_new
         raise VocabtrimError("--stop needs a non-empty string (an empty one matches at once)")
     sampling = Sampling(temperature, top_k, top_p)
     policy = parse_policy(f"static:{draft_len}" if draft_len is not None else policy_spec)
+    if policy.spec().startswith("cost") and (no_draft or drafter_kind == "suffix"):
+        raise VocabtrimError("--policy cost reads the profile of a target and drafter pair; "
+                             "use it with --drafter model or hybrid")
     tgt, drf, engine = _engine(target, None if no_draft else draft, token_map, dtype, prompt_tokens,
                                drafter_kind, draft_quant)
     if drf is not None:
@@ -179,9 +182,14 @@ def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "
                 "drafting across vocabularies is not supported")
     if tm is not None:
         tm.check_drafter(drf.model.config.vocab_size, tokenizer_fingerprint(drf.tokenizer))
-    if drf is not None and quant != "none":
-        drf = replace(drf, name=f"{drf.name}@{quant}", model=kernels.quantized(drf.model, quant))
-    return tgt, drf, None if tm is None else tm.kept_ids
+    return tgt, _quantized(drf, quant), None if tm is None else tm.kept_ids
+
+
+def _quantized(drf, quant: str):
+    """The loaded drafter with its linear layers in `quant` (itself for none or no drafter)."""
+    if drf is None or quant == "none":
+        return drf
+    return replace(drf, name=f"{drf.name}@{quant}", model=kernels.quantized(drf.model, quant))
 
 
 def _engine(target: str, draft: str | None, token_map: Path | None, dtype: str = "auto",
@@ -345,10 +353,11 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     if not resume and read_results(out / "results.jsonl"):
         raise VocabtrimError(f"{out} already holds results; pass --resume to continue or choose another --out")
     calib_spec = None if token_map else parse_calibration(calib)
-    tgt, drf, kept = _load(target, draft, token_map, dtype, draft_quant)
+    tgt, drf, kept = _load(target, draft, token_map, dtype)
     if kept is None and any(n in bm.NEEDS_MAP for n in names):
         exclude = {t for q in questions for t in q.turns}
-        kept = calibrated_map(calib_spec, exclude, tgt, drf)
+        kept = calibrated_map(calib_spec, exclude, tgt, drf)  # the unquantized name: cached counts reused
+    drf = _quantized(drf, draft_quant)
     stop = Stop(models.stop_token_ids(tgt))
     costs = profile.for_pair(tgt, drf) if any(n in bm.NEEDS_PROFILE for n in names) else None
     matrix = bm.build(names, tgt.model, drf.model, kept, sampling, seed, stop, draft_len, adaedl,
