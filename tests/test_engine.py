@@ -172,15 +172,16 @@ def test_sampling_follows_target_with_a_quantized_drafter(scheme):
 REPEATING = (2, 3, 4, 2, 3)  # a prompt whose suffix recurs: suffix drafts get proposed
 
 
+@pytest.mark.parametrize("rule", ["static:2", "cost:max=3,probe=1"])  # cost also cuts suffix drafts
 @pytest.mark.parametrize("kind", ["suffix", "hybrid"])
-def test_sampling_follows_target_with_every_drafter(kind):
+def test_sampling_follows_target_with_every_drafter(kind, rule):
     suffix = SuffixDrafter(V)
     drafter = suffix if kind == "suffix" else HybridDrafter(ModelDrafter(SMALL_D, SMALL_T), suffix, min_score=0.5)
     eng = Engine(SMALL_T, drafter)
     sources = {s for seed in range(20) for s in ("suffix", "model") if _rounds_of(eng, seed, s)}
     assert sources == ({"suffix"} if kind == "suffix" else {"suffix", "model"})
-    p = chi2_pvalue(sample_joint(RUNS, 4, eng, "static:2", REPEATING), exact_joint(4, REPEATING), RUNS)
-    assert p > 1e-3, f"{kind} drafter: chi-square p={p:.2g}"
+    p = chi2_pvalue(sample_joint(RUNS, 4, eng, rule, REPEATING), exact_joint(4, REPEATING), RUNS)
+    assert p > 1e-3, f"{kind} drafter with {rule}: chi-square p={p:.2g}"
 
 
 def _rounds_of(eng: Engine, seed: int, source: str) -> int:
