@@ -161,10 +161,10 @@ def count_tokens(items: list[str], out: Path, meta: dict, vocab_size: int, per_i
 
 
 def parse_calibration(spec: str) -> dict:
-    """`DATA[:n=32,k=16384,tokens=128]` -> settings for a target-generated token map
+    """`DATA[:n=16,k=16384,tokens=128]` -> settings for a target-generated token map
     (each a count >= 1: n=0 would take `[-0:]`, every prompt)."""
     data, _, rest = spec.partition(":")
-    out = {"data": data, "n": 32, "k": 16384, "tokens": 128}
+    out = {"data": data, "n": 16, "k": 16384, "tokens": 128}
     try:
         for part in filter(None, rest.split(",")):
             key, _, value = part.partition("=")
@@ -172,7 +172,7 @@ def parse_calibration(spec: str) -> dict:
                 raise ValueError
             out[key] = int(value)
     except ValueError:
-        raise VocabtrimError(f"bad --calibrate {spec!r}; form: DATA[:n=32,k=16384,tokens=128], "
+        raise VocabtrimError(f"bad --calibrate {spec!r}; form: DATA[:n=16,k=16384,tokens=128], "
                              "each an integer >= 1") from None
     return out
 

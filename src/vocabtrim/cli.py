@@ -299,7 +299,7 @@ def export(token_map, fmt, out) -> None:
     click.echo(f"wrote {fmt} export -> {out}")
 
 
-DEFAULT_BENCH_PROMPTS = 6  # no-argument run: 14.5 min on 2 AVX2 cores, models cached (packed-fp16)
+DEFAULT_BENCH_PROMPTS = 4  # the no-argument run fits ~10 min on a 2-core AVX2 machine (README: Results)
 
 
 @main.command()
@@ -311,12 +311,12 @@ DEFAULT_BENCH_PROMPTS = 6  # no-argument run: 14.5 min on 2 AVX2 cores, models c
 @click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1))
 @click.option("--temperature", default=0.0, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--methods", default="ar,sd,sd+vt,sd+vt+adaedl,suffix,hybrid+vt,hf,pld", show_default=True)
+@click.option("--methods", default="ar,sd+vt,suffix,hybrid+vt,hf,pld", show_default=True)
 @click.option("--draft-len", default=5, show_default=True, type=click.IntRange(min=1),
               help="K of the static methods.")
 @click.option("--adaedl", default="adaedl", show_default=True, help="Policy spec of the adaedl methods.")
 @click.option("--token-map", type=click.Path(path_type=Path), help="Token map for the +vt methods.")
-@click.option("--calibrate", "calib", default="humaneval:n=32,k=16384,tokens=128", show_default=True,
+@click.option("--calibrate", "calib", default="humaneval:n=16,k=16384,tokens=128", show_default=True,
               help="Without --token-map: build one from target answers to DATA prompts "
                    "outside the evaluation set, cached for reuse.")
 @click.option("--target", default=models.DEFAULT_TARGET, show_default=True)
@@ -339,6 +339,7 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     from .calibrate import calibrated_map, parse_calibration
     from .data import load_questions, select
     from .engine import Stop
+    from .metrics import timed
     from .policies import parse_policy
     from .sampling import Sampling
 
@@ -353,20 +354,29 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     if not resume and read_results(out / "results.jsonl"):
         raise VocabtrimError(f"{out} already holds results; pass --resume to continue or choose another --out")
     calib_spec = None if token_map else parse_calibration(calib)
-    tgt, drf, kept = _load(target, draft, token_map, dtype)
+    spent: dict[str, float] = {}  # wall-clock seconds per phase of this run, reported with the tables
+    with timed(spent, "loading"):
+        tgt, drf, kept = _load(target, draft, token_map, dtype)
     if kept is None and any(n in bm.NEEDS_MAP for n in names):
         exclude = {t for q in questions for t in q.turns}
-        kept = calibrated_map(calib_spec, exclude, tgt, drf)  # the unquantized name: cached counts reused
-    drf = _quantized(drf, draft_quant)
+        with timed(spent, "calibration"):
+            kept = calibrated_map(calib_spec, exclude, tgt, drf)  # the unquantized name: cached counts reused
+    with timed(spent, "loading"):
+        drf = _quantized(drf, draft_quant)
     stop = Stop(models.stop_token_ids(tgt))
-    costs = profile.for_pair(tgt, drf) if any(n in bm.NEEDS_PROFILE for n in names) else None
+    with timed(spent, "profile"):
+        costs = profile.for_pair(tgt, drf) if any(n in bm.NEEDS_PROFILE for n in names) else None
     matrix = bm.build(names, tgt.model, drf.model, kept, sampling, seed, stop, draft_len, adaedl,
                       prompt_tokens, costs)
-    warm_up(matrix, tgt.tokenizer)
-    records = run_matrix(questions, matrix, tgt.tokenizer, max_new_tokens, out / "results.jsonl", resume,
-                         repeats)
+    with timed(spent, "warm-up"):
+        warm_up(matrix, tgt.tokenizer)
+    with timed(spent, "generations"):
+        records = run_matrix(questions, matrix, tgt.tokenizer, max_new_tokens, out / "results.jsonl", resume,
+                             repeats)
     check = lambda p, a, b: divergence(tgt.model, p, a, b)
-    summary = summarize(records, "ar", sampling.greedy, check)
+    with timed(spent, "identity check"):
+        summary = summarize(records, "ar", sampling.greedy, check)
+    summary["time_s"] = spent
     summary["settings"] = {"data": data, "questions": len(questions), "max_new_tokens": max_new_tokens,
                            "repeats": repeats, "temperature": temperature, "seed": seed, "draft_len": draft_len,
                            "adaedl": adaedl, "token_map_k": None if kept is None else len(kept),

@@ -20,6 +20,14 @@ import torch
 
 from .kernels import weight_count
 
+@contextmanager
+def timed(spent: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the wall-clock seconds of the block to `spent[phase]`."""
+    t0 = time.perf_counter()
+    yield
+    spent[phase] = spent.get(phase, 0.0) + time.perf_counter() - t0
+
+
 COST_CONVENTION = ("weights read per forward: decoder layers + norms + 1 embedding row + "
                    "LM head rows used; MBSU = tokens / (draft_cost + target_forwards), draft_cost = "
                    "c*drafter_forwards + the drafter prefill's body share")

@@ -139,7 +139,19 @@ def markdown(summary: dict) -> str:
     bad = {n: m["mismatches"] for n, m in ms.items() if any(not d["tie"] for d in m.get("mismatches", []))}
     if bad:
         lines += ["", "**GREEDY MISMATCHES (a bug):** " + json.dumps(bad)]
+    if "time_s" in summary:
+        lines += ["", run_time(summary)]
     return "\n".join(lines) + "\n"
+
+
+def run_time(summary: dict) -> str:
+    """Where a bench run's wall-clock went: its phases, and the generations per method
+    (resumed records count the time they took in the earlier run)."""
+    spent = summary["time_s"]
+    per_method = ", ".join(f"{n} {m['overall']['seconds'] / 60:.1f}" for n, m in summary["methods"].items())
+    phases = ", ".join(f"{k} {v / 60:.1f}" + (f" ({per_method})" if k == "generations" else "")
+                       for k, v in spent.items() if v >= 1)
+    return f"Run time {sum(spent.values()) / 60:.1f} min: {phases}."
 
 
 def pyplot():
