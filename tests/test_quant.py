@@ -18,7 +18,7 @@ BOUND = {"int8": 0.01, "int4": 0.15}  # relative error of a product with random 
 def test_quantized_layer_matches_float_reference(scheme, shape):
     torch.manual_seed(0)
     w, b, x = torch.randn(*shape) * 0.05, torch.randn(shape[0]), torch.randn(7, shape[1])
-    q = kernels.QuantLinear(w, b, scheme)
+    q = kernels.QuantLinear.quantize(w, b, scheme)
     ref = x @ w.T + b
     assert float((q(x) - ref).norm() / (ref - b).norm()) < BOUND[scheme]
     # weight16 is what the layer multiplies by: a trimmed head gathers its rows
@@ -28,7 +28,7 @@ def test_quantized_layer_matches_float_reference(scheme, shape):
 
 def test_int4_needs_whole_groups():
     with pytest.raises(kernels.VocabtrimError, match="divisible by 32"):
-        kernels.QuantLinear(torch.randn(16, 40), None, "int4")
+        kernels.QuantLinear.quantize(torch.randn(16, 40), None, "int4")
     with pytest.raises(kernels.VocabtrimError, match="unknown quantization"):
         kernels.quantized(tiny_model(64), "int3")
 
