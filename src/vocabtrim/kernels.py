@@ -73,6 +73,11 @@ class PackedLinear(nn.Module):
         """The fp16 weight, unpacked once and kept: rows to gather for trimmed heads."""
         return self.weight.half()
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes a forward reads: the fp16 weights fbgemm holds and the fp32 bias."""
+        return 2 * self.in_features * self.out_features + (0 if self.bias is None else self.bias.nbytes)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fp16 packed"
 
@@ -149,6 +154,11 @@ class QuantLinear(nn.Module):
         codes = self.qweight if self.scheme == "int8" else self._codes
         return {"codes": codes, "scales": self.scales} | ({} if self.bias is None else {"bias": self.bias})
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes a forward reads: the packed weights, their scales (and zeros), the bias."""
+        return sum(t.nbytes for t in (self.qweight, self.scales, self.bias) if t is not None)
+
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, self.in_features).to(self.act)
         if self.scheme == "int8":
@@ -222,6 +232,13 @@ def weight_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters()) + sum(
         m.in_features * m.out_features + (0 if m.bias is None else m.out_features)
         for m in module.modules() if isinstance(m, PackedLinear | QuantLinear))
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes the weights of `module` and its children are stored in: parameters at their
+    dtype, packed and quantized layers at what they hold (their `nbytes`)."""
+    return sum(p.nbytes for p in module.parameters()) + sum(
+        m.nbytes for m in module.modules() if isinstance(m, PackedLinear | QuantLinear))
 
 
 def compute_dtype(model: nn.Module) -> torch.dtype:
