@@ -187,14 +187,29 @@ class QuantLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.scheme}"
 
 
-def quantized(model: nn.Module, scheme: str) -> nn.Module:
+def quantized(model: nn.Module, scheme: str, saved: dict[str, Tensor] | None = None) -> nn.Module:
     """A copy of `model` whose linear layers, LM head included, hold `scheme` weights (see
-    QuantLinear); embeddings and norms are copied as they are."""
+    QuantLinear): quantized here, or rebuilt from `saved` (`quantized_parts` of an earlier
+    copy; a missing or misshapen part raises KeyError or VocabtrimError). Embeddings and
+    norms are copied as they are."""
     check_scheme(scheme)
     act = compute_dtype(model)
-    memo = {id(m): QuantLinear.quantize(m.weight, m.bias, scheme, act) for m in model.modules()
-            if isinstance(m, nn.Linear | PackedLinear)}
+
+    def layer(name: str, m: nn.Module) -> QuantLinear:
+        if saved is None:
+            return QuantLinear.quantize(m.weight, m.bias, scheme, act)
+        bias = None if m.bias is None else saved[f"{name}.bias"]
+        return QuantLinear(scheme, saved[f"{name}.codes"], saved[f"{name}.scales"], bias,
+                           (m.out_features, m.in_features))
+
+    memo = {id(m): layer(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear | PackedLinear)}
     return copy.deepcopy(model, memo)
+
+
+def quantized_parts(model: nn.Module) -> dict[str, Tensor]:
+    """The tensors `quantized(..., saved=...)` rebuilds `model`'s QuantLinear layers from."""
+    return {f"{n}.{k}": t for n, m in model.named_modules() if isinstance(m, QuantLinear)
+            for k, t in m.parts().items()}
 
 
 def pack(model: nn.Module) -> nn.Module:
