@@ -10,7 +10,6 @@ from vocabtrim.bench.identity import TIE_TOLERANCE
 from vocabtrim.engine import Engine
 from vocabtrim.errors import VocabtrimError
 from vocabtrim.heads import Head
-from vocabtrim.metrics import weights_per_forward
 from vocabtrim.policies import Policy, parse_policy
 
 pytestmark = pytest.mark.skipif(not kernels.packed_available(), reason="needs torch's fbgemm (x86)")
@@ -33,13 +32,13 @@ def test_packed_linear_is_fp32_math_on_fp16_weights():
     assert torch.equal(kernels.PackedLinear(bf16).weight, bf16.float())  # bf16 weights are exact
 
 
-def test_pack_replaces_linears_keeps_costs_and_greedy_output():
+def test_pack_replaces_linears_keeps_weights_and_greedy_output():
     target = tiny_model(64, seed=1)
     draft = noisy_copy(target, 0.3, seed=2)
     pt, pd = packed(target), packed(draft)
     assert not any(isinstance(m, torch.nn.Linear) for m in pt.modules())
     assert kernels.compute_dtype(pt) == torch.float32
-    assert weights_per_forward(pt, 64) == weights_per_forward(target, 64)
+    assert kernels.weight_count(pt) == kernels.weight_count(target)
     alone, spec = Engine(pt), spec_engine(pt, pd)
     accepted = 0
     for p in prompts(10):

@@ -1,11 +1,18 @@
 """Quantized drafters: int8/int4 layers against their float reference, trimmed heads of a
-quantized drafter, greedy identity with the target alone, the CLI flag."""
+quantized drafter, greedy identity with the target alone, the cache of quantized weights,
+the CLI flag."""
+
+import errno
+import json
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import cli, noisy_copy, spec_engine, tiny_model
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from vocabtrim import kernels
+from vocabtrim import kernels, models
 from vocabtrim.engine import Engine
 from vocabtrim.heads import Head
 from vocabtrim.policies import Policy
@@ -18,7 +25,7 @@ BOUND = {"int8": 0.01, "int4": 0.15}  # relative error of a product with random 
 def test_quantized_layer_matches_float_reference(scheme, shape):
     torch.manual_seed(0)
     w, b, x = torch.randn(*shape) * 0.05, torch.randn(shape[0]), torch.randn(7, shape[1])
-    q = kernels.QuantLinear(w, b, scheme)
+    q = kernels.QuantLinear.quantize(w, b, scheme)
     ref = x @ w.T + b
     assert float((q(x) - ref).norm() / (ref - b).norm()) < BOUND[scheme]
     # weight16 is what the layer multiplies by: a trimmed head gathers its rows
@@ -28,7 +35,7 @@ def test_quantized_layer_matches_float_reference(scheme, shape):
 
 def test_int4_needs_whole_groups():
     with pytest.raises(kernels.VocabtrimError, match="divisible by 32"):
-        kernels.QuantLinear(torch.randn(16, 40), None, "int4")
+        kernels.QuantLinear.quantize(torch.randn(16, 40), None, "int4")
     with pytest.raises(kernels.VocabtrimError, match="unknown quantization"):
         kernels.quantized(tiny_model(64), "int3")
 
@@ -67,9 +74,92 @@ def test_greedy_identical_with_a_quantized_drafter(scheme, kept):
     assert accepted > 0
 
 
-def test_generate_with_a_quantized_drafter(tiny_dirs):
-    r = cli("generate", "--target", tiny_dirs["target"], "--draft", tiny_dirs["draft"], "--dtype", "float32",
+def test_generate_with_a_quantized_drafter(tiny_dirs, tmp_path):
+    args = ("generate", "--target", tiny_dirs["target"], "--draft", tiny_dirs["draft"], "--dtype", "float32",
             "--draft-quant", "int4", "--prompt", "w1 w2", "--max-new-tokens", 8, "--json")
-    assert r.exit_code == 0, r.output
+    env = {"VOCABTRIM_CACHE": str(tmp_path)}
+    first, again = cli(*args, env=env), cli(*args, env=env)  # quantized, then read from the cache
+    assert first.exit_code == again.exit_code == 0, first.output + again.output
+    first, again = json.loads(first.stdout), json.loads(again.stdout)
+    assert (first["token_ids"], first["draft_lengths"]) == (again["token_ids"], again["draft_lengths"])
+    assert [p.parent.name for p in tmp_path.rglob("*.safetensors")] == ["quantized"]
     r = cli("generate", "--prompt", "hi", "--draft-quant", "int3")
     assert r.exit_code == 1 and r.output.startswith("error:") and "int3" in r.output
+
+
+@pytest.fixture
+def quant_cache(tmp_path, monkeypatch) -> Path:
+    """The directory quantized drafters are cached in, under a fresh VOCABTRIM_CACHE."""
+    monkeypatch.setenv("VOCABTRIM_CACHE", str(tmp_path))
+    return tmp_path / "quantized"
+
+
+def quantize_draft(tiny_dirs, scheme: str = "int8", dtype: str = "float32", again: bool = False) -> models.Loaded:
+    """The tiny drafter loaded and quantized; `again`: quantizing fails, so it must come from the cache."""
+    loaded = models.load(str(tiny_dirs["draft"]), dtype)
+    if not again:
+        return models.quantize(loaded, scheme)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(kernels.QuantLinear, "quantize", lambda *a, **k: pytest.fail("quantized again"))
+        return models.quantize(loaded, scheme)
+
+
+def same_drafter(a: models.Loaded, b: models.Loaded) -> bool:
+    """Equal logits, and equal trimmed heads (their rows come from int4's unpacked codes)."""
+    ids, h, kept = torch.tensor([[5, 9, 3, 7]]), torch.randn(2, 32), torch.tensor([7, 3, 60, 1, 22])
+    return (torch.equal(a.model(ids).logits, b.model(ids).logits)
+            and torch.equal(Head.of(a.model, kept)(h), Head.of(b.model, kept)(h)))
+
+
+def files_of(root: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_a_quantized_drafter_is_cached_once_and_read_back(tiny_dirs, quant_cache, scheme):
+    model_files = files_of(tiny_dirs["draft"])
+    fresh = quantize_draft(tiny_dirs, scheme)
+    cached = files_of(quant_cache)
+    assert len(cached) == 1 and fresh.name.endswith(f"@{scheme}")
+    again = quantize_draft(tiny_dirs, scheme, again=True)
+    assert same_drafter(fresh, again) and again.name == fresh.name
+    assert files_of(quant_cache) == cached and files_of(tiny_dirs["draft"]) == model_files  # nothing rewritten
+    quantize_draft(tiny_dirs, scheme, "bfloat16")  # other scales: another file
+    assert len(files_of(quant_cache)) == 2
+
+
+def damage(path: Path, how: str) -> None:
+    good = path.read_bytes()
+    with safe_open(path, "pt") as f:
+        key, parts = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not iterable
+    if how == "garbage":
+        path.write_bytes(b"not safetensors" * 10)
+    elif how == "truncated":
+        path.write_bytes(good[:len(good) // 2])
+    elif how == "another key":
+        save_file(parts, path, metadata={"key": "another model"})
+    elif how == "a part missing":
+        save_file(dict(list(parts.items())[1:]), path, metadata=key)
+    else:  # int4 parts under the int8 key: other dtypes and shapes
+        save_file(kernels.quantized_parts(kernels.quantized(tiny_model(64), "int4")), path, metadata=key)
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated", "another key", "a part missing", "other shapes"])
+def test_a_corrupt_or_foreign_cache_file_is_rebuilt(tiny_dirs, quant_cache, how):
+    fresh = quantize_draft(tiny_dirs)
+    (path,) = quant_cache.iterdir()
+    good = path.read_bytes()
+    damage(path, how)
+    assert same_drafter(quantize_draft(tiny_dirs), fresh)  # quantized again, no error
+    assert path.read_bytes() == good
+    assert same_drafter(quantize_draft(tiny_dirs, again=True), fresh)
+
+
+def test_a_cache_that_cannot_be_written_costs_only_time(tiny_dirs, quant_cache, monkeypatch, capsys):
+    def refuse(path, write):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(models, "atomic_write", refuse)
+    assert same_drafter(quantize_draft(tiny_dirs), quantize_draft(tiny_dirs))
+    assert "cannot cache the quantized drafter" in capsys.readouterr().err
+    assert not quant_cache.exists()

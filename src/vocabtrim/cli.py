@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -187,9 +186,7 @@ def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "
 
 def _quantized(drf, quant: str):
     """The loaded drafter with its linear layers in `quant` (itself for none or no drafter)."""
-    if drf is None or quant == "none":
-        return drf
-    return replace(drf, name=f"{drf.name}@{quant}", model=kernels.quantized(drf.model, quant))
+    return drf if drf is None or quant == "none" else models.quantize(drf, quant)
 
 
 def _engine(target: str, draft: str | None, token_map: Path | None, dtype: str = "auto",

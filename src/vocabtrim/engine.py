@@ -18,7 +18,7 @@ from .cache import CachedLM, context_length
 from .drafters.base import Drafter, Proposal
 from .errors import VocabtrimError
 from .heads import Head
-from .metrics import GenerationStats, weights_per_forward
+from .metrics import GenerationStats, bytes_per_forward
 from .policies import Policy
 from .sampling import Sampling, verify
 
@@ -79,7 +79,7 @@ class Engine:
         self.target, self.drafter = target, drafter
         self.head = Head.of(target)
         self.context = min(context_length(target), drafter.context if drafter else 1 << 30)
-        self.target_cost = weights_per_forward(target, self.head.rows)
+        self.target_cost = bytes_per_forward(target, self.head.nbytes)
 
     @torch.inference_mode()
     def generate(self, prompt: list[int], max_new_tokens: int, policy: Policy,

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .kernels import rows as linear_rows
+from .kernels import weight_bytes
 from .tokenmap import check_ids
 
 
@@ -25,7 +26,7 @@ class Head:
 
     def __init__(self, proj: nn.Module, ids: Tensor | None, vocab_size: int,
                  source: nn.Module | None = None):
-        self.proj = proj  # an nn.Linear or a PackedLinear
+        self.proj = proj  # an nn.Linear, a PackedLinear or a QuantLinear
         self.vocab_size = vocab_size
         self.ids = ids  # None: identity (full head)
         self.source = source  # the full head, to gather a prompt's extra rows from
@@ -61,6 +62,11 @@ class Head:
     @property
     def rows(self) -> int:
         return self.proj.out_features + (0 if self.extra is None else self.extra.out_features)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes one forward through this head reads: its rows as stored, extra rows included."""
+        return weight_bytes(self.proj) + (0 if self.extra is None else weight_bytes(self.extra))
 
     def __call__(self, hidden: Tensor) -> Tensor:
         logits = self.proj(hidden)

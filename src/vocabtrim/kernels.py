@@ -73,6 +73,11 @@ class PackedLinear(nn.Module):
         """The fp16 weight, unpacked once and kept: rows to gather for trimmed heads."""
         return self.weight.half()
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes a forward reads: the fp16 weights fbgemm holds and the fp32 bias."""
+        return 2 * self.in_features * self.out_features + (0 if self.bias is None else self.bias.nbytes)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fp16 packed"
 
@@ -85,40 +90,74 @@ QUANT = ("none", "int8", "int4")
 INT4_GROUP = 32
 
 
+def check_scheme(scheme: str) -> None:
+    if scheme not in QUANT[1:]:
+        raise VocabtrimError(f"unknown quantization {scheme!r}; choose from {', '.join(QUANT)}")
+
+
 class QuantLinear(nn.Module):
     """A linear layer with weight-only int8 (one scale per output row) or int4 weights
     (asymmetric, one scale and offset per group of `group` inputs), multiplied by torch's
     own CPU kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`); activations,
-    scales and outputs in `act`. For drafters only: their precision decides how many drafts
-    are accepted, never what is output, since the target verifies at its own precision."""
+    scales and outputs in the scales' dtype. For drafters only: their precision decides how
+    many drafts are accepted, never what is output, since the target verifies at its own
+    precision. `quantize` makes one from a float weight; the constructor takes the
+    quantized parts (`parts()`), so a saved layer comes back without quantizing again."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, scheme: str, act: torch.dtype = torch.float32,
-                 group: int = INT4_GROUP):
+    def __init__(self, scheme: str, codes: Tensor, scales: Tensor, bias: Tensor | None,
+                 shape: tuple[int, int], group: int = INT4_GROUP):
+        """`codes`: int8 weights [out, in], or int4 codes 0..15 as uint8 [out padded to 16, in];
+        `scales`: [out] for int8, [in / group, padded out, (scale, zero)] for int4. Parts of
+        another shape (a stale or foreign file) are refused."""
         super().__init__()
-        self.out_features, self.in_features = weight.shape
-        self.scheme, self.act, self.group = scheme, act, group
+        self.out_features, self.in_features = shape
+        self.scheme, self.act, self.group = scheme, scales.dtype, group
+        rows = self.out_features + (-self.out_features % 16 if scheme == "int4" else 0)
+        want = {"int8": (torch.int8, (rows,)), "int4": (torch.uint8, (self.in_features // group, rows, 2))}
+        dtype, scale_shape = want[scheme]
+        if (codes.dtype, codes.shape, scales.shape) != (dtype, (rows, self.in_features), scale_shape) or (
+                bias is not None and bias.shape != (self.out_features,)):
+            raise VocabtrimError(f"quantized {scheme} parts of shape {tuple(codes.shape)} do not make a "
+                                 f"{self.out_features}x{self.in_features} layer")
+        self.register_buffer("bias", bias)
+        self.register_buffer("scales", scales)
+        if scheme == "int8":
+            self.register_buffer("qweight", codes)
+        else:
+            self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.int(), 1))
+            self._codes = codes  # unpacked, for weight16 (the kernel reads the packed copy)
+
+    @classmethod
+    def quantize(cls, weight: Tensor, bias: Tensor | None, scheme: str, act: torch.dtype = torch.float32,
+                 group: int = INT4_GROUP) -> QuantLinear:
+        """`weight` and `bias` quantized to `scheme`, with scales and outputs in `act`."""
+        check_scheme(scheme)
         w = weight.detach().float()
-        self.register_buffer("bias", None if bias is None else bias.detach().to(act))
+        b = None if bias is None else bias.detach().to(act)
         if scheme == "int8":
             scales = w.abs().amax(1).clamp_min(1e-12) / 127
-            self.register_buffer("qweight", torch.round(w / scales[:, None]).to(torch.int8))
-            self.register_buffer("scales", scales.to(act))
-        elif scheme == "int4":
-            if self.in_features % group:
-                raise VocabtrimError(f"int4 needs input sizes divisible by {group}; this layer has {self.in_features}")
-            w = torch.cat([w, w.new_zeros(-len(w) % 16, w.shape[1])])  # the kernel packs 16 rows at a time
-            g = w.reshape(-1, group)
-            low = g.amin(1, keepdim=True)
-            step = (g.amax(1, keepdim=True) - low).clamp_min(1e-12) / 15
-            q = ((g - low) / step).round().clamp(0, 15).to(torch.int32).reshape(w.shape)
-            self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
-            # the kernel computes (q - 8) * scale + zero per group
-            zeros = low + 8 * step
-            sz = torch.cat([step.reshape(*w.shape[:1], -1, 1), zeros.reshape(*w.shape[:1], -1, 1)], 2)
-            self.register_buffer("scales", sz.transpose(0, 1).contiguous().to(act))
-            self._codes = q.to(torch.uint8)  # unpacked, for weight16 (the kernel reads the packed copy)
-        else:
-            raise VocabtrimError(f"unknown quantization {scheme!r}; choose from {', '.join(QUANT)}")
+            codes = torch.round(w / scales[:, None]).to(torch.int8)
+            return cls(scheme, codes, scales.to(act), b, weight.shape)
+        if w.shape[1] % group:
+            raise VocabtrimError(f"int4 needs input sizes divisible by {group}; this layer has {w.shape[1]}")
+        w = torch.cat([w, w.new_zeros(-len(w) % 16, w.shape[1])])  # the kernel packs 16 rows at a time
+        g = w.reshape(-1, group)
+        low = g.amin(1, keepdim=True)
+        step = (g.amax(1, keepdim=True) - low).clamp_min(1e-12) / 15
+        codes = ((g - low) / step).round().clamp(0, 15).to(torch.uint8).reshape(w.shape)
+        zeros = low + 8 * step  # the kernel computes (q - 8) * scale + zero per group
+        sz = torch.cat([step.reshape(len(w), -1, 1), zeros.reshape(len(w), -1, 1)], 2)
+        return cls(scheme, codes, sz.transpose(0, 1).contiguous().to(act), b, weight.shape, group)
+
+    def parts(self) -> dict[str, Tensor]:
+        """The constructor's tensors: what rebuilds this layer without quantizing."""
+        codes = self.qweight if self.scheme == "int8" else self._codes
+        return {"codes": codes, "scales": self.scales} | ({} if self.bias is None else {"bias": self.bias})
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes a forward reads: the packed weights, their scales (and zeros), the bias."""
+        return sum(t.nbytes for t in (self.qweight, self.scales, self.bias) if t is not None)
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, self.in_features).to(self.act)
@@ -142,21 +181,35 @@ class QuantLinear(nn.Module):
         return w.reshape(len(self._codes), -1)[:self.out_features].half()
 
     def remake(self, weight: Tensor, bias: Tensor | None) -> QuantLinear:
-        return QuantLinear(weight, bias, self.scheme, self.act, self.group)
+        return QuantLinear.quantize(weight, bias, self.scheme, self.act, self.group)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.scheme}"
 
 
-def quantized(model: nn.Module, scheme: str) -> nn.Module:
+def quantized(model: nn.Module, scheme: str, saved: dict[str, Tensor] | None = None) -> nn.Module:
     """A copy of `model` whose linear layers, LM head included, hold `scheme` weights (see
-    QuantLinear); embeddings and norms are copied as they are."""
-    if scheme not in QUANT[1:]:
-        raise VocabtrimError(f"unknown quantization {scheme!r}; choose from {', '.join(QUANT)}")
+    QuantLinear): quantized here, or rebuilt from `saved` (`quantized_parts` of an earlier
+    copy; a missing or misshapen part raises KeyError or VocabtrimError). Embeddings and
+    norms are copied as they are."""
+    check_scheme(scheme)
     act = compute_dtype(model)
-    memo = {id(m): QuantLinear(m.weight, m.bias, scheme, act) for m in model.modules()
-            if isinstance(m, nn.Linear | PackedLinear)}
+
+    def layer(name: str, m: nn.Module) -> QuantLinear:
+        if saved is None:
+            return QuantLinear.quantize(m.weight, m.bias, scheme, act)
+        bias = None if m.bias is None else saved[f"{name}.bias"]
+        return QuantLinear(scheme, saved[f"{name}.codes"], saved[f"{name}.scales"], bias,
+                           (m.out_features, m.in_features))
+
+    memo = {id(m): layer(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear | PackedLinear)}
     return copy.deepcopy(model, memo)
+
+
+def quantized_parts(model: nn.Module) -> dict[str, Tensor]:
+    """The tensors `quantized(..., saved=...)` rebuilds `model`'s QuantLinear layers from."""
+    return {f"{n}.{k}": t for n, m in model.named_modules() if isinstance(m, QuantLinear)
+            for k, t in m.parts().items()}
 
 
 def pack(model: nn.Module) -> nn.Module:
@@ -194,6 +247,13 @@ def weight_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters()) + sum(
         m.in_features * m.out_features + (0 if m.bias is None else m.out_features)
         for m in module.modules() if isinstance(m, PackedLinear | QuantLinear))
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes the weights of `module` and its children are stored in: parameters at their
+    dtype, packed and quantized layers at what they hold (their `nbytes`)."""
+    return sum(p.nbytes for p in module.parameters()) + sum(
+        m.nbytes for m in module.modules() if isinstance(m, PackedLinear | QuantLinear))
 
 
 def compute_dtype(model: nn.Module) -> torch.dtype:

@@ -1,12 +1,15 @@
 """One record of a generation's statistics, and how the cost ratio c and MBSU are computed.
 
-Convention (stated in every JSON output as `cost_convention`): a forward reads every
-decoder weight (layers and norms), one row of the input embedding per token, and the LM
-head rows it actually uses (K rows when trimmed). c = drafter reads / target reads.
-MBSU = new_tokens / (draft_cost + target_forwards), where draft_cost is what the drafter
-read in units of one target forward: c per drafting forward (every forward computed,
-including one whose token a stopping rule discarded) plus its prefill, which reads the
-body but no head. A model-free drafter (suffix matching) reads nothing.
+Convention (stated in every JSON output as `cost_convention`): c counts bytes, since a
+memory-bound forward costs what it reads. A forward reads every decoder weight (layers and
+norms), one row of the input embedding per token, and the LM head rows it actually uses (K
+rows when trimmed, plus a prompt's extra rows), each at the bytes it is stored in: fp32 4,
+bf16 and fp16 2, packed-fp16 2 (fbgemm holds fp16), int8 1 plus a scale per row, int4 half
+a byte plus a scale and a zero per group. c = drafter bytes / target bytes. MBSU =
+new_tokens / (draft_cost + target_forwards), where draft_cost is what the drafter read in
+units of one target forward: c per drafting forward (every forward computed, including one
+whose token a stopping rule discarded) plus its prefill, which reads the body but no head.
+A model-free drafter (suffix matching) reads nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
-from .kernels import weight_count
+from .kernels import weight_bytes
+
 
 @contextmanager
 def timed(spent: dict[str, float], phase: str) -> Iterator[None]:
@@ -28,17 +32,18 @@ def timed(spent: dict[str, float], phase: str) -> Iterator[None]:
     spent[phase] = spent.get(phase, 0.0) + time.perf_counter() - t0
 
 
-COST_CONVENTION = ("weights read per forward: decoder layers + norms + 1 embedding row + "
-                   "LM head rows used; MBSU = tokens / (draft_cost + target_forwards), draft_cost = "
+COST_CONVENTION = ("bytes read per forward, each weight at its stored size (fp32 4, bf16/fp16/packed-fp16 2, "
+                   "int8 1 + row scales, int4 0.5 + group scales and zeros): decoder layers + norms + "
+                   "1 embedding row + LM head rows used; c = drafter bytes / target bytes; "
+                   "MBSU = tokens / (draft_cost + target_forwards), draft_cost = "
                    "c*drafter_forwards + the drafter prefill's body share")
 
 
-def weights_per_forward(model: torch.nn.Module, head_rows: int) -> int:
-    """Weights one single-token forward of `model` reads with a head of `head_rows` rows."""
+def bytes_per_forward(model: torch.nn.Module, head_bytes: int) -> int:
+    """Bytes one single-token forward of `model` reads with a head storing `head_bytes`
+    (0 for a prefill, which computes no head)."""
     emb = model.get_input_embeddings().weight
-    body = weight_count(model.get_decoder()) - emb.numel()
-    hidden = emb.shape[1]
-    return body + hidden + head_rows * model.get_output_embeddings().in_features
+    return weight_bytes(model.get_decoder()) - emb.nbytes + emb[0].nbytes + head_bytes
 
 
 @dataclass
@@ -53,7 +58,7 @@ class GenerationStats:
     suffix_rounds: int = 0  # rounds drafted by suffix matching (no drafter forward)
     bonus_tokens: int = 0  # tokens the target produced itself (one per target forward, at most)
     cost_ratio: float = 0.0  # c of one drafting forward
-    draft_cost: float = 0.0  # drafter reads in target-forward units
+    draft_cost: float = 0.0  # bytes the drafter read, in target-forward units
     prefill_s: float = 0.0
     draft_s: float = 0.0
     verify_s: float = 0.0

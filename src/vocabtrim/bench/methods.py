@@ -14,7 +14,8 @@ from .. import kernels
 from ..drafters import Drafter, HybridDrafter, ModelDrafter, SuffixDrafter
 from ..engine import Engine, Stop
 from ..errors import VocabtrimError
-from ..metrics import GenerationStats, weights_per_forward
+from ..heads import Head
+from ..metrics import GenerationStats, bytes_per_forward
 from ..policies import Cost, Policy, parse_policy
 from ..profile import Profile
 from ..sampling import Sampling
@@ -83,6 +84,11 @@ def _cost(costs: Profile | None, drafter: Drafter) -> Cost:
     return Cost().bind(costs, drafter.head_rows)
 
 
+def _full_forward_bytes(model) -> int:
+    """Bytes a forward of `model` reads with its whole head (transformers computes every row)."""
+    return bytes_per_forward(model, Head.of(model).nbytes)
+
+
 class HFGenerate:
     """transformers' `generate` (assisted by `assistant`, or with other speculative
     `generate_kwargs` such as prompt lookup), counted like our engine: forward hooks count
@@ -91,8 +97,7 @@ class HFGenerate:
     def __init__(self, target, sampling: Sampling, seed: int, stop: Stop, assistant=None, **generate_kwargs):
         self.target, self.drafter, self.sampling, self.seed = target, assistant, sampling, seed
         self.eos, self.kwargs = sorted(stop.token_ids), generate_kwargs
-        self.cost = 0.0 if assistant is None else weights_per_forward(assistant, assistant.config.vocab_size) / \
-            weights_per_forward(target, target.config.vocab_size)
+        self.cost = 0.0 if assistant is None else _full_forward_bytes(assistant) / _full_forward_bytes(target)
 
     def __call__(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], GenerationStats]:
         torch.manual_seed(self.seed)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..files import atomic_write
-from ..metrics import GenerationStats
+from ..metrics import COST_CONVENTION, GenerationStats
 
 CheckFn = Callable[[list[int], list[int], list[int]], dict | None]
 
@@ -29,7 +29,7 @@ def aggregate(recs: list[dict]) -> dict:
         "tokens_per_second": total.tokens_per_second, "tau": total.tau,
         "acceptance_rate": total.acceptance_rate if total.draft_lengths else None,
         "mean_draft_length": total.mean_draft_length, "mbsu": total.mbsu,
-        "cost_ratio": total.cost_ratio if total.drafter_forwards else None,  # c per drafter forward
+        "cost_ratio": total.cost_ratio if total.drafter_forwards else None,  # c per drafter forward, in bytes
         "suffix_rounds": total.suffix_rounds,
         "time_split": {k: getattr(total, f"{k}_s") / seconds if seconds else 0.0
                        for k in ("prefill", "draft", "verify")},
@@ -100,7 +100,7 @@ def summarize(records: list[dict], baseline: str = "ar", greedy: bool = True,
                                   f"ties only ({len(diffs)})" if all(d["tie"] for d in diffs) else
                                   f"NO: {sum(not d['tie'] for d in diffs)} real mismatch(es)")
         methods[name] = entry
-    return {"baseline": baseline, "greedy": greedy, "methods": methods}
+    return {"baseline": baseline, "greedy": greedy, "cost_convention": COST_CONVENTION, "methods": methods}
 
 
 def _f(x, fmt="{:.2f}") -> str:
@@ -110,15 +110,17 @@ def _f(x, fmt="{:.2f}") -> str:
 def markdown(summary: dict) -> str:
     """Spec-Bench-style tables: overall per method, then speed-up per category."""
     ms = summary["methods"]
-    lines = ["| method | tok/s | speed-up (95% CI) | tau | acceptance | mean draft | MBSU | identical to ar |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | tok/s | speed-up (95% CI) | tau | acceptance | mean draft | c | MBSU | identical to ar |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, m in ms.items():
         o = m["overall"]
         ci = o.get("speedup_ci")
         ci = f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else ""
         lines.append(f"| {name} | {o['tokens_per_second']:.2f} | {_f(o['speedup'], '{:.2f}x')}{ci} | "
                      f"{o['tau']:.2f} | {_f(o['acceptance_rate'])} | {_f(o['mean_draft_length'])} | "
-                     f"{o['mbsu']:.2f} | {m.get('identical', '-')} |")
+                     f"{_f(o['cost_ratio'], '{:.3f}')} | {o['mbsu']:.2f} | {m.get('identical', '-')} |")
+    lines += ["", ("c: bytes a drafter forward reads over bytes a target forward reads (weights at their "
+                   "stored size); MBSU: tokens per target-forward-equivalent of bytes read.")]
     cats = sorted({c for m in ms.values() for c in m["categories"]})
     lines += ["", "Speed-up over `ar` (tokens/s ratio) per category:", "",
               "| method | " + " | ".join(cats) + " |", "|---" * (len(cats) + 1) + "|"]

@@ -32,8 +32,8 @@ class Drafter:
     The engine calls `prefill` once per generation, `propose` once per round with the
     committed sequence, and `finish` with the whole sequence when the generation ends."""
 
-    cost_per_forward: int = 0  # weights one drafting forward reads (metrics.weights_per_forward)
-    prefill_cost: int = 0  # weights the prefill reads
+    cost_per_forward: int = 0  # bytes one drafting forward reads (metrics.bytes_per_forward)
+    prefill_cost: int = 0  # bytes the prefill reads
     context: int = 1 << 30  # longest sequence the drafter can take
     head_rows: int = 0  # rows of the LM head a drafting forward reads (0: no model)
 

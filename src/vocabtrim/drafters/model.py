@@ -8,7 +8,7 @@ from torch import Tensor
 from ..cache import CachedLM, context_length
 from ..errors import VocabtrimError
 from ..heads import Head
-from ..metrics import weights_per_forward
+from ..metrics import bytes_per_forward
 from .base import Drafter, Proposal
 
 
@@ -28,9 +28,8 @@ class ModelDrafter(Drafter):
         self.model, self.prompt_tokens = model, prompt_tokens
         self.base_head = self.head = Head.of(model, kept_ids)
         self.lm = CachedLM(model)
-        self.prefill_cost = weights_per_forward(model, 0)
+        self.prefill_cost = bytes_per_forward(model, 0)
         self.context = context_length(model)
-        self._hidden = model.get_output_embeddings().in_features
 
     @property
     def head_rows(self) -> int:
@@ -38,7 +37,7 @@ class ModelDrafter(Drafter):
 
     @property
     def cost_per_forward(self) -> int:
-        return self.prefill_cost + self.head.rows * self._hidden
+        return self.prefill_cost + self.head.nbytes
 
     def prefill(self, seq: list[int]) -> None:
         """A fresh cache holding `seq` (no head: the first draft comes after the target's
