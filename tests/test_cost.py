@@ -80,6 +80,16 @@ def test_rounds_without_drafts_probe_again():
     assert budgets == [0, 0, 0, policy.cap, 0, 0, 0, policy.cap]
 
 
+def test_hybrid_takes_the_suffix_draft_when_it_brings_more_tokens_per_ms():
+    policy = Cost().bind(FLAT, 100)  # a cheap drafter: model rounds pay at the prior acceptance
+    assert policy.prefers_free([0.9, 0.8], 2.0)  # 2.7 tokens for one verification
+    assert not policy.prefers_free([0.3], 2.0)  # 1.3 tokens: a model round brings more per ms
+    assert not policy.prefers_free([], 2.0)  # nothing to verify: the model's budget decides
+    assert Cost().bind(EXPENSIVE, 100).prefers_free([0.3], 2.0)  # model rounds never pay
+    static = parse_policy("static:5")  # no costs: the expected tokens alone decide
+    assert static.prefers_free([0.9, 0.9, 0.5], 2.0) and not static.prefers_free([0.9, 0.5], 2.0)
+
+
 def test_unbound_cost_policy_is_a_one_line_error():
     with pytest.raises(VocabtrimError, match="costs"):
         parse_policy("cost").budget()

@@ -56,6 +56,12 @@ class Policy:
         """After drafting entry `index` of `probs`: draft another token?"""
         return True
 
+    def prefers_free(self, path: list[float], min_score: float) -> bool:
+        """Whether a free draft (each token's path probability) should take a round the
+        model would otherwise draft: without measured costs, when it is expected to bring
+        `min_score` accepted tokens."""
+        return sum(path) >= min_score
+
     def cut(self, path: list[float]) -> int:
         """How much of a free, deterministic draft (a suffix match) to verify, given each
         token's chance that it and all before it are accepted: all of it."""
@@ -252,6 +258,26 @@ class Cost(Policy):
         for s in path:
             expected.append(expected[-1] + s)
         return max(range(len(path) + 1), key=lambda k: expected[k] / self.t_verify[k])
+
+    def prefers_free(self, path, min_score):
+        """The free draft when its best cut is expected to bring more tokens per ms than a
+        model round would at the average first-draft acceptance. A free draft with nothing
+        worth verifying leaves the round to the model, whose budget then makes it a plain
+        step or, every `probe` rounds, a probe: so the model is re-tried where it stopped
+        paying."""
+        k = self.cut(path)
+        return k > 0 and (1 + sum(path[:k])) / self.t_verify[k] >= self._model_rate()
+
+    def _model_rate(self) -> float:
+        """Expected tokens per ms of the best model round, each draft surviving with the
+        average first-draft acceptance (no drafts: a plain step)."""
+        a = self.first[0] / self.first[1]
+        expected, survive, best = 1.0, 1.0, 1 / self._time(0)
+        for k in range(1, self.cap + 1):
+            survive *= a
+            expected += survive
+            best = max(best, expected / self._time(k))
+        return best
 
     def observe(self, drafted, accepted):
         for i, b in enumerate(self.bins[:drafted]):

@@ -8,11 +8,12 @@ from .suffix import SuffixDrafter
 
 
 class HybridDrafter(Drafter):
-    """Each round, a suffix draft whose score (expected accepted tokens) reaches
-    `min_score` is proposed (as far as the policy finds it worth verifying), at no model
-    cost; otherwise the model drafts. The model's
-    cache catches up on the skipped tokens in its next forward, and the policy learns only
-    from the rounds the model drafted."""
+    """Each round the policy chooses between the suffix draft, which costs no forward, and
+    a model round (`Policy.prefers_free`: the cost policy compares expected tokens per ms on
+    this machine's profile; other policies take a suffix draft expected to bring
+    `min_score` tokens). The suffix draft is proposed as far as the policy finds it worth
+    verifying. The model's cache catches up on the skipped tokens in its next forward, and
+    the policy learns only from the rounds the model drafted."""
 
     def __init__(self, model: ModelDrafter, suffix: SuffixDrafter, min_score: float = 2.0):
         self.model, self.suffix, self.min_score = model, suffix, min_score
@@ -32,7 +33,7 @@ class HybridDrafter(Drafter):
 
     def propose(self, seq, room, policy, sampling, gen) -> Proposal:
         draft = self.suffix.best(seq, room)
-        if draft.score >= self.min_score:
+        if policy.prefers_free(draft.path, self.min_score):
             return self.suffix.proposal(draft, policy, sampling)
         return self.model.propose(seq, room, policy, sampling, gen)
 
