@@ -193,6 +193,10 @@ def test_profile_command_on_tiny_models(tiny_dirs, tmp_path):
             "--prompt", "w1 w2", "--max-new-tokens", 8, "--policy", "cost", "--json", env=env)
     assert r.exit_code == 0, r.output
     assert json.loads(r.output.splitlines()[-1])["policy"].startswith("cost")
+    r = cli("profile", "--target", tiny_dirs["target"], "--draft", tiny_dirs["draft"], "--dtype", "float32",
+            "--draft-quant", "int8", env=env)  # a scheme is profiled on its own
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "profiles").glob("*.png"))) == 2
 
 
 def test_free_drafts_are_cut_where_verifying_more_stops_paying():

@@ -388,13 +388,15 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
 @click.option("--target", default=models.DEFAULT_TARGET, show_default=True)
 @click.option("--draft", default=models.DEFAULT_DRAFT, show_default=True)
 @dtype_option
+@quant_option
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON instead of a table.")
-def profile_cmd(target, draft, dtype, as_json) -> None:
+def profile_cmd(target, draft, dtype, draft_quant, as_json) -> None:
     """Time this machine: the target scoring 1..32 tokens at a short and a long context,
-    drafter steps, prefill. Cached for generate and bench (the cost policy), with a plot."""
+    drafter steps (quantized with --draft-quant: one profile per scheme), prefill. Cached
+    for generate and bench (the cost policy), with a plot."""
     from dataclasses import asdict
 
-    tgt, drf, _ = _load(target, draft, None, dtype)
+    tgt, drf, _ = _load(target, draft, None, dtype, draft_quant)
     p = profile.measure(tgt, drf)
     path = profile.save(p)
     p.plot(path.with_suffix(".png"))
