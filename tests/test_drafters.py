@@ -95,6 +95,18 @@ def test_hybrid_policy_learns_only_from_model_rounds():
     assert s.suffix_rounds > 0 and Counting.seen == len(s.draft_lengths) - s.suffix_rounds
 
 
+def test_hybrid_model_reads_the_prompt_only_when_it_drafts():
+    never = HybridDrafter(ModelDrafter(DRAFT, TARGET), SuffixDrafter(64), min_score=0.0)  # suffix always
+    p = prompts(1)[0]
+    out, s = Engine(TARGET, never).generate(p, 20, Policy(4))
+    assert out == Engine(TARGET).generate(p, 20, Policy(1))[0]
+    assert s.drafter_forwards == 0 and s.draft_cost == 0 and never.model.lm.ids == []
+    always = HybridDrafter(ModelDrafter(DRAFT, TARGET), SuffixDrafter(64), min_score=1e9)  # model always
+    _, s = Engine(TARGET, always).generate(p, 20, Policy(4))
+    body = always.model.prefill_cost / Engine(TARGET).target_cost
+    assert body > 0 and s.draft_cost == pytest.approx(body + s.cost_ratio * s.drafter_forwards)
+
+
 def test_model_drafter_refuses_another_vocabulary():
     with pytest.raises(VocabtrimError, match="vocabulary"):
         ModelDrafter(noisy_copy(tiny_model(80, seed=3), 0.1, 1), TARGET)

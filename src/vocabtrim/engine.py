@@ -97,7 +97,6 @@ class Engine:
             _, first = verify([], None, self.head(target.hidden(out.seq, 1)), sampling, gen)
             drafter.prefill(out.seq)
         stats.cost_ratio = drafter.cost_per_forward / self.target_cost
-        stats.draft_cost = drafter.prefill_cost / self.target_cost
         stats.record_round(0, 0, "none", 0, out.commit([first]))
         while not out.done:
             with stats.timing("draft_s"):
@@ -110,6 +109,7 @@ class Engine:
                 policy.observe(len(p.tokens), n)
             stats.record_round(len(p.tokens), p.forwards, p.source, n, out.commit(p.tokens[:n] + [nxt]))
         drafter.finish(out.seq, out.prompt_len)
+        stats.draft_cost += drafter.prefill_cost / self.target_cost  # known now: a drafter may read lazily
         stats.new_tokens, stats.policy_state = len(out.new), policy.state()
         stats.seconds = time.perf_counter() - start
         return out.new, stats

@@ -33,7 +33,7 @@ class Drafter:
     committed sequence, and `finish` with the whole sequence when the generation ends."""
 
     cost_per_forward: int = 0  # bytes one drafting forward reads (metrics.bytes_per_forward)
-    prefill_cost: int = 0  # bytes the prefill reads
+    prefill_cost: int = 0  # bytes reading the prompt took this generation (read when it ends)
     context: int = 1 << 30  # longest sequence the drafter can take
     head_rows: int = 0  # rows of the LM head a drafting forward reads (0: no model)
 

@@ -17,7 +17,7 @@ class HybridDrafter(Drafter):
 
     def __init__(self, model: ModelDrafter, suffix: SuffixDrafter, min_score: float = 2.0):
         self.model, self.suffix, self.min_score = model, suffix, min_score
-        self.prefill_cost, self.context = model.prefill_cost, model.context
+        self.context = model.context
 
     @property
     def head_rows(self) -> int:
@@ -27,8 +27,14 @@ class HybridDrafter(Drafter):
     def cost_per_forward(self) -> int:
         return self.model.cost_per_forward
 
+    @property
+    def prefill_cost(self) -> int:
+        return self.model.prefill_cost
+
     def prefill(self, seq):
-        self.model.prefill(seq)
+        """The model reads the prompt in its first draft's forward: a generation the suffix
+        drafts alone (or where model rounds do not pay) never pays for it."""
+        self.model.start(seq)
         self.suffix.prefill(seq)
 
     def propose(self, seq, room, policy, sampling, gen) -> Proposal:

@@ -28,7 +28,7 @@ class ModelDrafter(Drafter):
         self.model, self.prompt_tokens = model, prompt_tokens
         self.base_head = self.head = Head.of(model, kept_ids)
         self.lm = CachedLM(model)
-        self.prefill_cost = bytes_per_forward(model, 0)
+        self._body = bytes_per_forward(model, 0)
         self.context = context_length(model)
 
     @property
@@ -37,14 +37,26 @@ class ModelDrafter(Drafter):
 
     @property
     def cost_per_forward(self) -> int:
-        return self.prefill_cost + self.head.nbytes
+        return self._body + self.head.nbytes
+
+    @property
+    def prefill_cost(self) -> int:
+        """Bytes this generation's prompt reading took: the body, once read (a prefill
+        computes no head); nothing while the drafter has not read it."""
+        return self._body if self.lm.ids else 0
 
     def prefill(self, seq: list[int]) -> None:
         """A fresh cache holding `seq` (no head: the first draft comes after the target's
-        first token), and a trimmed head that can also propose the prompt's tokens."""
+        first token)."""
+        self.start(seq)
+        self.lm.hidden(seq, 1)
+
+    def start(self, seq: list[int]) -> None:
+        """A new generation after the prompt `seq`, read later by the first draft's forward
+        (which feeds whatever the cache lacks), and a trimmed head that can also propose the
+        prompt's tokens."""
         self.head = self.base_head.for_prompt(seq) if self.prompt_tokens else self.base_head
         self.lm = CachedLM(self.model)
-        self.lm.hidden(seq, 1)
 
     def propose(self, seq, room, policy, sampling, gen) -> Proposal:
         tokens: list[int] = []
