@@ -308,7 +308,7 @@ DEFAULT_BENCH_PROMPTS = 4  # the no-argument run fits ~10 min on a 2-core AVX2 m
 @click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1))
 @click.option("--temperature", default=0.0, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--methods", default="ar,sd+vt,suffix,hybrid+vt,hf,pld", show_default=True)
+@click.option("--methods", default="ar,sd+vt,suffix,hybrid+vt+cost,hf,pld", show_default=True)
 @click.option("--draft-len", default=5, show_default=True, type=click.IntRange(min=1),
               help="K of the static methods.")
 @click.option("--adaedl", default="adaedl", show_default=True, help="Policy spec of the adaedl methods.")
