@@ -127,7 +127,7 @@ def generate(target, draft, no_draft, drafter_kind, prompt, prompt_file, max_new
              dtype, draft_quant, as_json) -> None:
     """Generate a reply, streaming text as the target accepts it."""
     from .engine import Stop
-    from .policies import parse_policy
+    from .policies import Cost, parse_policy
     from .sampling import Sampling
 
     text = _read_prompt(prompt, prompt_file)
@@ -135,7 +135,7 @@ def generate(target, draft, no_draft, drafter_kind, prompt, prompt_file, max_new
         raise VocabtrimError("--stop needs a non-empty string (an empty one matches at once)")
     sampling = Sampling(temperature, top_k, top_p)
     policy = parse_policy(f"static:{draft_len}" if draft_len is not None else policy_spec)
-    if policy.spec().startswith("cost") and (no_draft or drafter_kind == "suffix"):
+    if isinstance(policy, Cost) and (no_draft or drafter_kind == "suffix"):
         raise VocabtrimError("--policy cost reads the profile of a target and drafter pair; "
                              "use it with --drafter model or hybrid")
     tgt, drf, engine = _engine(target, None if no_draft else draft, token_map, dtype, prompt_tokens,
