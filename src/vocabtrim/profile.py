@@ -18,7 +18,8 @@ import json
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -167,12 +168,10 @@ def measure(target, drafter, quick: bool = False, progress: bool = True) -> Prof
     """Time `target` and `drafter` (models.Loaded) on this machine; see the module doc."""
     ns, contexts, repeats = (QUICK_N, (QUICK_CONTEXT,), 2) if quick else (FULL_N, CONTEXTS, 3)
     vocab = drafter.model.get_output_embeddings().out_features
-    heads = {vocab: Head.of(drafter.model), min(TRIMMED_ROWS, vocab // 2): Head.of(
-        drafter.model, torch.arange(min(TRIMMED_ROWS, vocab // 2)))}
     room = min(context_length(target.model), context_length(drafter.model)) - max(ns) - repeats
     contexts = sorted({min(c, room) for c in contexts})  # tiny test models hold less
     ids = [(500 + i) % vocab for i in range(max(contexts))]
-    steps = len(contexts) * (len(ns) + 1) + len(heads)
+    steps = len(contexts) * (len(ns) + 1) + 2  # the drafter's two heads
     bar = tqdm(total=steps, desc="profile", unit="step", disable=not progress or quick)
     tlm, thead = CachedLM(target.model), Head.of(target.model)
     forward_ms(tlm, thead, ids[:32], 4, 2)  # warm-up: first calls allocate
@@ -186,13 +185,32 @@ def measure(target, drafter, quick: bool = False, progress: bool = True) -> Prof
             measured[n] = forward_ms(tlm, thead, ids[:c], n, repeats)
             bar.update()
         target_ms[str(c)] = [_interpolate(measured, n) for n in range(1, max(ns) + 1)]
-    dlm = CachedLM(drafter.model)
-    draft_ms = {}
-    for rows, head in heads.items():
-        draft_ms[str(rows)] = forward_ms(dlm, head, ids[:contexts[0]], 1, 3 * repeats)
-        bar.update()
+    draft_ms = drafter_ms(drafter.model, ids[:contexts[0]], 3 * repeats, bar.update)
     bar.close()
     return Profile(key(target, drafter, target.dtype), target_ms, draft_ms, prefill, quick)
+
+
+def drafter_ms(model: torch.nn.Module, context: list[int], repeats: int,
+               done: Callable[[], object] = lambda: None) -> dict[str, float]:
+    """Median ms of one draft step of `model` after `context`, with its full head and with a
+    TRIMMED_ROWS-row one (Profile.draft_ms); `done` is called after each."""
+    vocab = model.get_output_embeddings().out_features
+    rows = min(TRIMMED_ROWS, vocab // 2)
+    heads = {vocab: Head.of(model), rows: Head.of(model, torch.arange(rows))}
+    lm, out = CachedLM(model), {}
+    for n, head in heads.items():
+        out[str(n)] = forward_ms(lm, head, context, 1, repeats)
+        done()
+    return out
+
+
+def with_drafter(p: Profile, model: torch.nn.Module, repeats: int = 6) -> Profile:
+    """`p` with the draft steps of another drafter `model` timed now (a second or two): the
+    same pair's target costs for a drafter quantized in the same process."""
+    vocab = model.get_output_embeddings().out_features
+    with torch.inference_mode():
+        ms = drafter_ms(model, [(500 + i) % vocab for i in range(QUICK_CONTEXT)], repeats)
+    return replace(p, draft_ms=ms, key={**p.key, "drafter": f"{p.key['drafter']} (retimed)"})
 
 
 def _interpolate(measured: dict[int, float], n: int) -> float:

@@ -6,6 +6,7 @@ lookup decoding (`prompt_lookup_num_tokens=10`, its default matching, no drafter
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -17,14 +18,15 @@ from ..errors import VocabtrimError
 from ..heads import Head
 from ..metrics import GenerationStats, bytes_per_forward
 from ..policies import Cost, Policy, parse_policy
-from ..profile import Profile
+from ..profile import Profile, with_drafter
 from ..sampling import Sampling
 from .run import Method
 
 METHODS = ("ar", "sd", "sd+vt", "sd+adaedl", "sd+vt+adaedl", "sd+cost", "sd+vt+cost", "sd+vt+q8", "sd+vt+q4",
-           "suffix", "suffix+cost", "hybrid", "hybrid+vt", "hybrid+vt+cost", "hf", "pld")
-NEEDS_MAP = ("sd+vt", "sd+vt+adaedl", "sd+vt+cost", "sd+vt+q8", "sd+vt+q4", "hybrid+vt", "hybrid+vt+cost")
-NEEDS_PROFILE = ("sd+cost", "sd+vt+cost", "suffix+cost", "hybrid+vt+cost")
+           "suffix", "suffix+cost", "hybrid", "hybrid+vt", "hybrid+vt+cost", "hybrid+vt+q4+cost", "hf", "pld")
+NEEDS_MAP = ("sd+vt", "sd+vt+adaedl", "sd+vt+cost", "sd+vt+q8", "sd+vt+q4", "hybrid+vt", "hybrid+vt+cost",
+             "hybrid+vt+q4+cost")
+NEEDS_PROFILE = ("sd+cost", "sd+vt+cost", "suffix+cost", "hybrid+vt+cost", "hybrid+vt+q4+cost")
 
 
 def parse_methods(text: str) -> list[str]:
@@ -45,8 +47,12 @@ def build(names: list[str], target, drafter, kept_ids: torch.Tensor | None, samp
     full = Engine(target, ModelDrafter(drafter, target))
     trimmed = None if kept_ids is None else Engine(target, ModelDrafter(drafter, target, kept_ids, prompt_tokens))
 
-    def quantized(scheme: str) -> Engine:  # a quantized copy of the drafter, built only when asked for
-        return Engine(target, ModelDrafter(kernels.quantized(drafter, scheme), target, kept_ids, prompt_tokens))
+    @functools.cache
+    def quantized(scheme: str) -> ModelDrafter:  # a quantized copy of the drafter, built only when asked for
+        return ModelDrafter(kernels.quantized(drafter, scheme), target, kept_ids, prompt_tokens)
+
+    def quantized_cost(scheme: str) -> Cost:  # the pair's target costs, the quantized drafter's steps
+        return _cost(costs and with_drafter(costs, quantized(scheme).model), quantized(scheme))
 
     engines = {
         "ar": lambda: (Engine(target), Policy(1)),
@@ -54,8 +60,8 @@ def build(names: list[str], target, drafter, kept_ids: torch.Tensor | None, samp
         "sd+vt": lambda: (trimmed, Policy(draft_len)),
         "sd+adaedl": lambda: (full, parse_policy(adaedl)),
         "sd+vt+adaedl": lambda: (trimmed, parse_policy(adaedl)),
-        "sd+vt+q8": lambda: (quantized("int8"), Policy(draft_len)),
-        "sd+vt+q4": lambda: (quantized("int4"), Policy(draft_len)),
+        "sd+vt+q8": lambda: (Engine(target, quantized("int8")), Policy(draft_len)),
+        "sd+vt+q4": lambda: (Engine(target, quantized("int4")), Policy(draft_len)),
         "sd+cost": lambda: (full, _cost(costs, full.drafter)),
         "sd+vt+cost": lambda: (trimmed, _cost(costs, trimmed.drafter)),
         "suffix": lambda: (Engine(target, SuffixDrafter(vocab)), Policy(draft_len)),
@@ -65,6 +71,8 @@ def build(names: list[str], target, drafter, kept_ids: torch.Tensor | None, samp
                               Policy(draft_len)),
         "hybrid+vt+cost": lambda: (Engine(target, HybridDrafter(trimmed.drafter, SuffixDrafter(vocab))),
                                    _cost(costs, trimmed.drafter)),
+        "hybrid+vt+q4+cost": lambda: (Engine(target, HybridDrafter(quantized("int4"), SuffixDrafter(vocab))),
+                                      quantized_cost("int4")),
     }
     out = []
     for n in names:
