@@ -11,7 +11,8 @@ bf16 and fp16 matmuls are emulated, multi-token forwards turn compute-bound, and
 verification of K+1 tokens costs several single-token forwards, while packed-fp16 (fbgemm
 fp16 weights, fp32 math; what `auto` picks there) keeps it close to one. It also splits a
 draft step into the drafter's body and its LM head (full and trimmed): the head's share is
-the most that VocabTrim can take off a draft step.
+the most that VocabTrim can take off a draft step, and times each drafter step through
+transformers' modules and through the lean forward that drafters use (lean.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from vocabtrim import kernels, models
 from vocabtrim.cache import CachedLM
 from vocabtrim.heads import Head
+from vocabtrim.lean import lm_factory
 from vocabtrim.profile import forward_ms, prefill_s
 
 
@@ -71,7 +73,8 @@ def main() -> None:
                     for scheme in ["none", *filter(None, args.quant.split(","))]:
                         model = loaded.model if scheme == "none" else kernels.quantized(loaded.model, scheme)
                         heads = {"full": Head.of(model), "trimmed": Head.of(model, torch.arange(args.trimmed))}
-                        splits[dtype, scheme] = head_split_ms(CachedLM(model), heads, context, args.repeats)
+                        for forward, lm in (("transformers", CachedLM(model)), ("lean", lm_factory(model)())):
+                            splits[dtype, scheme, forward] = head_split_ms(lm, heads, context, args.repeats)
                 if role == "target":
                     ms[role, args.k + 1] = forward_ms(lm, head, context, args.k + 1, args.repeats)
                     prefill = prefill_s(loaded.model, context[:args.prefill])
@@ -83,14 +86,19 @@ def main() -> None:
               f"{c:9.3f} {verify:9.2f} {args.k * c + verify:9.2f} {prefill:11.2f}s")
     print(f"\nround/ar: the time of one K={args.k} round in target forwards; speculative decoding "
           "beats the target alone only when tau exceeds it.")
-    print(f"\n{'dtype':11} {'weights':7} {'drafter body':>12} {'full head':>9} {f'{args.trimmed} head':>10} "
-          f"{'head share':>10} {'step, trimmed':>13}")
-    for (dtype, scheme), t in splits.items():
+    print(f"\n{'dtype':11} {'weights':7} {'forward':12} {'drafter body':>12} {'full head':>9} "
+          f"{f'{args.trimmed} head':>10} {'head share':>10} {'step, trimmed':>13} {'vs first':>8}")
+    first = None
+    for (dtype, scheme, forward), t in splits.items():
         share = t["full"] / (t["body"] + t["full"])
-        print(f"{dtype:11} {scheme:7} {t['body']:10.1f}ms {t['full']:7.1f}ms {t['trimmed']:8.1f}ms {share:10.1%} "
-              f"{t['body'] + t['trimmed']:11.1f}ms")
+        step = t["body"] + t["trimmed"]
+        first = first or step
+        print(f"{dtype:11} {scheme:7} {forward:12} {t['body']:10.1f}ms {t['full']:7.1f}ms {t['trimmed']:8.1f}ms "
+              f"{share:10.1%} {step:11.1f}ms {step / first:7.2f}x")
     print("head share: the full head's part of a draft step, the most that trimming the head can save.\n"
-          "weights: the drafter's linear layers as they are, or quantized (--draft-quant).")
+          "weights: the drafter's linear layers as they are, or quantized (--draft-quant); forward: "
+          "transformers' modules, or vocabtrim's lean forward (lean.py, what drafters use).\n"
+          "vs first: the trimmed step against the first row's.")
 
 
 if __name__ == "__main__":

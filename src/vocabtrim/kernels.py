@@ -242,11 +242,42 @@ def rows(linear: nn.Module, ids: Tensor, packed: bool = True) -> nn.Module:
     bias = None if linear.bias is None else linear.bias.detach().index_select(0, ids)
     if packed and custom:
         return linear.remake(weight, bias)
+    return plain_linear(weight, bias)
+
+
+def plain_linear(weight: Tensor, bias: Tensor | None) -> nn.Linear:
+    """An nn.Linear holding `weight` and `bias` themselves (no initialisation, no copy)."""
     out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
     out.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
     if bias is not None:
         out.bias = nn.Parameter(bias.contiguous(), requires_grad=False)
     return out
+
+
+def stacked(layers: list[nn.Module]) -> nn.Module:
+    """One layer of the same kind whose output rows are those of `layers` in order (q, k and
+    v, or gate and up: one product instead of several), built from their stored parts, so
+    each row is exactly what it was; a missing bias counts as zeros."""
+    first = layers[0]
+    if any(type(m) is not type(first) or m.in_features != first.in_features for m in layers):
+        raise VocabtrimError("only layers of one kind and input size can be stacked")
+    outs = sum(m.out_features for m in layers)
+    bias = None
+    if any(m.bias is not None for m in layers):
+        dtype = next(m.bias.dtype for m in layers if m.bias is not None)
+        bias = torch.cat([m.bias.detach() if m.bias is not None else torch.zeros(m.out_features, dtype=dtype)
+                          for m in layers])
+    if isinstance(first, QuantLinear):
+        if first.scheme == "int8":
+            codes, scales = (torch.cat([m.qweight for m in layers]), torch.cat([m.scales for m in layers]))
+        else:  # drop each layer's padding rows, pad the stack again to the kernel's 16
+            pad = -outs % 16
+            codes = torch.cat([m._codes[:m.out_features] for m in layers] + [first._codes.new_zeros(pad, first.in_features)])
+            scales = torch.cat([m.scales[:, :m.out_features] for m in layers]
+                               + [first.scales.new_zeros(first.scales.shape[0], pad, 2)], 1)
+        return QuantLinear(first.scheme, codes, scales, bias, (outs, first.in_features), first.group)
+    weight = torch.cat([m.weight.detach() for m in layers])
+    return PackedLinear(weight, bias) if isinstance(first, PackedLinear) else plain_linear(weight, bias)
 
 
 def weight_count(module: nn.Module) -> int:

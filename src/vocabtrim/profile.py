@@ -29,6 +29,7 @@ from .cache import CachedLM, context_length
 from .files import atomic_write
 from .heads import Head
 from .kernels import PACKED, PackedLinear, packed_available, weight_count
+from .lean import lm_factory
 
 FULL_N = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32)  # target tokens timed
 QUICK_N = (1, 2, 4, 8, 12)
@@ -197,7 +198,7 @@ def drafter_ms(model: torch.nn.Module, context: list[int], repeats: int,
     vocab = model.get_output_embeddings().out_features
     rows = min(TRIMMED_ROWS, vocab // 2)
     heads = {vocab: Head.of(model), rows: Head.of(model, torch.arange(rows))}
-    lm, out = CachedLM(model), {}
+    lm, out = lm_factory(model)(), {}  # as ModelDrafter drafts
     for n, head in heads.items():
         out[str(n)] = forward_ms(lm, head, context, 1, repeats)
         done()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..cache import CachedLM, context_length
+from ..cache import context_length
 from ..errors import VocabtrimError
 from ..heads import Head
+from ..lean import lm_factory
 from ..metrics import bytes_per_forward
 from .base import Drafter, Proposal
 
@@ -27,7 +28,8 @@ class ModelDrafter(Drafter):
                                  "cross-vocabulary drafting is not supported yet")
         self.model, self.prompt_tokens = model, prompt_tokens
         self.base_head = self.head = Head.of(model, kept_ids)
-        self.lm = CachedLM(model)
+        self.new_lm = lm_factory(model)  # the lean forward where the architecture allows it
+        self.lm = self.new_lm()
         self._body = bytes_per_forward(model, 0)
         self.context = context_length(model)
 
@@ -56,7 +58,7 @@ class ModelDrafter(Drafter):
         (which feeds whatever the cache lacks), and a trimmed head that can also propose the
         prompt's tokens."""
         self.head = self.base_head.for_prompt(seq) if self.prompt_tokens else self.base_head
-        self.lm = CachedLM(self.model)
+        self.lm = self.new_lm()
 
     def propose(self, seq, room, policy, sampling, gen) -> Proposal:
         tokens: list[int] = []
