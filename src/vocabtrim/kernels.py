@@ -272,7 +272,8 @@ def stacked(layers: list[nn.Module]) -> nn.Module:
             codes, scales = (torch.cat([m.qweight for m in layers]), torch.cat([m.scales for m in layers]))
         else:  # drop each layer's padding rows, pad the stack again to the kernel's 16
             pad = -outs % 16
-            codes = torch.cat([m._codes[:m.out_features] for m in layers] + [first._codes.new_zeros(pad, first.in_features)])
+            codes = torch.cat([m._codes[:m.out_features] for m in layers]
+                              + [first._codes.new_zeros(pad, first.in_features)])
             scales = torch.cat([m.scales[:, :m.out_features] for m in layers]
                                + [first.scales.new_zeros(first.scales.shape[0], pad, 2)], 1)
         return QuantLinear(first.scheme, codes, scales, bias, (outs, first.in_features), first.group)

@@ -96,7 +96,8 @@ class LeanBody:
             keys[i, :, start:end] = qk[:, self.heads:].transpose(0, 1)
             values[i, :, start:end] = qkv[:, self.heads + self.kv_heads:].transpose(0, 1)
             # query head j reads kv head j // g: [kv, g * n, hd] against [kv, end, hd]
-            q = qk[:, :self.heads].reshape(n, self.kv_heads, g, hd).permute(1, 2, 0, 3).reshape(self.kv_heads, g * n, hd)
+            q = qk[:, :self.heads].reshape(n, self.kv_heads, g, hd).permute(1, 2, 0, 3)
+            q = q.reshape(self.kv_heads, g * n, hd)
             scores = (q @ keys[i, :, :end].transpose(1, 2)).float() * self.scaling
             if mask is not None:
                 scores = scores.masked_fill(mask, float("-inf"))
