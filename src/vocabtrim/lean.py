@@ -4,10 +4,12 @@ chain of torch ops over its own weights, with a KV cache of preallocated tensors
 Why: on an AVX512-BF16 EPYC an int4 draft step of the 0.5B drafter took 16 ms through
 transformers, of which its 168 matrix products were 8 ms; the rest was per-layer modules,
 mask and cache bookkeeping and CPU flash attention for a single query. Here a layer is
-about twenty ops: RMSNorm in fp32 as transformers computes it, one product for q, k and v
-and one for gate and up (`kernels.stacked`), rotary embeddings from the model's own
-rotary module, attention as two small matmuls around an fp32 softmax. For drafters only:
-their numerics decide how many drafts are accepted, never what is output.
+about twenty ops: a residual stream and KV cache in fp32 (bf16 costs conversions, and CPU
+bf16 batched matmuls at these sizes were 5x slower), fused RMSNorm, one product for q, k
+and v and one for gate and up (`kernels.stacked`, each in its layer's own dtype), rotary
+embeddings from the model's own rotary module, attention as two small matmuls around a
+softmax. For drafters only: their numerics decide how many drafts are accepted, never what
+is output.
 """
 
 from __future__ import annotations
@@ -44,19 +46,24 @@ def lm_factory(model: nn.Module) -> Callable[[], CachedLM | LeanLM]:
     return lambda: LeanLM(body)
 
 
+class Norm:
+    """An RMSNorm as one fused op over the fp32 residual stream."""
+
+    def __init__(self, norm: nn.Module):
+        self.weight, self.eps = norm.weight.detach().float(), norm.variance_epsilon
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+
 @dataclass
 class Layer:
-    norm1: nn.Module
+    norm1: Norm
     qkv: nn.Module  # q, k and v projections stacked into one
     o: nn.Module
-    norm2: nn.Module
+    norm2: Norm
     gate_up: nn.Module  # gate and up projections stacked into one
     down: nn.Module
-
-
-def rms(norm: nn.Module, x: Tensor) -> Tensor:
-    """transformers' RMSNorm: normalised in fp32, cast back, then scaled."""
-    return norm.weight * F.rms_norm(x.float(), x.shape[-1:], eps=norm.variance_epsilon).to(x.dtype)
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -70,43 +77,43 @@ class LeanBody:
 
     def __init__(self, model: nn.Module):
         body, c = model.get_decoder(), model.config
-        self.embed, self.norm, self.rotary = body.embed_tokens, body.norm, body.rotary_emb
+        self.embed, self.norm, self.rotary = body.embed_tokens, Norm(body.norm), body.rotary_emb
         self.heads, self.kv_heads = c.num_attention_heads, c.num_key_value_heads
         self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         self.scaling = body.layers[0].self_attn.scaling
         self.context = context_length(model)
-        self.dtype = self.embed.weight.dtype
-        self.layers = [Layer(b.input_layernorm, stacked([b.self_attn.q_proj, b.self_attn.k_proj, b.self_attn.v_proj]),
-                             b.self_attn.o_proj, b.post_attention_layernorm,
+        self.layers = [Layer(Norm(b.input_layernorm), stacked([b.self_attn.q_proj, b.self_attn.k_proj,
+                                                               b.self_attn.v_proj]),
+                             b.self_attn.o_proj, Norm(b.post_attention_layernorm),
                              stacked([b.mlp.gate_proj, b.mlp.up_proj]), b.mlp.down_proj) for b in body.layers]
 
     def forward(self, ids: Tensor, start: int, keys: Tensor, values: Tensor) -> Tensor:
         """Final hidden states [n, H] of tokens `ids` at positions start.., writing their keys
         and values into the caches [layers, kv heads, capacity, head dim]."""
         n, end, hd, g = len(ids), start + len(ids), self.head_dim, self.heads // self.kv_heads
-        x = self.embed(ids)
+        x = self.embed(ids).float()  # the residual stream; each product takes its layer's dtype
         cos, sin = (t[0, :, None] for t in self.rotary(x, torch.arange(start, end)[None]))
         mask = None
         if n > 1:  # causal within the new tokens; query head-group rows repeat the positions
             mask = torch.arange(end)[None] > torch.arange(start, end)[:, None]
             mask = mask.repeat(g, 1)
         for i, layer in enumerate(self.layers):
-            qkv = layer.qkv(rms(layer.norm1, x)).view(n, -1, hd)
+            qkv = layer.qkv(layer.norm1(x)).float().view(n, -1, hd)
             qk = rotate(qkv[:, :self.heads + self.kv_heads], cos, sin)
             keys[i, :, start:end] = qk[:, self.heads:].transpose(0, 1)
             values[i, :, start:end] = qkv[:, self.heads + self.kv_heads:].transpose(0, 1)
             # query head j reads kv head j // g: [kv, g * n, hd] against [kv, end, hd]
             q = qk[:, :self.heads].reshape(n, self.kv_heads, g, hd).permute(1, 2, 0, 3)
             q = q.reshape(self.kv_heads, g * n, hd)
-            scores = (q @ keys[i, :, :end].transpose(1, 2)).float() * self.scaling
+            scores = (q @ keys[i, :, :end].transpose(1, 2)) * self.scaling
             if mask is not None:
                 scores = scores.masked_fill(mask, float("-inf"))
-            att = scores.softmax(-1).to(x.dtype) @ values[i, :, :end]
+            att = scores.softmax(-1) @ values[i, :, :end]
             att = att.view(self.kv_heads, g, n, hd).permute(2, 0, 1, 3).reshape(n, -1)
             x = x + layer.o(att)
-            gate, up = layer.gate_up(rms(layer.norm2, x)).chunk(2, -1)
+            gate, up = layer.gate_up(layer.norm2(x)).chunk(2, -1)
             x = x + layer.down(F.silu(gate) * up)
-        return rms(self.norm, x)
+        return self.norm(x)
 
 
 class LeanLM:
@@ -132,7 +139,7 @@ class LeanLM:
         b = self.body
         size = min(max(length, 2 * have, MIN_CAPACITY), max(length, b.context))
         shape = (len(b.layers), b.kv_heads, size, b.head_dim)
-        keys, values = torch.empty(shape, dtype=b.dtype), torch.empty(shape, dtype=b.dtype)
+        keys, values = torch.empty(shape), torch.empty(shape)  # fp32: CPU bf16 bmm is slow at these sizes
         if have:
             keys[:, :, :have], values[:, :, :have] = self.keys, self.values
         self.keys, self.values = keys, values
