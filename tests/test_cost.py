@@ -163,23 +163,25 @@ def test_a_damaged_cached_profile_is_measured_again(tmp_path, monkeypatch):
 def test_auto_dtype_is_measured_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("VOCABTRIM_CACHE", str(tmp_path))
     if not kernels.packed_available():
-        assert kernels.resolve("auto") == "bfloat16"
+        assert kernels.resolve("auto") == "bfloat16" and not profile.wide_in_bf16()
         return
-    monkeypatch.setattr(profile, "_matmul_ms", lambda d: {"bfloat16": 2.0, kernels.PACKED: 1.0}[d])
-    assert kernels.resolve("auto") == kernels.PACKED
-    monkeypatch.setattr(profile, "_matmul_ms", lambda d: pytest.fail("timed twice"))
-    assert kernels.resolve("auto") == kernels.PACKED
+    # decode rows (1, 6): packed-fp16 faster; a prompt's 150 rows: bf16 faster
+    timed = lambda d, rows: {"bfloat16": 2.0, kernels.PACKED: 1.0}[d] * (1 if rows == (1, 6) else -1)
+    monkeypatch.setattr(profile, "_matmul_ms", timed)
+    assert kernels.resolve("auto") == kernels.PACKED and profile.wide_in_bf16()
+    monkeypatch.setattr(profile, "_matmul_ms", lambda d, rows: pytest.fail("timed twice"))
+    assert kernels.resolve("auto") == kernels.PACKED and profile.wide_in_bf16()
     monkeypatch.setenv("VOCABTRIM_CACHE", str(tmp_path / "other"))
-    monkeypatch.setattr(profile, "_matmul_ms", lambda d: {"bfloat16": 1.0, kernels.PACKED: 2.0}[d])
-    assert kernels.resolve("auto") == "bfloat16"
+    monkeypatch.setattr(profile, "_matmul_ms", lambda d, rows: {"bfloat16": 1.0, kernels.PACKED: 2.0}[d])
+    assert kernels.resolve("auto") == "bfloat16" and profile.wide_in_bf16()
     monkeypatch.setattr(kernels, "packed_available", lambda: False)
     monkeypatch.setattr(profile, "packed_available", lambda: False)
-    assert kernels.resolve("auto") == "bfloat16"
+    assert kernels.resolve("auto") == "bfloat16" and not profile.wide_in_bf16()
 
 
 def test_matmul_timing_runs_for_both_dtypes():
     for d in ("bfloat16", kernels.PACKED) if kernels.packed_available() else ("bfloat16",):
-        assert profile._matmul_ms(d, hidden=32, inner=64, repeats=1) > 0
+        assert profile._matmul_ms(d, (1, 70), hidden=32, inner=64, repeats=1) > 0
 
 
 def test_profile_command_on_tiny_models(tiny_dirs, tmp_path):

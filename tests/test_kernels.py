@@ -32,6 +32,22 @@ def test_packed_linear_is_fp32_math_on_fp16_weights():
     assert torch.equal(kernels.PackedLinear(bf16).weight, bf16.float())  # bf16 weights are exact
 
 
+def test_wide_products_multiply_a_bf16_copy_and_decode_steps_the_fp16_one():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(48, 24)
+    wide, narrow = kernels.PackedLinear(lin.weight, lin.bias, wide=True), kernels.PackedLinear(lin.weight, lin.bias)
+    for rows in (1, 6, kernels.WIDE_ROWS - 1):  # drafts and their verification: fbgemm, exactly as without
+        x = torch.randn(rows, 48)
+        assert torch.equal(wide(x), narrow(x))
+    x = torch.randn(2, kernels.WIDE_ROWS, 48)  # a prompt: bf16 activations and weights, fp32 out
+    ref = torch.nn.functional.linear(x.bfloat16(), lin.weight.bfloat16()).float() + lin.bias
+    torch.testing.assert_close(wide(x), ref)
+    assert wide(x).dtype == torch.float32 and not torch.equal(wide(x), narrow(x))
+    assert kernels.rows(wide, torch.tensor([3, 1])).wide is not None  # its trimmed rows stay wide
+    model = kernels.pack(tiny_model(64), wide=True)
+    assert model.float().get_output_embeddings().wide.dtype == torch.bfloat16  # .float() leaves the copy
+
+
 def test_pack_replaces_linears_keeps_weights_and_greedy_output():
     target = tiny_model(64, seed=1)
     draft = noisy_copy(target, 0.3, seed=2)

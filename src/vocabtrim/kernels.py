@@ -22,6 +22,7 @@ import functools
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import VocabtrimError
@@ -49,18 +50,32 @@ def resolve(dtype: str) -> str:
     return dtype
 
 
-class PackedLinear(nn.Module):
-    """A linear layer whose weight lives packed for fbgemm as fp16; inputs and outputs fp32."""
+WIDE_ROWS = 64  # products of this many rows or more (reading a prompt) may run in bf16; drafts stay below
 
-    def __init__(self, weight: Tensor, bias: Tensor | None = None):
+
+class PackedLinear(nn.Module):
+    """A linear layer whose weight lives packed for fbgemm as fp16; inputs and outputs fp32.
+
+    With `wide`, products of WIDE_ROWS rows or more multiply a bf16 copy of the weight
+    instead (bf16 activations, fp32 out): on CPUs with native bf16 GEMMs fbgemm's kernel
+    stays memory-bound for decode steps but is ~2x slower than bf16 for a prompt's rows.
+    Verification of drafts never reaches WIDE_ROWS, so it always reads the fp16 copy."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None, wide: bool = False):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         b = None if bias is None else bias.detach().float().contiguous()
         self.register_buffer("bias", b)  # kept beside the packed copy: cheap to read
         self.packed = torch.ops.quantized.linear_prepack_fp16(weight.detach().float().contiguous(), b)
+        self.wide = weight.detach().bfloat16().contiguous() if wide else None  # no buffer: pack()'s .float() skips it
 
     def forward(self, x: Tensor) -> Tensor:
-        y = torch.ops.quantized.linear_dynamic_fp16(x.reshape(-1, self.in_features).float(), self.packed)
+        flat = x.reshape(-1, self.in_features)
+        if self.wide is not None and len(flat) >= WIDE_ROWS:
+            y = F.linear(flat.bfloat16(), self.wide).float()
+            y = y if self.bias is None else y + self.bias
+        else:
+            y = torch.ops.quantized.linear_dynamic_fp16(flat.float(), self.packed)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     @property
@@ -83,7 +98,7 @@ class PackedLinear(nn.Module):
 
     def remake(self, weight: Tensor, bias: Tensor | None) -> PackedLinear:
         """A layer of the same kind holding `weight` (rows of this one, say)."""
-        return PackedLinear(weight, bias)
+        return PackedLinear(weight, bias, self.wide is not None)
 
 
 QUANT = ("none", "int8", "int4")
@@ -219,15 +234,20 @@ def quantized_parts(model: nn.Module) -> dict[str, Tensor]:
             for k, t in m.parts().items()}
 
 
-def pack(model: nn.Module) -> nn.Module:
+def pack(model: nn.Module, wide: bool | None = None) -> nn.Module:
     """Replace every nn.Linear of `model` by a PackedLinear and make the rest fp32, in place.
+    `wide` (default: where this machine measured bf16 faster for a prompt's rows,
+    profile.wide_in_bf16) keeps a bf16 copy of each weight for products of many rows.
 
     Packing converts and reorders every weight once (~150 ms per 14 M weights); it runs on
     all threads, one layer per thread."""
+    if wide is None:
+        from .profile import wide_in_bf16  # measured once per machine, then cached
+        wide = wide_in_bf16()
     slots = [(parent, name, child) for parent in model.modules()
              for name, child in parent.named_children() if isinstance(child, nn.Linear)]
     with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
-        packed = list(pool.map(lambda s: PackedLinear(s[2].weight, s[2].bias), slots))
+        packed = list(pool.map(lambda s: PackedLinear(s[2].weight, s[2].bias, wide), slots))
     for (parent, name, _), new in zip(slots, packed):
         setattr(parent, name, new)
     return model.float()
@@ -278,7 +298,7 @@ def stacked(layers: list[nn.Module]) -> nn.Module:
                                + [first.scales.new_zeros(first.scales.shape[0], pad, 2)], 1)
         return QuantLinear(first.scheme, codes, scales, bias, (outs, first.in_features), first.group)
     weight = torch.cat([m.weight.detach() for m in layers])
-    return PackedLinear(weight, bias) if isinstance(first, PackedLinear) else plain_linear(weight, bias)
+    return first.remake(weight, bias) if isinstance(first, PackedLinear) else plain_linear(weight, bias)
 
 
 def weight_count(module: nn.Module) -> int:

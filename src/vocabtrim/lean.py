@@ -56,14 +56,21 @@ class Norm:
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
+def product(layer: nn.Module) -> Callable[[Tensor], Tensor]:
+    """`layer` fed from the fp32 stream: packed and quantized layers cast their input
+    themselves, a plain layer of another dtype gets it cast."""
+    dtype = layer.weight.dtype if type(layer) is nn.Linear else torch.float32
+    return layer if dtype == torch.float32 else lambda x: layer(x.to(dtype))
+
+
 @dataclass
 class Layer:
     norm1: Norm
-    qkv: nn.Module  # q, k and v projections stacked into one
-    o: nn.Module
+    qkv: Callable[[Tensor], Tensor]  # q, k and v projections stacked into one
+    o: Callable[[Tensor], Tensor]
     norm2: Norm
-    gate_up: nn.Module  # gate and up projections stacked into one
-    down: nn.Module
+    gate_up: Callable[[Tensor], Tensor]  # gate and up projections stacked into one
+    down: Callable[[Tensor], Tensor]
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -82,10 +89,12 @@ class LeanBody:
         self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         self.scaling = body.layers[0].self_attn.scaling
         self.context = context_length(model)
-        self.layers = [Layer(Norm(b.input_layernorm), stacked([b.self_attn.q_proj, b.self_attn.k_proj,
-                                                               b.self_attn.v_proj]),
-                             b.self_attn.o_proj, Norm(b.post_attention_layernorm),
-                             stacked([b.mlp.gate_proj, b.mlp.up_proj]), b.mlp.down_proj) for b in body.layers]
+        self.dtype = self.embed.weight.dtype  # what the hidden states come out in, as from transformers
+        self.layers = [Layer(Norm(b.input_layernorm),
+                             product(stacked([b.self_attn.q_proj, b.self_attn.k_proj, b.self_attn.v_proj])),
+                             product(b.self_attn.o_proj), Norm(b.post_attention_layernorm),
+                             product(stacked([b.mlp.gate_proj, b.mlp.up_proj])), product(b.mlp.down_proj))
+                       for b in body.layers]
 
     def forward(self, ids: Tensor, start: int, keys: Tensor, values: Tensor) -> Tensor:
         """Final hidden states [n, H] of tokens `ids` at positions start.., writing their keys
@@ -113,7 +122,7 @@ class LeanBody:
             x = x + layer.o(att)
             gate, up = layer.gate_up(layer.norm2(x)).chunk(2, -1)
             x = x + layer.down(F.silu(gate) * up)
-        return self.norm(x)
+        return self.norm(x).to(self.dtype)
 
 
 class LeanLM:

@@ -234,25 +234,39 @@ def for_pair(target, drafter) -> Profile:
 
 def fastest_dtype() -> str:
     """bfloat16 or packed-fp16, whichever runs a decode step's matrix products faster on
-    this machine (the target's MLP shapes at 1 and 6 tokens: a draft step and a verify);
-    timed once, well under a second, and cached per CPU, threads and torch version."""
-    if not packed_available():
-        return "bfloat16"
+    this machine (the target's MLP shapes at 1 and 6 tokens: a draft step and a verify)."""
+    return machine_choice()["dtype"] if packed_available() else "bfloat16"
+
+
+def wide_in_bf16() -> bool:
+    """Whether packed-fp16 layers should multiply a prompt's rows in bf16 here (the same
+    shapes at 150 rows: bf16 faster than fbgemm's fp16 kernel)."""
+    return packed_available() and machine_choice()["wide"]
+
+
+def machine_choice() -> dict:
+    """The two measurements above, timed once (about a second) and cached per CPU, threads
+    and torch version."""
     machine = cpu()
     path = path_for({"dtype_choice": machine})
     try:
-        return json.loads(path.read_text())["dtype"]
-    except (OSError, ValueError, KeyError):
+        choice = json.loads(path.read_text())
+        if {"dtype", "wide"} <= choice.keys():
+            return choice
+    except (OSError, ValueError, AttributeError):
         pass
-    ms = {d: _matmul_ms(d) for d in ("bfloat16", PACKED)}
-    choice = min(ms, key=ms.get)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({"dtype": choice, "ms": ms, **machine})))
+    ms = {d: _matmul_ms(d, (1, 6)) for d in ("bfloat16", PACKED)}
+    wide_ms = {d: _matmul_ms(d, (150,)) for d in ("bfloat16", PACKED)}
+    choice = {"dtype": min(ms, key=ms.get), "ms": ms, "wide": wide_ms["bfloat16"] < wide_ms[PACKED],
+              "wide_ms": wide_ms, **machine}
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(choice)))
     return choice
 
 
 @torch.inference_mode()
-def _matmul_ms(dtype: str, hidden: int = 1536, inner: int = 8960, repeats: int = 5) -> float:
-    """Median ms of an up and a down projection at 1 and at 6 tokens in `dtype`."""
+def _matmul_ms(dtype: str, rows: tuple[int, ...], hidden: int = 1536, inner: int = 8960,
+               repeats: int = 5) -> float:
+    """Median ms of an up and a down projection at each of `rows` tokens in `dtype`."""
     gen = torch.Generator().manual_seed(0)
     weights = [torch.randn(inner, hidden, generator=gen) * 0.02, torch.randn(hidden, inner, generator=gen) * 0.02]
     act = torch.float32 if dtype == PACKED else torch.bfloat16
@@ -261,7 +275,7 @@ def _matmul_ms(dtype: str, hidden: int = 1536, inner: int = 8960, repeats: int =
     for layer, w in zip(layers, weights):
         if dtype != PACKED:
             layer.weight.copy_(w)
-    xs = [torch.randn(m, hidden, generator=gen).to(act) for m in (1, 6)]
+    xs = [torch.randn(m, hidden, generator=gen).to(act) for m in rows]
     times = []
     for _ in range(repeats + 1):  # the first round warms up
         t0 = time.perf_counter()
