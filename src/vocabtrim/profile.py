@@ -29,7 +29,7 @@ from .cache import CachedLM, context_length
 from .files import atomic_write
 from .heads import Head
 from .kernels import PACKED, PackedLinear, packed_available, weight_count
-from .lean import lm_factory
+from .lean import lm_factory, supports
 
 FULL_N = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32)  # target tokens timed
 QUICK_N = (1, 2, 4, 8, 12)
@@ -120,7 +120,8 @@ def cpu() -> dict:
 def key(target, drafter, dtype: str) -> dict:
     """What a profile of `target` and `drafter` (models.Loaded) depends on."""
     return {**cpu(), "target": target.name, "drafter": drafter.name, "dtype": dtype,
-            "weights": [weight_count(target.model), weight_count(drafter.model)]}
+            "weights": [weight_count(target.model), weight_count(drafter.model)],
+            "drafter_forward": "lean" if supports(drafter.model) else "transformers"}
 
 
 def path_for(k: dict) -> Path:
