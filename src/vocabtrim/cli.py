@@ -98,9 +98,10 @@ dtype_option = click.option(
               help="Built-in name, model directory, .gguf file or cached hub id.")
 @click.option("--draft", default=models.DEFAULT_DRAFT, show_default=True, help="Drafter, same forms.")
 @click.option("--no-draft", is_flag=True, help="Decode with the target alone.")
-@click.option("--drafter", "drafter_kind", default="model", show_default=True, type=click.Choice(KINDS),
+@click.option("--drafter", "drafter_kind", default="hybrid", show_default=True, type=click.Choice(KINDS),
               help="model: the drafter LM; suffix: drafts matched in the prompt, the output and earlier "
-                   "outputs, no model; hybrid: the suffix draft when it scores well, else the model's.")
+                   "outputs, no model; hybrid: each round the suffix draft or the model's, whichever "
+                   "the policy expects to pay more.")
 @click.option("--prompt", help="The user prompt.")
 @click.option("--prompt-file", type=click.Path(path_type=Path), help="Read the prompt from a file.")
 @click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1))
@@ -108,10 +109,11 @@ dtype_option = click.option(
 @click.option("--top-p", default=1.0, show_default=True)
 @click.option("--top-k", default=0, show_default=True, help="0 means off.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--policy", "policy_spec", default="static:5", show_default=True,
+@click.option("--policy", "policy_spec",
               help="Draft-length rule: static:K, adaedl[:lambda=..,gamma=..,max=..], "
                    "confidence:T, heuristic, svip, cost (drafts while this machine's measured "
-                   "costs say it pays; see `vocabtrim profile`).")
+                   "costs say it pays; see `vocabtrim profile`). Default: cost with a drafter "
+                   "model (model, hybrid), static:5 otherwise.")
 @click.option("--draft-len", type=click.IntRange(min=1), help="Shorthand for --policy static:K.")
 @click.option("--system", help="A system prompt (none is added otherwise).")
 @click.option("--raw", is_flag=True, help="Send the prompt as plain text, no chat template.")
@@ -134,8 +136,10 @@ def generate(target, draft, no_draft, drafter_kind, prompt, prompt_file, max_new
     if "" in stop_strings:
         raise VocabtrimError("--stop needs a non-empty string (an empty one matches at once)")
     sampling = Sampling(temperature, top_k, top_p)
-    policy = parse_policy(f"static:{draft_len}" if draft_len is not None else policy_spec)
-    if isinstance(policy, Cost) and (no_draft or drafter_kind == "suffix"):
+    model_free = no_draft or drafter_kind == "suffix"
+    policy = parse_policy(f"static:{draft_len}" if draft_len is not None else policy_spec or (
+        "static:5" if model_free else "cost"))
+    if isinstance(policy, Cost) and model_free:
         raise VocabtrimError("--policy cost reads the profile of a target and drafter pair; "
                              "use it with --drafter model or hybrid")
     tgt, drf, engine = _engine(target, None if no_draft else draft, token_map, dtype, prompt_tokens,

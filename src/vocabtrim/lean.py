@@ -29,8 +29,8 @@ MIN_CAPACITY = 256  # cache positions allocated at first; doubled when a sequenc
 
 
 def supports(model: nn.Module) -> bool:
-    """Whether `model` is a decoder this module computes exactly as transformers does:
-    full attention only, SiLU-gated MLPs."""
+    """Whether `model` is a decoder whose math this module reproduces (up to rounding):
+    full attention only, SiLU-gated MLPs; rotary variants come from the model's own module."""
     c = model.config
     return (c.model_type in ARCHITECTURES and c.hidden_act == "silu"
             and not getattr(c, "use_sliding_window", False)
