@@ -70,4 +70,6 @@ def test_other_architectures_keep_transformers_forward():
     sliding = tiny_qwen2(use_sliding_window=True, sliding_window=16, max_window_layers=0)
     assert not lean.supports(sliding)
     assert isinstance(lean.lm_factory(sliding)(), CachedLM)
-    assert isinstance(lean.lm_factory(tiny_model(64))(), lean.LeanLM)
+    model = tiny_model(64)
+    a, b = lean.lm_factory(model)(), lean.lm_factory(model)()
+    assert isinstance(a, lean.LeanLM) and a.body is b.body  # arranged once per model

@@ -14,6 +14,7 @@ is output.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,12 +38,18 @@ def supports(model: nn.Module) -> bool:
             and set(getattr(c, "layer_types", None) or ["full_attention"]) == {"full_attention"})
 
 
+_BODIES: weakref.WeakKeyDictionary[nn.Module, LeanBody] = weakref.WeakKeyDictionary()
+
+
 def lm_factory(model: nn.Module) -> Callable[[], CachedLM | LeanLM]:
     """Fresh KV caches over `model`: lean where `supports` allows, transformers' otherwise.
-    The lean weights are arranged once, here."""
+    The lean weights are arranged once per model (seconds, and a copy of the stacked
+    layers), however many drafters, heads and profiles share it."""
     if not supports(model):
         return lambda: CachedLM(model)
-    body = LeanBody(model)
+    if model not in _BODIES:
+        _BODIES[model] = LeanBody(model)
+    body = _BODIES[model]
     return lambda: LeanLM(body)
 
 
