@@ -71,6 +71,21 @@ def test_calibration_learns_from_verification():
     assert policy.state()["first_acceptance"] < 0.2
 
 
+def test_sampled_drafts_are_judged_by_the_kept_token_and_the_whole_distribution():
+    """Under sampling a long-shot token, once kept, ends the round (the token stays
+    drafted, so looking at it is lossless); before drawing, a flat distribution with the
+    same top probability is trusted less than when its top token is the draft (greedy)."""
+    probs = sure(0.9)
+    likely, long_shot = Cost().bind(FLAT, 100), Cost().bind(FLAT, 100)
+    assert likely.draft(0, probs, sampled=True) and likely.go_on(probs, 0)
+    assert long_shot.draft(0, probs, sampled=True) and not long_shot.go_on(probs, 5)
+    flat = torch.full((V,), 0.5 / (V - 1))
+    flat[0] = 0.5
+    greedy, sampled = Cost().bind(FLAT, 100), Cost().bind(FLAT, 100)
+    greedy.draft(0, flat), sampled.draft(0, flat, sampled=True)
+    assert sampled.accept < greedy.accept
+
+
 def test_rounds_without_drafts_probe_again():
     policy = Cost(probe=3).bind(synthetic(60, lambda n: 100), 100)
     for _ in range(30):  # every first draft rejected: drafting stops paying

@@ -42,10 +42,11 @@ class Policy:
 
     reads_probs = False  # whether draft/go_on read the distribution (greedy then needs a softmax)
 
-    def draft(self, step: int, probs: Tensor | None) -> bool:
+    def draft(self, step: int, probs: Tensor | None, sampled: bool = False) -> bool:
         """Propose a token from this forward's distribution? step: 0-based position in the
         round; probs: the distribution the token is drawn from (the plain softmax when
-        greedy; None when the rule does not read it)."""
+        greedy; None when the rule does not read it); sampled: whether the token is drawn
+        from probs (else it is their argmax)."""
         return step == 0 or self.sure(probs)
 
     def sure(self, probs: Tensor | None) -> bool:
@@ -181,11 +182,13 @@ class Cost(Policy):
     """`cost`: draft while the expected tokens per second grow, on this machine's measured
     costs (profile.py; `bind` before use).
 
-    Before each draft the chance that it is accepted is estimated from the drafter's top
-    probability, calibrated online against what verification accepted (per confidence
-    bin, starting from a prior that takes the raw probability at its word and forgetting
-    slowly, so the estimate follows the text). S is the chance that every draft so far
-    survives, E(K) = 1 + S_1 + ... + S_K the expected tokens of a round with K drafts and
+    A draft's chance of acceptance is learnt per bin of the probability the drafter gave
+    the drafted token, calibrated online against what verification accepted (starting from
+    a prior that takes the raw probability at its word and forgetting slowly, so the
+    estimate follows the text). Before a forward's token is kept the estimate is that of
+    its distribution (greedy: its top token; sampled: the table averaged over q); once
+    kept, the token's own bin counts (a sampled long-shot is likely rejected). S is the
+    chance that every draft so far survives, E(K) = 1 + S_1 + ... + S_K the expected tokens of a round with K drafts and
     T(K) = K t_draft + t_verify(K+1) its time; a draft is made while E(K+1)/T(K+1) beats
     E(K)/T(K), counting a forward already paid for as spent. A round drafts nothing when
     even an average first draft does not pay, and after `probe` such rounds drafts once
@@ -232,20 +235,30 @@ class Cost(Policy):
         self.idle = 0
         return self.cap
 
-    def draft(self, step, probs):
-        b = min(int(float(probs.max()) * self.BINS), self.BINS - 1)
-        a = self.hits[b] / self.seen[b]
+    def _bin(self, p: float) -> int:
+        return min(int(p * self.BINS), self.BINS - 1)
+
+    def _rate(self, b: int) -> float:
+        return self.hits[b] / self.seen[b]
+
+    def draft(self, step, probs, sampled=False):
+        if sampled:  # the token is not known yet: average the table over what q may draw
+            bins = (probs * self.BINS).long().clamp_(max=self.BINS - 1)
+            mass = torch.zeros(self.BINS).index_add_(0, bins, probs.float()).tolist()
+            a = sum(m * self._rate(b) for b, m in enumerate(mass))
+        else:
+            a = self._rate(self._bin(float(probs.max())))
         paid = self._time(step) + self.t_draft  # this step's forward is spent either way
-        if (self.expected + self.survive * a) / self._time(step + 1) <= self.expected / paid:
-            return False
-        self.survive *= a
-        self.expected += self.survive
-        self.bins.append(b)
         self.accept = a
-        return True
+        return (self.expected + self.survive * a) / self._time(step + 1) > self.expected / paid
 
     def go_on(self, probs, index):
-        """Another forward pays if a draft as likely as this one would."""
+        """Count the kept token by its own probability; another forward pays if a draft as
+        likely as this forward's average one would."""
+        b = self._bin(float(probs[index]))
+        self.survive *= self._rate(b)
+        self.expected += self.survive
+        self.bins.append(b)
         k, more = len(self.bins), self.expected + self.survive * self.accept
         return k < self.cap and more / self._time(k + 1) > self.expected / self._time(k)
 

@@ -69,7 +69,7 @@ class ModelDrafter(Drafter):
             forwards += 1
             index, dist = sampling.choose(logits, gen)
             probs = dist if dist is not None or not policy.reads_probs else logits.float().softmax(-1)
-            if not policy.draft(step, probs):  # decided from the distribution alone
+            if not policy.draft(step, probs, dist is not None):  # from the distribution alone
                 break
             tokens.append(self.head.token(index))
             if dist is not None:
