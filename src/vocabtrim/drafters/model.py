@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -21,17 +23,19 @@ class ModelDrafter(Drafter):
 
     def __init__(self, model: torch.nn.Module, target: torch.nn.Module, kept_ids: Tensor | None = None,
                  prompt_tokens: bool = True):
-        tv = target.get_output_embeddings().out_features
-        dv = model.get_output_embeddings().out_features
-        if tv != dv:
-            raise VocabtrimError(f"drafter vocabulary ({dv}) differs from target vocabulary ({tv}); "
-                                 "cross-vocabulary drafting is not supported yet")
+        self.target_vocab = target.get_output_embeddings().out_features
+        self._check_vocabulary(model.get_output_embeddings().out_features)
         self.model, self.prompt_tokens = model, prompt_tokens
         self.base_head = self.head = Head.of(model, kept_ids)
         self.new_lm = lm_factory(model)  # the lean forward where the architecture allows it
         self.lm = self.new_lm()
         self._body = bytes_per_forward(model, 0)
         self.context = context_length(model)
+
+    def _check_vocabulary(self, vocab: int) -> None:
+        if vocab != self.target_vocab:
+            raise VocabtrimError(f"drafter vocabulary ({vocab}) differs from target vocabulary "
+                                 f"({self.target_vocab}); draft across vocabularies with CrossDrafter")
 
     @property
     def head_rows(self) -> int:
@@ -61,20 +65,50 @@ class ModelDrafter(Drafter):
         self.lm = self.new_lm()
 
     def propose(self, seq, room, policy, sampling, gen) -> Proposal:
+        ids = self.own_ids(seq)
         tokens: list[int] = []
-        dists: list[Tensor] = []
+        rows: list[Tensor] = []
         forwards = 0
         for step in range(min(room, policy.budget())):
-            logits = self.head(self.lm.hidden(seq + tokens, 1))[0]
+            logits = self.logits(ids)
             forwards += 1
             index, dist = sampling.choose(logits, gen)
             probs = dist if dist is not None or not policy.reads_probs else logits.float().softmax(-1)
             if not policy.draft(step, probs, dist is not None):  # from the distribution alone
                 break
-            tokens.append(self.head.token(index))
-            if dist is not None:
-                dists.append(dist)
+            took = self.take(index, dist, ids, sampling, gen)
+            if took is None:
+                break
+            tokens.append(took.token)
+            ids = ids + took.pieces
+            forwards += took.forwards
+            if took.q is not None:
+                rows.append(took.q)
             if not policy.go_on(probs, index):  # may look at the token: it stays drafted
                 break
-        q = self.head.to_vocab(torch.stack(dists)) if dists else None
-        return Proposal(tokens, q, forwards, "model")
+        return Proposal(tokens, torch.stack(rows) if rows else None, forwards, "model")
+
+    def own_ids(self, seq: list[int]) -> list[int]:
+        """The drafter's own ids for the committed target sequence `seq`."""
+        return seq
+
+    def logits(self, ids: list[int]) -> Tensor:
+        """The next token's logits over the head's rows after `ids`."""
+        return self.head(self.lm.hidden(ids, 1))[0]
+
+    def take(self, index: int, dist: Tensor | None, ids: list[int], sampling, gen) -> Take | None:
+        """The draft that head row `index` (drawn from `dist`; None when greedy) makes."""
+        token = self.head.token(index)
+        return Take(token, [token], None if dist is None else self.head.to_vocab(dist))
+
+
+@dataclass
+class Take:
+    """One draft: its target id, the drafter ids it adds to the drafter's sequence, the
+    distribution over the target's vocabulary it counts as drawn from (None when greedy)
+    and the extra drafter forwards it took."""
+
+    token: int
+    pieces: list[int]
+    q: Tensor | None
+    forwards: int = 0
