@@ -22,6 +22,23 @@ SAMPLE = Path(__file__).with_name("spec_bench_sample.jsonl")
 METHODS = "ar,sd+vt,suffix,hybrid,hybrid+vt,pld"
 
 
+def write_questions(out: Path, n_humaneval: int, per_category: int) -> Path:
+    """out/questions.jsonl: HumanEval problems 0..N-1, then the sample's first questions of
+    each category."""
+    questions = [{"question_id": q.id, "category": "humaneval", "turns": list(q.turns)}
+                 for q in humaneval(0, n_humaneval)]
+    seen: dict[str, int] = {}
+    for line in filter(str.strip, SAMPLE.read_text().splitlines()):
+        q = json.loads(line)
+        seen[q["category"]] = seen.get(q["category"], 0) + 1
+        if seen[q["category"]] <= per_category:
+            questions.append(q)
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "questions.jsonl"
+    data.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    return data
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--humaneval", type=int, default=16, help="HumanEval problems 0..N-1")
@@ -31,17 +48,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results/drafters"))
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
-    questions = [{"question_id": q.id, "category": "humaneval", "turns": list(q.turns)}
-                 for q in humaneval(0, args.humaneval)]
-    seen: dict[str, int] = {}
-    for line in filter(str.strip, SAMPLE.read_text().splitlines()):
-        q = json.loads(line)
-        seen[q["category"]] = seen.get(q["category"], 0) + 1
-        if seen[q["category"]] <= args.per_category:
-            questions.append(q)
-    args.out.mkdir(parents=True, exist_ok=True)
-    data = args.out / "questions.jsonl"
-    data.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    data = write_questions(args.out, args.humaneval, args.per_category)
     cmd = [sys.executable, "-m", "vocabtrim.cli", "bench", "--data", str(data), "--methods", args.methods,
            "--max-new-tokens", str(args.max_new_tokens), "--out", str(args.out)]
     sys.exit(subprocess.call(cmd + (["--resume"] if args.resume else [])))

@@ -107,7 +107,8 @@ def test_bench_end_to_end_on_tiny_models(tmp_path, tiny_dirs):
     out = tmp_path / "out"
     args = ["bench", "--target", tiny_dirs["target"], "--draft", tiny_dirs["draft"], "--data", data,
             "--per-category", 1, "--max-new-tokens", 10, "--out", out,
-            "--calibrate", f"{calib}:n=4,k=30,tokens=6", "--repeats", 2, "--methods", ",".join(METHODS)]
+            "--calibrate", f"{calib}:n=4,k=30,tokens=6", "--repeats", 2, "--methods", ",".join(METHODS),
+            "--cross-draft", tiny_dirs["other_vocab"]]
     env = {"VOCABTRIM_CACHE": str(tmp_path / "cache")}
     r = cli(*args, env=env)
     assert r.exit_code == 0, r.stderr + str(r.exception)
@@ -120,7 +121,7 @@ def test_bench_end_to_end_on_tiny_models(tmp_path, tiny_dirs):
         tokens = sum(x["new_tokens"] for x in mine)
         assert m["overall"]["tokens"] == tokens
         assert m["overall"]["tokens_per_second"] == pytest.approx(tokens / sum(x["seconds"] for x in mine))
-        if name not in ("hf", "pld"):  # our engine times its phases; transformers is timed as a whole
+        if name not in ("hf", "pld", "hf+x"):  # our engine times its phases; transformers is timed as a whole
             decode = sum(x["seconds"] - x["prefill_s"] for x in mine)
             assert m["overall"]["decode_tokens_per_second"] == pytest.approx(tokens / decode)
             assert 0 < sum(m["overall"]["time_split"].values()) <= 1

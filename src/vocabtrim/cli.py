@@ -96,8 +96,13 @@ dtype_option = click.option(
 @main.command()
 @click.option("--target", default=models.DEFAULT_TARGET, show_default=True,
               help="Built-in name, model directory, .gguf file or cached hub id.")
-@click.option("--draft", default=models.DEFAULT_DRAFT, show_default=True, help="Drafter, same forms.")
+@click.option("--draft", default=models.DEFAULT_DRAFT, show_default=True,
+              help="Drafter, same forms; one with another tokenizer (e.g. smollm2-135m) drafts the "
+                   "tokens both vocabularies share.")
 @click.option("--no-draft", is_flag=True, help="Decode with the target alone.")
+@click.option("--ngram-cache/--no-ngram-cache", "ngram", default=True, show_default=True,
+              help="With a drafter of another tokenizer: learn which of its token sequences spell one "
+                   "target token and propose that token (off: the shared tokens alone).")
 @click.option("--drafter", "drafter_kind", default="hybrid", show_default=True, type=click.Choice(KINDS),
               help="model: the drafter LM; suffix: drafts matched in the prompt, the output and earlier "
                    "outputs, no model; hybrid: each round the suffix draft or the model's, whichever "
@@ -124,7 +129,7 @@ dtype_option = click.option(
 @dtype_option
 @quant_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def generate(target, draft, no_draft, drafter_kind, prompt, prompt_file, max_new_tokens, temperature, top_p,
+def generate(target, draft, no_draft, ngram, drafter_kind, prompt, prompt_file, max_new_tokens, temperature, top_p,
              top_k, seed, policy_spec, draft_len, system, raw, stop_strings, token_map, prompt_tokens,
              dtype, draft_quant, as_json) -> None:
     """Generate a reply, streaming text as the target accepts it."""
@@ -143,7 +148,7 @@ def generate(target, draft, no_draft, drafter_kind, prompt, prompt_file, max_new
         raise VocabtrimError("--policy cost reads the profile of a target and drafter pair; "
                              "use it with --drafter model or hybrid")
     tgt, drf, engine = _engine(target, None if no_draft else draft, token_map, dtype, prompt_tokens,
-                               drafter_kind, draft_quant)
+                               drafter_kind, draft_quant, ngram)
     if drf is not None:
         profile.bind(policy, tgt, drf, engine.drafter.head_rows)
     ids = models.encode_prompt(tgt.tokenizer, text, system, raw)
@@ -176,13 +181,6 @@ def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "
     tm = None if token_map is None else TokenMap.load(token_map)
     tgt = models.load(target, dtype)
     drf = None if draft is None else models.load(draft, dtype)
-    if drf is not None:  # the same vocabulary size is not the same vocabulary
-        ft, fd = tokenizer_fingerprint(tgt.tokenizer), tokenizer_fingerprint(drf.tokenizer)
-        if ft != fd:
-            raise VocabtrimError(
-                f"the drafter {draft} and the target {target} use different tokenizers (vocabulary "
-                f"{drf.model.config.vocab_size} vs {tgt.model.config.vocab_size}, fingerprint {fd} vs {ft}); "
-                "drafting across vocabularies is not supported")
     if tm is not None:
         tm.check_drafter(drf.model.config.vocab_size, tokenizer_fingerprint(drf.tokenizer))
     return tgt, _quantized(drf, quant), None if tm is None else tm.kept_ids
@@ -194,16 +192,19 @@ def _quantized(drf, quant: str):
 
 
 def _engine(target: str, draft: str | None, token_map: Path | None, dtype: str = "auto",
-            prompt_tokens: bool = True, kind: str = "model", quant: str = "none"):
+            prompt_tokens: bool = True, kind: str = "model", quant: str = "none", ngram: bool = True):
     """The loaded target, the loaded drafter model and an Engine around them with a drafter
-    of `kind` (none when `draft` is None; the suffix drafter loads no model)."""
-    from .drafters import make_drafter
+    of `kind` (none when `draft` is None; the suffix drafter loads no model). A drafter of
+    another tokenizer drafts across vocabularies (with the n-gram cache if `ngram`)."""
+    from .drafters import Bridge, make_drafter
     from .engine import Engine
 
     if kind == "suffix" and token_map is not None:
         raise VocabtrimError("--token-map trims a drafter model's head; the suffix drafter has none")
     tgt, drf, kept = _load(target, None if kind == "suffix" else draft, token_map, dtype, quant)
-    drafter = None if draft is None else make_drafter(kind, tgt.model, drf and drf.model, kept, prompt_tokens)
+    bridge = drf and Bridge.between(tgt, drf)
+    drafter = None if draft is None else make_drafter(kind, tgt.model, drf and drf.model, kept, prompt_tokens,
+                                                      bridge, ngram)
     return tgt, drf, Engine(tgt.model, drafter)
 
 
@@ -233,6 +234,7 @@ def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed,
         tokenize_fn,
         tokenizer_fingerprint,
     )
+    from .drafters import Bridge
     from .sampling import Sampling
 
     sampling = Sampling(temperature)
@@ -247,11 +249,14 @@ def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed,
     else:
         # the target's text comes out of the speculative engine: lossless, and faster
         gen_model = target if source == "target" else draft
-        lm, _, engine = _engine(gen_model, draft if source == "target" else None, None, dtype,
-                                quant=draft_quant)
+        lm, drf, engine = _engine(gen_model, draft if source == "target" else None, None, dtype,
+                                  quant=draft_quant)
         meta.update(model=gen_model, dtype=lm.dtype, max_new_tokens=max_new_tokens,
                     temperature=temperature, seed=seed)
         per_item = generate_fn(engine, lm, max_new_tokens, sampling, seed)
+        bridge = drf and Bridge.between(lm, drf)
+        if bridge:  # a drafter of another tokenizer: its map counts the target's text in its tokens
+            per_item, lm = (lambda text, answer=per_item: bridge.own_ids(answer(text))), drf
     meta["tokenizer"] = tokenizer_fingerprint(lm.tokenizer)
     counts = count_tokens(items, out, meta, lm.model.config.vocab_size, per_item, resume)
     click.echo(f"counted {counts.meta['tokens']} tokens from {counts.meta['items_done']} items, "
@@ -322,6 +327,8 @@ DEFAULT_BENCH_PROMPTS = 4  # the no-argument run fits ~10 min on a 2-core AVX2 m
                    "outside the evaluation set, cached for reuse.")
 @click.option("--target", default=models.DEFAULT_TARGET, show_default=True)
 @click.option("--draft", default=models.DEFAULT_DRAFT, show_default=True)
+@click.option("--cross-draft", default=models.CROSS_DRAFT, show_default=True,
+              help="The x methods' drafter, one with another tokenizer than the target's.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results/bench"), show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 @click.option("--repeats", default=1, show_default=True,
@@ -330,7 +337,8 @@ DEFAULT_BENCH_PROMPTS = 4  # the no-argument run fits ~10 min on a 2-core AVX2 m
 @dtype_option
 @quant_option
 def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods, draft_len, adaedl,
-          token_map, calib, target, draft, out, resume, repeats, prompt_tokens, dtype, draft_quant) -> None:
+          token_map, calib, target, draft, cross_draft, out, resume, repeats, prompt_tokens, dtype,
+          draft_quant) -> None:
     """Spec-Bench-style evaluation: every method on every prompt, with tables and plots."""
     from .bench import methods as bm
     from .bench.common import warm_up
@@ -339,6 +347,7 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     from .bench.run import read_results, run_matrix
     from .calibrate import calibrated_map, parse_calibration
     from .data import load_questions, select
+    from .drafters import Bridge
     from .engine import Stop
     from .metrics import timed
     from .policies import parse_policy
@@ -367,8 +376,18 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     stop = Stop(models.stop_token_ids(tgt))
     with timed(spent, "profile"):
         costs = profile.for_pair(tgt, drf) if any(n in bm.NEEDS_PROFILE for n in names) else None
+    cross = None
+    if set(names) & set(bm.NEEDS_CROSS):
+        with timed(spent, "loading"):
+            xdrf = models.load(cross_draft, dtype)
+            xbridge = Bridge.between(tgt, xdrf)
+        if xbridge is None:
+            raise VocabtrimError(f"--cross-draft {cross_draft} shares the target's tokenizer; the x methods "
+                                 "need a drafter with another one")
+        with timed(spent, "profile"):
+            cross = (xdrf.model, xbridge, profile.for_pair(tgt, xdrf) if "x+ngram+cost" in names else None)
     matrix = bm.build(names, tgt.model, drf.model, kept, sampling, seed, stop, draft_len, adaedl,
-                      prompt_tokens, costs)
+                      prompt_tokens, costs, Bridge.between(tgt, drf), cross)
     with timed(spent, "warm-up"):
         warm_up(matrix, tgt.tokenizer)
     with timed(spent, "generations"):
@@ -382,7 +401,8 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
                            "repeats": repeats, "temperature": temperature, "seed": seed, "draft_len": draft_len,
                            "adaedl": adaedl, "token_map_k": None if kept is None else len(kept),
                            "prompt_tokens": prompt_tokens, "dtype": tgt.dtype, "draft_quant": draft_quant,
-                           "target": target, "draft": draft}
+                           "target": target, "draft": draft,
+                           "cross_draft": cross_draft if cross else None}
     write_reports(summary, out)
     click.echo(markdown(summary))
     click.echo(f"results, summary.md and plots in {out}")

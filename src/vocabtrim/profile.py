@@ -169,7 +169,7 @@ def prefill_s(model: torch.nn.Module, context: list[int]) -> float:
 def measure(target, drafter, quick: bool = False, progress: bool = True) -> Profile:
     """Time `target` and `drafter` (models.Loaded) on this machine; see the module doc."""
     ns, contexts, repeats = (QUICK_N, (QUICK_CONTEXT,), 2) if quick else (FULL_N, CONTEXTS, 3)
-    vocab = drafter.model.get_output_embeddings().out_features
+    vocab = min(m.get_output_embeddings().out_features for m in (target.model, drafter.model))  # ids both read
     room = min(context_length(target.model), context_length(drafter.model)) - max(ns) - repeats
     contexts = sorted({min(c, room) for c in contexts})  # tiny test models hold less
     ids = [(500 + i) % vocab for i in range(max(contexts))]

@@ -2,17 +2,21 @@
 
 `hf` is transformers' assisted generation with its default settings; `pld` its prompt
 lookup decoding (`prompt_lookup_num_tokens=10`, its default matching, no drafter model).
+The `x` methods draft with a second drafter of another tokenizer (`cross`): `x` through
+the shared tokens alone, `x+ngram` also proposing the target tokens it spells in pieces;
+`hf+x` is transformers' generation across tokenizers with it (`assistant_tokenizer=`).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import time
 
 import torch
 
 from .. import kernels
-from ..drafters import Drafter, HybridDrafter, ModelDrafter, SuffixDrafter
+from ..drafters import Bridge, Drafter, HybridDrafter, SuffixDrafter, make_drafter
 from ..engine import Engine, Stop
 from ..errors import VocabtrimError
 from ..heads import Head
@@ -23,10 +27,12 @@ from ..sampling import Sampling
 from .run import Method
 
 METHODS = ("ar", "sd", "sd+vt", "sd+adaedl", "sd+vt+adaedl", "sd+cost", "sd+vt+cost", "sd+vt+q8", "sd+vt+q4",
-           "suffix", "suffix+cost", "hybrid", "hybrid+vt", "hybrid+vt+cost", "hybrid+vt+q4+cost", "hf", "pld")
+           "suffix", "suffix+cost", "hybrid", "hybrid+vt", "hybrid+vt+cost", "hybrid+vt+q4+cost", "hf", "pld",
+           "x", "x+ngram", "x+ngram+cost", "hf+x")
 NEEDS_MAP = ("sd+vt", "sd+vt+adaedl", "sd+vt+cost", "sd+vt+q8", "sd+vt+q4", "hybrid+vt", "hybrid+vt+cost",
              "hybrid+vt+q4+cost")
 NEEDS_PROFILE = ("sd+cost", "sd+vt+cost", "suffix+cost", "hybrid+vt+cost", "hybrid+vt+q4+cost")
+NEEDS_CROSS = ("x", "x+ngram", "x+ngram+cost", "hf+x")
 
 
 def parse_methods(text: str) -> list[str]:
@@ -39,17 +45,26 @@ def parse_methods(text: str) -> list[str]:
 
 def build(names: list[str], target, drafter, kept_ids: torch.Tensor | None, sampling: Sampling,
           seed: int, stop: Stop, draft_len: int = 5, adaedl: str = "adaedl",
-          prompt_tokens: bool = True, costs: Profile | None = None) -> list[Method]:
+          prompt_tokens: bool = True, costs: Profile | None = None, bridge: Bridge | None = None,
+          cross: tuple[torch.nn.Module, Bridge, Profile | None] | None = None) -> list[Method]:
     """One Method per name, sharing the loaded models. Each suffix and hybrid method keeps
     its own store of earlier outputs across the run's questions; the cost methods draft by
-    `costs`, this machine's profile of the pair."""
+    `costs`, this machine's profile of the pair. `bridge` pairs the tokenizers of a drafter
+    of another vocabulary; `cross` is the x methods' drafter, its bridge and its profile."""
     vocab = target.get_output_embeddings().out_features
-    full = Engine(target, ModelDrafter(drafter, target))
-    trimmed = None if kept_ids is None else Engine(target, ModelDrafter(drafter, target, kept_ids, prompt_tokens))
+    drafting = functools.partial(make_drafter, "model", target, bridge=bridge)
+    full = Engine(target, drafting(drafter))
+    trimmed = None if kept_ids is None else Engine(target, drafting(drafter, kept_ids, prompt_tokens))
 
     @functools.cache
-    def quantized(scheme: str) -> ModelDrafter:  # a quantized copy of the drafter, built only when asked for
-        return ModelDrafter(kernels.quantized(drafter, scheme), target, kept_ids, prompt_tokens)
+    def quantized(scheme: str) -> Drafter:  # a quantized copy of the drafter, built only when asked for
+        return drafting(kernels.quantized(drafter, scheme), kept_ids, prompt_tokens)
+
+    if cross is None and set(names) & set(NEEDS_CROSS):
+        raise VocabtrimError("the x methods need a drafter with another tokenizer")
+
+    def crossing(merges: bool) -> Drafter:
+        return make_drafter("model", target, cross[0], bridge=cross[1], merges=merges)
 
     def quantized_cost(scheme: str) -> Cost:  # the pair's target costs, the quantized drafter's steps
         return _cost(costs and with_drafter(costs, quantized(scheme).model), quantized(scheme))
@@ -73,17 +88,33 @@ def build(names: list[str], target, drafter, kept_ids: torch.Tensor | None, samp
                                    _cost(costs, trimmed.drafter)),
         "hybrid+vt+q4+cost": lambda: (Engine(target, HybridDrafter(quantized("int4"), SuffixDrafter(vocab))),
                                       quantized_cost("int4")),
+        "x": lambda: (Engine(target, crossing(False)), Policy(draft_len)),
+        "x+ngram": lambda: (Engine(target, crossing(True)), Policy(draft_len)),
+        "x+ngram+cost": lambda: (Engine(target, d := crossing(True)), _cost(cross[2], d)),
     }
     out = []
     for n in names:
         if n == "hf":
-            out.append(Method(n, HFGenerate(target, sampling, seed, stop, assistant=drafter)))
+            tokenizers = {} if bridge is None else {"tokenizer": bridge.target_tok,
+                                                    "assistant_tokenizer": bridge.drafter_tok}
+            out.append(Method(n, HFGenerate(target, sampling, seed, stop, assistant=_own(drafter, bridge),
+                                            **tokenizers)))
+        elif n == "hf+x":
+            model, xb, _ = cross
+            out.append(Method(n, HFGenerate(target, sampling, seed, stop, assistant=_own(model, xb),
+                                            tokenizer=xb.target_tok, assistant_tokenizer=xb.drafter_tok)))
         elif n == "pld":
             out.append(Method(n, HFGenerate(target, sampling, seed, stop, prompt_lookup_num_tokens=10)))
         else:
             engine, policy = engines[n]()
             out.append(Method(n, lambda ids, m, e=engine, p=policy: e.generate(ids, m, p, sampling, seed, stop)))
     return out
+
+
+def _own(model: torch.nn.Module, bridge: Bridge | None) -> torch.nn.Module:
+    """The drafter transformers may use: across tokenizers its sampling prunes the model's
+    head in place, so it gets a copy of its own."""
+    return model if bridge is None else copy.deepcopy(model)
 
 
 def _cost(costs: Profile | None, drafter: Drafter) -> Cost:

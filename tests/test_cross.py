@@ -1,0 +1,173 @@
+"""Cross-vocabulary drafting: the bridge between two tokenizers, the n-gram cache of merged
+tokens, greedy identity and the target's distribution under sampling (chi-square)."""
+
+import itertools
+import json
+
+import pytest
+import torch
+from conftest import cli, tiny_model
+from scipy.stats import chisquare
+from tokenizers import Tokenizer, decoders
+from tokenizers import models as tk_models
+from transformers import PreTrainedTokenizerFast
+
+from vocabtrim.drafters import Bridge, CrossDrafter
+from vocabtrim.drafters import cross as cross_mod
+from vocabtrim.drafters.model import Take
+from vocabtrim.engine import Engine
+from vocabtrim.policies import Policy, parse_policy
+from vocabtrim.sampling import Sampling
+
+SPECIALS = ["<s>", "<|end|>"]
+
+
+def bpe(pieces: list[str], merges: list[tuple[str, str]]) -> PreTrainedTokenizerFast:
+    """A character BPE tokenizer over `pieces` (after the special tokens)."""
+    tok = Tokenizer(tk_models.BPE({p: i for i, p in enumerate(SPECIALS + pieces)}, merges))
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|end|>")
+
+
+# The target writes "ab" and "ca" as one token each; the drafter has neither (it spells
+# them a+b and c+a) but has "bc", which the target lacks.
+TARGET_TOK = bpe(["a", "b", "c", "ab", "ca"], [("a", "b"), ("c", "a")])
+DRAFT_TOK = bpe(["a", "b", "c", "bc"], [("b", "c")])
+TV, DV = len(TARGET_TOK), len(DRAFT_TOK)
+AB, CA = TARGET_TOK.convert_tokens_to_ids(["ab", "ca"])
+TARGET = tiny_model(TV, seed=21, layers=1)
+DRAFT = tiny_model(DV, seed=22, layers=1)
+PROMPT = TARGET_TOK("<s>abcab", add_special_tokens=False)["input_ids"]  # holds ab and ca: merges are learnt
+
+
+def bridge() -> Bridge:
+    return Bridge(TARGET_TOK, DRAFT_TOK, DV)
+
+
+def test_bridge_pairs_twins_and_spells_the_rest():
+    b = bridge()
+    d = DRAFT_TOK.convert_tokens_to_ids
+    t = TARGET_TOK.convert_tokens_to_ids
+    assert [int(b.twin[d(p)]) for p in ["<s>", "<|end|>", "a", "b", "c"]] == [t(p) for p in
+                                                                              ["<s>", "<|end|>", "a", "b", "c"]]
+    assert int(b.twin[d("bc")]) == -1 and b.shared == 5
+    assert b.spelling(AB) == (d("a"), d("b")) and b.spelling(CA) == (d("c"), d("a"))
+    assert b.spelling(t("a")) is None  # it has a twin: drafted directly
+    assert DRAFT_TOK.decode(b.own_ids(PROMPT)) == "<s>abcab"
+
+
+def test_merges_learn_from_the_target_text_once():
+    b = bridge()
+    m = cross_mod.Merges(b, DV)
+    assert not m.learn([TARGET_TOK.convert_tokens_to_ids("a")])  # a twin: nothing to spell
+    assert m.learn([AB, AB]) and not m.learn([AB])
+    a = DRAFT_TOK.convert_tokens_to_ids("a")
+    assert m.spell == {(a, DRAFT_TOK.convert_tokens_to_ids("b")): AB} and bool(m.starts[a])
+
+
+def test_byte_level_tokens_map_to_their_bytes():
+    chars = cross_mod._byte_of_char()
+    assert len(chars) == 256 and chars["\u0120"] == ord(" ") and chars["\u010a"] == ord("\n")
+
+
+def proposed(engine: Engine) -> list[int]:
+    """Every token the engine's drafter proposes from now on."""
+    seen: list[int] = []
+    drafter, propose = engine.drafter, engine.drafter.propose
+
+    def spy(*args, **kwargs):
+        p = propose(*args, **kwargs)
+        seen.extend(p.tokens)
+        return p
+
+    drafter.propose = spy
+    return seen
+
+
+@pytest.mark.parametrize("merges", [False, True])
+def test_greedy_identical_to_target_alone(merges):
+    alone = Engine(TARGET)
+    eng = Engine(TARGET, CrossDrafter(DRAFT, TARGET, bridge(), merges=merges))
+    seen = proposed(eng)
+    for seed in range(6):
+        tail = torch.randint(2, TV, (5,), generator=torch.Generator().manual_seed(seed)).tolist()
+        ref, _ = alone.generate(PROMPT + tail, 24, Policy(1))
+        out, stats = eng.generate(PROMPT + tail, 24, Policy(4))
+        assert out == ref
+        assert stats.new_tokens == sum(stats.accepted_per_round) + stats.bonus_tokens
+    merged = {AB, CA} & set(seen)
+    assert merged if merges else not merged  # only the n-gram cache can propose them
+
+
+def test_a_token_map_in_the_drafters_vocabulary_composes_with_the_intersection():
+    kept = torch.tensor([0, 1, 2, 3, 5])  # <s>, <|end|>, a, b, bc: no c
+    eng = Engine(TARGET, CrossDrafter(DRAFT, TARGET, bridge(), kept, prompt_tokens=False))
+    seen = proposed(eng)
+    ref, _ = Engine(TARGET).generate(PROMPT, 24, Policy(1))
+    assert eng.generate(PROMPT, 24, Policy(4))[0] == ref
+    assert eng.drafter.head_rows == 5 and TARGET_TOK.convert_tokens_to_ids("c") not in seen
+
+
+# --- losslessness under sampling ---------------------------------------------------------
+
+SAMPLING = Sampling(temperature=0.9)
+RUNS = 3000
+
+
+@torch.inference_mode()
+def exact_joint(n: int) -> dict[tuple[int, ...], float]:
+    out = {}
+    for toks in itertools.product(range(TV), repeat=n):
+        p = 1.0
+        for i in range(n):
+            p *= float(SAMPLING.probs(TARGET(torch.tensor([PROMPT + list(toks[:i])])).logits[0, -1])[toks[i]])
+        out[toks] = p
+    return out
+
+
+def chi2_pvalue(engine: Engine, policy: str, n: int = 3) -> float:
+    counts: dict[tuple[int, ...], int] = {}
+    for seed in range(RUNS):
+        out, _ = engine.generate(PROMPT, n, parse_policy(policy), SAMPLING, seed=seed)
+        counts[tuple(out)] = counts.get(tuple(out), 0) + 1
+    exact = exact_joint(n)
+    keys = [k for k, p in exact.items() if p * RUNS >= 1]
+    obs = [counts.get(k, 0) for k in keys] + [RUNS - sum(counts.get(k, 0) for k in keys)]
+    exp = [exact[k] * RUNS for k in keys] + [RUNS * (1 - sum(exact[k] for k in keys))]
+    return chisquare(obs, exp).pvalue
+
+
+@pytest.mark.parametrize("merges", [False, True])
+def test_sampling_follows_the_target_distribution(merges):
+    eng = Engine(TARGET, CrossDrafter(DRAFT, TARGET, bridge(), merges=merges))
+    seen = proposed(eng)
+    p = chi2_pvalue(eng, "static:3")
+    assert p > 1e-3, f"cross drafter (merges {merges}): chi-square p={p:.2g}"
+    assert ({AB, CA} & set(seen)) if merges else True
+
+
+def test_chi_square_catches_a_merged_draft_verified_against_the_drafters_distribution(monkeypatch):
+    """The tempting wrong rule: a merged token counted as drawn from the drafter's scattered
+    distribution (where it has no mass, so it is always accepted) instead of one-hot."""
+    def wrong(self, first, ids, sampling, gen):
+        took = merge(self, first, ids, sampling, gen)
+        if took is None or sampling.greedy:
+            return took
+        return Take(took.token, took.pieces, torch.full((self.target_vocab,), 1e-6), took.forwards)
+
+    merge = CrossDrafter._merge
+    monkeypatch.setattr(CrossDrafter, "_merge", wrong)
+    p = chi2_pvalue(Engine(TARGET, CrossDrafter(DRAFT, TARGET, bridge())), "static:3")
+    assert p < 1e-3, f"the test did not notice a wrong merge rule (p={p:.2g})"
+
+
+def test_generate_drafts_with_a_drafter_of_another_tokenizer(tiny_dirs):
+    """`--draft` takes a model of another vocabulary (80 words vs the target's 64)."""
+    base = ["generate", "--target", tiny_dirs["target"], "--prompt", "w1 w2 w3", "--max-new-tokens", 12,
+            "--json", "--dtype", "float32"]
+    alone = json.loads(cli(*base, "--no-draft").output.splitlines()[-1])
+    for flag in ("--ngram-cache", "--no-ngram-cache"):
+        r = cli(*base, "--draft", tiny_dirs["other_vocab"], "--drafter", "model", "--policy", "static:3", flag)
+        assert r.exit_code == 0, r.output
+        record = json.loads(r.output.splitlines()[-1])
+        assert record["token_ids"] == alone["token_ids"] and record["drafter_forwards"] > 0
