@@ -303,8 +303,10 @@ def load(spec: str, dtype: str = "auto") -> Loaded:
     except Exception as e:  # noqa: BLE001 - a bad model dir fails in many ways; say which in one line
         hint = f"; delete {where} and fetch again" if spec in BUILTINS else ""
         raise VocabtrimError(f"cannot load model {spec!r}: {_first_line(e)}{hint}") from None
-    if gguf and tok.chat_template is None:
-        tok.chat_template = _gguf_chat_template(Path(where) / gguf)
+    if gguf:  # its weights are dequantized now, but transformers still marks it quantized
+        model.is_quantized, model.hf_quantizer = False, None
+        if tok.chat_template is None:
+            tok.chat_template = _gguf_chat_template(Path(where) / gguf)
     model.eval()
     if dtype == kernels.PACKED:
         kernels.pack(model)
