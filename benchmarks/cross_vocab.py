@@ -6,37 +6,38 @@ across tokenizers (`hf+x`), with the same-vocabulary 0.5B drafter (`sd`) as refe
 One `vocabtrim bench` run per temperature over HumanEval problems 0..N-1 and the
 Spec-Bench-format sample (every method meets every question in the same run); prints
 acceptance, tau, c, tokens/s and the speed-up over the target alone per temperature and
-writes cross.md next to the runs.
+writes cross.md next to the runs. At T > 0 every method's answers are also scored under the
+target's own sampling distribution (mean log-probability per token, and the share of tokens
+the target gives less than 1e-4): a lossless method writes text as likely as the target
+alone does; this is how transformers' cross-tokenizer sampling was found not to be.
 
     python benchmarks/cross_vocab.py --humaneval 16 --per-category 2 --out results/cross
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
-from drafters_mix import write_questions
+import torch
+from drafters_mix import mix_parser, write_questions
 
+from vocabtrim import models
+from vocabtrim.bench.run import read_results
 from vocabtrim.files import atomic_write
 
 METHODS = "ar,sd,x,x+ngram,x+ngram+cost,hf+x"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--humaneval", type=int, default=16, help="HumanEval problems 0..N-1")
-    ap.add_argument("--per-category", type=int, default=2, help="Spec-Bench-format questions per category")
+    ap = mix_parser(__doc__, METHODS, 2, "results/cross")
     ap.add_argument("--temperatures", default="0,0.7")
-    ap.add_argument("--methods", default=METHODS)
-    ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--out", type=Path, default=Path("results/cross"))
-    ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
     data = write_questions(args.out, args.humaneval, args.per_category)
+    fidelity: list[str] = []
     lines = ["| T | method | tok/s | speed-up | acceptance | tau | c | humaneval | prose (mean of categories) | identical |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for t in args.temperatures.split(","):
@@ -48,9 +49,31 @@ def main() -> None:
         summary = json.loads((out / "summary.json").read_text())
         for name, m in summary["methods"].items():
             lines.append(_row(t, name, m))
-    table = "\n".join(lines) + "\n"
+        if float(t) > 0:
+            fidelity.append(f"T={t}: " + "; ".join(f"{name} {lp:.3f} ({rare:.2%})"
+                                                    for name, (lp, rare) in _fidelity(out, float(t)).items()))
+    table = "\n".join(lines) + "\n\nMean log-probability per token under the target's own distribution " \
+        "(share of tokens below p=1e-4):\n\n" + "\n".join(fidelity) + "\n"
     atomic_write(args.out / "cross.md", lambda tmp: Path(tmp).write_text(table))
     print(table)
+
+
+@torch.inference_mode()
+def _fidelity(out: Path, temperature: float) -> dict[str, tuple[float, float]]:
+    """Per method: the mean log-probability of its first-turn answers' tokens under the
+    target at `temperature`, and the share of tokens below p = 1e-4."""
+    target = models.load(models.DEFAULT_TARGET).model
+    sums: dict[str, list[float]] = {}
+    for r in read_results(out / "results.jsonl"):
+        turn = r["turns"][0]
+        prompt, answer = turn["prompt_ids"], turn["token_ids"]
+        if not answer:
+            continue
+        logits = target(torch.tensor([prompt + answer])).logits[0, len(prompt) - 1:-1].float() / temperature
+        lp = logits.log_softmax(-1).gather(1, torch.tensor(answer)[:, None])[:, 0]
+        s = sums.setdefault(r["method"], [0.0, 0, 0])
+        s[0], s[1], s[2] = s[0] + float(lp.sum()), s[1] + len(answer), s[2] + int((lp < math.log(1e-4)).sum())
+    return {m: (s[0] / s[1], s[2] / s[1]) for m, s in sums.items()}
 
 
 def _row(t: str, name: str, m: dict) -> str:

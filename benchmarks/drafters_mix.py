@@ -39,15 +39,21 @@ def write_questions(out: Path, n_humaneval: int, per_category: int) -> Path:
     return data
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def mix_parser(doc: str, methods: str, per_category: int, out: str) -> argparse.ArgumentParser:
+    """The options of a run over write_questions' mix."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--humaneval", type=int, default=16, help="HumanEval problems 0..N-1")
-    ap.add_argument("--per-category", type=int, default=3, help="Spec-Bench-format questions per category")
-    ap.add_argument("--methods", default=METHODS)
+    ap.add_argument("--per-category", type=int, default=per_category,
+                    help="Spec-Bench-format questions per category")
+    ap.add_argument("--methods", default=methods)
     ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--out", type=Path, default=Path("results/drafters"))
+    ap.add_argument("--out", type=Path, default=Path(out))
     ap.add_argument("--resume", action="store_true")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = mix_parser(__doc__, METHODS, 3, "results/drafters").parse_args()
     data = write_questions(args.out, args.humaneval, args.per_category)
     cmd = [sys.executable, "-m", "vocabtrim.cli", "bench", "--data", str(data), "--methods", args.methods,
            "--max-new-tokens", str(args.max_new_tokens), "--out", str(args.out)]

@@ -124,3 +124,23 @@ def test_calibrate_trim_generate_on_real_pair(real_pair, tmp_path):
     d = divergence(target.model, ids, alone["token_ids"], trimmed["token_ids"])
     assert d is None or d["tie"], d
     assert 0.2 < trimmed["cost_ratio"] < 0.3  # 4096 of 151,936 head rows: below the full 0.32
+
+
+@pytest.mark.parametrize("merges", [False, True])
+def test_greedy_identical_with_a_drafter_of_another_tokenizer(real_pair, target_alone, merges):
+    """The built-in SmolLM2-135M drafts for the Qwen2.5 target across vocabularies."""
+    from vocabtrim.drafters import Bridge
+
+    target, _ = real_pair
+    ids, ref = target_alone
+    smol = models.load(models.CROSS_DRAFT)
+    bridge = Bridge.between(target, smol)
+    assert bridge is not None and bridge.shared > 35_000
+    im_end = target.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert im_end in bridge.has_twin  # the end of the turn can be drafted
+    eng = Engine(target.model, make_drafter("model", target.model, smol.model, bridge=bridge, merges=merges))
+    out, s = eng.generate(ids, 32, Policy(5), stop=Stop(models.stop_token_ids(target)))
+    d = divergence(target.model, ids, ref, out)
+    assert d is None or d["tie"], f"cross-vocabulary drafter: greedy output differs from the target alone: {d}"
+    assert sum(s.accepted_per_round) > 5 and s.cost_ratio < 0.1
+    assert bool(eng.drafter.merges and eng.drafter.merges.spell) == merges  # the prompt taught it merges
