@@ -189,8 +189,8 @@ class Cost(Policy):
     estimate follows the text). Before a forward's token is kept the estimate is that of
     its distribution (greedy: its top token; sampled: the table averaged over q); once
     kept, the token's own bin counts (a sampled long-shot is likely rejected). S is the
-    chance that every draft so far survives, E(K) = 1 + S_1 + ... + S_K the expected tokens of a round with K drafts and
-    T(K) = K t_draft + t_verify(K+1) its time; a draft is made while E(K+1)/T(K+1) beats
+    chance that every draft so far survives, E(K) = 1 + S_1 + ... + S_K the expected
+    tokens of a round with K drafts and T(K) = K t_draft + t_verify(K+1) its time; a draft is made while E(K+1)/T(K+1) beats
     E(K)/T(K), counting a forward already paid for as spent. A round drafts nothing when
     even an average first draft does not pay, and after `probe` such rounds drafts once
     to learn whether that still holds. Decisions read the distribution and past rounds,
