@@ -16,6 +16,7 @@ this machine's measured costs say no draft pays, and probes again after a few su
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Callable
 
@@ -206,7 +207,7 @@ class Cost(Policy):
         super().__init__(max_len)
         self.probe, self.idle, self.cap = probe, 0, max_len
         bounds = (0.0, *self.EDGES, 1.0)
-        self.hits = [self.PRIOR * (lo + hi) / 2 for lo, hi in zip(bounds, bounds[1:])]
+        self.hits = [self.PRIOR * (lo + hi) / 2 for lo, hi in itertools.pairwise(bounds)]
         self.seen = [self.PRIOR] * len(self.hits)
         self.edges = torch.tensor(self.EDGES)
         self.first = [self.PRIOR * 0.5, self.PRIOR]  # hits and trials of first drafts
