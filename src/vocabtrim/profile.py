@@ -94,10 +94,11 @@ class Profile:
 
 
 def _extend(ms: list[float], n: int) -> float:
-    """ms[n-1], extrapolated linearly past the end."""
+    """ms[n-1], extrapolated linearly past the end, never downwards (scoring more tokens
+    does not cost less; noise in the last two timings of a tiny model made it negative)."""
     if n <= len(ms):
         return ms[max(n, 1) - 1]
-    slope = ms[-1] - ms[-2] if len(ms) > 1 else 0.0
+    slope = max(ms[-1] - ms[-2], 0.0) if len(ms) > 1 else 0.0
     return ms[-1] + slope * (n - len(ms))
 
 
