@@ -171,3 +171,23 @@ def test_generate_drafts_with_a_drafter_of_another_tokenizer(tiny_dirs):
         assert r.exit_code == 0, r.output
         record = json.loads(r.output.splitlines()[-1])
         assert record["token_ids"] == alone["token_ids"] and record["drafter_forwards"] > 0
+
+
+def test_calibrate_trim_generate_with_a_token_map_in_the_drafters_vocabulary(tmp_path, tiny_dirs):
+    """The target's answers are counted in the drafter's own tokens, so its map trims its head."""
+    from vocabtrim.calibrate import Counts
+
+    data = tmp_path / "calib.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 3}"}) + "\n" for i in range(6, 12)))
+    other = tiny_dirs["other_vocab"]
+    r = cli("calibrate", "--source", "target", "--data", data, "--out", tmp_path / "c.safetensors",
+            "--max-new-tokens", 8, "--target", tiny_dirs["target"], "--draft", other)
+    assert r.exit_code == 0, r.stderr
+    assert len(Counts.load(tmp_path / "c.safetensors").counts) == 80  # the drafter's vocabulary, not the target's 64
+    assert cli("trim", "--counts", tmp_path / "c.safetensors", "--keep", 30, "--draft", other,
+               "--out", tmp_path / "tm").exit_code == 0
+    base = ["generate", "--target", tiny_dirs["target"], "--prompt", "w1 w2 w3", "--max-new-tokens", 12, "--json"]
+    alone = json.loads(cli(*base, "--no-draft").output.splitlines()[-1])
+    r = cli(*base, "--draft", other, "--drafter", "model", "--policy", "static:3", "--token-map", tmp_path / "tm")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.splitlines()[-1])["token_ids"] == alone["token_ids"]

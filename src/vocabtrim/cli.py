@@ -230,11 +230,11 @@ def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed,
     from .calibrate import (
         count_tokens,
         generate_fn,
+        in_drafter_tokens,
         load_items,
         tokenize_fn,
         tokenizer_fingerprint,
     )
-    from .drafters import Bridge
     from .sampling import Sampling
 
     sampling = Sampling(temperature)
@@ -254,9 +254,8 @@ def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed,
         meta.update(model=gen_model, dtype=lm.dtype, max_new_tokens=max_new_tokens,
                     temperature=temperature, seed=seed)
         per_item = generate_fn(engine, lm, max_new_tokens, sampling, seed)
-        bridge = drf and Bridge.between(lm, drf)
-        if bridge:  # a drafter of another tokenizer: its map counts the target's text in its tokens
-            per_item, lm = (lambda text, answer=per_item: bridge.own_ids(answer(text))), drf
+        if drf is not None:  # the target's text, counted in the drafter's tokens for its map
+            per_item, lm = in_drafter_tokens(per_item, lm, drf), drf
     meta["tokenizer"] = tokenizer_fingerprint(lm.tokenizer)
     counts = count_tokens(items, out, meta, lm.model.config.vocab_size, per_item, resume)
     click.echo(f"counted {counts.meta['tokens']} tokens from {counts.meta['items_done']} items, "

@@ -173,14 +173,11 @@ class CrossDrafter(ModelDrafter):
         self.blocked = ~(self.direct | starts)
 
     def start(self, seq):
-        super().start(self.bridge.own_ids(seq))
+        ids = super().start(self.bridge.own_ids(seq))
         self.learnt = 0
         self._learn(seq)
         self._masks()
-
-    def prefill(self, seq):
-        self.start(seq)
-        self.lm.hidden(self.bridge.own_ids(seq), 1)
+        return ids
 
     def _learn(self, seq: list[int]) -> None:
         if self.merges and self.merges.learn(seq[self.learnt:]):

@@ -54,15 +54,15 @@ class ModelDrafter(Drafter):
     def prefill(self, seq: list[int]) -> None:
         """A fresh cache holding `seq` (no head: the first draft comes after the target's
         first token)."""
-        self.start(seq)
-        self.lm.hidden(seq, 1)
+        self.lm.hidden(self.start(seq), 1)
 
-    def start(self, seq: list[int]) -> None:
+    def start(self, seq: list[int]) -> list[int]:
         """A new generation after the prompt `seq`, read later by the first draft's forward
         (which feeds whatever the cache lacks), and a trimmed head that can also propose the
-        prompt's tokens."""
+        prompt's tokens. Returns the prompt in the drafter's own ids."""
         self.head = self.base_head.for_prompt(seq) if self.prompt_tokens else self.base_head
         self.lm = self.new_lm()
+        return seq
 
     def propose(self, seq, room, policy, sampling, gen) -> Proposal:
         ids = self.own_ids(seq)
