@@ -30,16 +30,19 @@ from vocabtrim.bench.run import read_results
 from vocabtrim.files import atomic_write
 
 METHODS = "ar,sd,x,x+ngram,x+ngram+cost,hf+x"
+HEADER = "| T | method | tok/s | speed-up | acceptance | tau | c | humaneval | prose (mean of categories) | identical |"
 
 
 def main() -> None:
     ap = mix_parser(__doc__, METHODS, 2, "results/cross")
     ap.add_argument("--temperatures", default="0,0.7")
     args = ap.parse_args()
+    report = args.out / "cross.md"
+    if report.exists() and not report.read_text().startswith(HEADER):  # checked before 40 minutes of runs
+        sys.exit(f"error: refusing to overwrite {report}: this script did not write it")
     data = write_questions(args.out, args.humaneval, args.per_category)
     fidelity: list[str] = []
-    lines = ["| T | method | tok/s | speed-up | acceptance | tau | c | humaneval | prose (mean of categories) | identical |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [HEADER, "|---|---|---|---|---|---|---|---|---|---|"]
     for t in args.temperatures.split(","):
         out = args.out / f"T{t}"
         cmd = [sys.executable, "-m", "vocabtrim.cli", "bench", "--data", str(data), "--methods", args.methods,
@@ -54,7 +57,7 @@ def main() -> None:
                                                     for name, (lp, rare) in _fidelity(out, float(t)).items()))
     table = "\n".join(lines) + "\n\nMean log-probability per token under the target's own distribution " \
         "(share of tokens below p=1e-4):\n\n" + "\n".join(fidelity) + "\n"
-    atomic_write(args.out / "cross.md", lambda tmp: Path(tmp).write_text(table))
+    atomic_write(report, lambda tmp: Path(tmp).write_text(table))
     print(table)
 
 

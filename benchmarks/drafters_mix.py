@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from vocabtrim.data import humaneval
+from vocabtrim.files import atomic_write
 
 SAMPLE = Path(__file__).with_name("spec_bench_sample.jsonl")
 METHODS = "ar,sd+vt,suffix,hybrid,hybrid+vt,pld"
@@ -33,9 +34,10 @@ def write_questions(out: Path, n_humaneval: int, per_category: int) -> Path:
         seen[q["category"]] = seen.get(q["category"], 0) + 1
         if seen[q["category"]] <= per_category:
             questions.append(q)
-    out.mkdir(parents=True, exist_ok=True)
-    data = out / "questions.jsonl"
-    data.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    data, text = out / "questions.jsonl", "".join(json.dumps(q) + "\n" for q in questions)
+    if data.exists() and data.read_text() != text:  # another run's questions, or not ours at all
+        sys.exit(f"error: refusing to overwrite {data}: it holds other questions; choose another --out")
+    atomic_write(data, lambda tmp: Path(tmp).write_text(text))
     return data
 
 

@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from vocabtrim import models
 from vocabtrim.data import Question
 
@@ -34,3 +36,17 @@ def test_engine_vs_hf_runs_three_methods_through_the_bench_runner(tmp_path, tiny
     assert summary["methods"]["sd"]["overall"]["mean_draft_length"] <= 3
     assert "vocabtrim / transformers:" in capsys.readouterr().out
     assert (out / "speedup.png").exists() and len((out / "results.jsonl").read_text().splitlines()) == 9
+
+
+def test_mixed_question_file_is_written_whole_and_never_over_someone_elses(tmp_path):
+    drafters_mix = script("drafters_mix")
+    data = drafters_mix.write_questions(tmp_path, 2, 1)
+    first = data.read_text()
+    assert len(first.splitlines()) == 2 + 6  # two HumanEval problems, one question per sample category
+    assert drafters_mix.write_questions(tmp_path, 2, 1) == data and data.read_text() == first  # a rerun: the same
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "questions.jsonl").write_text("my own questions\n")
+    with pytest.raises(SystemExit, match="refusing to overwrite"):
+        drafters_mix.write_questions(mine, 2, 1)
+    assert (mine / "questions.jsonl").read_text() == "my own questions\n"
