@@ -4,6 +4,10 @@ the CLI flag."""
 
 import errno
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -163,3 +167,64 @@ def test_a_cache_that_cannot_be_written_costs_only_time(tiny_dirs, quant_cache, 
     assert same_drafter(quantize_draft(tiny_dirs), quantize_draft(tiny_dirs))
     assert "cannot cache the quantized drafter" in capsys.readouterr().err
     assert not quant_cache.exists()
+
+
+def run_python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter, so that a crash of torch's kernels fails the test, not the run."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=os.environ | (env or {}))
+
+
+MISALIGNED = """
+import torch
+from vocabtrim import kernels
+torch.manual_seed(0)
+w = torch.randn(896, 896) * 0.05
+fresh = kernels.QuantLinear.quantize(w, None, "{scheme}", torch.bfloat16)
+
+def at_odd_address(t):  # as safetensors hands out a tensor of its memory-mapped file
+    raw = bytearray(t.numel() * t.element_size() + 1)
+    view = torch.frombuffer(raw, dtype=torch.uint8, offset=1).view(t.dtype).view(t.shape)
+    view.copy_(t)
+    return view
+
+parts = {{k: at_odd_address(v) for k, v in fresh.parts().items()}}
+again = kernels.QuantLinear("{scheme}", parts["codes"], parts["scales"], None, (896, 896))
+for rows in (1, 2, 6, 41, 64, 201):
+    x = torch.randn(rows, 896, dtype=torch.bfloat16)
+    assert torch.equal(again(x), fresh(x)), rows
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_quantized_parts_at_any_address_multiply_as_fresh_ones(scheme):
+    done = run_python(MISALIGNED.format(scheme=scheme))
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_a_drafter_read_back_from_the_cache_drafts_in_a_fresh_process(tiny_dirs, tmp_path, scheme):
+    """The second run of a quantized drafter reads its parts from the cache's file (the
+    first quantizes): both exit 0 with the target's greedy output. Where a part lies in the
+    file depends on the length of its header, which holds the drafter's path: two paths 8
+    characters apart put the parts at both 8-byte offsets modulo 16 (torch's int8 kernel
+    crashed on one of them)."""
+    args = ["--target", str(tiny_dirs["target"]), "--dtype", "float32", "--prompt", "w1 w2 w3",
+            "--max-new-tokens", "24", "--raw", "--json"]
+    code = "import sys; from vocabtrim.cli import main; main(sys.argv[1:])"
+    env = {"VOCABTRIM_CACHE": str(tmp_path / "cache")}
+
+    def generate(*extra: str) -> list[int]:
+        done = subprocess.run([sys.executable, "-c", code, "generate", *args, *extra], capture_output=True,
+                              text=True, timeout=300, env=os.environ | env)
+        assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+        return json.loads(done.stdout)["token_ids"]
+
+    alone = generate("--no-draft")
+    for name in ("d", "d--------"):
+        draft = shutil.copytree(tiny_dirs["draft"], tmp_path / name)
+        quant = ("--draft", str(draft), "--drafter", "model", "--draft-quant", scheme, "--policy", "static:5")
+        assert generate(*quant) == alone  # quantized and saved
+        assert generate(*quant) == alone  # read back
+    assert len(list((tmp_path / "cache" / "quantized").iterdir())) == 2

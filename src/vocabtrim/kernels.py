@@ -110,6 +110,16 @@ INT4_GROUP = 32
 QUANT_ACT = torch.bfloat16
 
 
+def owned(t: Tensor | None) -> Tensor | None:
+    """`t` in memory torch allocated itself: contiguous and 64-byte aligned. Tensors that
+    safetensors reads from a file live in its memory map at whatever offset the file gives
+    them, and torch's packed CPU kernels crash the process (SIGSEGV, nothing to catch) on
+    such an operand: `_weight_int8pack_mm` did, on int8 codes read back from the cache."""
+    if t is None or (t.is_contiguous() and t.untyped_storage().resizable() and t.data_ptr() % 64 == 0):
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
 def check_scheme(scheme: str) -> None:
     if scheme not in QUANT[1:]:
         raise VocabtrimError(f"unknown quantization {scheme!r}; choose from {', '.join(QUANT)}")
@@ -128,8 +138,10 @@ class QuantLinear(nn.Module):
                  shape: tuple[int, int], group: int = INT4_GROUP):
         """`codes`: int8 weights [out, in], or int4 codes 0..15 as uint8 [out padded to 16, in];
         `scales`: [out] for int8, [in / group, padded out, (scale, zero)] for int4. Parts of
-        another shape (a stale or foreign file) are refused."""
+        another shape (a stale or foreign file) are refused. Every part is copied into memory of
+        its own where it is not already (see `owned`): the kernels read them as they are."""
         super().__init__()
+        codes, scales, bias = owned(codes), owned(scales), owned(bias)
         self.out_features, self.in_features = shape
         self.scheme, self.act, self.group = scheme, scales.dtype, group
         rows = self.out_features + (-self.out_features % 16 if scheme == "int4" else 0)
