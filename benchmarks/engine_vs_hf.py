@@ -17,6 +17,7 @@ import argparse
 from pathlib import Path
 
 from vocabtrim import kernels
+from vocabtrim.assembly import Assembler, Parts
 from vocabtrim.bench import methods as bm
 from vocabtrim.bench.common import identity_check, load_pair, warm_up
 from vocabtrim.bench.report import markdown, summarize, write_reports
@@ -36,14 +37,15 @@ def main() -> None:
     args = ap.parse_args()
     tgt, drf, stop = load_pair(args.dtype)
     greedy = Sampling()
-    matrix = bm.build(["ar", "sd"], tgt.model, drf.model, None, greedy, 0, stop, args.k)
+    assembler = Assembler(Parts(tgt, drf, draft_len=args.k))
+    matrix = bm.build(bm.parse_methods("ar,sd"), assembler, greedy, 0, stop)
     hf = bm.HFGenerate(tgt.model, greedy, 0, stop, assistant=drf.model, num_assistant_tokens=args.k,
                        num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0.0)
     matrix.append(Method("hf", hf))
     warm_up(matrix, tgt.tokenizer)
     records = run_matrix(humaneval(0, args.prompts), matrix, tgt.tokenizer, args.max_new_tokens,
                          args.out / "results.jsonl", resume=args.resume)
-    summary = summarize(records, "ar", True, identity_check(tgt.model))
+    summary = summarize(records, "ar", True, identity_check(assembler.target))
     summary["settings"] = {**vars(args), "out": str(args.out), "dtype": tgt.dtype}
     write_reports(summary, args.out)
     print(markdown(summary))

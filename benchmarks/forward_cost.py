@@ -46,6 +46,45 @@ def head_split_ms(lm: CachedLM, heads: dict[str, Head], context: list[int], repe
     return {n: 1000 * statistics.median(t) for n, t in times.items()}
 
 
+def pair_ms(dtype: str, context: list[int], k: int, prefill: int, quant: list[str], trimmed: int, repeats: int,
+            splits: dict) -> tuple[dict, float]:
+    """ms of a drafter step and of the target scoring 1 and k+1 tokens in `dtype`, seconds
+    of the target's prefill; each drafter weight scheme's head split goes into `splits`."""
+    ms = {}
+    with torch.inference_mode():
+        for role, name in (("draft", models.DEFAULT_DRAFT), ("target", models.DEFAULT_TARGET)):
+            loaded = models.load(name, dtype=dtype)
+            target = loaded.as_target()
+            ms[role, 1] = forward_ms(target.logits, target.vocab_size, context, 1, repeats)
+            if role == "draft":
+                for scheme in ["none", *quant]:
+                    model = loaded.model if scheme == "none" else kernels.quantized(loaded.model, scheme)
+                    heads = {"full": Head.of(model), "trimmed": Head.of(model, torch.arange(trimmed))}
+                    for forward, lm in (("transformers", CachedLM(model)), ("lean", lm_factory(model)())):
+                        splits[dtype, scheme, forward] = head_split_ms(lm, heads, context, repeats)
+            else:
+                ms[role, k + 1] = forward_ms(target.logits, target.vocab_size, context, k + 1, repeats)
+                seconds = prefill_s(target, context[:prefill])
+            del loaded, target
+    return ms, seconds
+
+
+def print_splits(splits: dict, trimmed: int) -> None:
+    print(f"\n{'dtype':11} {'weights':7} {'forward':12} {'drafter body':>12} {'full head':>9} "
+          f"{f'{trimmed} head':>10} {'head share':>10} {'step, trimmed':>13} {'vs first':>8}")
+    first = None
+    for (dtype, scheme, forward), t in splits.items():
+        share = t["full"] / (t["body"] + t["full"])
+        step = t["body"] + t["trimmed"]
+        first = first or step
+        print(f"{dtype:11} {scheme:7} {forward:12} {t['body']:10.1f}ms {t['full']:7.1f}ms {t['trimmed']:8.1f}ms "
+              f"{share:10.1%} {step:11.1f}ms {step / first:7.2f}x")
+    print("head share: the full head's part of a draft step, the most that trimming the head can save.\n"
+          "weights: the drafter's linear layers as they are, or quantized (--draft-quant); forward: "
+          "transformers' modules, or vocabtrim's lean forward (lean.py, what drafters use).\n"
+          "vs first: the trimmed step against the first row's.")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--k", type=int, default=5, help="draft length: the target scores K+1 tokens")
@@ -61,24 +100,10 @@ def main() -> None:
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
     print(f"{'dtype':11} {'drafter 1':>9} {'target 1':>9} {f'target {args.k + 1}':>9} {'c (time)':>9} "
           f"{'verify/1':>9} {'round/ar':>9} {f'prefill {args.prefill}':>12}")
-    splits = {}
+    splits: dict = {}
     for dtype in args.dtypes.split(","):
-        ms = {}
-        with torch.inference_mode():
-            for role, name in (("draft", models.DEFAULT_DRAFT), ("target", models.DEFAULT_TARGET)):
-                loaded = models.load(name, dtype=dtype)
-                lm, head = CachedLM(loaded.model), Head.of(loaded.model)
-                ms[role, 1] = forward_ms(lm, head, context, 1, args.repeats)
-                if role == "draft":
-                    for scheme in ["none", *filter(None, args.quant.split(","))]:
-                        model = loaded.model if scheme == "none" else kernels.quantized(loaded.model, scheme)
-                        heads = {"full": Head.of(model), "trimmed": Head.of(model, torch.arange(args.trimmed))}
-                        for forward, lm in (("transformers", CachedLM(model)), ("lean", lm_factory(model)())):
-                            splits[dtype, scheme, forward] = head_split_ms(lm, heads, context, args.repeats)
-                if role == "target":
-                    ms[role, args.k + 1] = forward_ms(lm, head, context, args.k + 1, args.repeats)
-                    prefill = prefill_s(loaded.model, context[:args.prefill])
-                del loaded, lm, head
+        ms, prefill = pair_ms(dtype, context, args.k, args.prefill, list(filter(None, args.quant.split(","))),
+                              args.trimmed, args.repeats, splits)
         c = ms["draft", 1] / ms["target", 1]
         verify = ms["target", args.k + 1] / ms["target", 1]
         # one round drafting K tokens costs (K c + verify) single target forwards
@@ -86,19 +111,7 @@ def main() -> None:
               f"{c:9.3f} {verify:9.2f} {args.k * c + verify:9.2f} {prefill:11.2f}s")
     print(f"\nround/ar: the time of one K={args.k} round in target forwards; speculative decoding "
           "beats the target alone only when tau exceeds it.")
-    print(f"\n{'dtype':11} {'weights':7} {'forward':12} {'drafter body':>12} {'full head':>9} "
-          f"{f'{args.trimmed} head':>10} {'head share':>10} {'step, trimmed':>13} {'vs first':>8}")
-    first = None
-    for (dtype, scheme, forward), t in splits.items():
-        share = t["full"] / (t["body"] + t["full"])
-        step = t["body"] + t["trimmed"]
-        first = first or step
-        print(f"{dtype:11} {scheme:7} {forward:12} {t['body']:10.1f}ms {t['full']:7.1f}ms {t['trimmed']:8.1f}ms "
-              f"{share:10.1%} {step:11.1f}ms {step / first:7.2f}x")
-    print("head share: the full head's part of a draft step, the most that trimming the head can save.\n"
-          "weights: the drafter's linear layers as they are, or quantized (--draft-quant); forward: "
-          "transformers' modules, or vocabtrim's lean forward (lean.py, what drafters use).\n"
-          "vs first: the trimmed step against the first row's.")
+    print_splits(splits, args.trimmed)
 
 
 if __name__ == "__main__":

@@ -16,16 +16,14 @@ import argparse
 import json
 from pathlib import Path
 
-from vocabtrim import profile
+from vocabtrim.assembly import Assembler, Parts, parse_method
 from vocabtrim.bench.common import engine_method, identity_check, load_pair, warm_up
 from vocabtrim.bench.report import aggregate, pyplot, save_figure, summarize
 from vocabtrim.bench.run import run_matrix
 from vocabtrim.calibrate import calibrated_map, parse_calibration
 from vocabtrim.data import humaneval
-from vocabtrim.drafters import ModelDrafter
-from vocabtrim.engine import Engine
 from vocabtrim.files import atomic_write
-from vocabtrim.policies import Policy, parse_policy
+from vocabtrim.policies import parse_policy
 from vocabtrim.sampling import Sampling
 from vocabtrim.tokenmap import TokenMap
 
@@ -57,36 +55,16 @@ def main() -> None:
         exclude = {q.turns[0] for q in questions}
         print("calibrating the token map (cached after the first run)", flush=True)
         kept = calibrated_map(parse_calibration(args.calibrate), exclude, tgt, drf)
-    engines = {"full": Engine(tgt.model, ModelDrafter(drf.model, tgt.model)),
-               "vt": Engine(tgt.model, ModelDrafter(drf.model, tgt.model, kept))}
-    engines = {h: engines[h] for h in args.heads.split(",")}
-
-    def policy(spec: str, engine: Engine) -> Policy:
-        """A fresh policy per method; the cost rule reads this machine's profile."""
-        p = parse_policy(spec)
-        profile.bind(p, tgt, drf, engine.drafter.head_rows)
-        return p
-
-    matrix = [engine_method("ar", Engine(tgt.model), Policy(1), Sampling(), args.seed, stop)]
-    matrix += [engine_method(f"T={t}|{head}|{spec}", engine, policy(spec, engine), Sampling(t), args.seed, stop)
-               for t in temps for head, engine in engines.items() for spec in specs]
+    assembler = Assembler(Parts(tgt, drf, kept))
+    heads = {h: parse_method({"full": "sd", "vt": "sd+vt"}[h]) for h in args.heads.split(",")}
+    matrix = [engine_method("ar", *assembler.build(parse_method("ar"), "static:1"), Sampling(), args.seed, stop)]
+    matrix += [engine_method(f"T={t}|{head}|{spec}", *assembler.build(method, spec), Sampling(t), args.seed, stop)
+               for t in temps for head, method in heads.items() for spec in specs]
     warm_up(matrix, tgt.tokenizer)
     records = run_matrix(questions, matrix, tgt.tokenizer, args.max_new_tokens,
                          args.out / "results.jsonl", resume=True)
 
-    greedy = summarize([r for r in records if r["method"] == "ar" or r["method"].startswith("T=0.0|")],
-                       "ar", True, identity_check(tgt.model))["methods"]
-    rows = []
-    for t in temps:
-        for head in engines:
-            stats = {s: aggregate([r for r in records if r["method"] == f"T={t}|{head}|{s}"]) for s in specs}
-            statics = {s: a for s, a in stats.items() if s.startswith("static:")}
-            best = max(statics, key=lambda s: statics[s]["tokens_per_second"]) if statics else None
-            for s, a in stats.items():
-                rows.append({"temperature": t, "head": head, "policy": s, **a,
-                             "vs_static5": _ratio(a, stats.get("static:5")),
-                             "best_static": best, "vs_best_static": _ratio(a, statics.get(best)),
-                             "identical": greedy.get(f"T={t}|{head}|{s}", {}).get("identical")})
+    rows = policy_rows(records, temps, list(heads), specs, identity_check(assembler.target))
     ar = aggregate([r for r in records if r["method"] == "ar"])
     report = {"settings": {**vars(args), "out": str(args.out), "token_map": str(args.token_map),
                            "k": len(kept), "dtype": tgt.dtype, "prompts": len(questions)},
@@ -97,6 +75,25 @@ def main() -> None:
     plot(rows, temps, specs, args.out / "policies.png")
     print(text)
     print(f"wrote {args.out}/policies.md, policies.json and policies.png")
+
+
+def policy_rows(records: list[dict], temps: list[float], heads: list[str], specs: list[str], check) -> list[dict]:
+    """One row per (temperature, head, policy): its aggregate, its ratio to static:5 and to
+    the best static K of the same temperature and head, and whether greedy output was identical."""
+    greedy = summarize([r for r in records if r["method"] == "ar" or r["method"].startswith("T=0.0|")],
+                       "ar", True, check)["methods"]
+    rows = []
+    for t in temps:
+        for head in heads:
+            stats = {s: aggregate([r for r in records if r["method"] == f"T={t}|{head}|{s}"]) for s in specs}
+            statics = {s: a for s, a in stats.items() if s.startswith("static:")}
+            best = max(statics, key=lambda s: statics[s]["tokens_per_second"]) if statics else None
+            for s, a in stats.items():
+                rows.append({"temperature": t, "head": head, "policy": s, **a,
+                             "vs_static5": _ratio(a, stats.get("static:5")),
+                             "best_static": best, "vs_best_static": _ratio(a, statics.get(best)),
+                             "identical": greedy.get(f"T={t}|{head}|{s}", {}).get("identical")})
+    return rows
 
 
 def _ratio(a: dict, b: dict | None) -> float | None:

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from vocabtrim import models
+from vocabtrim.assembly import Assembler, Parts, parse_method
 from vocabtrim.bench.common import engine_method, identity_check, load_pair, warm_up
 from vocabtrim.bench.report import pyplot, save_figure, summarize
 from vocabtrim.bench.run import run_matrix
@@ -35,15 +37,51 @@ from vocabtrim.calibrate import (
     load_items,
     target_counts,
     tokenize_fn,
-    tokenizer_fingerprint,
 )
 from vocabtrim.data import humaneval
-from vocabtrim.drafters import ModelDrafter
-from vocabtrim.engine import Engine
 from vocabtrim.files import atomic_write
-from vocabtrim.policies import Policy
 from vocabtrim.sampling import Sampling
 from vocabtrim.tokenmap import trim
+from vocabtrim.vocab import tokenizer_fingerprint
+
+
+def all_counts(args: argparse.Namespace, tgt, drf, exclude: set[str]) -> dict:
+    """Token counts per calibration source: the target's answers (the ones `vocabtrim bench`
+    calibrates with: same prompts, same cache), then the drafter's answers and raw text."""
+    spec = {"data": "humaneval", "n": args.calib, "tokens": args.calib_tokens}
+    print("counting target tokens", flush=True)
+    counts = {"target": target_counts(spec, exclude, tgt, drf)}
+    calib_prompts = calibration_prompts(spec, exclude)
+    for source in [x for x in args.sources.split(",") if x]:
+        meta = {"source": source, "tokenizer": tokenizer_fingerprint(drf.tokenizer)}
+        if source == "raw":
+            items, fn = load_items("stdlib"), tokenize_fn(drf.tokenizer)
+        else:
+            alone = Assembler(Parts(drf)).build(parse_method("ar"))
+            items, fn = calib_prompts, generate_fn(*alone, drf, args.calib_tokens, Sampling(), 0)
+            meta.update(data=f"humaneval[-{args.calib}:]", max_new_tokens=args.calib_tokens)
+        print(f"counting {source} tokens", flush=True)
+        counts[source] = count_tokens(items, args.out / f"counts-{source}.safetensors", meta,
+                                      drf.model.config.vocab_size, fn, resume=True)
+    return counts
+
+
+def print_table(summary: dict, dtype: str) -> None:
+    """Each configuration against the untrimmed drafter of the same run."""
+    ms = summary["methods"]
+    full = ms["full"]["overall"]
+    print(f"\ndtype {dtype}; calibration tokens: {summary['calibration_tokens']}")
+    print(f"{'config':20} {'cover':>6} {'tau':>6} {'accept':>7} {'c':>6} {'MBSU':>6} {'tok/s':>6}"
+          f" {'decode':>6} {'dMBSU':>7} {'dtok/s':>7} {'95% CI':>15} {'ddecode':>7} {'dtau':>7}  identical")
+    for n, m in ms.items():
+        o = m["overall"]
+        c = o["cost_ratio"]
+        cov = summary["coverage"].get(n.removesuffix(" map only"), 1.0)
+        print(f"{n:20} {cov:6.3f} {o['tau']:6.2f} {o['acceptance_rate']:7.3f} {c:6.3f} {o['mbsu']:6.3f} "
+              f"{o['tokens_per_second']:6.2f} {o['decode_tokens_per_second']:6.2f} "
+              f"{o['mbsu'] / full['mbsu'] - 1:+7.1%} {o['speedup'] - 1:+7.1%} {ci(o['speedup_ci']):>15} "
+              f"{o['decode_tokens_per_second'] / full['decode_tokens_per_second'] - 1:+7.1%} "
+              f"{o['tau'] / full['tau'] - 1:+7.1%}  {m.get('identical', 'baseline')}")
 
 
 def main() -> None:
@@ -65,59 +103,34 @@ def main() -> None:
     vocab = drf.model.config.vocab_size
     greedy = Sampling()
 
-    # Target counts are the ones `vocabtrim bench` calibrates with (same prompts, same cache).
-    spec = {"data": "humaneval", "n": args.calib, "tokens": args.calib_tokens}
     evaluated = humaneval(0, args.eval)
-    exclude = {q.turns[0] for q in evaluated}
-    print("counting target tokens", flush=True)
-    counts = {"target": target_counts(spec, exclude, tgt, drf)}
-    calib_prompts = calibration_prompts(spec, exclude)
+    counts = all_counts(args, tgt, drf, {q.turns[0] for q in evaluated})
     sources = [x for x in args.sources.split(",") if x]
-    for source in sources:
-        meta = {"source": source, "tokenizer": tokenizer_fingerprint(drf.tokenizer)}
-        if source == "raw":
-            items, fn = load_items("stdlib"), tokenize_fn(drf.tokenizer)
-        else:
-            items, fn = calib_prompts, generate_fn(Engine(drf.model), drf, args.calib_tokens, greedy, 0)
-            meta.update(data=f"humaneval[-{args.calib}:]", max_new_tokens=args.calib_tokens)
-        print(f"counting {source} tokens", flush=True)
-        counts[source] = count_tokens(items, args.out / f"counts-{source}.safetensors", meta, vocab,
-                                      fn, resume=True)
-
     always = sorted(models.stop_token_ids(drf))
     keeps = [int(k) for k in args.keeps.split(",")]
     # Each K twice: the map plus the prompt's own tokens (our default) and the map alone (the paper).
     maps = {f"K={k}": trim(counts["target"], keep=k, always=always) for k in keeps}
     for source in sources:
         maps[f"{source}@{args.sources_k}"] = trim(counts[source], keep=args.sources_k, always=always)
-    drafter = lambda kept=None, prompt_tokens=True: ModelDrafter(drf.model, tgt.model, kept, prompt_tokens)
-    engines = {"full": Engine(tgt.model, drafter()),
-               **{n: Engine(tgt.model, drafter(tm.kept_ids)) for n, tm in maps.items()},
-               **{f"K={k} map only": Engine(tgt.model, drafter(maps[f"K={k}"].kept_ids, False))
-                  for k in keeps if args.map_only}}
-    methods = [engine_method(n, e, Policy(args.k), greedy, 0, stop) for n, e in engines.items()]
+    pair = Parts(tgt, drf, draft_len=args.k)
+
+    def vt(kept, prompt_tokens: bool = True):  # an engine trimmed to one map, and its policy
+        return Assembler(replace(pair, kept=kept, prompt_tokens=prompt_tokens)).build(parse_method("sd+vt"))
+
+    engines = {"full": Assembler(pair).build(parse_method("sd")),
+               **{n: vt(tm.kept_ids) for n, tm in maps.items()},
+               **{f"K={k} map only": vt(maps[f"K={k}"].kept_ids, False) for k in keeps if args.map_only}}
+    methods = [engine_method(n, *e, greedy, 0, stop) for n, e in engines.items()]
     warm_up(methods, tgt.tokenizer)
     records = run_matrix(evaluated, methods, tgt.tokenizer, args.max_new_tokens,
                          args.out / "results.jsonl", resume=True, repeats=args.repeats)
-    summary = summarize(records, baseline="full", check=identity_check(tgt.model))
+    summary = summarize(records, baseline="full", check=identity_check(engines["full"][0].target))
     summary["coverage"] = {n: tm.meta["coverage"] for n, tm in maps.items()}
     summary["calibration_tokens"] = {s: c.meta["tokens"] for s, c in counts.items()}
     atomic_write(args.out / "sweep.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1)))
 
     ms = summary["methods"]
-    full = ms["full"]["overall"]
-    print(f"\ndtype {tgt.dtype}; calibration tokens: {summary['calibration_tokens']}")
-    print(f"{'config':20} {'cover':>6} {'tau':>6} {'accept':>7} {'c':>6} {'MBSU':>6} {'tok/s':>6}"
-          f" {'decode':>6} {'dMBSU':>7} {'dtok/s':>7} {'95% CI':>15} {'ddecode':>7} {'dtau':>7}  identical")
-    for n, m in ms.items():
-        o = m["overall"]
-        c = o["cost_ratio"]
-        cov = summary["coverage"].get(n.removesuffix(" map only"), 1.0)
-        print(f"{n:20} {cov:6.3f} {o['tau']:6.2f} {o['acceptance_rate']:7.3f} {c:6.3f} {o['mbsu']:6.3f} "
-              f"{o['tokens_per_second']:6.2f} {o['decode_tokens_per_second']:6.2f} "
-              f"{o['mbsu'] / full['mbsu'] - 1:+7.1%} {o['speedup'] - 1:+7.1%} {ci(o['speedup_ci']):>15} "
-              f"{o['decode_tokens_per_second'] / full['decode_tokens_per_second'] - 1:+7.1%} "
-              f"{o['tau'] / full['tau'] - 1:+7.1%}  {m.get('identical', 'baseline')}")
+    print_table(summary, tgt.dtype)
     if args.map_only:  # the plot sets each K's map-only head beside the default one
         plot(ms, keeps, vocab, args.out / "sweep.png")
         print(f"\nwrote {args.out / 'sweep.png'}")

@@ -1,4 +1,5 @@
-"""Counting token frequencies on a calibration set (raw text, drafter- or target-generated).
+"""Counting token frequencies on a calibration set (raw text, drafter- or target-generated):
+the orchestration above the engine that `calibrate` and bench's token maps run.
 
 The paper's best source is text the *target* generated: that is what the drafter must
 predict at decode time. Only generated tokens are counted, never prompt tokens. Counts are
@@ -13,27 +14,26 @@ import json
 import sysconfig
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .assembly import Assembler, Parts, parse_method
 from .data import humaneval, record_text
+from .drafters import Bridge
+from .engine import Engine, Stop
 from .errors import VocabtrimError
-from .files import atomic_write
+from .models import Loaded, encode_prompt, stop_token_ids
+from .paths import cache_file
+from .policies import Policy
+from .sampling import Sampling
+from .tokenmap import trim
+from .vocab import Counts, tokenizer_fingerprint
 
 SOURCES = ("target", "draft", "raw")
 BUILTIN_DATA = ("humaneval", "stdlib")
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".jsonl", ".json", ".rst")
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """Identity of a vocabulary: the same token strings at the same ids."""
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
 
 
 def stdlib_files() -> list[Path]:
@@ -85,45 +85,18 @@ def _file_items(path: Path, answers: bool) -> list[str]:
     return items
 
 
-@dataclass
-class Counts:
-    """Token counts over a vocabulary plus where they came from."""
-
-    counts: torch.Tensor  # int64 [vocab]
-    meta: dict = field(default_factory=dict)
-
-    def save(self, path: Path) -> None:
-        atomic_write(path, lambda tmp: save_file({"counts": self.counts}, tmp,
-                                            metadata={"vocabtrim": json.dumps(self.meta)}))
-
-    @classmethod
-    def load(cls, path: Path) -> Counts:
-        try:
-            tensors = load_file(path)
-            with safe_open(path, "pt") as f:
-                meta = json.loads((f.metadata() or {})["vocabtrim"])
-            return cls(tensors["counts"], meta)
-        except FileNotFoundError:
-            raise VocabtrimError(f"counts file not found: {path}") from None
-        except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as e:
-            raise VocabtrimError(f"{path} is not a vocabtrim counts file ({e})") from None
-
-
 def tokenize_fn(tokenizer) -> Callable[[str], list[int]]:
     """Raw mode: the text's own tokens."""
     return lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def generate_fn(engine, lm, max_new_tokens: int, sampling, seed: int) -> Callable[[str], list[int]]:
+def generate_fn(engine: Engine, policy: Policy, lm: Loaded, max_new_tokens: int, sampling: Sampling,
+                seed: int) -> Callable[[str], list[int]]:
     """Generated mode: the tokens `engine` answers a prompt with (prompt tokens excluded).
     With a drafter in the engine this is still exactly the target's text, only faster."""
-    from .engine import Stop
-    from .models import encode_prompt, stop_token_ids
-    from .policies import Policy
-
     stop = Stop(stop_token_ids(lm))
     return lambda text: engine.generate(encode_prompt(lm.tokenizer, text), max_new_tokens,
-                                        Policy(5), sampling, seed, stop)[0]
+                                        policy, sampling, seed, stop)[0]
 
 
 def count_tokens(items: list[str], out: Path, meta: dict, vocab_size: int, per_item,
@@ -189,38 +162,27 @@ def target_counts(spec: dict, exclude: set[str], target, drafter):
     """Token counts of the target's greedy answers to the last `n` calibration prompts that
     are not evaluation prompts; cached under the vocabtrim cache, keyed by the settings, the
     models and the prompts, so later runs (any K, or an interrupted run) reuse them."""
-    from .drafters import SuffixDrafter
-    from .engine import Engine
-    from .models import cache_root
-    from .sampling import Sampling
-
     items = calibration_prompts(spec, exclude)
     meta = {"source": "target", "data": spec["data"], "items": len(items), "max_new_tokens": spec["tokens"],
             "model": target.name, "drafter": drafter.name, "dtype": target.dtype,
             "tokenizer": tokenizer_fingerprint(drafter.tokenizer),
             "prompts_sha": hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]}
-    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:12]
     # suffix drafts: the target's own answers, lossless, and on HumanEval faster than the
     # model drafter (6.6 vs 4.4 tok/s with K=5 on a 2-core AVX2 EPYC)
-    fn = generate_fn(Engine(target.model, SuffixDrafter(target.model.get_output_embeddings().out_features)),
-                     target, spec["tokens"], Sampling(), 0)
-    return count_tokens(items, cache_root() / "calibration" / f"{key}.safetensors", meta,
+    engine, policy = Assembler(Parts(target)).build(parse_method("suffix"))
+    fn = generate_fn(engine, policy, target, spec["tokens"], Sampling(), 0)
+    return count_tokens(items, cache_file("calibration", meta, ".safetensors"), meta,
                         drafter.model.config.vocab_size, in_drafter_tokens(fn, target, drafter), resume=True)
 
 
 def in_drafter_tokens(per_item: Callable[[str], list[int]], target, drafter) -> Callable[[str], list[int]]:
     """`per_item`'s target ids as the drafter's own tokens (models.Loaded target and
     drafter): a drafter's token map counts in its vocabulary, whatever its tokenizer."""
-    from .drafters import Bridge
-
     bridge = Bridge.between(target, drafter)
     return per_item if bridge is None else lambda text: bridge.own_ids(per_item(text))
 
 
 def calibrated_map(spec: dict, exclude: set[str], target, drafter) -> torch.Tensor:
     """Kept ids of the top-`k` token map over `target_counts` (EOS and end-of-turn always kept)."""
-    from .models import stop_token_ids
-    from .tokenmap import trim
-
     counts = target_counts(spec, exclude, target, drafter)
     return trim(counts, keep=spec["k"], always=sorted(stop_token_ids(drafter))).kept_ids

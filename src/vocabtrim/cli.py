@@ -4,15 +4,38 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import click
 
-from . import kernels, models, profile
-from .calibrate import SOURCES
-from .drafters import KINDS
+from . import kernels, models, profile, tokenmap
+from .assembly import Assembler, Parts, Spec, parse_method
+from .bench import methods as bm
+from .bench.common import identity_check, warm_up
+from .bench.report import markdown, summarize, write_reports
+from .bench.run import read_results, run_matrix
+from .calibrate import (
+    SOURCES,
+    calibrated_map,
+    count_tokens,
+    generate_fn,
+    in_drafter_tokens,
+    load_items,
+    parse_calibration,
+    tokenize_fn,
+)
+from .data import load_questions, select
+from .engine import Stop
 from .errors import VocabtrimError
-from .tokenmap import FORMATS
+from .metrics import timed
+from .paths import cache_root
+from .policies import parse_policy
+from .sampling import Sampling
+from .tokenmap import FORMATS, TokenMap, check_replaceable, check_size_rule
+from .vocab import Counts, tokenizer_fingerprint
+
+DRAFTER_KINDS = ("model", "suffix", "hybrid")
 
 
 class Main(click.Group):
@@ -58,7 +81,7 @@ def models_fetch(names: tuple[str, ...]) -> None:
 def models_list() -> None:
     """Show built-in names and what is in the cache."""
     cached = {m["name"]: m for m in models.list_cached()}
-    click.echo(f"cache: {models.cache_root()}")
+    click.echo(f"cache: {cache_root()}")
     for name, b in models.BUILTINS.items():
         state = f"cached, {cached[name]['bytes'] / 1e9:.2f} GB" if name in cached else "not fetched"
         click.echo(f"  {name:22} {b.description:42} {state}")
@@ -103,7 +126,7 @@ dtype_option = click.option(
 @click.option("--ngram-cache/--no-ngram-cache", "ngram", default=True, show_default=True,
               help="With a drafter of another tokenizer: learn which of its token sequences spell one "
                    "target token and propose that token (off: the shared tokens alone).")
-@click.option("--drafter", "drafter_kind", default="hybrid", show_default=True, type=click.Choice(KINDS),
+@click.option("--drafter", "drafter_kind", default="hybrid", show_default=True, type=click.Choice(DRAFTER_KINDS),
               help="model: the drafter LM; suffix: drafts matched in the prompt, the output and earlier "
                    "outputs, no model; hybrid: each round the suffix draft or the model's, whichever "
                    "the policy expects to pay more.")
@@ -133,33 +156,31 @@ def generate(target, draft, no_draft, ngram, drafter_kind, prompt, prompt_file, 
              top_k, seed, policy_spec, draft_len, system, raw, stop_strings, token_map, prompt_tokens,
              dtype, draft_quant, as_json) -> None:
     """Generate a reply, streaming text as the target accepts it."""
-    from .engine import Stop
-    from .policies import Cost, parse_policy
-    from .sampling import Sampling
-
     text = _read_prompt(prompt, prompt_file)
     if "" in stop_strings:
         raise VocabtrimError("--stop needs a non-empty string (an empty one matches at once)")
     sampling = Sampling(temperature, top_k, top_p)
-    model_free = no_draft or drafter_kind == "suffix"
-    policy = parse_policy(f"static:{draft_len}" if draft_len is not None else policy_spec or (
-        "static:5" if model_free else "cost"))
-    if isinstance(policy, Cost) and model_free:
+    kind = "ar" if no_draft else {"model": "sd", "suffix": "suffix", "hybrid": "hybrid"}[drafter_kind]
+    if kind == "suffix" and token_map is not None:
+        raise VocabtrimError("--token-map trims a drafter model's head; the suffix drafter has none")
+    rule = f"static:{draft_len}" if draft_len is not None else policy_spec or (
+        "static:5" if kind in ("ar", "suffix") else "cost")
+    if parse_policy(rule).priced and kind in ("ar", "suffix"):
         raise VocabtrimError("--policy cost reads the profile of a target and drafter pair; "
                              "use it with --drafter model or hybrid")
-    tgt, drf, engine = _engine(target, None if no_draft else draft, token_map, dtype, prompt_tokens,
-                               drafter_kind, draft_quant, ngram)
-    if drf is not None:
-        profile.bind(policy, tgt, drf, engine.drafter.head_rows)
+    parts = _load(target, None if kind in ("ar", "suffix") else draft, token_map, dtype)
+    parts.quant, parts.prompt_tokens = draft_quant, prompt_tokens
+    spec = Spec(kind, kind, token_map is not None, ngram=ngram)
+    engine, policy = Assembler(parts).build(spec, rule)
+    tgt = parts.target
     ids = models.encode_prompt(tgt.tokenizer, text, system, raw)
     stop = Stop(models.stop_token_ids(tgt), tuple(stop_strings), tgt.tokenizer.decode)
     stream = None if as_json else _Streamer(tgt.tokenizer)
-    new, stats = engine.generate(ids, max_new_tokens, policy, sampling, seed, stop,
-                                 on_tokens=stream)
+    new, stats = engine.generate(ids, max_new_tokens, policy, sampling, seed, stop, on_tokens=stream)
     out_text = tgt.tokenizer.decode(new, skip_special_tokens=True)
     if as_json:
         record = {"text": out_text, "token_ids": new, "prompt_tokens": len(ids),
-                  "target": target, "draft": None if no_draft or drafter_kind == "suffix" else draft,
+                  "target": target, "draft": None if kind in ("ar", "suffix") else draft,
                   "drafter": None if no_draft else drafter_kind,
                   "policy": None if no_draft else policy.spec(), **stats.to_dict()}
         click.echo(json.dumps(record))
@@ -170,12 +191,8 @@ def generate(target, draft, no_draft, ngram, drafter_kind, prompt, prompt_file, 
                    f"MBSU {stats.mbsu:.2f}]", err=True)
 
 
-def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "auto", quant: str = "none"):
-    """Load the target, the drafter (its linear layers in `quant`) and the token map; check
-    they belong together. Returns (target, drafter or None, kept ids or None)."""
-    from .calibrate import tokenizer_fingerprint
-    from .tokenmap import TokenMap
-
+def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "auto") -> Parts:
+    """Load the target, the drafter and the token map; check they belong together."""
     if token_map is not None and draft is None:
         raise VocabtrimError("--token-map needs a drafter (drop --no-draft)")
     tm = None if token_map is None else TokenMap.load(token_map)
@@ -183,29 +200,7 @@ def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "
     drf = None if draft is None else models.load(draft, dtype)
     if tm is not None:
         tm.check_drafter(drf.model.config.vocab_size, tokenizer_fingerprint(drf.tokenizer))
-    return tgt, _quantized(drf, quant), None if tm is None else tm.kept_ids
-
-
-def _quantized(drf, quant: str):
-    """The loaded drafter with its linear layers in `quant` (itself for none or no drafter)."""
-    return drf if drf is None or quant == "none" else models.quantize(drf, quant)
-
-
-def _engine(target: str, draft: str | None, token_map: Path | None, dtype: str = "auto",
-            prompt_tokens: bool = True, kind: str = "model", quant: str = "none", ngram: bool = True):
-    """The loaded target, the loaded drafter model and an Engine around them with a drafter
-    of `kind` (none when `draft` is None; the suffix drafter loads no model). A drafter of
-    another tokenizer drafts across vocabularies (with the n-gram cache if `ngram`)."""
-    from .drafters import Bridge, make_drafter
-    from .engine import Engine
-
-    if kind == "suffix" and token_map is not None:
-        raise VocabtrimError("--token-map trims a drafter model's head; the suffix drafter has none")
-    tgt, drf, kept = _load(target, None if kind == "suffix" else draft, token_map, dtype, quant)
-    bridge = drf and Bridge.between(tgt, drf)
-    drafter = None if draft is None else make_drafter(kind, tgt.model, drf and drf.model, kept, prompt_tokens,
-                                                      bridge, ngram)
-    return tgt, drf, Engine(tgt.model, drafter)
+    return Parts(tgt, drf, None if tm is None else tm.kept_ids)
 
 
 @main.command()
@@ -227,16 +222,6 @@ def _engine(target: str, draft: str | None, token_map: Path | None, dtype: str =
 def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed, target, draft,
               resume, dtype, draft_quant) -> None:
     """Count token frequencies on a calibration set (only generated tokens count)."""
-    from .calibrate import (
-        count_tokens,
-        generate_fn,
-        in_drafter_tokens,
-        load_items,
-        tokenize_fn,
-        tokenizer_fingerprint,
-    )
-    from .sampling import Sampling
-
     sampling = Sampling(temperature)
     items = load_items(data, answers=source == "raw")[skip:][:limit]
     if not items:
@@ -249,13 +234,15 @@ def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed,
     else:
         # the target's text comes out of the speculative engine: lossless, and faster
         gen_model = target if source == "target" else draft
-        lm, drf, engine = _engine(gen_model, draft if source == "target" else None, None, dtype,
-                                  quant=draft_quant)
+        parts = _load(gen_model, draft if source == "target" else None, None, dtype)
+        parts.quant = draft_quant
+        engine, policy = Assembler(parts).build(parse_method("sd" if parts.drafter else "ar"))
+        lm = parts.target
         meta.update(model=gen_model, dtype=lm.dtype, max_new_tokens=max_new_tokens,
                     temperature=temperature, seed=seed)
-        per_item = generate_fn(engine, lm, max_new_tokens, sampling, seed)
-        if drf is not None:  # the target's text, counted in the drafter's tokens for its map
-            per_item, lm = in_drafter_tokens(per_item, lm, drf), drf
+        per_item = generate_fn(engine, policy, lm, max_new_tokens, sampling, seed)
+        if parts.drafter is not None:  # the target's text, counted in the drafter's tokens for its map
+            per_item, lm = in_drafter_tokens(per_item, lm, parts.drafter), parts.drafter
     meta["tokenizer"] = tokenizer_fingerprint(lm.tokenizer)
     counts = count_tokens(items, out, meta, lm.model.config.vocab_size, per_item, resume)
     click.echo(f"counted {counts.meta['tokens']} tokens from {counts.meta['items_done']} items, "
@@ -271,10 +258,6 @@ def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed,
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Token map directory.")
 def trim(counts, keep, coverage, draft, out) -> None:
     """Choose the K most frequent tokens: the trimmed drafter head's vocabulary."""
-    from .calibrate import Counts, tokenizer_fingerprint
-    from .tokenmap import check_replaceable, check_size_rule
-    from .tokenmap import trim as trim_counts
-
     check_size_rule(keep, coverage)
     check_replaceable(out)
     c = Counts.load(counts)
@@ -284,7 +267,7 @@ def trim(counts, keep, coverage, draft, out) -> None:
         raise VocabtrimError(
             f"{counts} was counted with another tokenizer (vocabulary {c.counts.numel()}, "
             f"fingerprint {c.meta.get('tokenizer')}); {draft} has {drf.model.config.vocab_size}, {fp}")
-    tm = trim_counts(c, keep, coverage, sorted(models.stop_token_ids(drf)))
+    tm = tokenmap.trim(c, keep, coverage, sorted(models.stop_token_ids(drf)))
     tm.meta["drafter"] = draft
     tm.save(out)
     click.echo(f"kept {tm.k} of {tm.meta['vocab_size']} tokens, covering "
@@ -297,10 +280,7 @@ def trim(counts, keep, coverage, draft, out) -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 def export(token_map, fmt, out) -> None:
     """Write a token map in a format serving engines read."""
-    from .tokenmap import TokenMap
-    from .tokenmap import export as export_map
-
-    export_map(TokenMap.load(token_map), fmt, out)
+    tokenmap.export(TokenMap.load(token_map), fmt, out)
     click.echo(f"wrote {fmt} export -> {out}")
 
 
@@ -339,20 +319,7 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
           token_map, calib, target, draft, cross_draft, out, resume, repeats, prompt_tokens, dtype,
           draft_quant) -> None:
     """Spec-Bench-style evaluation: every method on every prompt, with tables and plots."""
-    from .bench import methods as bm
-    from .bench.common import warm_up
-    from .bench.identity import divergence
-    from .bench.report import markdown, summarize, write_reports
-    from .bench.run import read_results, run_matrix
-    from .calibrate import calibrated_map, parse_calibration
-    from .data import load_questions, select
-    from .drafters import Bridge
-    from .engine import Stop
-    from .metrics import timed
-    from .policies import parse_policy
-    from .sampling import Sampling
-
-    names = bm.parse_methods(methods)
+    specs = bm.parse_methods(methods)
     sampling = Sampling(temperature)
     parse_policy(adaedl)
     if repeats < 1:
@@ -365,43 +332,34 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     calib_spec = None if token_map else parse_calibration(calib)
     spent: dict[str, float] = {}  # wall-clock seconds per phase of this run, reported with the tables
     with timed(spent, "loading"):
-        tgt, drf, kept = _load(target, draft, token_map, dtype)
-    if kept is None and any(n in bm.NEEDS_MAP for n in names):
+        parts = _load(target, draft, token_map, dtype)
+    parts.quant, parts.draft_len, parts.adaedl, parts.prompt_tokens = draft_quant, draft_len, adaedl, prompt_tokens
+    if parts.kept is None and any(s.trimmed for s in specs):
         exclude = {t for q in questions for t in q.turns}
         with timed(spent, "calibration"):
-            kept = calibrated_map(calib_spec, exclude, tgt, drf)  # the unquantized name: cached counts reused
-    with timed(spent, "loading"):
-        drf = _quantized(drf, draft_quant)
-    stop = Stop(models.stop_token_ids(tgt))
-    with timed(spent, "profile"):
-        costs = profile.for_pair(tgt, drf) if any(n in bm.NEEDS_PROFILE for n in names) else None
-    cross = None
-    if set(names) & set(bm.NEEDS_CROSS):
+            parts.kept = calibrated_map(calib_spec, exclude, parts.target, parts.drafter)
+    assembler = Assembler(parts)
+    if any(s.cross for s in specs):
         with timed(spent, "loading"):
-            xdrf = models.load(cross_draft, dtype)
-            xbridge = Bridge.between(tgt, xdrf)
-        if xbridge is None:
+            parts.cross = models.load(cross_draft, dtype)
+        if assembler.bridge(True) is None:
             raise VocabtrimError(f"--cross-draft {cross_draft} shares the target's tokenizer; the x methods "
                                  "need a drafter with another one")
-        with timed(spent, "profile"):
-            cross = (xdrf.model, xbridge, profile.for_pair(tgt, xdrf) if "x+ngram+cost" in names else None)
-    matrix = bm.build(names, tgt.model, drf.model, kept, sampling, seed, stop, draft_len, adaedl,
-                      prompt_tokens, costs, Bridge.between(tgt, drf), cross)
+    tok = parts.target.tokenizer
+    with timed(spent, "setup"):  # profiles and quantized drafters, where methods need them
+        matrix = bm.build(specs, assembler, sampling, seed, Stop(models.stop_token_ids(parts.target)))
     with timed(spent, "warm-up"):
-        warm_up(matrix, tgt.tokenizer)
+        warm_up(matrix, tok)
     with timed(spent, "generations"):
-        records = run_matrix(questions, matrix, tgt.tokenizer, max_new_tokens, out / "results.jsonl", resume,
-                             repeats)
-    check = lambda p, a, b: divergence(tgt.model, p, a, b)
+        records = run_matrix(questions, matrix, tok, max_new_tokens, out / "results.jsonl", resume, repeats)
     with timed(spent, "identity check"):
-        summary = summarize(records, "ar", sampling.greedy, check)
+        summary = summarize(records, "ar", sampling.greedy, identity_check(assembler.target))
     summary["time_s"] = spent
     summary["settings"] = {"data": data, "questions": len(questions), "max_new_tokens": max_new_tokens,
                            "repeats": repeats, "temperature": temperature, "seed": seed, "draft_len": draft_len,
-                           "adaedl": adaedl, "token_map_k": None if kept is None else len(kept),
-                           "prompt_tokens": prompt_tokens, "dtype": tgt.dtype, "draft_quant": draft_quant,
-                           "target": target, "draft": draft,
-                           "cross_draft": cross_draft if cross else None}
+                           "adaedl": adaedl, "token_map_k": None if parts.kept is None else len(parts.kept),
+                           "prompt_tokens": prompt_tokens, "dtype": parts.target.dtype, "draft_quant": draft_quant,
+                           "target": target, "draft": draft, "cross_draft": cross_draft if parts.cross else None}
     write_reports(summary, out)
     click.echo(markdown(summary))
     click.echo(f"results, summary.md and plots in {out}")
@@ -417,10 +375,9 @@ def profile_cmd(target, draft, dtype, draft_quant, as_json) -> None:
     """Time this machine: the target scoring 1..32 tokens at a short and a long context,
     drafter steps (quantized with --draft-quant: one profile per scheme), prefill. Cached
     for generate and bench (the cost policy), with a plot."""
-    from dataclasses import asdict
-
-    tgt, drf, _ = _load(target, draft, None, dtype, draft_quant)
-    p = profile.measure(tgt, drf)
+    parts = _load(target, draft, None, dtype)
+    parts.quant = draft_quant
+    p = profile.measure(parts.target, Assembler(parts).drafter_model(parse_method("sd")))
     path = profile.save(p)
     p.plot(path.with_suffix(".png"))
     click.echo(json.dumps(asdict(p)) if as_json else p.table())

@@ -5,7 +5,11 @@ read their data here."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import VocabtrimError
 
 HUMANEVAL_INSTRUCTION = "Complete the following Python function. Reply with code only.\n\n```python\n{}```"
 
@@ -39,11 +43,6 @@ def humaneval(start: int = 0, stop: int | None = None) -> list[Question]:
 def load_questions(path: str) -> list[Question]:
     """A Spec-Bench question file (`question_id`, `category`, `turns`) or a JSONL with
     `prompt` (+ optional `category`, `id`); one-line error naming a malformed line."""
-    import json
-    from pathlib import Path
-
-    from .errors import VocabtrimError
-
     if path == "humaneval":
         return humaneval()
     try:

@@ -2,8 +2,8 @@
 
 One round: the drafter proposes up to `room` tokens, the target scores the committed
 sequence plus all drafts in one forward, `verify` keeps a prefix and adds one token of the
-target's own. Both models keep their KV caches across rounds (`CachedLM`). The target alone
-is the same loop with no drafter, so timings compare fairly.
+target's own. Both models keep their KV caches across rounds. The target alone is the same
+loop with no drafter, so timings compare fairly.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .cache import CachedLM, context_length
 from .drafters.base import Drafter, Proposal
 from .errors import VocabtrimError
-from .heads import Head
-from .metrics import GenerationStats, bytes_per_forward
+from .metrics import GenerationStats
 from .policies import Policy
 from .sampling import Sampling, verify
+from .target import Target
 
 GREEDY = Sampling()
 
@@ -75,11 +74,9 @@ class Output:
 class Engine:
     """A target, an optional drafter, and the loop that makes them one lossless decoder."""
 
-    def __init__(self, target: torch.nn.Module, drafter: Drafter | None = None):
+    def __init__(self, target: Target, drafter: Drafter | None = None):
         self.target, self.drafter = target, drafter
-        self.head = Head.of(target)
-        self.context = min(context_length(target), drafter.context if drafter else 1 << 30)
-        self.target_cost = bytes_per_forward(target, self.head.nbytes)
+        self.context = min(target.context, drafter.context if drafter else 1 << 30)
 
     @torch.inference_mode()
     def generate(self, prompt: list[int], max_new_tokens: int, policy: Policy,
@@ -91,25 +88,26 @@ class Engine:
         start = time.perf_counter()
         gen = torch.Generator().manual_seed(seed)
         policy.reset()
-        target, drafter, stats = CachedLM(self.target), self.drafter or Drafter(), GenerationStats()
+        target, drafter, stats = self.target, self.drafter or Drafter(), GenerationStats()
+        target.reset()
         with stats.timing("prefill_s"):
             # the target's prefill already yields the first token
-            _, first = verify([], None, self.head(target.hidden(out.seq, 1)), sampling, gen)
+            _, first = verify([], [], target.logits(out.seq, 1), sampling, gen)
             drafter.prefill(out.seq)
-        stats.cost_ratio = drafter.cost_per_forward / self.target_cost
+        stats.cost_ratio = drafter.cost_per_forward / target.forward_bytes
         stats.record_round(0, 0, "none", 0, out.commit([first]))
         while not out.done:
             with stats.timing("draft_s"):
                 room = out.room()
                 p = drafter.propose(out.seq, room, policy, sampling, gen) if room > 0 else Proposal()
             with stats.timing("verify_s"):
-                logits = self.head(target.hidden(out.seq + p.tokens, len(p.tokens) + 1))
+                logits = target.logits(out.seq + p.tokens, len(p.tokens) + 1)
                 n, nxt = verify(p.tokens, p.q, logits, sampling, gen)
-            if p.source == "model":
-                policy.observe(len(p.tokens), n)
+            if p.round is not None:  # the policy decided these drafts: it learns from them
+                policy.observe(p.round, len(p.tokens), n)
             stats.record_round(len(p.tokens), p.forwards, p.source, n, out.commit(p.tokens[:n] + [nxt]))
         drafter.finish(out.seq, out.prompt_len)
-        stats.draft_cost += drafter.prefill_cost / self.target_cost  # known now: a drafter may read lazily
+        stats.draft_cost += drafter.prefill_cost / target.forward_bytes  # known now: a drafter may read lazily
         stats.new_tokens, stats.policy_state = len(out.new), policy.state()
         stats.seconds = time.perf_counter() - start
         return out.new, stats

@@ -12,20 +12,28 @@ weights and stays memory-bound at small M, so six tokens cost ~1.4x one and that
 
 Flags do not decide which is faster: packed-fp16 also beat bf16 by ~2x on an AVX512-BF16
 EPYC. `auto` therefore times both on the model's matrix shapes once per machine
-(profile.fastest_dtype) and uses the faster; bfloat16 where fbgemm is missing.
+(fastest_dtype) and uses the faster; bfloat16 where fbgemm is missing.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import hashlib
+import json
+import platform
+import statistics
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import VocabtrimError
+from .files import atomic_write
+from .paths import cache_file
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 PACKED = "packed-fp16"
@@ -43,7 +51,6 @@ def resolve(dtype: str) -> str:
     if dtype not in DTYPES:
         raise VocabtrimError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     if dtype == "auto":
-        from .profile import fastest_dtype  # measured once per machine, then cached
         return fastest_dtype()
     if dtype == PACKED and not packed_available():
         raise VocabtrimError(f"{PACKED} needs torch's fbgemm kernels (x86 builds); use bfloat16")
@@ -250,12 +257,11 @@ def quantized_parts(model: nn.Module) -> dict[str, Tensor]:
 def pack(model: nn.Module, wide: bool | None = None) -> nn.Module:
     """Replace every nn.Linear of `model` by a PackedLinear and make the rest fp32, in place.
     `wide` (default: where this machine measured bf16 faster for a prompt's rows,
-    profile.wide_in_bf16) keeps a bf16 copy of each weight for products of many rows.
+    wide_in_bf16) keeps a bf16 copy of each weight for products of many rows.
 
     Packing converts and reorders every weight once (~150 ms per 14 M weights); it runs on
     all threads, one layer per thread."""
     if wide is None:
-        from .profile import wide_in_bf16  # measured once per machine, then cached
         wide = wide_in_bf16()
     slots = [(parent, name, child) for parent in model.modules()
              for name, child in parent.named_children() if isinstance(child, nn.Linear)]
@@ -332,3 +338,75 @@ def compute_dtype(model: nn.Module) -> torch.dtype:
     """The dtype the model's matmuls accumulate in (fp32 for packed layers), which is
     also the dtype of its embeddings and norms."""
     return next(model.parameters()).dtype
+
+
+# The machine: what it is, and which dtype measured faster on it
+
+
+def cpu() -> dict:
+    """The CPU model, a digest of its flags, and torch's view of it."""
+    info = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            k, _, v = line.partition(":")
+            info.setdefault(k.strip(), v.strip())
+    except OSError:
+        pass
+    flags = info.get("flags") or info.get("Features") or ""
+    return {"cpu": info.get("model name") or platform.processor() or platform.machine(),
+            "flags": hashlib.sha256(flags.encode()).hexdigest()[:12],
+            "capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+
+
+def fastest_dtype() -> str:
+    """bfloat16 or packed-fp16, whichever runs a decode step's matrix products faster on
+    this machine (the target's MLP shapes at 1 and 6 tokens: a draft step and a verify)."""
+    return machine_choice()["dtype"] if packed_available() else "bfloat16"
+
+
+def wide_in_bf16() -> bool:
+    """Whether packed-fp16 layers should multiply a prompt's rows in bf16 here (the same
+    shapes at 150 rows: bf16 faster than fbgemm's fp16 kernel)."""
+    return packed_available() and machine_choice()["wide"]
+
+
+def machine_choice() -> dict:
+    """The two measurements above, timed once (about a second) and cached per CPU, threads
+    and torch version."""
+    machine = cpu()
+    path = cache_file("profiles", {"dtype_choice": machine}, ".json")
+    try:
+        choice = json.loads(path.read_text())
+        if {"dtype", "wide"} <= choice.keys():
+            return choice
+    except (OSError, ValueError, AttributeError):
+        pass
+    ms = {d: _matmul_ms(d, (1, 6)) for d in ("bfloat16", PACKED)}
+    wide_ms = {d: _matmul_ms(d, (150,)) for d in ("bfloat16", PACKED)}
+    choice = {"dtype": min(ms, key=ms.get), "ms": ms, "wide": wide_ms["bfloat16"] < wide_ms[PACKED],
+              "wide_ms": wide_ms, **machine}
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(choice)))
+    return choice
+
+
+@torch.inference_mode()
+def _matmul_ms(dtype: str, rows: tuple[int, ...], hidden: int = 1536, inner: int = 8960,
+               repeats: int = 5) -> float:
+    """Median ms of an up and a down projection at each of `rows` tokens in `dtype`."""
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(inner, hidden, generator=gen) * 0.02, torch.randn(hidden, inner, generator=gen) * 0.02]
+    act = torch.float32 if dtype == PACKED else torch.bfloat16
+    layers = [PackedLinear(w) if dtype == PACKED else torch.nn.Linear(
+        w.shape[1], w.shape[0], bias=False, dtype=act).requires_grad_(False) for w in weights]
+    for layer, w in zip(layers, weights):
+        if dtype != PACKED:
+            layer.weight.copy_(w)
+    xs = [torch.randn(m, hidden, generator=gen).to(act) for m in rows]
+    times = []
+    for _ in range(repeats + 1):  # the first round warms up
+        t0 = time.perf_counter()
+        for x in xs:
+            layers[1](layers[0](x))
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times[1:])

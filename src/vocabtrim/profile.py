@@ -13,23 +13,24 @@ profile is cached) times fewer points. Both are cached by what changes them.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
-from .cache import CachedLM, context_length
+from .cache import context_length
 from .files import atomic_write
 from .heads import Head
-from .kernels import PACKED, PackedLinear, packed_available, weight_count
+from .kernels import cpu, weight_count
 from .lean import lm_factory, supports
+from .paths import cache_file
+from .target import Target
 
 FULL_N = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32)  # target tokens timed
 QUICK_N = (1, 2, 4, 8, 12)
@@ -102,22 +103,6 @@ def _extend(ms: list[float], n: int) -> float:
     return ms[-1] + slope * (n - len(ms))
 
 
-def cpu() -> dict:
-    """The CPU model, a digest of its flags, and torch's view of it."""
-    info = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            k, _, v = line.partition(":")
-            info.setdefault(k.strip(), v.strip())
-    except OSError:
-        pass
-    flags = info.get("flags") or info.get("Features") or ""
-    return {"cpu": info.get("model name") or platform.processor() or platform.machine(),
-            "flags": hashlib.sha256(flags.encode()).hexdigest()[:12],
-            "capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__}
-
-
 def key(target, drafter, dtype: str) -> dict:
     """What a profile of `target` and `drafter` (models.Loaded) depends on."""
     return {**cpu(), "target": target.name, "drafter": drafter.name, "dtype": dtype,
@@ -126,9 +111,7 @@ def key(target, drafter, dtype: str) -> dict:
 
 
 def path_for(k: dict) -> Path:
-    from .models import cache_root
-    digest = hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:12]
-    return cache_root() / "profiles" / f"{digest}.json"
+    return cache_file("profiles", k, ".json")
 
 
 def load(k: dict) -> Profile | None:
@@ -146,23 +129,26 @@ def save(p: Profile) -> Path:
     return path
 
 
-def forward_ms(lm: CachedLM, head: Head, context: list[int], n: int, repeats: int) -> float:
-    """Median ms to score `n` new tokens after a cached `context` (body + head); each repeat
-    scores other tokens, so the cache is cropped back and nothing is reused."""
-    lm.hidden(context, 1)
+def forward_ms(score: Callable[[list[int], int], Tensor], vocab: int, context: list[int], n: int,
+               repeats: int) -> float:
+    """Median ms for `score(seq, n)` (the logits of the last n positions of seq) to score `n`
+    new tokens after a cached `context`; each repeat scores other tokens, so the cache is
+    cropped back and nothing is reused."""
+    score(context, 1)
     times = []
     for r in range(repeats):
-        seq = context + [(1000 + r + i) % head.vocab_size for i in range(n)]
+        seq = context + [(1000 + r + i) % vocab for i in range(n)]
         t0 = time.perf_counter()
-        head(lm.hidden(seq, n))
+        score(seq, n)
         times.append(time.perf_counter() - t0)
     return 1000 * statistics.median(times)
 
 
-def prefill_s(model: torch.nn.Module, context: list[int]) -> float:
-    """Seconds to prefill `context` into an empty cache."""
+def prefill_s(target: Target, context: list[int]) -> float:
+    """Seconds for `target` to read `context` into an empty cache."""
+    target.reset()
     t0 = time.perf_counter()
-    CachedLM(model).hidden(context, 1)
+    target.logits(context, 1)
     return time.perf_counter() - t0
 
 
@@ -176,16 +162,16 @@ def measure(target, drafter, quick: bool = False, progress: bool = True) -> Prof
     ids = [(500 + i) % vocab for i in range(max(contexts))]
     steps = len(contexts) * (len(ns) + 1) + 2  # the drafter's two heads
     bar = tqdm(total=steps, desc="profile", unit="step", disable=not progress or quick)
-    tlm, thead = CachedLM(target.model), Head.of(target.model)
-    forward_ms(tlm, thead, ids[:32], 4, 2)  # warm-up: first calls allocate
+    seam = target.as_target()
+    forward_ms(seam.logits, seam.vocab_size, ids[:32], 4, 2)  # warm-up: first calls allocate
     target_ms, prefill = {}, 0.0
     for c in contexts:
-        seconds = prefill_s(target.model, ids[:c])
+        seconds = prefill_s(seam, ids[:c])
         prefill = max(prefill, c / seconds)
         bar.update()
         measured = {}
         for n in ns:
-            measured[n] = forward_ms(tlm, thead, ids[:c], n, repeats)
+            measured[n] = forward_ms(seam.logits, seam.vocab_size, ids[:c], n, repeats)
             bar.update()
         target_ms[str(c)] = [_interpolate(measured, n) for n in range(1, max(ns) + 1)]
     draft_ms = drafter_ms(drafter.model, ids[:contexts[0]], 3 * repeats, bar.update)
@@ -202,18 +188,9 @@ def drafter_ms(model: torch.nn.Module, context: list[int], repeats: int,
     heads = {vocab: Head.of(model), rows: Head.of(model, torch.arange(rows))}
     lm, out = lm_factory(model)(), {}  # as ModelDrafter drafts
     for n, head in heads.items():
-        out[str(n)] = forward_ms(lm, head, context, 1, repeats)
+        out[str(n)] = forward_ms(lambda seq, last, h=head: h(lm.hidden(seq, last)), vocab, context, 1, repeats)
         done()
     return out
-
-
-def with_drafter(p: Profile, model: torch.nn.Module, repeats: int = 6) -> Profile:
-    """`p` with the draft steps of another drafter `model` timed now (a second or two): the
-    same pair's target costs for a drafter quantized in the same process."""
-    vocab = model.get_output_embeddings().out_features
-    with torch.inference_mode():
-        ms = drafter_ms(model, [(500 + i) % vocab for i in range(QUICK_CONTEXT)], repeats)
-    return replace(p, draft_ms=ms, key={**p.key, "drafter": f"{p.key['drafter']} (retimed)"})
 
 
 def _interpolate(measured: dict[int, float], n: int) -> float:
@@ -232,65 +209,3 @@ def for_pair(target, drafter) -> Profile:
         p = measure(target, drafter, quick=True)
         save(p)
     return p
-
-
-def fastest_dtype() -> str:
-    """bfloat16 or packed-fp16, whichever runs a decode step's matrix products faster on
-    this machine (the target's MLP shapes at 1 and 6 tokens: a draft step and a verify)."""
-    return machine_choice()["dtype"] if packed_available() else "bfloat16"
-
-
-def wide_in_bf16() -> bool:
-    """Whether packed-fp16 layers should multiply a prompt's rows in bf16 here (the same
-    shapes at 150 rows: bf16 faster than fbgemm's fp16 kernel)."""
-    return packed_available() and machine_choice()["wide"]
-
-
-def machine_choice() -> dict:
-    """The two measurements above, timed once (about a second) and cached per CPU, threads
-    and torch version."""
-    machine = cpu()
-    path = path_for({"dtype_choice": machine})
-    try:
-        choice = json.loads(path.read_text())
-        if {"dtype", "wide"} <= choice.keys():
-            return choice
-    except (OSError, ValueError, AttributeError):
-        pass
-    ms = {d: _matmul_ms(d, (1, 6)) for d in ("bfloat16", PACKED)}
-    wide_ms = {d: _matmul_ms(d, (150,)) for d in ("bfloat16", PACKED)}
-    choice = {"dtype": min(ms, key=ms.get), "ms": ms, "wide": wide_ms["bfloat16"] < wide_ms[PACKED],
-              "wide_ms": wide_ms, **machine}
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(choice)))
-    return choice
-
-
-@torch.inference_mode()
-def _matmul_ms(dtype: str, rows: tuple[int, ...], hidden: int = 1536, inner: int = 8960,
-               repeats: int = 5) -> float:
-    """Median ms of an up and a down projection at each of `rows` tokens in `dtype`."""
-    gen = torch.Generator().manual_seed(0)
-    weights = [torch.randn(inner, hidden, generator=gen) * 0.02, torch.randn(hidden, inner, generator=gen) * 0.02]
-    act = torch.float32 if dtype == PACKED else torch.bfloat16
-    layers = [PackedLinear(w) if dtype == PACKED else torch.nn.Linear(
-        w.shape[1], w.shape[0], bias=False, dtype=act).requires_grad_(False) for w in weights]
-    for layer, w in zip(layers, weights):
-        if dtype != PACKED:
-            layer.weight.copy_(w)
-    xs = [torch.randn(m, hidden, generator=gen).to(act) for m in rows]
-    times = []
-    for _ in range(repeats + 1):  # the first round warms up
-        t0 = time.perf_counter()
-        for x in xs:
-            layers[1](layers[0](x))
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times[1:])
-
-
-def bind(policy, target, drafter, head_rows: int) -> None:
-    """Give a cost-aware `policy` this machine's costs for the pair (models.Loaded) and a
-    drafter head of `head_rows` rows; other policies need none."""
-    from .policies import Cost
-
-    if isinstance(policy, Cost):
-        policy.bind(for_pair(target, drafter), head_rows)

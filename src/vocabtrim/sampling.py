@@ -60,11 +60,12 @@ class Sampling:
         return int(torch.multinomial(p, 1, generator=gen)), p
 
 
-def verify(drafts: list[int], q: Tensor | None, target_logits: Tensor, sampling: Sampling,
+def verify(drafts: list[int], q: list[Tensor | None], target_logits: Tensor, sampling: Sampling,
            gen: torch.Generator | None) -> tuple[int, int]:
     """Decide how many drafts the target accepts and which token it adds after them.
 
-    drafts: g draft token ids; q: [g, V] processed draft distributions (None when greedy);
+    drafts: g draft token ids; q: per draft, the processed distribution [V] it was drawn
+    from, or None for a deterministic draft (a one-hot q; read only under sampling);
     target_logits: [g + 1, V]. Returns (n_accepted, next_token).
     """
     g = len(drafts)
@@ -78,12 +79,17 @@ def verify(drafts: list[int], q: Tensor | None, target_logits: Tensor, sampling:
     if g:
         idx = torch.arange(g)
         tok = torch.tensor(drafts)
-        ratio = p[idx, tok] / q[idx, tok]
+        qx = torch.tensor([1.0 if row is None else float(row[t]) for row, t in zip(q, drafts)])
+        ratio = p[idx, tok] / qx
         u = torch.rand(g, generator=gen)
         rejected = (u >= ratio).nonzero()
         if len(rejected):
             n = int(rejected[0])
-            residual = (p[n] - q[n]).clamp_min(0)
+            residual = p[n].clone()
+            if q[n] is None:  # p - one-hot: the draft's own mass removed
+                residual[drafts[n]] = 0
+            else:
+                residual = (residual - q[n]).clamp_min(0)
             if residual.sum() <= 0:  # p == q up to rounding: any draw from p is exact
                 residual = p[n]
             return n, int(torch.multinomial(residual, 1, generator=gen))

@@ -17,9 +17,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .calibrate import Counts
 from .errors import VocabtrimError
 from .files import atomic_write, replace_dir
+from .vocab import Counts
 
 FORMATS = ("sglang", "eagle3")
 FILES = ("token_map.safetensors", "token_map.json")

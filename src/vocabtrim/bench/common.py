@@ -13,6 +13,7 @@ from .. import models
 from ..engine import Engine, Stop
 from ..policies import Policy
 from ..sampling import Sampling
+from ..target import Target
 from .identity import divergence
 from .report import CheckFn
 from .run import Method
@@ -46,6 +47,6 @@ def warm_up(methods: Iterable[Method], tokenizer) -> None:
             m.generate(ids, 8)
 
 
-def identity_check(target: torch.nn.Module) -> CheckFn:
+def identity_check(target: Target) -> CheckFn:
     """`summarize`'s check: the divergence of two greedy outputs of `target`."""
     return partial(divergence, target)

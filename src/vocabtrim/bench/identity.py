@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..cache import common_prefix
-from ..kernels import compute_dtype
+from ..target import Target
 
 # How far apart (in logits) the target's two best tokens may be for a divergence between
 # a 1-token and a many-token forward to count as a numerical tie, per compute dtype: two
@@ -16,7 +16,7 @@ TIE_TOLERANCE = {torch.bfloat16: 0.25, torch.float16: 0.05, torch.float32: 0.01}
 
 
 @torch.inference_mode()
-def divergence(target: torch.nn.Module, prompt: list[int], a: list[int], b: list[int]) -> dict | None:
+def divergence(target: Target, prompt: list[int], a: list[int], b: list[int]) -> dict | None:
     """Where two greedy outputs of the same target first differ, and by how much the target
     itself prefers one token over the other there (re-scored in one plain forward).
 
@@ -27,10 +27,11 @@ def divergence(target: torch.nn.Module, prompt: list[int], a: list[int], b: list
     n = common_prefix(a, b)
     if n == len(a) == len(b):
         return None
-    logits = target(torch.tensor([prompt + a[:n]])).logits[0, -1].float()
+    target.reset()
+    logits = target.logits(prompt + a[:n], 1)[-1].float()
     ta = a[n] if n < len(a) else None
     tb = b[n] if n < len(b) else None
     margin = None if ta is None or tb is None else abs(float(logits[ta] - logits[tb]))
-    tolerance = TIE_TOLERANCE[compute_dtype(target)]
+    tolerance = TIE_TOLERANCE[target.compute_dtype]
     return {"position": n, "token_a": ta, "token_b": tb, "margin": margin, "tolerance": tolerance,
             "tie": margin is not None and margin <= tolerance}

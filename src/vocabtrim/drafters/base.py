@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..policies import Policy
+from ..policies import Policy, Round
 from ..sampling import Sampling
 
 
@@ -15,15 +15,17 @@ from ..sampling import Sampling
 class Proposal:
     """One round's drafts.
 
-    q holds the processed distributions the drafts were drawn from ([len(tokens), V] over
-    the target's vocabulary; None when greedy). A deterministic draft (a suffix match) has a
-    one-hot row: verification then accepts x with probability p(x) and on rejection samples
-    from p with x removed, which is exactly the target's distribution."""
+    q holds, per draft, the processed distribution it was drawn from (over the target's
+    vocabulary), or None for a draft that was not drawn: greedy, or deterministic (a suffix
+    match, a merged token). Verification accepts a deterministic draft x with probability
+    p(x) and on rejection samples from p with x removed, which is exactly the target's
+    distribution; no one-hot row is built for it."""
 
     tokens: list[int] = field(default_factory=list)  # target-vocabulary ids
-    q: Tensor | None = None
+    q: list[Tensor | None] = field(default_factory=list)
     forwards: int = 0  # drafter forwards computed, a discarded last one included
     source: str = "none"  # which proposer drafted: "model", "suffix" or "none"
+    round: Round | None = None  # the policy's round, when the policy decided the drafts
 
 
 class Drafter:
@@ -47,10 +49,3 @@ class Drafter:
 
     def finish(self, seq: list[int], prompt_len: int) -> None:
         """The generation is over: `seq[prompt_len:]` is what the target wrote."""
-
-
-def one_hot_rows(tokens: list[int], vocab_size: int) -> Tensor:
-    """q of deterministic drafts: each row puts all mass on its token."""
-    q = torch.zeros(len(tokens), vocab_size)
-    q[torch.arange(len(tokens)), torch.tensor(tokens, dtype=torch.long)] = 1.0
-    return q

@@ -14,7 +14,7 @@ draft is d's twin and it counts as drawn from q restricted to the twins that sta
 merge, renormalized: exactly the distribution of the draft given that branch, so
 rejection sampling with it is the usual exact rule. If d starts a merge, the drafter
 writes on (the merge's pieces, as far as it follows them) and proposes the longest merged
-token it spelled, else d's twin; that draft counts as deterministic (a one-hot q), which
+token it spelled, else d's twin; that draft counts as deterministic (no q), which
 is exact whatever process chose it: accepted with the target's p(x), otherwise the token
 is drawn from p without x, so every token y comes out with probability p(y). A start with
 neither ends the round, which only means the target writes that token itself.
@@ -22,49 +22,13 @@ neither ends the round, which only means the target writes that token itself.
 
 from __future__ import annotations
 
-from functools import cache
-
 import torch
-from torch import Tensor
 
-from .model import ModelDrafter, Take
+from ..heads import Head
+from ..vocab import token_bytes, tokenizer_fingerprint
+from .model import Take
 
 MAX_PIECES = 4  # the longest drafter spelling of one target token the cache keeps
-
-
-@cache
-def _byte_of_char() -> dict[str, int]:
-    """GPT-2 byte-level BPE writes byte b as one printable character; the inverse map."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[chr(b)] = b
-        else:
-            chars[chr(256 + extra)] = b
-            extra += 1
-    return chars
-
-
-def token_bytes(tokenizer) -> list[bytes | None]:
-    """The bytes each token id stands for (None where unknown): special tokens by their
-    text, byte-level BPE through the byte alphabet, SentencePiece with its space marker
-    and byte fallback."""
-    vocab = tokenizer.get_vocab()
-    out: list[bytes | None] = [None] * (max(vocab.values()) + 1)
-    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
-    byte_level = "ByteLevel" in str(tokenizer.backend_tokenizer.decoder)
-    of_char = _byte_of_char()
-    for piece, i in vocab.items():
-        if i in special:
-            out[i] = piece.encode()
-        elif byte_level:
-            out[i] = bytes(of_char[c] for c in piece) if all(c in of_char for c in piece) else None
-        elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
-            out[i] = bytes([int(piece[3:5], 16)])
-        else:
-            out[i] = piece.replace("\u2581", " ").encode()
-    return out
 
 
 class Bridge:
@@ -91,8 +55,6 @@ class Bridge:
     def between(cls, target, drafter) -> Bridge | None:
         """The bridge between two loaded models (models.Loaded); None when they share a
         tokenizer (nothing to bridge)."""
-        from ..calibrate import tokenizer_fingerprint
-
         if tokenizer_fingerprint(target.tokenizer) == tokenizer_fingerprint(drafter.tokenizer):
             return None
         return cls(target.tokenizer, drafter.tokenizer, drafter.model.get_output_embeddings().out_features)
@@ -146,22 +108,17 @@ class Merges:
         return added
 
 
-class CrossDrafter(ModelDrafter):
-    """A small LM with its own tokenizer drafting target tokens: twins directly, target
-    tokens it spells in pieces through `Merges` (None: the intersection alone)."""
+class CrossVocab:
+    """The vocabulary adapter of a small LM with its own tokenizer drafting target tokens:
+    twins directly, target tokens it spells in pieces through `Merges` (off: the
+    intersection alone). A token map in the drafter's vocabulary composes: the head keeps
+    the map's rows and drafts only their twins."""
 
-    def __init__(self, model: torch.nn.Module, target: torch.nn.Module, bridge: Bridge,
-                 kept_ids: Tensor | None = None, prompt_tokens: bool = True, merges: bool = True):
-        """`kept_ids`: a token map in the drafter's vocabulary (VocabTrim composes with the
-        intersection: the head keeps the map's rows, drafts only their twins)."""
-        super().__init__(model, target, kept_ids, prompt_tokens)
-        vocab = model.get_output_embeddings().out_features
-        self.bridge, self.merges = bridge, Merges(bridge, vocab) if merges else None
+    def __init__(self, bridge: Bridge, drafter_vocab: int, target_vocab: int, merges: bool = True):
+        self.bridge, self.target_vocab = bridge, target_vocab
+        self.merges = Merges(bridge, drafter_vocab) if merges else None
         self.learnt = 0  # target tokens of this generation the merges have seen
-        self._masks()
-
-    def _check_vocabulary(self, vocab):
-        """Any vocabulary: the bridge maps it."""
+        self.head: Head | None = None
 
     def _masks(self) -> None:
         """Per head row: its target twin (or -1), and which rows may be drawn at all
@@ -172,12 +129,13 @@ class CrossDrafter(ModelDrafter):
         self.direct = (self.row_twin >= 0) & ~starts
         self.blocked = ~(self.direct | starts)
 
-    def start(self, seq):
-        ids = super().start(self.bridge.own_ids(seq))
-        self.learnt = 0
+    def spell(self, seq):
+        return self.bridge.own_ids(seq)
+
+    def start(self, seq, head):
+        self.head, self.learnt = head, 0
         self._learn(seq)
         self._masks()
-        return ids
 
     def _learn(self, seq: list[int]) -> None:
         if self.merges and self.merges.learn(seq[self.learnt:]):
@@ -188,10 +146,10 @@ class CrossDrafter(ModelDrafter):
         self._learn(seq)
         return self.bridge.own_ids(seq)
 
-    def logits(self, ids):
-        return super().logits(ids).masked_fill(self.blocked, float("-inf"))
+    def mask(self, logits):
+        return logits.masked_fill(self.blocked, float("-inf"))
 
-    def take(self, index, dist, ids, sampling, gen):
+    def take(self, index, dist, ids, logits, sampling, gen):
         piece = self.head.token(index)
         if self.direct[index]:
             q = None
@@ -201,16 +159,16 @@ class CrossDrafter(ModelDrafter):
             return Take(int(self.row_twin[index]), [piece], q)
         if self.blocked[index]:  # every row was blocked (a drafter with next to no twins)
             return None
-        return self._merge(piece, ids, sampling, gen)
+        return self._merge(piece, ids, logits, sampling, gen)
 
-    def _merge(self, first: int, ids: list[int], sampling, gen) -> Take | None:
+    def _merge(self, first: int, ids: list[int], logits, sampling, gen) -> Take | None:
         """Write on after a merge's first piece while the pieces follow a known spelling;
-        the longest target token spelled (else the first piece's twin), one-hot."""
+        the longest target token spelled (else the first piece's twin), deterministic."""
         pieces, twin = (first,), int(self.bridge.twin[first])
         best = (twin, 1) if twin >= 0 else None
         forwards = 0
         while pieces in self.merges.prefixes:
-            index, _ = sampling.choose(super().logits(ids + list(pieces)), gen)
+            index, _ = sampling.choose(logits(ids + list(pieces)), gen)
             forwards += 1
             pieces += (self.head.token(index),)
             if pieces in self.merges.spell:
@@ -218,5 +176,4 @@ class CrossDrafter(ModelDrafter):
         if best is None:
             return None
         token, n = best
-        q = None if sampling.greedy else torch.nn.functional.one_hot(torch.tensor(token), self.target_vocab).float()
-        return Take(token, list(pieces[:n]), q, forwards)
+        return Take(token, list(pieces[:n]), None, forwards)

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+from ..costs import Costs
 from .base import Drafter, Proposal
 from .model import ModelDrafter
 from .suffix import SuffixDrafter
 
 
 class HybridDrafter(Drafter):
-    """Each round the policy chooses between the suffix draft, which costs no forward, and
-    a model round (`Policy.prefers_free`: the cost policy compares expected tokens per ms on
-    this machine's profile; other policies take a suffix draft expected to bring
-    `min_score` tokens). The suffix draft is proposed as far as the policy finds it worth
+    """Each round the hybrid chooses between the suffix draft, which costs no forward, and
+    a model round: with this machine's `costs` it compares their expected tokens per ms
+    (`Costs.prefers_free`), without them it takes a suffix draft expected to bring
+    `min_score` tokens. The suffix draft is proposed as far as its drafter finds it worth
     verifying. The model's cache catches up on the skipped tokens in its next forward, and
     the policy learns only from the rounds the model drafted."""
 
-    def __init__(self, model: ModelDrafter, suffix: SuffixDrafter, min_score: float = 2.0):
-        self.model, self.suffix, self.min_score = model, suffix, min_score
+    def __init__(self, model: ModelDrafter, suffix: SuffixDrafter, costs: Costs | None = None,
+                 min_score: float = 2.0):
+        self.model, self.suffix, self.costs, self.min_score = model, suffix, costs, min_score
         self.context = model.context
 
     @property
@@ -39,8 +41,9 @@ class HybridDrafter(Drafter):
 
     def propose(self, seq, room, policy, sampling, gen) -> Proposal:
         draft = self.suffix.best(seq, room)
-        if policy.prefers_free(draft.path, self.min_score):
-            return self.suffix.proposal(draft, policy, sampling)
+        free = self.costs.prefers_free(draft.path) if self.costs else draft.score >= self.min_score
+        if free:
+            return self.suffix.proposal(draft)
         return self.model.propose(seq, room, policy, sampling, gen)
 
     def finish(self, seq, prompt_len):

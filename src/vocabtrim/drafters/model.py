@@ -1,8 +1,11 @@
-"""A small causal LM of the target's vocabulary, drafting with a full or trimmed head."""
+"""A small causal LM drafting token by token with a full or trimmed head, in the target's
+vocabulary or, through a vocabulary adapter, in its own."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -12,30 +15,86 @@ from ..errors import VocabtrimError
 from ..heads import Head
 from ..lean import lm_factory
 from ..metrics import bytes_per_forward
+from ..policies import Step
 from .base import Drafter, Proposal
+
+
+@dataclass
+class Take:
+    """One draft: its target id, the drafter ids it adds to the drafter's sequence, the
+    distribution over the target's vocabulary it counts as drawn from (None when greedy or
+    deterministic) and the extra drafter forwards it took."""
+
+    token: int
+    pieces: list[int]
+    q: Tensor | None
+    forwards: int = 0
+
+
+class Vocabulary(Protocol):
+    """How a drafter's own tokens become target tokens: the identity for a drafter of the
+    target's vocabulary, the bridge between two tokenizers otherwise (drafters.cross)."""
+
+    def spell(self, seq: list[int]) -> list[int]:
+        """The drafter's ids for the target ids `seq`."""
+
+    def start(self, seq: list[int], head: Head) -> None:
+        """A new generation after the prompt `seq`, drafted with `head`."""
+
+    def own_ids(self, seq: list[int]) -> list[int]:
+        """`spell(seq)` in a round: what the committed text teaches may be learnt first."""
+
+    def mask(self, logits: Tensor) -> Tensor:
+        """The head's logits with rows that make no target draft at -inf."""
+
+    def take(self, index: int, dist: Tensor | None, ids: list[int], logits: Callable[[list[int]], Tensor],
+             sampling, gen) -> Take | None:
+        """The draft head row `index` (drawn from `dist`, None when greedy) makes after the
+        drafter's `ids`; `logits` gives the head's logits after any ids (None: no draft)."""
+
+
+class SameVocab:
+    """The drafter writes target tokens: head rows are target ids."""
+
+    def __init__(self, drafter_vocab: int, target_vocab: int):
+        if drafter_vocab != target_vocab:
+            raise VocabtrimError(f"drafter vocabulary ({drafter_vocab}) differs from target vocabulary "
+                                 f"({target_vocab}); draft across vocabularies through a Bridge")
+        self.head: Head | None = None
+
+    def spell(self, seq):
+        return seq
+
+    def start(self, seq, head):
+        self.head = head
+
+    def own_ids(self, seq):
+        return seq
+
+    def mask(self, logits):
+        return logits
+
+    def take(self, index, dist, ids, logits, sampling, gen):
+        token = self.head.token(index)
+        return Take(token, [token], None if dist is None else self.head.to_vocab(dist))
 
 
 class ModelDrafter(Drafter):
     """Drafts token by token with `model`, asking the policy after every forward.
 
     With `kept_ids` the head is trimmed to a token map (VocabTrim); `prompt_tokens` adds
-    the prompt's own tokens the map lacks as extra rows for each generation."""
+    the prompt's own tokens the map lacks as extra rows for each generation. `vocab` maps
+    the drafter's tokens to the target's (default: the same vocabulary, checked)."""
 
-    def __init__(self, model: torch.nn.Module, target: torch.nn.Module, kept_ids: Tensor | None = None,
-                 prompt_tokens: bool = True):
-        self.target_vocab = target.get_output_embeddings().out_features
-        self._check_vocabulary(model.get_output_embeddings().out_features)
+    def __init__(self, model: torch.nn.Module, target_vocab: int, kept_ids: Tensor | None = None,
+                 prompt_tokens: bool = True, vocab: Vocabulary | None = None):
+        self.vocab = vocab or SameVocab(model.get_output_embeddings().out_features, target_vocab)
         self.model, self.prompt_tokens = model, prompt_tokens
         self.base_head = self.head = Head.of(model, kept_ids)
         self.new_lm = lm_factory(model)  # the lean forward where the architecture allows it
         self.lm = self.new_lm()
         self._body = bytes_per_forward(model, 0)
         self.context = context_length(model)
-
-    def _check_vocabulary(self, vocab: int) -> None:
-        if vocab != self.target_vocab:
-            raise VocabtrimError(f"drafter vocabulary ({vocab}) differs from target vocabulary "
-                                 f"({self.target_vocab}); draft across vocabularies with CrossDrafter")
 
     @property
     def head_rows(self) -> int:
@@ -60,55 +119,36 @@ class ModelDrafter(Drafter):
         """A new generation after the prompt `seq`, read later by the first draft's forward
         (which feeds whatever the cache lacks), and a trimmed head that can also propose the
         prompt's tokens. Returns the prompt in the drafter's own ids."""
-        self.head = self.base_head.for_prompt(seq) if self.prompt_tokens else self.base_head
+        ids = self.vocab.spell(seq)
+        self.head = self.base_head.for_prompt(ids) if self.prompt_tokens else self.base_head
         self.lm = self.new_lm()
-        return seq
+        self.vocab.start(seq, self.head)
+        return ids
 
     def propose(self, seq, room, policy, sampling, gen) -> Proposal:
-        ids = self.own_ids(seq)
+        r = policy.start()
+        ids = self.vocab.own_ids(seq)
         tokens: list[int] = []
-        rows: list[Tensor] = []
+        q: list[Tensor | None] = []
         forwards = 0
-        for step in range(min(room, policy.budget())):
-            logits = self.logits(ids)
+        for step in range(min(room, r.budget)):
+            logits = self.vocab.mask(self.logits(ids))
             forwards += 1
             index, dist = sampling.choose(logits, gen)
-            probs = dist if dist is not None or not policy.reads_probs else logits.float().softmax(-1)
-            if not policy.draft(step, probs, dist is not None):  # from the distribution alone
+            s = Step(dist, logits)
+            if not policy.draft(r, step, s):  # from the distribution alone
                 break
-            took = self.take(index, dist, ids, sampling, gen)
+            took = self.vocab.take(index, dist, ids, self.logits, sampling, gen)
             if took is None:
                 break
             tokens.append(took.token)
+            q.append(took.q)
             ids = ids + took.pieces
             forwards += took.forwards
-            if took.q is not None:
-                rows.append(took.q)
-            if not policy.go_on(probs, index):  # may look at the token: it stays drafted
+            if not policy.go_on(r, s, index):  # may look at the token: it stays drafted
                 break
-        return Proposal(tokens, torch.stack(rows) if rows else None, forwards, "model")
-
-    def own_ids(self, seq: list[int]) -> list[int]:
-        """The drafter's own ids for the committed target sequence `seq`."""
-        return seq
+        return Proposal(tokens, q, forwards, "model", r)
 
     def logits(self, ids: list[int]) -> Tensor:
         """The next token's logits over the head's rows after `ids`."""
         return self.head(self.lm.hidden(ids, 1))[0]
-
-    def take(self, index: int, dist: Tensor | None, ids: list[int], sampling, gen) -> Take | None:
-        """The draft that head row `index` (drawn from `dist`; None when greedy) makes."""
-        token = self.head.token(index)
-        return Take(token, [token], None if dist is None else self.head.to_vocab(dist))
-
-
-@dataclass
-class Take:
-    """One draft: its target id, the drafter ids it adds to the drafter's sequence, the
-    distribution over the target's vocabulary it counts as drawn from (None when greedy)
-    and the extra drafter forwards it took."""
-
-    token: int
-    pieces: list[int]
-    q: Tensor | None
-    forwards: int = 0

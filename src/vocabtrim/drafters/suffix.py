@@ -14,8 +14,8 @@ A draft's score is the sum of its path probabilities: the number of its tokens t
 seen so far expects to be accepted. The best-scoring draft over all m, over the current
 sequence and the store of earlier outputs, wins.
 
-Under sampling the draft is deterministic, so its q is one-hot: verification accepts x
-with probability p(x) and on rejection samples from p without x, which is exact.
+Under sampling the draft is deterministic (no q): verification accepts x with probability
+p(x) and on rejection samples from p without x, which is exact.
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ import hashlib
 from collections import Counter, deque
 from dataclasses import dataclass
 
-from ..policies import Policy
-from ..sampling import Sampling
-from .base import Drafter, Proposal, one_hot_rows
+from ..costs import Costs
+from .base import Drafter, Proposal
 
 SEP = -1  # between documents in the store of earlier outputs: never matched, never drafted
 
@@ -98,12 +97,13 @@ class SuffixDrafter(Drafter):
     max_len: longest draft; factor: a match of m tokens may draft m * factor; depth: the
     longest match considered; min_prob: the path-probability floor; recent: candidates per
     text; store_tokens: the store of earlier outputs holds at most this many tokens, oldest
-    evicted (0: no store). The store never proposes from an earlier answer to the very same
+    evicted (0: no store); costs: this machine's prices, to verify only as much of a draft as
+    pays (none: all of it). The store never proposes from an earlier answer to the very same
     prompt, so a benchmark that repeats a prompt measures matching, not replay."""
 
-    def __init__(self, vocab_size: int, max_len: int = 16, factor: float = 1.0, depth: int = 24,
-                 min_prob: float = 0.1, recent: int = 64, store_tokens: int = 1 << 16):
-        self.vocab_size, self.max_len, self.factor, self.depth = vocab_size, max_len, factor, depth
+    def __init__(self, max_len: int = 16, factor: float = 1.0, depth: int = 24, min_prob: float = 0.1,
+                 recent: int = 64, store_tokens: int = 1 << 16, costs: Costs | None = None):
+        self.max_len, self.factor, self.depth, self.costs = max_len, factor, depth, costs
         self.min_prob, self.recent, self.store_tokens = min_prob, recent, store_tokens
         self.text = TokenText()
         self.docs: deque[tuple[str, list[int]]] = deque()  # (prompt key, output), oldest first
@@ -130,14 +130,13 @@ class SuffixDrafter(Drafter):
         return best
 
     def propose(self, seq, room, policy, sampling, gen) -> Proposal:
-        return self.proposal(self.best(seq, room), policy, sampling)
+        return self.proposal(self.best(seq, room))
 
-    def proposal(self, draft: Draft, policy: Policy, sampling: Sampling) -> Proposal:
-        """The draft as far as `policy` finds it worth verifying (free drafts: all of it,
-        unless verifying more tokens costs more than they are expected to bring)."""
-        tokens = draft.tokens[:policy.cut(draft.path)]
-        q = None if sampling.greedy or not tokens else one_hot_rows(tokens, self.vocab_size)
-        return Proposal(tokens, q, 0, "suffix" if tokens else "none")
+    def proposal(self, draft: Draft) -> Proposal:
+        """The draft as far as it is worth verifying: all of it, unless this machine's costs
+        say verifying more tokens costs more than they are expected to bring."""
+        tokens = draft.tokens[:self.costs.cut(draft.path)] if self.costs else draft.tokens
+        return Proposal(tokens, [None] * len(tokens), 0, "suffix" if tokens else "none")
 
     def finish(self, seq: list[int], prompt_len: int) -> None:
         if not self.store_tokens:

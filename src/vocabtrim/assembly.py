@@ -1,0 +1,175 @@
+"""The one place where engines are put together: a method's name parsed into a `Spec`, and
+an engine with its policy built from a spec and the loaded models.
+
+A method is a drafter kind and parts joined by `+`:
+
+    ar | sd | suffix | hybrid | x | hf | pld   then any of   vt, q8 | q4, x, ngram, adaedl | cost
+
+`ar` is the target alone; `sd` the drafter model; `suffix` drafts matched in the text seen,
+no model; `hybrid` each round the suffix draft or the model's; `x` (a kind, or a part of
+sd, hybrid and hf) drafts with the run's drafter of another tokenizer, `ngram` with its
+n-gram cache of merged tokens. `vt` trims the drafter's head to the token map, `q8`/`q4`
+quantize its weights, `adaedl`/`cost` choose the policy (default: static K). `hf` and
+`pld` are transformers' assisted generation and prompt lookup, which bench runs beside ours.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from . import models, profile
+from .costs import Costs
+from .drafters import (
+    Bridge,
+    CrossVocab,
+    Drafter,
+    HybridDrafter,
+    ModelDrafter,
+    SuffixDrafter,
+)
+from .engine import Engine
+from .errors import VocabtrimError
+from .policies import Policy, parse_policy
+
+KINDS = ("ar", "sd", "suffix", "hybrid", "x", "hf", "pld")
+PARTS = ("vt", "q8", "q4", "x", "ngram", "adaedl", "cost")
+PEERS = ("hf", "pld")  # transformers' generation: bench builds them beside our engines
+SCHEMES = {"q8": "int8", "q4": "int4"}
+# what each kind may be combined with: the rest would be ignored, so it is refused
+ALLOWED = {"ar": set(), "pld": set(), "hf": {"x"}, "suffix": {"cost"},
+           "sd": set(PARTS), "hybrid": set(PARTS), "x": set(PARTS) - {"x"}}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A method: which drafter (kind `ar`: none), whose head, which weights, which policy."""
+
+    name: str
+    kind: str  # ar, sd, suffix, hybrid, hf or pld (x is sd with `cross`)
+    trimmed: bool = False  # the drafter's head trimmed to the token map
+    weights: str | None = None  # int8 or int4; None: as loaded
+    policy: str = "static"  # static, adaedl or cost
+    cross: bool = False  # drafts with the drafter of another tokenizer
+    ngram: bool = False  # ... with the n-gram cache of merged tokens
+
+    @property
+    def model(self) -> bool:
+        """Whether a drafter model drafts (sd, hybrid)."""
+        return self.kind in ("sd", "hybrid")
+
+
+def parse_method(name: str) -> Spec:
+    """`hybrid+vt+q4+cost` -> Spec; a one-line error for unknown or incompatible parts."""
+    kind, *parts = name.strip().split("+")
+    if kind not in KINDS or any(p not in PARTS for p in parts) or len(set(parts)) < len(parts):
+        raise VocabtrimError(f"unknown method {name!r}: a kind ({', '.join(KINDS)}) and parts "
+                             f"({', '.join(PARTS)}) joined by '+'")
+    refused = set(parts) - ALLOWED[kind]
+    cross = kind == "x" or "x" in parts
+    if refused or ("ngram" in parts and not cross) or ("vt" in parts and cross):
+        why = (f"{kind} takes no {', '.join(sorted(refused))}" if refused else
+               "ngram needs x (a drafter of another tokenizer)" if not cross else
+               "the token map is in the target's tokens, not the x drafter's")
+        raise VocabtrimError(f"method {name!r}: {why}")
+    schemes = [SCHEMES[p] for p in parts if p in SCHEMES]
+    policies = [p for p in parts if p in ("adaedl", "cost")]
+    if len(schemes) > 1 or len(policies) > 1:
+        raise VocabtrimError(f"method {name!r}: one of q8/q4 and one of adaedl/cost at most")
+    return Spec(name, "sd" if kind == "x" else kind, "vt" in parts, schemes[0] if schemes else None,
+                policies[0] if policies else "static", cross, "ngram" in parts)
+
+
+@dataclass
+class Parts:
+    """What engines are built from: the loaded target and drafters, the token map (kept
+    ids in the drafter's vocabulary) and the settings every method shares."""
+
+    target: models.Loaded
+    drafter: models.Loaded | None = None  # the drafter model (another tokenizer drafts across)
+    kept: torch.Tensor | None = None
+    cross: models.Loaded | None = None  # the x methods' drafter of another tokenizer
+    quant: str = "none"  # the drafter's weights where a method names no q8/q4
+    draft_len: int = 5  # K of static methods
+    adaedl: str = "adaedl"  # the adaedl methods' policy spec
+    prompt_tokens: bool = True  # trimmed heads also propose the prompt's own tokens
+
+
+class Assembler:
+    """Builds (engine, policy) pairs over one set of loaded models. Every engine shares the
+    target; each gets drafters of its own (a suffix store per method), while quantized
+    drafters and bridges are made once."""
+
+    def __init__(self, parts: Parts):
+        self.parts, self.target = parts, parts.target.as_target()
+
+    def build(self, spec: Spec, policy: str | None = None) -> tuple[Engine, Policy]:
+        """The engine and a fresh policy of `spec` (`policy`: a spec that overrides the
+        method's own, as `generate --policy` does)."""
+        if spec.kind in PEERS:
+            raise VocabtrimError(f"{spec.name} is transformers' generation, not an engine of ours")
+        p = self.parts
+        rule = parse_policy(policy or {"static": f"static:{p.draft_len}", "adaedl": p.adaedl,
+                                       "cost": "cost"}[spec.policy])
+        if spec.kind == "ar":
+            if rule.priced:
+                raise VocabtrimError("the cost policy prices drafts; the target alone drafts none")
+            return Engine(self.target), rule.make()
+        model = self._model_drafter(spec) if spec.model else None
+        costs = self._costs(spec, rule.max_len, model) if rule.priced else None
+        if spec.kind == "suffix":
+            drafter: Drafter = SuffixDrafter(costs=costs)
+        elif spec.kind == "hybrid":
+            drafter = HybridDrafter(model, SuffixDrafter(costs=costs), costs)
+        else:
+            drafter = model
+        return Engine(self.target, drafter), rule.make(costs)
+
+    def drafter_model(self, spec: Spec) -> models.Loaded:
+        """The loaded drafter `spec` drafts with, in its weights."""
+        loaded = self.parts.cross if spec.cross else self.parts.drafter
+        if loaded is None:
+            raise VocabtrimError(f"{spec.name} needs a drafter model" + (
+                " of another tokenizer" if spec.cross else ""))
+        scheme = spec.weights or self.parts.quant
+        return loaded if scheme == "none" else self._quantized(scheme, spec.cross)
+
+    @functools.cache  # noqa: B019 - one quantized copy per drafter and scheme, for the assembler's life
+    def _quantized(self, scheme: str, cross: bool) -> models.Loaded:
+        return models.quantize(self.parts.cross if cross else self.parts.drafter, scheme)
+
+    @functools.cache  # noqa: B019 - a bridge per drafter: building one tokenizes both vocabularies
+    def bridge(self, cross: bool) -> Bridge | None:
+        drafter = self.parts.cross if cross else self.parts.drafter
+        return Bridge.between(self.parts.target, drafter)
+
+    def _model_drafter(self, spec: Spec) -> ModelDrafter:
+        """A drafter of the target's vocabulary is shared by the methods that draft alike
+        (its state lasts one generation); one of another tokenizer is each method's own,
+        since its n-gram cache learns for the drafter's lifetime."""
+        if spec.trimmed and self.parts.kept is None:
+            raise VocabtrimError(f"{spec.name} needs a token map")
+        if self.bridge(spec.cross) is None:
+            return self._same_vocab(spec.trimmed, spec.weights or self.parts.quant)
+        loaded = self.drafter_model(spec)
+        vocab = CrossVocab(self.bridge(spec.cross), loaded.model.get_output_embeddings().out_features,
+                           self.target.vocab_size, spec.ngram)
+        kept = self.parts.kept if spec.trimmed else None  # a map in the drafter's own tokens
+        return ModelDrafter(loaded.model, self.target.vocab_size, kept, self.parts.prompt_tokens, vocab)
+
+    @functools.cache  # noqa: B019 - shared drafters live as long as the assembler
+    def _same_vocab(self, trimmed: bool, scheme: str) -> ModelDrafter:
+        loaded = self.drafter_model(Spec("sd", "sd", trimmed, None if scheme == "none" else scheme))
+        return ModelDrafter(loaded.model, self.target.vocab_size, self.parts.kept if trimmed else None,
+                            self.parts.prompt_tokens)
+
+    def _costs(self, spec: Spec, max_len: int, model: ModelDrafter | None) -> Costs:
+        """This machine's prices for the pair as it drafts (the cached profile, else a quick
+        one) with the drafter's head; suffix drafts read no head."""
+        if self.parts.drafter is None and not spec.cross:
+            raise VocabtrimError("the cost policy reads the profile of a target and drafter pair; "
+                                 "give it a drafter model (generate: --drafter model or hybrid)")
+        pair = profile.for_pair(self.parts.target, self.drafter_model(spec))
+        return Costs.of(pair, model.head_rows if model else 0, max_len)

@@ -1,0 +1,52 @@
+"""The target: the model whose output is the output. What the engine, the profile and bench
+need of it, and its torch implementation.
+
+A target scores the last n positions of a sequence, reusing the cache of the longest
+prefix that sequence shares with the previous call; it knows its vocabulary, its context,
+what one forward reads (the unit of the cost ratio c) and the dtype its logits are
+computed in (how close two logits may be to count as a numerical tie). Nothing past this
+seam is touched, so another backend plugs in as another implementation.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from .cache import CachedLM, context_length
+from .heads import Head
+from .kernels import compute_dtype
+from .metrics import bytes_per_forward
+
+
+class Target(Protocol):
+    vocab_size: int
+    context: int  # the longest sequence it takes
+    forward_bytes: int  # bytes one single-token forward reads
+    compute_dtype: torch.dtype
+
+    def reset(self) -> None:
+        """Forget the cache: the next sequence is read from its start."""
+
+    def logits(self, seq: list[int], n: int) -> Tensor:
+        """Logits [n, vocab_size] of the last `n` positions of `seq`."""
+
+
+class TorchTarget:
+    """A transformers causal LM (any dtype, packed or quantized) as a target; `model` stays
+    reachable for transformers' own generation, bench's peer."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self.head = model, Head.of(model)
+        self.vocab_size, self.context = self.head.vocab_size, context_length(model)
+        self.forward_bytes = bytes_per_forward(model, self.head.nbytes)
+        self.compute_dtype = compute_dtype(model)
+        self.lm = CachedLM(model)
+
+    def reset(self) -> None:
+        self.lm = CachedLM(self.model)
+
+    def logits(self, seq: list[int], n: int) -> Tensor:
+        return self.head(self.lm.hidden(seq, n))
