@@ -1,16 +1,20 @@
-"""Tiny random-weight models (seconds to build), the real default pair (fetched once) and
-the in-process CLI runner every test uses.
+"""Tiny random-weight models (seconds to build), the real default pair (fetched once), the
+in-process CLI runner every test uses, and the helpers several test modules share.
 
 Tiny models are Llama-shaped on purpose: the engine must not depend on the architecture,
-and transformers maps a plain tokenizers tokenizer onto Llama models unchanged."""
+and transformers maps a plain tokenizers tokenizer onto Llama models unchanged. Shared
+models are built on first use (cached), never when a module is imported."""
 
 from __future__ import annotations
 
+import functools
+import itertools
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner, Result
+from scipy.stats import chisquare
 from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers import models as tk_models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -18,6 +22,11 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from vocabtrim.cli import main
 from vocabtrim.drafters import ModelDrafter
 from vocabtrim.engine import Engine
+from vocabtrim.policies import Step
+from vocabtrim.sampling import Sampling
+from vocabtrim.target import TorchTarget
+from vocabtrim.tokenmap import TokenMap
+from vocabtrim.vocab import tokenizer_fingerprint
 
 TINY_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
@@ -36,11 +45,6 @@ def tiny_model(vocab: int = 64, seed: int = 0, tie: bool = False, layers: int = 
     return model
 
 
-def spec_engine(target, draft=None, kept_ids=None, prompt_tokens: bool = True) -> Engine:
-    """An Engine with a model drafter (the target alone when `draft` is None)."""
-    return Engine(target, None if draft is None else ModelDrafter(draft, target, kept_ids, prompt_tokens))
-
-
 def noisy_copy(model: LlamaForCausalLM, scale: float, seed: int) -> LlamaForCausalLM:
     """A drafter that mostly agrees with `model`: the same weights plus Gaussian noise."""
     torch.manual_seed(seed)
@@ -50,6 +54,86 @@ def noisy_copy(model: LlamaForCausalLM, scale: float, seed: int) -> LlamaForCaus
         for p in other.parameters():
             p.add_(torch.randn_like(p) * scale * p.std().clamp_min(1e-3))
     return other
+
+
+@functools.cache
+def tiny_pair() -> tuple[LlamaForCausalLM, LlamaForCausalLM]:
+    """The shared tiny target (64 tokens) and a drafter that mostly agrees with it."""
+    target = tiny_model(64, seed=1)
+    return target, noisy_copy(target, 0.3, seed=2)
+
+
+def vocab_of(model: torch.nn.Module) -> int:
+    return model.get_output_embeddings().out_features
+
+
+def alone(target: torch.nn.Module) -> Engine:
+    """An Engine of the target alone."""
+    return Engine(TorchTarget(target))
+
+
+def model_drafter(draft, target, kept_ids=None, prompt_tokens: bool = True) -> ModelDrafter:
+    """A model drafter of `target`'s vocabulary."""
+    return ModelDrafter(draft, vocab_of(target), kept_ids, prompt_tokens)
+
+
+def spec_engine(target, draft=None, kept_ids=None, prompt_tokens: bool = True) -> Engine:
+    """An Engine with a model drafter (the target alone when `draft` is None)."""
+    drafter = None if draft is None else model_drafter(draft, target, kept_ids, prompt_tokens)
+    return Engine(TorchTarget(target), drafter)
+
+
+def prompts(n: int, vocab: int = 64) -> list[list[int]]:
+    g = torch.Generator().manual_seed(7)
+    return [torch.randint(5, vocab, (int(torch.randint(1, 12, (1,), generator=g)),),
+                          generator=g).tolist() for _ in range(n)]
+
+
+def greedy_step(probs: torch.Tensor) -> Step:
+    """A greedy drafter forward whose distribution is exactly `probs` (a softmax of
+    probs.log() rounds some of them across the cost rule's bin edges)."""
+    s = Step(logits=probs.log())
+    s.probs = probs
+    return s
+
+
+# --- losslessness under sampling: a target of 5 tokens whose every continuation's
+# probability can be enumerated, and a different drafter (q differs a lot from p) ---
+
+SMALL_V = 5
+SMALL_PROMPT = [2, 3]
+SMALL_SAMPLING = Sampling(temperature=0.9, top_k=4)
+RUNS = 3000
+
+
+@functools.cache
+def small_pair() -> tuple[LlamaForCausalLM, LlamaForCausalLM]:
+    return tiny_model(SMALL_V, seed=11, layers=1), tiny_model(SMALL_V, seed=12, layers=1)
+
+
+@functools.cache
+@torch.inference_mode()
+def exact_joint(n: int, prompt: tuple[int, ...] = tuple(SMALL_PROMPT)) -> dict[tuple[int, ...], float]:
+    """The small target's own probability of every n-token continuation, by enumeration."""
+    target = small_pair()[0]
+    out = {}
+    for toks in itertools.product(range(SMALL_V), repeat=n):
+        p = 1.0
+        for i in range(n):
+            logits = target(torch.tensor([list(prompt) + list(toks[:i])])).logits[0, -1]
+            p *= float(SMALL_SAMPLING.probs(logits)[toks[i]])
+        out[toks] = p
+    return out
+
+
+def chi2_pvalue(counts, exact, runs) -> float:
+    keys = [k for k, p in exact.items() if p * runs >= 1]
+    obs = [counts.get(k, 0) for k in keys] + [runs - sum(counts.get(k, 0) for k in keys)]
+    exp = [exact[k] * runs for k in keys] + [runs * (1 - sum(exact[k] for k in keys))]
+    return chisquare(obs, exp).pvalue
+
+
+# --- files on disk ---
 
 
 def tiny_tokenizer(vocab: int) -> PreTrainedTokenizerFast:
@@ -91,6 +175,23 @@ def real_pair():
     target = models.load(models.DEFAULT_TARGET)
     draft = models.load(models.DEFAULT_DRAFT)
     return target, draft
+
+
+def snapshot(root) -> dict:
+    """Every file and directory under `root` with its modification time and size."""
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*")}
+
+
+@functools.cache
+def tiny_fingerprint() -> str:
+    """The tiny tokenizer's (64 tokens) fingerprint, as counts and token maps record it."""
+    return tokenizer_fingerprint(tiny_tokenizer(64))
+
+
+def token_map(ids, vocab: int = 64) -> TokenMap:
+    """A token map of `ids` for the tiny tokenizer."""
+    return TokenMap(torch.tensor(ids), {"k": len(ids), "vocab_size": vocab, "coverage": 0.5,
+                                        "tokenizer": tiny_fingerprint()})
 
 
 def cli(*args, env: dict[str, str] | None = None) -> Result:

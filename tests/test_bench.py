@@ -1,4 +1,8 @@
+"""bench: questions, the resumable runner, the summary and its plots, the identity check,
+and the command end to end on tiny models."""
+
 import json
+import os
 
 import pytest
 import torch
@@ -10,6 +14,7 @@ from vocabtrim.bench.report import markdown, plot, speedup_interval, summarize
 from vocabtrim.bench.run import Method, read_results, run_matrix
 from vocabtrim.data import Question, load_questions, select
 from vocabtrim.metrics import GenerationStats
+from vocabtrim.target import TorchTarget
 
 SPEC_BENCH = [
     {"question_id": 81, "category": "writing", "turns": ["w5 w6", "w7 w8"]},
@@ -70,7 +75,8 @@ def test_run_matrix_resumes_without_repeating_work(tmp_path):
     assert len(recs) == 6 and len(calls) == 8  # 4 remaining records x 2 turns each
     assert len(read_results(out)) == 6
     # the second turn was asked after the method's own first answer
-    assert recs[0]["turns"][1]["prompt_ids"][: len(recs[0]["turns"][0]["prompt_ids"])] == recs[0]["turns"][0]["prompt_ids"]
+    first, second = (turn["prompt_ids"] for turn in recs[0]["turns"][:2])
+    assert second[: len(first)] == first
 
 
 def test_run_matrix_repeats_alternate_order_and_keep_the_fastest(tmp_path):
@@ -90,6 +96,28 @@ def test_run_matrix_repeats_alternate_order_and_keep_the_fastest(tmp_path):
     assert best == {"ar": (0.5, [3.0, 5.0, 0.5]), "sd": (1.0, [1.0, 2.0, 4.0])}
     with pytest.raises(ValueError, match="repeats"):
         run_matrix([q], [timed("ar")], tiny_tokenizer(64), 4, tmp_path / "s.jsonl", repeats=0)
+
+
+def test_read_results_skips_damaged_lines_and_names_them(tmp_path, capsys):
+    path = tmp_path / "results.jsonl"
+    rec = [json.dumps({"question_id": str(i), "method": "ar"}) for i in range(3)]
+    path.write_text("\n".join([rec[0], "garbage", rec[1], "[1]", rec[2], '{"torn']) + "\n")
+    assert [r["question_id"] for r in read_results(path)] == ["0", "1", "2"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: ") and "line(s) 2, 4, 6" in err[0]
+
+
+def test_resume_never_truncates_the_old_results(tmp_path):
+    out, keep = tmp_path / "results.jsonl", tmp_path / "link.jsonl"
+    qs = [Question(str(i), "c", ("w5",)) for i in range(2)]
+    run_matrix(qs[:1], [fake_method("ar", [])], tiny_tokenizer(64), 4, out)
+    with open(out, "a") as f:
+        f.write('{"question_id": "torn')
+    old = out.read_text()
+    os.link(out, keep)  # the old file itself: an in-place rewrite would change it
+    recs = run_matrix(qs, [fake_method("ar", [])], tiny_tokenizer(64), 4, out, resume=True)
+    assert len(recs) == 2 and len(read_results(out)) == 2
+    assert keep.read_text() == old
 
 
 def test_speedup_interval_brackets_the_ratio():
@@ -169,7 +197,7 @@ def test_plot_draws_intervals_where_the_summary_has_them(tmp_path, questions):
 
 def test_bench_bad_arguments(tmp_path):
     r = cli("bench", "--methods", "ar,warp", "--out", tmp_path)
-    assert r.exit_code == 1 and "unknown method(s) warp" in r.stderr
+    assert r.exit_code == 1 and "unknown method 'warp'" in r.stderr
     r = cli("bench", "--calibrate", "humaneval:z=1", "--out", tmp_path)
     assert r.exit_code == 1 and "bad --calibrate" in r.stderr
     r = cli("bench", "--repeats", "0", "--out", tmp_path)
@@ -178,11 +206,12 @@ def test_bench_bad_arguments(tmp_path):
 
 def test_divergence_finds_the_first_difference_and_its_margin():
     target = tiny_model(64, seed=1)
-    assert divergence(target, [5, 6], [7, 8, 9], [7, 8, 9]) is None
-    d = divergence(target, [5, 6], [7, 8, 9], [7, 8, 10])
+    seam = TorchTarget(target)
+    assert divergence(seam, [5, 6], [7, 8, 9], [7, 8, 9]) is None
+    d = divergence(seam, [5, 6], [7, 8, 9], [7, 8, 10])
     with torch.no_grad():
         logits = target(torch.tensor([[5, 6, 7, 8]])).logits[0, -1]
     assert (d["position"], d["token_a"], d["token_b"]) == (2, 9, 10)
     assert d["margin"] == pytest.approx(abs(float(logits[9] - logits[10])), abs=1e-4)
     assert d["tolerance"] == TIE_TOLERANCE[torch.float32] and d["tie"] == (d["margin"] <= 0.01)
-    assert divergence(target, [5], [7], [7, 8])["margin"] is None  # one output is a prefix: no tie
+    assert divergence(seam, [5], [7], [7, 8])["margin"] is None  # one output is a prefix: no tie

@@ -10,7 +10,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from vocabtrim import kernels
 from vocabtrim.heads import Head
 from vocabtrim.metrics import bytes_per_forward
-from vocabtrim.policies import Policy
+from vocabtrim.policies import Static
 
 # The tiny model (conftest) has 2 layers of hidden 32: q, o 32x32, k, v 16x32, gate, up
 # 64x32 and down 32x64 make 9216 linear weights a layer; 2 x 64 layer norms, a final norm
@@ -62,8 +62,8 @@ def test_cost_ratio_is_drafter_bytes_over_target_bytes(kind, kept):
     engine = spec_engine(target, tiny(kind), kept, prompt_tokens=False)
     forward, head, trimmed = TINY[kind]
     drafter = forward - head + (head if kept is None else trimmed)
-    assert (engine.target_cost, engine.drafter.cost_per_forward) == (4 * 20672, drafter)
-    _, stats = engine.generate([5, 6, 7], 8, Policy(3))
+    assert (engine.target.forward_bytes, engine.drafter.cost_per_forward) == (4 * 20672, drafter)
+    _, stats = engine.generate([5, 6, 7], 8, Static(3))
     assert stats.cost_ratio == pytest.approx(drafter / (4 * 20672))
     assert stats.draft_cost == pytest.approx((forward - head + stats.drafter_forwards * drafter) / (4 * 20672))
 

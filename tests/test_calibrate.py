@@ -2,7 +2,8 @@
 
 import pytest
 
-from vocabtrim.calibrate import Counts, count_tokens, load_items, stdlib_files
+from vocabtrim.calibrate import count_tokens, load_items, stdlib_files
+from vocabtrim.vocab import Counts
 
 
 def test_count_resume_counts_each_item_once(tmp_path):

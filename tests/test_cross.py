@@ -12,12 +12,14 @@ from tokenizers import Tokenizer, decoders
 from tokenizers import models as tk_models
 from transformers import PreTrainedTokenizerFast
 
-from vocabtrim.drafters import Bridge, CrossDrafter
+from vocabtrim.drafters import Bridge, CrossVocab, ModelDrafter
 from vocabtrim.drafters import cross as cross_mod
 from vocabtrim.drafters.model import Take
 from vocabtrim.engine import Engine
-from vocabtrim.policies import Policy, parse_policy
+from vocabtrim.policies import Static, parse_policy
 from vocabtrim.sampling import Sampling
+from vocabtrim.target import TorchTarget
+from vocabtrim.vocab import Counts
 
 SPECIALS = ["<s>", "<|end|>"]
 
@@ -44,6 +46,15 @@ def bridge() -> Bridge:
     return Bridge(TARGET_TOK, DRAFT_TOK, DV)
 
 
+def cross_drafter(kept_ids=None, prompt_tokens: bool = True, merges: bool = True) -> ModelDrafter:
+    """The drafter of its own tokenizer drafting target tokens through the bridge."""
+    return ModelDrafter(DRAFT, TV, kept_ids, prompt_tokens, vocab=CrossVocab(bridge(), DV, TV, merges))
+
+
+def engine(drafter=None) -> Engine:
+    return Engine(TorchTarget(TARGET), drafter)
+
+
 def test_bridge_pairs_twins_and_spells_the_rest():
     b = bridge()
     d = DRAFT_TOK.convert_tokens_to_ids
@@ -65,11 +76,6 @@ def test_merges_learn_from_the_target_text_once():
     assert m.spell == {(a, DRAFT_TOK.convert_tokens_to_ids("b")): AB} and bool(m.starts[a])
 
 
-def test_byte_level_tokens_map_to_their_bytes():
-    chars = cross_mod._byte_of_char()
-    assert len(chars) == 256 and chars["\u0120"] == ord(" ") and chars["\u010a"] == ord("\n")
-
-
 def proposed(engine: Engine) -> list[int]:
     """Every token the engine's drafter proposes from now on."""
     seen: list[int] = []
@@ -86,13 +92,13 @@ def proposed(engine: Engine) -> list[int]:
 
 @pytest.mark.parametrize("merges", [False, True])
 def test_greedy_identical_to_target_alone(merges):
-    alone = Engine(TARGET)
-    eng = Engine(TARGET, CrossDrafter(DRAFT, TARGET, bridge(), merges=merges))
+    alone = engine()
+    eng = engine(cross_drafter(merges=merges))
     seen = proposed(eng)
     for seed in range(6):
         tail = torch.randint(2, TV, (5,), generator=torch.Generator().manual_seed(seed)).tolist()
-        ref, _ = alone.generate(PROMPT + tail, 24, Policy(1))
-        out, stats = eng.generate(PROMPT + tail, 24, Policy(4))
+        ref, _ = alone.generate(PROMPT + tail, 24, Static(1))
+        out, stats = eng.generate(PROMPT + tail, 24, Static(4))
         assert out == ref
         assert stats.new_tokens == sum(stats.accepted_per_round) + stats.bonus_tokens
     merged = {AB, CA} & set(seen)
@@ -101,10 +107,10 @@ def test_greedy_identical_to_target_alone(merges):
 
 def test_a_token_map_in_the_drafters_vocabulary_composes_with_the_intersection():
     kept = torch.tensor([0, 1, 2, 3, 5])  # <s>, <|end|>, a, b, bc: no c
-    eng = Engine(TARGET, CrossDrafter(DRAFT, TARGET, bridge(), kept, prompt_tokens=False))
+    eng = engine(cross_drafter(kept, prompt_tokens=False))
     seen = proposed(eng)
-    ref, _ = Engine(TARGET).generate(PROMPT, 24, Policy(1))
-    assert eng.generate(PROMPT, 24, Policy(4))[0] == ref
+    ref, _ = engine().generate(PROMPT, 24, Static(1))
+    assert eng.generate(PROMPT, 24, Static(4))[0] == ref
     assert eng.drafter.head_rows == 5 and TARGET_TOK.convert_tokens_to_ids("c") not in seen
 
 
@@ -125,10 +131,10 @@ def exact_joint(n: int) -> dict[tuple[int, ...], float]:
     return out
 
 
-def chi2_pvalue(engine: Engine, policy: str, n: int = 3) -> float:
+def chi2_pvalue(eng: Engine, policy: str, n: int = 3) -> float:
     counts: dict[tuple[int, ...], int] = {}
     for seed in range(RUNS):
-        out, _ = engine.generate(PROMPT, n, parse_policy(policy), SAMPLING, seed=seed)
+        out, _ = eng.generate(PROMPT, n, parse_policy(policy).make(), SAMPLING, seed=seed)
         counts[tuple(out)] = counts.get(tuple(out), 0) + 1
     exact = exact_joint(n)
     keys = [k for k, p in exact.items() if p * RUNS >= 1]
@@ -139,7 +145,7 @@ def chi2_pvalue(engine: Engine, policy: str, n: int = 3) -> float:
 
 @pytest.mark.parametrize("merges", [False, True])
 def test_sampling_follows_the_target_distribution(merges):
-    eng = Engine(TARGET, CrossDrafter(DRAFT, TARGET, bridge(), merges=merges))
+    eng = engine(cross_drafter(merges=merges))
     seen = proposed(eng)
     p = chi2_pvalue(eng, "static:3")
     assert p > 1e-3, f"cross drafter (merges {merges}): chi-square p={p:.2g}"
@@ -149,15 +155,15 @@ def test_sampling_follows_the_target_distribution(merges):
 def test_chi_square_catches_a_merged_draft_verified_against_the_drafters_distribution(monkeypatch):
     """The tempting wrong rule: a merged token counted as drawn from the drafter's scattered
     distribution (where it has no mass, so it is always accepted) instead of one-hot."""
-    def wrong(self, first, ids, sampling, gen):
-        took = merge(self, first, ids, sampling, gen)
+    def wrong(self, first, ids, logits, sampling, gen):
+        took = merge(self, first, ids, logits, sampling, gen)
         if took is None or sampling.greedy:
             return took
         return Take(took.token, took.pieces, torch.full((self.target_vocab,), 1e-6), took.forwards)
 
-    merge = CrossDrafter._merge
-    monkeypatch.setattr(CrossDrafter, "_merge", wrong)
-    p = chi2_pvalue(Engine(TARGET, CrossDrafter(DRAFT, TARGET, bridge())), "static:3")
+    merge = CrossVocab._merge
+    monkeypatch.setattr(CrossVocab, "_merge", wrong)
+    p = chi2_pvalue(engine(cross_drafter()), "static:3")
     assert p < 1e-3, f"the test did not notice a wrong merge rule (p={p:.2g})"
 
 
@@ -175,8 +181,6 @@ def test_generate_drafts_with_a_drafter_of_another_tokenizer(tiny_dirs):
 
 def test_calibrate_trim_generate_with_a_token_map_in_the_drafters_vocabulary(tmp_path, tiny_dirs):
     """The target's answers are counted in the drafter's own tokens, so its map trims its head."""
-    from vocabtrim.calibrate import Counts
-
     data = tmp_path / "calib.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 3}"}) + "\n" for i in range(6, 12)))
     other = tiny_dirs["other_vocab"]

@@ -1,20 +1,20 @@
 """Suffix and hybrid drafters: what they propose, and that the output stays the target's."""
 
 import pytest
-from conftest import noisy_copy, tiny_model
-from test_engine import DRAFT, TARGET, prompts
+from conftest import alone, model_drafter, noisy_copy, prompts, tiny_model, tiny_pair
 
-from vocabtrim.drafters import HybridDrafter, ModelDrafter, SuffixDrafter, make_drafter
+from vocabtrim.drafters import HybridDrafter, ModelDrafter, SuffixDrafter
 from vocabtrim.engine import Engine
 from vocabtrim.errors import VocabtrimError
-from vocabtrim.policies import Policy
+from vocabtrim.policies import Static
 from vocabtrim.sampling import Sampling
+from vocabtrim.target import TorchTarget
 
 GREEDY = Sampling()
 
 
 def test_suffix_continues_the_way_the_text_continued_before():
-    d = SuffixDrafter(64)
+    d = SuffixDrafter()
     seq = [9, 1, 2, 3, 4, 5, 6, 9, 1, 2, 3]
     d.prefill(seq)
     # "9 1 2 3" occurred before, followed by 4 5 6 9 ...; a 4-token match drafts 4 tokens
@@ -22,7 +22,7 @@ def test_suffix_continues_the_way_the_text_continued_before():
 
 
 def test_suffix_draft_length_grows_with_the_match():
-    d = SuffixDrafter(64)
+    d = SuffixDrafter()
     text = list(range(10, 30))
     seq = text + [7] + text[:6]  # the last 6 tokens occurred before, followed by text[6:]
     d.prefill(seq)
@@ -33,7 +33,7 @@ def test_suffix_draft_length_grows_with_the_match():
 
 
 def test_suffix_follows_the_most_frequent_continuation_and_stops_below_the_floor():
-    d = SuffixDrafter(64, min_prob=0.3)
+    d = SuffixDrafter(min_prob=0.3)
     seq = [5, 6, 1, 5, 6, 1, 5, 6, 2, 5, 6, 3, 8, 5, 6]
     d.prefill(seq)
     best = d.best(seq, room=8)
@@ -42,14 +42,14 @@ def test_suffix_follows_the_most_frequent_continuation_and_stops_below_the_floor
 
 
 def test_suffix_proposes_nothing_without_a_match():
-    d = SuffixDrafter(64)
+    d = SuffixDrafter()
     d.prefill([1, 2, 3])
-    p = d.propose([1, 2, 3], 5, Policy(5), GREEDY, None)
+    p = d.propose([1, 2, 3], 5, Static(5), GREEDY, None)
     assert p.tokens == [] and p.source == "none" and p.forwards == 0
 
 
 def test_store_of_earlier_outputs_skips_the_same_prompt_and_evicts_the_oldest():
-    d = SuffixDrafter(64, store_tokens=12)
+    d = SuffixDrafter(store_tokens=12)
     out = [40, 41, 42, 43, 44, 45]
     d.prefill([1, 2])
     d.finish([1, 2, *out], 2)
@@ -63,16 +63,17 @@ def test_store_of_earlier_outputs_skips_the_same_prompt_and_evicts_the_oldest():
 
 @pytest.mark.parametrize("kind", ["suffix", "hybrid"])
 def test_greedy_identical_to_target_alone(kind):
-    alone = Engine(TARGET)
-    drafter = make_drafter(kind, TARGET, DRAFT)
-    if kind == "hybrid":
-        drafter.min_score = 0.5  # tiny random models rarely repeat: let the suffix win often
-    eng = Engine(TARGET, drafter)
+    target, draft = tiny_pair()
+    solo = alone(target)
+    # tiny random models rarely repeat: the hybrid lets the suffix win often
+    drafter = SuffixDrafter() if kind == "suffix" else HybridDrafter(
+        model_drafter(draft, target), SuffixDrafter(), min_score=0.5)
+    eng = Engine(TorchTarget(target), drafter)
     rounds = {"suffix": 0, "model": 0}
     for p in prompts(8):
         p = p + p  # a prompt that repeats itself gives the suffix something to match
-        ref, _ = alone.generate(p, 40, Policy(1))
-        out, s = eng.generate(p, 40, Policy(4))
+        ref, _ = solo.generate(p, 40, Static(1))
+        out, s = eng.generate(p, 40, Static(4))
         assert out == ref
         assert s.new_tokens == sum(s.accepted_per_round) + s.bonus_tokens
         rounds["suffix"] += s.suffix_rounds
@@ -83,32 +84,32 @@ def test_greedy_identical_to_target_alone(kind):
 
 
 def test_hybrid_policy_learns_only_from_model_rounds():
-    class Counting(Policy):
+    class Counting(Static):
         seen = 0
 
-        def observe(self, drafted, accepted):
+        def observe(self, r, drafted, accepted):
             Counting.seen += 1
 
-    drafter = HybridDrafter(ModelDrafter(DRAFT, TARGET), SuffixDrafter(64), min_score=0.5)
+    target, draft = tiny_pair()
+    drafter = HybridDrafter(model_drafter(draft, target), SuffixDrafter(), min_score=0.5)
     p = prompts(1)[0] * 3
-    _, s = Engine(TARGET, drafter).generate(p, 40, Counting(4))
+    _, s = Engine(TorchTarget(target), drafter).generate(p, 40, Counting(4))
     assert s.suffix_rounds > 0 and Counting.seen == len(s.draft_lengths) - s.suffix_rounds
 
 
 def test_hybrid_model_reads_the_prompt_only_when_it_drafts():
-    never = HybridDrafter(ModelDrafter(DRAFT, TARGET), SuffixDrafter(64), min_score=0.0)  # suffix always
+    target, draft = tiny_pair()
+    never = HybridDrafter(model_drafter(draft, target), SuffixDrafter(), min_score=0.0)  # suffix always
     p = prompts(1)[0]
-    out, s = Engine(TARGET, never).generate(p, 20, Policy(4))
-    assert out == Engine(TARGET).generate(p, 20, Policy(1))[0]
+    out, s = Engine(TorchTarget(target), never).generate(p, 20, Static(4))
+    assert out == alone(target).generate(p, 20, Static(1))[0]
     assert s.drafter_forwards == 0 and s.draft_cost == 0 and never.model.lm.ids == []
-    always = HybridDrafter(ModelDrafter(DRAFT, TARGET), SuffixDrafter(64), min_score=1e9)  # model always
-    _, s = Engine(TARGET, always).generate(p, 20, Policy(4))
-    body = always.model.prefill_cost / Engine(TARGET).target_cost
+    always = HybridDrafter(model_drafter(draft, target), SuffixDrafter(), min_score=1e9)  # model always
+    _, s = Engine(TorchTarget(target), always).generate(p, 20, Static(4))
+    body = always.model.prefill_cost / TorchTarget(target).forward_bytes
     assert body > 0 and s.draft_cost == pytest.approx(body + s.cost_ratio * s.drafter_forwards)
 
 
 def test_model_drafter_refuses_another_vocabulary():
     with pytest.raises(VocabtrimError, match="vocabulary"):
-        ModelDrafter(noisy_copy(tiny_model(80, seed=3), 0.1, 1), TARGET)
-    with pytest.raises(VocabtrimError, match="unknown drafter"):
-        make_drafter("magic", TARGET, DRAFT)
+        ModelDrafter(noisy_copy(tiny_model(80, seed=3), 0.1, 1), 64)

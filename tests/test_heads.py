@@ -3,22 +3,23 @@ that stays lossless greedy and sampling."""
 
 import pytest
 import torch
-from conftest import noisy_copy, spec_engine, tiny_model
-from test_engine import (
-    PROMPT,
+from conftest import (
     RUNS,
-    SAMPLING,
-    SMALL_D,
-    SMALL_T,
+    SMALL_PROMPT,
+    SMALL_SAMPLING,
+    alone,
     chi2_pvalue,
     exact_joint,
+    noisy_copy,
     prompts,
+    small_pair,
+    spec_engine,
+    tiny_model,
 )
 
 from vocabtrim import kernels
-from vocabtrim.engine import Engine
 from vocabtrim.heads import Head
-from vocabtrim.policies import Policy
+from vocabtrim.policies import Static
 
 
 @pytest.mark.parametrize("tie", [False, True])
@@ -58,8 +59,8 @@ def test_prompt_tokens_extend_a_trimmed_head():
 def test_greedy_with_trimmed_drafter_identical(tie, prompt_tokens):
     target = tiny_model(64, seed=1, tie=tie)
     draft = noisy_copy(target, 0.2, seed=2)
-    alone = Engine(target)
-    ref = {tuple(p): alone.generate(p, 30, Policy(4))[0] for p in prompts(8)}
+    solo = alone(target)
+    ref = {tuple(p): solo.generate(p, 30, Static(4))[0] for p in prompts(8)}
     # some misses; EOS (1) once, a duplicate id is refused
     kept = torch.tensor(list(dict.fromkeys(sorted({t for out in ref.values() for t in out})[:-3] + [1])))
     spec = spec_engine(target, draft, kept, prompt_tokens)
@@ -67,11 +68,11 @@ def test_greedy_with_trimmed_drafter_identical(tie, prompt_tokens):
     assert spec.drafter.cost_per_forward < spec_engine(target, draft).drafter.cost_per_forward
     accepted, grew = 0, False
     for p, out in ref.items():
-        got, stats = spec.generate(list(p), 30, Policy(4))
+        got, stats = spec.generate(list(p), 30, Static(4))
         assert got == out
         accepted += sum(stats.accepted_per_round)
         grew |= spec.drafter.head.rows > len(kept)
-        assert stats.cost_ratio == spec.drafter.cost_per_forward / spec.target_cost  # this generation's rows
+        assert stats.cost_ratio == spec.drafter.cost_per_forward / spec.target.forward_bytes  # this generation's rows
     assert accepted > 0 and grew == prompt_tokens
 
 
@@ -80,12 +81,12 @@ KEPT = {"map": [0, 2, 3], "map+prompt": [0, 1]}
 
 
 def sample_trimmed(runs: int, kept: list[int]) -> dict:
-    eng = spec_engine(SMALL_T, SMALL_D, torch.tensor(kept))
+    eng = spec_engine(*small_pair(), torch.tensor(kept))
     counts: dict = {}
     for seed in range(runs):
-        out, _ = eng.generate(PROMPT, 3, Policy(2), SAMPLING, seed=seed)
+        out, _ = eng.generate(SMALL_PROMPT, 3, Static(2), SMALL_SAMPLING, seed=seed)
         counts[tuple(out)] = counts.get(tuple(out), 0) + 1
-    assert eng.drafter.head.ids.tolist() == sorted(set(kept) | set(PROMPT))
+    assert eng.drafter.head.ids.tolist() == sorted(set(kept) | set(SMALL_PROMPT))
     return counts
 
 

@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-from conftest import noisy_copy, tiny_model
-from test_engine import prompts
+from conftest import noisy_copy, prompts, tiny_model
 
 from vocabtrim import kernels
 from vocabtrim.hf import trimmed_assistant

@@ -1,24 +1,27 @@
-"""Packed fp16 layers (fbgemm): same weights, fp32 math, and everything else unchanged."""
+"""Packed fp16 layers (fbgemm): same weights, fp32 math, and everything else unchanged; the
+machine's dtype choice (`auto`) and the matrix products it times."""
+
+import types
 
 import pytest
 import torch
-from conftest import noisy_copy, spec_engine, tiny_model
-from test_engine import prompts
+from conftest import alone, noisy_copy, prompts, spec_engine, tiny_model
 
 from vocabtrim import kernels
-from vocabtrim.bench.identity import TIE_TOLERANCE
-from vocabtrim.engine import Engine
+from vocabtrim.bench.identity import divergence
 from vocabtrim.errors import VocabtrimError
 from vocabtrim.heads import Head
-from vocabtrim.policies import Policy, parse_policy
+from vocabtrim.policies import Static, parse_policy
+from vocabtrim.target import TorchTarget
 
-pytestmark = pytest.mark.skipif(not kernels.packed_available(), reason="needs torch's fbgemm (x86)")
+needs_fbgemm = pytest.mark.skipif(not kernels.packed_available(), reason="needs torch's fbgemm (x86)")
 
 
 def packed(model):
     return kernels.pack(noisy_copy(model, 0.0, seed=0))  # a packed copy; the original stays
 
 
+@needs_fbgemm
 def test_packed_linear_is_fp32_math_on_fp16_weights():
     torch.manual_seed(0)
     lin = torch.nn.Linear(48, 24)
@@ -32,6 +35,7 @@ def test_packed_linear_is_fp32_math_on_fp16_weights():
     assert torch.equal(kernels.PackedLinear(bf16).weight, bf16.float())  # bf16 weights are exact
 
 
+@needs_fbgemm
 def test_wide_products_multiply_a_bf16_copy_and_decode_steps_the_fp16_one():
     torch.manual_seed(0)
     lin = torch.nn.Linear(48, 24)
@@ -48,6 +52,7 @@ def test_wide_products_multiply_a_bf16_copy_and_decode_steps_the_fp16_one():
     assert model.float().get_output_embeddings().wide.dtype == torch.bfloat16  # .float() leaves the copy
 
 
+@needs_fbgemm
 def test_pack_replaces_linears_keeps_weights_and_greedy_output():
     target = tiny_model(64, seed=1)
     draft = noisy_copy(target, 0.3, seed=2)
@@ -55,12 +60,12 @@ def test_pack_replaces_linears_keeps_weights_and_greedy_output():
     assert not any(isinstance(m, torch.nn.Linear) for m in pt.modules())
     assert kernels.compute_dtype(pt) == torch.float32
     assert kernels.weight_count(pt) == kernels.weight_count(target)
-    alone, spec = Engine(pt), spec_engine(pt, pd)
+    solo, spec = alone(pt), spec_engine(pt, pd)
     accepted = 0
     for p in prompts(10):
-        ref, _ = alone.generate(p, 30, Policy(1))
+        ref, _ = solo.generate(p, 30, Static(1))
         for policy in ("static:4", "adaedl"):
-            out, s = spec.generate(p, 30, parse_policy(policy))
+            out, s = spec.generate(p, 30, parse_policy(policy).make())
             assert out == ref
             accepted += sum(s.accepted_per_round)
     assert accepted > 0
@@ -69,6 +74,7 @@ def test_pack_replaces_linears_keeps_weights_and_greedy_output():
     torch.testing.assert_close(logits_packed, logits_plain, rtol=2e-3, atol=2e-3)  # fp16 weights
 
 
+@needs_fbgemm
 def test_trimmed_head_of_packed_model_is_packed_and_equal_at_kept_ids():
     model = packed(tiny_model(64, seed=5, tie=True))
     kept = torch.tensor([7, 3, 60, 1, 22])
@@ -78,7 +84,8 @@ def test_trimmed_head_of_packed_model_is_packed_and_equal_at_kept_ids():
     torch.testing.assert_close(trimmed(h), full(h)[:, kept])
 
 
-def test_resolve_names_and_refusals(monkeypatch):  # `auto` by measurement: test_cost.py
+@needs_fbgemm
+def test_resolve_names_and_refusals(monkeypatch):  # `auto` by measurement: below
     assert kernels.resolve("float32") == "float32"
     monkeypatch.setattr(kernels, "packed_available", lambda: False)
     with pytest.raises(VocabtrimError, match="fbgemm"):
@@ -87,6 +94,48 @@ def test_resolve_names_and_refusals(monkeypatch):  # `auto` by measurement: test
         kernels.resolve("int3")
 
 
-def test_tie_tolerance_follows_compute_dtype():
-    assert TIE_TOLERANCE[kernels.compute_dtype(packed(tiny_model(64)))] == 0.01
-    assert TIE_TOLERANCE[kernels.compute_dtype(tiny_model(64).bfloat16())] == 0.25
+@pytest.mark.parametrize("kind, dtype, tolerance", [
+    pytest.param("packed-fp16", torch.float32, 0.01, marks=needs_fbgemm), ("bfloat16", torch.bfloat16, 0.25)])
+def test_tie_tolerance_follows_the_targets_compute_dtype(kind, dtype, tolerance):
+    """The target seam reports the dtype its logits are computed in (fp32 for packed fp16
+    weights), and a divergence on it is judged with that dtype's tolerance."""
+    model = packed(tiny_model(64)) if kind == "packed-fp16" else tiny_model(64).bfloat16()
+    target = TorchTarget(model)
+    assert target.compute_dtype == dtype
+    d = divergence(target, [5, 6], [7], [8])
+    assert d["tolerance"] == tolerance and d["tie"] == (d["margin"] <= tolerance)
+
+
+# --- the machine's dtype choice -------------------------------------------------------
+
+
+@needs_fbgemm
+def test_auto_dtype_is_measured_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("VOCABTRIM_CACHE", str(tmp_path))
+    # decode rows (1, 6): packed-fp16 faster; a prompt's 150 rows: bf16 faster
+    timed = lambda d, rows: {"bfloat16": 2.0, kernels.PACKED: 1.0}[d] * (1 if rows == (1, 6) else -1)
+    monkeypatch.setattr(kernels, "_matmul_ms", timed)
+    assert kernels.resolve("auto") == kernels.PACKED and kernels.wide_in_bf16()
+    monkeypatch.setattr(kernels, "_matmul_ms", lambda d, rows: pytest.fail("timed twice"))
+    assert kernels.resolve("auto") == kernels.PACKED and kernels.wide_in_bf16()
+    monkeypatch.setenv("VOCABTRIM_CACHE", str(tmp_path / "other"))
+    monkeypatch.setattr(kernels, "_matmul_ms", lambda d, rows: {"bfloat16": 1.0, kernels.PACKED: 2.0}[d])
+    assert kernels.resolve("auto") == "bfloat16" and kernels.wide_in_bf16()
+    monkeypatch.setattr(kernels, "packed_available", lambda: False)
+    assert kernels.resolve("auto") == "bfloat16" and not kernels.wide_in_bf16()
+
+
+def test_auto_dtype_is_bfloat16_without_fbgemm(tmp_path, monkeypatch):
+    monkeypatch.setenv("VOCABTRIM_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "packed_available", lambda: False)
+    monkeypatch.setattr(kernels, "_matmul_ms", lambda d, rows: pytest.fail("nothing to choose between"))
+    assert kernels.resolve("auto") == "bfloat16" and not kernels.wide_in_bf16()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", pytest.param(kernels.PACKED, marks=needs_fbgemm)])
+def test_matmul_timing_is_the_median_ms_of_the_rounds_after_a_warm_up(monkeypatch, dtype):
+    """Both dtypes' products run; the warm-up round (a second here) is not counted, and
+    the rounds after it (1, 2 and 6 ms) give their median, not their mean."""
+    ticks = iter([0.0, 1.0, 10.0, 10.001, 20.0, 20.002, 30.0, 30.006])
+    monkeypatch.setattr(kernels, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+    assert kernels._matmul_ms(dtype, (1, 70), hidden=32, inner=64, repeats=3) == pytest.approx(2.0)

@@ -2,16 +2,23 @@ import math
 
 import pytest
 import torch
-from conftest import noisy_copy, spec_engine, tiny_model
-from test_engine import DRAFT, TARGET, prompts
+from conftest import (
+    alone,
+    greedy_step,
+    noisy_copy,
+    prompts,
+    spec_engine,
+    tiny_model,
+    tiny_pair,
+)
 
-from vocabtrim.engine import Engine
+from vocabtrim.costs import Costs
 from vocabtrim.policies import (
     AdaEDL,
     Confidence,
     Cost,
     Heuristic,
-    Policy,
+    Static,
     Svip,
     entropy,
     parse_policy,
@@ -31,6 +38,20 @@ def with_entropy(h: float, n: int = 50) -> torch.Tensor:
     return p
 
 
+def drafts(policy, step: int, probs: torch.Tensor) -> bool:
+    """Whether `policy` drafts from a greedy forward of distribution `probs` at `step`."""
+    return policy.draft(policy.start(), step, greedy_step(probs))
+
+
+def goes_on(policy, probs: torch.Tensor, index: int) -> bool:
+    return policy.go_on(policy.start(), greedy_step(probs), index)
+
+
+def make(rule):
+    """A fresh policy of a parsed rule; the cost rule on costs of flat verification."""
+    return rule.make(Costs(10.0, [100.0] * (rule.max_len + 1)) if rule.priced else None)
+
+
 def test_entropy_in_nats():
     assert entropy(FLAT) == pytest.approx(math.log(8))
     assert entropy(torch.tensor([1.0, 0.0])) == 0
@@ -38,55 +59,55 @@ def test_entropy_in_nats():
 
 def test_adaedl_threshold():
     a = AdaEDL()  # lambda 0.5, gamma 0.2: go on while H <= (1 - 0.5)^2 / 0.2 = 1.25 nats
-    assert a.draft(1, PEAKED) and not a.draft(1, FLAT)
-    assert a.draft(1, with_entropy(1.24)) and not a.draft(1, with_entropy(1.26))
-    assert a.draft(0, FLAT)  # the first draft of a round is always kept
+    assert drafts(a, 1, PEAKED) and not drafts(a, 1, FLAT)
+    assert drafts(a, 1, with_entropy(1.24)) and not drafts(a, 1, with_entropy(1.26))
+    assert drafts(a, 0, FLAT)  # the first draft of a round is always kept
     strict = AdaEDL(lam=0.9)  # H <= 0.05
-    assert strict.draft(1, with_entropy(0.04)) and not strict.draft(1, with_entropy(0.06))
+    assert drafts(strict, 1, with_entropy(0.04)) and not drafts(strict, 1, with_entropy(0.06))
 
 
 def test_confidence_and_svip_thresholds():
     c = Confidence(0.4)  # drafts every token, stops after one it is unsure of
-    assert c.draft(1, torch.tensor([0.39, 0.61]))
-    assert c.go_on(torch.tensor([0.41, 0.59]), 0) and not c.go_on(torch.tensor([0.39, 0.61]), 0)
+    assert drafts(c, 1, torch.tensor([0.39, 0.61]))
+    assert goes_on(c, torch.tensor([0.41, 0.59]), 0) and not goes_on(c, torch.tensor([0.39, 0.61]), 0)
     s = Svip()  # go on while sqrt(0.15 H) <= 0.3, i.e. H <= 0.6
-    assert s.draft(1, with_entropy(0.59)) and not s.draft(1, with_entropy(0.61))
-    assert Policy(3).draft(5, FLAT) and Policy(3).go_on(FLAT, 0)
+    assert drafts(s, 1, with_entropy(0.59)) and not drafts(s, 1, with_entropy(0.61))
+    assert drafts(Static(3), 5, FLAT) and goes_on(Static(3), FLAT, 0)
 
 
 def test_adaedl_lambda_follows_acceptance():
     a = AdaEDL()
     for _ in range(30):
-        a.observe(4, 0)  # low acceptance: be more cautious
+        a.observe(a.start(), 4, 0)  # low acceptance: be more cautious
     assert a.state()["lambda"] > 0.5 + 0.01
     b = AdaEDL()
     for _ in range(30):
-        b.observe(4, 4)  # everything accepted, rounds shorter than max: draft more
+        b.observe(b.start(), 4, 4)  # everything accepted, rounds shorter than max: draft more
     assert b.state()["lambda"] < 0.5 - 0.01
     c = AdaEDL(adapt=False)
-    c.observe(4, 0)
+    c.observe(c.start(), 4, 0)
     assert c.state()["lambda"] == 0.5
     b.reset()
     assert b.state()["lambda"] == 0.5
     p = AdaEDL(persist=True)
-    p.observe(4, 0)
+    p.observe(p.start(), 4, 0)
     p.reset()
     assert p.state()["lambda"] > 0.5
 
 
 def test_heuristic_schedule():
     h = Heuristic(start=5, max_len=8)
-    h.observe(5, 5)
-    assert h.budget() == 7
-    h.observe(7, 7)
-    assert h.budget() == 8  # capped
+    h.observe(h.start(), 5, 5)
+    assert h.start().budget == 7
+    h.observe(h.start(), 7, 7)
+    assert h.start().budget == 8  # capped
     for _ in range(10):
-        h.observe(3, 1)
-    assert h.budget() == 1
+        h.observe(h.start(), 3, 1)
+    assert h.start().budget == 1
 
 
 @pytest.mark.parametrize("spec, cls, attrs", [
-    ("static:3", Policy, {"max_len": 3}),
+    ("static:3", Static, {"max_len": 3}),
     ("adaedl", AdaEDL, {"lam": 0.5, "gamma": 0.2, "max_len": 16, "adapt": True}),
     ("adaedl:lambda=0.7,gamma=0.1,max=8,adapt=off", AdaEDL, {"lam": 0.7, "gamma": 0.1, "max_len": 8, "adapt": False}),
     ("confidence:0.4", Confidence, {"threshold": 0.4}),
@@ -97,9 +118,9 @@ def test_heuristic_schedule():
     ("cost:max=8,probe=2", Cost, {"max_len": 8, "probe": 2}),
 ])
 def test_parse_policy(spec, cls, attrs):
-    p = parse_policy(spec)
+    p = make(parse_policy(spec))
     assert type(p) is cls and all(getattr(p, k) == v for k, v in attrs.items())
-    assert type(parse_policy(p.spec())) is cls  # spec() round-trips
+    assert type(make(parse_policy(p.spec()))) is cls  # spec() round-trips
 
 
 @pytest.mark.parametrize("bad", ["static", "static:x", "adaedl:foo=1", "magic", "confidence:0.4,0.5"])
@@ -111,13 +132,15 @@ def test_bad_policy_lists_valid_forms(bad):
 @pytest.mark.parametrize("rule", ["static:3", "adaedl", "confidence:0.4", "heuristic", "svip",
                                   "adaedl:lambda=0.2,max=6"])
 def test_greedy_identical_with_every_policy(rule):
-    alone, spec = Engine(TARGET), spec_engine(TARGET, DRAFT)
+    target, draft = tiny_pair()
+    solo, spec = alone(target), spec_engine(target, draft)
     for p in prompts(6):
-        ref, _ = alone.generate(p, 30, Policy(1))
-        out, s = spec.generate(p, 30, parse_policy(rule))
+        ref, _ = solo.generate(p, 30, Static(1))
+        policy = parse_policy(rule).make()
+        out, s = spec.generate(p, 30, policy)
         assert out == ref
         assert s.drafter_forwards >= sum(s.draft_lengths)
-        assert max(s.draft_lengths) <= parse_policy(rule).max_len
+        assert max(s.draft_lengths) <= policy.max_len
 
 
 def test_adaedl_draft_lengths_follow_entropy_and_count_discarded_forwards():
@@ -127,7 +150,7 @@ def test_adaedl_draft_lengths_follow_entropy_and_count_discarded_forwards():
     eng = spec_engine(target, noisy_copy(target, 0.3, seed=2))
     lengths, stopped = set(), 0
     for p in prompts(6):
-        ref, _ = Engine(target).generate(p, 40, Policy(1))
+        ref, _ = alone(target).generate(p, 40, Static(1))
         out, s = eng.generate(p, 40, AdaEDL())
         assert out == ref
         lengths |= set(s.draft_lengths)

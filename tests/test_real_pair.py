@@ -3,11 +3,13 @@
 import pytest
 from conftest import cli, spec_engine
 
-from vocabtrim import models, profile
+from vocabtrim import models
+from vocabtrim.assembly import Assembler, Parts, parse_method
 from vocabtrim.bench.identity import divergence
-from vocabtrim.drafters import make_drafter
+from vocabtrim.drafters import Bridge, CrossVocab, ModelDrafter
 from vocabtrim.engine import Engine, Stop
-from vocabtrim.policies import Policy, parse_policy
+from vocabtrim.errors import VocabtrimError
+from vocabtrim.policies import Static, parse_policy
 
 pytestmark = pytest.mark.real
 
@@ -20,14 +22,14 @@ PROMPTS = [
 
 def test_greedy_identical_to_target_alone_and_stats_consistent(real_pair):
     target, draft = real_pair
-    alone, spec = Engine(target.model), spec_engine(target.model, draft.model)
+    alone, spec = Engine(target.as_target()), spec_engine(target.model, draft.model)
     stop = Stop(models.stop_token_ids(target))
     accepted = 0
     for text in PROMPTS:
         ids = models.encode_prompt(target.tokenizer, text)
-        ref, _ = alone.generate(ids, 32, Policy(5), stop=stop)
-        out, s = spec.generate(ids, 32, Policy(5), stop=stop)
-        d = divergence(target.model, ids, ref, out)
+        ref, _ = alone.generate(ids, 32, Static(5), stop=stop)
+        out, s = spec.generate(ids, 32, Static(5), stop=stop)
+        d = divergence(target.as_target(), ids, ref, out)
         assert d is None or d["tie"], f"greedy output differs from the target alone: {d}"
         assert s.new_tokens == len(out) == sum(s.accepted_per_round) + s.bonus_tokens
         assert 0 not in s.draft_lengths and s.target_forwards >= len(s.draft_lengths) + 1
@@ -41,7 +43,7 @@ def target_alone(real_pair) -> tuple[list[int], list[int]]:
     """(prompt ids, the target's own greedy answer) for PROMPTS[1], computed once."""
     target, _ = real_pair
     ids = models.encode_prompt(target.tokenizer, PROMPTS[1])
-    ref, _ = Engine(target.model).generate(ids, 32, Policy(1), stop=Stop(models.stop_token_ids(target)))
+    ref, _ = Engine(target.as_target()).generate(ids, 32, Static(1), stop=Stop(models.stop_token_ids(target)))
     return ids, ref
 
 
@@ -50,8 +52,8 @@ def test_greedy_identical_with_every_policy(real_pair, target_alone, spec):
     target, draft = real_pair
     ids, ref = target_alone
     stop = Stop(models.stop_token_ids(target))
-    out, s = spec_engine(target.model, draft.model).generate(ids, 32, parse_policy(spec), stop=stop)
-    d = divergence(target.model, ids, ref, out)
+    out, s = spec_engine(target.model, draft.model).generate(ids, 32, parse_policy(spec).make(), stop=stop)
+    d = divergence(target.as_target(), ids, ref, out)
     assert d is None or d["tie"], f"{spec}: greedy output differs from the target alone: {d}"
     assert s.drafter_forwards >= sum(s.draft_lengths)  # the prefill is not a drafting forward
 
@@ -59,21 +61,21 @@ def test_greedy_identical_with_every_policy(real_pair, target_alone, spec):
 def test_greedy_identical_with_cost_policy_on_this_machines_profile(real_pair, target_alone):
     target, draft = real_pair
     ids, ref = target_alone
-    eng, policy = spec_engine(target.model, draft.model), parse_policy("cost")
-    profile.bind(policy, target, draft, eng.drafter.head_rows)  # cached, or a quick profile now
+    # the full-head model drafter, its costs from the pair's profile: cached, or a quick one now
+    eng, policy = Assembler(Parts(target, draft)).build(parse_method("sd+cost"))
     out, s = eng.generate(ids, 32, policy, stop=Stop(models.stop_token_ids(target)))
-    d = divergence(target.model, ids, ref, out)
+    d = divergence(target.as_target(), ids, ref, out)
     assert d is None or d["tie"], f"cost: greedy output differs from the target alone: {d}"
-    assert max(s.draft_lengths, default=0) <= policy.cap
+    assert max(s.draft_lengths, default=0) <= policy.costs.cap
 
 
 @pytest.mark.parametrize("kind", ["suffix", "hybrid"])
 def test_greedy_identical_with_suffix_and_hybrid_drafters(real_pair, target_alone, kind):
     target, draft = real_pair
     ids, ref = target_alone
-    eng = Engine(target.model, make_drafter(kind, target.model, draft.model))
-    out, s = eng.generate(ids, 32, Policy(5), stop=Stop(models.stop_token_ids(target)))
-    d = divergence(target.model, ids, ref, out)
+    eng, _ = Assembler(Parts(target, draft)).build(parse_method(kind))
+    out, s = eng.generate(ids, 32, Static(5), stop=Stop(models.stop_token_ids(target)))
+    d = divergence(target.as_target(), ids, ref, out)
     assert d is None or d["tie"], f"{kind}: greedy output differs from the target alone: {d}"
     if kind == "suffix":  # the answer restates the prompt's signature: suffix drafts
         assert s.suffix_rounds > 0
@@ -86,8 +88,8 @@ def test_greedy_identical_with_a_quantized_drafter(real_pair, target_alone, sche
     target, draft = real_pair
     ids, ref = target_alone
     out, s = spec_engine(target.model, models.quantize(draft, scheme).model).generate(
-        ids, 32, Policy(5), stop=Stop(models.stop_token_ids(target)))
-    d = divergence(target.model, ids, ref, out)
+        ids, 32, Static(5), stop=Stop(models.stop_token_ids(target)))
+    d = divergence(target.as_target(), ids, ref, out)
     assert d is None or d["tie"], f"{scheme}: greedy output differs from the target alone: {d}"
     assert sum(s.accepted_per_round) > 0.6 * sum(s.draft_lengths)
 
@@ -97,9 +99,15 @@ def test_stop_ids_include_end_of_turn(real_pair):
     assert target.tokenizer.convert_tokens_to_ids("<|im_end|>") in models.stop_token_ids(target)
 
 
-def test_vocabularies_match(real_pair):
+def test_the_pair_drafts_in_one_vocabulary(real_pair):
+    """The sd methods draft the target's own ids: the two tokenizers are one (no bridge),
+    and a model drafter of the target's vocabulary is taken, one of another refused."""
     target, draft = real_pair
-    assert target.model.config.vocab_size == draft.model.config.vocab_size == 151936
+    assert Bridge.between(target, draft) is None
+    vocab = target.as_target().vocab_size
+    assert ModelDrafter(draft.model, vocab).head_rows == vocab
+    with pytest.raises(VocabtrimError, match="vocabulary"):
+        ModelDrafter(draft.model, vocab - 1)
 
 
 def test_calibrate_trim_generate_on_real_pair(real_pair, tmp_path):
@@ -121,7 +129,7 @@ def test_calibrate_trim_generate_on_real_pair(real_pair, tmp_path):
     trimmed = json.loads(ok("generate", "--token-map", tm, *prompt))
     target, _ = real_pair
     ids = models.encode_prompt(target.tokenizer, prompt[1])
-    d = divergence(target.model, ids, alone["token_ids"], trimmed["token_ids"])
+    d = divergence(target.as_target(), ids, alone["token_ids"], trimmed["token_ids"])
     assert d is None or d["tie"], d
     assert 0.2 < trimmed["cost_ratio"] < 0.3  # 4096 of 151,936 head rows: below the full 0.32
 
@@ -129,8 +137,6 @@ def test_calibrate_trim_generate_on_real_pair(real_pair, tmp_path):
 @pytest.mark.parametrize("merges", [False, True])
 def test_greedy_identical_with_a_drafter_of_another_tokenizer(real_pair, target_alone, merges):
     """The built-in SmolLM2-135M drafts for the Qwen2.5 target across vocabularies."""
-    from vocabtrim.drafters import Bridge
-
     target, _ = real_pair
     ids, ref = target_alone
     smol = models.load(models.CROSS_DRAFT)
@@ -138,9 +144,11 @@ def test_greedy_identical_with_a_drafter_of_another_tokenizer(real_pair, target_
     assert bridge is not None and bridge.shared > 35_000
     im_end = target.tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert im_end in bridge.has_twin  # the end of the turn can be drafted
-    eng = Engine(target.model, make_drafter("model", target.model, smol.model, bridge=bridge, merges=merges))
-    out, s = eng.generate(ids, 32, Policy(5), stop=Stop(models.stop_token_ids(target)))
-    d = divergence(target.model, ids, ref, out)
+    vocab = target.as_target().vocab_size
+    cross = CrossVocab(bridge, smol.model.get_output_embeddings().out_features, vocab, merges)
+    eng = Engine(target.as_target(), ModelDrafter(smol.model, vocab, vocab=cross))
+    out, s = eng.generate(ids, 32, Static(5), stop=Stop(models.stop_token_ids(target)))
+    d = divergence(target.as_target(), ids, ref, out)
     assert d is None or d["tie"], f"cross-vocabulary drafter: greedy output differs from the target alone: {d}"
     assert sum(s.accepted_per_round) > 5 and s.cost_ratio < 0.1
-    assert bool(eng.drafter.merges and eng.drafter.merges.spell) == merges  # the prompt taught it merges
+    assert bool(cross.merges and cross.merges.spell) == merges  # the prompt taught it merges

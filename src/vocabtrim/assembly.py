@@ -151,9 +151,9 @@ class Assembler:
         since its n-gram cache learns for the drafter's lifetime."""
         if spec.trimmed and self.parts.kept is None:
             raise VocabtrimError(f"{spec.name} needs a token map")
+        loaded = self.drafter_model(spec)
         if self.bridge(spec.cross) is None:
             return self._same_vocab(spec.trimmed, spec.weights or self.parts.quant)
-        loaded = self.drafter_model(spec)
         vocab = CrossVocab(self.bridge(spec.cross), loaded.model.get_output_embeddings().out_features,
                            self.target.vocab_size, spec.ngram)
         kept = self.parts.kept if spec.trimmed else None  # a map in the drafter's own tokens
