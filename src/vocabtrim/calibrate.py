@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
 from .data import humaneval, record_text
 from .errors import VocabtrimError
-from .files import atomic_write
+from .files import atomic_write, check_output
 
 SOURCES = ("target", "draft", "raw")
 BUILTIN_DATA = ("humaneval", "stdlib")
@@ -93,20 +93,27 @@ class Counts:
     meta: dict = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
-        atomic_write(path, lambda tmp: save_file({"counts": self.counts}, tmp,
-                                            metadata={"vocabtrim": json.dumps(self.meta)}))
+        data = save({"counts": self.counts}, metadata={"vocabtrim": json.dumps(self.meta)})
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
     @classmethod
     def load(cls, path: Path) -> Counts:
+        """The counts file at `path`, checked whole: one int64 vector of counts >= 0 and a
+        JSON object of provenance (a resumed run reads its progress from it)."""
         try:
             tensors = load_file(path)
             with safe_open(path, "pt") as f:
                 meta = json.loads((f.metadata() or {})["vocabtrim"])
-            return cls(tensors["counts"], meta)
+            counts = tensors["counts"]
         except FileNotFoundError:
             raise VocabtrimError(f"counts file not found: {path}") from None
-        except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as e:
+        except (SafetensorError, KeyError, json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
             raise VocabtrimError(f"{path} is not a vocabtrim counts file ({e})") from None
+        if not isinstance(meta, dict):
+            raise VocabtrimError(f"{path} is not a vocabtrim counts file (its metadata is not a JSON object)")
+        if counts.dtype != torch.int64 or counts.dim() != 1 or not counts.numel() or bool((counts < 0).any()):
+            raise VocabtrimError(f"{path} is not a vocabtrim counts file (counts must be a 1-D int64 vector >= 0)")
+        return cls(counts, meta)
 
 
 def tokenize_fn(tokenizer) -> Callable[[str], list[int]]:
@@ -133,15 +140,17 @@ def count_tokens(items: list[str], out: Path, meta: dict, vocab_size: int, per_i
     With resume, an existing file with the same provenance continues from the first item
     it has not counted."""
     counts = Counts(torch.zeros(vocab_size, dtype=torch.int64), {**meta, "items_done": 0, "tokens": 0})
-    if resume and Path(out).exists():
-        prev = Counts.load(out)
+    prev = check_counts_out(out, resume)
+    if prev is not None:
         same = {k: prev.meta.get(k) for k in meta} == meta
         if not same or prev.counts.numel() != vocab_size:
             raise VocabtrimError(f"{out} was made with other settings; cannot resume it "
                                  "(remove it or drop --resume)")
+        if not all(_is_count(prev.meta.get(k)) for k in ("items_done", "tokens")) \
+                or prev.meta["items_done"] > len(items):
+            raise VocabtrimError(f"{out} is damaged: its items_done and tokens are not counts of "
+                                 f"these {len(items)} items (remove it or drop --resume)")
         counts = prev
-    elif Path(out).exists() and not resume:
-        raise VocabtrimError(f"{out} exists; pass --resume to continue it or choose another --out")
     done = counts.meta["items_done"]
     last_save = time.monotonic()
     with tqdm(total=len(items), initial=done, desc="calibrate", unit="item") as bar:
@@ -158,6 +167,21 @@ def count_tokens(items: list[str], out: Path, meta: dict, vocab_size: int, per_i
                 last_save = time.monotonic()
     counts.save(out)
     return counts
+
+
+def check_counts_out(out: Path, resume: bool) -> Counts | None:
+    """The counts a run to `out` continues (None: a new file), refusing before any work a
+    path that cannot be written, or an existing file without `resume` (never replaced)."""
+    check_output(out)
+    if not Path(out).exists():
+        return None
+    if not resume:
+        raise VocabtrimError(f"{out} exists; pass --resume to continue it or choose another --out")
+    return Counts.load(out)
+
+
+def _is_count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def parse_calibration(spec: str) -> dict:
@@ -222,5 +246,8 @@ def calibrated_map(spec: dict, exclude: set[str], target, drafter) -> torch.Tens
     from .models import stop_token_ids
     from .tokenmap import trim
 
+    vocab = drafter.model.config.vocab_size
+    if spec["k"] > vocab:  # found now, not after the calibration's generations
+        raise VocabtrimError(f"bad --calibrate: k={spec['k']} is more than the drafter's {vocab} tokens")
     counts = target_counts(spec, exclude, target, drafter)
     return trim(counts, keep=spec["k"], always=sorted(stop_token_ids(drafter))).kept_ids
