@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from . import kernels, models, profile
 from .calibrate import SOURCES
 from .drafters import KINDS
 from .errors import VocabtrimError
+from .policies import MAX_DRAFT_LEN
 from .tokenmap import FORMATS
+
+DEBUG_ENV = "VOCABTRIM_DEBUG"  # set to 1: failures raise with their traceback instead of one line
 
 
 class Main(click.Group):
-    """Turns every expected failure into `error: ...` on one line and exit status 1: ours,
-    and click's own usage errors (click alone prints a usage block and exits with 2)."""
+    """Turns every failure into `error: ...` on one line and exit status 1: ours, click's own
+    usage errors (click alone prints a usage block and exits with 2), a file system's refusal
+    and anything unforeseen; with VOCABTRIM_DEBUG=1 the exception propagates, traceback and all."""
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):
         if not standalone_mode:
@@ -27,13 +33,25 @@ class Main(click.Group):
         except click.exceptions.NoArgsIsHelpError as e:  # a bare group: its help, as click shows it
             e.show()
             sys.exit(e.exit_code)
-        except (VocabtrimError, click.ClickException) as e:
-            message = e.format_message() if isinstance(e, click.ClickException) else str(e)
-            click.echo(f"error: {' '.join(message.split())}", err=True)
-            sys.exit(1)
         except click.Abort:  # Ctrl-C
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except Exception as e:
+            if os.environ.get(DEBUG_ENV) == "1" and not isinstance(e, click.UsageError):
+                raise
+            click.echo(f"error: {' '.join(_message(e).split())}", err=True)
+            sys.exit(1)
+
+
+def _message(e: Exception) -> str:
+    """What went wrong, in the words of the exception where it explains itself."""
+    if isinstance(e, click.ClickException):
+        return e.format_message()
+    if isinstance(e, VocabtrimError):
+        return str(e)
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"{e.filename}: {e.strerror or e}"
+    return f"{type(e).__name__}: {e} (unexpected; {DEBUG_ENV}=1 shows where it came from)"
 
 
 @click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,6 +97,20 @@ def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
     return prompt
 
 
+def _given(name: str) -> bool:
+    """Whether the user set the current command's option `name` (not left it at its default)."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+
+
+def _refuse_unused(why: str, **options: str) -> None:
+    """Refuse the options the user set (parameter name -> flag) that `why` makes meaningless:
+    asked for, they would otherwise be silently ignored."""
+    given = [flag for name, flag in options.items() if _given(name)]
+    if given:
+        raise VocabtrimError(f"{why}: {', '.join(given)} would be ignored; drop {'them' if len(given) > 1 else 'it'}")
+
+
 prompt_tokens_option = click.option(
     "--prompt-tokens/--no-prompt-tokens", default=True, show_default=True,
     help="With a token map, let the drafter also propose the prompt's own tokens the map "
@@ -87,6 +119,8 @@ quant_option = click.option(
     "--draft-quant", default="none", show_default=True, type=click.Choice(list(kernels.QUANT)),
     help="The drafter's linear layers and head as int8 (per row) or int4 (groups of 32) weights: "
          "cheaper draft steps; the output stays the target's.")
+seed_option = click.option(  # the range torch.Generator.manual_seed takes
+    "--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1), help="Sampling seed, 0 to 2^64-1.")
 dtype_option = click.option(
     "--dtype", default="auto", show_default=True, type=click.Choice(list(kernels.DTYPES)),
     help="How both models multiply. auto: whichever of bfloat16 and packed-fp16 (fbgemm fp16 "
@@ -113,13 +147,13 @@ dtype_option = click.option(
 @click.option("--temperature", default=0.0, show_default=True, help="0 means greedy.")
 @click.option("--top-p", default=1.0, show_default=True)
 @click.option("--top-k", default=0, show_default=True, help="0 means off.")
-@click.option("--seed", default=0, show_default=True)
+@seed_option
 @click.option("--policy", "policy_spec",
               help="Draft-length rule: static:K, adaedl[:lambda=..,gamma=..,max=..], "
                    "confidence:T, heuristic, svip, cost (drafts while this machine's measured "
                    "costs say it pays; see `vocabtrim profile`). Default: cost with a drafter "
                    "model (model, hybrid), static:5 otherwise.")
-@click.option("--draft-len", type=click.IntRange(min=1), help="Shorthand for --policy static:K.")
+@click.option("--draft-len", type=click.IntRange(1, MAX_DRAFT_LEN), help="Shorthand for --policy static:K.")
 @click.option("--system", help="A system prompt (none is added otherwise).")
 @click.option("--raw", is_flag=True, help="Send the prompt as plain text, no chat template.")
 @click.option("--stop", "stop_strings", multiple=True, help="Stop after this string (repeatable).")
@@ -142,13 +176,23 @@ def generate(target, draft, no_draft, ngram, drafter_kind, prompt, prompt_file, 
         raise VocabtrimError("--stop needs a non-empty string (an empty one matches at once)")
     sampling = Sampling(temperature, top_k, top_p)
     model_free = no_draft or drafter_kind == "suffix"
+    if no_draft:
+        _refuse_unused("--no-draft decodes with the target alone", draft="--draft", drafter_kind="--drafter",
+                       draft_quant="--draft-quant", ngram="--[no-]ngram-cache", policy_spec="--policy",
+                       draft_len="--draft-len", prompt_tokens="--[no-]prompt-tokens")
+    elif drafter_kind == "suffix":
+        _refuse_unused("--drafter suffix drafts without a drafter model", draft="--draft",
+                       draft_quant="--draft-quant", ngram="--[no-]ngram-cache", prompt_tokens="--[no-]prompt-tokens")
+    if token_map is None and not model_free:
+        _refuse_unused("--[no-]prompt-tokens says what a token map leaves out; give --token-map",
+                       prompt_tokens="--[no-]prompt-tokens")
     policy = parse_policy(f"static:{draft_len}" if draft_len is not None else policy_spec or (
         "static:5" if model_free else "cost"))
     if isinstance(policy, Cost) and model_free:
         raise VocabtrimError("--policy cost reads the profile of a target and drafter pair; "
                              "use it with --drafter model or hybrid")
     tgt, drf, engine = _engine(target, None if no_draft else draft, token_map, dtype, prompt_tokens,
-                               drafter_kind, draft_quant, ngram)
+                               drafter_kind, draft_quant, ngram if _given("ngram") else None)
     if drf is not None:
         profile.bind(policy, tgt, drf, engine.drafter.head_rows)
     ids = models.encode_prompt(tgt.tokenizer, text, system, raw)
@@ -192,10 +236,11 @@ def _quantized(drf, quant: str):
 
 
 def _engine(target: str, draft: str | None, token_map: Path | None, dtype: str = "auto",
-            prompt_tokens: bool = True, kind: str = "model", quant: str = "none", ngram: bool = True):
+            prompt_tokens: bool = True, kind: str = "model", quant: str = "none", ngram: bool | None = None):
     """The loaded target, the loaded drafter model and an Engine around them with a drafter
     of `kind` (none when `draft` is None; the suffix drafter loads no model). A drafter of
-    another tokenizer drafts across vocabularies (with the n-gram cache if `ngram`)."""
+    another tokenizer drafts across vocabularies, with the n-gram cache unless `ngram` is
+    False; `ngram` set for a drafter of the target's tokenizer is refused (it has no cache)."""
     from .drafters import Bridge, make_drafter
     from .engine import Engine
 
@@ -203,8 +248,11 @@ def _engine(target: str, draft: str | None, token_map: Path | None, dtype: str =
         raise VocabtrimError("--token-map trims a drafter model's head; the suffix drafter has none")
     tgt, drf, kept = _load(target, None if kind == "suffix" else draft, token_map, dtype, quant)
     bridge = drf and Bridge.between(tgt, drf)
+    if ngram is not None and drf is not None and bridge is None:
+        raise VocabtrimError(f"--[no-]ngram-cache is for a drafter of another tokenizer; {draft} shares the "
+                             "target's (drop it)")
     drafter = None if draft is None else make_drafter(kind, tgt.model, drf and drf.model, kept, prompt_tokens,
-                                                      bridge, ngram)
+                                                      bridge, ngram is not False)
     return tgt, drf, Engine(tgt.model, drafter)
 
 
@@ -218,7 +266,7 @@ def _engine(target: str, draft: str | None, token_map: Path | None, dtype: str =
               help="Skip the first N items (keep evaluation prompts out).")
 @click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--temperature", default=0.0, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@seed_option
 @click.option("--target", default=models.DEFAULT_TARGET, show_default=True)
 @click.option("--draft", default=models.DEFAULT_DRAFT, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same settings.")
@@ -228,6 +276,7 @@ def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed,
               resume, dtype, draft_quant) -> None:
     """Count token frequencies on a calibration set (only generated tokens count)."""
     from .calibrate import (
+        check_counts_out,
         count_tokens,
         generate_fn,
         in_drafter_tokens,
@@ -238,6 +287,14 @@ def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed,
     from .sampling import Sampling
 
     sampling = Sampling(temperature)
+    if source == "raw":
+        _refuse_unused("--source raw counts the data's own tokens, generating nothing", target="--target",
+                       max_new_tokens="--max-new-tokens", temperature="--temperature", seed="--seed",
+                       dtype="--dtype", draft_quant="--draft-quant")
+    elif source == "draft":
+        _refuse_unused("--source draft counts what the drafter generates alone", target="--target",
+                       draft_quant="--draft-quant")
+    check_counts_out(out, resume)
     items = load_items(data, answers=source == "raw")[skip:][:limit]
     if not items:
         raise VocabtrimError(f"no calibration items in {data} (after --skip/--limit)")
@@ -315,9 +372,9 @@ DEFAULT_BENCH_PROMPTS = 4  # the no-argument run fits ~10 min on a 2-core AVX2 m
               help=f"First N questions (humaneval default: {DEFAULT_BENCH_PROMPTS}).")
 @click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1))
 @click.option("--temperature", default=0.0, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@seed_option
 @click.option("--methods", default="ar,sd+vt,suffix,hybrid+vt+cost,hf,pld", show_default=True)
-@click.option("--draft-len", default=5, show_default=True, type=click.IntRange(min=1),
+@click.option("--draft-len", default=5, show_default=True, type=click.IntRange(1, MAX_DRAFT_LEN),
               help="K of the static methods.")
 @click.option("--adaedl", default="adaedl", show_default=True, help="Policy spec of the adaedl methods.")
 @click.option("--token-map", type=click.Path(path_type=Path), help="Token map for the +vt methods.")
@@ -342,30 +399,46 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     from .bench import methods as bm
     from .bench.common import warm_up
     from .bench.identity import divergence
-    from .bench.report import markdown, summarize, write_reports
-    from .bench.run import read_results, run_matrix
+    from .bench.report import check_out_dir, markdown, summarize, write_reports
+    from .bench.run import check_fit, run_matrix
+    from .cache import context_length
     from .calibrate import calibrated_map, parse_calibration
     from .data import load_questions, select
     from .drafters import Bridge
     from .engine import Stop
     from .metrics import timed
-    from .policies import parse_policy
+    from .policies import AdaEDL, parse_policy
     from .sampling import Sampling
 
     names = bm.parse_methods(methods)
     sampling = Sampling(temperature)
-    parse_policy(adaedl)
+    if not isinstance(parse_policy(adaedl), AdaEDL):
+        raise VocabtrimError(f"--adaedl takes an adaedl policy (adaedl[:lambda=..,gamma=..,max=..]), got {adaedl!r}")
+    if not any("adaedl" in n for n in names):
+        _refuse_unused("no method in --methods is an adaedl one", adaedl="--adaedl")
+    if not set(names) & set(bm.NEEDS_MAP):
+        _refuse_unused("no method in --methods uses a token map (+vt)", token_map="--token-map",
+                       calib="--calibrate", prompt_tokens="--[no-]prompt-tokens")
+    elif token_map is not None:
+        _refuse_unused("--token-map is the +vt methods' map: nothing is calibrated", calib="--calibrate")
+    if not set(names) & set(bm.NEEDS_CROSS):
+        _refuse_unused("no method in --methods is an x one", cross_draft="--cross-draft")
     if repeats < 1:
         raise VocabtrimError(f"--repeats must be >= 1, got {repeats}")
     if data == "humaneval" and per_category is None and limit is None:
         limit = DEFAULT_BENCH_PROMPTS
     questions = select(load_questions(data), per_category, limit)
-    if not resume and read_results(out / "results.jsonl"):
-        raise VocabtrimError(f"{out} already holds results; pass --resume to continue or choose another --out")
+    check_out_dir(out, resume)
     calib_spec = None if token_map else parse_calibration(calib)
     spent: dict[str, float] = {}  # wall-clock seconds per phase of this run, reported with the tables
     with timed(spent, "loading"):
         tgt, drf, kept = _load(target, draft, token_map, dtype)
+        xdrf = models.load(cross_draft, dtype) if set(names) & set(bm.NEEDS_CROSS) else None
+        xbridge = xdrf and Bridge.between(tgt, xdrf)
+    if xdrf is not None and xbridge is None:
+        raise VocabtrimError(f"--cross-draft {cross_draft} shares the target's tokenizer; the x methods "
+                             "need a drafter with another one")
+    check_fit(questions, tgt.tokenizer, min(context_length(m.model) for m in (tgt, drf, xdrf) if m is not None))
     if kept is None and any(n in bm.NEEDS_MAP for n in names):
         exclude = {t for q in questions for t in q.turns}
         with timed(spent, "calibration"):
@@ -376,13 +449,7 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     with timed(spent, "profile"):
         costs = profile.for_pair(tgt, drf) if any(n in bm.NEEDS_PROFILE for n in names) else None
     cross = None
-    if set(names) & set(bm.NEEDS_CROSS):
-        with timed(spent, "loading"):
-            xdrf = models.load(cross_draft, dtype)
-            xbridge = Bridge.between(tgt, xdrf)
-        if xbridge is None:
-            raise VocabtrimError(f"--cross-draft {cross_draft} shares the target's tokenizer; the x methods "
-                                 "need a drafter with another one")
+    if xdrf is not None:
         with timed(spent, "profile"):
             cross = (xdrf.model, xbridge, profile.for_pair(tgt, xdrf) if "x+ngram+cost" in names else None)
     matrix = bm.build(names, tgt.model, drf.model, kept, sampling, seed, stop, draft_len, adaedl,
