@@ -436,7 +436,8 @@ PROFILE = Profile({"machine": "here"}, {"64": [1.0, 1.5, 2.0]}, {"64": 0.5, "32"
 
 @pytest.mark.parametrize("damage", [
     "{broken", "[1, 2]", json.dumps({**asdict(PROFILE), "target_ms": [1.0]}),
-    json.dumps({**asdict(PROFILE), "draft_ms": {"64": 0.5}}), json.dumps({**asdict(PROFILE), "prefill_tokens_per_s": -1}),
+    json.dumps({**asdict(PROFILE), "draft_ms": {"64": 0.5}}),
+    json.dumps({**asdict(PROFILE), "prefill_tokens_per_s": -1}),
     json.dumps({**asdict(PROFILE), "target_ms": {"64": [1.0, "slow"]}}), json.dumps({**asdict(PROFILE), "extra": 1}),
 ])
 def test_a_damaged_profile_is_named_and_measured_again(tmp_path, monkeypatch, capsys, damage):

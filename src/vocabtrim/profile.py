@@ -282,7 +282,8 @@ def machine_choice() -> dict:
         choice = None
     except (OSError, ValueError):
         choice = {}
-    if isinstance(choice, dict) and choice.get("dtype") in ("bfloat16", PACKED) and isinstance(choice.get("wide"), bool):
+    if isinstance(choice, dict) and choice.get("dtype") in ("bfloat16", PACKED) \
+            and isinstance(choice.get("wide"), bool):
         return choice
     if choice is not None:
         print(f"warning: {path} is not a whole dtype choice; timing again", file=sys.stderr)
