@@ -32,11 +32,12 @@ def test_generate_json_on_tiny_models(tiny_dirs):
                 "seconds", "tokens_per_second", "prefill_s", "draft_s", "verify_s"):
         assert key in d
     assert d["new_tokens"] == len(d["token_ids"]) <= 12
-    alone = gen(tiny_dirs, "--prompt", "w1 w2 w3", "--max-new-tokens", 12, "--json", "--no-draft")
+    model_free = ("generate", "--target", tiny_dirs["target"], "--prompt", "w1 w2 w3", "--max-new-tokens", 12, "--json")
+    alone = cli(*model_free, "--no-draft")
     assert json.loads(alone.stdout)["token_ids"] == d["token_ids"]
     # the defaults: the hybrid drafter with the cost policy; static:5 where no drafter model drafts
     assert (d["drafter"], d["policy"].split(":")[0]) == ("hybrid", "cost")
-    suffix = gen(tiny_dirs, "--prompt", "w1 w2 w3", "--max-new-tokens", 12, "--json", "--drafter", "suffix")
+    suffix = cli(*model_free, "--drafter", "suffix")
     assert (json.loads(suffix.stdout)["policy"], json.loads(suffix.stdout)["token_ids"]) == ("static:5", d["token_ids"])
 
 

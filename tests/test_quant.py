@@ -2,7 +2,6 @@
 quantized drafter, greedy identity with the target alone, the cache of quantized weights,
 the CLI flag."""
 
-import errno
 import json
 import os
 import shutil
@@ -159,20 +158,17 @@ def test_a_corrupt_or_foreign_cache_file_is_rebuilt(tiny_dirs, quant_cache, how)
     assert same_drafter(quantize_draft(tiny_dirs, again=True), fresh)
 
 
-def test_a_cache_that_cannot_be_written_costs_only_time(tiny_dirs, quant_cache, monkeypatch, capsys):
-    def refuse(path, write):
-        raise OSError(errno.EROFS, "Read-only file system")
-
-    monkeypatch.setattr(models, "atomic_write", refuse)
+def test_a_cache_that_cannot_be_written_costs_only_time(tiny_dirs, quant_cache, capsys):
+    quant_cache.write_text("a file where the cache's directory should be")
     assert same_drafter(quantize_draft(tiny_dirs), quantize_draft(tiny_dirs))
     assert "cannot cache the quantized drafter" in capsys.readouterr().err
-    assert not quant_cache.exists()
+    assert quant_cache.read_text() == "a file where the cache's directory should be"
 
 
 def run_python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`code` in a fresh interpreter, so that a crash of torch's kernels fails the test, not the run."""
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env=os.environ | (env or {}))
+    return subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
+                          timeout=300, env=os.environ | (env or {}))
 
 
 MISALIGNED = """
@@ -216,8 +212,8 @@ def test_a_drafter_read_back_from_the_cache_drafts_in_a_fresh_process(tiny_dirs,
     env = {"VOCABTRIM_CACHE": str(tmp_path / "cache")}
 
     def generate(*extra: str) -> list[int]:
-        done = subprocess.run([sys.executable, "-c", code, "generate", *args, *extra], capture_output=True,
-                              text=True, timeout=300, env=os.environ | env)
+        done = subprocess.run([sys.executable, "-c", code, "generate", *args, *extra], check=False,
+                              capture_output=True, text=True, timeout=300, env=os.environ | env)
         assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
         return json.loads(done.stdout)["token_ids"]
 
