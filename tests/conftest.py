@@ -19,9 +19,11 @@ from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers import models as tk_models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from vocabtrim.bench.run import Method
 from vocabtrim.cli import main
 from vocabtrim.drafters import ModelDrafter
 from vocabtrim.engine import Engine
+from vocabtrim.metrics import GenerationStats
 from vocabtrim.policies import Step
 from vocabtrim.sampling import Sampling
 from vocabtrim.target import TorchTarget
@@ -178,8 +180,21 @@ def real_pair():
 
 
 def snapshot(root) -> dict:
-    """Every file and directory under `root` with its modification time and size."""
-    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*")}
+    """Every path under `root` with its modification time and, for files, its bytes."""
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.is_file() and p.read_bytes()) for p in root.rglob("*")}
+
+
+def fake_method(name, calls, fail_at=None) -> Method:
+    """A bench method that records its calls and answers two tokens at once (KeyboardInterrupt
+    at call `fail_at`: a run killed midway)."""
+    def gen(ids, max_new):
+        calls.append((name, len(ids)))
+        if fail_at is not None and len(calls) == fail_at:
+            raise KeyboardInterrupt
+        return [7, 8], GenerationStats(new_tokens=2, target_forwards=1 if name != "ar" else 2,
+                                       seconds=0.5, draft_lengths=[2] if name != "ar" else [],
+                                       accepted_per_round=[1] if name != "ar" else [])
+    return Method(name, gen)
 
 
 @functools.cache

@@ -2,11 +2,10 @@
 and the command end to end on tiny models."""
 
 import json
-import os
 
 import pytest
 import torch
-from conftest import cli, tiny_model, tiny_tokenizer
+from conftest import cli, fake_method, tiny_model, tiny_tokenizer
 
 from vocabtrim.bench.identity import TIE_TOLERANCE, divergence
 from vocabtrim.bench.methods import METHODS
@@ -48,17 +47,6 @@ def test_malformed_question_line_is_named(tmp_path, line):
         load_questions(str(path))
 
 
-def fake_method(name, calls, fail_at=None):
-    def gen(ids, max_new):
-        calls.append((name, len(ids)))
-        if fail_at is not None and len(calls) == fail_at:
-            raise KeyboardInterrupt
-        return [7, 8], GenerationStats(new_tokens=2, target_forwards=1 if name != "ar" else 2,
-                                       seconds=0.5, draft_lengths=[2] if name != "ar" else [],
-                                       accepted_per_round=[1] if name != "ar" else [])
-    return Method(name, gen)
-
-
 def test_run_matrix_resumes_without_repeating_work(tmp_path):
     qs = [Question(str(i), "c", ("w5", "w6")) for i in range(3)]
     calls: list = []
@@ -96,28 +84,6 @@ def test_run_matrix_repeats_alternate_order_and_keep_the_fastest(tmp_path):
     assert best == {"ar": (0.5, [3.0, 5.0, 0.5]), "sd": (1.0, [1.0, 2.0, 4.0])}
     with pytest.raises(ValueError, match="repeats"):
         run_matrix([q], [timed("ar")], tiny_tokenizer(64), 4, tmp_path / "s.jsonl", repeats=0)
-
-
-def test_read_results_skips_damaged_lines_and_names_them(tmp_path, capsys):
-    path = tmp_path / "results.jsonl"
-    rec = [json.dumps({"question_id": str(i), "method": "ar"}) for i in range(3)]
-    path.write_text("\n".join([rec[0], "garbage", rec[1], "[1]", rec[2], '{"torn']) + "\n")
-    assert [r["question_id"] for r in read_results(path)] == ["0", "1", "2"]
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("warning: ") and "line(s) 2, 4, 6" in err[0]
-
-
-def test_resume_never_truncates_the_old_results(tmp_path):
-    out, keep = tmp_path / "results.jsonl", tmp_path / "link.jsonl"
-    qs = [Question(str(i), "c", ("w5",)) for i in range(2)]
-    run_matrix(qs[:1], [fake_method("ar", [])], tiny_tokenizer(64), 4, out)
-    with open(out, "a") as f:
-        f.write('{"question_id": "torn')
-    old = out.read_text()
-    os.link(out, keep)  # the old file itself: an in-place rewrite would change it
-    recs = run_matrix(qs, [fake_method("ar", [])], tiny_tokenizer(64), 4, out, resume=True)
-    assert len(recs) == 2 and len(read_results(out)) == 2
-    assert keep.read_text() == old
 
 
 def test_speedup_interval_brackets_the_ratio():

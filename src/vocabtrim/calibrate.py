@@ -24,6 +24,7 @@ from .data import humaneval, record_text
 from .drafters import Bridge
 from .engine import Engine, Stop
 from .errors import VocabtrimError
+from .files import check_output
 from .models import Loaded, encode_prompt, stop_token_ids
 from .paths import cache_file
 from .policies import Policy
@@ -106,15 +107,17 @@ def count_tokens(items: list[str], out: Path, meta: dict, vocab_size: int, per_i
     With resume, an existing file with the same provenance continues from the first item
     it has not counted."""
     counts = Counts(torch.zeros(vocab_size, dtype=torch.int64), {**meta, "items_done": 0, "tokens": 0})
-    if resume and Path(out).exists():
-        prev = Counts.load(out)
+    prev = check_counts_out(out, resume)
+    if prev is not None:
         same = {k: prev.meta.get(k) for k in meta} == meta
         if not same or prev.counts.numel() != vocab_size:
             raise VocabtrimError(f"{out} was made with other settings; cannot resume it "
                                  "(remove it or drop --resume)")
+        if not all(_is_count(prev.meta.get(k)) for k in ("items_done", "tokens")) \
+                or prev.meta["items_done"] > len(items):
+            raise VocabtrimError(f"{out} is damaged: its items_done and tokens are not counts of "
+                                 f"these {len(items)} items (remove it or drop --resume)")
         counts = prev
-    elif Path(out).exists() and not resume:
-        raise VocabtrimError(f"{out} exists; pass --resume to continue it or choose another --out")
     done = counts.meta["items_done"]
     last_save = time.monotonic()
     with tqdm(total=len(items), initial=done, desc="calibrate", unit="item") as bar:
@@ -131,6 +134,21 @@ def count_tokens(items: list[str], out: Path, meta: dict, vocab_size: int, per_i
                 last_save = time.monotonic()
     counts.save(out)
     return counts
+
+
+def check_counts_out(out: Path, resume: bool) -> Counts | None:
+    """The counts a run to `out` continues (None: a new file), refusing before any work a
+    path that cannot be written, or an existing file without `resume` (never replaced)."""
+    check_output(out)
+    if not Path(out).exists():
+        return None
+    if not resume:
+        raise VocabtrimError(f"{out} exists; pass --resume to continue it or choose another --out")
+    return Counts.load(out)
+
+
+def _is_count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def parse_calibration(spec: str) -> dict:
@@ -184,5 +202,8 @@ def in_drafter_tokens(per_item: Callable[[str], list[int]], target, drafter) -> 
 
 def calibrated_map(spec: dict, exclude: set[str], target, drafter) -> torch.Tensor:
     """Kept ids of the top-`k` token map over `target_counts` (EOS and end-of-turn always kept)."""
+    vocab = drafter.model.config.vocab_size
+    if spec["k"] > vocab:  # found now, not after the calibration's generations
+        raise VocabtrimError(f"bad --calibrate: k={spec['k']} is more than the drafter's {vocab} tokens")
     counts = target_counts(spec, exclude, target, drafter)
     return trim(counts, keep=spec["k"], always=sorted(stop_token_ids(drafter))).kept_ids

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from . import kernels, models, profile, tokenmap
 from .assembly import Assembler, Parts, Spec, parse_method
 from .bench import methods as bm
 from .bench.common import identity_check, warm_up
-from .bench.report import markdown, summarize, write_reports
-from .bench.run import read_results, run_matrix
+from .bench.report import check_out_dir, markdown, summarize, write_reports
+from .bench.run import check_fit, run_matrix
+from .cache import context_length
 from .calibrate import (
     SOURCES,
     calibrated_map,
+    check_counts_out,
     count_tokens,
     generate_fn,
     in_drafter_tokens,
@@ -30,17 +34,19 @@ from .engine import Stop
 from .errors import VocabtrimError
 from .metrics import timed
 from .paths import cache_root
-from .policies import parse_policy
+from .policies import MAX_DRAFT_LEN, parse_policy
 from .sampling import Sampling
 from .tokenmap import FORMATS, TokenMap, check_replaceable, check_size_rule
 from .vocab import Counts, tokenizer_fingerprint
 
 DRAFTER_KINDS = ("model", "suffix", "hybrid")
+DEBUG_ENV = "VOCABTRIM_DEBUG"  # set to 1: failures raise with their traceback instead of one line
 
 
 class Main(click.Group):
-    """Turns every expected failure into `error: ...` on one line and exit status 1: ours,
-    and click's own usage errors (click alone prints a usage block and exits with 2)."""
+    """Turns every failure into `error: ...` on one line and exit status 1: ours, click's own
+    usage errors (click alone prints a usage block and exits with 2), a file system's refusal
+    and anything unforeseen; with VOCABTRIM_DEBUG=1 the exception propagates, traceback and all."""
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):
         if not standalone_mode:
@@ -50,13 +56,25 @@ class Main(click.Group):
         except click.exceptions.NoArgsIsHelpError as e:  # a bare group: its help, as click shows it
             e.show()
             sys.exit(e.exit_code)
-        except (VocabtrimError, click.ClickException) as e:
-            message = e.format_message() if isinstance(e, click.ClickException) else str(e)
-            click.echo(f"error: {' '.join(message.split())}", err=True)
-            sys.exit(1)
         except click.Abort:  # Ctrl-C
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except Exception as e:
+            if os.environ.get(DEBUG_ENV) == "1" and not isinstance(e, click.UsageError):
+                raise
+            click.echo(f"error: {' '.join(_message(e).split())}", err=True)
+            sys.exit(1)
+
+
+def _message(e: Exception) -> str:
+    """What went wrong, in the words of the exception where it explains itself."""
+    if isinstance(e, click.ClickException):
+        return e.format_message()
+    if isinstance(e, VocabtrimError):
+        return str(e)
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"{e.filename}: {e.strerror or e}"
+    return f"{type(e).__name__}: {e} (unexpected; {DEBUG_ENV}=1 shows where it came from)"
 
 
 @click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
@@ -102,6 +120,20 @@ def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
     return prompt
 
 
+def _given(name: str) -> bool:
+    """Whether the user set the current command's option `name` (not left it at its default)."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+
+
+def _refuse_unused(why: str, **options: str) -> None:
+    """Refuse the options the user set (parameter name -> flag) that `why` makes meaningless:
+    asked for, they would otherwise be silently ignored."""
+    given = [flag for name, flag in options.items() if _given(name)]
+    if given:
+        raise VocabtrimError(f"{why}: {', '.join(given)} would be ignored; drop {'them' if len(given) > 1 else 'it'}")
+
+
 prompt_tokens_option = click.option(
     "--prompt-tokens/--no-prompt-tokens", default=True, show_default=True,
     help="With a token map, let the drafter also propose the prompt's own tokens the map "
@@ -110,6 +142,8 @@ quant_option = click.option(
     "--draft-quant", default="none", show_default=True, type=click.Choice(list(kernels.QUANT)),
     help="The drafter's linear layers and head as int8 (per row) or int4 (groups of 32) weights: "
          "cheaper draft steps; the output stays the target's.")
+seed_option = click.option(  # the range torch.Generator.manual_seed takes
+    "--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1), help="Sampling seed, 0 to 2^64-1.")
 dtype_option = click.option(
     "--dtype", default="auto", show_default=True, type=click.Choice(list(kernels.DTYPES)),
     help="How both models multiply. auto: whichever of bfloat16 and packed-fp16 (fbgemm fp16 "
@@ -136,13 +170,13 @@ dtype_option = click.option(
 @click.option("--temperature", default=0.0, show_default=True, help="0 means greedy.")
 @click.option("--top-p", default=1.0, show_default=True)
 @click.option("--top-k", default=0, show_default=True, help="0 means off.")
-@click.option("--seed", default=0, show_default=True)
+@seed_option
 @click.option("--policy", "policy_spec",
               help="Draft-length rule: static:K, adaedl[:lambda=..,gamma=..,max=..], "
                    "confidence:T, heuristic, svip, cost (drafts while this machine's measured "
                    "costs say it pays; see `vocabtrim profile`). Default: cost with a drafter "
                    "model (model, hybrid), static:5 otherwise.")
-@click.option("--draft-len", type=click.IntRange(min=1), help="Shorthand for --policy static:K.")
+@click.option("--draft-len", type=click.IntRange(1, MAX_DRAFT_LEN), help="Shorthand for --policy static:K.")
 @click.option("--system", help="A system prompt (none is added otherwise).")
 @click.option("--raw", is_flag=True, help="Send the prompt as plain text, no chat template.")
 @click.option("--stop", "stop_strings", multiple=True, help="Stop after this string (repeatable).")
@@ -161,6 +195,7 @@ def generate(target, draft, no_draft, ngram, drafter_kind, prompt, prompt_file, 
         raise VocabtrimError("--stop needs a non-empty string (an empty one matches at once)")
     sampling = Sampling(temperature, top_k, top_p)
     kind = "ar" if no_draft else {"model": "sd", "suffix": "suffix", "hybrid": "hybrid"}[drafter_kind]
+    _refuse_unused_generate(kind, token_map is not None)
     if kind == "suffix" and token_map is not None:
         raise VocabtrimError("--token-map trims a drafter model's head; the suffix drafter has none")
     rule = f"static:{draft_len}" if draft_len is not None else policy_spec or (
@@ -170,8 +205,11 @@ def generate(target, draft, no_draft, ngram, drafter_kind, prompt, prompt_file, 
                              "use it with --drafter model or hybrid")
     parts = _load(target, None if kind in ("ar", "suffix") else draft, token_map, dtype)
     parts.quant, parts.prompt_tokens = draft_quant, prompt_tokens
-    spec = Spec(kind, kind, token_map is not None, ngram=ngram)
-    engine, policy = Assembler(parts).build(spec, rule)
+    assembler = Assembler(parts)
+    if _given("ngram") and parts.drafter is not None and assembler.bridge(False) is None:
+        raise VocabtrimError(f"--[no-]ngram-cache is for a drafter of another tokenizer; {draft} shares the "
+                             "target's (drop it)")
+    engine, policy = assembler.build(Spec(kind, kind, token_map is not None, ngram=ngram), rule)
     tgt = parts.target
     ids = models.encode_prompt(tgt.tokenizer, text, system, raw)
     stop = Stop(models.stop_token_ids(tgt), tuple(stop_strings), tgt.tokenizer.decode)
@@ -189,6 +227,20 @@ def generate(target, draft, no_draft, ngram, drafter_kind, prompt, prompt_file, 
         click.echo(f"[{stats.new_tokens} tokens, {stats.tokens_per_second:.2f} tok/s, "
                    f"tau {stats.tau:.2f}, acceptance {stats.acceptance_rate:.2f}, "
                    f"MBSU {stats.mbsu:.2f}]", err=True)
+
+
+def _refuse_unused_generate(kind: str, mapped: bool) -> None:
+    """generate's options that its drafter (`kind`) would not read, where the user set them."""
+    if kind == "ar":
+        _refuse_unused("--no-draft decodes with the target alone", draft="--draft", drafter_kind="--drafter",
+                       draft_quant="--draft-quant", ngram="--[no-]ngram-cache", policy_spec="--policy",
+                       draft_len="--draft-len", prompt_tokens="--[no-]prompt-tokens")
+    elif kind == "suffix":
+        _refuse_unused("--drafter suffix drafts without a drafter model", draft="--draft",
+                       draft_quant="--draft-quant", ngram="--[no-]ngram-cache", prompt_tokens="--[no-]prompt-tokens")
+    elif not mapped:
+        _refuse_unused("--[no-]prompt-tokens says what a token map leaves out; give --token-map",
+                       prompt_tokens="--[no-]prompt-tokens")
 
 
 def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "auto") -> Parts:
@@ -213,7 +265,7 @@ def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "
               help="Skip the first N items (keep evaluation prompts out).")
 @click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--temperature", default=0.0, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@seed_option
 @click.option("--target", default=models.DEFAULT_TARGET, show_default=True)
 @click.option("--draft", default=models.DEFAULT_DRAFT, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same settings.")
@@ -223,6 +275,14 @@ def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed,
               resume, dtype, draft_quant) -> None:
     """Count token frequencies on a calibration set (only generated tokens count)."""
     sampling = Sampling(temperature)
+    if source == "raw":
+        _refuse_unused("--source raw counts the data's own tokens, generating nothing", target="--target",
+                       max_new_tokens="--max-new-tokens", temperature="--temperature", seed="--seed",
+                       dtype="--dtype", draft_quant="--draft-quant")
+    elif source == "draft":
+        _refuse_unused("--source draft counts what the drafter generates alone", target="--target",
+                       draft_quant="--draft-quant")
+    check_counts_out(out, resume)
     items = load_items(data, answers=source == "raw")[skip:][:limit]
     if not items:
         raise VocabtrimError(f"no calibration items in {data} (after --skip/--limit)")
@@ -295,9 +355,9 @@ DEFAULT_BENCH_PROMPTS = 4  # the no-argument run fits ~10 min on a 2-core AVX2 m
               help=f"First N questions (humaneval default: {DEFAULT_BENCH_PROMPTS}).")
 @click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1))
 @click.option("--temperature", default=0.0, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@seed_option
 @click.option("--methods", default="ar,sd+vt,suffix,hybrid+vt+cost,hf,pld", show_default=True)
-@click.option("--draft-len", default=5, show_default=True, type=click.IntRange(min=1),
+@click.option("--draft-len", default=5, show_default=True, type=click.IntRange(1, MAX_DRAFT_LEN),
               help="K of the static methods.")
 @click.option("--adaedl", default="adaedl", show_default=True, help="Policy spec of the adaedl methods.")
 @click.option("--token-map", type=click.Path(path_type=Path), help="Token map for the +vt methods.")
@@ -321,30 +381,29 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     """Spec-Bench-style evaluation: every method on every prompt, with tables and plots."""
     specs = bm.parse_methods(methods)
     sampling = Sampling(temperature)
-    parse_policy(adaedl)
+    _refuse_unused_bench(specs, adaedl, token_map)
     if repeats < 1:
         raise VocabtrimError(f"--repeats must be >= 1, got {repeats}")
     if data == "humaneval" and per_category is None and limit is None:
         limit = DEFAULT_BENCH_PROMPTS
     questions = select(load_questions(data), per_category, limit)
-    if not resume and read_results(out / "results.jsonl"):
-        raise VocabtrimError(f"{out} already holds results; pass --resume to continue or choose another --out")
+    check_out_dir(out, resume)
     calib_spec = None if token_map else parse_calibration(calib)
     spent: dict[str, float] = {}  # wall-clock seconds per phase of this run, reported with the tables
     with timed(spent, "loading"):
         parts = _load(target, draft, token_map, dtype)
+        parts.cross = models.load(cross_draft, dtype) if any(s.cross for s in specs) else None
     parts.quant, parts.draft_len, parts.adaedl, parts.prompt_tokens = draft_quant, draft_len, adaedl, prompt_tokens
+    assembler = Assembler(parts)
+    if parts.cross is not None and assembler.bridge(True) is None:
+        raise VocabtrimError(f"--cross-draft {cross_draft} shares the target's tokenizer; the x methods "
+                             "need a drafter with another one")
+    check_fit(questions, parts.target.tokenizer,
+              min(context_length(m.model) for m in (parts.target, parts.drafter, parts.cross) if m is not None))
     if parts.kept is None and any(s.trimmed for s in specs):
         exclude = {t for q in questions for t in q.turns}
         with timed(spent, "calibration"):
             parts.kept = calibrated_map(calib_spec, exclude, parts.target, parts.drafter)
-    assembler = Assembler(parts)
-    if any(s.cross for s in specs):
-        with timed(spent, "loading"):
-            parts.cross = models.load(cross_draft, dtype)
-        if assembler.bridge(True) is None:
-            raise VocabtrimError(f"--cross-draft {cross_draft} shares the target's tokenizer; the x methods "
-                                 "need a drafter with another one")
     tok = parts.target.tokenizer
     with timed(spent, "setup"):  # profiles and quantized drafters, where methods need them
         matrix = bm.build(specs, assembler, sampling, seed, Stop(models.stop_token_ids(parts.target)))
@@ -363,6 +422,21 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     write_reports(summary, out)
     click.echo(markdown(summary))
     click.echo(f"results, summary.md and plots in {out}")
+
+
+def _refuse_unused_bench(specs: list[Spec], adaedl: str, token_map: Path | None) -> None:
+    """bench's options that none of its methods would read, where the user set them."""
+    if parse_policy(adaedl).name != "adaedl":
+        raise VocabtrimError(f"--adaedl takes an adaedl policy (adaedl[:lambda=..,gamma=..,max=..]), got {adaedl!r}")
+    if not any(s.policy == "adaedl" for s in specs):
+        _refuse_unused("no method in --methods is an adaedl one", adaedl="--adaedl")
+    if not any(s.trimmed for s in specs):
+        _refuse_unused("no method in --methods uses a token map (+vt)", token_map="--token-map",
+                       calib="--calibrate", prompt_tokens="--[no-]prompt-tokens")
+    elif token_map is not None:
+        _refuse_unused("--token-map is the +vt methods' map: nothing is calibrated", calib="--calibrate")
+    if not any(s.cross for s in specs):
+        _refuse_unused("no method in --methods is an x one", cross_draft="--cross-draft")
 
 
 @main.command("profile")

@@ -49,7 +49,7 @@ def load_questions(path: str) -> list[Question]:
         lines = Path(path).read_text().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise VocabtrimError(f"cannot read questions file {path}: {e}") from None
-    out = []
+    out, lines_of = [], {}
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -61,6 +61,10 @@ def load_questions(path: str) -> list[Question]:
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             raise VocabtrimError(f"{path}:{n}: expected a JSON object with 'turns' (a list of "
                                  "non-empty strings) or 'prompt'") from None
+        if qid in lines_of:  # the report pairs each method's answer with the baseline's by id
+            raise VocabtrimError(f"{path}:{n}: question id {qid!r} is also the id of line {lines_of[qid]}; "
+                                 "ids must be unique")
+        lines_of[qid] = n
     if not out:
         raise VocabtrimError(f"{path} holds no questions")
     return out

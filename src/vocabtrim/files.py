@@ -1,12 +1,19 @@
-"""Atomic writes: every artifact appears whole or not at all."""
+"""Atomic writes: every artifact appears whole or not at all, and a failed write is one line.
+
+A file is built under a temporary name beside its destination (named after the writing
+process), flushed to disk, then renamed into place. A killed writer leaves its temporary
+behind; the next write of the same destination removes it once that process is gone.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import glob
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import VocabtrimError
@@ -15,17 +22,88 @@ _AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # from <fcntl.h> and <linux/fs.h>
 
 
 def atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """Call `write(tmp_path)` on a temp file beside `path`, then rename it over `path`."""
+    """Call `write(tmp_path)` on a temp file beside `path`, fsync it, then rename it over `path`."""
     path = Path(path)
-    if path.is_dir():
-        raise VocabtrimError(f"{path} is a directory; give a file name to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output(path)
+    with staged(path) as tmp:
+        write(str(tmp))
+        fsync(tmp)
+        os.replace(tmp, path)
+        fsync(path.parent)  # the rename itself
+
+
+@contextlib.contextmanager
+def staged(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` to build it in (the directory made, left-overs of
+    killed writers removed), gone afterwards; an OSError inside becomes one line naming `path`."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        write(str(tmp))
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(path)
+        yield tmp
+    except OSError as e:
+        raise VocabtrimError(f"cannot write {path}: {e.strerror or e}") from e
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
+
+
+def check_output(path: Path) -> None:
+    """Refuse, before any work, a file path that cannot be written: a directory, or one under a file."""
+    check_parent(path)
+    if Path(path).is_dir():
+        raise VocabtrimError(f"{path} is a directory; give a file name to write")
+
+
+def check_parent(path: Path) -> None:
+    """Refuse a path that cannot be created because a file stands where a directory above it
+    must be (checked before any work, with the file named)."""
+    block = file_in_the_way(path)
+    if block is not None:
+        raise VocabtrimError(f"cannot write {path}: {block} is a file, not a directory")
+
+
+def file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing directory above `path` when it is not one (a file), else None."""
+    for p in Path(path).absolute().parents:
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
+def fsync(path: Path) -> None:
+    """Flush a file's or a directory's contents to the disk (rename is atomic, not durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale(path: Path) -> None:
+    """Delete the temporaries of `path` that writers no longer running left behind."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp*"):
+        pid = tmp.name.rpartition(".tmp")[2]
+        if pid.isdigit() and not _running(int(pid)):
+            _remove(tmp)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def replace_dir(new: Path, out: Path) -> None:

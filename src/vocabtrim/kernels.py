@@ -23,6 +23,7 @@ import hashlib
 import json
 import platform
 import statistics
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -378,10 +379,15 @@ def machine_choice() -> dict:
     path = cache_file("profiles", {"dtype_choice": machine}, ".json")
     try:
         choice = json.loads(path.read_text())
-        if {"dtype", "wide"} <= choice.keys():
-            return choice
-    except (OSError, ValueError, AttributeError):
-        pass
+    except FileNotFoundError:
+        choice = None
+    except (OSError, ValueError):
+        choice = {}
+    if isinstance(choice, dict) and choice.get("dtype") in ("bfloat16", PACKED) \
+            and isinstance(choice.get("wide"), bool):
+        return choice
+    if choice is not None:
+        print(f"warning: {path} is not a whole dtype choice; timing again", file=sys.stderr)
     ms = {d: _matmul_ms(d, (1, 6)) for d in ("bfloat16", PACKED)}
     wide_ms = {d: _matmul_ms(d, (150,)) for d in ("bfloat16", PACKED)}
     choice = {"dtype": min(ms, key=ms.get), "ms": ms, "wide": wide_ms["bfloat16"] < wide_ms[PACKED],

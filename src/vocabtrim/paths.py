@@ -8,14 +8,22 @@ import json
 import os
 from pathlib import Path
 
+from .errors import VocabtrimError
+from .files import file_in_the_way
+
 
 def cache_root() -> Path:
-    """`VOCABTRIM_CACHE`, else the user's cache directory."""
+    """`VOCABTRIM_CACHE`, else the user's cache directory; refused where a file stands in
+    the way (the first write of a model, a profile or the dtype choice would fail there)."""
     env = os.environ.get("VOCABTRIM_CACHE")
-    if env:
-        return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "vocabtrim"
+    root = Path(env).expanduser() if env else Path(base) / "vocabtrim"
+    block = file_in_the_way(root / "models")
+    if block is not None:
+        where = f"VOCABTRIM_CACHE={env}" if env else f"the cache {root}"
+        raise VocabtrimError(f"{where} cannot hold vocabtrim's cache: {block} is a file, not a directory; "
+                             "point VOCABTRIM_CACHE at a directory")
+    return root
 
 
 def cache_file(kind: str, key: dict, suffix: str, prefix: str = "") -> Path:

@@ -300,8 +300,13 @@ COST_MAX = 32  # the cost rule's longest round unless its spec says max=
 _FIRST = {"static": "k", "confidence": "t", "heuristic": "start", "svip": "h", "adaedl": "lambda", "cost": "max"}
 
 
+# the longest draft a rule may ask for: each draft is a drafter step, so far longer rounds
+# never pay, and `cost` tabulates verification times up to its maximum when bound
+MAX_DRAFT_LEN = 256
+
+
 def _is_length(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+    return isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_DRAFT_LEN
 
 
 def _number(ok: Callable[[float], bool]) -> Callable[[object], bool]:
@@ -312,9 +317,9 @@ def _number(ok: Callable[[float], bool]) -> Callable[[object], bool]:
 # every parameter's range, by constructor argument: a value outside it crashes or misleads
 # only after the models have loaded (a fractional length, gamma < 0 under a square root)
 _RANGES = {
-    "max_len": (_is_length, "an integer >= 1"),
-    "start": (_is_length, "an integer >= 1"),
-    "probe": (_is_length, "an integer >= 1"),
+    "max_len": (_is_length, f"an integer in [1, {MAX_DRAFT_LEN}]"),
+    "start": (_is_length, f"an integer in [1, {MAX_DRAFT_LEN}]"),
+    "probe": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
     "threshold": (_number(lambda v: 0 <= v <= 1), "a number in [0, 1]"),
     "lam": (_number(lambda v: 0 <= v <= 1), "a number in [0, 1]"),
     "gamma": (_number(lambda v: v > 0), "a number > 0"),

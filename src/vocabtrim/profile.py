@@ -14,7 +14,9 @@ profile is cached) times fewer points. Both are cached by what changes them.
 from __future__ import annotations
 
 import json
+import math
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -115,12 +117,35 @@ def path_for(k: dict) -> Path:
 
 
 def load(k: dict) -> Profile | None:
-    """The cached profile for key `k`, or None (also for an unreadable file)."""
+    """The cached profile for key `k`, or None: none cached, or one that is damaged (said on
+    stderr; it is measured again and replaced)."""
+    path = path_for(k)
+    if not path.exists():
+        return None
     try:
-        p = Profile(**json.loads(path_for(k).read_text()))
+        p = Profile(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
+        p = None
+    if p is None or not _whole(p):
+        print(f"warning: {path} is not a whole profile; measuring again", file=sys.stderr)
         return None
     return p if p.key == k else None
+
+
+def _whole(p: Profile) -> bool:
+    """Every figure a profile's users read is there and a finite time (distinct contexts and
+    head sizes: both are interpolated between)."""
+    def ms(v: object) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+    def sizes(d: object, n: int | None = None) -> bool:
+        return (isinstance(d, dict) and bool(d) and all(isinstance(k, str) and k.isdigit() for k in d)
+                and len({int(k) for k in d}) == len(d) and (n is None or len(d) == n))
+
+    return (isinstance(p.key, dict) and sizes(p.target_ms)
+            and all(isinstance(v, list) and v and all(map(ms, v)) for v in p.target_ms.values())
+            and sizes(p.draft_ms, 2) and all(map(ms, p.draft_ms.values()))
+            and ms(p.prefill_tokens_per_s) and isinstance(p.quick, bool))
 
 
 def save(p: Profile) -> Path:

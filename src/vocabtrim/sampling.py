@@ -14,6 +14,10 @@ from torch import Tensor
 
 from .errors import VocabtrimError
 
+# the smallest temperature taken: logits of a few hundred stay far below float32's 3.4e38
+# when divided by it, and between it and 0 sampling is greedy in all but name
+MIN_TEMPERATURE = 1e-4
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -27,6 +31,9 @@ class Sampling:
         # NaN compares false with everything, so a plain `< 0` test would let it through
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise VocabtrimError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            raise VocabtrimError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got "
+                                 f"{self.temperature:g} (smaller ones can overflow the scaled logits)")
         if self.top_k < 0:
             raise VocabtrimError(f"top-k must be >= 0, got {self.top_k}")
         if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):

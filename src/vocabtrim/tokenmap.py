@@ -8,20 +8,22 @@ and the calibration provenance). Exports are what serving engines read: an SGLan
 
 from __future__ import annotations
 
+import io
 import json
-import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
 
 from .errors import VocabtrimError
-from .files import atomic_write, replace_dir
+from .files import atomic_write, check_output, check_parent, fsync, replace_dir, staged
 from .vocab import Counts
 
 FORMATS = ("sglang", "eagle3")
+EAGLE3_META = ("draft_vocab_size", "target_vocab_size")
 FILES = ("token_map.safetensors", "token_map.json")
 META_KEYS = ("k", "vocab_size", "coverage", "tokenizer")  # what `trim` always writes
 
@@ -50,6 +52,7 @@ def _some(ids: torch.Tensor, n: int = 5) -> str:
 def check_replaceable(out: Path) -> None:
     """Refuse to write a token map over anything but a token map (a kept directory, a file)."""
     out = Path(out)
+    check_parent(out)
     if out.exists() and not is_token_map(out):
         raise VocabtrimError(f"refusing to overwrite {out}: it is not a token map written by vocabtrim")
 
@@ -93,13 +96,15 @@ class TokenMap:
         (see files.replace_dir): an earlier map at `out` is replaced, anything else refused."""
         out = Path(out).resolve()  # `.` has no name to build a sibling from
         check_replaceable(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
-            new = Path(tmp, "map")
-            new.mkdir()
-            save_file({"kept_ids": self.kept_ids.contiguous()}, new / "token_map.safetensors")
+        with staged(out) as tmp:
+            new = tmp / "map"
+            new.mkdir(parents=True)
+            (new / "token_map.safetensors").write_bytes(save({"kept_ids": self.kept_ids.contiguous()}))
             (new / "token_map.json").write_text(json.dumps(self.meta, indent=1))
+            for f in [*(new / name for name in FILES), new]:
+                fsync(f)
             replace_dir(new, out)
+            fsync(out.parent)
 
     @classmethod
     def load(cls, path: Path) -> TokenMap:
@@ -169,18 +174,49 @@ def trim(counts: Counts, keep: int | None = None, coverage: float | None = None,
 
 
 def export(tm: TokenMap, fmt: str, out: Path) -> None:
-    """Write what a serving engine reads (atomically)."""
+    """Write what a serving engine reads (atomically), over nothing but an earlier export."""
+    if fmt not in FORMATS:
+        raise VocabtrimError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
     check_ids(tm.kept_ids, tm.meta["vocab_size"])
+    check_export_out(out)
     if fmt == "sglang":
-        atomic_write(out, lambda tmp: torch.save(tm.kept_ids.clone(), tmp))
-    elif fmt == "eagle3":
+        buf = io.BytesIO()
+        torch.save(tm.kept_ids.clone(), buf)
+        data = buf.getvalue()
+    else:
         # EAGLE-3 draft index i stands for the i-th kept id in ascending id order:
         # target_id = i + d2t[i]; t2d marks the kept ids in the target vocabulary.
         ids = torch.sort(tm.kept_ids).values
         d2t = ids - torch.arange(ids.numel())
         t2d = torch.zeros(tm.meta["vocab_size"], dtype=torch.bool)
         t2d[ids] = True
-        meta = {"draft_vocab_size": str(ids.numel()), "target_vocab_size": str(t2d.numel())}
-        atomic_write(out, lambda tmp: save_file({"d2t": d2t, "t2d": t2d}, tmp, metadata=meta))
-    else:
-        raise VocabtrimError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+        data = save({"d2t": d2t, "t2d": t2d}, metadata={EAGLE3_META[0]: str(ids.numel()),
+                                                       EAGLE3_META[1]: str(t2d.numel())})
+    atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def check_export_out(out: Path) -> None:
+    """Refuse an export path holding anything but an export (either format): a user's file
+    of the same name is never replaced."""
+    out = Path(out)
+    check_output(out)
+    if out.exists() and not is_export(out):
+        raise VocabtrimError(f"refusing to overwrite {out}: it is not a token map export written by vocabtrim "
+                             "(an SGLang token map or EAGLE-3 d2t/t2d buffers); choose another --out")
+
+
+def is_export(path: Path) -> bool:
+    """Whether `path` holds what `export` writes: EAGLE-3 buffers (exactly `d2t` and `t2d`, with
+    their vocabulary sizes in the metadata) or an SGLang map (a 1-D int64 tensor, torch's zip format)."""
+    try:
+        with safe_open(path, "pt") as f:
+            return sorted(f.keys()) == ["d2t", "t2d"] and set(EAGLE3_META) <= (f.metadata() or {}).keys()
+    except (SafetensorError, OSError):
+        pass
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        ids = torch.load(path, weights_only=True)
+    except Exception:  # noqa: BLE001 - torch raises many types for a zip it cannot read
+        return False
+    return isinstance(ids, torch.Tensor) and ids.dtype == torch.int64 and ids.dim() == 1

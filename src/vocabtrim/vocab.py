@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .errors import VocabtrimError
 from .files import atomic_write
@@ -66,17 +66,24 @@ class Counts:
     meta: dict = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
-        atomic_write(path, lambda tmp: save_file({"counts": self.counts}, tmp,
-                                            metadata={"vocabtrim": json.dumps(self.meta)}))
+        data = save({"counts": self.counts}, metadata={"vocabtrim": json.dumps(self.meta)})
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
     @classmethod
     def load(cls, path: Path) -> Counts:
+        """The counts file at `path`, checked whole: one int64 vector of counts >= 0 and a
+        JSON object of provenance (a resumed run reads its progress from it)."""
         try:
             tensors = load_file(path)
             with safe_open(path, "pt") as f:
                 meta = json.loads((f.metadata() or {})["vocabtrim"])
-            return cls(tensors["counts"], meta)
+            counts = tensors["counts"]
         except FileNotFoundError:
             raise VocabtrimError(f"counts file not found: {path}") from None
-        except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as e:
+        except (SafetensorError, KeyError, json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
             raise VocabtrimError(f"{path} is not a vocabtrim counts file ({e})") from None
+        if not isinstance(meta, dict):
+            raise VocabtrimError(f"{path} is not a vocabtrim counts file (its metadata is not a JSON object)")
+        if counts.dtype != torch.int64 or counts.dim() != 1 or not counts.numel() or bool((counts < 0).any()):
+            raise VocabtrimError(f"{path} is not a vocabtrim counts file (counts must be a 1-D int64 vector >= 0)")
+        return cls(counts, meta)

@@ -12,10 +12,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from ..files import atomic_write
+from ..errors import VocabtrimError
+from ..files import atomic_write, check_parent
 from ..metrics import COST_CONVENTION, GenerationStats
+from .run import is_results, read_results
 
 CheckFn = Callable[[list[int], list[int], list[int]], dict | None]
+TABLE_HEADER = "| method | tok/s | speed-up (95% CI) | tau | acceptance | mean draft | c | MBSU | identical to ar |"
+PLOT_MARK = {"Source": "vocabtrim bench"}  # a PNG text chunk: how a plot is known as ours before replacing it
 
 
 def aggregate(recs: list[dict]) -> dict:
@@ -110,8 +114,7 @@ def _f(x, fmt="{:.2f}") -> str:
 def markdown(summary: dict) -> str:
     """Spec-Bench-style tables: overall per method, then speed-up per category."""
     ms = summary["methods"]
-    lines = ["| method | tok/s | speed-up (95% CI) | tau | acceptance | mean draft | c | MBSU | identical to ar |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [TABLE_HEADER, "|---|---|---|---|---|---|---|---|---|"]
     for name, m in ms.items():
         o = m["overall"]
         ci = o.get("speedup_ci")
@@ -168,7 +171,7 @@ def pyplot():
 
 def save_figure(fig, path: Path) -> Path:
     """Write `fig` as a PNG atomically (a killed run leaves no half-written image) and free it."""
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata=PLOT_MARK))
     pyplot().close(fig)
     return path
 
@@ -215,3 +218,51 @@ def write_reports(summary: dict, out_dir: Path) -> None:
     atomic_write(out_dir / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1)))
     atomic_write(out_dir / "summary.md", lambda tmp: Path(tmp).write_text(markdown(summary)))
     plot(summary, out_dir)
+
+
+def check_out_dir(out: Path, resume: bool) -> None:
+    """Refuse, before any model loads, an --out that bench cannot fill without harm: a file,
+    a path under a file, results of another run without `resume`, or a file of a name bench
+    writes that bench did not write (a user's summary.md is never replaced)."""
+    if out.exists() and not out.is_dir():
+        raise VocabtrimError(f"--out {out} is a file; bench writes a directory there")
+    check_parent(out / "results.jsonl")
+    for name, ours in _OUTPUTS.items():
+        path = out / name
+        if (path.exists() or path.is_symlink()) and not (path.is_file() and ours(path)):
+            raise VocabtrimError(f"refusing to overwrite {path}: vocabtrim bench did not write it "
+                                 "(move it away or choose another --out)")
+    if not resume and read_results(out / "results.jsonl"):
+        raise VocabtrimError(f"{out} already holds results; pass --resume to continue or choose another --out")
+
+
+def _reads(path: Path, test: Callable[[str], bool]) -> bool:
+    try:
+        return test(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+
+
+def _is_summary(text: str) -> bool:
+    summary = json.loads(text)
+    return isinstance(summary, dict) and {"baseline", "methods", "cost_convention"} <= summary.keys()
+
+
+def _is_plot(path: Path) -> bool:
+    """A PNG whose text chunks (written before the image data) carry PLOT_MARK."""
+    (key, value), = PLOT_MARK.items()
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG") and b"tEXt" + f"{key}\0{value}".encode() in head
+
+
+_OUTPUTS: dict[str, Callable[[Path], bool]] = {
+    "results.jsonl": is_results,
+    "summary.json": lambda p: _reads(p, _is_summary),
+    "summary.md": lambda p: _reads(p, lambda text: text.startswith(TABLE_HEADER)),
+    "speedup.png": _is_plot,
+    "tau_mbsu.png": _is_plot,
+}

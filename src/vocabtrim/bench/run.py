@@ -20,6 +20,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..data import Question
+from ..errors import VocabtrimError
 from ..files import atomic_write
 from ..metrics import GenerationStats
 from ..models import chat_ids
@@ -50,22 +51,69 @@ def ask(q: Question, m: Method, tokenizer, max_new_tokens: int) -> dict:
 
 
 def read_results(path: Path) -> list[dict]:
-    """The records of a results file. A line that is not one (cut short by a kill, or
-    damaged) is skipped, not the end of the file, and its number reported on stderr."""
-    out, bad = [], []
-    if Path(path).exists():
-        for n, line in enumerate(Path(path).read_text(errors="replace").splitlines(), start=1):
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                rec = None
-            if isinstance(rec, dict) and {"question_id", "method"} <= rec.keys():
-                out.append(rec)
-            elif line.strip():
-                bad.append(str(n))
+    """The records of a results file. A line that is not a whole record (cut short by a
+    kill, or damaged) is skipped, not the end of the file, and named on stderr (file:line)."""
+    out, bad = _parse_results(path)
     if bad:
-        print(f"warning: {path}: skipped line(s) {', '.join(bad)}: not a result record", file=sys.stderr)
+        print(f"warning: {path}: skipped line(s) {', '.join(str(n) for n, _ in bad)}: not a whole result "
+              "record (those runs are asked again on --resume)", file=sys.stderr)
     return out
+
+
+def is_results(path: Path) -> bool:
+    """Whether `path` is a results file as `run_matrix` writes it: records, perhaps a damaged
+    line among them, or only lines cut short (each record starts with its question id)."""
+    try:
+        out, bad = _parse_results(path)
+    except VocabtrimError:
+        return False
+    return bool(out) or all(line.startswith(_RECORD_START) for _, line in bad)
+
+
+_RECORD_START = '{"question_id": '  # json.dumps of `ask`'s record
+
+
+def _parse_results(path: Path) -> tuple[list[dict], list[tuple[int, str]]]:
+    """The whole records of a results file, and the lines (number, text) that are not one."""
+    out, bad = [], []
+    if not Path(path).exists():
+        return out, bad
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as e:
+        raise VocabtrimError(f"cannot read results file {path}: {e.strerror or e}") from None
+    for n, line in enumerate(text.splitlines(), start=1):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            rec = None
+        if is_record(rec):
+            out.append(rec)
+        elif line.strip():
+            bad.append((n, line))
+    return out, bad
+
+
+def is_record(rec: object) -> bool:
+    """Whether `rec` is a whole result record (what `ask` returns): the report reads all of it."""
+    return (isinstance(rec, dict) and all(isinstance(rec.get(k), str) for k in ("question_id", "category", "method"))
+            and isinstance(rec.get("turns"), list) and bool(rec["turns"]) and all(map(_is_turn, rec["turns"]))
+            and GenerationStats.holds(rec))
+
+
+def _is_turn(turn: object) -> bool:
+    return isinstance(turn, dict) and all(
+        isinstance(turn.get(k), list) and all(isinstance(i, int) for i in turn[k]) for k in ("prompt_ids", "token_ids"))
+
+
+def check_fit(questions: list[Question], tokenizer, context: int) -> None:
+    """Refuse, before any model runs, a question whose first turn alone fills the context
+    (later turns depend on the answers: the engine refuses those when they come)."""
+    for q in questions:
+        n = len(chat_ids(tokenizer, [{"role": "user", "content": q.turns[0]}]))
+        if n >= context:
+            raise VocabtrimError(f"question {q.id}: its first turn has {n} tokens; the context holds {context} "
+                                 "(leave the question out or use models with a longer context)")
 
 
 def run_matrix(questions: list[Question], methods: list[Method], tokenizer, max_new_tokens: int,

