@@ -212,3 +212,46 @@ def token_map(ids, vocab: int = 64) -> TokenMap:
 def cli(*args, env: dict[str, str] | None = None) -> Result:
     """Run the `vocabtrim` command in-process; arguments may be paths or numbers."""
     return CliRunner().invoke(main, [str(a) for a in args], env=env)
+
+
+# --- GGUF files for the ggml target ---
+
+GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+              "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+
+
+def write_gguf(model: LlamaForCausalLM, path: Path) -> Path:
+    """`model`'s weights in fp32 as a GGUF llama.cpp reads: the `qwen2` architecture, whose
+    rotary embedding is transformers' own (no permuted q and k), and a vocabulary of plain
+    tokens (w2, w3, ...; one merge, since llama.cpp wants some)."""
+    import gguf
+
+    c = model.config
+    w = gguf.GGUFWriter(str(path), "qwen2")
+    for add, value in ((w.add_context_length, c.max_position_embeddings), (w.add_embedding_length, c.hidden_size),
+                       (w.add_block_count, c.num_hidden_layers), (w.add_feed_forward_length, c.intermediate_size),
+                       (w.add_head_count, c.num_attention_heads), (w.add_head_count_kv, c.num_key_value_heads),
+                       (w.add_rope_freq_base, c.rope_parameters["rope_theta"]),
+                       (w.add_layer_norm_rms_eps, c.rms_norm_eps), (w.add_bos_token_id, 0), (w.add_eos_token_id, 1)):
+        add(value)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(["<s>", "<|end|>"] + [f"w{i}" for i in range(2, c.vocab_size)])
+    w.add_token_types([gguf.TokenType.CONTROL] * 2 + [gguf.TokenType.NORMAL] * (c.vocab_size - 2))
+    w.add_token_merges(["w 2"])
+    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    for i in range(c.num_hidden_layers):
+        for ours, theirs in GGUF_NAMES.items():
+            for kind in ("weight", "bias"):
+                if f"model.layers.{i}.{ours}.{kind}" in sd:
+                    w.add_tensor(f"blk.{i}.{theirs}.{kind}", sd[f"model.layers.{i}.{ours}.{kind}"])
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    w.add_tensor("output.weight", sd["lm_head.weight"] if "lm_head.weight" in sd else sd["model.embed_tokens.weight"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -15,7 +15,6 @@ quantize its weights, `adaedl`/`cost` choose the policy (default: static K). `hf
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -104,6 +103,14 @@ class Assembler:
 
     def __init__(self, parts: Parts):
         self.parts, self.target = parts, parts.target.as_target()
+        # made once for the assembler's life (a cache on the methods would keep every
+        # assembler, and its models, alive for the process's)
+        self.made: dict[tuple, object] = {}
+
+    def _once(self, key: tuple, make):
+        if key not in self.made:
+            self.made[key] = make()
+        return self.made[key]
 
     def build(self, spec: Spec, policy: str | None = None) -> tuple[Engine, Policy]:
         """The engine and a fresh policy of `spec` (`policy`: a spec that overrides the
@@ -134,16 +141,14 @@ class Assembler:
             raise VocabtrimError(f"{spec.name} needs a drafter model" + (
                 " of another tokenizer" if spec.cross else ""))
         scheme = spec.weights or self.parts.quant
-        return loaded if scheme == "none" else self._quantized(scheme, spec.cross)
+        return loaded if scheme == "none" else self._once(("quantized", scheme, spec.cross),
+                                                           lambda: models.quantize(loaded, scheme))
 
-    @functools.cache  # noqa: B019 - one quantized copy per drafter and scheme, for the assembler's life
-    def _quantized(self, scheme: str, cross: bool) -> models.Loaded:
-        return models.quantize(self.parts.cross if cross else self.parts.drafter, scheme)
-
-    @functools.cache  # noqa: B019 - a bridge per drafter: building one tokenizes both vocabularies
     def bridge(self, cross: bool) -> Bridge | None:
+        """The bridge to the drafter of another tokenizer (None: the target's own); made once,
+        since building one tokenizes both vocabularies."""
         drafter = self.parts.cross if cross else self.parts.drafter
-        return Bridge.between(self.parts.target, drafter)
+        return self._once(("bridge", cross), lambda: Bridge.between(self.parts.target, drafter))
 
     def _model_drafter(self, spec: Spec) -> ModelDrafter:
         """A drafter of the target's vocabulary is shared by the methods that draft alike
@@ -151,19 +156,13 @@ class Assembler:
         since its n-gram cache learns for the drafter's lifetime."""
         if spec.trimmed and self.parts.kept is None:
             raise VocabtrimError(f"{spec.name} needs a token map")
-        loaded = self.drafter_model(spec)
+        loaded, kept = self.drafter_model(spec), self.parts.kept if spec.trimmed else None
         if self.bridge(spec.cross) is None:
-            return self._same_vocab(spec.trimmed, spec.weights or self.parts.quant)
+            return self._once(("drafter", spec.trimmed, spec.weights or self.parts.quant), lambda: ModelDrafter(
+                loaded.model, self.target.vocab_size, kept, self.parts.prompt_tokens))
         vocab = CrossVocab(self.bridge(spec.cross), loaded.model.get_output_embeddings().out_features,
                            self.target.vocab_size, spec.ngram)
-        kept = self.parts.kept if spec.trimmed else None  # a map in the drafter's own tokens
         return ModelDrafter(loaded.model, self.target.vocab_size, kept, self.parts.prompt_tokens, vocab)
-
-    @functools.cache  # noqa: B019 - shared drafters live as long as the assembler
-    def _same_vocab(self, trimmed: bool, scheme: str) -> ModelDrafter:
-        loaded = self.drafter_model(Spec("sd", "sd", trimmed, None if scheme == "none" else scheme))
-        return ModelDrafter(loaded.model, self.target.vocab_size, self.parts.kept if trimmed else None,
-                            self.parts.prompt_tokens)
 
     def _costs(self, spec: Spec, max_len: int, model: ModelDrafter | None) -> Costs:
         """This machine's prices for the pair as it drafts (the cached profile, else a quick
