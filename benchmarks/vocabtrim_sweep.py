@@ -124,7 +124,7 @@ def main() -> None:
     warm_up(methods, tgt.tokenizer)
     records = run_matrix(evaluated, methods, tgt.tokenizer, args.max_new_tokens,
                          args.out / "results.jsonl", resume=True, repeats=args.repeats)
-    summary = summarize(records, baseline="full", check=identity_check(engines["full"][0].target))
+    summary = summarize(records, reference="full", check=identity_check(engines["full"][0].target))
     summary["coverage"] = {n: tm.meta["coverage"] for n, tm in maps.items()}
     summary["calibration_tokens"] = {s: c.meta["tokens"] for s, c in counts.items()}
     atomic_write(args.out / "sweep.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1)))

@@ -224,7 +224,7 @@ GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_
 def write_gguf(model: LlamaForCausalLM, path: Path) -> Path:
     """`model`'s weights in fp32 as a GGUF llama.cpp reads: the `qwen2` architecture, whose
     rotary embedding is transformers' own (no permuted q and k), and a vocabulary of plain
-    tokens (w2, w3, ...; one merge, since llama.cpp wants some)."""
+    tokens (w, 2 and their one merge w2, since tokenizers want some; then w5, w6, ...)."""
     import gguf
 
     c = model.config
@@ -238,7 +238,8 @@ def write_gguf(model: LlamaForCausalLM, path: Path) -> Path:
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("qwen2")
-    w.add_token_list(["<s>", "<|end|>"] + [f"w{i}" for i in range(2, c.vocab_size)])
+    w.add_chat_template(TINY_TEMPLATE)
+    w.add_token_list(["<s>", "<|end|>", "w", "2", "w2"] + [f"w{i}" for i in range(5, c.vocab_size)])
     w.add_token_types([gguf.TokenType.CONTROL] * 2 + [gguf.TokenType.NORMAL] * (c.vocab_size - 2))
     w.add_token_merges(["w 2"])
     sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}

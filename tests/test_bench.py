@@ -15,6 +15,8 @@ from vocabtrim.data import Question, load_questions, select
 from vocabtrim.metrics import GenerationStats
 from vocabtrim.target import TorchTarget
 
+TORCH_METHODS = [m for m in METHODS if m != "llamacpp"]  # llamacpp runs a GGUF file: test_ggml
+
 SPEC_BENCH = [
     {"question_id": 81, "category": "writing", "turns": ["w5 w6", "w7 w8"]},
     {"question_id": 82, "category": "writing", "turns": ["w9 w10", "w11"]},
@@ -101,13 +103,13 @@ def test_bench_end_to_end_on_tiny_models(tmp_path, tiny_dirs):
     out = tmp_path / "out"
     args = ["bench", "--target", tiny_dirs["target"], "--draft", tiny_dirs["draft"], "--data", data,
             "--per-category", 1, "--max-new-tokens", 10, "--out", out,
-            "--calibrate", f"{calib}:n=4,k=30,tokens=6", "--repeats", 2, "--methods", ",".join(METHODS),
+            "--calibrate", f"{calib}:n=4,k=30,tokens=6", "--repeats", 2, "--methods", ",".join(TORCH_METHODS),
             "--cross-draft", tiny_dirs["other_vocab"]]
     env = {"VOCABTRIM_CACHE": str(tmp_path / "cache")}
     r = cli(*args, env=env)
     assert r.exit_code == 0, r.stderr + str(r.exception)
     recs = read_results(out / "results.jsonl")
-    assert len(recs) == 3 * len(METHODS) and {r["method"] for r in recs} == set(METHODS)
+    assert len(recs) == 3 * len(TORCH_METHODS) and {r["method"] for r in recs} == set(TORCH_METHODS)
     assert all(r["seconds"] == min(r["runs_s"]) and len(r["runs_s"]) == 2 for r in recs)
     summary = json.loads((out / "summary.json").read_text())
     for name, m in summary["methods"].items():
@@ -139,6 +141,17 @@ def rec(method, ids, question_id="1", category="c", seconds=1.0):
             "seconds": seconds, "target_forwards": 1, "drafter_forwards": 0, "draft_lengths": [],
             "accepted_per_round": [], "cost_ratio": 0.0, "prefill_s": 0, "draft_s": 0, "verify_s": 0,
             "turns": [{"prompt_ids": [1], "token_ids": ids}]}
+
+
+def test_speed_ups_are_over_the_fastest_target_alone_and_identity_needs_the_same_weights():
+    recs = [rec("ar", [5, 6], seconds=2.0) | {"backend": "ggml"}, rec("llamacpp", [5, 6]) | {"backend": "llama.cpp"},
+            rec("sd", [5, 6], seconds=0.5) | {"backend": "ggml"}, rec("hf", [5, 7]) | {"backend": "torch"}]
+    s = summarize(recs, check=lambda p, a, b: {"tie": False})
+    ms = s["methods"]
+    assert s["baseline"] == "llamacpp" and ms["sd"]["overall"]["speedup"] == pytest.approx(2.0)
+    assert ms["ar"]["overall"]["speedup"] == pytest.approx(0.5)
+    assert ms["llamacpp"]["identical"] == "yes" and ms["hf"]["identical"] == "n/a: other weights"
+    assert "Speed-up over `llamacpp`" in markdown(s) and "| hf | torch |" in markdown(s)
 
 
 def test_summary_reports_a_real_mismatch_loudly():

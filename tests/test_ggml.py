@@ -3,6 +3,8 @@ against the torch target of the same weights (also after a crop of its cache), g
 identity with a drafter against itself alone, and sampled output distributed as the
 target's own (chi-square)."""
 
+import json
+
 import pytest
 import torch
 from conftest import (
@@ -10,6 +12,7 @@ from conftest import (
     SMALL_PROMPT,
     SMALL_SAMPLING,
     chi2_pvalue,
+    cli,
     exact_joint,
     model_drafter,
     noisy_copy,
@@ -19,23 +22,26 @@ from conftest import (
     write_gguf,
 )
 
-from vocabtrim.engine import Engine
+from vocabtrim import backend, ggml, models
+from vocabtrim.engine import Engine, Stop
 from vocabtrim.errors import VocabtrimError
 from vocabtrim.policies import Static
+from vocabtrim.sampling import Sampling
 from vocabtrim.target import TorchTarget
 
-ggml = pytest.importorskip("vocabtrim.ggml", exc_type=ImportError)  # the backend's extra: llama-cpp-python
+pytest.importorskip("llama_cpp")  # the backend's extra: vocabtrim[ggml]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     model = tiny_model(64, seed=1)
-    return model, ggml.GgmlTarget(write_gguf(model, tmp_path_factory.mktemp("gguf") / "t.gguf"), 256, 2)
+    path = write_gguf(model, tmp_path_factory.mktemp("gguf") / "t.gguf")
+    return model, ggml.GgmlTarget(path, 256, 2), path
 
 
 @torch.inference_mode()
 def test_logits_are_the_torch_targets(tiny):
-    model, target = tiny
+    model, target, _ = tiny
     torch_target = TorchTarget(model)
     assert (target.vocab_size, target.context) == (64, 256)
     for seq, n in (([5, 9, 3, 7, 11, 2, 40, 33], 4), ([5, 9, 3, 7, 11, 20, 21], 3), ([5, 9], 1)):  # crops too
@@ -45,7 +51,7 @@ def test_logits_are_the_torch_targets(tiny):
 
 
 def test_greedy_identical_with_a_drafter(tiny):
-    model, target = tiny
+    model, target, _ = tiny
     alone, spec = Engine(target), Engine(target, model_drafter(noisy_copy(model, 0.3, seed=2), model))
     accepted = 0
     for p in prompts(6):
@@ -72,3 +78,61 @@ def test_what_llama_cpp_cannot_read_is_one_line(tmp_path):
     bad.write_bytes(b"GGUF but not really")
     with pytest.raises(VocabtrimError, match="llama.cpp cannot load"):
         ggml.GgmlTarget(bad)
+
+
+def test_llama_cpp_alone_is_the_targets_greedy_output(tiny):
+    _, target, path = tiny
+    peer = ggml.LlamaCppAlone(path, 256, Sampling(), 0, frozenset({1}))
+    for p in prompts(4):
+        ref, _ = Engine(target).generate(p, 20, Static(1), stop=Stop(frozenset({1})))
+        out, s = peer(p, 20)
+        assert out == ref and s.new_tokens == s.target_forwards == len(out) and s.tau == 1
+
+
+def test_a_ggml_target_loads_no_torch_weights_until_asked(tiny):
+    _, _, path = tiny
+    loaded = models.load(str(path), "float32", "ggml")
+    assert loaded.backend == "ggml" and loaded.gguf == path and not isinstance(loaded.weights, torch.nn.Module)
+    assert isinstance(loaded.as_target(), ggml.GgmlTarget) and loaded.context == 256
+    assert isinstance(loaded.model, torch.nn.Module)  # transformers' peers ask: the 16-bit copy loads now
+    assert models.load(str(path), "float32", "torch").as_target().vocab_size == 64
+
+
+def test_generate_on_ggml(tiny):
+    _, target, path = tiny
+    r = cli("generate", "--target", path, "--backend", "ggml", "--no-draft", "--raw", "--prompt", "w2w2",
+            "--max-new-tokens", 6, "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["backend"] == "ggml"
+    tok = models.load(str(path), "float32", "ggml").tokenizer
+    ref, _ = Engine(target).generate(tok("w2w2")["input_ids"], 6, Static(1))
+    assert out["token_ids"][:len(ref)] == ref[:len(out["token_ids"])]
+
+
+def test_backend_choice(tiny, tiny_dirs, tmp_path, monkeypatch):
+    monkeypatch.setenv("VOCABTRIM_CACHE", str(tmp_path))
+    _, _, path = tiny
+    assert backend.choose(str(tiny_dirs["target"]), "auto") == "torch"  # no GGUF file
+    assert backend.choose(str(path), "torch") == "torch"
+    first = backend.choose(str(path), "auto", "float32")
+    assert first in ("torch", "ggml") and len(list((tmp_path / "profiles").glob("*.json"))) == 1
+    assert backend.choose(str(path), "auto", "float32") == first  # cached, not timed again
+    r = cli("generate", "--target", tiny_dirs["target"], "--backend", "ggml", "--no-draft", "--prompt", "hi")
+    assert r.exit_code == 1 and "the ggml backend runs GGUF files" in r.output
+
+
+def test_bench_on_ggml_with_llama_cpp_beside(tiny, tmp_path):
+    _, _, path = tiny
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"w{i}w2 w{i + 1}", "category": "c"}) + "\n" for i in range(5, 8)))
+    out = tmp_path / "out"
+    r = cli("bench", "--target", path, "--backend", "ggml", "--methods", "ar,llamacpp,suffix", "--data", data,
+            "--max-new-tokens", 8, "--out", out, env={"VOCABTRIM_CACHE": str(tmp_path / "cache")})
+    assert r.exit_code == 0, r.stderr + str(r.exception)
+    summary = json.loads((out / "summary.json").read_text())
+    ms = summary["methods"]
+    assert {n: m["backend"] for n, m in ms.items()} == {"ar": "ggml", "llamacpp": "llama.cpp", "suffix": "ggml"}
+    assert ms["llamacpp"]["identical"] == ms["suffix"]["identical"] == "yes"
+    assert summary["baseline"] in ("ar", "llamacpp")  # the faster target alone
+    assert "| llamacpp | llama.cpp |" in (out / "summary.md").read_text()

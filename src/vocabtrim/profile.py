@@ -107,8 +107,10 @@ def _extend(ms: list[float], n: int) -> float:
 
 def key(target, drafter, dtype: str) -> dict:
     """What a profile of `target` and `drafter` (models.Loaded) depends on."""
+    on_ggml = target.backend == "ggml"  # its torch weights are not loaded: its file names it
     return {**cpu(), "target": target.name, "drafter": drafter.name, "dtype": dtype,
-            "weights": [weight_count(target.model), weight_count(drafter.model)],
+            **({"backend": "ggml", "target_file": target.source} if on_ggml else {}),
+            "weights": [0 if on_ggml else weight_count(target.model), weight_count(drafter.model)],
             "drafter_forward": "lean" if supports(drafter.model) else "transformers"}
 
 
@@ -181,13 +183,13 @@ def prefill_s(target: Target, context: list[int]) -> float:
 def measure(target, drafter, quick: bool = False, progress: bool = True) -> Profile:
     """Time `target` and `drafter` (models.Loaded) on this machine; see the module doc."""
     ns, contexts, repeats = (QUICK_N, (QUICK_CONTEXT,), 2) if quick else (FULL_N, CONTEXTS, 3)
-    vocab = min(m.get_output_embeddings().out_features for m in (target.model, drafter.model))  # ids both read
-    room = min(context_length(target.model), context_length(drafter.model)) - max(ns) - repeats
+    seam = target.as_target()
+    vocab = min(seam.vocab_size, drafter.model.get_output_embeddings().out_features)  # ids both read
+    room = min(seam.context, context_length(drafter.model)) - max(ns) - repeats
     contexts = sorted({min(c, room) for c in contexts})  # tiny test models hold less
     ids = [(500 + i) % vocab for i in range(max(contexts))]
     steps = len(contexts) * (len(ns) + 1) + 2  # the drafter's two heads
     bar = tqdm(total=steps, desc="profile", unit="step", disable=not progress or quick)
-    seam = target.as_target()
     forward_ms(seam.logits, seam.vocab_size, ids[:32], 4, 2)  # warm-up: first calls allocate
     target_ms, prefill = {}, 0.0
     for c in contexts:

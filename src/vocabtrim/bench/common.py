@@ -33,9 +33,9 @@ def load_pair(dtype: str = "auto") -> Pair:
 
 
 def engine_method(name: str, engine: Engine, policy: Policy, sampling: Sampling, seed: int,
-                  stop: Stop) -> Method:
-    """A Method that runs `engine` with fixed settings."""
-    return Method(name, lambda ids, n: engine.generate(ids, n, policy, sampling, seed, stop))
+                  stop: Stop, backend: str = "torch") -> Method:
+    """A Method that runs `engine` with fixed settings (its target on `backend`)."""
+    return Method(name, lambda ids, n: engine.generate(ids, n, policy, sampling, seed, stop), backend)
 
 
 def warm_up(methods: Iterable[Method], tokenizer) -> None:

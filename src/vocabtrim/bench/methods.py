@@ -1,6 +1,8 @@
-"""The method matrix: target alone, speculative variants (built by `assembly`), and
-transformers as the peer.
+"""The method matrix: target alone, speculative variants (built by `assembly`), and the
+peers: llama.cpp and transformers.
 
+`llamacpp` is llama.cpp decoding the target's GGUF file alone at its default settings (see
+ggml.LlamaCppAlone), whatever backend our own methods run on.
 `hf` is transformers' assisted generation with its default settings; `pld` its prompt
 lookup decoding (`prompt_lookup_num_tokens=10`, its default matching, no drafter model).
 The `x` methods draft with a second drafter of another tokenizer (`cross`): `x` through
@@ -15,10 +17,12 @@ import time
 
 import torch
 
+from .. import models
 from ..assembly import PEERS, Assembler, Spec, parse_method
 from ..drafters import Bridge
 from ..engine import Stop
 from ..errors import VocabtrimError
+from ..ggml import LlamaCppAlone
 from ..heads import Head
 from ..metrics import GenerationStats, bytes_per_forward
 from ..sampling import Sampling
@@ -27,7 +31,7 @@ from .run import Method
 
 METHODS = ("ar", "sd", "sd+vt", "sd+adaedl", "sd+vt+adaedl", "sd+cost", "sd+vt+cost", "sd+vt+q8", "sd+vt+q4",
            "suffix", "suffix+cost", "hybrid", "hybrid+vt", "hybrid+vt+cost", "hybrid+vt+q4+cost", "hf", "pld",
-           "x", "x+ngram", "x+ngram+cost", "hf+x")  # the documented ones: any name of the grammar runs
+           "x", "x+ngram", "x+ngram+cost", "hf+x", "llamacpp")  # the documented ones: any name of the grammar runs
 
 
 def parse_methods(text: str) -> list[Spec]:
@@ -42,17 +46,28 @@ def build(specs: list[Spec], assembler: Assembler, sampling: Sampling, seed: int
     """One Method per spec over the assembler's models: our engines, and transformers'
     generation beside them. Each suffix and hybrid method keeps its own store of earlier
     outputs across the run's questions."""
-    out = []
+    out, backend = [], assembler.parts.target.backend
     for spec in specs:
-        if spec.kind in PEERS:
+        if spec.kind == "llamacpp":
+            out.append(Method(spec.name, _llamacpp(assembler.parts.target, sampling, seed, stop), "llama.cpp"))
+        elif spec.kind in PEERS:
             out.append(Method(spec.name, _peer(spec, assembler, sampling, seed, stop)))
         else:
-            out.append(engine_method(spec.name, *assembler.build(spec), sampling, seed, stop))
+            out.append(engine_method(spec.name, *assembler.build(spec), sampling, seed, stop, backend))
     return out
 
 
+def _llamacpp(target: models.Loaded, sampling: Sampling, seed: int, stop: Stop) -> LlamaCppAlone:
+    path = models.gguf_path(target.name)
+    if path is None:
+        raise VocabtrimError(f"llamacpp runs the target's GGUF file; {target.name} is not one "
+                             "(leave llamacpp out of --methods)")
+    return LlamaCppAlone(path, target.context, sampling, seed, stop.token_ids)
+
+
 def _peer(spec: Spec, assembler: Assembler, sampling: Sampling, seed: int, stop: Stop) -> HFGenerate:
-    """`hf` (assisted by the drafter, across tokenizers with `x`) or `pld` (prompt lookup)."""
+    """`hf` (assisted by the drafter, across tokenizers with `x`) or `pld` (prompt lookup),
+    on the torch weights of the target (loaded now if the target runs on ggml)."""
     target = assembler.parts.target
     if spec.kind == "pld":
         return HFGenerate(target.model, sampling, seed, stop, prompt_lookup_num_tokens=10)

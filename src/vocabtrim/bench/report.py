@@ -18,7 +18,7 @@ from ..metrics import COST_CONVENTION, GenerationStats
 from .run import is_results, read_results
 
 CheckFn = Callable[[list[int], list[int], list[int]], dict | None]
-TABLE_HEADER = "| method | tok/s | speed-up (95% CI) | tau | acceptance | mean draft | c | MBSU | identical to ar |"
+TABLE_HEADER = "| method | backend | tok/s | speed-up (95% CI) | tau | acceptance | mean draft | c | MBSU | identical to ar |"
 PLOT_MARK = {"Source": "vocabtrim bench"}  # a PNG text chunk: how a plot is known as ours before replacing it
 
 
@@ -75,11 +75,20 @@ def compare(recs: list[dict], base: list[dict], check: CheckFn | None) -> list[d
     return out
 
 
-def summarize(records: list[dict], baseline: str = "ar", greedy: bool = True,
+ALONE = ("ar", "llamacpp")  # the target alone: ours, and llama.cpp's own loop
+GGUF_BACKENDS = ("ggml", "llama.cpp")  # two runs of the same GGUF weights
+
+
+def summarize(records: list[dict], reference: str = "ar", greedy: bool = True,
               check: CheckFn | None = None) -> dict:
+    """Per method and category: speeds over the fastest target alone in the records (ours
+    or llama.cpp's: the baseline a user would otherwise run), and greedy identity with
+    `reference` where both ran the same weights."""
     by_method: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         by_method[r["method"]].append(r)
+    alone = [m for m in ALONE if m in by_method] or [reference]
+    baseline = max(alone, key=lambda m: aggregate(by_method[m])["tokens_per_second"] if by_method[m] else 0)
     base = by_method.get(baseline, [])
     base_cat = {c: aggregate([r for r in base if r["category"] == c])
                 for c in {r["category"] for r in base}}
@@ -96,15 +105,26 @@ def summarize(records: list[dict], baseline: str = "ar", greedy: bool = True,
         overall["speedup"] = (overall["tokens_per_second"] / base_all["tokens_per_second"]
                               if base_all else None)
         overall["speedup_ci"] = speedup_interval(recs, base) if name != baseline else None
-        entry = {"overall": overall, "categories": cats}
-        if greedy and base and name != baseline:
-            diffs = compare(recs, base, check)
+        entry = {"overall": overall, "categories": cats, "backend": recs[0].get("backend", "torch")}
+        ref = by_method.get(reference, [])
+        if greedy and ref and name != reference:
+            if not _same_weights(entry["backend"], ref[0].get("backend", "torch")):
+                entry["identical"] = "n/a: other weights"
+                methods[name] = entry
+                continue
+            diffs = compare(recs, ref, check)
             entry["mismatches"] = diffs
             entry["identical"] = ("yes" if not diffs else
                                   f"ties only ({len(diffs)})" if all(d["tie"] for d in diffs) else
                                   f"NO: {sum(not d['tie'] for d in diffs)} real mismatch(es)")
         methods[name] = entry
-    return {"baseline": baseline, "greedy": greedy, "cost_convention": COST_CONVENTION, "methods": methods}
+    return {"baseline": baseline, "reference": reference, "greedy": greedy, "cost_convention": COST_CONVENTION,
+            "methods": methods}
+
+
+def _same_weights(a: str, b: str) -> bool:
+    """Whether two backends ran the same weights (identity between them is meaningful)."""
+    return a == b or {a, b} <= set(GGUF_BACKENDS)
 
 
 def _f(x, fmt="{:.2f}") -> str:
@@ -114,18 +134,21 @@ def _f(x, fmt="{:.2f}") -> str:
 def markdown(summary: dict) -> str:
     """Spec-Bench-style tables: overall per method, then speed-up per category."""
     ms = summary["methods"]
-    lines = [TABLE_HEADER, "|---|---|---|---|---|---|---|---|---|"]
+    lines = [TABLE_HEADER, "|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in ms.items():
         o = m["overall"]
         ci = o.get("speedup_ci")
         ci = f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else ""
-        lines.append(f"| {name} | {o['tokens_per_second']:.2f} | {_f(o['speedup'], '{:.2f}x')}{ci} | "
+        lines.append(f"| {name} | {m.get('backend', 'torch')} | {o['tokens_per_second']:.2f} | {_f(o['speedup'], '{:.2f}x')}{ci} | "
                      f"{o['tau']:.2f} | {_f(o['acceptance_rate'])} | {_f(o['mean_draft_length'])} | "
                      f"{_f(o['cost_ratio'], '{:.3f}')} | {o['mbsu']:.2f} | {m.get('identical', '-')} |")
-    lines += ["", ("c: bytes a drafter forward reads over bytes a target forward reads (weights at their "
+    base = summary["baseline"]
+    lines += ["", (f"Speed-up over `{base}`, the fastest target alone in this run; identity with "
+                   f"`{summary.get('reference', 'ar')}`'s greedy output."),
+              "", ("c: bytes a drafter forward reads over bytes a target forward reads (weights at their "
                    "stored size); MBSU: tokens per target-forward-equivalent of bytes read.")]
     cats = sorted({c for m in ms.values() for c in m["categories"]})
-    lines += ["", "Speed-up over `ar` (tokens/s ratio) per category:", "",
+    lines += ["", f"Speed-up over `{base}` (tokens/s ratio) per category:", "",
               "| method | " + " | ".join(cats) + " |", "|---" * (len(cats) + 1) + "|"]
     for name, m in ms.items():
         cells = [_f(m["categories"].get(c, {}).get("speedup"), "{:.2f}x") for c in cats]
@@ -262,7 +285,7 @@ def _is_plot(path: Path) -> bool:
 _OUTPUTS: dict[str, Callable[[Path], bool]] = {
     "results.jsonl": is_results,
     "summary.json": lambda p: _reads(p, _is_summary),
-    "summary.md": lambda p: _reads(p, lambda text: text.startswith(TABLE_HEADER)),
+    "summary.md": lambda p: _reads(p, lambda text: text.startswith("| method |")),  # also before the backend column
     "speedup.png": _is_plot,
     "tau_mbsu.png": _is_plot,
 }

@@ -32,6 +32,7 @@ GenerateFn = Callable[[list[int], int], tuple[list[int], GenerationStats]]
 class Method:
     name: str
     generate: GenerateFn  # (prompt ids, max new tokens) -> (new ids, stats)
+    backend: str = "torch"  # what runs its target: torch, ggml or llama.cpp (its own loop)
 
 
 def ask(q: Question, m: Method, tokenizer, max_new_tokens: int) -> dict:
@@ -46,8 +47,8 @@ def ask(q: Question, m: Method, tokenizer, max_new_tokens: int) -> dict:
         messages.append({"role": "assistant", "content": tokenizer.decode(new, skip_special_tokens=True)})
         turns.append({"prompt_ids": prompt, "token_ids": new})
         total.add(s)
-    return {"question_id": q.id, "category": q.category, "method": m.name, **total.to_dict(),
-            "turns": turns}
+    return {"question_id": q.id, "category": q.category, "method": m.name, "backend": m.backend,
+            **total.to_dict(), "turns": turns}
 
 
 def read_results(path: Path) -> list[dict]:

@@ -1,0 +1,70 @@
+"""Which backend runs the target: torch (transformers' modules over 16-bit or packed
+weights) or ggml (the model's GGUF file at its stored precision, on llama.cpp's kernels).
+
+`auto` takes whichever decodes this model file faster on this machine: one single-token
+step of each after a short cached context (the step speculative decoding cannot skip),
+timed once and cached per CPU, threads, model file and dtype. A model without a GGUF file,
+or a machine without llama-cpp-python, runs on torch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from . import ggml, models
+from .errors import VocabtrimError
+from .files import atomic_write
+from .ggml import GgmlTarget
+from .kernels import cpu, resolve
+from .paths import cache_file
+from .profile import forward_ms
+from .target import TorchTarget
+
+BACKENDS = ("auto", "torch", "ggml")
+CONTEXT, REPEATS = 128, 8
+
+
+def choose(spec: str, backend: str, dtype: str = "auto") -> str:
+    """torch or ggml for the target `spec` (see the module doc)."""
+    if backend == "ggml" and not ggml.available():
+        raise VocabtrimError(f"--backend ggml needs llama-cpp-python: {ggml.INSTALL_HINT}")
+    if backend != "auto":
+        return backend
+    gguf = models.gguf_path(spec)
+    if gguf is None or not ggml.available():
+        return "torch"
+    dtype = resolve(dtype)
+    stat = gguf.stat()
+    path = cache_file("profiles", {"backend_choice": cpu(), "gguf": [str(gguf.resolve()), stat.st_size,
+                                                                     stat.st_mtime_ns], "dtype": dtype}, ".json")
+    choice = _read(path)
+    if choice is None:
+        print(f"timing {spec} on torch and on ggml (once on this machine)", file=sys.stderr)
+        ms = _step_ms(spec, gguf, dtype)
+        choice = {"backend": min(ms, key=ms.get), "ms": ms}
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(choice)))
+    return choice["backend"]
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        choice = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return choice if isinstance(choice, dict) and choice.get("backend") in ("torch", "ggml") else None
+
+
+@torch.inference_mode()
+def _step_ms(spec: str, gguf: Path, dtype: str) -> dict[str, float]:
+    """Median ms of one single-token step of each backend after CONTEXT cached tokens."""
+    out = {}
+    for name in ("torch", "ggml"):
+        target = GgmlTarget(gguf) if name == "ggml" else TorchTarget(models.load(spec, dtype).model)
+        ids = [(500 + i) % target.vocab_size for i in range(CONTEXT)]
+        out[name] = forward_ms(target.logits, target.vocab_size, ids, 1, REPEATS)
+        del target
+    return out
