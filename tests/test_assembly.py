@@ -66,7 +66,7 @@ def test_a_method_list_keeps_its_order_once_each():
         parse_methods("ar,warp")
 
 
-FLAT = profile.Profile({}, {"200": [100.0] * 40}, {"100": 10.0, "200": 10.0}, 1000.0)
+FLAT = profile.Profile({}, {"200": [100.0] * 40}, {"100": 10.0, "200": 10.0}, 1000.0, 1000.0)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ V = 64
 def synthetic(draft_ms: float, verify, n: int = 40) -> profile.Profile:
     """A profile whose target scores n tokens in verify(n) ms, any drafter step draft_ms."""
     return profile.Profile({}, {"200": [float(verify(i)) for i in range(1, n + 1)]},
-                           {"100": draft_ms, "200": draft_ms}, 1000.0)
+                           {"100": draft_ms, "200": draft_ms}, 1000.0, 1e9)
 
 
 FLAT = synthetic(10, lambda n: 100)  # verification free in n, a cheap drafter
@@ -127,6 +127,11 @@ class _Suffix(SuffixDrafter):
 
 
 class _Model(Drafter):
+    has_read = False  # the prompt, into its cache
+
+    def start(self, seq):
+        return seq
+
     def propose(self, seq, room, policy, sampling, gen):
         return Proposal([7], [None], 1, "model", policy.start())
 
@@ -145,6 +150,19 @@ def test_hybrid_takes_the_suffix_draft_when_it_brings_more_tokens_per_ms():
     assert costs(EXPENSIVE).prefers_free([0.3])  # model rounds never pay
     # no costs: the expected tokens alone decide
     assert hybrid_takes_the_suffix_draft([0.9, 0.9, 0.5], 2.0) and not hybrid_takes_the_suffix_draft([0.9, 0.5], 2.0)
+
+
+def test_model_rounds_start_only_where_they_pay_for_the_drafters_prefill():
+    c = Costs(1.0, [100.0] * 40, prefill_ms=10.0)  # a 50-token prompt: 500 ms of the drafter's reading
+    assert 45 < c.time(0) - 1 / c.model_rate() < 47  # ms a model round saves a token (prior acceptance)
+    assert not c.prefill_pays(50, 10) and c.prefill_pays(50, 11) and not c.prefill_pays(500, 100)
+    hybrid, prompt = HybridDrafter(_Model(), _Suffix([]), c), list(range(50))
+    hybrid.prefill(prompt)
+    after = lambda n: hybrid.propose(prompt + [1] * n, 100, Static(5), Sampling(), None).source
+    assert after(2) == "none" and after(11) == "model"  # a plain step, then the model once it pays
+    assert hybrid.propose(prompt + [1] * 11, 3, Static(5), Sampling(), None).source == "none"  # 3 to go: not worth it
+    hybrid.model.has_read = True
+    assert after(1) == "model"  # paid already
 
 
 def test_a_cost_policy_without_costs_is_a_one_line_error():

@@ -91,7 +91,7 @@ def test_target_alone_counts_one_forward_per_token():
 
 # verification dear enough that a round may draft nothing (cost's probe=1 then alternates
 # plain steps and drafting rounds) and a first draft below a ~0.2 chance is dropped
-MARGINAL = Profile({}, {"200": [100.0 + 30 * n for n in range(8)]}, {"1": 40.0, "2": 40.0}, 1.0)
+MARGINAL = Profile({}, {"200": [100.0 + 30 * n for n in range(8)]}, {"1": 40.0, "2": 40.0}, 1.0, 1e9)
 
 
 def make_policy(spec: str) -> tuple[Policy, Costs | None]:

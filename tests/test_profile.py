@@ -45,10 +45,10 @@ def test_full_profile_times_every_n_at_two_contexts():
 
 
 def test_profile_interpolates_contexts_and_head_rows():
-    p = profile.Profile({}, {"200": [10.0, 20.0], "1000": [30.0, 40.0]}, {"100": 5.0, "300": 9.0}, 1.0)
+    p = profile.Profile({}, {"200": [10.0, 20.0], "1000": [30.0, 40.0]}, {"100": 5.0, "300": 9.0}, 1.0, 1.0)
     assert p.verify_ms(1, 600) == 20.0 and p.verify_ms(4, 200) == 40.0
     assert p.draft_step_ms(200) == 7.0
-    noisy = profile.Profile({}, {"200": [10.0, 12.0, 11.0]}, {"100": 5.0, "300": 9.0}, 1.0)
+    noisy = profile.Profile({}, {"200": [10.0, 12.0, 11.0]}, {"100": 5.0, "300": 9.0}, 1.0, 1.0)
     assert noisy.verify_ms(40) == 11.0  # a last timing below the one before: extended flat
 
 

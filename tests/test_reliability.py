@@ -422,7 +422,7 @@ def test_a_write_under_a_file_is_one_line_naming_it(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f"] and (tmp_path / "f").read_text() == "mine"
 
 
-PROFILE = Profile({"machine": "here"}, {"64": [1.0, 1.5, 2.0]}, {"64": 0.5, "32": 0.3}, 900.0, True)
+PROFILE = Profile({"machine": "here"}, {"64": [1.0, 1.5, 2.0]}, {"64": 0.5, "32": 0.3}, 900.0, 2000.0, True)
 
 
 @pytest.mark.parametrize("damage", [

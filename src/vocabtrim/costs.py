@@ -5,7 +5,8 @@ A round of K drafts takes T(K) = K t_draft + t_verify(K+1) ms, from the machine'
 (profile.py). A model round's first draft is accepted at a rate learnt online from the
 rounds the model drafted (shared with the cost rule, which observes them); later drafts are
 expected to survive at the same rate each, which is what a model round is worth to the
-hybrid.
+hybrid. Before its first model round the hybrid's drafter has not read the prompt: that
+reading (`prefill_ms` a token) is paid once, and pays back only over enough tokens.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ class Costs:
 
     PRIOR, DECAY = 2.0, 0.98
 
-    def __init__(self, t_draft: float, t_verify: list[float]):
+    def __init__(self, t_draft: float, t_verify: list[float], prefill_ms: float = 0.0):
         self.t_draft, self.t_verify, self.max_len = t_draft, t_verify, len(t_verify) - 1
+        self.prefill_ms = prefill_ms  # the drafter's reading of one prompt token
         self.first = [self.PRIOR * 0.5, self.PRIOR]  # hits and trials of first drafts
         # the longest round that pays even if every draft were accepted
         self.cap = max(range(self.max_len + 1), key=lambda k: (k + 1) / self.time(k))
@@ -26,7 +28,8 @@ class Costs:
     @classmethod
     def of(cls, profile, head_rows: int, max_len: int) -> Costs:
         """The prices `profile` (profile.Profile) gives a drafter head of `head_rows` rows."""
-        return cls(profile.draft_step_ms(head_rows), [profile.verify_ms(n) for n in range(1, max_len + 2)])
+        return cls(profile.draft_step_ms(head_rows), [profile.verify_ms(n) for n in range(1, max_len + 2)],
+                   1000 / profile.draft_prefill_tokens_per_s)
 
     def time(self, k: int) -> float:
         """ms of a round with k drafts."""
@@ -59,6 +62,16 @@ class Costs:
             expected += survive
             best = max(best, expected / self.time(k))
         return best
+
+    def prefill_pays(self, prompt: int, rest: int) -> bool:
+        """Whether model rounds over `rest` more tokens save more than the drafter's reading
+        of a `prompt`-token prompt costs. The hybrid passes as `rest` the tokens written so
+        far (an answer that has run n tokens is expected to run about n more; capped by
+        its budget): a short answer then never pays for the drafter's prefill, a long one
+        starts model rounds once it has lost about that prefill's time to plain steps, so
+        no answer runs much below the target alone (the ski-rental rule)."""
+        saved = rest * (self.time(0) - 1 / self.model_rate())
+        return saved > prompt * self.prefill_ms
 
     def prefers_free(self, path: list[float]) -> bool:
         """Whether a free draft should take the round: its best cut is expected to bring more

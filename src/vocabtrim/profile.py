@@ -47,6 +47,7 @@ class Profile:
     target_ms: dict[str, list[float]]  # context -> ms to score n = 1..len new tokens
     draft_ms: dict[str, float]  # head rows -> ms of one draft step (body + head)
     prefill_tokens_per_s: float  # the target's prefill throughput
+    draft_prefill_tokens_per_s: float  # the drafter's (the hybrid pays it once model rounds start)
     quick: bool = False
 
     def verify_ms(self, n: int, context: int = CONTEXTS[0]) -> float:
@@ -71,7 +72,8 @@ class Profile:
             lines.append(f"{n:>3} " + " ".join(f"{self.verify_ms(n, int(c)):10.1f}ms" for c in ctxs))
         lines += [f"drafter step, {int(r)} head rows: {ms:.1f} ms" for r, ms in sorted(
                       self.draft_ms.items(), key=lambda x: int(x[0]))]
-        lines.append(f"target prefill: {self.prefill_tokens_per_s:.0f} tokens/s")
+        lines.append(f"prefill: target {self.prefill_tokens_per_s:.0f} tokens/s, "
+                     f"drafter {self.draft_prefill_tokens_per_s:.0f} tokens/s")
         return "\n".join(lines)
 
     def plot(self, path: Path) -> None:
@@ -147,7 +149,7 @@ def _whole(p: Profile) -> bool:
     return (isinstance(p.key, dict) and sizes(p.target_ms)
             and all(isinstance(v, list) and v and all(map(ms, v)) for v in p.target_ms.values())
             and sizes(p.draft_ms, 2) and all(map(ms, p.draft_ms.values()))
-            and ms(p.prefill_tokens_per_s) and isinstance(p.quick, bool))
+            and ms(p.prefill_tokens_per_s) and ms(p.draft_prefill_tokens_per_s) and isinstance(p.quick, bool))
 
 
 def save(p: Profile) -> Path:
@@ -174,8 +176,12 @@ def forward_ms(score: Callable[[list[int], int], Tensor], vocab: int, context: l
 def prefill_s(target: Target, context: list[int]) -> float:
     """Seconds for `target` to read `context` into an empty cache."""
     target.reset()
+    return _seconds(lambda: target.logits(context, 1))
+
+
+def _seconds(work: Callable[[], object]) -> float:
     t0 = time.perf_counter()
-    target.logits(context, 1)
+    work()
     return time.perf_counter() - t0
 
 
@@ -202,8 +208,10 @@ def measure(target, drafter, quick: bool = False, progress: bool = True) -> Prof
             bar.update()
         target_ms[str(c)] = [_interpolate(measured, n) for n in range(1, max(ns) + 1)]
     draft_ms = drafter_ms(drafter.model, ids[:contexts[0]], 3 * repeats, bar.update)
+    lm = lm_factory(drafter.model)
+    draft_prefill = max(contexts[-1] / _seconds(lambda: lm().hidden(ids[:contexts[-1]], 1)) for _ in range(2))
     bar.close()
-    return Profile(key(target, drafter, target.dtype), target_ms, draft_ms, prefill, quick)
+    return Profile(key(target, drafter, target.dtype), target_ms, draft_ms, prefill, draft_prefill, quick)
 
 
 def drafter_ms(model: torch.nn.Module, context: list[int], repeats: int,

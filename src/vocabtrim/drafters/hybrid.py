@@ -14,12 +14,14 @@ class HybridDrafter(Drafter):
     (`Costs.prefers_free`), without them it takes a suffix draft expected to bring
     `min_score` tokens. The suffix draft is proposed as far as its drafter finds it worth
     verifying. The model's cache catches up on the skipped tokens in its next forward, and
-    the policy learns only from the rounds the model drafted."""
+    the policy learns only from the rounds the model drafted. With `costs` the first model
+    round also has to pay for the drafter's reading of the prompt (`Costs.prefill_pays`);
+    until it does, rounds are the suffix draft or plain steps."""
 
     def __init__(self, model: ModelDrafter, suffix: SuffixDrafter, costs: Costs | None = None,
                  min_score: float = 2.0):
         self.model, self.suffix, self.costs, self.min_score = model, suffix, costs, min_score
-        self.context = model.context
+        self.context, self.prompt_len = model.context, 0
 
     @property
     def head_rows(self) -> int:
@@ -38,13 +40,22 @@ class HybridDrafter(Drafter):
         drafts alone (or where model rounds do not pay) never pays for it."""
         self.model.start(seq)
         self.suffix.prefill(seq)
+        self.prompt_len = len(seq)
 
     def propose(self, seq, room, policy, sampling, gen) -> Proposal:
         draft = self.suffix.best(seq, room)
-        free = self.costs.prefers_free(draft.path) if self.costs else draft.score >= self.min_score
+        if self.costs is None:
+            free = draft.score >= self.min_score
+        else:
+            free = self.costs.prefers_free(draft.path) or not self._model_pays(seq, room)
         if free:
             return self.suffix.proposal(draft)
         return self.model.propose(seq, room, policy, sampling, gen)
+
+    def _model_pays(self, seq: list[int], room: int) -> bool:
+        """Whether a model round may start: the drafter has read the prompt, or reading it
+        now pays back over the rest of this answer."""
+        return self.model.has_read or self.costs.prefill_pays(self.prompt_len, min(room, len(seq) - self.prompt_len))
 
     def finish(self, seq, prompt_len):
         self.suffix.finish(seq, prompt_len)

@@ -108,7 +108,12 @@ class ModelDrafter(Drafter):
     def prefill_cost(self) -> int:
         """Bytes this generation's prompt reading took: the body, once read (a prefill
         computes no head); nothing while the drafter has not read it."""
-        return self._body if self.lm.ids else 0
+        return self._body if self.has_read else 0
+
+    @property
+    def has_read(self) -> bool:
+        """Whether this generation's prompt is in the drafter's cache."""
+        return bool(self.lm.ids)
 
     def prefill(self, seq: list[int]) -> None:
         """A fresh cache holding `seq` (no head: the first draft comes after the target's
