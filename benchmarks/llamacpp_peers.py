@@ -10,7 +10,7 @@ same questions, chat template and turns) through `/completion`, interleaved ques
 question with one server up at a time (restarted between modes, untimed, then warmed up),
 and the runs go through bench's runner and report: results.jsonl, summary.json/.md and
 the plots in --out, and the bench tables printed, speed-up and identity against
-`llamacpp-alone` (the tables' `ar`).
+`llamacpp-alone` (the header's "identical to ar" means identical to it).
 
     python benchmarks/llamacpp_peers.py --limit 4 --max-new-tokens 128 --out results/llamacpp_peers
 
@@ -69,6 +69,7 @@ MODES = {  # mode -> llama-server's flags for it (draft: and -md DRAFT)
     "ngram-mod": ("--spec-type", "ngram-mod"),
     "draft": ("--spec-type", "draft-simple"),
 }
+BACKEND = "llama.cpp"  # bench's name for llama.cpp running its own decoding loop
 PREFIX = "llamacpp-"
 BASELINE = PREFIX + "alone"
 CONTEXT = 8192  # tokens of the one slot: bench's longest turns plus answers fit with room
@@ -260,6 +261,7 @@ class Server:
         return lines[-1] if lines else "no output"
 
     def stop(self) -> None:
+        """Terminate, wait, then kill: no server outlives the run, even on an error or Ctrl-C."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -307,6 +309,7 @@ class Servers:
         self.start_s = 0.0
 
     def use(self, mode: str) -> Server:
+        """The server of `mode`, started and warmed up when another mode's was up."""
         if self.current is not None and self.current.mode == mode:
             return self.current
         t0 = time.perf_counter()
@@ -380,6 +383,7 @@ def same_tokens(prompt: list[int], base: list[int], other: list[int]) -> dict | 
 # --- the run -------------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """bench's options, checked here: a bad value is one line before anything is built or started."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="humaneval",
                     help="humaneval, a Spec-Bench question file, or a JSONL with 'prompt' (+ 'category')")
@@ -419,7 +423,8 @@ def run(args: argparse.Namespace) -> None:
     commands = {m: server_command(binary, m, target, draft, args.threads) for m in args.modes}
     args.out.mkdir(parents=True, exist_ok=True)
     servers = Servers(commands, args.out / "llama-server.log", models.encode_prompt(tok, WARM_UP_PROMPT))
-    methods = [Method(PREFIX + m, lambda ids, n, m=m: complete(servers.use(m), ids, n)) for m in args.modes]
+    methods = [Method(PREFIX + m, lambda ids, n, m=m: complete(servers.use(m), ids, n), BACKEND)
+               for m in args.modes]
     try:
         with timed(spent, "generations"):
             records = run_matrix(questions, methods, tok, args.max_new_tokens, args.out / "results.jsonl",
@@ -437,11 +442,11 @@ def run(args: argparse.Namespace) -> None:
                            "request": completion_request([], args.max_new_tokens)}
     write_reports(summary, args.out)
     print(markdown(summary))
-    print(f"speed-up and identity are against {BASELINE} (llama.cpp's target alone: the tables' `ar`); "
-          f"results, summary.md, plots and llama-server.log in {args.out}")
+    print(f"results, summary.md, plots and llama-server.log in {args.out}")
 
 
 def main() -> None:
+    """What vocabtrim refuses is one `error: ...` line and exit status 1, as in the other scripts."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # through the finally that stops the server
     try:
         run(parse_args())

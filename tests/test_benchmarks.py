@@ -132,12 +132,13 @@ def test_llamacpp_identity_is_token_equality_with_the_target_alone():
 
     def record(method: str, answer: list[int]) -> dict:
         stats = GenerationStats(new_tokens=len(answer), target_forwards=len(answer), seconds=1.0)
-        return {"question_id": "q", "category": "coding", "method": method, **stats.to_dict(),
+        return {"question_id": "q", "category": "coding", "method": method, "backend": "llama.cpp", **stats.to_dict(),
                 "turns": [{"prompt_ids": [7], "token_ids": answer}]}
 
     records = [record("llamacpp-alone", [1, 2, 3]), record("llamacpp-draft", [1, 2, 3]),
                record("llamacpp-ngram-mod", [1, 4, 3])]
     summary = summarize(records, peers.BASELINE, True, peers.same_tokens)
+    assert summary["baseline"] == summary["reference"] == "llamacpp-alone"
     assert summary["methods"]["llamacpp-draft"]["identical"] == "yes"
     assert summary["methods"]["llamacpp-ngram-mod"]["identical"] == "NO: 1 real mismatch(es)"
     assert "GREEDY MISMATCHES" in markdown(summary)
