@@ -7,13 +7,13 @@ import pytest
 import torch
 from conftest import cli, fake_method, tiny_model, tiny_tokenizer
 
-from vocabtrim.bench.identity import TIE_TOLERANCE, divergence
+from vocabtrim.bench.identity import divergence
 from vocabtrim.bench.methods import METHODS
 from vocabtrim.bench.report import markdown, plot, speedup_interval, summarize
 from vocabtrim.bench.run import Method, read_results, run_matrix
 from vocabtrim.data import Question, load_questions, select
 from vocabtrim.metrics import GenerationStats
-from vocabtrim.target import TorchTarget
+from vocabtrim.target import TIE_TOLERANCE, TorchTarget
 
 TORCH_METHODS = [m for m in METHODS if m != "llamacpp"]  # llamacpp runs a GGUF file: test_ggml
 

@@ -20,12 +20,19 @@ from .heads import Head
 from .kernels import compute_dtype
 from .metrics import bytes_per_forward
 
+# How far apart (in logits) the target's two best tokens may be for a divergence between
+# a 1-token and a many-token forward to count as a numerical tie, per compute dtype: two
+# bf16 steps at the magnitude (16-32) of a confident top logit; fp32 accumulation-order
+# noise is far below 0.01.
+TIE_TOLERANCE = {torch.bfloat16: 0.25, torch.float16: 0.05, torch.float32: 0.01}
+
 
 class Target(Protocol):
     vocab_size: int
     context: int  # the longest sequence it takes
     forward_bytes: int  # bytes one single-token forward reads
     compute_dtype: torch.dtype
+    tie_tolerance: float  # logits this close may come out in either order from 1- and n-token forwards
 
     def reset(self) -> None:
         """Forget the cache: the next sequence is read from its start."""
@@ -43,6 +50,7 @@ class TorchTarget:
         self.vocab_size, self.context = self.head.vocab_size, context_length(model)
         self.forward_bytes = bytes_per_forward(model, self.head.nbytes)
         self.compute_dtype = compute_dtype(model)
+        self.tie_tolerance = TIE_TOLERANCE[self.compute_dtype]
         self.lm = CachedLM(model)
 
     def reset(self) -> None:

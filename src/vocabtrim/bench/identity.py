@@ -8,12 +8,6 @@ import torch
 from ..cache import common_prefix
 from ..target import Target
 
-# How far apart (in logits) the target's two best tokens may be for a divergence between
-# a 1-token and a many-token forward to count as a numerical tie, per compute dtype: two
-# bf16 steps at the magnitude (16-32) of a confident top logit; fp32 accumulation-order
-# noise is far below 0.01.
-TIE_TOLERANCE = {torch.bfloat16: 0.25, torch.float16: 0.05, torch.float32: 0.01}
-
 
 @torch.inference_mode()
 def divergence(target: Target, prompt: list[int], a: list[int], b: list[int]) -> dict | None:
@@ -23,7 +17,7 @@ def divergence(target: Target, prompt: list[int], a: list[int], b: list[int]) ->
     None when they are identical. Kernels for 1-token and many-token forwards round
     differently and may resolve near-exact ties differently, so a divergence with margin
     within the tolerance of the target's compute dtype is a numerical tie, anything larger
-    is a bug."""
+    is a bug (the target's `tie_tolerance`)."""
     n = common_prefix(a, b)
     if n == len(a) == len(b):
         return None
@@ -32,6 +26,6 @@ def divergence(target: Target, prompt: list[int], a: list[int], b: list[int]) ->
     ta = a[n] if n < len(a) else None
     tb = b[n] if n < len(b) else None
     margin = None if ta is None or tb is None else abs(float(logits[ta] - logits[tb]))
-    tolerance = TIE_TOLERANCE[target.compute_dtype]
+    tolerance = target.tie_tolerance
     return {"position": n, "token_a": ta, "token_b": tb, "margin": margin, "tolerance": tolerance,
             "tie": margin is not None and margin <= tolerance}
