@@ -7,19 +7,25 @@ greedy continuation one token at a time (the reference logits), then scores the 
 continuation again in chunks of n tokens, each chunk one decode after cropping the cache to
 its start, each chunk starting on the last token of the one before (a verification that
 rejected its last draft: the crop removes a stale cell every round; the cache before a
-chunk holds what earlier chunks wrote, as in a real run). Per setting it prints whether
-the chunked logits are bit-identical to the reference (max |diff| exactly 0), whether
-every argmax agrees, the rows whose argmax differs, and two costs measured in the same
-process: tokens/s of one-token decodes (64 steps after a 200-token context) and the median
-milliseconds of one 8-token decode there. Timings are indicative (2 shared cores); before
-timing each setting waits, up to 15 minutes, for any compile (cc1plus) on the machine.
+chunk holds what earlier chunks wrote, as in a real run). The contexts pass 256 tokens, so
+llama.cpp's padded KV length (n_kv) goes from 256 to 512 on the way. Per setting it prints
+whether the chunked logits are bit-identical to the reference (max |diff| exactly 0),
+whether every argmax agrees, the rows whose argmax differs, the same per n, and costs
+measured in the same process: tokens/s of one-token decodes (64 steps after a 200-token
+context) and the median milliseconds of one 2- and one 8-token decode there. Timings are
+indicative (2 shared cores; the 1-minute load average is printed beside them); before
+timing, each setting waits up to 15 minutes for any compile (cc1plus) to finish.
 
     PYTHONPATH=src python benchmarks/ggml_invariance.py --gguf /tmp/gguf/qwen2.5-coder-1.5b.gguf \
         --prompts 2 --tokens 112 --sizes 2,4,8,16 --json results/invariance.json
 
+The timings alone, every setting twice, round-robin (about 10 minutes on a quiet machine):
+
+    PYTHONPATH=src python benchmarks/ggml_invariance.py --timing-only --rounds 2
+
 Each setting runs in a child process of its own: `GGML_CPU_TILED_MM` (the CPU backend's
 tiled K-quant matmul for src1 batches of 8+ rows, ggml-cpu/tiled/tiled.cpp) is read once
-per process. `--only NAME,...` runs a subset of the settings.
+per process. `--only "NAME;NAME"` runs a subset of the settings.
 """
 
 from __future__ import annotations
@@ -50,7 +56,8 @@ class Setting:
     tiled: bool = True  # GGML_CPU_TILED_MM: tiled K-quant matmul for 8+ rows
     flash: str = "auto"
     kv: str = "f16"
-    threads: int = 2
+    threads: int = 2  # llama.cpp's n_threads: decodes of one token
+    batch_threads: int = 0  # n_threads_batch: decodes of 2+ tokens (0: as threads)
     ubatch: int = 512
 
 
@@ -59,13 +66,16 @@ SETTINGS = [
     Setting("flash off", flash="off"),
     Setting("kv f32", kv="f32"),
     Setting("threads 1", threads=1),
+    Setting("1 thread for 1 token", threads=1, batch_threads=2),
     Setting("ubatch 1", ubatch=1),
     Setting("ubatch 3", ubatch=3),
     Setting("ubatch 3, threads 1", ubatch=3, threads=1),
+    Setting("ubatch 3, 1 thread for 1 token", ubatch=3, threads=1, batch_threads=2),
     Setting("repack off", repack=False),
     Setting("tiled off", tiled=False),
     Setting("repack off, tiled off", repack=False, tiled=False),
     Setting("repack off, tiled off, threads 1", repack=False, tiled=False, threads=1),
+    Setting("repack off, tiled off, 1 thread for 1 token", repack=False, tiled=False, threads=1, batch_threads=2),
     Setting("repack off, tiled off, flash off", repack=False, tiled=False, flash="off"),
 ]
 
@@ -87,7 +97,7 @@ class Ctx:
         cp = ll.llama_context_default_params()
         cp.n_ctx = cp.n_batch = n_ctx
         cp.n_ubatch = min(s.ubatch, n_ctx)
-        cp.n_threads = cp.n_threads_batch = s.threads
+        cp.n_threads, cp.n_threads_batch = s.threads, s.batch_threads or s.threads
         cp.flash_attn_type = FLASH[s.flash]
         cp.type_k = cp.type_v = KV[s.kv]
         cp.embeddings = embeddings
@@ -175,21 +185,24 @@ def wait_quiet(limit_s: float = 900) -> dict:
 
 
 def timing(ctx: Ctx, seq: list[int], context: int = 200, steps: int = 64, repeats: int = 7) -> dict:
-    """One-token decodes/s over `steps` steps after a `context`-token prefill, and the
-    median ms of one 8-token decode at that context."""
-    ctx.decode(seq[:context], 0, 1)
+    """Ms of a `context`-token prefill, one-token decodes/s over `steps` steps after it,
+    and the median ms of one 2- and one 8-token decode at that context (after a crop)."""
+    prefill = ctx.decode(seq[:context], 0, 1)
     ctx.decode(seq[context:context + 1], context, 1)  # warm-up, dropped
     spent = sum(ctx.decode(seq[context + i:context + i + 1], context + i, 1) for i in range(steps))
-    eight = [ctx.decode(seq[context:context + 8], context, 8) for _ in range(repeats + 1)][1:]
-    return {"tok_s": steps / spent, "ms8": 1000 * statistics.median(eight)}
+    out = {"prefill_ms": 1000 * prefill, "tok_s": steps / spent}
+    for n in (2, 8):
+        times = [ctx.decode(seq[context:context + n], context, n) for _ in range(repeats + 1)][1:]
+        out[f"ms{n}"] = 1000 * statistics.median(times)
+    return out
 
 
 def run_setting(path: str, s: Setting, prompts: list[list[int]], n_new: int, sizes: list[int]) -> dict:
-    """Everything measured for one setting (in its own process)."""
+    """Everything measured for one setting (in its own process); no sizes: timing only."""
     ctx = Ctx(path, s)
     per_n = {n: {"max_diff": 0.0, "rows": 0, "differ": 0} for n in sizes}
     seqs = []
-    for prompt in prompts:
+    for prompt in prompts if sizes else prompts[:1]:
         gen, ref = reference(ctx, prompt, n_new)
         seqs.append(prompt + gen)
         for n in sizes:
@@ -221,12 +234,32 @@ def child(setting: Setting, args: argparse.Namespace, prompts: list[list[int]]) 
     """Run one setting in a fresh interpreter (its own GGML_CPU_TILED_MM) and read its JSON."""
     env = dict(os.environ, GGML_CPU_TILED_MM="1" if setting.tiled else "0")
     job = {"setting": asdict(setting), "gguf": args.gguf, "prompts": prompts, "tokens": args.tokens,
-           "sizes": args.sizes}
+           "sizes": [] if args.timing_only else args.sizes}
     done = subprocess.run([sys.executable, __file__, "--child"], input=json.dumps(job), env=env, check=False,
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"setting {setting.name!r} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def load(r: dict) -> str:
+    """The 1-minute load average when timing started, and whether a compile had run."""
+    q = r["quiet"]
+    return f"{q['load_1min']:.1f}" + (f", waited {q['waited_s']} s for a compile" if q["compile_seen"] else "")
+
+
+def timing_table(results: list[dict]) -> str:
+    """--timing-only: each setting's rounds side by side (prefill of 200 tokens, tok/s of
+    one-token decodes, ms of a 2- and an 8-token decode)."""
+    rounds: dict[str, list[dict]] = {}
+    for r in results:
+        rounds.setdefault(r["setting"]["name"], []).append(r)
+    lines = ["| setting | prefill ms | 1-token tok/s | 2-token ms | 8-token ms | load |", "|---|---|---|---|---|---|"]
+    keys = (("prefill_ms", ".0f"), ("tok_s", ".1f"), ("ms2", ".0f"), ("ms8", ".0f"))
+    for name, rs in rounds.items():
+        cols = [" / ".join(f"{r['timing'][k]:{f}}" if k in r["timing"] else "-" for r in rs) for k, f in keys]
+        lines.append(f"| {name} | " + " | ".join(cols) + " | " + " / ".join(load(r) for r in rs) + " |")
+    return "\n".join(lines)
 
 
 def fmt_diff(x: float) -> str:
@@ -236,7 +269,7 @@ def fmt_diff(x: float) -> str:
 def table(results: list[dict], sizes: list[int]) -> str:
     """The summary table and the per-n breakdown, as markdown."""
     head = ("| setting | bit-identical | argmax-identical | rows differing | max abs diff | 1-token tok/s "
-            "| 8-token ms | compile seen |\n|---|---|---|---|---|---|---|---|")
+            "| 2-token ms | 8-token ms | load |\n|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in results:
         per = r["per_n"].values()
@@ -244,8 +277,8 @@ def table(results: list[dict], sizes: list[int]) -> str:
         differ, rows = sum(p["differ"] for p in per), sum(p["rows"] for p in per)
         t = r["timing"]
         lines.append(f"| {r['setting']['name']} | {'yes' if worst == 0 else 'no'} | {'yes' if differ == 0 else 'no'} "
-                     f"| {differ}/{rows} | {fmt_diff(worst)} | {t['tok_s']:.1f} | {t['ms8']:.0f} "
-                     f"| {'yes' if r['quiet']['compile_seen'] else 'no'} |")
+                     f"| {differ}/{rows} | {fmt_diff(worst)} | {t['tok_s']:.1f} | {t['ms2']:.0f} | {t['ms8']:.0f} "
+                     f"| {load(r)} |")
     lines += ["", "| setting | " + " | ".join(f"n={n}: max diff, differing" for n in sizes) + " |",
               "|---|" + "---|" * len(sizes)]
     for r in results:
@@ -260,7 +293,9 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=112, help="greedy tokens per prompt")
     ap.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[2, 4, 8, 16])
-    ap.add_argument("--only", default="", help="comma-separated setting names")
+    ap.add_argument("--only", default="", help="setting names separated by semicolons")
+    ap.add_argument("--timing-only", action="store_true", help="only the timings, --rounds times each")
+    ap.add_argument("--rounds", type=int, default=2, help="with --timing-only: rounds over the settings")
     ap.add_argument("--json", type=Path, help="write every result here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -269,18 +304,19 @@ def main() -> None:
         r = run_setting(job["gguf"], Setting(**job["setting"]), job["prompts"], job["tokens"], job["sizes"])
         print(json.dumps(r))
         return
-    wanted = {w.strip() for w in args.only.split(",") if w.strip()}
+    wanted = {w.strip() for w in args.only.split(";") if w.strip()}
     prompts = load_prompts(args.prompts)
     print(f"prompts of {[len(p) for p in prompts]} tokens, {args.tokens} greedy tokens each", flush=True)
     results = []
-    for s in SETTINGS:
-        if not wanted or s.name in wanted:
-            results.append(child(s, args, prompts))
-            print(f"done: {s.name}", flush=True)
+    for _ in range(args.rounds if args.timing_only else 1):
+        for s in SETTINGS:
+            if not wanted or s.name in wanted:
+                results.append(child(s, args, prompts))
+                print(f"done: {s.name}", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
-    print(table(results, args.sizes))
+    print(timing_table(results) if args.timing_only else table(results, args.sizes))
 
 
 if __name__ == "__main__":
