@@ -152,3 +152,24 @@ def test_greedy_identical_with_a_drafter_of_another_tokenizer(real_pair, target_
     assert d is None or d["tie"], f"cross-vocabulary drafter: greedy output differs from the target alone: {d}"
     assert sum(s.accepted_per_round) > 5 and s.cost_ratio < 0.1
     assert bool(cross.merges and cross.merges.spell) == merges  # the prompt taught it merges
+
+
+def test_greedy_identical_on_ggml_with_a_hybrid_int4_drafter(real_pair):
+    """The default target's own Q4_K_M file on llama.cpp's kernels: a cost-ruled hybrid with
+    the int4 drafter on torch writes what that target writes alone (or diverges at a tie of
+    the ggml target's tolerance), and llama.cpp's own loop agrees with ours."""
+    pytest.importorskip("llama_cpp")
+    from vocabtrim.ggml import LlamaCppAlone
+    from vocabtrim.sampling import Sampling
+
+    target = models.load(models.DEFAULT_TARGET, backend="ggml")
+    assembler = Assembler(Parts(target, real_pair[1], quant="int4"))
+    stop = Stop(models.stop_token_ids(target))
+    (alone, p0), (hybrid, p1) = (assembler.build(parse_method(m)) for m in ("ar", "hybrid+q4+cost"))
+    peer = LlamaCppAlone(target.gguf, 4096, Sampling(), 0, stop.token_ids)
+    for text in PROMPTS:
+        ids = models.encode_prompt(target.tokenizer, text)
+        ref, _ = alone.generate(ids, 48, p0, stop=stop)
+        for out, _ in (hybrid.generate(ids, 48, p1, stop=stop), peer(ids, 48)):
+            d = divergence(assembler.target, ids, ref, out)
+            assert d is None or d["tie"], f"greedy output on ggml differs from its target alone: {d}"

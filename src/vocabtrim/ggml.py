@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,34 @@ def _init() -> None:
         _backend.append(quiet)
 
 
+class _Weights:
+    """A GGUF file loaded by llama.cpp (mapped, its quantized tensors repacked for this CPU),
+    shared by every context on it in this process: bench's engines and its llama.cpp peer
+    read one copy."""
+
+    def __init__(self, path: Path):
+        self.ptr = ll.llama_model_load_from_file(str(path).encode(), ll.llama_model_default_params())
+        if not self.ptr:
+            raise VocabtrimError(f"llama.cpp cannot load {path} (not a GGUF model it supports)")
+
+    def __del__(self) -> None:
+        if getattr(self, "ptr", None):
+            ll.llama_model_free(self.ptr)
+
+
+_loaded: weakref.WeakValueDictionary[tuple, _Weights] = weakref.WeakValueDictionary()
+
+
+def _weights(path: Path) -> _Weights:
+    """The loaded weights of `path` (its size and time too: a rewritten file loads anew)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    weights = _loaded.get(key)
+    if weights is None:
+        weights = _loaded[key] = _Weights(path)
+    return weights
+
+
 class GgmlTarget:
     """A GGUF model as a Target (see target.py), decoding on `threads` threads (default:
     the machine's cores)."""
@@ -60,10 +89,8 @@ class GgmlTarget:
     def __init__(self, path: Path | str, context: int = 4096, threads: int | None = None):
         _init()
         self.path = Path(path)
-        mparams = ll.llama_model_default_params()
-        self.model = ll.llama_model_load_from_file(str(self.path).encode(), mparams)
-        if not self.model:
-            raise VocabtrimError(f"llama.cpp cannot load {self.path} (not a GGUF model it supports)")
+        self.weights = _weights(self.path)
+        self.model = self.weights.ptr
         self.context = min(context, ll.llama_model_n_ctx_train(self.model))
         cparams = ll.llama_context_default_params()
         cparams.n_ctx = cparams.n_batch = self.context  # a round is one decode, split into ubatches inside
@@ -108,8 +135,6 @@ class GgmlTarget:
             ll.llama_batch_free(self.batch)
         if getattr(self, "ctx", None):
             ll.llama_free(self.ctx)
-        if getattr(self, "model", None):
-            ll.llama_model_free(self.model)
 
 
 class LlamaCppAlone:
