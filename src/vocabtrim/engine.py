@@ -105,6 +105,7 @@ class Engine:
                 n, nxt = verify(p.tokens, p.q, logits, sampling, gen)
             if p.round is not None:  # the policy decided these drafts: it learns from them
                 policy.observe(p.round, len(p.tokens), n)
+            drafter.observe(p, n)
             stats.record_round(len(p.tokens), p.forwards, p.source, n, out.commit(p.tokens[:n] + [nxt]))
         drafter.finish(out.seq, out.prompt_len)
         stats.draft_cost += drafter.prefill_cost / target.forward_bytes  # known now: a drafter may read lazily

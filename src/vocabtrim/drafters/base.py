@@ -32,7 +32,8 @@ class Drafter:
     """Base class: a drafter that proposes nothing. Subclasses override what they need.
 
     The engine calls `prefill` once per generation, `propose` once per round with the
-    committed sequence, and `finish` with the whole sequence when the generation ends."""
+    committed sequence, `observe` with how many of its drafts the target accepted, and
+    `finish` with the whole sequence when the generation ends."""
 
     cost_per_forward: int = 0  # bytes one drafting forward reads (metrics.bytes_per_forward)
     prefill_cost: int = 0  # bytes reading the prompt took this generation (read when it ends)
@@ -46,6 +47,9 @@ class Drafter:
                 gen: torch.Generator | None) -> Proposal:
         """Up to `room` drafts to follow `seq`."""
         return Proposal()
+
+    def observe(self, proposal: Proposal, accepted: int) -> None:
+        """Verification kept the first `accepted` tokens of `proposal` (this round's)."""
 
     def finish(self, seq: list[int], prompt_len: int) -> None:
         """The generation is over: `seq[prompt_len:]` is what the target wrote."""

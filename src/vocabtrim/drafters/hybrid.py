@@ -57,5 +57,9 @@ class HybridDrafter(Drafter):
         now pays back over the rest of this answer."""
         return self.model.has_read or self.costs.prefill_pays(self.prompt_len, min(room, len(seq) - self.prompt_len))
 
+    def observe(self, proposal, accepted):
+        if proposal.source == "suffix":
+            self.suffix.observe(proposal, accepted)
+
     def finish(self, seq, prompt_len):
         self.suffix.finish(seq, prompt_len)
