@@ -111,7 +111,8 @@ def test_the_pair_drafts_in_one_vocabulary(real_pair):
 
 
 def test_calibrate_trim_generate_on_real_pair(real_pair, tmp_path):
-    """Target-generated counts on two HumanEval prompts, a trimmed head, same greedy output."""
+    """Target-generated counts on two HumanEval prompts, a trimmed head, same greedy output
+    (on the torch target, the one `real_pair` re-scores with)."""
     import json
 
     def ok(*args) -> str:
@@ -121,10 +122,10 @@ def test_calibrate_trim_generate_on_real_pair(real_pair, tmp_path):
 
     counts, tm = tmp_path / "counts.safetensors", tmp_path / "tm"
     ok("calibrate", "--source", "target", "--data", "humaneval", "--skip", 100, "--limit", 2,
-       "--max-new-tokens", 24, "--out", counts)
+       "--max-new-tokens", 24, "--out", counts, "--backend", "torch")
     ok("trim", "--counts", counts, "--keep", 4096, "--out", tm)
     prompt = ("--prompt", "Write a Python function that reverses a string.", "--max-new-tokens", 24,
-              "--json")
+              "--json", "--backend", "torch")
     alone = json.loads(ok("generate", "--no-draft", *prompt))
     trimmed = json.loads(ok("generate", "--token-map", tm, *prompt))
     target, _ = real_pair
