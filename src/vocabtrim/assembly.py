@@ -94,6 +94,7 @@ class Parts:
     draft_len: int = 5  # K of static methods
     adaedl: str = "adaedl"  # the adaedl methods' policy spec
     prompt_tokens: bool = True  # trimmed heads also propose the prompt's own tokens
+    store_tokens: int = SuffixDrafter.STORE_TOKENS  # each suffix drafter's store of earlier outputs
 
 
 class Assembler:
@@ -127,9 +128,9 @@ class Assembler:
         model = self._model_drafter(spec) if spec.model else None
         costs = self._costs(spec, rule.max_len, model) if rule.priced else None
         if spec.kind == "suffix":
-            drafter: Drafter = SuffixDrafter(costs=costs)
+            drafter: Drafter = SuffixDrafter(store_tokens=p.store_tokens, costs=costs)
         elif spec.kind == "hybrid":
-            drafter = HybridDrafter(model, SuffixDrafter(costs=costs), costs)
+            drafter = HybridDrafter(model, SuffixDrafter(store_tokens=p.store_tokens, costs=costs), costs)
         else:
             drafter = model
         return Engine(self.target, drafter), rule.make(costs)

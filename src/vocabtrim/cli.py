@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import click
@@ -29,12 +29,16 @@ from .calibrate import (
     tokenize_fn,
 )
 from .data import load_questions, select
-from .engine import Stop
+from .drafters import SuffixDrafter
+from .engine import Engine, Stop
 from .errors import VocabtrimError
 from .metrics import timed
 from .paths import cache_root
-from .policies import MAX_DRAFT_LEN, parse_policy
+from .policies import MAX_DRAFT_LEN, Policy, parse_policy
 from .sampling import Sampling
+from .serve import Decoder, Service, StoreFile, suffix_store
+from .serve import serve as run_server
+from .text import TextStream
 from .tokenmap import FORMATS, TokenMap, check_replaceable, check_size_rule
 from .vocab import Counts, tokenizer_fingerprint
 
@@ -154,51 +158,50 @@ dtype_option = click.option(
          "weights, fp32 math) measured faster on this machine (timed once, then cached).")
 
 
-@main.command()
-@click.option("--target", default=models.DEFAULT_TARGET, show_default=True,
-              help="Built-in name, model directory, .gguf file or cached hub id.")
-@click.option("--draft", default=models.DEFAULT_DRAFT, show_default=True,
-              help="Drafter, same forms; one with another tokenizer (e.g. smollm2-135m) drafts the "
-                   "tokens both vocabularies share.")
-@click.option("--no-draft", is_flag=True, help="Decode with the target alone.")
-@click.option("--ngram-cache/--no-ngram-cache", "ngram", default=True, show_default=True,
-              help="With a drafter of another tokenizer: learn which of its token sequences spell one "
-                   "target token and propose that token (off: the shared tokens alone).")
-@click.option("--drafter", "drafter_kind", default="hybrid", show_default=True, type=click.Choice(DRAFTER_KINDS),
-              help="model: the drafter LM; suffix: drafts matched in the prompt, the output and earlier "
-                   "outputs, no model; hybrid: each round the suffix draft or the model's, whichever "
-                   "the policy expects to pay more.")
-@click.option("--prompt", help="The user prompt.")
-@click.option("--prompt-file", type=click.Path(path_type=Path), help="Read the prompt from a file.")
-@click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1))
-@click.option("--temperature", default=0.0, show_default=True, help="0 means greedy.")
-@click.option("--top-p", default=1.0, show_default=True)
-@click.option("--top-k", default=0, show_default=True, help="0 means off.")
-@seed_option
-@click.option("--policy", "policy_spec",
-              help="Draft-length rule: static:K, adaedl[:lambda=..,gamma=..,max=..], "
-                   "confidence:T, heuristic, svip, cost (drafts while this machine's measured "
-                   "costs say it pays; see `vocabtrim profile`). Default: cost with a drafter "
-                   "model (model, hybrid), static:5 otherwise.")
-@click.option("--draft-len", type=click.IntRange(1, MAX_DRAFT_LEN), help="Shorthand for --policy static:K.")
-@click.option("--system", help="A system prompt (none is added otherwise).")
-@click.option("--raw", is_flag=True, help="Send the prompt as plain text, no chat template.")
-@click.option("--stop", "stop_strings", multiple=True, help="Stop after this string (repeatable).")
-@click.option("--token-map", type=click.Path(path_type=Path),
-              help="Draft with the LM head trimmed to this token map (from `vocabtrim trim`).")
-@prompt_tokens_option
-@backend_option
-@dtype_option
-@quant_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def generate(target, draft, no_draft, ngram, drafter_kind, prompt, prompt_file, max_new_tokens, temperature, top_p,
-             top_k, seed, policy_spec, draft_len, system, raw, stop_strings, token_map, prompt_tokens,
-             backend, dtype, draft_quant, as_json) -> None:
-    """Generate a reply, streaming text as the target accepts it."""
-    text = _read_prompt(prompt, prompt_file)
-    if "" in stop_strings:
-        raise VocabtrimError("--stop needs a non-empty string (an empty one matches at once)")
-    sampling = Sampling(temperature, top_k, top_p)
+def engine_options(f):
+    """The options that say which engine decodes (generate and serve share them)."""
+    options = [
+        click.option("--target", default=models.DEFAULT_TARGET, show_default=True,
+                     help="Built-in name, model directory, .gguf file or cached hub id."),
+        click.option("--draft", default=models.DEFAULT_DRAFT, show_default=True,
+                     help="Drafter, same forms; one with another tokenizer (e.g. smollm2-135m) drafts the "
+                          "tokens both vocabularies share."),
+        click.option("--no-draft", is_flag=True, help="Decode with the target alone."),
+        click.option("--ngram-cache/--no-ngram-cache", "ngram", default=True, show_default=True,
+                     help="With a drafter of another tokenizer: learn which of its token sequences spell one "
+                          "target token and propose that token (off: the shared tokens alone)."),
+        click.option("--drafter", "drafter_kind", default="hybrid", show_default=True,
+                     type=click.Choice(DRAFTER_KINDS),
+                     help="model: the drafter LM; suffix: drafts matched in the prompt, the output and earlier "
+                          "outputs, no model; hybrid: each round the suffix draft or the model's, whichever "
+                          "the policy expects to pay more."),
+        click.option("--policy", "policy_spec",
+                     help="Draft-length rule: static:K, adaedl[:lambda=..,gamma=..,max=..], "
+                          "confidence:T, heuristic, svip, cost (drafts while this machine's measured "
+                          "costs say it pays; see `vocabtrim profile`). Default: cost with a drafter "
+                          "model (model, hybrid), static:5 otherwise."),
+        click.option("--draft-len", type=click.IntRange(1, MAX_DRAFT_LEN), help="Shorthand for --policy static:K."),
+        click.option("--token-map", type=click.Path(path_type=Path),
+                     help="Draft with the LM head trimmed to this token map (from `vocabtrim trim`)."),
+        prompt_tokens_option, backend_option, dtype_option, quant_option,
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@dataclass
+class Built:
+    """An engine as `engine_options` describe it, with what it was built from."""
+
+    parts: Parts
+    engine: Engine
+    policy: Policy
+    kind: str  # ar, sd, suffix or hybrid
+
+
+def _refuse_unused_engine(no_draft, drafter_kind, token_map, policy_spec, draft_len) -> tuple[str, str]:
+    """The engine's kind and policy spec, refusing (before any model loads) options it would not read."""
     kind = "ar" if no_draft else {"model": "sd", "suffix": "suffix", "hybrid": "hybrid"}[drafter_kind]
     _refuse_unused_generate(kind, token_map is not None)
     if kind == "suffix" and token_map is not None:
@@ -208,30 +211,7 @@ def generate(target, draft, no_draft, ngram, drafter_kind, prompt, prompt_file, 
     if parse_policy(rule).priced and kind in ("ar", "suffix"):
         raise VocabtrimError("--policy cost reads the profile of a target and drafter pair; "
                              "use it with --drafter model or hybrid")
-    parts = _load(target, None if kind in ("ar", "suffix") else draft, token_map, dtype, backend)
-    parts.quant, parts.prompt_tokens = draft_quant, prompt_tokens
-    assembler = Assembler(parts)
-    if _given("ngram") and parts.drafter is not None and assembler.bridge(False) is None:
-        raise VocabtrimError(f"--[no-]ngram-cache is for a drafter of another tokenizer; {draft} shares the "
-                             "target's (drop it)")
-    engine, policy = assembler.build(Spec(kind, kind, token_map is not None, ngram=ngram), rule)
-    tgt = parts.target
-    ids = models.encode_prompt(tgt.tokenizer, text, system, raw)
-    stop = Stop(models.stop_token_ids(tgt), tuple(stop_strings), tgt.tokenizer.decode)
-    stream = None if as_json else _Streamer(tgt.tokenizer)
-    new, stats = engine.generate(ids, max_new_tokens, policy, sampling, seed, stop, on_tokens=stream)
-    out_text = tgt.tokenizer.decode(new, skip_special_tokens=True)
-    if as_json:
-        record = {"text": out_text, "token_ids": new, "prompt_tokens": len(ids),
-                  "target": target, "backend": tgt.backend, "draft": None if kind in ("ar", "suffix") else draft,
-                  "drafter": None if no_draft else drafter_kind,
-                  "policy": None if no_draft else policy.spec(), **stats.to_dict()}
-        click.echo(json.dumps(record))
-    else:
-        stream.finish()
-        click.echo(f"[{stats.new_tokens} tokens, {stats.tokens_per_second:.2f} tok/s, "
-                   f"tau {stats.tau:.2f}, acceptance {stats.acceptance_rate:.2f}, "
-                   f"MBSU {stats.mbsu:.2f}]", err=True)
+    return kind, rule
 
 
 def _refuse_unused_generate(kind: str, mapped: bool) -> None:
@@ -247,6 +227,102 @@ def _refuse_unused_generate(kind: str, mapped: bool) -> None:
         _refuse_unused("--[no-]prompt-tokens says what a token map leaves out; give --token-map",
                        prompt_tokens="--[no-]prompt-tokens")
 
+
+def _build(target, draft, no_draft, ngram, drafter_kind, policy_spec, draft_len, token_map, prompt_tokens,
+           backend, dtype, draft_quant, store_tokens: int = SuffixDrafter.STORE_TOKENS) -> Built:
+    """Load the models and build the engine `engine_options` describe."""
+    kind, rule = _refuse_unused_engine(no_draft, drafter_kind, token_map, policy_spec, draft_len)
+    parts = _load(target, None if kind in ("ar", "suffix") else draft, token_map, dtype, backend)
+    parts.quant, parts.prompt_tokens, parts.store_tokens = draft_quant, prompt_tokens, store_tokens
+    assembler = Assembler(parts)
+    if _given("ngram") and parts.drafter is not None and assembler.bridge(False) is None:
+        raise VocabtrimError(f"--[no-]ngram-cache is for a drafter of another tokenizer; {draft} shares the "
+                             "target's (drop it)")
+    engine, policy = assembler.build(Spec(kind, kind, token_map is not None, ngram=ngram), rule)
+    return Built(parts, engine, policy, kind)
+
+
+@main.command()
+@click.option("--prompt", help="The user prompt.")
+@click.option("--prompt-file", type=click.Path(path_type=Path), help="Read the prompt from a file.")
+@click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option("--temperature", default=0.0, show_default=True, help="0 means greedy.")
+@click.option("--top-p", default=1.0, show_default=True)
+@click.option("--top-k", default=0, show_default=True, help="0 means off.")
+@seed_option
+@click.option("--system", help="A system prompt (none is added otherwise).")
+@click.option("--raw", is_flag=True, help="Send the prompt as plain text, no chat template.")
+@click.option("--stop", "stop_strings", multiple=True, help="Stop after this string (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@engine_options
+def generate(prompt, prompt_file, max_new_tokens, temperature, top_p, top_k, seed, system, raw, stop_strings,
+             as_json, **how) -> None:
+    """Generate a reply, streaming text as the target accepts it."""
+    text = _read_prompt(prompt, prompt_file)
+    if "" in stop_strings:
+        raise VocabtrimError("--stop needs a non-empty string (an empty one matches at once)")
+    sampling = Sampling(temperature, top_k, top_p)
+    built = _build(**how)
+    tgt = built.parts.target
+    ids = models.encode_prompt(tgt.tokenizer, text, system, raw)
+    stop = Stop(models.stop_token_ids(tgt), tuple(stop_strings), tgt.tokenizer.decode)
+    stream = None if as_json else _Streamer(tgt.tokenizer)
+    new, stats = built.engine.generate(ids, max_new_tokens, built.policy, sampling, seed, stop, on_tokens=stream)
+    out_text = tgt.tokenizer.decode(new, skip_special_tokens=True)
+    if as_json:
+        record = {"text": out_text, "token_ids": new, "prompt_tokens": len(ids),
+                  "target": how["target"], "backend": tgt.backend,
+                  "draft": None if built.kind in ("ar", "suffix") else how["draft"],
+                  "drafter": None if how["no_draft"] else how["drafter_kind"],
+                  "policy": None if how["no_draft"] else built.policy.spec(), **stats.to_dict()}
+        click.echo(json.dumps(record))
+    else:
+        stream.finish()
+        click.echo(f"[{stats.new_tokens} tokens, {stats.tokens_per_second:.2f} tok/s, "
+                   f"tau {stats.tau:.2f}, acceptance {stats.acceptance_rate:.2f}, "
+                   f"MBSU {stats.mbsu:.2f}]", err=True)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on: loopback only, unless you say otherwise (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--api-key", envvar="VOCABTRIM_API_KEY",
+              help="Answer only requests that carry it (Authorization: Bearer KEY); also $VOCABTRIM_API_KEY.")
+@click.option("--name", help="The model's name in the API (default: --target).")
+@click.option("--queue", "queue_size", default=16, show_default=True, type=click.IntRange(1, 1 << 16),
+              help="Requests that may wait while one decodes; beyond that, 429 with Retry-After.")
+@click.option("--time-limit", default=600.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Seconds one generation may run; then it ends at the next round (finish_reason length).")
+@click.option("--store", "store_path", type=click.Path(path_type=Path),
+              help="Keep the suffix drafter's store of earlier answers in this file across restarts "
+                   "(read at start, written atomically after every answer).")
+@click.option("--store-tokens", default=SuffixDrafter.STORE_TOKENS, show_default=True, type=click.IntRange(0),
+              help="Tokens of earlier answers the suffix drafter keeps, shared by all requests "
+                   "(oldest evicted; 0: every request starts with none).")
+@engine_options
+def serve(host, port, api_key, name, queue_size, time_limit, store_path, store_tokens, **how) -> None:
+    """An OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models,
+    /health) decoding every request with this engine, one at a time."""
+    kind, _ = _refuse_unused_engine(how["no_draft"], how["drafter_kind"], how["token_map"], how["policy_spec"],
+                                    how["draft_len"])
+    if store_path is not None and kind in ("ar", "sd"):
+        raise VocabtrimError("--store keeps the suffix drafter's store; use --drafter hybrid or suffix")
+    if api_key is not None and not api_key.strip():
+        raise VocabtrimError("--api-key is empty")
+    store = None if store_path is None else StoreFile(store_path)
+    service = Service(name or how["target"], api_key, drafter=None if how["no_draft"] else how["drafter_kind"])
+
+    def load() -> Decoder:
+        built = _build(**how, store_tokens=store_tokens)
+        tgt = built.parts.target
+        service.backend = tgt.backend
+        if store is not None:
+            store.attach(suffix_store(built.engine.drafter), tgt.tokenizer)
+        return Decoder(built.engine, built.policy, tgt.tokenizer, models.stop_token_ids(tgt), queue_size,
+                       time_limit, store)
+
+    run_server(service, load, host, port)
 
 def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "auto",
           target_backend: str = "torch") -> Parts:
@@ -483,22 +559,18 @@ def profile_cmd(target, draft, backend, dtype, draft_quant, as_json) -> None:
 
 
 class _Streamer:
-    """Prints the text of accepted tokens as it grows, holding back split UTF-8 characters."""
+    """Prints the text of accepted tokens as it grows (as a `TextStream` releases it)."""
 
     def __init__(self, tokenizer):
-        self.tokenizer, self.ids, self.shown = tokenizer, [], 0
+        self.text = TextStream(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
 
     def __call__(self, tokens: list[int]) -> None:
-        self.ids += tokens
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if not text.endswith("\ufffd"):
-            click.echo(text[self.shown:], nl=False)
-            sys.stdout.flush()
-            self.shown = len(text)
+        click.echo(self.text.push(tokens), nl=False)
+        sys.stdout.flush()
 
     def finish(self) -> None:
         """Print what is still held back (text may really end in U+FFFD), then a newline."""
-        click.echo(self.tokenizer.decode(self.ids, skip_special_tokens=True)[self.shown:])
+        click.echo(self.text.finish())
 
 
 if __name__ == "__main__":

@@ -26,14 +26,17 @@ GREEDY = Sampling()
 
 @dataclass
 class Stop:
-    """When generation ends besides max_new_tokens: a stop token or a stop string."""
+    """When generation ends besides max_new_tokens: a stop token, a stop string, or `halt`
+    saying so (a client gone, a time limit: checked as tokens are committed, so a
+    generation halts at a round boundary with its stats whole)."""
 
     token_ids: frozenset[int]
     strings: tuple[str, ...] = ()
     decode: Callable[[list[int]], str] | None = None
+    halt: Callable[[], bool] | None = None
 
     def hit(self, new: list[int]) -> bool:
-        if new[-1] in self.token_ids:
+        if new[-1] in self.token_ids or (self.halt is not None and self.halt()):
             return True
         if self.strings and self.decode:
             tail = self.decode(new[-max(len(s) for s in self.strings) - 8:])

@@ -111,8 +111,10 @@ class SuffixDrafter(Drafter):
     pays (none: all of it). The store never proposes from an earlier answer to the very same
     prompt, so a benchmark that repeats a prompt measures matching, not replay."""
 
+    STORE_TOKENS = 1 << 16
+
     def __init__(self, max_len: int = 16, factor: float = 1.0, depth: int = 24, min_prob: float = 0.1,
-                 recent: int = 64, store_tokens: int = 1 << 16, costs: Costs | None = None):
+                 recent: int = 64, store_tokens: int = STORE_TOKENS, costs: Costs | None = None):
         self.max_len, self.factor, self.depth, self.costs = max_len, factor, depth, costs
         self.min_prob, self.recent, self.store_tokens = min_prob, recent, store_tokens
         self.text = TokenText()
@@ -172,9 +174,14 @@ class SuffixDrafter(Drafter):
         return Proposal(tokens, [None] * len(tokens), 0, "suffix" if tokens else "none")
 
     def finish(self, seq: list[int], prompt_len: int) -> None:
+        self.remember([(self.prompt_key, seq[prompt_len:])])
+
+    def remember(self, docs: list[tuple[str, list[int]]]) -> None:
+        """Add (prompt key, output) pairs to the store, oldest first, evicting the oldest
+        beyond its bound (`docs` lists them as a saved store holds them)."""
         if not self.store_tokens:
             return
-        self.docs.append((self.prompt_key, seq[prompt_len:]))
+        self.docs.extend((key, list(out)) for key, out in docs)
         while sum(len(d) for _, d in self.docs) > self.store_tokens:
             self.docs.popleft()
 
