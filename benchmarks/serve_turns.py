@@ -34,7 +34,8 @@ SAMPLE = Path(__file__).with_name("spec_bench_sample.jsonl")
 
 
 def start(port: int, *args: str) -> tuple[subprocess.Popen, OpenAI]:
-    p = subprocess.Popen(["vocabtrim", "serve", "--port", str(port), *args], stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(["vocabtrim", "serve", "--port", str(port), *args], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)  # stdout: uvicorn's access log
     url = re.search(r"http://\S+?:\d+", p.stderr.readline()).group(0)
     client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=900)
     for line in p.stderr:  # loading; the server says when it is ready

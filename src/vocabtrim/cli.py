@@ -313,14 +313,17 @@ def serve(host, port, api_key, name, queue_size, time_limit, store_path, store_t
     store = None if store_path is None else StoreFile(store_path)
     service = Service(name or how["target"], api_key, drafter=None if how["no_draft"] else how["drafter_kind"])
 
-    def load() -> Decoder:
-        built = _build(**how, store_tokens=store_tokens)
+    ctx = click.get_current_context()
+
+    def load() -> Decoder:  # in the decoder's own thread, under this command's options
+        with ctx:
+            built = _build(**how, store_tokens=store_tokens)
         tgt = built.parts.target
         service.backend = tgt.backend
         if store is not None:
             store.attach(suffix_store(built.engine.drafter), tgt.tokenizer)
         return Decoder(built.engine, built.policy, tgt.tokenizer, models.stop_token_ids(tgt), queue_size,
-                       time_limit, store)
+                       time_limit, store, thread=False)
 
     run_server(service, load, host, port)
 
