@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -12,6 +13,8 @@ import click
 from click.core import ParameterSource
 
 from . import backend, ggml, kernels, models, profile, tokenmap
+from .adapt import Settings, adapt, check_out
+from .adapt import read as read_adapter
 from .assembly import Assembler, Parts, Spec, parse_method
 from .bench import methods as bm
 from .bench.common import identity_check, warm_up
@@ -29,7 +32,7 @@ from .calibrate import (
     tokenize_fn,
 )
 from .data import load_questions, select
-from .drafters import SuffixDrafter
+from .drafters import Bridge, SuffixDrafter
 from .engine import Engine, Stop
 from .errors import VocabtrimError
 from .metrics import timed
@@ -145,6 +148,10 @@ quant_option = click.option(
     "--draft-quant", default="none", show_default=True, type=click.Choice(list(kernels.QUANT)),
     help="The drafter's linear layers and head as int8 (per row) or int4 (groups of 32) weights: "
          "cheaper draft steps; the output stays the target's.")
+draft_adapter_option = click.option(
+    "--draft-adapter", type=click.Path(path_type=Path),
+    help="A LoRA adapter from `vocabtrim adapt`, merged into the drafter's weights at load time "
+         "(the draft step costs the same; the output stays the target's).")
 seed_option = click.option(  # the range torch.Generator.manual_seed takes
     "--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1), help="Sampling seed, 0 to 2^64-1.")
 backend_option = click.option(
@@ -183,7 +190,7 @@ def engine_options(f):
         click.option("--draft-len", type=click.IntRange(1, MAX_DRAFT_LEN), help="Shorthand for --policy static:K."),
         click.option("--token-map", type=click.Path(path_type=Path),
                      help="Draft with the LM head trimmed to this token map (from `vocabtrim trim`)."),
-        prompt_tokens_option, backend_option, dtype_option, quant_option,
+        prompt_tokens_option, backend_option, dtype_option, quant_option, draft_adapter_option,
     ]
     for option in reversed(options):
         f = option(f)
@@ -219,20 +226,21 @@ def _refuse_unused_generate(kind: str, mapped: bool) -> None:
     if kind == "ar":
         _refuse_unused("--no-draft decodes with the target alone", draft="--draft", drafter_kind="--drafter",
                        draft_quant="--draft-quant", ngram="--[no-]ngram-cache", policy_spec="--policy",
-                       draft_len="--draft-len", prompt_tokens="--[no-]prompt-tokens")
+                       draft_len="--draft-len", prompt_tokens="--[no-]prompt-tokens", draft_adapter="--draft-adapter")
     elif kind == "suffix":
         _refuse_unused("--drafter suffix drafts without a drafter model", draft="--draft",
-                       draft_quant="--draft-quant", ngram="--[no-]ngram-cache", prompt_tokens="--[no-]prompt-tokens")
+                       draft_quant="--draft-quant", ngram="--[no-]ngram-cache", prompt_tokens="--[no-]prompt-tokens",
+                       draft_adapter="--draft-adapter")
     elif not mapped:
         _refuse_unused("--[no-]prompt-tokens says what a token map leaves out; give --token-map",
                        prompt_tokens="--[no-]prompt-tokens")
 
 
 def _build(target, draft, no_draft, ngram, drafter_kind, policy_spec, draft_len, token_map, prompt_tokens,
-           backend, dtype, draft_quant, store_tokens: int = SuffixDrafter.STORE_TOKENS) -> Built:
+           backend, dtype, draft_quant, draft_adapter, store_tokens: int = SuffixDrafter.STORE_TOKENS) -> Built:
     """Load the models and build the engine `engine_options` describe."""
     kind, rule = _refuse_unused_engine(no_draft, drafter_kind, token_map, policy_spec, draft_len)
-    parts = _load(target, None if kind in ("ar", "suffix") else draft, token_map, dtype, backend)
+    parts = _load(target, None if kind in ("ar", "suffix") else draft, token_map, dtype, backend, draft_adapter)
     parts.quant, parts.prompt_tokens, parts.store_tokens = draft_quant, prompt_tokens, store_tokens
     assembler = Assembler(parts)
     if _given("ngram") and parts.drafter is not None and assembler.bridge(False) is None:
@@ -328,14 +336,16 @@ def serve(host, port, api_key, name, queue_size, time_limit, store_path, store_t
     run_server(service, load, host, port)
 
 def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "auto",
-          target_backend: str = "torch") -> Parts:
-    """Load the target (on `target_backend`, or the faster one with auto), the drafter and
-    the token map; check they belong together."""
+          target_backend: str = "torch", draft_adapter: Path | None = None) -> Parts:
+    """Load the target (on `target_backend`, or the faster one with auto), the drafter (with
+    its adapter merged) and the token map; check they belong together."""
     if token_map is not None and draft is None:
         raise VocabtrimError("--token-map needs a drafter (drop --no-draft)")
     tm = None if token_map is None else TokenMap.load(token_map)
+    if draft_adapter is not None:
+        read_adapter(draft_adapter)  # a bad file is refused before any model loads
     tgt = models.load(target, dtype, backend.choose(target, target_backend, dtype))
-    drf = None if draft is None else models.load(draft, dtype)
+    drf = None if draft is None else models.load(draft, dtype, adapter=draft_adapter)
     if tm is not None:
         tm.check_drafter(drf.model.config.vocab_size, tokenizer_fingerprint(drf.tokenizer))
     return Parts(tgt, drf, None if tm is None else tm.kept_ids)
@@ -464,9 +474,10 @@ DEFAULT_BENCH_PROMPTS = 4  # the no-argument run fits ~10 min on a 2-core AVX2 m
 @backend_option
 @dtype_option
 @quant_option
+@draft_adapter_option
 def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods, draft_len, adaedl,
           token_map, calib, target, draft, cross_draft, out, resume, repeats, prompt_tokens, backend, dtype,
-          draft_quant) -> None:
+          draft_quant, draft_adapter) -> None:
     """Spec-Bench-style evaluation: every method on every prompt, with tables and plots."""
     specs = bm.parse_methods(methods)
     sampling = Sampling(temperature)
@@ -480,7 +491,7 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     calib_spec = None if token_map else parse_calibration(calib)
     spent: dict[str, float] = {}  # wall-clock seconds per phase of this run, reported with the tables
     with timed(spent, "loading"):
-        parts = _load(target, draft, token_map, dtype, backend)
+        parts = _load(target, draft, token_map, dtype, backend, draft_adapter)
         parts.cross = models.load(cross_draft, dtype) if any(s.cross for s in specs) else None
     parts.quant, parts.draft_len, parts.adaedl, parts.prompt_tokens = draft_quant, draft_len, adaedl, prompt_tokens
     specs = _without_llamacpp(specs, parts.target) if not _given("methods") else specs
@@ -509,6 +520,7 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
                            "adaedl": adaedl, "token_map_k": None if parts.kept is None else len(parts.kept),
                            "prompt_tokens": prompt_tokens, "backend": parts.target.backend,
                            "dtype": parts.target.dtype, "draft_quant": draft_quant,
+                           "draft_adapter": None if draft_adapter is None else str(draft_adapter),
                            "target": target, "draft": draft, "cross_draft": cross_draft if parts.cross else None}
     write_reports(summary, out)
     click.echo(markdown(summary))
@@ -539,6 +551,54 @@ def _refuse_unused_bench(specs: list[Spec], adaedl: str, token_map: Path | None)
         _refuse_unused("--token-map is the +vt methods' map: nothing is calibrated", calib="--calibrate")
     if not any(s.cross for s in specs):
         _refuse_unused("no method in --methods is an x one", cross_draft="--cross-draft")
+
+
+@main.command("adapt")
+@click.option("--data", default="humaneval", show_default=True,
+              help="Prompts for the target to answer: humaneval, a JSONL or text file or a directory, as "
+                   "`calibrate` reads them.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The adapter file to write (.safetensors).")
+@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N prompts (after --skip).")
+@click.option("--skip", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Skip the first N prompts (keep evaluation prompts out).")
+@click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=2))
+@click.option("--target", default=models.DEFAULT_TARGET, show_default=True)
+@click.option("--draft", default=models.DEFAULT_DRAFT, show_default=True,
+              help="The drafter to adapt; one of another tokenizer learns from the target's text alone.")
+@click.option("--rank", default=16, show_default=True, type=click.IntRange(1, 1024), help="LoRA rank.")
+@click.option("--alpha", default=32, show_default=True, type=click.IntRange(min=1), help="LoRA alpha.")
+@click.option("--lr", default=2e-4, show_default=True, type=click.FloatRange(0, 1, min_open=True))
+@click.option("--epochs", default=1, show_default=True, type=click.IntRange(1, 100))
+@click.option("--nll-weight", default=0.1, show_default=True, type=click.FloatRange(0, 100),
+              help="Weight of the NLL of the target's tokens beside the reverse KL.")
+@seed_option
+@click.option("--resume", is_flag=True, help="Continue an interrupted run of the same settings into --out.")
+@backend_option
+def adapt_cmd(data, out, limit, skip, max_new_tokens, target, draft, rank, alpha, lr, epochs, nll_weight, seed,
+              resume, backend) -> None:
+    """Distil a LoRA adapter for the drafter from the target's own answers (OmniDraft's
+    reverse KL to the target's distributions, plus NLL); use it with --draft-adapter."""
+    settings = Settings(rank, alpha, lr, epochs, nll_weight, max_new_tokens, seed)
+    resumed = check_out(out, resume)
+    items = load_items(data)[skip:None if limit is None else skip + limit]
+    if not items:
+        raise VocabtrimError(f"no prompts in {data} after --skip {skip}")
+    parts = _load(target, None, None, "auto", backend)
+    drafter = models.load(draft, "float32")
+    engine, policy = Assembler(parts).build(parse_method("suffix"), "static:5")  # the target's own text, faster
+    tok, stop = parts.target.tokenizer, Stop(models.stop_token_ids(parts.target))
+    prompts = [models.encode_prompt(tok, t) for t in items]
+    bridge = Bridge.between(parts.target, drafter)
+    meta = {"drafter": draft, "target": target, "target_tokenizer": tokenizer_fingerprint(tok),
+            "data": {"data": data, "skip": skip, "items": len(items),
+                     "sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:16]}}
+    result = adapt(prompts, lambda ids: engine.generate(ids, max_new_tokens, policy, seed=seed, stop=stop)[0],
+                   engine.target, drafter, None if bridge is None else bridge.own_ids, out, meta, settings, resumed)
+    losses = result["losses"]
+    tail = min(len(losses) // 2, 16)
+    click.echo(f"adapter in {out}: {result['steps']} steps on {result['answers']} answers"
+               + (f", loss {sum(losses[:tail]) / tail:.3f} (first {tail}) -> {sum(losses[-tail:]) / tail:.3f} "
+                  f"(last {tail})" if tail else ""))
 
 
 @main.command("profile")

@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from . import kernels
+from .adapt import merge
 from .errors import VocabtrimError
 from .files import atomic_write
 from .ggml import GgmlTarget
@@ -335,13 +336,14 @@ def resolve(spec: str) -> tuple[Path | str, str | None]:
     return spec, None  # a hub id: only the local hub cache is consulted
 
 
-def load(spec: str, dtype: str = "auto", backend: str = "torch") -> Loaded:
+def load(spec: str, dtype: str = "auto", backend: str = "torch", adapter: Path | None = None) -> Loaded:
     """Load model and tokenizer for `spec` (see `resolve`), in eval mode, never remote code.
 
     `dtype` is a torch dtype name, `packed-fp16` (fbgemm fp16 weights, fp32 math) or
     `auto`: whichever of bfloat16 and packed-fp16 is fast on this CPU (see kernels.py).
     `backend` "ggml" runs the model's GGUF file on llama.cpp's kernels; its torch weights
-    load only when asked for."""
+    load only when asked for. `adapter`: a LoRA adapter of `vocabtrim adapt`, merged into the
+    torch weights (drafters)."""
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
     from transformers.utils import logging as hf_logging
 
@@ -355,7 +357,11 @@ def load(spec: str, dtype: str = "auto", backend: str = "torch") -> Loaded:
         if gguf and tok.chat_template is None:
             tok.chat_template = _gguf_chat_template(Path(where) / gguf)
         if backend == "torch":
-            return Loaded(spec, _weights(spec, where, gguf, dtype), tok, dtype, _source(where, gguf))
+            source = _source(where, gguf) if adapter is None else json.dumps(
+                [_source(where, gguf), str(Path(adapter).resolve()), Path(adapter).stat().st_mtime_ns])
+            return Loaded(spec, _weights(spec, where, gguf, dtype, adapter, tok), tok, dtype, source)
+        if adapter is not None:
+            raise VocabtrimError("an adapter adapts a drafter, on torch; the ggml backend runs a target's GGUF")
         file = gguf_path(spec)
         if file is None:
             raise VocabtrimError(f"the ggml backend runs GGUF files; {spec} is not one (give a .gguf file "
@@ -385,8 +391,9 @@ def _reading(spec: str, where: Path | str):
         raise VocabtrimError(f"cannot load model {spec!r}: {_first_line(e)}{hint}") from None
 
 
-def _weights(spec: str, where: Path | str, gguf: str | None, dtype: str) -> torch.nn.Module:
-    """The torch model of `spec`, in `dtype`, eval mode."""
+def _weights(spec: str, where: Path | str, gguf: str | None, dtype: str, adapter: Path | None = None,
+             tokenizer=None) -> torch.nn.Module:
+    """The torch model of `spec`, in `dtype`, eval mode, with `adapter` merged in."""
     from transformers import AutoModelForCausalLM
 
     kwargs = {"gguf_file": gguf} if gguf else {}
@@ -396,6 +403,8 @@ def _weights(spec: str, where: Path | str, gguf: str | None, dtype: str) -> torc
     if gguf:  # its weights are dequantized now, but transformers still marks it quantized
         model.is_quantized, model.hf_quantizer = False, None
     model.eval()
+    if adapter is not None:
+        model = merge(model, tokenizer, adapter)
     if dtype == kernels.PACKED:
         kernels.pack(model)
     return model
