@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 from conftest import (
@@ -26,6 +27,7 @@ from conftest import (
 from openai import OpenAI
 
 from vocabtrim import models
+from vocabtrim.adapt import Online, Settings
 from vocabtrim.assembly import Assembler, Parts, Spec
 from vocabtrim.bench.identity import divergence
 from vocabtrim.engine import Engine, Stop
@@ -41,15 +43,17 @@ class Server:
     """A server on tiny models in this process, as `vocabtrim serve` builds it."""
 
     def __init__(self, target, draft=None, kind="hybrid", policy="static:3", queue_size=16, time_limit=600.0,
-                 api_key=None, store=None):
+                 api_key=None, store=None, online=None):
         parts = target if isinstance(target, Parts) else Parts(
             models.load(str(target), "float32"), None if draft is None else models.load(str(draft), "float32"))
         engine, rule = Assembler(parts).build(Spec(kind, kind), policy)
+        rebuild = lambda m: Assembler(replace(parts, drafter=replace(parts.drafter, weights=m))).build(
+            Spec(kind, kind), policy)
         if store is not None:
             store.attach(suffix_store(engine.drafter), parts.target.tokenizer)
         self.service = Service("tiny", api_key, drafter=kind)
         self.decoder = Decoder(engine, rule, parts.target.tokenizer, models.stop_token_ids(parts.target),
-                               queue_size, time_limit, store)
+                               queue_size, time_limit, store, online=online, rebuild=rebuild)
         self.service.decoder = self.decoder
         self.running = start(self.service, "127.0.0.1", 0, log=False)
         self.url = f"http://127.0.0.1:{self.running.port}"
@@ -365,6 +369,28 @@ def test_the_real_pair_answers_through_the_server_as_the_target_alone(real_pair)
         s.close()
 
 
+def test_online_adaptation_learns_between_requests_and_the_answers_stay_the_targets(tiny_dirs):
+    online = Online(models.load(str(tiny_dirs["draft"]), "float32"), Settings(rank=4, alpha=8, lr=3e-3),
+                    share=1.0, merge_every=2, dtype="float32")
+    s = Server(tiny_dirs["target"], tiny_dirs["draft"], kind="sd", policy="static:3", online=online)
+    try:
+        before = s.decoder.engine.drafter
+        prompts = [f"w{i} w{i + 4} w{i + 1}" for i in range(4)]
+        ask = lambda p: s.client.completions.create(
+            model="tiny", prompt=p, max_tokens=12, temperature=0).choices[0].text
+        first = [ask(p) for p in prompts]
+        deadline = time.monotonic() + 60
+        while s.decoder.counts["adapter_merges"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert s.decoder.counts["adapter_merges"] >= 1 and s.decoder.counts["adapt_steps"] >= 2
+        assert s.decoder.engine.drafter is not before  # the adapted drafter serves now
+        assert [ask(p) for p in prompts] == first  # and the answers are still the target's
+        health = call(s.url, "/health", method="GET").json()
+        assert health["adapter_merges"] >= 1
+    finally:
+        s.close()
+
+
 # --- the command ---
 
 
@@ -393,6 +419,9 @@ def test_the_serve_command_listens_loads_answers_and_stops_on_ctrl_c(tiny_dirs, 
     (["--no-draft", "--policy", "static:3"], ["--policy"]),
     (["--api-key", " "], ["--api-key is empty"]),
     (["--store", "."], ["is a directory"]),
+    (["--adapt-online", "--drafter", "suffix"], ["--adapt-online", "drafter model"]),
+    (["--adapt-online", "--draft-quant", "int8"], ["--draft-quant"]),
+    (["--adapt-share", "0.5"], ["--adapt-share", "--adapt-online"]),
 ])
 def test_serve_refuses_bad_options_before_loading(tiny_dirs, args, words):
     r = cli("serve", "--target", tiny_dirs["target"], "--port", "0", *args)

@@ -18,9 +18,11 @@ made from (drafter, target, tokenizers, data, settings, the answers so far).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from . import kernels
 from .errors import VocabtrimError
 from .files import atomic_write, check_output
 from .target import Target
@@ -222,3 +225,46 @@ def adapt(prompts: list[list[int]], answer: Callable[[list[int]], list[int]], ta
         if done:
             save()
     return {"steps": done, "answers": len(answers), "losses": losses}
+
+
+class Online:
+    """Adaptation inside the server: the answers it wrote train a float32 copy of the drafter
+    (`base`, without any adapter; `state` continues one) while no request waits, within
+    `share` of the decoder's wall-clock time; every `merge_every` steps the adapted weights
+    are due to replace the serving drafter's (`merged`, in the serving `dtype`). Memory: the
+    copy (4 bytes a weight, another transiently while merging) and the latest `keep`
+    answers, each trained on once."""
+
+    def __init__(self, base, settings: Settings, spell: Callable[[list[int]], list[int]] | None = None,
+                 state: dict[str, torch.Tensor] | None = None, share: float = 0.25, merge_every: int = 8,
+                 keep: int = 64, dtype: str = "bfloat16"):
+        self.trainer, self.spell = Trainer(base, settings, spell, state), spell
+        self.answers: deque[tuple[list[int], list[int]]] = deque(maxlen=keep)
+        self.share, self.merge_every, self.dtype, self.limit = share, merge_every, dtype, settings.max_new_tokens
+        self.spent, self.born, self.steps = 0.0, time.monotonic(), 0
+
+    def observe(self, prompt: list[int], answer: list[int]) -> None:
+        if len(answer) >= 2:
+            self.answers.append((prompt, answer[:self.limit]))
+
+    def ready(self) -> bool:
+        """Whether an answer waits and the time share allows a step now."""
+        return bool(self.answers) and self.spent <= self.share * (time.monotonic() - self.born)
+
+    def step(self, target: Target) -> bool:
+        """One update on the oldest answer waiting; True when a merge is due."""
+        began = time.monotonic()
+        prompt, answer = self.answers.popleft()
+        with torch.no_grad():
+            teacher = None if self.spell else target.logits(prompt + answer[:-1], len(answer))
+        self.trainer.step(prompt, answer, teacher)
+        self.steps += 1
+        self.spent += time.monotonic() - began
+        return self.steps % self.merge_every == 0
+
+    def merged(self) -> torch.nn.Module:
+        """The drafter with the adapter as it stands merged in, ready to serve."""
+        model = copy.deepcopy(self.trainer.model).merge_and_unload().eval()
+        model.requires_grad_(False)
+        model.to(kernels.TORCH_DTYPES.get(self.dtype, torch.bfloat16))
+        return kernels.pack(model) if self.dtype == kernels.PACKED else model

@@ -6,14 +6,15 @@ import hashlib
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import click
+import torch
 from click.core import ParameterSource
 
 from . import backend, ggml, kernels, models, profile, tokenmap
-from .adapt import Settings, adapt, check_out
+from .adapt import Online, Settings, adapt, check_out
 from .adapt import read as read_adapter
 from .assembly import Assembler, Parts, Spec, parse_method
 from .bench import methods as bm
@@ -205,6 +206,13 @@ class Built:
     engine: Engine
     policy: Policy
     kind: str  # ar, sd, suffix or hybrid
+    spec: Spec
+    rule: str  # the policy's spec
+
+    def rebuild(self, drafter: torch.nn.Module) -> tuple[Engine, Policy]:
+        """The same engine over other drafter weights (online adaptation's merged ones)."""
+        parts = replace(self.parts, drafter=replace(self.parts.drafter, weights=drafter))
+        return Assembler(parts).build(self.spec, self.rule)
 
 
 def _refuse_unused_engine(no_draft, drafter_kind, token_map, policy_spec, draft_len) -> tuple[str, str]:
@@ -246,8 +254,9 @@ def _build(target, draft, no_draft, ngram, drafter_kind, policy_spec, draft_len,
     if _given("ngram") and parts.drafter is not None and assembler.bridge(False) is None:
         raise VocabtrimError(f"--[no-]ngram-cache is for a drafter of another tokenizer; {draft} shares the "
                              "target's (drop it)")
-    engine, policy = assembler.build(Spec(kind, kind, token_map is not None, ngram=ngram), rule)
-    return Built(parts, engine, policy, kind)
+    spec = Spec(kind, kind, token_map is not None, ngram=ngram)
+    engine, policy = assembler.build(spec, rule)
+    return Built(parts, engine, policy, kind, spec, rule)
 
 
 @main.command()
@@ -308,8 +317,16 @@ def generate(prompt, prompt_file, max_new_tokens, temperature, top_p, top_k, see
 @click.option("--store-tokens", default=SuffixDrafter.STORE_TOKENS, show_default=True, type=click.IntRange(0),
               help="Tokens of earlier answers the suffix drafter keeps, shared by all requests "
                    "(oldest evicted; 0: every request starts with none).")
+@click.option("--adapt-online", is_flag=True,
+              help="Adapt the drafter to the target between requests, from the answers served (an "
+                   "adapter as `vocabtrim adapt` trains, from --draft-adapter if given), merging it "
+                   "into the serving drafter every --adapt-merge-every steps.")
+@click.option("--adapt-share", default=0.25, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="At most this share of the server's time goes to adaptation (only while no request waits).")
+@click.option("--adapt-merge-every", default=8, show_default=True, type=click.IntRange(min=1))
 @engine_options
-def serve(host, port, api_key, name, queue_size, time_limit, store_path, store_tokens, **how) -> None:
+def serve(host, port, api_key, name, queue_size, time_limit, store_path, store_tokens, adapt_online, adapt_share,
+          adapt_merge_every, **how) -> None:
     """An OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models,
     /health) decoding every request with this engine, one at a time."""
     kind, _ = _refuse_unused_engine(how["no_draft"], how["drafter_kind"], how["token_map"], how["policy_spec"],
@@ -318,6 +335,12 @@ def serve(host, port, api_key, name, queue_size, time_limit, store_path, store_t
         raise VocabtrimError("--store keeps the suffix drafter's store; use --drafter hybrid or suffix")
     if api_key is not None and not api_key.strip():
         raise VocabtrimError("--api-key is empty")
+    if adapt_online and (kind not in ("sd", "hybrid") or how["draft_quant"] != "none"):
+        raise VocabtrimError("--adapt-online adapts a drafter model's own weights: use --drafter model or hybrid, "
+                             "without --draft-quant")
+    if not adapt_online:
+        _refuse_unused("--adapt-share and --adapt-merge-every tune --adapt-online", adapt_share="--adapt-share",
+                       adapt_merge_every="--adapt-merge-every")
     store = None if store_path is None else StoreFile(store_path)
     service = Service(name or how["target"], api_key, drafter=None if how["no_draft"] else how["drafter_kind"])
 
@@ -330,10 +353,24 @@ def serve(host, port, api_key, name, queue_size, time_limit, store_path, store_t
         service.backend = tgt.backend
         if store is not None:
             store.attach(suffix_store(built.engine.drafter), tgt.tokenizer)
+        online = _online(built, how, adapt_share, adapt_merge_every) if adapt_online else None
         return Decoder(built.engine, built.policy, tgt.tokenizer, models.stop_token_ids(tgt), queue_size,
-                       time_limit, store, thread=False)
+                       time_limit, store, thread=False, online=online, rebuild=built.rebuild)
 
     run_server(service, load, host, port)
+
+def _online(built: Built, how: dict, share: float, merge_every: int) -> Online:
+    """Online adaptation for a server's drafter: a float32 copy of it (its adapter, if any,
+    continued), learning from the answers served."""
+    base = models.load(how["draft"], "float32")
+    state, settings = None, Settings()
+    if how["draft_adapter"] is not None:
+        state, meta = read_adapter(how["draft_adapter"])
+        settings = Settings(**meta["settings"])
+    bridge = Bridge.between(built.parts.target, base)
+    return Online(base, settings, None if bridge is None else bridge.own_ids, state, share, merge_every,
+                  dtype=built.parts.drafter.dtype)
+
 
 def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "auto",
           target_backend: str = "torch", draft_adapter: Path | None = None) -> Parts:

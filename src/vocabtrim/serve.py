@@ -32,12 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
+from .adapt import Online
 from .drafters import Drafter, SuffixDrafter
 from .engine import Engine, Stop
 from .errors import VocabtrimError
@@ -182,9 +184,10 @@ class Decoder:
     False: the caller's thread becomes the worker by calling `work`."""
 
     def __init__(self, engine: Engine, policy: Policy, tokenizer, stop_ids: frozenset[int],
-                 queue_size: int, time_limit: float, store: StoreFile | None = None, thread: bool = True):
+                 queue_size: int, time_limit: float, store: StoreFile | None = None, thread: bool = True,
+                 online: Online | None = None, rebuild: Callable[[torch.nn.Module], tuple[Engine, Policy]] | None = None):
         self.engine, self.policy, self.tokenizer, self.stop_ids = engine, policy, tokenizer, stop_ids
-        self.time_limit, self.store = time_limit, store
+        self.time_limit, self.store, self.online, self.rebuild = time_limit, store, online, rebuild
         self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
         self.arrivals, self.starts = itertools.count(), itertools.count()
         self.counts: Counter[str] = Counter()
@@ -210,11 +213,38 @@ class Decoder:
         self.jobs.put(None)
 
     def work(self) -> None:
-        while (job := self.jobs.get()) is not None:
+        while True:
+            try:
+                job = self.jobs.get(timeout=self._wait())
+            except queue.Empty:  # idle: time for online adaptation
+                self._adapt()
+                continue
+            if job is None:
+                return
             if job.cancelled.is_set():  # its client left while it waited
                 self.counts["cancelled"] += 1
                 continue
             self._run(job)
+
+    def _wait(self) -> float | None:
+        """How long to wait for a request: for ever, unless online adaptation has answers
+        to learn from (none when a step is allowed now, else a second, to look again)."""
+        if self.online is None or not self.online.answers:
+            return None
+        return 0.0 if self.online.ready() else 1.0
+
+    def _adapt(self) -> None:
+        """One adaptation step if one is allowed now; when a merge is due the serving drafter
+        is replaced by the adapted one (the suffix drafter and its store carried over)."""
+        if not self.online.ready():
+            return
+        self.counts["adapt_steps"] += 1
+        if self.online.step(self.engine.target):
+            suffix = suffix_store(self.engine.drafter)
+            self.engine, self.policy = self.rebuild(self.online.merged())
+            if suffix is not None and hasattr(self.engine.drafter, "suffix"):
+                self.engine.drafter.suffix = suffix
+            self.counts["adapter_merges"] += 1
 
     def _run(self, job: Job) -> None:
         job.start, began = next(self.starts), time.monotonic()
@@ -228,12 +258,15 @@ class Decoder:
             self.counts["failed"] += 1
             job.send("error", str(e) if isinstance(e, VocabtrimError) else f"{type(e).__name__}: {e}")
             return
-        timed_out = not job.cancelled.is_set() and time.monotonic() > job.deadline
-        self.counts["cancelled" if job.cancelled.is_set() else "timed_out" if timed_out else "served"] += 1
+        left = job.cancelled.is_set()  # read before the answer goes: a finished stream sets it too
+        timed_out = not left and time.monotonic() > job.deadline
+        self.counts["cancelled" if left else "timed_out" if timed_out else "served"] += 1
         self.recent.append(time.monotonic() - began)
         job.send("done", new, stats, timed_out, began - job.queued)
         if self.store is not None:
             self.store.save()
+        if self.online is not None and not left:
+            self.online.observe(job.ids, new)
 
 
 def suffix_store(drafter: Drafter | None) -> SuffixDrafter | None:
