@@ -62,10 +62,10 @@ def base_fingerprint(model: torch.nn.Module, tokenizer) -> str:
     return hashlib.sha256(json.dumps([shape, tokenizer_fingerprint(tokenizer)]).encode()).hexdigest()[:16]
 
 
-def read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """An adapter file's tensors and provenance; a one-line error for anything else."""
+def read_meta(path: Path) -> dict:
+    """An adapter file's provenance (its tensors left on disk); a one-line error for
+    anything that is not an adapter."""
     try:
-        tensors = load_file(str(path))
         with safe_open(str(path), "pt") as f:
             meta = json.loads((f.metadata() or {})["vocabtrim"])
     except FileNotFoundError:
@@ -74,7 +74,21 @@ def read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise VocabtrimError(f"{path} is not an adapter written by vocabtrim adapt ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise VocabtrimError(f"{path} is not an adapter written by vocabtrim adapt")
-    return tensors, meta
+    return meta
+
+
+def read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """An adapter file's tensors and provenance."""
+    meta = read_meta(path)
+    try:
+        return load_file(str(path)), meta
+    except (OSError, SafetensorError) as e:
+        raise VocabtrimError(f"{path} is not an adapter written by vocabtrim adapt ({e})") from None
+
+
+def _lora_part(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The adapter's own tensors of a file's, without the optimizer's moments."""
+    return {k: v for k, v in tensors.items() if not k.startswith("adam.")}
 
 
 def check_out(out: Path, resume: bool) -> tuple[dict[str, torch.Tensor], dict] | None:
@@ -86,7 +100,7 @@ def check_out(out: Path, resume: bool) -> tuple[dict[str, torch.Tensor], dict] |
             raise VocabtrimError(f"--resume: {out} does not exist yet; drop --resume to start it")
         return None
     if not resume:
-        read(out)  # refuses what is not an adapter
+        read_meta(out)  # refuses what is not an adapter
         raise VocabtrimError(f"{out} exists; give --resume to continue it or another --out")
     return read(out)
 
@@ -107,7 +121,7 @@ def merge(model: torch.nn.Module, tokenizer, path: Path) -> torch.nn.Module:
     if meta["drafter_fingerprint"] != base_fingerprint(model, tokenizer):
         raise VocabtrimError(f"{path} adapts another drafter ({meta['drafter']}): its shape or vocabulary differ")
     peft_model = _lora(model, Settings(**meta["settings"]))
-    set_peft_model_state_dict(peft_model, {k: v for k, v in tensors.items() if not k.startswith("adam.")})
+    set_peft_model_state_dict(peft_model, _lora_part(tensors))
     return peft_model.merge_and_unload().eval()
 
 
@@ -139,7 +153,7 @@ class Trainer:
         self.model = _lora(drafter.model, settings)
         self.model.train()
         if state:
-            set_peft_model_state_dict(self.model, {k: v for k, v in state.items() if not k.startswith("adam.")})
+            set_peft_model_state_dict(self.model, _lora_part(state))
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         self.opt = torch.optim.AdamW(self.params.values(), lr=settings.lr, weight_decay=0.0)
         if state and any(k.startswith("adam.") for k in state):
@@ -183,8 +197,8 @@ class Trainer:
 def adapt(prompts: list[list[int]], answer: Callable[[list[int]], list[int]], target: Target,
           drafter, cross: Callable[[list[int]], list[int]] | None, out: Path, meta: dict,
           settings: Settings, resumed: tuple[dict, dict] | None = None) -> dict:
-    """Distil an adapter for `drafter` (models.Loaded, float32 torch weights) from the target's answers to `prompts` (`answer`
-    writes one through the engine; `cross` spells target ids in the drafter's tokens for a
+    """Distil an adapter for `drafter` (models.Loaded, float32 torch weights) from the
+    target's answers to `prompts` (`answer` writes one through the engine; `cross` spells target ids in the drafter's tokens for a
     drafter of another tokenizer) into `out`, saved atomically every minute and at the end
     with `meta` (provenance). `resumed` (tensors, meta) continues an interrupted run."""
     state, prev = resumed or (None, {})
@@ -194,7 +208,8 @@ def adapt(prompts: list[list[int]], answer: Callable[[list[int]], list[int]], ta
     done = int(prev.get("steps", 0))
     trainer = Trainer(drafter, settings, cross, state)
     total = settings.epochs * len(prompts)
-    record = {**meta, "format": FORMAT, "settings": asdict(settings), "drafter_fingerprint": base_fingerprint(drafter.model, drafter.tokenizer)}
+    record = {**meta, "format": FORMAT, "settings": asdict(settings),
+              "drafter_fingerprint": base_fingerprint(drafter.model, drafter.tokenizer)}
     losses: list[float] = list(prev.get("losses", []))
     saved = time.monotonic()
 
@@ -238,7 +253,7 @@ class Online:
     def __init__(self, base, settings: Settings, spell: Callable[[list[int]], list[int]] | None = None,
                  state: dict[str, torch.Tensor] | None = None, share: float = 0.25, merge_every: int = 8,
                  keep: int = 64, dtype: str = "bfloat16"):
-        self.trainer, self.spell = Trainer(base, settings, spell, state), spell
+        self.trainer = Trainer(base, settings, spell, state)
         self.answers: deque[tuple[list[int], list[int]]] = deque(maxlen=keep)
         self.share, self.merge_every, self.dtype, self.limit = share, merge_every, dtype, settings.max_new_tokens
         self.spent, self.born, self.steps = 0.0, time.monotonic(), 0
@@ -256,7 +271,7 @@ class Online:
         began = time.monotonic()
         prompt, answer = self.answers.popleft()
         with torch.no_grad():
-            teacher = None if self.spell else target.logits(prompt + answer[:-1], len(answer))
+            teacher = None if self.trainer.spell else target.logits(prompt + answer[:-1], len(answer))
         self.trainer.step(prompt, answer, teacher)
         self.steps += 1
         self.spent += time.monotonic() - began
@@ -266,5 +281,4 @@ class Online:
         """The drafter with the adapter as it stands merged in, ready to serve."""
         model = copy.deepcopy(self.trainer.model).merge_and_unload().eval()
         model.requires_grad_(False)
-        model.to(kernels.TORCH_DTYPES.get(self.dtype, torch.bfloat16))
-        return kernels.pack(model) if self.dtype == kernels.PACKED else model
+        return kernels.in_dtype(model, self.dtype)

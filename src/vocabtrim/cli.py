@@ -14,7 +14,7 @@ import torch
 from click.core import ParameterSource
 
 from . import backend, ggml, kernels, models, profile, tokenmap
-from .adapt import Online, Settings, adapt, check_out
+from .adapt import Online, Settings, adapt, check_out, read_meta
 from .adapt import read as read_adapter
 from .assembly import Assembler, Parts, Spec, parse_method
 from .bench import methods as bm
@@ -205,8 +205,7 @@ class Built:
     parts: Parts
     engine: Engine
     policy: Policy
-    kind: str  # ar, sd, suffix or hybrid
-    spec: Spec
+    spec: Spec  # its kind: ar, sd, suffix or hybrid
     rule: str  # the policy's spec
 
     def rebuild(self, drafter: torch.nn.Module) -> tuple[Engine, Policy]:
@@ -256,7 +255,7 @@ def _build(target, draft, no_draft, ngram, drafter_kind, policy_spec, draft_len,
                              "target's (drop it)")
     spec = Spec(kind, kind, token_map is not None, ngram=ngram)
     engine, policy = assembler.build(spec, rule)
-    return Built(parts, engine, policy, kind, spec, rule)
+    return Built(parts, engine, policy, spec, rule)
 
 
 @main.command()
@@ -289,7 +288,7 @@ def generate(prompt, prompt_file, max_new_tokens, temperature, top_p, top_k, see
     if as_json:
         record = {"text": out_text, "token_ids": new, "prompt_tokens": len(ids),
                   "target": how["target"], "backend": tgt.backend,
-                  "draft": None if built.kind in ("ar", "suffix") else how["draft"],
+                  "draft": None if built.spec.kind in ("ar", "suffix") else how["draft"],
                   "drafter": None if how["no_draft"] else how["drafter_kind"],
                   "policy": None if how["no_draft"] else built.policy.spec(), **stats.to_dict()}
         click.echo(json.dumps(record))
@@ -359,6 +358,7 @@ def serve(host, port, api_key, name, queue_size, time_limit, store_path, store_t
 
     run_server(service, load, host, port)
 
+
 def _online(built: Built, how: dict, share: float, merge_every: int) -> Online:
     """Online adaptation for a server's drafter: a float32 copy of it (its adapter, if any,
     continued), learning from the answers served."""
@@ -380,7 +380,7 @@ def _load(target: str, draft: str | None, token_map: Path | None, dtype: str = "
         raise VocabtrimError("--token-map needs a drafter (drop --no-draft)")
     tm = None if token_map is None else TokenMap.load(token_map)
     if draft_adapter is not None:
-        read_adapter(draft_adapter)  # a bad file is refused before any model loads
+        read_meta(draft_adapter)  # a bad file is refused before any model loads
     tgt = models.load(target, dtype, backend.choose(target, target_backend, dtype))
     drf = None if draft is None else models.load(draft, dtype, adapter=draft_adapter)
     if tm is not None:

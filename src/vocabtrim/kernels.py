@@ -255,6 +255,13 @@ def quantized_parts(model: nn.Module) -> dict[str, Tensor]:
             for k, t in m.parts().items()}
 
 
+def in_dtype(model: nn.Module, dtype: str) -> nn.Module:
+    """`model` (in place) as it serves in `dtype`, a concrete choice (see `resolve`): cast to
+    that torch dtype, or packed for fbgemm (bf16 weights first, as loading reads them)."""
+    model.to(TORCH_DTYPES.get(dtype, torch.bfloat16))
+    return pack(model) if dtype == PACKED else model
+
+
 def pack(model: nn.Module, wide: bool | None = None) -> nn.Module:
     """Replace every nn.Linear of `model` by a PackedLinear and make the rest fp32, in place.
     `wide` (default: where this machine measured bf16 faster for a prompt's rows,

@@ -405,9 +405,7 @@ def _weights(spec: str, where: Path | str, gguf: str | None, dtype: str, adapter
     model.eval()
     if adapter is not None:
         model = merge(model, tokenizer, adapter)
-    if dtype == kernels.PACKED:
-        kernels.pack(model)
-    return model
+    return kernels.in_dtype(model, dtype)
 
 
 def _source(where: Path | str, gguf: str | None) -> str:
