@@ -30,9 +30,10 @@ from vocabtrim.assembly import Assembler, Parts, parse_method
 from vocabtrim.bench import methods as bm
 from vocabtrim.bench.common import identity_check, warm_up
 from vocabtrim.bench.report import markdown, summarize
-from vocabtrim.bench.run import run_matrix
+from vocabtrim.bench.run import is_results, run_matrix
 from vocabtrim.data import humaneval, load_questions
 from vocabtrim.engine import Stop
+from vocabtrim.files import atomic_write
 from vocabtrim.sampling import Sampling
 
 SAMPLE = Path(__file__).with_name("spec_bench_sample.jsonl")
@@ -82,11 +83,16 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("results/adapt"))
     args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
     sample = load_questions(str(SAMPLE))
     prose_data = args.out / "prose_adapt.jsonl"
-    prose_data.write_text("".join(json.dumps({"prompt": t}) + "\n" for q in sample if q.category != args.prose
-                                  for t in q.turns))
+    prose = "".join(json.dumps({"prompt": t}) + "\n" for q in sample if q.category != args.prose for t in q.turns)
+    results = [args.out / f"eval-{d}" / "results.jsonl" for d in ("code", "prose")]
+    foreign = [p for p in results if p.exists() and not is_results(p)]
+    if prose_data.exists() and prose_data.read_text() != prose:
+        foreign.append(prose_data)
+    if foreign:  # checked before any work: this script replaces only its own files
+        raise SystemExit(f"error: refusing to overwrite {', '.join(map(str, foreign))}: this script did not write it")
+    atomic_write(prose_data, lambda tmp: Path(tmp).write_text(prose))
     made = adapters(args, prose_data)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -97,7 +103,7 @@ def main() -> None:
                               ("prose", [q for q in sample if q.category == args.prose])):
         out = args.out / f"eval-{domain}"
         out.mkdir(exist_ok=True)
-        (out / "results.jsonl").unlink(missing_ok=True)  # a fresh run each time: this script's own file
+        (out / "results.jsonl").unlink(missing_ok=True)  # a fresh run each time (its own file, checked above)
         summary = evaluate(questions, {k: made[k, domain][0] for k in DRAFTERS}, out, args.max_new_tokens)
         print(f"\n## {domain}: {len(questions)} questions, {args.max_new_tokens} new tokens, greedy\n")
         print(markdown(summary))

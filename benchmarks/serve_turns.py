@@ -30,6 +30,8 @@ from pathlib import Path
 
 from openai import OpenAI
 
+from vocabtrim.files import atomic_write
+
 SAMPLE = Path(__file__).with_name("spec_bench_sample.jsonl")
 
 
@@ -83,12 +85,21 @@ def rate(rows: list[dict], key: str = "wall") -> float:
     return sum(r["tokens"] for r in rows) / sum(r[key] for r in rows)
 
 
+def _ours(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("script") == "serve_turns"
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--out", type=Path, default=Path("results/serve_turns.json"))
     args = ap.parse_args()
+    if args.out.exists() and not _ours(args.out):  # checked before minutes of runs
+        raise SystemExit(f"error: refusing to overwrite {args.out}: this script did not write it")
     questions = [q for q in map(json.loads, SAMPLE.read_text().splitlines()) if len(q["turns"]) == 2]
     runs = {}
     for mode, extra in (("shared", ()), ("fresh", ("--store-tokens", "0"))):
@@ -122,8 +133,8 @@ def main() -> None:
     print(f"first turns, fresh store: server {served:.2f} tok/s (wall) vs vocabtrim generate "
           f"{rate(gen, 'engine'):.2f} tok/s (engine): {served / rate(gen, 'engine'):.3f}x; "
           f"same text: {all(g['same'] for g in gen)}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"cpu": cpu, "runs": runs, "generate": gen}, indent=1))
+    body = json.dumps({"script": "serve_turns", "cpu": cpu, "runs": runs, "generate": gen}, indent=1)
+    atomic_write(args.out, lambda tmp: Path(tmp).write_text(body))
     print(f"records in {args.out}")
 
 
