@@ -128,7 +128,7 @@ def test_bench_end_to_end_on_tiny_models(tmp_path, tiny_dirs):
     assert (out / "summary.md").read_text() == markdown(summary)
     assert {"loading", "calibration", "warm-up", "generations"} <= summary["time_s"].keys()
     assert summary["time_s"]["generations"] >= sum(x["seconds"] for x in recs)
-    assert "Run time" in r.stdout
+    assert "Run time" in r.stdout and "Peak resident memory" in r.stdout and summary["peak_rss_gb"] > 0
     assert (out / "speedup.png").stat().st_size > 1000 and (out / "tau_mbsu.png").stat().st_size > 1000
     assert any((tmp_path / "cache" / "calibration").glob("*.safetensors"))  # counts cached for reuse
     again = cli(*args, env=env)

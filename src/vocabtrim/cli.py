@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -552,6 +553,7 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     with timed(spent, "identity check"):
         summary = summarize(records, "ar", sampling.greedy, identity_check(assembler.target))
     summary["time_s"] = spent
+    summary["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux counts KiB
     summary["settings"] = {"data": data, "questions": len(questions), "max_new_tokens": max_new_tokens,
                            "repeats": repeats, "temperature": temperature, "seed": seed, "draft_len": draft_len,
                            "adaedl": adaedl, "token_map_k": None if parts.kept is None else len(parts.kept),

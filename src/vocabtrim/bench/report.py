@@ -179,7 +179,8 @@ def run_time(summary: dict) -> str:
     per_method = ", ".join(f"{n} {m['overall']['seconds'] / 60:.1f}" for n, m in summary["methods"].items())
     phases = ", ".join(f"{k} {v / 60:.1f}" + (f" ({per_method})" if k == "generations" else "")
                        for k, v in spent.items() if v >= 1)
-    return f"Run time {sum(spent.values()) / 60:.1f} min: {phases}."
+    peak = f" Peak resident memory {summary['peak_rss_gb']:.1f} GB." if "peak_rss_gb" in summary else ""
+    return f"Run time {sum(spent.values()) / 60:.1f} min: {phases}.{peak}"
 
 
 def pyplot():
