@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import cli, tiny_model, write_gguf
 
 from vocabtrim import models
 from vocabtrim.bench.report import markdown, summarize
@@ -154,3 +155,35 @@ def test_llamacpp_build_is_found_complete_or_not_at_all(tmp_path, monkeypatch):
         (done / name).write_text("")
     assert peers.ensure_binaries("9.9.9") == done  # complete: nothing is fetched or built
     assert not list((tmp_path / "llama.cpp").glob(".9.9.9.build-*"))
+
+
+def test_the_oracle_splits_an_answer_into_its_cheapest_rounds():
+    ceiling = script("ceiling")
+    curve = [0.0, 10.0, 15.0, 40.0]  # ms to verify 0..3 tokens
+    assert ceiling.oracle_ms(4, curve) == 30.0  # 2 + 2, not 3 + 1 (50) or four single steps (40)
+    assert ceiling.oracle_ms(3, curve[:2]) == 30.0  # rounds of one token only: the target alone
+    assert ceiling.oracle_ms(0, curve) == 0.0
+    assert ceiling.free_speedup(1.0, curve) == (pytest.approx(20 / 15), 1)  # 2 tokens in 15 ms, not 3 in 40
+    assert ceiling.free_speedup(0.0, curve) == (1.0, 0)
+    assert ceiling.acceptance_for(1.2, curve) == pytest.approx(0.8, abs=1e-6)  # (1 + a) / 15 ms = 1.2 / 10 ms
+    assert ceiling.acceptance_for(1.5, curve) is None
+
+
+def test_ceiling_bounds_a_bench_run_on_ggml(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("llama_cpp")
+    ceiling = script("ceiling")
+    path = write_gguf(tiny_model(64, seed=1), tmp_path / "t.gguf")
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"w{i}w2 w{i + 1}", "category": "c"}) + "\n" for i in range(5, 7)))
+    out = tmp_path / "out"
+    r = cli("bench", "--target", path, "--backend", "ggml", "--methods", "ar,suffix", "--data", data,
+            "--max-new-tokens", 8, "--out", out, env={"VOCABTRIM_CACHE": str(tmp_path / "cache")})
+    assert r.exit_code == 0, r.stderr + str(r.exception)
+    monkeypatch.setattr(sys, "argv", ["ceiling.py", "--results", str(out), "--target", str(path),
+                                      "--max-len", "8", "--repeats", "1"])
+    ceiling.main()
+    printed = capsys.readouterr().out
+    assert "| 8 tokens |" in printed and "| suffix |" in printed
+    monkeypatch.setattr(sys, "argv", ["ceiling.py", "--results", str(tmp_path)])
+    with pytest.raises(SystemExit, match="error: .* is not a finished bench run"):
+        ceiling.main()
