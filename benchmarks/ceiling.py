@@ -108,12 +108,15 @@ def main() -> None:
         if not answers:
             raise VocabtrimError(f"{a.results} holds no answers of its baseline method")
         runs = [summary, *(read_run(d)[0] for d in a.peers)]
+        if a.max_len < 1 or a.repeats < 1:
+            raise VocabtrimError("--max-len and --repeats must be at least 1")
         gguf = models.gguf_path(a.target)
         if gguf is None:
             raise VocabtrimError(f"{a.target} has no GGUF file to run on ggml")
+        target = GgmlTarget(gguf)  # needs the [ggml] extra
     except VocabtrimError as e:
         raise SystemExit(f"error: {e}") from None
-    curve = verify_curve(GgmlTarget(gguf), answers[0]["turns"][0]["prompt_ids"], a.max_len, a.repeats)
+    curve = verify_curve(target, answers[0]["turns"][0]["prompt_ids"], a.max_len, a.repeats)
     per_token = min(range(1, a.max_len + 1), key=lambda k: curve[k] / k)
     print("V(L) ms: " + ", ".join(f"{k}: {curve[k]:.0f}" for k in (1, 2, 4, 8, 16, 32, 64, a.max_len) if k <= a.max_len))
     print(f"cheapest ms a token: {curve[per_token] / per_token:.1f} at L = {per_token} (a single step: {curve[1]:.1f})")
