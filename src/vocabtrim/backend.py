@@ -17,7 +17,7 @@ import torch
 
 from . import ggml, models
 from .errors import VocabtrimError
-from .files import atomic_write
+from .files import atomic_write, version
 from .ggml import GgmlTarget
 from .kernels import cpu, resolve
 from .paths import cache_file
@@ -38,9 +38,7 @@ def choose(spec: str, backend: str, dtype: str = "auto") -> str:
     if gguf is None or not ggml.available():
         return "torch"
     dtype = resolve(dtype)
-    stat = gguf.stat()
-    path = cache_file("profiles", {"backend_choice": cpu(), "gguf": [str(gguf.resolve()), stat.st_size,
-                                                                     stat.st_mtime_ns], "dtype": dtype}, ".json")
+    path = cache_file("profiles", {"backend_choice": cpu(), "gguf": version(gguf), "dtype": dtype}, ".json")
     choice = _read(path)
     if choice is None:
         print(f"timing {spec} on torch and on ggml (once on this machine)", file=sys.stderr)

@@ -1,4 +1,5 @@
 """Atomic writes: every artifact appears whole or not at all, and a failed write is one line.
+And a file's version, what caches of things made from a file are keyed by.
 
 A file is built under a temporary name beside its destination (named after the writing
 process), flushed to disk, then renamed into place. A killed writer leaves its temporary
@@ -19,6 +20,13 @@ from pathlib import Path
 from .errors import VocabtrimError
 
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # from <fcntl.h> and <linux/fs.h>
+
+
+def version(path: Path) -> tuple[str, int, int]:
+    """`path` as it is now (resolved path, size, modification time): a rewritten file is
+    another version, so whatever was made from the old one is not reused."""
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
 
 
 def atomic_write(path: Path, write: Callable[[str], object]) -> None:

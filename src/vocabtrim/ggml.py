@@ -22,6 +22,7 @@ from torch import Tensor
 
 from .cache import common_prefix
 from .errors import VocabtrimError
+from .files import version
 from .metrics import GenerationStats
 from .sampling import Sampling
 
@@ -68,8 +69,7 @@ _loaded: weakref.WeakValueDictionary[tuple, _Weights] = weakref.WeakValueDiction
 
 def _weights(path: Path) -> _Weights:
     """The loaded weights of `path` (its size and time too: a rewritten file loads anew)."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = version(path)
     weights = _loaded.get(key)
     if weights is None:
         weights = _loaded[key] = _Weights(path)

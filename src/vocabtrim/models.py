@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from . import kernels
 from .adapt import merge
 from .errors import VocabtrimError
-from .files import atomic_write
+from .files import atomic_write, version
 from .ggml import GgmlTarget
 from .paths import cache_file, cache_root
 from .target import Target, TorchTarget
@@ -358,7 +358,7 @@ def load(spec: str, dtype: str = "auto", backend: str = "torch", adapter: Path |
             tok.chat_template = _gguf_chat_template(Path(where) / gguf)
         if backend == "torch":
             source = _source(where, gguf) if adapter is None else json.dumps(
-                [_source(where, gguf), str(Path(adapter).resolve()), Path(adapter).stat().st_mtime_ns])
+                [_source(where, gguf), version(Path(adapter))])
             return Loaded(spec, _weights(spec, where, gguf, dtype, adapter, tok), tok, dtype, source)
         if adapter is not None:
             raise VocabtrimError("an adapter adapts a drafter, on torch; the ggml backend runs a target's GGUF")
@@ -414,7 +414,7 @@ def _source(where: Path | str, gguf: str | None) -> str:
     if isinstance(where, str):
         return where
     files = [where / gguf] if gguf else sorted([*where.glob("*.safetensors"), *where.glob("*.bin")])
-    return json.dumps([[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files])
+    return json.dumps([version(f) for f in files])
 
 
 def quantize(loaded: Loaded, scheme: str) -> Loaded:
