@@ -8,11 +8,13 @@ import torch
 from conftest import cli, fake_method, tiny_model, tiny_tokenizer
 
 from vocabtrim.bench.identity import divergence
-from vocabtrim.bench.methods import METHODS
+from vocabtrim.bench.methods import METHODS, HFGenerate
 from vocabtrim.bench.report import markdown, plot, speedup_interval, summarize
 from vocabtrim.bench.run import Method, read_results, run_matrix
 from vocabtrim.data import Question, load_questions, select
+from vocabtrim.engine import Stop
 from vocabtrim.metrics import GenerationStats
+from vocabtrim.sampling import Sampling
 from vocabtrim.target import TIE_TOLERANCE, TorchTarget
 
 TORCH_METHODS = [m for m in METHODS if m != "llamacpp"]  # llamacpp runs a GGUF file: test_ggml
@@ -194,3 +196,10 @@ def test_divergence_finds_the_first_difference_and_its_margin():
     assert d["margin"] == pytest.approx(abs(float(logits[9] - logits[10])), abs=1e-4)
     assert d["tolerance"] == TIE_TOLERANCE[torch.float32] and d["tie"] == (d["margin"] <= 0.01)
     assert divergence(seam, [5], [7], [7, 8])["margin"] is None  # one output is a prefix: no tie
+
+
+def test_transformers_peer_stops_at_the_end_of_the_context():
+    target = tiny_model(context=24)
+    stop = Stop(frozenset())
+    new, stats = HFGenerate(target, Sampling(), 0, stop)(list(range(2, 20)), 50)
+    assert len(new) == stats.new_tokens <= 24 - 18  # not an indexing error past the positions it has

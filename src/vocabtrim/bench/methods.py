@@ -19,6 +19,7 @@ import torch
 
 from .. import models
 from ..assembly import PEERS, Assembler, Spec, parse_method
+from ..cache import context_length
 from ..drafters import Bridge
 from ..engine import Stop
 from ..errors import VocabtrimError
@@ -100,6 +101,9 @@ class HFGenerate:
     def __call__(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], GenerationStats]:
         torch.manual_seed(self.seed)
         inp = torch.tensor([ids])
+        # as our engine does: stop where the shorter context ends, not in an indexing error
+        room = min(context_length(m) for m in (self.target, self.drafter) if m is not None) - len(ids)
+        max_new_tokens = min(max_new_tokens, room)
         s = self.sampling
         kwargs = {"do_sample": False} if s.greedy else {
             "do_sample": True, "temperature": s.temperature, "top_k": s.top_k or None, "top_p": s.top_p}
