@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from vocabtrim import models
 from vocabtrim.errors import VocabtrimError
 from vocabtrim.ggml import GgmlTarget
-from vocabtrim.profile import forward_ms
+from vocabtrim.profile import forward_ms, interpolate
 
 
 def read_run(out: Path) -> tuple[dict, list[dict]]:
@@ -52,14 +52,7 @@ def verify_curve(target: GgmlTarget, context: list[int], max_len: int, repeats: 
     measured = {0: 0.0}
     for n in tqdm(lengths, desc="V(L)", unit="length"):
         measured[n] = forward_ms(target.logits, target.vocab_size, context, n, repeats)
-    known = sorted(measured)
-    curve = []
-    for n in range(max_len + 1):
-        hi = next(k for k in known if k >= n)
-        lo = max(k for k in known if k <= n)
-        curve.append(measured[lo] if hi == lo else
-                     measured[lo] + (measured[hi] - measured[lo]) * (n - lo) / (hi - lo))
-    return curve
+    return [interpolate(measured, n) for n in range(max_len + 1)]
 
 
 def oracle_ms(tokens: int, curve: list[float]) -> float:
@@ -156,6 +149,7 @@ def print_free(curve: list[float], bars: list[float]) -> None:
         need = acceptance_for(bar, curve)
         print(f"{bar}x decode speed-up needs a free drafter with acceptance >= "
               + ("(out of reach)" if need is None else f"{need:.3f}"))
+
 
 if __name__ == "__main__":
     main()

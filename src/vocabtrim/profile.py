@@ -206,7 +206,7 @@ def measure(target, drafter, quick: bool = False, progress: bool = True) -> Prof
         for n in ns:
             measured[n] = forward_ms(seam.logits, seam.vocab_size, ids[:c], n, repeats)
             bar.update()
-        target_ms[str(c)] = [_interpolate(measured, n) for n in range(1, max(ns) + 1)]
+        target_ms[str(c)] = [interpolate(measured, n) for n in range(1, max(ns) + 1)]
     draft_ms = drafter_ms(drafter.model, ids[:contexts[0]], 3 * repeats, bar.update)
     lm = lm_factory(drafter.model)
     draft_prefill = max(contexts[-1] / _seconds(lambda: lm().hidden(ids[:contexts[-1]], 1)) for _ in range(2))
@@ -228,7 +228,8 @@ def drafter_ms(model: torch.nn.Module, context: list[int], repeats: int,
     return out
 
 
-def _interpolate(measured: dict[int, float], n: int) -> float:
+def interpolate(measured: dict[int, float], n: int) -> float:
+    """The ms at `n` from those `measured` at some n: linear between the nearest two."""
     lo = max(k for k in measured if k <= n)
     hi = min((k for k in measured if k >= n), default=lo)
     if hi == lo:
