@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -215,6 +216,20 @@ def cli(*args, env: dict[str, str] | None = None) -> Result:
 
 
 # --- GGUF files for the ggml target ---
+
+
+def bench_gguf(path: Path, tmp_path: Path, methods: str, questions: int) -> Path:
+    """`vocabtrim bench` of `methods` on the GGUF at `path` (ggml backend), `questions`
+    tiny prompts, 8 new tokens each; asserts it succeeded and returns its --out."""
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"w{i}w2 w{i + 1}", "category": "c"}) + "\n"
+                            for i in range(5, 5 + questions)))
+    out = tmp_path / "out"
+    r = cli("bench", "--target", path, "--backend", "ggml", "--methods", methods, "--data", data,
+            "--max-new-tokens", 8, "--out", out, env={"VOCABTRIM_CACHE": str(tmp_path / "cache")})
+    assert r.exit_code == 0, r.stderr + str(r.exception)
+    return out
+
 
 GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
               "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli, tiny_model, write_gguf
+from conftest import bench_gguf, tiny_model, write_gguf
 
 from vocabtrim import models
 from vocabtrim.bench.report import markdown, summarize
@@ -173,12 +173,7 @@ def test_ceiling_bounds_a_bench_run_on_ggml(tmp_path, monkeypatch, capsys):
     pytest.importorskip("llama_cpp")
     ceiling = script("ceiling")
     path = write_gguf(tiny_model(64, seed=1), tmp_path / "t.gguf")
-    data = tmp_path / "q.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"w{i}w2 w{i + 1}", "category": "c"}) + "\n" for i in range(5, 7)))
-    out = tmp_path / "out"
-    r = cli("bench", "--target", path, "--backend", "ggml", "--methods", "ar,suffix", "--data", data,
-            "--max-new-tokens", 8, "--out", out, env={"VOCABTRIM_CACHE": str(tmp_path / "cache")})
-    assert r.exit_code == 0, r.stderr + str(r.exception)
+    out = bench_gguf(path, tmp_path, "ar,suffix", 2)
     monkeypatch.setattr(sys, "argv", ["ceiling.py", "--results", str(out), "--target", str(path),
                                       "--max-len", "8", "--repeats", "1"])
     ceiling.main()

@@ -11,6 +11,7 @@ from conftest import (
     RUNS,
     SMALL_PROMPT,
     SMALL_SAMPLING,
+    bench_gguf,
     chi2_pvalue,
     cli,
     exact_joint,
@@ -124,12 +125,7 @@ def test_backend_choice(tiny, tiny_dirs, tmp_path, monkeypatch):
 
 def test_bench_on_ggml_with_llama_cpp_beside(tiny, tmp_path):
     _, _, path = tiny
-    data = tmp_path / "q.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"w{i}w2 w{i + 1}", "category": "c"}) + "\n" for i in range(5, 8)))
-    out = tmp_path / "out"
-    r = cli("bench", "--target", path, "--backend", "ggml", "--methods", "ar,llamacpp,suffix", "--data", data,
-            "--max-new-tokens", 8, "--out", out, env={"VOCABTRIM_CACHE": str(tmp_path / "cache")})
-    assert r.exit_code == 0, r.stderr + str(r.exception)
+    out = bench_gguf(path, tmp_path, "ar,llamacpp,suffix", 3)
     summary = json.loads((out / "summary.json").read_text())
     ms = summary["methods"]
     assert {n: m["backend"] for n, m in ms.items()} == {"ar": "ggml", "llamacpp": "llama.cpp", "suffix": "ggml"}
