@@ -198,9 +198,10 @@ def adapt(prompts: list[list[int]], answer: Callable[[list[int]], list[int]], ta
           drafter, cross: Callable[[list[int]], list[int]] | None, out: Path, meta: dict,
           settings: Settings, resumed: tuple[dict, dict] | None = None) -> dict:
     """Distil an adapter for `drafter` (models.Loaded, float32 torch weights) from the
-    target's answers to `prompts` (`answer` writes one through the engine; `cross` spells target ids in the drafter's tokens for a
-    drafter of another tokenizer) into `out`, saved atomically every minute and at the end
-    with `meta` (provenance). `resumed` (tensors, meta) continues an interrupted run."""
+    target's answers to `prompts` (`answer` writes one through the engine; `cross` spells
+    target ids in the drafter's tokens for a drafter of another tokenizer) into `out`, saved
+    atomically every minute and at the end with `meta` (provenance). `resumed` (tensors,
+    meta) continues an interrupted run."""
     state, prev = resumed or (None, {})
     if prev and (prev.get("settings") != asdict(settings) or prev.get("data") != meta["data"]):
         raise VocabtrimError(f"--resume: {out} was made with other settings or data; give another --out")

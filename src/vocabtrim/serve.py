@@ -242,7 +242,7 @@ class Decoder:
         if self.online.step(self.engine.target):
             suffix = suffix_store(self.engine.drafter)
             self.engine, self.policy = self.rebuild(self.online.merged())
-            if suffix is not None and hasattr(self.engine.drafter, "suffix"):
+            if suffix is not None:  # a hybrid rebuilt as a hybrid: its store carries over
                 self.engine.drafter.suffix = suffix
             self.counts["adapter_merges"] += 1
 
