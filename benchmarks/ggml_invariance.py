@@ -87,12 +87,11 @@ class Ctx:
                  callback: object = None):
         import llama_cpp as ll
 
-        from vocabtrim.ggml import _init
+        from vocabtrim.ggml import _init, model_params
 
         _init()
         self.ll = ll
-        mp = ll.llama_model_default_params()
-        mp.use_extra_bufts = s.repack
+        mp = model_params(Path(path), repack=s.repack)  # no AMX buffer where it crashes
         self.model = ll.llama_model_load_from_file(path.encode(), mp)
         cp = ll.llama_context_default_params()
         cp.n_ctx = cp.n_batch = n_ctx

@@ -1,6 +1,6 @@
 """llama.cpp's own speculative modes as peers, on the same GGUF files and prompts as `vocabtrim bench`.
 
-Builds llama-server and llama-bench once (into $VOCABTRIM_CACHE/llama.cpp/VERSION/bin) from
+Builds llama-server and llama-bench once (into $VOCABTRIM_CACHE/llama.cpp/VERSION-noamx/bin, without the AMX matmul) from
 the llama.cpp source vendored in the sdist of the installed llama-cpp-python, fetched with
 pip. Then, per mode, runs llama-server on 127.0.0.1 with the target GGUF: `alone` (no
 speculation, the baseline), `ngram-simple` and `ngram-mod` (`--spec-type`, model-free
@@ -62,7 +62,11 @@ CMAKE_OPTIONS = ("-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_BUIL
                  "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON",
                  "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",  # no npm, no download: no web UI
                  "-DLLAMA_OPENSSL=OFF",  # loopback only
-                 "-DBUILD_SHARED_LIBS=OFF")  # self-contained binaries survive the rename into place
+                 "-DBUILD_SHARED_LIBS=OFF",  # self-contained binaries survive the rename into place
+                 # no AMX matmul (it segfaults on Xeon hosts: vocabtrim.ggml.avoids_amx), the rest of
+                 # -march=native kept: GCC lets an explicit -mno- win over -march in either order
+                 "-DCMAKE_C_FLAGS=-mno-amx-int8", "-DCMAKE_CXX_FLAGS=-mno-amx-int8")
+BUILD = "noamx"  # the build's name beside the version: a cached build made with AMX is not reused
 MODES = {  # mode -> llama-server's flags for it (draft: and -md DRAFT)
     "alone": (),
     "ngram-simple": ("--spec-type", "ngram-simple"),
@@ -91,7 +95,7 @@ def llama_version() -> str:
 
 def bin_dir(version: str) -> Path:
     """Where the binaries of `version` live once built: complete, or not there at all."""
-    return paths.cache_root() / "llama.cpp" / version / "bin"
+    return paths.cache_root() / "llama.cpp" / f"{version}-{BUILD}" / "bin"
 
 
 @contextmanager

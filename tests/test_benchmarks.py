@@ -149,7 +149,8 @@ def test_llamacpp_build_is_found_complete_or_not_at_all(tmp_path, monkeypatch):
     peers = script("llamacpp_peers")
     monkeypatch.setenv("VOCABTRIM_CACHE", str(tmp_path))
     done = peers.bin_dir("9.9.9")
-    assert done == tmp_path / "llama.cpp" / "9.9.9" / "bin"
+    assert done == tmp_path / "llama.cpp" / "9.9.9-noamx" / "bin"  # a build made with AMX is not reused
+    assert "-DCMAKE_CXX_FLAGS=-mno-amx-int8" in peers.CMAKE_OPTIONS
     done.mkdir(parents=True)
     for name in peers.BINARIES:
         (done / name).write_text("")

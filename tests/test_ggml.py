@@ -4,6 +4,9 @@ identity with a drafter against itself alone, and sampled output distributed as 
 target's own (chi-square)."""
 
 import json
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -26,6 +29,7 @@ from conftest import (
 from vocabtrim import backend, ggml, models
 from vocabtrim.engine import Engine, Stop
 from vocabtrim.errors import VocabtrimError
+from vocabtrim.isolate import Crashed
 from vocabtrim.policies import Static
 from vocabtrim.sampling import Sampling
 from vocabtrim.target import TorchTarget
@@ -132,3 +136,99 @@ def test_bench_on_ggml_with_llama_cpp_beside(tiny, tmp_path):
     assert ms["llamacpp"]["identical"] == ms["suffix"]["identical"] == "yes"
     assert summary["baseline"] in ("ar", "llamacpp")  # the faster target alone
     assert "| llamacpp | llama.cpp |" in (out / "summary.md").read_text()
+
+
+def test_amx_is_avoided_where_llama_cpp_offers_it():
+    xeon = "CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | AMX_INT8 = 1 | REPACK = 1 |"
+    epyc = "CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | REPACK = 1 |"
+    assert ggml.avoids_amx(xeon) and not ggml.avoids_amx(epyc)
+    assert ggml.avoids_amx(ggml.system_info()) == ("AMX_INT8 = 1" in ggml.system_info())
+
+
+def test_amx_avoidance_keeps_the_other_buffers(tiny):
+    """On an AMX build the model loads without extra buffer types (an F32 file repacks
+    nothing, so no override is named); elsewhere llama.cpp's defaults stand."""
+    _, _, path = tiny
+    amx = ggml.model_params(path, info="AVX2 = 1 | AMX_INT8 = 1")
+    assert not amx.use_extra_bufts and not amx.tensor_buft_overrides
+    assert ggml.model_params(path, info="AVX2 = 1").use_extra_bufts
+
+
+_BUFFERS = """
+import ctypes, json, sys
+from pathlib import Path
+import llama_cpp as ll
+from vocabtrim import ggml
+lines = []
+ggml._init()
+log = ll.llama_log_callback(lambda level, text, data: lines.append(text.decode(errors="replace")))
+ll.llama_log_set(log, ctypes.c_void_p())
+params = ggml.model_params(Path(sys.argv[1]), info=sys.argv[2] or None)
+assert ll.llama_model_load_from_file(sys.argv[1].encode(), params)
+print(json.dumps(sorted(line.split(":", 1)[1].strip() for line in "".join(lines).splitlines()
+                        if "model buffer size" in line)))
+"""
+
+
+def _buffers(path, info: str = "") -> list[str]:
+    """The model buffers llama.cpp reports loading `path` with model_params (in a child: a
+    crash is a failed test, not a dead suite)."""
+    r = subprocess.run([sys.executable, "-c", _BUFFERS, str(path), info], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"the load ended with {_ended(r.returncode)}: {r.stderr[-2000:]}"
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _ended(code: int) -> str:
+    return signal.Signals(-code).name if code < 0 else f"exit status {code}"
+
+
+@pytest.mark.real
+def test_amx_avoidance_repacks_what_llama_cpp_repacks():
+    """The tensors named for the CPU_REPACK buffer (REPACKED_X86) are exactly those llama.cpp
+    repacks by itself: the same buffers, to the byte, with AMX kept out."""
+    path = models.gguf_path(models.DEFAULT_TARGET)
+    info = ggml.system_info()
+    ours = _buffers(path, info + " | AMX_INT8 = 1")
+    assert not any(b.startswith("AMX") for b in ours)
+    if "AVX2 = 1" in info:
+        assert any(b.startswith("CPU_REPACK") for b in ours), ours
+    if ggml.avoids_amx(info):
+        pytest.skip("llama.cpp offers AMX on this CPU, so its own choice is not there to compare with")
+    assert ours == _buffers(path)
+
+
+_DECODE = """
+import sys
+from vocabtrim.ggml import GgmlTarget
+t = GgmlTarget(sys.argv[1], 1024)
+seq = [(500 + 7 * i) % t.vocab_size for i in range(216)]
+t.logits(seq[:200], 1)
+assert t.logits(seq[:208], 8).shape == (8, t.vocab_size)
+assert t.logits(seq, 16).shape == (16, t.vocab_size)
+"""
+
+
+@pytest.mark.real
+def test_multi_token_decode_of_the_real_target_survives():
+    """The decodes that crashed in llama.cpp's AMX matmul on Xeon hosts (a 200-token prompt,
+    then 8 and 16 tokens), in a child process: on a host without AMX it simply passes."""
+    path = models.gguf_path(models.DEFAULT_TARGET)
+    r = subprocess.run([sys.executable, "-c", _DECODE, str(path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"the decode ended with {_ended(r.returncode)}: {r.stderr[-2000:]}"
+
+
+def test_a_backend_that_crashes_while_timing_is_not_chosen(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VOCABTRIM_CACHE", str(tmp_path))
+    _, _, path = tiny
+
+    def timing(fn, name, *args):
+        if name == "ggml":
+            raise Crashed("SIGSEGV")
+        return 5.0
+
+    monkeypatch.setattr(backend, "run_isolated", timing)
+    assert backend.choose(str(path), "auto", "float32") == "torch"
+    assert "the ggml backend crashed while timing" in capsys.readouterr().err
+    monkeypatch.setattr(backend, "run_isolated", lambda fn, name, *a: (_ for _ in ()).throw(Crashed("SIGILL")))
+    with pytest.raises(VocabtrimError, match="every backend crashed"):
+        backend.choose(str(path), "auto", "bfloat16")

@@ -3,8 +3,9 @@ weights) or ggml (the model's GGUF file at its stored precision, on llama.cpp's 
 
 `auto` takes whichever decodes this model file faster on this machine: one single-token
 step of each after a short cached context (the step speculative decoding cannot skip),
-timed once and cached per CPU, threads, model file and dtype. A model without a GGUF file,
-or a machine without llama-cpp-python, runs on torch.
+timed once and cached per CPU, threads, model file and dtype. Each backend is timed in a
+child process: one whose native library dies there is reported in one line and not chosen.
+A model without a GGUF file, or a machine without llama-cpp-python, runs on torch.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from . import ggml, models
 from .errors import VocabtrimError
 from .files import atomic_write, version
 from .ggml import GgmlTarget
+from .isolate import Crashed, run_isolated
 from .kernels import cpu, resolve
 from .paths import cache_file
 from .profile import forward_ms
@@ -42,8 +44,16 @@ def choose(spec: str, backend: str, dtype: str = "auto") -> str:
     choice = _read(path)
     if choice is None:
         print(f"timing {spec} on torch and on ggml (once on this machine)", file=sys.stderr)
-        ms = _step_ms(spec, gguf, dtype)
-        choice = {"backend": min(ms, key=ms.get), "ms": ms}
+        ms, crashed = {}, {}
+        for name in ("torch", "ggml"):
+            try:
+                ms[name] = run_isolated(_step_ms, name, spec, str(gguf), dtype)
+            except Crashed as e:
+                crashed[name] = str(e)
+                print(f"the {name} backend crashed while timing {spec} ({e}): not chosen", file=sys.stderr)
+        if not ms:
+            raise VocabtrimError(f"every backend crashed while timing {spec}: {crashed}")
+        choice = {"backend": min(ms, key=ms.get), "ms": ms, "crashed": crashed}
         atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(choice)))
     return choice["backend"]
 
@@ -57,12 +67,8 @@ def _read(path: Path) -> dict | None:
 
 
 @torch.inference_mode()
-def _step_ms(spec: str, gguf: Path, dtype: str) -> dict[str, float]:
-    """Median ms of one single-token step of each backend after CONTEXT cached tokens."""
-    out = {}
-    for name in ("torch", "ggml"):
-        target = GgmlTarget(gguf) if name == "ggml" else TorchTarget(models.load(spec, dtype).model)
-        ids = [(500 + i) % target.vocab_size for i in range(CONTEXT)]
-        out[name] = forward_ms(target.logits, target.vocab_size, ids, 1, REPEATS)
-        del target
-    return out
+def _step_ms(name: str, spec: str, gguf: str, dtype: str) -> float:
+    """Median ms of one single-token step of backend `name` after CONTEXT cached tokens."""
+    target = GgmlTarget(gguf) if name == "ggml" else TorchTarget(models.load(spec, dtype).model)
+    ids = [(500 + i) % target.vocab_size for i in range(CONTEXT)]
+    return forward_ms(target.logits, target.vocab_size, ids, 1, REPEATS)

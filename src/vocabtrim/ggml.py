@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import time
 import weakref
 from pathlib import Path
@@ -49,13 +50,105 @@ def _init() -> None:
         _backend.append(quiet)
 
 
+def system_info() -> str:
+    """llama.cpp's own line of what its CPU library was built with and found here."""
+    _init()
+    return ll.llama_print_system_info().decode()
+
+
+def avoids_amx(info: str) -> bool:
+    """Whether llama.cpp's AMX buffer type must be kept out of a model: it is offered where
+    the library was built with AMX_INT8 (-march=native on a Sapphire Rapids-class Xeon), and
+    its matmul dies with SIGSEGV on the first multi-token decode there (llama.cpp issue
+    20824, unfixed in 0.3.36)."""
+    return "AMX_INT8 = 1" in info
+
+
+# The types llama.cpp's CPU repacking takes on x86 (repack.cpp, ggml_repack_get_optimal_repack_type
+# in the vendored 0.3.36), with the feature each needs; rows must be a multiple of 8. Q5_K, Q6_K
+# and Q8_0 are repacked on ARM only. tests/test_ggml.py checks this against llama.cpp's own
+# choice (its CPU_REPACK buffer size) where AMX does not take it over.
+REPACKED_X86 = {"Q4_0": "AVX2", "Q4_K": "AVX2", "IQ4_NL": "AVX2", "MXFP4": "AVX2", "Q2_K": "AVX512"}
+_MATMUL_WEIGHT = re.compile(r"^(blk\.\d+\.(attn_(q|k|v|qkv|output)|ffn_(gate|up|down))|output)\.weight$")
+
+
+def repacked(path: Path, info: str) -> list[str]:
+    """The weight tensors of `path` that llama.cpp would repack on this CPU (read from the
+    file's header: names, types and shapes)."""
+    from gguf import GGUFReader
+
+    has = {feature for feature in ("AVX2", "AVX512") if f"{feature} = 1" in info}
+    return [t.name for t in GGUFReader(path).tensors
+            if REPACKED_X86.get(t.tensor_type.name) in has and len(t.shape) == 2 and t.shape[1] % 8 == 0
+            and _MATMUL_WEIGHT.match(t.name)]
+
+
+def _repack_buffer_type() -> int | None:
+    """llama.cpp's CPU_REPACK buffer type (an extra buffer type of the CPU device)."""
+    lib = Path(ll.__file__).parent / "lib"
+    base, core = ctypes.CDLL(str(lib / "libggml-base.so")), ctypes.CDLL(str(lib / "libggml.so"))
+    base.ggml_backend_buft_name.restype, base.ggml_backend_buft_name.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
+    core.ggml_backend_dev_by_type.restype, core.ggml_backend_dev_by_type.argtypes = ctypes.c_void_p, [ctypes.c_int]
+    core.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
+    core.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
+    base.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+    base.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    dev = core.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
+    fn = base.ggml_backend_reg_get_proc_address(core.ggml_backend_dev_backend_reg(dev), b"ggml_backend_dev_get_extra_bufts")
+    if not fn:
+        return None
+    extra = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(fn)(dev)
+    i = 0
+    while extra[i]:
+        if base.ggml_backend_buft_name(extra[i]) == b"CPU_REPACK":
+            return extra[i]
+        i += 1
+    return None
+
+
+class _BuftOverride(ctypes.Structure):
+    """llama.h's llama_model_tensor_buft_override (the binding declares the field void *)."""
+
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+def model_params(path: Path, repack: bool = True, info: str | None = None):
+    """llama_model_params for `path`, the one place every llama.cpp model of the project gets
+    them. Where AMX is offered it is kept out (see avoids_amx): extra buffer types off, and
+    the tensors llama.cpp would repack put in the CPU_REPACK buffer by name, so the speed of
+    repacking stays. `info` is llama.cpp's system info (the tests pass one). The returned
+    params hold their override array alive."""
+    params = ll.llama_model_default_params()
+    info = system_info() if info is None else info
+    if not avoids_amx(info):
+        params.use_extra_bufts = repack
+        return params
+    params.use_extra_bufts = False
+    names = repacked(path, info) if repack else []
+    buft = _repack_buffer_type() if names else None
+    if buft:
+        kinds: dict[str, list[str]] = {}  # one pattern per tensor kind: llama.cpp compiles each per tensor
+        for name in names:
+            head, _, rest = name.partition(".weight")[0].rpartition(".")
+            kinds.setdefault(rest, []).append(head.removeprefix("blk."))
+        patterns = ["^output\\.weight$" if kind == "output" else
+                    f"^blk\\.({'|'.join(layers)})\\.{kind}\\.weight$" for kind, layers in kinds.items()]
+        table = (_BuftOverride * (len(patterns) + 1))()  # NULL-terminated
+        for entry, pattern in zip(table, patterns):
+            entry.pattern, entry.buft = pattern.encode(), buft
+        params.tensor_buft_overrides = ctypes.addressof(table)
+        params.keep = table  # the array (and its pattern bytes) lives as long as the params
+    return params
+
+
 class _Weights:
     """A GGUF file loaded by llama.cpp (mapped, its quantized tensors repacked for this CPU),
     shared by every context on it in this process: bench's engines and its llama.cpp peer
     read one copy."""
 
     def __init__(self, path: Path):
-        self.ptr = ll.llama_model_load_from_file(str(path).encode(), ll.llama_model_default_params())
+        self.params = model_params(path)
+        self.ptr = ll.llama_model_load_from_file(str(path).encode(), self.params)
         if not self.ptr:
             raise VocabtrimError(f"llama.cpp cannot load {path} (not a GGUF model it supports)")
 
