@@ -7,6 +7,7 @@ import collections
 import http.client
 import json
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -304,6 +305,58 @@ def test_malformed_requests_get_4xx_errors_and_the_server_stays_up(server):
     assert call(server.url, "/health", method="GET").json()["status"] == "ok"
     r = server.client.completions.create(model="tiny", prompt="w1 w2 w3", max_tokens=3, temperature=0)
     assert r.usage.completion_tokens == 3 and r.choices[0].finish_reason == "length"
+
+
+def raw_request(url, head: bytes, body_parts: list[bytes]) -> bytes:
+    """The server's reply to a request sent as raw bytes, reading as soon as it answers."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head)
+        try:
+            for part in body_parts:
+                sock.sendall(part)
+        except OSError:  # it answered and closed before the body was all sent
+            pass
+        reply = b""
+        while b"\r\n\r\n" not in reply or len(reply.partition(b"\r\n\r\n")[2]) < int(
+                re.search(rb"content-length: (\d+)", reply, re.I)[1]):
+            reply += sock.recv(65536)
+        return reply
+
+
+def test_a_body_over_the_cap_gets_413_before_it_is_read_whole(server):
+    cap = Service.BYTES_PER_TOKEN * server.decoder.context  # the default: 64 bytes a token of the context
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % (10 << 20))
+    t0 = time.perf_counter()
+    reply = raw_request(server.url, head, [b'{"messages": [{"role": "user", "content": "'])  # 10 MB declared, 43 B sent
+    assert reply.startswith(b"HTTP/1.1 413") and b"request_too_large" in reply and b"%d bytes" % cap in reply
+    assert time.perf_counter() - t0 < 5
+    chunked = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    piece = b"a" * 4096
+    reply = raw_request(server.url, chunked, [b"%x\r\n%s\r\n" % (len(piece), piece)] * (2 * cap // len(piece) + 8))
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    fits = {"messages": [{"role": "user", "content": "w2" * 20}], "max_tokens": 2}
+    assert call(server.url, "/v1/chat/completions", fits).status_code == 200  # the server answers on
+
+
+def test_text_that_is_not_unicode_is_named_as_such(server):
+    r = call(server.url, "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "a\\ud800b"}]}')
+    assert r.status_code == 400 and "not valid Unicode: a lone surrogate \\ud800" in r.json()["error"]["message"]
+    r = call(server.url, "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "a\\ud8')
+    assert r.status_code == 400 and "Unicode" not in r.json()["error"]["message"]  # bad JSON stays bad JSON
+
+
+def test_the_body_cap_is_an_option(server):
+    server.service.max_request_bytes = 100
+    try:
+        fits = {"messages": [{"role": "user", "content": "w2"}], "max_tokens": 1}
+        assert call(server.url, "/v1/chat/completions", fits).status_code == 200
+        fits["messages"][0]["content"] = "w2" * 50
+        r = call(server.url, "/v1/chat/completions", fits)
+        assert r.status_code == 413 and "exceeds 100 bytes" in r.json()["error"]["message"]
+    finally:
+        server.service.max_request_bytes = None
 
 
 def test_the_api_key_is_enforced(tiny_dirs):

@@ -311,6 +311,9 @@ def generate(prompt, prompt_file, max_new_tokens, temperature, top_p, top_k, see
               help="Requests that may wait while one decodes; beyond that, 429 with Retry-After.")
 @click.option("--time-limit", default=600.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Seconds one generation may run; then it ends at the next round (finish_reason length).")
+@click.option("--max-request-bytes", type=click.IntRange(1),
+              help="Largest request body read; a larger one gets 413 before it is read whole "
+                   "[default: 64 bytes a token of the context].")
 @click.option("--store", "store_path", type=click.Path(path_type=Path),
               help="Keep the suffix drafter's store of earlier answers in this file across restarts "
                    "(read at start, written atomically after every answer).")
@@ -325,7 +328,7 @@ def generate(prompt, prompt_file, max_new_tokens, temperature, top_p, top_k, see
               help="At most this share of the server's time goes to adaptation (only while no request waits).")
 @click.option("--adapt-merge-every", default=8, show_default=True, type=click.IntRange(min=1))
 @engine_options
-def serve(host, port, api_key, name, queue_size, time_limit, store_path, store_tokens, adapt_online, adapt_share,
+def serve(host, port, api_key, name, queue_size, time_limit, max_request_bytes, store_path, store_tokens, adapt_online, adapt_share,
           adapt_merge_every, **how) -> None:
     """An OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models,
     /health) decoding every request with this engine, one at a time."""
@@ -342,7 +345,8 @@ def serve(host, port, api_key, name, queue_size, time_limit, store_path, store_t
         _refuse_unused("--adapt-share and --adapt-merge-every tune --adapt-online", adapt_share="--adapt-share",
                        adapt_merge_every="--adapt-merge-every")
     store = None if store_path is None else StoreFile(store_path)
-    service = Service(name or how["target"], api_key, drafter=None if how["no_draft"] else how["drafter_kind"])
+    service = Service(name or how["target"], api_key, drafter=None if how["no_draft"] else how["drafter_kind"],
+                      max_request_bytes=max_request_bytes)
 
     ctx = click.get_current_context()
 

@@ -120,7 +120,7 @@ class CompletionRequest(Options):
 
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               405: "invalid_request_error", 429: "rate_limit_error", 500: "server_error", 503: "server_error"}
+               405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error", 503: "server_error"}
 
 
 class ApiError(Exception):
@@ -143,8 +143,41 @@ def parse(model: type[_Body], raw: bytes) -> _Body:
         return model.model_validate_json(raw)
     except ValidationError as e:
         err = e.errors()[0]
+        if err["type"] == "json_invalid" and (bad := _not_unicode(raw)):
+            raise ApiError(400, f"the body's JSON holds text that is not valid Unicode: {bad}") from None
         where = ".".join(str(x) for x in err["loc"]) or None
         raise ApiError(400, f"{where + ': ' if where else ''}{err['msg']}", where) from None
+
+
+def _not_unicode(raw: bytes) -> str | None:
+    """What makes valid JSON unreadable as text (a lone surrogate escape such as \\ud800,
+    which pydantic's parser calls invalid JSON), or None when the JSON itself is bad."""
+    try:
+        json.loads(raw)
+    except ValueError:
+        return None
+    try:
+        json.dumps(json.loads(raw), ensure_ascii=False).encode()
+    except UnicodeEncodeError as e:
+        return f"a lone surrogate {ascii(e.object[e.start:e.end])[1:-1]}"
+    return None
+
+
+async def read_body(request: Request, cap: int) -> bytes:
+    """The request's body, or a 413 as soon as it is known to exceed `cap` bytes: from its
+    Content-Length before a byte is read, else while it streams in, so a body that can
+    never fit the context is neither read whole nor tokenized."""
+    too_big = ApiError(413, f"the request body exceeds {cap} bytes (the server's --max-request-bytes)",
+                       code="request_too_large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise too_big
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise too_big
+    return bytes(body)
 
 
 # --- the decoder ---
@@ -319,8 +352,12 @@ class StoreFile:
 class Service:
     """What the HTTP side answers from: the decoder, once the models are loaded."""
 
-    def __init__(self, name: str, api_key: str | None = None, backend: str = "torch", drafter: str | None = None):
+    BYTES_PER_TOKEN = 64  # the default body cap: a prompt filling the context, JSON-escaped, fits
+
+    def __init__(self, name: str, api_key: str | None = None, backend: str = "torch", drafter: str | None = None,
+                 max_request_bytes: int | None = None):
         self.name, self.api_key, self.backend, self.drafter = name, api_key, backend, drafter
+        self.max_request_bytes = max_request_bytes
         self.decoder: Decoder | None = None
         self.created = int(time.time())
 
@@ -335,6 +372,12 @@ class Service:
         if self.decoder is None:
             raise ApiError(503, "the models are still loading; see /health", headers={"Retry-After": "5"})
         return self.decoder
+
+    async def body(self, request: Request) -> bytes:
+        """The request's body, within the cap (--max-request-bytes, default 64 bytes a token
+        of the context)."""
+        cap = self.max_request_bytes or self.BYTES_PER_TOKEN * self.ready().context
+        return await read_body(request, cap)
 
     def job(self, opts: Options, ids: list[int], loop: asyncio.AbstractEventLoop) -> Job:
         """The request's generation, checked against the context and the vocabulary."""
@@ -386,7 +429,7 @@ def app(service: Service) -> FastAPI:
     @api.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         service.authorize(request)
-        body = parse(ChatRequest, await request.body()).checked()
+        body = parse(ChatRequest, await service.body(request)).checked()
         tokenizer = service.ready().tokenizer
         try:
             ids = chat_ids(tokenizer, [m.as_dict() for m in body.messages])
@@ -397,7 +440,7 @@ def app(service: Service) -> FastAPI:
     @api.post("/v1/completions")
     async def complete(request: Request) -> Response:
         service.authorize(request)
-        body = parse(CompletionRequest, await request.body()).checked()
+        body = parse(CompletionRequest, await service.body(request)).checked()
         tokenizer = service.ready().tokenizer
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
