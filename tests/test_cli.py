@@ -2,6 +2,7 @@
 (Issue 12): it fails in one line before any work, and nothing is lost or overwritten."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -161,3 +162,16 @@ def test_corrupt_counts_file(tmp_path, tiny_dirs):
 # a model that does not exist: these cases must fail before any model loads
 
 
+
+
+def test_a_weights_file_torch_refuses_is_one_line_with_nothing_before_it(tiny_dirs, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_dirs["target"], bad)
+    (bad / "model.safetensors").unlink()
+    (bad / "pytorch_model.bin").write_bytes(b"\x80\x04not a pickle" * 10)  # protocol 4: torch warns, then refuses
+    r = subprocess.run([sys.executable, "-m", "vocabtrim.cli", "generate", "--target", str(bad), "--no-draft",
+                        "--backend", "torch", "--prompt", "hi"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == [
+        f"error: cannot load model '{bad}': its weights file is not a checkpoint torch can read safely "
+        "(torch.load with weights_only refused it)"]

@@ -13,10 +13,12 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import pickle
 import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -375,20 +377,28 @@ def load(spec: str, dtype: str = "auto", backend: str = "torch", adapter: Path |
 
 @contextmanager
 def _reading(spec: str, where: Path | str):
-    """Turns a model that fails to load into one line saying which and what to do."""
-    try:
-        yield
-    except VocabtrimError:
-        raise
-    except OSError as e:
-        if spec in BUILTINS:
-            raise VocabtrimError(
-                f"cache entry for {spec} at {where} is corrupt ({_first_line(e)}); "
-                f"delete it and run `vocabtrim models fetch {spec}`") from None
-        raise VocabtrimError(f"cannot load model {spec!r}: {_first_line(e)}") from None
-    except Exception as e:  # noqa: BLE001 - a bad model dir fails in many ways; say which in one line
-        hint = f"; delete {where} and fetch again" if spec in BUILTINS else ""
-        raise VocabtrimError(f"cannot load model {spec!r}: {_first_line(e)}{hint}") from None
+    """Turns a model that fails to load into one line saying which and what to do, with
+    nothing printed before it: the warnings of a load that fails (torch's unpickler warns
+    about the file it then refuses) are dropped with it; a load that succeeds keeps them."""
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            yield
+        except VocabtrimError:
+            raise
+        except pickle.UnpicklingError:
+            raise VocabtrimError(f"cannot load model {spec!r}: its weights file is not a checkpoint torch can "
+                                 f"read safely (torch.load with weights_only refused it)") from None
+        except OSError as e:
+            if spec in BUILTINS:
+                raise VocabtrimError(
+                    f"cache entry for {spec} at {where} is corrupt ({_first_line(e)}); "
+                    f"delete it and run `vocabtrim models fetch {spec}`") from None
+            raise VocabtrimError(f"cannot load model {spec!r}: {_first_line(e)}") from None
+        except Exception as e:  # noqa: BLE001 - a bad model dir fails in many ways; say which in one line
+            hint = f"; delete {where} and fetch again" if spec in BUILTINS else ""
+            raise VocabtrimError(f"cannot load model {spec!r}: {_first_line(e)}{hint}") from None
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _weights(spec: str, where: Path | str, gguf: str | None, dtype: str, adapter: Path | None = None,
