@@ -1,0 +1,156 @@
+/* The portable path: the reference every instruction-set path must equal bit for bit.
+ *
+ * The float recipe per output (one weight row against one activation row), which the
+ * SIMD paths follow lane by lane with separate multiplies and adds (the build passes
+ * -ffp-contract=off so the compiler fuses nothing):
+ *   K-quants, per super-block b in order, S1 = sum sx*q*x and S2 = sum mn*bsum (int32):
+ *     VT_MIN_SEP: v = d*(float)S1 - dm*(float)S2;  VT_MIN_INT: v = d*(float)(S1 - S2)
+ *     acc = acc + dx*v
+ *   Q8_0, per 32-block b in order, S = sum w*x (int32): acc = acc + (dw*dx)*(float)S
+ *   F32/F16/BF16: 16 partial sums, acc[i%16] = acc[i%16] + w[i]*x[i] over i in order
+ *     (the tail zero-padded to 16), then halved: acc[k] += acc[k+h] for h = 8, 4, 2, 1.
+ * Integer sums are exact, so how a path groups them does not matter. */
+#include <math.h>
+#include <string.h>
+
+#include "unpack.h"
+
+int64_t vt_block_bytes(int type) {
+    switch (type) {
+    case VT_F32: return 4;
+    case VT_F16: case VT_BF16: return 2;
+    case VT_Q8_0: return 34;
+    case VT_Q4_K: return 144;
+    case VT_Q5_K: return 176;
+    case VT_Q6_K: return 210;
+    default: return 0;
+    }
+}
+
+int64_t vt_block_elems(int type) {
+    switch (type) {
+    case VT_F32: case VT_F16: case VT_BF16: return 1;
+    case VT_Q8_0: return QK8_0;
+    case VT_Q4_K: case VT_Q5_K: case VT_Q6_K: return QK_K;
+    default: return 0;
+    }
+}
+
+/* Symmetric 8-bit quantization of one block of n values: d = amax/127, q = round(x*127/amax).
+ * Clamped before the conversion so NaN or inf input gives defined (if useless) output. */
+static float quantize_block(const float *x, int n, int8_t *q) {
+    float amax = 0.0f;
+    for (int i = 0; i < n; i++) amax = fmaxf(amax, fabsf(x[i]));
+    if (!(amax > 0.0f) || isinf(amax)) {
+        memset(q, 0, (size_t)n);
+        return 0.0f;
+    }
+    const float id = 127.0f / amax;
+    for (int i = 0; i < n; i++) q[i] = (int8_t)nearbyintf(fminf(fmaxf(x[i] * id, -127.0f), 127.0f));
+    return amax / 127.0f;
+}
+
+void vt_quantize_k(const float *x, int64_t cols, vt_xk *out) {
+    for (int64_t b = 0; b < cols / QK_K; b++) {
+        vt_xk *o = out + b;
+        o->d = quantize_block(x + b * QK_K, QK_K, o->q);
+        for (int k = 0; k < QK_K / 16; k++) {
+            int s = 0;
+            for (int i = 0; i < 16; i++) s += o->q[16 * k + i];
+            o->bs[k] = (int16_t)s;
+        }
+    }
+}
+
+void vt_quantize_8_0(const float *x, int64_t cols, vt_x8 *out) {
+    for (int64_t b = 0; b < cols / QK8_0; b++) out[b].d = quantize_block(x + b * QK8_0, QK8_0, out[b].q);
+}
+
+void vt_unpack_k_portable(int type, const uint8_t *src, int64_t nb, vt_kblock *dst) {
+    vt_unpack_k_any(type, src, nb, dst);
+}
+
+/* The float step shared by the K-quant paths' recipe. */
+static inline float k_block_value(const vt_kblock *w, int32_t s1, int32_t s2, int mode) {
+    return mode == VT_MIN_INT ? w->d * (float)(s1 - s2) : w->d * (float)s1 - w->dm * (float)s2;
+}
+
+static void dot_k(const vt_kblock *w, const vt_xk *const x[4], int64_t nb, int mode, float out[4]) {
+    for (int r = 0; r < 4; r++) {
+        float acc = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const vt_kblock *wb = w + b;
+            const vt_xk *xb = x[r] + b;
+            int32_t s1 = 0, s2 = 0;
+            for (int p = 0; p < QK_K / 2; p++)
+                s1 += wb->sx[p] * (wb->q[2 * p] * xb->q[2 * p] + wb->q[2 * p + 1] * xb->q[2 * p + 1]);
+            for (int k = 0; k < QK_K / 16; k++) s2 += wb->mn[k] * xb->bs[k];
+            acc = acc + xb->d * k_block_value(wb, s1, s2, mode);
+        }
+        out[r] = acc;
+    }
+}
+
+static void dot_q8_0(const uint8_t *w, const vt_x8 *const x[4], int64_t nb, float out[4]) {
+    for (int r = 0; r < 4; r++) {
+        float acc = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *wb = w + 34 * b;
+            const int8_t *wq = (const int8_t *)(wb + 2);
+            int32_t s = 0;
+            for (int i = 0; i < QK8_0; i++) s += wq[i] * x[r][b].q[i];
+            const float t = vt_fp16(vt_rd16(wb)) * x[r][b].d;
+            acc = acc + t * (float)s;
+        }
+        out[r] = acc;
+    }
+}
+
+static void dot_f(int type, const void *w, const float *const x[4], int64_t n, float out[4]) {
+    for (int r = 0; r < 4; r++) {
+        float acc[16] = {0};
+        for (int64_t i = 0; i < n; i += 16)
+            for (int k = 0; k < 16; k++) {
+                const int in = i + k < n;
+                const float wv = in ? vt_load_f(type, w, i + k) : 0.0f, xv = in ? x[r][i + k] : 0.0f;
+                acc[k] = acc[k] + wv * xv;
+            }
+        for (int h = 8; h > 0; h >>= 1)
+            for (int k = 0; k < h; k++) acc[k] = acc[k] + acc[k + h];
+        out[r] = acc[0];
+    }
+}
+
+const vt_kernels vt_kernels_portable = {dot_k, dot_q8_0, dot_f, vt_unpack_k_portable};
+
+/* Dequantize n elements (whole blocks) of `type` to fp32, in the order and with the float
+ * operations of ggml's dequantize_row_* (the tests hold it against gguf's quants.py). */
+VT_API int vt_dequantize(int type, const void *src, int64_t n, float *dst) {
+    const int64_t be = vt_block_elems(type), bb = vt_block_bytes(type);
+    if (!be) return VT_ETYPE;
+    if (n % be) return VT_ESHAPE;
+    const uint8_t *s = src;
+    if (be == 1) {
+        for (int64_t i = 0; i < n; i++) dst[i] = vt_load_f(type, src, i);
+        return VT_OK;
+    }
+    for (int64_t b = 0; b < n / be; b++, s += bb, dst += be) {
+        if (type == VT_Q8_0) {
+            const float d = vt_fp16(vt_rd16(s));
+            for (int i = 0; i < QK8_0; i++) dst[i] = (float)((const int8_t *)(s + 2))[i] * d;
+            continue;
+        }
+        vt_kblock k;
+        vt_unpack_k_any(type, s, 1, &k);
+        for (int g = 0; g < QK_K / 16; g++) {
+            if (type == VT_Q6_K) {
+                const float ds = k.d * (float)k.sx[8 * g];
+                for (int i = 16 * g; i < 16 * g + 16; i++) dst[i] = ds * (float)(k.q[i] - 32);
+            } else {
+                const float ds = k.d * (float)k.sx[8 * g], dm = k.dm * (float)k.mn[g];
+                for (int i = 16 * g; i < 16 * g + 16; i++) dst[i] = ds * (float)k.q[i] - dm;
+            }
+        }
+    }
+    return VT_OK;
+}

@@ -1,0 +1,150 @@
+"""The native kernels (csrc/, vocabtrim.native): dequantization against gguf's reference,
+the matmul against numpy, every instruction-set path this CPU runs against the portable
+one bit for bit, and batch invariance (rows alone vs in batches, 1 vs 2 threads)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vocabtrim import native as N
+from vocabtrim.errors import VocabtrimError
+
+try:
+    N.lib()
+except VocabtrimError as e:  # pragma: no cover - a build without a C compiler
+    pytest.skip(str(e), allow_module_level=True)
+
+QUANTIZED = [N.Q4_K, N.Q6_K, N.Q5_K, N.Q8_0]
+FLOATS = [N.F32, N.F16, N.BF16]
+FAST = [isa for isa in N.ISAS[1:] if isa in N.available_isas()]
+ABSENT = [isa for isa in N.ISAS[1:] if isa not in N.available_isas()]
+
+
+def random_weights(wtype: int, rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    """Random valid raw blocks of `wtype`, [rows, row bytes] uint8: random bytes with sane
+    fp16 scales for the quantized types, normal values for the float ones."""
+    rng = np.random.default_rng(seed)
+    if wtype in FLOATS:
+        v = rng.standard_normal((rows, cols)).astype(np.float32)
+        if wtype == N.F16:
+            v = v.astype(np.float16)
+        elif wtype == N.BF16:
+            v = (v.view(np.uint32) >> 16).astype(np.uint16)
+        return v.view(np.uint8).reshape(rows, -1)
+    per, nbytes = N.BLOCKS[wtype]
+    blocks = rng.integers(0, 256, (rows * cols // per, nbytes), dtype=np.uint8)
+
+    def fp16(at: int, lo: float, hi: float) -> None:
+        blocks[:, at:at + 2] = rng.uniform(lo, hi, len(blocks)).astype(np.float16).view(np.uint8).reshape(-1, 2)
+
+    if wtype in (N.Q4_K, N.Q5_K):
+        fp16(0, 1e-3, 1e-2)
+        fp16(2, 1e-3, 1e-2)
+    elif wtype == N.Q6_K:
+        fp16(208, 1e-3, 1e-2)
+    else:
+        fp16(0, 1e-3, 1e-2)
+    return blocks.reshape(rows, -1)
+
+
+def reference_weights(w: np.ndarray, wtype: int, rows: int, cols: int) -> np.ndarray:
+    import gguf
+
+    return gguf.quants.dequantize(w, gguf.GGMLQuantizationType(wtype)).reshape(rows, cols).astype(np.float32)
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def cols_of(wtype: int) -> int:
+    return {N.Q8_0: 96, N.F32: 37, N.F16: 48, N.BF16: 53}.get(wtype, 512)
+
+
+@pytest.mark.parametrize("wtype", QUANTIZED + FLOATS, ids=N.TYPE_NAMES.get)
+def test_dequantize_matches_gguf(wtype):
+    rows, cols = 5, cols_of(wtype)
+    w = random_weights(wtype, rows, cols)
+    assert same_bits(N.dequantize(w, wtype, rows * cols).reshape(rows, cols), reference_weights(w, wtype, rows, cols))
+
+
+@pytest.mark.parametrize("wtype", QUANTIZED + FLOATS, ids=N.TYPE_NAMES.get)
+def test_matmul_against_numpy(wtype):
+    rows, cols, L = 19, cols_of(wtype), 6
+    w = random_weights(wtype, rows, cols, seed=1)
+    x = np.random.default_rng(2).standard_normal((L, cols)).astype(np.float32)
+    y = N.matmul(w, wtype, rows, cols, x, isa="portable").astype(np.float64)
+    wd = reference_weights(w, wtype, rows, cols).astype(np.float64)
+    bound = np.abs(x.astype(np.float64)) @ np.abs(wd).T
+    if wtype in QUANTIZED:  # tight: against the 8-bit rows the kernel multiplies
+        q, d = N.quantize_rows(x, wtype)
+        xq = (q.reshape(L, d.shape[1], -1).astype(np.float64) * d[..., None]).reshape(L, cols)
+        assert np.all(np.abs(y - xq @ wd.T) <= 2e-6 * bound)
+        assert np.all(np.abs(y - x.astype(np.float64) @ wd.T) <= 2e-2 * bound)  # loose: float rows
+    else:
+        assert np.all(np.abs(y - x.astype(np.float64) @ wd.T) <= 2e-6 * bound)
+
+
+def test_activation_quantization_is_per_row_and_symmetric():
+    x = np.random.default_rng(3).standard_normal((3, 512)).astype(np.float32)
+    x[1] *= 100
+    q, d = N.quantize_rows(x, N.Q4_K)
+    assert d.shape == (3, 2) and np.abs(q).max() == 127
+    assert np.array_equal(N.quantize_rows(x[1:2], N.Q4_K)[0], q[1:2])
+    assert np.allclose(q * np.repeat(d, 256, axis=1), x, atol=np.repeat(d, 256, axis=1).max() / 2 + 1e-6)
+    zero, dz = N.quantize_rows(np.zeros((1, 32), np.float32), N.Q8_0)
+    assert not zero.any() and dz[0, 0] == 0
+
+
+@pytest.mark.parametrize("isa", FAST or [pytest.param("avx2", marks=pytest.mark.skip("no SIMD path on this CPU"))])
+@pytest.mark.parametrize("wtype", QUANTIZED + FLOATS, ids=N.TYPE_NAMES.get)
+def test_isa_paths_bit_identical_to_portable(wtype, isa):
+    rows, cols, L = 23, cols_of(wtype) * 2, 9
+    w = random_weights(wtype, rows, cols, seed=4)
+    x = np.random.default_rng(5).standard_normal((L, cols)).astype(np.float32)
+    x[3] *= 1e3  # rows of very different magnitude
+    assert same_bits(N.matmul(w, wtype, rows, cols, x, isa=isa), N.matmul(w, wtype, rows, cols, x, isa="portable"))
+
+
+@pytest.mark.parametrize("isa", ABSENT)
+def test_absent_isa_paths(isa):
+    pytest.skip(f"this CPU lacks {isa}: its path is compiled but cannot be checked here")
+
+
+@pytest.mark.parametrize("isa", ["portable"] + FAST)
+@pytest.mark.parametrize("wtype", QUANTIZED + FLOATS, ids=N.TYPE_NAMES.get)
+def test_batch_and_thread_invariance(wtype, isa):
+    rows, cols = 29, cols_of(wtype)
+    w = random_weights(wtype, rows, cols, seed=6)
+    x = np.random.default_rng(7).standard_normal((32, cols)).astype(np.float32)
+    one, two = N.Pool(1), N.Pool(2)
+    alone = np.concatenate([N.matmul(w, wtype, rows, cols, x[i:i + 1], pool=one, isa=isa) for i in range(32)])
+    for L in (2, 3, 4, 5, 7, 8, 13, 32):
+        for pool in (one, two):
+            assert same_bits(N.matmul(w, wtype, rows, cols, x[:L], pool=pool, isa=isa), alone[:L]), (L, pool.threads)
+    assert same_bits(N.matmul(w, wtype, rows, cols, x[5:20], pool=two, isa=isa), alone[5:20])
+
+
+def test_environment_forces_a_path(monkeypatch):
+    w = random_weights(N.Q4_K, 3, 256)
+    x = np.ones((1, 256), np.float32)
+    monkeypatch.setenv(N.ISA_ENV, "portable")
+    assert N.isa_index() == 0
+    monkeypatch.setenv(N.ISA_ENV, "sse9")
+    with pytest.raises(VocabtrimError, match="unknown instruction set"):
+        N.matmul(w, N.Q4_K, 3, 256, x)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: N.matmul(np.zeros(18 * 4, np.uint8), 2, 4, 32, np.ones((1, 32), np.float32)), "do not read tensor type 2"),
+    (lambda: N.matmul(np.zeros(144, np.uint8), N.Q4_K, 1, 200, np.ones((1, 200), np.float32)), "multiple of 256"),
+    (lambda: N.matmul(np.zeros(100, np.uint8), N.Q4_K, 1, 256, np.ones((1, 256), np.float32)), "expected 144"),
+    (lambda: N.matmul(np.zeros(144, np.uint8), N.Q4_K, 1, 256, np.ones((2, 128), np.float32)), "activations of shape"),
+    (lambda: N.matmul(np.zeros(144, np.uint8), N.Q4_K, 1, 256, np.ones((0, 256), np.float32)), "activations of shape"),
+    (lambda: N.Pool(0 - 5), "out of range"),
+])
+def test_bad_input_is_a_one_line_error(call, message):
+    with pytest.raises(VocabtrimError, match=message) as e:
+        call()
+    assert "\n" not in str(e.value)
