@@ -22,5 +22,6 @@ setup(ext_modules=[Extension(
     extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-ffp-contract=off", "-fvisibility=hidden",
                         "-D_GNU_SOURCE", "-pthread"],
     extra_link_args=["-pthread"],
+    libraries=["m"],
     optional=True,
 )])

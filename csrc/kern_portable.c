@@ -13,7 +13,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "unpack.h"
+#include "vt.h"
 
 int64_t vt_block_bytes(int type) {
     switch (type) {
@@ -66,33 +66,104 @@ void vt_quantize_8_0(const float *x, int64_t cols, vt_x8 *out) {
     for (int64_t b = 0; b < cols / QK8_0; b++) out[b].d = quantize_block(x + b * QK8_0, QK8_0, out[b].q);
 }
 
-void vt_unpack_k_portable(int type, const uint8_t *src, int64_t nb, vt_kblock *dst) {
-    vt_unpack_k_any(type, src, nb, dst);
+/* Unpacking Q4_K/Q5_K/Q6_K super-blocks into vt_kblock (layouts: ggml-common.h, gguf
+ * quants.py); the SIMD paths unpack with their own instructions to the same integers. */
+/* Q4_K/Q5_K: the 6-bit scale and min of sub-block j (of 8) from the 12 packed bytes. */
+static inline void vt_scale_min(int j, const uint8_t *s, int *sc, int *m) {
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *m = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+        *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
 }
 
-/* The float step shared by the K-quant paths' recipe. */
+/* Scales and mins of a Q4_K/Q5_K block: sub-blocks of 32 = two groups of 16. */
+static inline void vt_unpack_scales_45(const uint8_t *blk, vt_kblock *o) {
+    o->d = vt_fp16(vt_rd16(blk));
+    o->dm = vt_fp16(vt_rd16(blk + 2));
+    for (int j = 0; j < 8; j++) {
+        int sc, m;
+        vt_scale_min(j, blk + 4, &sc, &m);
+        for (int p = 0; p < 16; p++) o->sx[16 * j + p] = (int16_t)sc;
+        o->mn[2 * j] = o->mn[2 * j + 1] = (int16_t)m;
+    }
+}
+
+static void vt_unpack_q4_k(const uint8_t *blk, vt_kblock *o) {
+    const uint8_t *qs = blk + 16;
+    vt_unpack_scales_45(blk, o);
+    for (int g = 0; g < 4; g++)
+        for (int l = 0; l < 32; l++) {
+            o->q[64 * g + l] = qs[32 * g + l] & 0xF;
+            o->q[64 * g + 32 + l] = qs[32 * g + l] >> 4;
+        }
+}
+
+static void vt_unpack_q5_k(const uint8_t *blk, vt_kblock *o) {
+    const uint8_t *qh = blk + 16, *qs = blk + 48;
+    vt_unpack_scales_45(blk, o);
+    for (int g = 0; g < 4; g++)
+        for (int l = 0; l < 32; l++) {
+            o->q[64 * g + l] = (uint8_t)((qs[32 * g + l] & 0xF) | (((qh[l] >> (2 * g)) & 1) << 4));
+            o->q[64 * g + 32 + l] = (uint8_t)((qs[32 * g + l] >> 4) | (((qh[l] >> (2 * g + 1)) & 1) << 4));
+        }
+}
+
+static void vt_unpack_q6_k(const uint8_t *blk, vt_kblock *o) {
+    const uint8_t *ql = blk, *qh = blk + 128;
+    const int8_t *sc = (const int8_t *)(blk + 192);
+    o->d = o->dm = vt_fp16(vt_rd16(blk + 208));
+    for (int n = 0; n < 2; n++) {
+        const uint8_t *l4 = ql + 64 * n, *h2 = qh + 32 * n;
+        uint8_t *q = o->q + 128 * n;
+        for (int l = 0; l < 32; l++) {
+            q[l] = (uint8_t)((l4[l] & 0xF) | ((h2[l] & 3) << 4));
+            q[l + 32] = (uint8_t)((l4[l + 32] & 0xF) | (((h2[l] >> 2) & 3) << 4));
+            q[l + 64] = (uint8_t)((l4[l] >> 4) | (((h2[l] >> 4) & 3) << 4));
+            q[l + 96] = (uint8_t)((l4[l + 32] >> 4) | (((h2[l] >> 6) & 3) << 4));
+        }
+    }
+    for (int k = 0; k < 16; k++) {
+        for (int p = 0; p < 8; p++) o->sx[8 * k + p] = sc[k];
+        o->mn[k] = (int16_t)(32 * sc[k]);
+    }
+}
+
+void vt_unpack_k_portable(int type, const uint8_t *src, int64_t nb, vt_kblock *dst) {
+    const int64_t bytes = vt_block_bytes(type);
+    void (*one)(const uint8_t *, vt_kblock *) =
+        type == VT_Q4_K ? vt_unpack_q4_k : type == VT_Q5_K ? vt_unpack_q5_k : vt_unpack_q6_k;
+    for (int64_t b = 0; b < nb; b++) one(src + b * bytes, dst + b);
+}
+
+/* The float step of one super-block (every path's k_value). */
 static inline float k_block_value(const vt_kblock *w, int32_t s1, int32_t s2, int mode) {
     return mode == VT_MIN_INT ? w->d * (float)(s1 - s2) : w->d * (float)s1 - w->dm * (float)s2;
 }
 
-static void dot_k(const vt_kblock *w, const vt_xk *const x[4], int64_t nb, int mode, float out[4]) {
-    for (int r = 0; r < 4; r++) {
-        float acc = 0.0f;
-        for (int64_t b = 0; b < nb; b++) {
-            const vt_kblock *wb = w + b;
+static void dot_k(int type, const uint8_t *w, const vt_xk *const *x, int n, int64_t nb, float *out) {
+    const int64_t bytes = vt_block_bytes(type);
+    const int mode = type == VT_Q6_K ? VT_MIN_INT : VT_MIN_SEP;
+    float acc[VT_ROWS] = {0};
+    for (int64_t b = 0; b < nb; b++) {
+        vt_kblock k;
+        vt_unpack_k_portable(type, w + b * bytes, 1, &k);
+        for (int r = 0; r < n; r++) {
             const vt_xk *xb = x[r] + b;
             int32_t s1 = 0, s2 = 0;
             for (int p = 0; p < QK_K / 2; p++)
-                s1 += wb->sx[p] * (wb->q[2 * p] * xb->q[2 * p] + wb->q[2 * p + 1] * xb->q[2 * p + 1]);
-            for (int k = 0; k < QK_K / 16; k++) s2 += wb->mn[k] * xb->bs[k];
-            acc = acc + xb->d * k_block_value(wb, s1, s2, mode);
+                s1 += k.sx[p] * (k.q[2 * p] * xb->q[2 * p] + k.q[2 * p + 1] * xb->q[2 * p + 1]);
+            for (int g = 0; g < QK_K / 16; g++) s2 += k.mn[g] * xb->bs[g];
+            acc[r] = acc[r] + xb->d * k_block_value(&k, s1, s2, mode);
         }
-        out[r] = acc;
     }
+    memcpy(out, acc, sizeof(float) * (size_t)n);
 }
 
-static void dot_q8_0(const uint8_t *w, const vt_x8 *const x[4], int64_t nb, float out[4]) {
-    for (int r = 0; r < 4; r++) {
+static void dot_q8_0(const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out) {
+    for (int r = 0; r < n; r++) {
         float acc = 0.0f;
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *wb = w + 34 * b;
@@ -106,8 +177,8 @@ static void dot_q8_0(const uint8_t *w, const vt_x8 *const x[4], int64_t nb, floa
     }
 }
 
-static void dot_f(int type, const void *w, const float *const x[4], int64_t n, float out[4]) {
-    for (int r = 0; r < 4; r++) {
+static void dot_f(int type, const void *w, const float *const *x, int rows, int64_t n, float *out) {
+    for (int r = 0; r < rows; r++) {
         float acc[16] = {0};
         for (int64_t i = 0; i < n; i += 16)
             for (int k = 0; k < 16; k++) {
@@ -121,7 +192,7 @@ static void dot_f(int type, const void *w, const float *const x[4], int64_t n, f
     }
 }
 
-const vt_kernels vt_kernels_portable = {dot_k, dot_q8_0, dot_f, vt_unpack_k_portable};
+const vt_kernels vt_kernels_portable = {dot_k, dot_q8_0, dot_f};
 
 /* Dequantize n elements (whole blocks) of `type` to fp32, in the order and with the float
  * operations of ggml's dequantize_row_* (the tests hold it against gguf's quants.py). */
@@ -141,7 +212,7 @@ VT_API int vt_dequantize(int type, const void *src, int64_t n, float *dst) {
             continue;
         }
         vt_kblock k;
-        vt_unpack_k_any(type, s, 1, &k);
+        vt_unpack_k_portable(type, s, 1, &k);
         for (int g = 0; g < QK_K / 16; g++) {
             if (type == VT_Q6_K) {
                 const float ds = k.d * (float)k.sx[8 * g];

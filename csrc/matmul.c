@@ -1,6 +1,7 @@
 /* The small-batch matmul: Y[L, rows] = X[L, cols] @ W[rows, cols]^T, W raw GGUF data.
- * Each activation row is quantized alone; each weight row is unpacked once and dotted with
- * all L rows, 4 at a time; threads take contiguous ranges of weight rows. */
+ * Each activation row is quantized alone; each weight row is read from memory once and
+ * dotted with all L rows, VT_ROWS at a time (its blocks unpacked in registers, from L1 after the
+ * first 4); threads take contiguous ranges of weight rows. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,7 +49,6 @@ typedef struct {
     const float *x;
     const void *xq; /* quantized rows: vt_xk or vt_x8 blocks, row after row */
     float *y;
-    int err;
 } mm_job;
 
 static void mm_task(void *vjob, int ith, int nth) {
@@ -56,35 +56,27 @@ static void mm_task(void *vjob, int ith, int nth) {
     const int64_t r0 = j->rows * ith / nth, r1 = j->rows * (ith + 1) / nth;
     const int kq = j->type == VT_Q4_K || j->type == VT_Q5_K || j->type == VT_Q6_K;
     const int64_t nb = j->cols / vt_block_elems(j->type);
-    vt_kblock *scratch = NULL;
-    if (kq && r1 > r0 && !(scratch = aligned_alloc(64, (size_t)nb * sizeof(vt_kblock)))) {
-        __atomic_store_n(&j->err, VT_ENOMEM, __ATOMIC_RELAXED);
-        return;
-    }
-    const int mode = j->type == VT_Q6_K ? VT_MIN_INT : VT_MIN_SEP;
-    float out[4];
+    float out[VT_ROWS];
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *wr = j->w + r * j->row_bytes;
-        if (kq) j->k->unpack_k(j->type, wr, nb, scratch);
-        for (int64_t l0 = 0; l0 < j->L; l0 += 4) {
-            const int64_t m = j->L - l0 < 4 ? j->L - l0 : 4;
+        for (int64_t l0 = 0; l0 < j->L; l0 += VT_ROWS) {
+            const int64_t m = j->L - l0 < VT_ROWS ? j->L - l0 : VT_ROWS;
             if (kq) {
-                const vt_xk *xs[4];
-                for (int i = 0; i < 4; i++) xs[i] = (const vt_xk *)j->xq + (l0 + (i < m ? i : m - 1)) * nb;
-                j->k->dot_k(scratch, xs, nb, mode, out);
+                const vt_xk *xs[VT_ROWS];
+                for (int i = 0; i < m; i++) xs[i] = (const vt_xk *)j->xq + (l0 + i) * nb;
+                j->k->dot_k(j->type, wr, xs, (int)m, nb, out);
             } else if (j->type == VT_Q8_0) {
-                const vt_x8 *xs[4];
-                for (int i = 0; i < 4; i++) xs[i] = (const vt_x8 *)j->xq + (l0 + (i < m ? i : m - 1)) * nb;
-                j->k->dot_q8_0(wr, xs, nb, out);
+                const vt_x8 *xs[VT_ROWS];
+                for (int i = 0; i < m; i++) xs[i] = (const vt_x8 *)j->xq + (l0 + i) * nb;
+                j->k->dot_q8_0(wr, xs, (int)m, nb, out);
             } else {
-                const float *xs[4];
-                for (int i = 0; i < 4; i++) xs[i] = j->x + (l0 + (i < m ? i : m - 1)) * j->cols;
-                j->k->dot_f(j->type, wr, xs, j->cols, out);
+                const float *xs[VT_ROWS];
+                for (int i = 0; i < m; i++) xs[i] = j->x + (l0 + i) * j->cols;
+                j->k->dot_f(j->type, wr, xs, (int)m, j->cols, out);
             }
             for (int i = 0; i < m; i++) j->y[(l0 + i) * j->rows + r] = out[i];
         }
     }
-    free(scratch);
 }
 
 VT_API int vt_matmul(vt_pool *pool, int isa, int type, const void *w, int64_t rows, int64_t cols,
@@ -94,7 +86,7 @@ VT_API int vt_matmul(vt_pool *pool, int isa, int type, const void *w, int64_t ro
     if (rows < 1 || cols < 1 || L < 1 || cols % be) return VT_ESHAPE;
     const vt_kernels *k = vt_kernels_for(isa);
     if (!k) return VT_EISA;
-    mm_job j = {k, type, w, rows, cols, L, cols / be * vt_block_bytes(type), x, NULL, y, VT_OK};
+    mm_job j = {k, type, w, rows, cols, L, cols / be * vt_block_bytes(type), x, NULL, y};
     void *xq = NULL;
     if (be == QK_K) {
         if (!(xq = aligned_alloc(64, (size_t)(L * (cols / QK_K)) * sizeof(vt_xk)))) return VT_ENOMEM;
@@ -106,7 +98,7 @@ VT_API int vt_matmul(vt_pool *pool, int isa, int type, const void *w, int64_t ro
     j.xq = xq;
     vt_pool_run(pool, mm_task, &j);
     free(xq);
-    return j.err;
+    return VT_OK;
 }
 
 /* Quantize L rows as the matmul does for a weight of `type` (for tests: q [L, cols] int8,

@@ -25,7 +25,8 @@ enum { VT_OK = 0, VT_ETYPE = -1, VT_ESHAPE = -2, VT_ENOMEM = -3, VT_EISA = -4 };
 #define QK_K 256
 #define QK8_0 32
 
-/* A Q4_K/Q5_K/Q6_K super-block unpacked into the one layout the integer kernels read:
+/* A Q4_K/Q5_K/Q6_K super-block unpacked (by the portable path; the SIMD paths unpack the
+ * same integers into registers) into the form that defines the integer sums:
  * q: the 256 unsigned quants in element order; sx: the scale of each pair of elements
  * (its 16-element group's scale, so maddubs pairs then madd with sx gives scale x dot);
  * mn: per 16-element group, the integer that multiplies the group's activation sum
@@ -35,8 +36,7 @@ typedef struct {
     int16_t sx[QK_K / 2];
     int16_t mn[QK_K / 16];
     float d, dm;
-    float pad[6];
-} __attribute__((aligned(64))) vt_kblock;
+} vt_kblock;
 
 /* One activation row's super-block quantized alone (Q8_K-style): fp32 scale d, int8
  * quants, and the sums of each 16 quants (for the mins). */
@@ -58,18 +58,16 @@ typedef struct {
  * VT_MIN_INT: v = d*(S1 - S2)  (Q6_K: the -32 offset shares d, subtract exactly). */
 enum { VT_MIN_SEP = 0, VT_MIN_INT = 1 };
 
-/* Per instruction set kernels.  Each computes the outputs of one weight row against 4
- * activation rows (lanes); a lane's result depends on its own row only, so callers pad a
- * short tail by repeating a row and drop the extra lanes. */
+/* Per instruction set kernels.  Each computes the outputs of one weight row against n
+ * (1..VT_ROWS) activation rows; a row's result depends on that row only, never on n. */
+#define VT_ROWS 8
 typedef struct {
-    /* K-quants: nb unpacked weight blocks against 4 quantized rows, out[4] */
-    void (*dot_k)(const vt_kblock *w, const vt_xk *const x[4], int64_t nb, int mode, float out[4]);
+    /* K-quants: nb raw blocks of `type` against Q8_K-quantized rows */
+    void (*dot_k)(int type, const uint8_t *w, const vt_xk *const *x, int n, int64_t nb, float *out);
     /* Q8_0 weights (raw 34-byte blocks) against 4 Q8_0-quantized rows */
-    void (*dot_q8_0)(const uint8_t *w, const vt_x8 *const x[4], int64_t nb, float out[4]);
+    void (*dot_q8_0)(const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out);
     /* F32/F16/BF16 weight row (raw) against 4 fp32 rows of n columns */
-    void (*dot_f)(int type, const void *w, const float *const x[4], int64_t n, float out[4]);
-    /* unpack nb raw K-quant blocks of `type` */
-    void (*unpack_k)(int type, const uint8_t *src, int64_t nb, vt_kblock *dst);
+    void (*dot_f)(int type, const void *w, const float *const *x, int n, int64_t cols, float *out);
 } vt_kernels;
 
 extern const vt_kernels vt_kernels_portable;
@@ -116,7 +114,7 @@ int64_t vt_block_elems(int type);
 void vt_quantize_k(const float *x, int64_t cols, vt_xk *out);
 void vt_quantize_8_0(const float *x, int64_t cols, vt_x8 *out);
 
-/* The portable unpack (integer, exact), shared by all paths through unpack.h. */
+/* The portable unpack: the integers every path's unpack must produce. */
 void vt_unpack_k_portable(int type, const uint8_t *src, int64_t nb, vt_kblock *dst);
 
 /* Thread pool: fn(ctx, ith, nth) on nth threads, the caller being thread 0. */

@@ -148,3 +148,26 @@ def test_bad_input_is_a_one_line_error(call, message):
     with pytest.raises(VocabtrimError, match=message) as e:
         call()
     assert "\n" not in str(e.value)
+
+
+def test_sanitized_build(tmp_path):
+    """The C sources built with AddressSanitizer and UBSan, run by tests/native/driver.c:
+    every path this CPU runs against the portable one, rows alone against batches."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler for the sanitizer build")
+    sources = [root / "tests/native/driver.c", *sorted((root / "csrc").glob("*.c"))]
+    sources = [str(s) for s in sources if s.name != "module.c"]  # module.c needs Python.h only
+    exe = tmp_path / "driver"
+    build = subprocess.run([cc, "-O1", "-g", "-std=c11", "-ffp-contract=off", "-D_GNU_SOURCE", "-pthread",
+                            "-fsanitize=address,undefined", "-fno-sanitize-recover=all", *sources, "-lm",
+                            "-o", str(exe)], capture_output=True, text=True)
+    if build.returncode:
+        pytest.skip(f"the toolchain cannot build with -fsanitize=address,undefined: {build.stderr.strip()[-200:]}")
+    run = subprocess.run([str(exe), "check"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
