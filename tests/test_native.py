@@ -21,33 +21,6 @@ FAST = [isa for isa in N.ISAS[1:] if isa in N.available_isas()]
 ABSENT = [isa for isa in N.ISAS[1:] if isa not in N.available_isas()]
 
 
-def random_weights(wtype: int, rows: int, cols: int, seed: int = 0) -> np.ndarray:
-    """Random valid raw blocks of `wtype`, [rows, row bytes] uint8: random bytes with sane
-    fp16 scales for the quantized types, normal values for the float ones."""
-    rng = np.random.default_rng(seed)
-    if wtype in FLOATS:
-        v = rng.standard_normal((rows, cols)).astype(np.float32)
-        if wtype == N.F16:
-            v = v.astype(np.float16)
-        elif wtype == N.BF16:
-            v = (v.view(np.uint32) >> 16).astype(np.uint16)
-        return v.view(np.uint8).reshape(rows, -1)
-    per, nbytes = N.BLOCKS[wtype]
-    blocks = rng.integers(0, 256, (rows * cols // per, nbytes), dtype=np.uint8)
-
-    def fp16(at: int, lo: float, hi: float) -> None:
-        blocks[:, at:at + 2] = rng.uniform(lo, hi, len(blocks)).astype(np.float16).view(np.uint8).reshape(-1, 2)
-
-    if wtype in (N.Q4_K, N.Q5_K):
-        fp16(0, 1e-3, 1e-2)
-        fp16(2, 1e-3, 1e-2)
-    elif wtype == N.Q6_K:
-        fp16(208, 1e-3, 1e-2)
-    else:
-        fp16(0, 1e-3, 1e-2)
-    return blocks.reshape(rows, -1)
-
-
 def reference_weights(w: np.ndarray, wtype: int, rows: int, cols: int) -> np.ndarray:
     import gguf
 
@@ -65,14 +38,14 @@ def cols_of(wtype: int) -> int:
 @pytest.mark.parametrize("wtype", QUANTIZED + FLOATS, ids=N.TYPE_NAMES.get)
 def test_dequantize_matches_gguf(wtype):
     rows, cols = 5, cols_of(wtype)
-    w = random_weights(wtype, rows, cols)
+    w = N.random_weights(wtype, rows, cols)
     assert same_bits(N.dequantize(w, wtype, rows * cols).reshape(rows, cols), reference_weights(w, wtype, rows, cols))
 
 
 @pytest.mark.parametrize("wtype", QUANTIZED + FLOATS, ids=N.TYPE_NAMES.get)
 def test_matmul_against_numpy(wtype):
     rows, cols, L = 19, cols_of(wtype), 6
-    w = random_weights(wtype, rows, cols, seed=1)
+    w = N.random_weights(wtype, rows, cols, seed=1)
     x = np.random.default_rng(2).standard_normal((L, cols)).astype(np.float32)
     y = N.matmul(w, wtype, rows, cols, x, isa="portable").astype(np.float64)
     wd = reference_weights(w, wtype, rows, cols).astype(np.float64)
@@ -101,7 +74,7 @@ def test_activation_quantization_is_per_row_and_symmetric():
 @pytest.mark.parametrize("wtype", QUANTIZED + FLOATS, ids=N.TYPE_NAMES.get)
 def test_isa_paths_bit_identical_to_portable(wtype, isa):
     rows, cols, L = 23, cols_of(wtype) * 2, 9
-    w = random_weights(wtype, rows, cols, seed=4)
+    w = N.random_weights(wtype, rows, cols, seed=4)
     x = np.random.default_rng(5).standard_normal((L, cols)).astype(np.float32)
     x[3] *= 1e3  # rows of very different magnitude
     assert same_bits(N.matmul(w, wtype, rows, cols, x, isa=isa), N.matmul(w, wtype, rows, cols, x, isa="portable"))
@@ -116,7 +89,7 @@ def test_absent_isa_paths(isa):
 @pytest.mark.parametrize("wtype", QUANTIZED + FLOATS, ids=N.TYPE_NAMES.get)
 def test_batch_and_thread_invariance(wtype, isa):
     rows, cols = 29, cols_of(wtype)
-    w = random_weights(wtype, rows, cols, seed=6)
+    w = N.random_weights(wtype, rows, cols, seed=6)
     x = np.random.default_rng(7).standard_normal((32, cols)).astype(np.float32)
     one, two = N.Pool(1), N.Pool(2)
     alone = np.concatenate([N.matmul(w, wtype, rows, cols, x[i:i + 1], pool=one, isa=isa) for i in range(32)])
@@ -127,7 +100,7 @@ def test_batch_and_thread_invariance(wtype, isa):
 
 
 def test_environment_forces_a_path(monkeypatch):
-    w = random_weights(N.Q4_K, 3, 256)
+    w = N.random_weights(N.Q4_K, 3, 256)
     x = np.ones((1, 256), np.float32)
     monkeypatch.setenv(N.ISA_ENV, "portable")
     assert N.isa_index() == 0

@@ -111,6 +111,25 @@ def _raw(w: np.ndarray, nbytes: int, what: str) -> np.ndarray:
     return w
 
 
+def random_weights(wtype: int, rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    """Random valid raw data of `wtype`, [rows, row bytes] uint8 (for tests and benchmarks):
+    random bytes with fp16 block scales in 1e-3..1e-2 for the quantized types, normal
+    values for the float ones."""
+    rng = np.random.default_rng(seed)
+    if BLOCKS.get(wtype, (0,))[0] == 1:
+        v = rng.standard_normal((rows, cols)).astype(np.float32)
+        if wtype == F16:
+            v = v.astype(np.float16)
+        elif wtype == BF16:
+            v = (v.view(np.uint32) >> 16).astype(np.uint16)
+        return v.view(np.uint8).reshape(rows, -1)
+    per, nbytes = BLOCKS[wtype]
+    blocks = rng.integers(0, 256, (rows * cols // per, nbytes), dtype=np.uint8)
+    for at in {Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,), Q8_0: (0,)}[wtype]:
+        blocks[:, at:at + 2] = rng.uniform(1e-3, 1e-2, len(blocks)).astype(np.float16).view(np.uint8).reshape(-1, 2)
+    return blocks.reshape(rows, -1)
+
+
 def matmul(w: np.ndarray, wtype: int, rows: int, cols: int, x: np.ndarray, pool: Pool | None = None,
            isa: str | None = None) -> np.ndarray:
     """Y [L, rows] = X [L, cols] @ W^T, W [rows, cols] as raw GGUF data of `wtype` (any
