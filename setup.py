@@ -10,7 +10,7 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 
-SOURCES = ["module.c", "pool.c", "matmul.c", "kern_portable.c", "kern_avx2.c", "kern_avxvnni.c",
+SOURCES = ["module.c", "pool.c", "matmul.c", "model.c", "kern_portable.c", "kern_avx2.c", "kern_avxvnni.c",
            "kern_avx512vnni.c"]
 CSRC = Path("csrc")
 

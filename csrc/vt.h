@@ -127,6 +127,11 @@ void vt_pool_run(vt_pool *p, vt_task fn, void *ctx);
 
 const vt_kernels *vt_kernels_for(int isa);
 
+/* n elements (whole blocks) of raw `type` data as fp32. */
+VT_API int vt_dequantize(int type, const void *src, int64_t n, float *dst);
+
+typedef struct vt_model vt_model;
+
 /* Y[L, rows] = X[L, cols] @ W[rows, cols]^T with W raw GGUF data of `type`. */
 VT_API int vt_matmul(vt_pool *pool, int isa, int type, const void *w, int64_t rows, int64_t cols,
                      const float *x, int64_t L, float *y);
