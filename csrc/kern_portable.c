@@ -36,17 +36,25 @@ int64_t vt_block_elems(int type) {
     }
 }
 
-/* Symmetric 8-bit quantization of one block of n values: d = amax/127, q = round(x*127/amax).
- * Clamped before the conversion so NaN or inf input gives defined (if useless) output. */
+/* Symmetric 8-bit quantization of one block of n values: d = amax/127, q = round(x*127/amax),
+ * rounding half to even by the 1.5 x 2^23 trick (no libm call, the same on every path).
+ * NaN compares false everywhere below, so NaN or inf input gives defined (if useless) output. */
 static float quantize_block(const float *x, int n, int8_t *q) {
     float amax = 0.0f;
-    for (int i = 0; i < n; i++) amax = fmaxf(amax, fabsf(x[i]));
+    for (int i = 0; i < n; i++) {
+        const float a = fabsf(x[i]);
+        amax = a > amax ? a : amax;
+    }
     if (!(amax > 0.0f) || isinf(amax)) {
         memset(q, 0, (size_t)n);
         return 0.0f;
     }
-    const float id = 127.0f / amax;
-    for (int i = 0; i < n; i++) q[i] = (int8_t)nearbyintf(fminf(fmaxf(x[i] * id, -127.0f), 127.0f));
+    const float id = 127.0f / amax, magic = 12582912.0f;
+    for (int i = 0; i < n; i++) {
+        float v = x[i] * id;
+        v = v >= -127.0f ? (v <= 127.0f ? v : 127.0f) : -127.0f;
+        q[i] = (int8_t)(int)((v + magic) - magic);
+    }
     return amax / 127.0f;
 }
 
@@ -192,7 +200,7 @@ static void dot_f(int type, const void *w, const float *const *x, int rows, int6
     }
 }
 
-const vt_kernels vt_kernels_portable = {dot_k, dot_q8_0, dot_f};
+const vt_kernels vt_kernels_portable = {dot_k, dot_q8_0, dot_f, NULL};
 
 /* Dequantize n elements (whole blocks) of `type` to fp32, in the order and with the float
  * operations of ggml's dequantize_row_* (the tests hold it against gguf's quants.py). */

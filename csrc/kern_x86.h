@@ -67,70 +67,100 @@ VT_INLINE void scales_45(const uint8_t *blk, __m256i *sc, __m256i *mn) {
     for (int r = 0; r < n; r++) \
         a[r] = DPWSSD(a[r], _mm256_maddubs_epi16(Q, _mm256_load_si256((const __m256i *)(x[r][b].q + (E)))), S)
 
-VT_INLINE void dot_k_n(int type, const uint8_t *w, const vt_xk *const *x, int64_t nb, float *out, const int n) {
+/* Block b of one weight row (blk) against n rows: a[r] += the scaled quant products,
+ * c[r] = the mins against the group sums, d and dm the block's float factors. */
+VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *const *x, int64_t b, const int n, __m256i *a,
+                       __m256i *c, float *d, float *dm) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+    __m256i mn;
+    if (type == VT_Q6_K) {
+        const __m256i S = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
+        mn = _mm256_slli_epi16(S, 5); /* 32 x scale: the -32 offset */
+        *d = *dm = fp16(blk + 208);
+        for (int h = 0; h < 2; h++) {
+            const __m256i A = _mm256_loadu_si256((const __m256i *)(blk + 64 * h));
+            const __m256i B = _mm256_loadu_si256((const __m256i *)(blk + 64 * h + 32));
+            const __m256i H = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h));
+            /* the scales of groups 8h..8h+7: pairs (low lane, high lane) by a shuffle */
+            const __m256i G = h ? _mm256_permute4x64_epi64(S, 0xEE) : _mm256_permute4x64_epi64(S, 0x44);
+            const __m256i q[4] = {
+                _mm256_or_si256(_mm256_and_si256(A, m4), _mm256_and_si256(_mm256_slli_epi16(H, 4), m30)),
+                _mm256_or_si256(_mm256_and_si256(B, m4), _mm256_and_si256(_mm256_slli_epi16(H, 2), m30)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(A, 4), m4), _mm256_and_si256(H, m30)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(B, 4), m4), _mm256_and_si256(_mm256_srli_epi16(H, 2), m30))};
+            for (int m = 0; m < 4; m++) {
+                const __m256i s = _mm256_blend_epi32(SPLAT16(G, 2 * m), SPLAT16(G, 2 * m + 1), 0xF0);
+                DOT32(q[m], s, 128 * h + 32 * m);
+            }
+        }
+    } else {
+        const int five = type == VT_Q5_K;
+        const uint8_t *qs = blk + (five ? 48 : 16);
+        const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
+        __m256i sc;
+        scales_45(blk, &sc, &mn);
+        *d = fp16(blk);
+        *dm = fp16(blk + 2);
+        for (int g = 0; g < 4; g++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * g));
+            __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            if (five) { /* bit 2g of qh[l] is the fifth bit of element l of sub-block 2g, bit 2g+1 of 2g+1 */
+                const __m256i b0 = _mm256_set1_epi8((char)(1 << (2 * g))), b1 = _mm256_set1_epi8((char)(1 << (2 * g + 1)));
+                const __m256i sixteen = _mm256_set1_epi8(16);
+                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b0), b0), sixteen));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b1), b1), sixteen));
+            }
+            DOT32(lo, SPLAT16(sc, 2 * g), 64 * g);
+            DOT32(hi, SPLAT16(sc, 2 * g + 1), 64 * g + 32);
+        }
+    }
+    for (int r = 0; r < n; r++) c[r] = _mm256_madd_epi16(mn, _mm256_load_si256((const __m256i *)x[r][b].bs));
+}
+
+/* The float step of a block for 4 outputs (kern_portable.c's k_block_value, times dx). */
+static inline __m128 k_value4(int type, __m128i s1, __m128i s2, __m128 d, __m128 dm, __m128 dx) {
+    const __m128 v = type == VT_Q6_K ? _mm_mul_ps(d, _mm_cvtepi32_ps(_mm_sub_epi32(s1, s2)))
+                                     : _mm_sub_ps(_mm_mul_ps(d, _mm_cvtepi32_ps(s1)), _mm_mul_ps(dm, _mm_cvtepi32_ps(s2)));
+    return _mm_mul_ps(dx, v);
+}
+
+/* One weight row against n (1..VT_ROWS) activation rows. */
+VT_INLINE void dot_k_n(int type, const uint8_t *w, const vt_xk *const *x, int64_t nb, float *out, const int n) {
     const int64_t bytes = type == VT_Q4_K ? 144 : type == VT_Q5_K ? 176 : 210;
     __m128 acc[2] = {_mm_setzero_ps(), _mm_setzero_ps()}; /* rows 0-3, 4-7 */
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + b * bytes;
-        __m256i a[VT_ROWS], c[VT_ROWS], mn;
-        for (int r = 0; r < VT_ROWS; r++) a[r] = _mm256_setzero_si256();
+        __m256i a[VT_ROWS], c[VT_ROWS];
+        for (int r = 0; r < VT_ROWS; r++) a[r] = c[r] = _mm256_setzero_si256();
         float d, dm;
-        if (type == VT_Q6_K) {
-            const __m256i S = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
-            mn = _mm256_slli_epi16(S, 5); /* 32 x scale: the -32 offset */
-            d = dm = fp16(blk + 208);
-            for (int h = 0; h < 2; h++) {
-                const __m256i A = _mm256_loadu_si256((const __m256i *)(blk + 64 * h));
-                const __m256i B = _mm256_loadu_si256((const __m256i *)(blk + 64 * h + 32));
-                const __m256i H = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h));
-                /* the scales of groups 8h..8h+7: pairs (low lane, high lane) by a shuffle */
-                const __m256i G = h ? _mm256_permute4x64_epi64(S, 0xEE) : _mm256_permute4x64_epi64(S, 0x44);
-                const __m256i q[4] = {
-                    _mm256_or_si256(_mm256_and_si256(A, m4), _mm256_and_si256(_mm256_slli_epi16(H, 4), m30)),
-                    _mm256_or_si256(_mm256_and_si256(B, m4), _mm256_and_si256(_mm256_slli_epi16(H, 2), m30)),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(A, 4), m4), _mm256_and_si256(H, m30)),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(B, 4), m4), _mm256_and_si256(_mm256_srli_epi16(H, 2), m30))};
-                for (int m = 0; m < 4; m++) {
-                    const __m256i s = _mm256_blend_epi32(SPLAT16(G, 2 * m), SPLAT16(G, 2 * m + 1), 0xF0);
-                    DOT32(q[m], s, 128 * h + 32 * m);
-                }
-            }
-        } else {
-            const int five = type == VT_Q5_K;
-            const uint8_t *qs = blk + (five ? 48 : 16);
-            const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
-            __m256i sc;
-            scales_45(blk, &sc, &mn);
-            d = fp16(blk);
-            dm = fp16(blk + 2);
-            for (int g = 0; g < 4; g++) {
-                const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * g));
-                __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-                if (five) { /* bit 2g of qh[l] is the fifth bit of element l of sub-block 2g, bit 2g+1 of 2g+1 */
-                    const __m256i b0 = _mm256_set1_epi8((char)(1 << (2 * g))), b1 = _mm256_set1_epi8((char)(1 << (2 * g + 1)));
-                    const __m256i sixteen = _mm256_set1_epi8(16);
-                    lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b0), b0), sixteen));
-                    hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b1), b1), sixteen));
-                }
-                DOT32(lo, SPLAT16(sc, 2 * g), 64 * g);
-                DOT32(hi, SPLAT16(sc, 2 * g + 1), 64 * g + 32);
-            }
-        }
-        for (int r = 0; r < VT_ROWS; r++)
-            c[r] = r < n ? _mm256_madd_epi16(mn, _mm256_load_si256((const __m256i *)x[r][b].bs)) : _mm256_setzero_si256();
-        for (int h = 0; h < n; h += 4) {
-            const __m128i s1 = hsum4(a[h], a[h + 1], a[h + 2], a[h + 3]), s2 = hsum4(c[h], c[h + 1], c[h + 2], c[h + 3]);
-            const __m128 v = type == VT_Q6_K ? _mm_mul_ps(_mm_set1_ps(d), _mm_cvtepi32_ps(_mm_sub_epi32(s1, s2)))
-                                             : _mm_sub_ps(_mm_mul_ps(_mm_set1_ps(d), _mm_cvtepi32_ps(s1)),
-                                                          _mm_mul_ps(_mm_set1_ps(dm), _mm_cvtepi32_ps(s2)));
-            acc[h / 4] = _mm_add_ps(acc[h / 4], _mm_mul_ps(ROW_SCALES(x, b, h, n), v));
-        }
+        k_block(type, w + b * bytes, x, b, n, a, c, &d, &dm);
+        for (int h = 0; h < n; h += 4)
+            acc[h / 4] = _mm_add_ps(acc[h / 4], k_value4(type, hsum4(a[h], a[h + 1], a[h + 2], a[h + 3]),
+                                                         hsum4(c[h], c[h + 1], c[h + 2], c[h + 3]), _mm_set1_ps(d),
+                                                         _mm_set1_ps(dm), ROW_SCALES(x, b, h, n)));
     }
     float o[8];
     _mm_storeu_ps(o, acc[0]);
     _mm_storeu_ps(o + 4, acc[1]);
     memcpy(out, o, sizeof(float) * (size_t)n);
+}
+
+/* Four weight rows (row_bytes apart) against one activation row: the same per-output
+ * steps as dot_k_n, with the 4 outputs' reductions and float steps sharing instructions
+ * (what a single row needs: one pass per 4 outputs instead of 4). */
+VT_INLINE void dot_k_w4_t(int type, const uint8_t *w, int64_t row_bytes, const vt_xk *x, int64_t nb, float *out) {
+    const int64_t bytes = type == VT_Q4_K ? 144 : type == VT_Q5_K ? 176 : 210;
+    __m128 acc = _mm_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i a[4], c[4];
+        float d[4], dm[4];
+        for (int i = 0; i < 4; i++) {
+            a[i] = _mm256_setzero_si256();
+            k_block(type, w + i * row_bytes + b * bytes, &x, b, 1, a + i, c + i, d + i, dm + i);
+        }
+        acc = _mm_add_ps(acc, k_value4(type, hsum4(a[0], a[1], a[2], a[3]), hsum4(c[0], c[1], c[2], c[3]),
+                                       _mm_loadu_ps(d), _mm_loadu_ps(dm), _mm_set1_ps(x[b].d)));
+    }
+    _mm_storeu_ps(out, acc);
 }
 
 VT_INLINE void dot_q8_0_n(const uint8_t *w, const vt_x8 *const *x, int64_t nb, float *out, const int n) {
@@ -220,6 +250,12 @@ static void dot_k(int type, const uint8_t *w, const vt_xk *const *x, int n, int6
 #undef CALL
 }
 
+static void dot_k_w4(int type, const uint8_t *w, int64_t row_bytes, const vt_xk *x, int64_t nb, float *out) {
+    if (type == VT_Q4_K) dot_k_w4_t(VT_Q4_K, w, row_bytes, x, nb, out);
+    else if (type == VT_Q5_K) dot_k_w4_t(VT_Q5_K, w, row_bytes, x, nb, out);
+    else dot_k_w4_t(VT_Q6_K, w, row_bytes, x, nb, out);
+}
+
 static void dot_q8_0(const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out) {
 #define CALL(k) dot_q8_0_n(w, x + r0, nb, out + r0, k)
     BY_ROWS4(CALL)
@@ -232,4 +268,4 @@ static void dot_f(int type, const void *w, const float *const *x, int n, int64_t
 #undef CALL
 }
 
-const vt_kernels VT_KERNELS = {dot_k, dot_q8_0, dot_f};
+const vt_kernels VT_KERNELS = {dot_k, dot_q8_0, dot_f, dot_k_w4};

@@ -74,13 +74,14 @@ class Pool:
         self.threads = threads or os.cpu_count() or 1
         if not 1 <= self.threads <= 1024:
             raise VocabtrimError(f"thread count {self.threads} out of range 1..1024")
+        self._free = lib().vt_pool_free  # held: module globals may be gone when __del__ runs at exit
         self.ptr = lib().vt_pool_new(self.threads)
         if not self.ptr:
             raise VocabtrimError(f"cannot start {self.threads} threads")
 
     def __del__(self) -> None:
         if getattr(self, "ptr", None):
-            lib().vt_pool_free(self.ptr)
+            self._free(self.ptr)
             self.ptr = None
 
 

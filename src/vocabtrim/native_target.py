@@ -72,6 +72,7 @@ class NativeTarget:
         self.forward_bytes = int(sum(int(t.n_bytes) for t in tensors.values()) - emb.n_bytes
                                  + emb.n_bytes // self.vocab_size)  # the embedding only by rows
         self.pool = native.Pool(threads)
+        self._free = _lib().vt_model_free  # held: module globals may be gone when __del__ runs at exit
         self.model = _lib().vt_model_new(
             n_layer, int(self._field(f"{arch}.embedding_length")), heads,
             int(self._field(f"{arch}.attention.head_count_kv", heads)), int(self._field(f"{arch}.feed_forward_length")),
@@ -120,5 +121,5 @@ class NativeTarget:
 
     def __del__(self) -> None:
         if getattr(self, "model", None):
-            _lib().vt_model_free(self.model)
+            self._free(self.model)
             self.model = None
