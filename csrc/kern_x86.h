@@ -252,8 +252,7 @@ static void dot_k(int type, const uint8_t *w, const vt_xk *const *x, int n, int6
 
 static void dot_k_w4(int type, const uint8_t *w, int64_t row_bytes, const vt_xk *x, int64_t nb, float *out) {
     if (type == VT_Q4_K) dot_k_w4_t(VT_Q4_K, w, row_bytes, x, nb, out);
-    else if (type == VT_Q5_K) dot_k_w4_t(VT_Q5_K, w, row_bytes, x, nb, out);
-    else dot_k_w4_t(VT_Q6_K, w, row_bytes, x, nb, out);
+    else dot_k_w4_t(VT_Q5_K, w, row_bytes, x, nb, out);
 }
 
 static void dot_q8_0(const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out) {

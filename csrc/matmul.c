@@ -61,7 +61,7 @@ static void mm_task(void *vjob, int ith, int nth) {
         const int64_t gn = r1 - g < 4 ? r1 - g : 4;
         for (int64_t l0 = 0; l0 < j->L; l0 += VT_ROWS) {
             const int64_t m = j->L - l0 < VT_ROWS ? j->L - l0 : VT_ROWS;
-            if (kq && m == 1 && gn == 4 && j->k->dot_k_w4) {
+            if (m == 1 && gn == 4 && j->k->dot_k_w4 && (j->type == VT_Q4_K || j->type == VT_Q5_K)) {
                 j->k->dot_k_w4(j->type, j->w + g * j->row_bytes, j->row_bytes, (const vt_xk *)j->xq + l0 * nb, nb, out);
                 memcpy(j->y + l0 * j->rows + g, out, 4 * sizeof(float));
                 continue;
