@@ -200,7 +200,7 @@ static void dot_f(int type, const void *w, const float *const *x, int rows, int6
     }
 }
 
-const vt_kernels vt_kernels_portable = {dot_k, dot_q8_0, dot_f, NULL};
+const vt_kernels vt_kernels_portable = {dot_k, dot_q8_0, dot_f};
 
 /* Dequantize n elements (whole blocks) of `type` to fp32, in the order and with the float
  * operations of ggml's dequantize_row_* (the tests hold it against gguf's quants.py). */

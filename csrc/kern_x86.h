@@ -144,25 +144,6 @@ VT_INLINE void dot_k_n(int type, const uint8_t *w, const vt_xk *const *x, int64_
     memcpy(out, o, sizeof(float) * (size_t)n);
 }
 
-/* Four weight rows (row_bytes apart) against one activation row: the same per-output
- * steps as dot_k_n, with the 4 outputs' reductions and float steps sharing instructions
- * (what a single row needs: one pass per 4 outputs instead of 4). */
-VT_INLINE void dot_k_w4_t(int type, const uint8_t *w, int64_t row_bytes, const vt_xk *x, int64_t nb, float *out) {
-    const int64_t bytes = type == VT_Q4_K ? 144 : type == VT_Q5_K ? 176 : 210;
-    __m128 acc = _mm_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        __m256i a[4], c[4];
-        float d[4], dm[4];
-        for (int i = 0; i < 4; i++) {
-            a[i] = _mm256_setzero_si256();
-            k_block(type, w + i * row_bytes + b * bytes, &x, b, 1, a + i, c + i, d + i, dm + i);
-        }
-        acc = _mm_add_ps(acc, k_value4(type, hsum4(a[0], a[1], a[2], a[3]), hsum4(c[0], c[1], c[2], c[3]),
-                                       _mm_loadu_ps(d), _mm_loadu_ps(dm), _mm_set1_ps(x[b].d)));
-    }
-    _mm_storeu_ps(out, acc);
-}
-
 VT_INLINE void dot_q8_0_n(const uint8_t *w, const vt_x8 *const *x, int64_t nb, float *out, const int n) {
     __m128 acc = _mm_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
@@ -250,11 +231,6 @@ static void dot_k(int type, const uint8_t *w, const vt_xk *const *x, int n, int6
 #undef CALL
 }
 
-static void dot_k_w4(int type, const uint8_t *w, int64_t row_bytes, const vt_xk *x, int64_t nb, float *out) {
-    if (type == VT_Q4_K) dot_k_w4_t(VT_Q4_K, w, row_bytes, x, nb, out);
-    else dot_k_w4_t(VT_Q5_K, w, row_bytes, x, nb, out);
-}
-
 static void dot_q8_0(const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out) {
 #define CALL(k) dot_q8_0_n(w, x + r0, nb, out + r0, k)
     BY_ROWS4(CALL)
@@ -267,4 +243,4 @@ static void dot_f(int type, const void *w, const float *const *x, int n, int64_t
 #undef CALL
 }
 
-const vt_kernels VT_KERNELS = {dot_k, dot_q8_0, dot_f, dot_k_w4};
+const vt_kernels VT_KERNELS = {dot_k, dot_q8_0, dot_f};

@@ -57,32 +57,24 @@ static void mm_task(void *vjob, int ith, int nth) {
     const int kq = j->type == VT_Q4_K || j->type == VT_Q5_K || j->type == VT_Q6_K;
     const int64_t nb = j->cols / vt_block_elems(j->type);
     float out[VT_ROWS];
-    for (int64_t g = r0; g < r1; g += 4) { /* weight rows in fours: a single activation row takes them at once */
-        const int64_t gn = r1 - g < 4 ? r1 - g : 4;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *wr = j->w + r * j->row_bytes;
         for (int64_t l0 = 0; l0 < j->L; l0 += VT_ROWS) {
             const int64_t m = j->L - l0 < VT_ROWS ? j->L - l0 : VT_ROWS;
-            if (m == 1 && gn == 4 && j->k->dot_k_w4 && (j->type == VT_Q4_K || j->type == VT_Q5_K)) {
-                j->k->dot_k_w4(j->type, j->w + g * j->row_bytes, j->row_bytes, (const vt_xk *)j->xq + l0 * nb, nb, out);
-                memcpy(j->y + l0 * j->rows + g, out, 4 * sizeof(float));
-                continue;
+            if (kq) {
+                const vt_xk *xs[VT_ROWS];
+                for (int i = 0; i < m; i++) xs[i] = (const vt_xk *)j->xq + (l0 + i) * nb;
+                j->k->dot_k(j->type, wr, xs, (int)m, nb, out);
+            } else if (j->type == VT_Q8_0) {
+                const vt_x8 *xs[VT_ROWS];
+                for (int i = 0; i < m; i++) xs[i] = (const vt_x8 *)j->xq + (l0 + i) * nb;
+                j->k->dot_q8_0(wr, xs, (int)m, nb, out);
+            } else {
+                const float *xs[VT_ROWS];
+                for (int i = 0; i < m; i++) xs[i] = j->x + (l0 + i) * j->cols;
+                j->k->dot_f(j->type, wr, xs, (int)m, j->cols, out);
             }
-            for (int64_t r = g; r < g + gn; r++) {
-                const uint8_t *wr = j->w + r * j->row_bytes;
-                if (kq) {
-                    const vt_xk *xs[VT_ROWS];
-                    for (int i = 0; i < m; i++) xs[i] = (const vt_xk *)j->xq + (l0 + i) * nb;
-                    j->k->dot_k(j->type, wr, xs, (int)m, nb, out);
-                } else if (j->type == VT_Q8_0) {
-                    const vt_x8 *xs[VT_ROWS];
-                    for (int i = 0; i < m; i++) xs[i] = (const vt_x8 *)j->xq + (l0 + i) * nb;
-                    j->k->dot_q8_0(wr, xs, (int)m, nb, out);
-                } else {
-                    const float *xs[VT_ROWS];
-                    for (int i = 0; i < m; i++) xs[i] = j->x + (l0 + i) * j->cols;
-                    j->k->dot_f(j->type, wr, xs, (int)m, j->cols, out);
-                }
-                for (int i = 0; i < m; i++) j->y[(l0 + i) * j->rows + r] = out[i];
-            }
+            for (int i = 0; i < m; i++) j->y[(l0 + i) * j->rows + r] = out[i];
         }
     }
 }

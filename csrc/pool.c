@@ -1,10 +1,19 @@
-/* A persistent thread pool: workers sleep on a condition variable between jobs, so a job
- * costs a wake-up, not a thread start.  Jobs split output rows, never a reduction: the
- * thread count changes who computes an output, not how. */
+/* A persistent thread pool.  Between jobs the workers spin for a while (a forward issues
+ * hundreds of short jobs back to back, and a sleeping thread takes tens of microseconds or
+ * a scheduler tick to wake), then sleep on a condition variable.  Jobs split output rows,
+ * never a reduction: the thread count changes who computes an output, not how. */
 #include <pthread.h>
 #include <stdlib.h>
 
 #include "vt.h"
+
+#define SPIN 20000 /* pause iterations before sleeping: about a millisecond */
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
 
 struct vt_pool {
     int n;
@@ -13,7 +22,7 @@ struct vt_pool {
     pthread_cond_t start, done;
     vt_task fn;
     void *ctx;
-    unsigned gen;
+    unsigned gen; /* bumped (under mu) per job; read atomically by spinning workers */
     int pending, quit;
 };
 
@@ -28,6 +37,7 @@ static void *worker(void *varg) {
     vt_pool *p = a.p;
     unsigned seen = 0;
     for (;;) {
+        for (int i = 0; i < SPIN && __atomic_load_n(&p->gen, __ATOMIC_ACQUIRE) == seen; i++) cpu_relax();
         pthread_mutex_lock(&p->mu);
         while (p->gen == seen && !p->quit) pthread_cond_wait(&p->start, &p->mu);
         if (p->quit) {
@@ -39,9 +49,11 @@ static void *worker(void *varg) {
         void *ctx = p->ctx;
         pthread_mutex_unlock(&p->mu);
         fn(ctx, a.ith, p->n);
-        pthread_mutex_lock(&p->mu);
-        if (--p->pending == 0) pthread_cond_signal(&p->done);
-        pthread_mutex_unlock(&p->mu);
+        if (__atomic_sub_fetch(&p->pending, 1, __ATOMIC_ACQ_REL) == 0) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->done);
+            pthread_mutex_unlock(&p->mu);
+        }
     }
 }
 
@@ -95,15 +107,16 @@ void vt_pool_run(vt_pool *p, vt_task fn, void *ctx) {
         pthread_mutex_lock(&p->mu);
         p->fn = fn;
         p->ctx = ctx;
-        p->pending = p->n - 1;
-        p->gen++;
+        __atomic_store_n(&p->pending, p->n - 1, __ATOMIC_RELAXED);
+        __atomic_store_n(&p->gen, p->gen + 1, __ATOMIC_RELEASE);
         pthread_cond_broadcast(&p->start);
         pthread_mutex_unlock(&p->mu);
     }
     fn(ctx, 0, p->n);
     if (p->n > 1) {
+        for (int i = 0; i < SPIN && __atomic_load_n(&p->pending, __ATOMIC_ACQUIRE); i++) cpu_relax();
         pthread_mutex_lock(&p->mu);
-        while (p->pending) pthread_cond_wait(&p->done, &p->mu);
+        while (__atomic_load_n(&p->pending, __ATOMIC_ACQUIRE)) pthread_cond_wait(&p->done, &p->mu);
         pthread_mutex_unlock(&p->mu);
     }
     pthread_mutex_unlock(&p->run_mu);

@@ -68,10 +68,6 @@ typedef struct {
     void (*dot_q8_0)(const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out);
     /* F32/F16/BF16 weight row (raw) against 4 fp32 rows of n columns */
     void (*dot_f)(int type, const void *w, const float *const *x, int n, int64_t cols, float *out);
-    /* Q4_K/Q5_K, optional: 4 weight rows (row_bytes apart) against one row, out[4]; the
-     * same bits as dot_k row by row, fewer instructions for a single activation row (for
-     * Q6_K it measured slower than dot_k: 2.0 vs 1.45 ms for 1536x8960 on AVX2) */
-    void (*dot_k_w4)(int type, const uint8_t *w, int64_t row_bytes, const vt_xk *x, int64_t nb, float *out);
 } vt_kernels;
 
 extern const vt_kernels vt_kernels_portable;
