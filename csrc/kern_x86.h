@@ -68,15 +68,22 @@ VT_INLINE void scales_45(const uint8_t *blk, __m256i *sc, __m256i *mn) {
         a[r] = DPWSSD(a[r], _mm256_maddubs_epi16(Q, _mm256_load_si256((const __m256i *)(x[r][b].q + (E)))), S)
 
 /* Block b of one weight row (blk) against n rows: a[r] += the scaled quant products,
- * c[r] = the mins against the group sums, d and dm the block's float factors. */
+ * s2[r/4] = the mins against the group sums, 4 rows a vector (reduced before the quants'
+ * loop, so that only the a[r] stay live in it), d and dm the block's float factors. */
 VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *const *x, int64_t b, const int n, __m256i *a,
-                       __m256i *c, float *d, float *dm) {
+                       __m128i *s2, float *d, float *dm) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
-    __m256i mn;
+    __m256i mn, c[VT_ROWS];
+#define MINS                                                                                                      \
+    for (int r = 0; r < VT_ROWS; r++)                                                                             \
+        c[r] = r < n ? _mm256_madd_epi16(mn, _mm256_load_si256((const __m256i *)x[r][b].bs)) : _mm256_setzero_si256(); \
+    for (int h = 0; h < n; h += 4) s2[h / 4] = hsum4(c[h], c[h + 1], c[h + 2], c[h + 3]);
     if (type == VT_Q6_K) {
         const __m256i S = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
         mn = _mm256_slli_epi16(S, 5); /* 32 x scale: the -32 offset */
+        MINS
         *d = *dm = fp16(blk + 208);
+#pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
             const __m256i A = _mm256_loadu_si256((const __m256i *)(blk + 64 * h));
             const __m256i B = _mm256_loadu_si256((const __m256i *)(blk + 64 * h + 32));
@@ -99,8 +106,10 @@ VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *const *x, int6
         const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
         __m256i sc;
         scales_45(blk, &sc, &mn);
+        MINS
         *d = fp16(blk);
         *dm = fp16(blk + 2);
+#pragma GCC unroll 4
         for (int g = 0; g < 4; g++) {
             const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * g));
             __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
@@ -114,7 +123,7 @@ VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *const *x, int6
             DOT32(hi, SPLAT16(sc, 2 * g + 1), 64 * g + 32);
         }
     }
-    for (int r = 0; r < n; r++) c[r] = _mm256_madd_epi16(mn, _mm256_load_si256((const __m256i *)x[r][b].bs));
+#undef MINS
 }
 
 /* The float step of a block for 4 outputs (kern_portable.c's k_block_value, times dx). */
@@ -129,14 +138,14 @@ VT_INLINE void dot_k_n(int type, const uint8_t *w, const vt_xk *const *x, int64_
     const int64_t bytes = type == VT_Q4_K ? 144 : type == VT_Q5_K ? 176 : 210;
     __m128 acc[2] = {_mm_setzero_ps(), _mm_setzero_ps()}; /* rows 0-3, 4-7 */
     for (int64_t b = 0; b < nb; b++) {
-        __m256i a[VT_ROWS], c[VT_ROWS];
-        for (int r = 0; r < VT_ROWS; r++) a[r] = c[r] = _mm256_setzero_si256();
+        __m256i a[VT_ROWS];
+        __m128i s2[VT_ROWS / 4];
+        for (int r = 0; r < VT_ROWS; r++) a[r] = _mm256_setzero_si256();
         float d, dm;
-        k_block(type, w + b * bytes, x, b, n, a, c, &d, &dm);
+        k_block(type, w + b * bytes, x, b, n, a, s2, &d, &dm);
         for (int h = 0; h < n; h += 4)
-            acc[h / 4] = _mm_add_ps(acc[h / 4], k_value4(type, hsum4(a[h], a[h + 1], a[h + 2], a[h + 3]),
-                                                         hsum4(c[h], c[h + 1], c[h + 2], c[h + 3]), _mm_set1_ps(d),
-                                                         _mm_set1_ps(dm), ROW_SCALES(x, b, h, n)));
+            acc[h / 4] = _mm_add_ps(acc[h / 4], k_value4(type, hsum4(a[h], a[h + 1], a[h + 2], a[h + 3]), s2[h / 4],
+                                                         _mm_set1_ps(d), _mm_set1_ps(dm), ROW_SCALES(x, b, h, n)));
     }
     float o[8];
     _mm_storeu_ps(o, acc[0]);
