@@ -58,10 +58,10 @@ static float quantize_block(const float *x, int n, int8_t *q) {
     return amax / 127.0f;
 }
 
-void vt_quantize_k(const float *x, int64_t cols, vt_xk *out) {
+void vt_quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64_t stride) {
     for (int64_t b = 0; b < cols / QK_K; b++) {
-        vt_xk *o = out + b;
-        o->d = quantize_block(x + b * QK_K, QK_K, o->q);
+        vt_xk *o = out + b * stride;
+        d[b * stride] = quantize_block(x + b * QK_K, QK_K, o->q);
         for (int k = 0; k < QK_K / 16; k++) {
             int s = 0;
             for (int i = 0; i < 16; i++) s += o->q[16 * k + i];
@@ -151,7 +151,8 @@ static inline float k_block_value(const vt_kblock *w, int32_t s1, int32_t s2, in
     return mode == VT_MIN_INT ? w->d * (float)(s1 - s2) : w->d * (float)s1 - w->dm * (float)s2;
 }
 
-static void dot_k(int type, const uint8_t *w, const vt_xk *const *x, int n, int64_t nb, float *out) {
+static void dot_k(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int n, int64_t nb,
+                  float *out) {
     const int64_t bytes = vt_block_bytes(type);
     const int mode = type == VT_Q6_K ? VT_MIN_INT : VT_MIN_SEP;
     float acc[VT_ROWS] = {0};
@@ -159,12 +160,12 @@ static void dot_k(int type, const uint8_t *w, const vt_xk *const *x, int n, int6
         vt_kblock k;
         vt_unpack_k_portable(type, w + b * bytes, 1, &k);
         for (int r = 0; r < n; r++) {
-            const vt_xk *xb = x[r] + b;
+            const vt_xk *xb = x + b * stride + r;
             int32_t s1 = 0, s2 = 0;
             for (int p = 0; p < QK_K / 2; p++)
                 s1 += k.sx[p] * (k.q[2 * p] * xb->q[2 * p] + k.q[2 * p + 1] * xb->q[2 * p + 1]);
             for (int g = 0; g < QK_K / 16; g++) s2 += k.mn[g] * xb->bs[g];
-            acc[r] = acc[r] + xb->d * k_block_value(&k, s1, s2, mode);
+            acc[r] = acc[r] + dx[b * stride + r] * k_block_value(&k, s1, s2, mode);
         }
     }
     memcpy(out, acc, sizeof(float) * (size_t)n);

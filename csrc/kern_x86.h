@@ -30,12 +30,12 @@ static inline __m128i hsum4(__m256i a, __m256i b, __m256i c, __m256i d) {
     return _mm_add_epi32(_mm256_castsi256_si128(g), _mm256_extracti128_si256(g, 1));
 }
 
-/* The activation scales of block b of rows r0..r0+3 (those below n), 0 in the others. */
-#define ROW_SCALES(x, b, r0, n)                                          \
-    ({                                                                   \
-        float d_[4] = {0};                                               \
-        for (int r_ = r0; r_ < (n) && r_ < (r0) + 4; r_++) d_[r_ - (r0)] = x[r_][b].d; \
-        _mm_loadu_ps(d_);                                                \
+/* The activation scales of block b of the n rows, 0 in the lanes past n. */
+#define ROW_SCALES(x, b, n)                                  \
+    ({                                                       \
+        float d_[4] = {0};                                   \
+        for (int r_ = 0; r_ < (n); r_++) d_[r_] = x[r_][b].d; \
+        _mm_loadu_ps(d_);                                    \
     })
 
 #define VT_INLINE static inline __attribute__((always_inline))
@@ -63,20 +63,24 @@ VT_INLINE void scales_45(const uint8_t *blk, __m256i *sc, __m256i *mn) {
 #define SPLAT16(v, i) _mm256_shuffle_epi8(v, _mm256_set1_epi16((short)((2 * (i) + 1) << 8 | 2 * (i))))
 
 /* Accumulate 32 quants q (with group scales s) against the n rows' quants at offset e. */
-#define DOT32(Q, S, E)  \
-    for (int r = 0; r < n; r++) \
-        a[r] = DPWSSD(a[r], _mm256_maddubs_epi16(Q, _mm256_load_si256((const __m256i *)(x[r][b].q + (E)))), S)
+/* (The empty asm pins each row's sum in its register: left free, the compiler regroups
+ * the additions and keeps 8 products live at once, spilling the sums at 8 rows.) */
+#define DOT32(Q, S, E)                                                                                \
+    for (int r = 0; r < n; r++) {                                                                     \
+        a[r] = DPWSSD(a[r], _mm256_maddubs_epi16(Q, _mm256_load_si256((const __m256i *)(xb[r].q + (E)))), S); \
+        __asm__("" : "+x"(a[r]));                                                                     \
+    }
 
-/* Block b of one weight row (blk) against n rows: a[r] += the scaled quant products,
+/* One block of a weight row (blk) against the n rows' blocks xb[0..n-1]: a[r] += the scaled quant products,
  * s2[r/4] = the mins against the group sums, 4 rows a vector (reduced before the quants'
  * loop, so that only the a[r] stay live in it), d and dm the block's float factors. */
-VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *const *x, int64_t b, const int n, __m256i *a,
-                       __m128i *s2, float *d, float *dm) {
+VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *xb, const int n, __m256i *a, __m128i *s2, float *d,
+                       float *dm) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
     __m256i mn, c[VT_ROWS];
 #define MINS                                                                                                      \
     for (int r = 0; r < VT_ROWS; r++)                                                                             \
-        c[r] = r < n ? _mm256_madd_epi16(mn, _mm256_load_si256((const __m256i *)x[r][b].bs)) : _mm256_setzero_si256(); \
+        c[r] = r < n ? _mm256_madd_epi16(mn, _mm256_load_si256((const __m256i *)xb[r].bs)) : _mm256_setzero_si256(); \
     for (int h = 0; h < n; h += 4) s2[h / 4] = hsum4(c[h], c[h + 1], c[h + 2], c[h + 3]);
     if (type == VT_Q6_K) {
         const __m256i S = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
@@ -134,7 +138,8 @@ static inline __m128 k_value4(int type, __m128i s1, __m128i s2, __m128 d, __m128
 }
 
 /* One weight row against n (1..VT_ROWS) activation rows. */
-VT_INLINE void dot_k_n(int type, const uint8_t *w, const vt_xk *const *x, int64_t nb, float *out, const int n) {
+VT_INLINE void dot_k_n(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int64_t nb,
+                       float *out, const int n) {
     const int64_t bytes = type == VT_Q4_K ? 144 : type == VT_Q5_K ? 176 : 210;
     __m128 acc[2] = {_mm_setzero_ps(), _mm_setzero_ps()}; /* rows 0-3, 4-7 */
     for (int64_t b = 0; b < nb; b++) {
@@ -142,10 +147,10 @@ VT_INLINE void dot_k_n(int type, const uint8_t *w, const vt_xk *const *x, int64_
         __m128i s2[VT_ROWS / 4];
         for (int r = 0; r < VT_ROWS; r++) a[r] = _mm256_setzero_si256();
         float d, dm;
-        k_block(type, w + b * bytes, x, b, n, a, s2, &d, &dm);
+        k_block(type, w + b * bytes, x + b * stride, n, a, s2, &d, &dm);
         for (int h = 0; h < n; h += 4)
             acc[h / 4] = _mm_add_ps(acc[h / 4], k_value4(type, hsum4(a[h], a[h + 1], a[h + 2], a[h + 3]), s2[h / 4],
-                                                         _mm_set1_ps(d), _mm_set1_ps(dm), ROW_SCALES(x, b, h, n)));
+                                                         _mm_set1_ps(d), _mm_set1_ps(dm), _mm_loadu_ps(dx + b * stride + h)));
     }
     float o[8];
     _mm_storeu_ps(o, acc[0]);
@@ -162,7 +167,7 @@ VT_INLINE void dot_q8_0_n(const uint8_t *w, const vt_x8 *const *x, int64_t nb, f
         for (int r = 0; r < 4; r++) /* |w| x (x with w's sign): u8 x s8, the same products */
             p[r] = r < n ? DPBUSD(_mm256_setzero_si256(), aw, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x[r][b].q), wq))
                          : _mm256_setzero_si256();
-        const __m128 t = _mm_mul_ps(_mm_set1_ps(fp16(wb)), ROW_SCALES(x, b, 0, n));
+        const __m128 t = _mm_mul_ps(_mm_set1_ps(fp16(wb)), ROW_SCALES(x, b, n));
         acc = _mm_add_ps(acc, _mm_mul_ps(t, _mm_cvtepi32_ps(hsum4(p[0], p[1], p[2], p[3]))));
     }
     float o[4];
@@ -222,11 +227,12 @@ VT_INLINE void dot_f_n(int type, const void *w, const float *const *x, int64_t n
         case 3: call(3); break;                           \
         default: call(4); }
 
-static void dot_k(int type, const uint8_t *w, const vt_xk *const *x, int n, int64_t nb, float *out) {
-#define CALL(k)                                                        \
-    (type == VT_Q4_K   ? dot_k_n(VT_Q4_K, w, x, nb, out, k)           \
-     : type == VT_Q5_K ? dot_k_n(VT_Q5_K, w, x, nb, out, k)           \
-                       : dot_k_n(VT_Q6_K, w, x, nb, out, k))
+static void dot_k(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int n, int64_t nb,
+                  float *out) {
+#define CALL(k)                                                                  \
+    (type == VT_Q4_K   ? dot_k_n(VT_Q4_K, w, x, dx, stride, nb, out, k)           \
+     : type == VT_Q5_K ? dot_k_n(VT_Q5_K, w, x, dx, stride, nb, out, k)           \
+                       : dot_k_n(VT_Q6_K, w, x, dx, stride, nb, out, k))
     switch (n) {
     case 1: CALL(1); break;
     case 2: CALL(2); break;

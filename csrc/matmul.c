@@ -47,7 +47,8 @@ typedef struct {
     const uint8_t *w;
     int64_t rows, cols, L, row_bytes;
     const float *x;
-    const void *xq; /* quantized rows: vt_xk or vt_x8 blocks, row after row */
+    const void *xq; /* quantized rows: vt_xk blocks block-major, or vt_x8 blocks row after row */
+    const float *xd; /* the vt_xk blocks' scales, block-major */
     float *y;
 } mm_job;
 
@@ -62,9 +63,7 @@ static void mm_task(void *vjob, int ith, int nth) {
         for (int64_t l0 = 0; l0 < j->L; l0 += VT_ROWS) {
             const int64_t m = j->L - l0 < VT_ROWS ? j->L - l0 : VT_ROWS;
             if (kq) {
-                const vt_xk *xs[VT_ROWS];
-                for (int i = 0; i < m; i++) xs[i] = (const vt_xk *)j->xq + (l0 + i) * nb;
-                j->k->dot_k(j->type, wr, xs, (int)m, nb, out);
+                j->k->dot_k(j->type, wr, (const vt_xk *)j->xq + l0, j->xd + l0, j->L, (int)m, nb, out);
             } else if (j->type == VT_Q8_0) {
                 const vt_x8 *xs[VT_ROWS];
                 for (int i = 0; i < m; i++) xs[i] = (const vt_x8 *)j->xq + (l0 + i) * nb;
@@ -86,18 +85,26 @@ VT_API int vt_matmul(vt_pool *pool, int isa, int type, const void *w, int64_t ro
     if (rows < 1 || cols < 1 || L < 1 || cols % be) return VT_ESHAPE;
     const vt_kernels *k = vt_kernels_for(isa);
     if (!k) return VT_EISA;
-    mm_job j = {k, type, w, rows, cols, L, cols / be * vt_block_bytes(type), x, NULL, y};
+    mm_job j = {k, type, w, rows, cols, L, cols / be * vt_block_bytes(type), x, NULL, NULL, y};
     void *xq = NULL;
+    float *xd = NULL;
     if (be == QK_K) {
-        if (!(xq = aligned_alloc(64, (size_t)(L * (cols / QK_K)) * sizeof(vt_xk)))) return VT_ENOMEM;
-        for (int64_t l = 0; l < L; l++) vt_quantize_k(x + l * cols, cols, (vt_xk *)xq + l * (cols / QK_K));
+        const int64_t nb = cols / QK_K;
+        xq = aligned_alloc(32, (size_t)(L * nb) * sizeof(vt_xk));
+        xd = calloc((size_t)(L * nb + 4), sizeof(float)); /* + 4: kernels load scales 4 rows at a time */
+        if (!xq || !xd) {
+            free(xq), free(xd);
+            return VT_ENOMEM;
+        }
+        for (int64_t l = 0; l < L; l++) vt_quantize_k(x + l * cols, cols, (vt_xk *)xq + l, xd + l, L);
     } else if (be == QK8_0) {
         if (!(xq = malloc((size_t)(L * (cols / QK8_0)) * sizeof(vt_x8)))) return VT_ENOMEM;
         for (int64_t l = 0; l < L; l++) vt_quantize_8_0(x + l * cols, cols, (vt_x8 *)xq + l * (cols / QK8_0));
     }
     j.xq = xq;
+    j.xd = xd;
     vt_pool_run(pool, mm_task, &j);
-    free(xq);
+    free(xq), free(xd);
     return VT_OK;
 }
 
@@ -112,9 +119,8 @@ VT_API int vt_quantize_rows(int type, const float *x, int64_t L, int64_t cols, i
         for (int64_t b = 0; b < nb; b++) {
             if (be == QK_K) {
                 vt_xk o;
-                vt_quantize_k(x + l * cols + b * QK_K, QK_K, &o);
+                vt_quantize_k(x + l * cols + b * QK_K, QK_K, &o, d + l * nb + b, 1);
                 memcpy(q + l * cols + b * QK_K, o.q, QK_K);
-                d[l * nb + b] = o.d;
             } else {
                 vt_x8 o;
                 vt_quantize_8_0(x + l * cols + b * QK8_0, QK8_0, &o);

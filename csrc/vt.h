@@ -38,14 +38,14 @@ typedef struct {
     float d, dm;
 } vt_kblock;
 
-/* One activation row's super-block quantized alone (Q8_K-style): fp32 scale d, int8
- * quants, and the sums of each 16 quants (for the mins). */
+/* One activation row's super-block quantized alone (Q8_K-style): int8 quants and the sums
+ * of each 16 (for the mins); its fp32 scale is kept apart, so that the scales of a block's
+ * rows are contiguous.  A matmul lays blocks out block-major: row r's block b is
+ * x[b * L + r], its scale d[b * L + r]. */
 typedef struct {
     int8_t q[QK_K];
     int16_t bs[QK_K / 16];
-    float d;
-    float pad[7];
-} __attribute__((aligned(64))) vt_xk;
+} __attribute__((aligned(32))) vt_xk;
 
 /* One activation row's 32-block quantized alone (Q8_0-style, fp32 scale). */
 typedef struct {
@@ -62,8 +62,10 @@ enum { VT_MIN_SEP = 0, VT_MIN_INT = 1 };
  * (1..VT_ROWS) activation rows; a row's result depends on that row only, never on n. */
 #define VT_ROWS 8
 typedef struct {
-    /* K-quants: nb raw blocks of `type` against Q8_K-quantized rows */
-    void (*dot_k)(int type, const uint8_t *w, const vt_xk *const *x, int n, int64_t nb, float *out);
+    /* K-quants: nb raw blocks of `type` against n Q8_K-quantized rows, row r's block b at
+     * x[b*stride + r] with scale dx[b*stride + r] (dx readable 3 floats past the last) */
+    void (*dot_k)(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int n, int64_t nb,
+                  float *out);
     /* Q8_0 weights (raw 34-byte blocks) against 4 Q8_0-quantized rows */
     void (*dot_q8_0)(const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out);
     /* F32/F16/BF16 weight row (raw) against 4 fp32 rows of n columns */
@@ -110,8 +112,9 @@ static inline uint16_t vt_rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1
 int64_t vt_block_bytes(int type);
 int64_t vt_block_elems(int type);
 
-/* Quantize L rows of cols floats, each row alone. */
-void vt_quantize_k(const float *x, int64_t cols, vt_xk *out);
+/* Quantize one row of cols floats, alone: K-quant blocks to out[b*stride] with scales
+ * d[b*stride]; Q8_0 blocks to out[b]. */
+void vt_quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64_t stride);
 void vt_quantize_8_0(const float *x, int64_t cols, vt_x8 *out);
 
 /* The portable unpack: the integers every path's unpack must produce. */
