@@ -159,3 +159,21 @@ def test_refusals(tmp_path, monkeypatch):
     with pytest.raises(VocabtrimError, match="token ids"):
         target.logits([2, 3, 999], 1)
     assert target.logits([2, 3, 4], 1).shape == (1, 64)  # still usable after a refusal
+
+
+def test_read_gguf_agrees_with_gguf(f32_gguf, tmp_path):
+    from gguf import GGUFReader
+
+    from vocabtrim.native_target import read_gguf
+
+    meta, tensors = read_gguf(f32_gguf)
+    reader = GGUFReader(f32_gguf)
+    for key, field in reader.fields.items():
+        if not key.startswith("GGUF.") and not isinstance(field.contents(), list):
+            assert meta[key] == pytest.approx(field.contents()), key
+    base = reader.data.ctypes.data
+    assert {t.name: (base + t.offset) for t in tensors.values()} == {
+        t.name: t.data.ctypes.data for t in reader.tensors}
+    (tmp_path / "x.gguf").write_bytes(b"not a gguf at all, not at all")
+    with pytest.raises(VocabtrimError, match="not a GGUF file"):
+        read_gguf(tmp_path / "x.gguf")
