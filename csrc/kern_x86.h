@@ -45,17 +45,19 @@ static inline __m128i hsum4(__m256i a, __m256i b, __m256i c, __m256i d) {
  * the mins against the rows' group sums.  `type` and n are constants after inlining. */
 
 /* Q4_K/Q5_K: the 6-bit scales as 8 int16 in both 128-bit lanes, the mins doubled to one
- * per 16-element group (see kern_portable.c's scale_min for the bit layout). */
+ * per 16-element group.  Packed bytes s[0..11] (see kern_portable.c's vt_scale_min):
+ * j < 4: sc = s[j] & 63, m = s[j+4] & 63; j >= 4: sc = s[j+4] & 15 | (s[j-4] >> 6) << 4,
+ * m = s[j+4] >> 4 | (s[j] >> 6) << 4.  Bytes 0-7 of `v` become sc[0..7], 8-15 m[0..7]. */
 VT_INLINE void scales_45(const uint8_t *blk, __m256i *sc, __m256i *mn) {
-    uint32_t u[4];
-    memcpy(u, blk + 4, 12); /* to bytes: scales in u[0..1], mins in u[2..3] */
-    u[3] = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
-    const uint32_t m03 = u[1] & 0x3f3f3f3f;
-    u[1] = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
-    u[2] = m03;
-    u[0] &= 0x3f3f3f3f;
-    *sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)u)));
-    const __m128i m = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(u + 2)));
+    const __m128i raw = _mm_loadu_si128((const __m128i *)(blk + 4)); /* 12 bytes and 4 of the quants */
+    const __m128i A = _mm_shuffle_epi8(raw, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+    const __m128i B = _mm_shuffle_epi8(raw, _mm_setr_epi8(0, 0, 0, 0, 0, 1, 2, 3, 0, 0, 0, 0, 4, 5, 6, 7));
+    const __m128i hi2 = _mm_and_si128(_mm_srli_epi16(B, 2), _mm_set1_epi8(0x30)); /* (b >> 6) << 4 */
+    const __m128i m15 = _mm_set1_epi8(0x0F);
+    const __m128i up = _mm_or_si128(_mm_blend_epi16(_mm_and_si128(A, m15), _mm_and_si128(_mm_srli_epi16(A, 4), m15), 0xC0), hi2);
+    const __m128i v = _mm_blend_epi16(_mm_and_si128(A, _mm_set1_epi8(63)), up, 0xCC); /* words 2,3 and 6,7: j >= 4 */
+    *sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(v));
+    const __m128i m = _mm_cvtepu8_epi16(_mm_srli_si128(v, 8));
     *mn = _mm256_set_m128i(_mm_unpackhi_epi16(m, m), _mm_unpacklo_epi16(m, m));
 }
 
@@ -99,10 +101,11 @@ VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *xb, const int 
                 _mm256_or_si256(_mm256_and_si256(B, m4), _mm256_and_si256(_mm256_slli_epi16(H, 2), m30)),
                 _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(A, 4), m4), _mm256_and_si256(H, m30)),
                 _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(B, 4), m4), _mm256_and_si256(_mm256_srli_epi16(H, 2), m30))};
-            for (int m = 0; m < 4; m++) {
-                const __m256i s = _mm256_blend_epi32(SPLAT16(G, 2 * m), SPLAT16(G, 2 * m + 1), 0xF0);
-                DOT32(q[m], s, 128 * h + 32 * m);
-            }
+#pragma GCC unroll 4
+            for (int m = 0; m < 4; m++) /* groups 2m (low lane) and 2m+1 (high lane) of the eight */
+                DOT32(q[m], _mm256_shuffle_epi8(G, _mm256_set_m128i(_mm_set1_epi16((short)((4 * m + 3) << 8 | (4 * m + 2))),
+                                                                     _mm_set1_epi16((short)((4 * m + 1) << 8 | 4 * m)))),
+                      128 * h + 32 * m);
         }
     } else {
         const int five = type == VT_Q5_K;
