@@ -103,7 +103,7 @@ VT_API int vt_matmul(vt_pool *pool, int isa, int type, const void *w, int64_t ro
     }
     j.xq = xq;
     j.xd = xd;
-    vt_pool_run(pool, mm_task, &j);
+    vt_pool_run(pool, mm_task, &j, rows * cols * L);
     free(xq), free(xd);
     return VT_OK;
 }

@@ -196,13 +196,13 @@ VT_API int vt_model_forward(vt_model *m, const int32_t *tokens, int T, int pos0,
             rope(m, kl + (size_t)t * kvd, m->n_head_kv, pos0 + t);
         }
         attn_job aj = {m, q, att, scores, T, pos0, l};
-        vt_pool_run(m->pool, attn_task, &aj);
+        vt_pool_run(m->pool, attn_task, &aj, (int64_t)T * m->n_head * (pos0 + T) * hd);
         if ((rc = mm(m, &w[T_WO], att, T, h))) break;
         for (int64_t i = 0; i < (int64_t)T * E; i++) x[i] = x[i] + h[i];
         for (int t = 0; t < T; t++) rmsnorm(x + (size_t)t * E, w[T_FFN_NORM].data, E, m->eps, h + (size_t)t * E);
         if ((rc = mm(m, &w[T_GATE], h, T, g)) || (rc = mm(m, &w[T_UP], h, T, u))) break;
         swiglu_job sj = {g, u, (int64_t)T * F};
-        vt_pool_run(m->pool, swiglu_task, &sj);
+        vt_pool_run(m->pool, swiglu_task, &sj, sj.n * 16);
         if ((rc = mm(m, &w[T_DOWN], g, T, h))) break;
         for (int64_t i = 0; i < (int64_t)T * E; i++) x[i] = x[i] + h[i];
     }

@@ -101,7 +101,11 @@ VT_API void vt_pool_free(vt_pool *p) {
 
 VT_API int vt_pool_threads(const vt_pool *p) { return p->n; }
 
-void vt_pool_run(vt_pool *p, vt_task fn, void *ctx) {
+void vt_pool_run(vt_pool *p, vt_task fn, void *ctx, int64_t work) {
+    if (work < VT_POOL_MIN_WORK) {
+        fn(ctx, 0, 1);
+        return;
+    }
     pthread_mutex_lock(&p->run_mu);
     if (p->n > 1) {
         pthread_mutex_lock(&p->mu);

@@ -120,13 +120,16 @@ void vt_quantize_8_0(const float *x, int64_t cols, vt_x8 *out);
 /* The portable unpack: the integers every path's unpack must produce. */
 void vt_unpack_k_portable(int type, const uint8_t *src, int64_t nb, vt_kblock *dst);
 
-/* Thread pool: fn(ctx, ith, nth) on nth threads, the caller being thread 0. */
+/* Thread pool: fn(ctx, ith, nth) on nth threads, the caller being thread 0; a job of less
+ * than VT_POOL_MIN_WORK (multiply-adds, roughly) runs on the caller alone, where waking the
+ * others costs more than it saves.  Who computes an output never changes its bits. */
+#define VT_POOL_MIN_WORK (1 << 16)
 typedef struct vt_pool vt_pool;
 typedef void (*vt_task)(void *ctx, int ith, int nth);
 VT_API vt_pool *vt_pool_new(int nthreads);
 VT_API void vt_pool_free(vt_pool *p);
 VT_API int vt_pool_threads(const vt_pool *p);
-void vt_pool_run(vt_pool *p, vt_task fn, void *ctx);
+void vt_pool_run(vt_pool *p, vt_task fn, void *ctx, int64_t work);
 
 const vt_kernels *vt_kernels_for(int isa);
 

@@ -38,10 +38,11 @@ from vocabtrim.native_target import NativeTarget  # noqa: E402
 SEQ = [int(t) for t in np.random.default_rng(0).integers(2, 64, 40)]
 
 
-def tiny_qwen2(tie: bool = False) -> Qwen2ForCausalLM:
-    """Qwen2's shape: q/k/v biases (random, so they count), no output bias."""
+def tiny_qwen2(tie: bool = False, hidden: int = 32) -> Qwen2ForCausalLM:
+    """Qwen2's shape: q/k/v biases (random, so they count), no output bias. From 256 wide
+    its matmuls are big enough for the pool to split them over threads."""
     torch.manual_seed(3)
-    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    cfg = Qwen2Config(vocab_size=64, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                       tie_word_embeddings=tie, eos_token_id=1, bos_token_id=0)
     model = Qwen2ForCausalLM(cfg).eval()
@@ -78,13 +79,13 @@ def quantized_gguf(model, path, qtype, monkeypatch):
 
 @pytest.fixture(scope="module")
 def f32_gguf(tmp_path_factory):
-    return write_gguf(tiny_qwen2(), tmp_path_factory.mktemp("native") / "qwen2.gguf")
+    return write_gguf(tiny_qwen2(hidden=256), tmp_path_factory.mktemp("native") / "qwen2.gguf")
 
 
 @pytest.fixture(scope="module")
 def q8_gguf(tmp_path_factory):
     mp = pytest.MonkeyPatch()
-    model = tiny_qwen2()
+    model = tiny_qwen2(hidden=256)
     path = quantized_gguf(model, tmp_path_factory.mktemp("native") / "q8.gguf", native_type("Q8_0"), mp)
     return path, model
 
