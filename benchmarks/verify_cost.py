@@ -2,9 +2,11 @@
 score L new tokens (logits for all L) after 200 cached tokens, for L = 1, 2, 4, 8, 16, 32,
 and the time of a 512-token prefill, each the median of --repeats forwards:
 
+    python benchmarks/verify_cost.py --backends native,ggml
     python benchmarks/verify_cost.py --backends ggml,ggml-no-extra,ggml-amx-safe
 
 Backends (each timed in its own child process: one that crashes is reported, not fatal):
+- `native`: vocabtrim's own engine (`native_target.NativeTarget`, docs/native.md);
 - `ggml`: the ggml target as vocabtrim runs it (llama.cpp's buffers, AMX kept out where
   llama.cpp offers it);
 - `ggml-no-extra`: llama.cpp with extra buffer types off (no repacking, no AMX);
@@ -30,13 +32,16 @@ from vocabtrim.profile import forward_ms
 
 LENGTHS = (1, 2, 4, 8, 16, 32)
 CONTEXT, PREFILL = 200, 512
-BACKENDS = ("ggml", "ggml-no-extra", "ggml-amx-safe")
+BACKENDS = ("native", "ggml", "ggml-no-extra", "ggml-amx-safe")
 
 
 def target(name: str, path: str):
     """The target of backend `name` on the GGUF file `path`."""
     from vocabtrim import ggml
+    from vocabtrim.native_target import NativeTarget
 
+    if name == "native":
+        return NativeTarget(path, context=CONTEXT + PREFILL + max(LENGTHS))
     if name == "ggml-no-extra":
         default = ggml.model_params
         ggml.model_params = lambda p, repack=True, info=None: default(p, False, info)

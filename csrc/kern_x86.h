@@ -1,0 +1,264 @@
+/* The x86 kernels, compiled once per instruction set by the kern_<isa>.c files, which set
+ * the target options and define:
+ *   VT_KERNELS  the name of the vt_kernels table
+ *   VT_VNNI     0: AVX2 (maddubs + madd + add), 1: AVX-VNNI (VEX vpdpwssd/vpdpbusd),
+ *               2: AVX512-VNNI (EVEX-encoded 256-bit vpdpwssd/vpdpbusd)
+ * Each kernel follows kern_portable.c's float recipe lane by lane: the integer sums are
+ * exact whatever the grouping, the float steps are the same multiplies and adds. */
+#include <immintrin.h>
+#include <string.h>
+
+#include "vt.h"
+
+#if VT_VNNI == 1
+#define DPWSSD(acc, a, b) _mm256_dpwssd_avx_epi32(acc, a, b)
+#define DPBUSD(acc, a, b) _mm256_dpbusd_avx_epi32(acc, a, b)
+#elif VT_VNNI == 2
+#define DPWSSD(acc, a, b) _mm256_dpwssd_epi32(acc, a, b)
+#define DPBUSD(acc, a, b) _mm256_dpbusd_epi32(acc, a, b)
+#else
+#define DPWSSD(acc, a, b) _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
+#define DPBUSD(acc, a, b) _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)))
+#endif
+
+/* fp16 to fp32 with F16C (exact, as vt_fp16). */
+static inline float fp16(const uint8_t *p) { return _cvtsh_ss(vt_rd16(p)); }
+
+/* Sums of the 8 lanes of each of 4 vectors, as one vector of 4. */
+static inline __m128i hsum4(__m256i a, __m256i b, __m256i c, __m256i d) {
+    __m256i g = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
+    return _mm_add_epi32(_mm256_castsi256_si128(g), _mm256_extracti128_si256(g, 1));
+}
+
+/* The activation scales of block b of the n rows, 0 in the lanes past n. */
+#define ROW_SCALES(x, b, n)                                  \
+    ({                                                       \
+        float d_[4] = {0};                                   \
+        for (int r_ = 0; r_ < (n); r_++) d_[r_] = x[r_][b].d; \
+        _mm_loadu_ps(d_);                                    \
+    })
+
+#define VT_INLINE static inline __attribute__((always_inline))
+
+/* One K-quant block's integers: the block's quants q (32 at a time, in element order) times
+ * each row's quants, each 16-element group scaled by sx (DPWSSD: exact int32 sums), and
+ * the mins against the rows' group sums.  `type` and n are constants after inlining. */
+
+/* Q4_K/Q5_K: the 6-bit scales as 8 int16 in both 128-bit lanes, the mins doubled to one
+ * per 16-element group.  Packed bytes s[0..11] (see kern_portable.c's vt_scale_min):
+ * j < 4: sc = s[j] & 63, m = s[j+4] & 63; j >= 4: sc = s[j+4] & 15 | (s[j-4] >> 6) << 4,
+ * m = s[j+4] >> 4 | (s[j] >> 6) << 4.  Bytes 0-7 of `v` become sc[0..7], 8-15 m[0..7]. */
+VT_INLINE void scales_45(const uint8_t *blk, __m256i *sc, __m256i *mn) {
+    const __m128i raw = _mm_loadu_si128((const __m128i *)(blk + 4)); /* 12 bytes and 4 of the quants */
+    const __m128i A = _mm_shuffle_epi8(raw, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+    const __m128i B = _mm_shuffle_epi8(raw, _mm_setr_epi8(0, 0, 0, 0, 0, 1, 2, 3, 0, 0, 0, 0, 4, 5, 6, 7));
+    const __m128i hi2 = _mm_and_si128(_mm_srli_epi16(B, 2), _mm_set1_epi8(0x30)); /* (b >> 6) << 4 */
+    const __m128i m15 = _mm_set1_epi8(0x0F);
+    const __m128i up = _mm_or_si128(_mm_blend_epi16(_mm_and_si128(A, m15), _mm_and_si128(_mm_srli_epi16(A, 4), m15), 0xC0), hi2);
+    const __m128i v = _mm_blend_epi16(_mm_and_si128(A, _mm_set1_epi8(63)), up, 0xCC); /* words 2,3 and 6,7: j >= 4 */
+    *sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(v));
+    const __m128i m = _mm_cvtepu8_epi16(_mm_srli_si128(v, 8));
+    *mn = _mm256_set_m128i(_mm_unpackhi_epi16(m, m), _mm_unpacklo_epi16(m, m));
+}
+
+/* int16 element i of both lanes of v, everywhere. */
+#define SPLAT16(v, i) _mm256_shuffle_epi8(v, _mm256_set1_epi16((short)((2 * (i) + 1) << 8 | 2 * (i))))
+
+/* Accumulate 32 quants q (with group scales s) against the n rows' quants at offset e. */
+/* (The empty asm pins each row's sum in its register: left free, the compiler regroups
+ * the additions and keeps 8 products live at once, spilling the sums at 8 rows.) */
+#define DOT32(Q, S, E)                                                                                \
+    for (int r = 0; r < n; r++) {                                                                     \
+        a[r] = DPWSSD(a[r], _mm256_maddubs_epi16(Q, _mm256_load_si256((const __m256i *)(xb[r].q + (E)))), S); \
+        __asm__("" : "+x"(a[r]));                                                                     \
+    }
+
+/* One block of a weight row (blk) against the n rows' blocks xb[0..n-1]: a[r] += the scaled quant products,
+ * s2[r/4] = the mins against the group sums, 4 rows a vector (reduced before the quants'
+ * loop, so that only the a[r] stay live in it), d and dm the block's float factors. */
+VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *xb, const int n, __m256i *a, __m128i *s2, float *d,
+                       float *dm) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+    __m256i mn, c[VT_ROWS];
+#define MINS                                                                                                      \
+    for (int r = 0; r < VT_ROWS; r++)                                                                             \
+        c[r] = r < n ? _mm256_madd_epi16(mn, _mm256_load_si256((const __m256i *)xb[r].bs)) : _mm256_setzero_si256(); \
+    for (int h = 0; h < n; h += 4) s2[h / 4] = hsum4(c[h], c[h + 1], c[h + 2], c[h + 3]);
+    if (type == VT_Q6_K) {
+        const __m256i S = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
+        mn = _mm256_slli_epi16(S, 5); /* 32 x scale: the -32 offset */
+        MINS
+        *d = *dm = fp16(blk + 208);
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            const __m256i A = _mm256_loadu_si256((const __m256i *)(blk + 64 * h));
+            const __m256i B = _mm256_loadu_si256((const __m256i *)(blk + 64 * h + 32));
+            const __m256i H = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h));
+            /* the scales of groups 8h..8h+7: pairs (low lane, high lane) by a shuffle */
+            const __m256i G = h ? _mm256_permute4x64_epi64(S, 0xEE) : _mm256_permute4x64_epi64(S, 0x44);
+            const __m256i q[4] = {
+                _mm256_or_si256(_mm256_and_si256(A, m4), _mm256_and_si256(_mm256_slli_epi16(H, 4), m30)),
+                _mm256_or_si256(_mm256_and_si256(B, m4), _mm256_and_si256(_mm256_slli_epi16(H, 2), m30)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(A, 4), m4), _mm256_and_si256(H, m30)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(B, 4), m4), _mm256_and_si256(_mm256_srli_epi16(H, 2), m30))};
+#pragma GCC unroll 4
+            for (int m = 0; m < 4; m++) /* groups 2m (low lane) and 2m+1 (high lane) of the eight */
+                DOT32(q[m], _mm256_shuffle_epi8(G, _mm256_set_m128i(_mm_set1_epi16((short)((4 * m + 3) << 8 | (4 * m + 2))),
+                                                                     _mm_set1_epi16((short)((4 * m + 1) << 8 | 4 * m)))),
+                      128 * h + 32 * m);
+        }
+    } else {
+        const int five = type == VT_Q5_K;
+        const uint8_t *qs = blk + (five ? 48 : 16);
+        const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
+        __m256i sc;
+        scales_45(blk, &sc, &mn);
+        MINS
+        *d = fp16(blk);
+        *dm = fp16(blk + 2);
+#pragma GCC unroll 4
+        for (int g = 0; g < 4; g++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * g));
+            __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            if (five) { /* bit 2g of qh[l] is the fifth bit of element l of sub-block 2g, bit 2g+1 of 2g+1 */
+                const __m256i b0 = _mm256_set1_epi8((char)(1 << (2 * g))), b1 = _mm256_set1_epi8((char)(1 << (2 * g + 1)));
+                const __m256i sixteen = _mm256_set1_epi8(16);
+                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b0), b0), sixteen));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b1), b1), sixteen));
+            }
+            DOT32(lo, SPLAT16(sc, 2 * g), 64 * g);
+            DOT32(hi, SPLAT16(sc, 2 * g + 1), 64 * g + 32);
+        }
+    }
+#undef MINS
+}
+
+/* The float step of a block for 4 outputs (kern_portable.c's k_block_value, times dx). */
+static inline __m128 k_value4(int type, __m128i s1, __m128i s2, __m128 d, __m128 dm, __m128 dx) {
+    const __m128 v = type == VT_Q6_K ? _mm_mul_ps(d, _mm_cvtepi32_ps(_mm_sub_epi32(s1, s2)))
+                                     : _mm_sub_ps(_mm_mul_ps(d, _mm_cvtepi32_ps(s1)), _mm_mul_ps(dm, _mm_cvtepi32_ps(s2)));
+    return _mm_mul_ps(dx, v);
+}
+
+/* One weight row against n (1..VT_ROWS) activation rows. */
+VT_INLINE void dot_k_n(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int64_t nb,
+                       float *out, const int n) {
+    const int64_t bytes = type == VT_Q4_K ? 144 : type == VT_Q5_K ? 176 : 210;
+    __m128 acc[2] = {_mm_setzero_ps(), _mm_setzero_ps()}; /* rows 0-3, 4-7 */
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i a[VT_ROWS];
+        __m128i s2[VT_ROWS / 4];
+        for (int r = 0; r < VT_ROWS; r++) a[r] = _mm256_setzero_si256();
+        float d, dm;
+        k_block(type, w + b * bytes, x + b * stride, n, a, s2, &d, &dm);
+        for (int h = 0; h < n; h += 4)
+            acc[h / 4] = _mm_add_ps(acc[h / 4], k_value4(type, hsum4(a[h], a[h + 1], a[h + 2], a[h + 3]), s2[h / 4],
+                                                         _mm_set1_ps(d), _mm_set1_ps(dm), _mm_loadu_ps(dx + b * stride + h)));
+    }
+    float o[8];
+    _mm_storeu_ps(o, acc[0]);
+    _mm_storeu_ps(o + 4, acc[1]);
+    memcpy(out, o, sizeof(float) * (size_t)n);
+}
+
+VT_INLINE void dot_q8_0_n(const uint8_t *w, const vt_x8 *const *x, int64_t nb, float *out, const int n) {
+    __m128 acc = _mm_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *wb = w + 34 * b;
+        const __m256i wq = _mm256_loadu_si256((const __m256i *)(wb + 2)), aw = _mm256_sign_epi8(wq, wq);
+        __m256i p[4];
+        for (int r = 0; r < 4; r++) /* |w| x (x with w's sign): u8 x s8, the same products */
+            p[r] = r < n ? DPBUSD(_mm256_setzero_si256(), aw, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x[r][b].q), wq))
+                         : _mm256_setzero_si256();
+        const __m128 t = _mm_mul_ps(_mm_set1_ps(fp16(wb)), ROW_SCALES(x, b, n));
+        acc = _mm_add_ps(acc, _mm_mul_ps(t, _mm_cvtepi32_ps(hsum4(p[0], p[1], p[2], p[3]))));
+    }
+    float o[4];
+    _mm_storeu_ps(o, acc);
+    memcpy(out, o, sizeof(float) * (size_t)n);
+}
+
+/* 8 weights as fp32: F32, F16 (F16C, exact) or BF16 (a shift, exact). */
+static inline __m256 load8(int type, const void *w, int64_t i) {
+    if (type == VT_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i)));
+    if (type == VT_BF16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i))), 16));
+    return _mm256_loadu_ps((const float *)w + i);
+}
+
+/* acc[k] + acc[k+8], then +4, +2, +1: the portable tree. */
+static inline float reduce16(__m256 lo, __m256 hi) {
+    const __m256 s = _mm256_add_ps(lo, hi);
+    const __m128 t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    const __m128 u = _mm_add_ps(t, _mm_movehl_ps(t, t));
+    return _mm_cvtss_f32(_mm_add_ss(u, _mm_shuffle_ps(u, u, 1)));
+}
+
+VT_INLINE void dot_f_n(int type, const void *w, const float *const *x, int64_t n, float *out, const int rows) {
+    __m256 lo[4], hi[4];
+    for (int r = 0; r < rows; r++) lo[r] = hi[r] = _mm256_setzero_ps();
+    const int64_t full = n / 16 * 16;
+    for (int64_t i = 0; i < full; i += 16) {
+        const __m256 w0 = load8(type, w, i), w1 = load8(type, w, i + 8);
+        for (int r = 0; r < rows; r++) {
+            lo[r] = _mm256_add_ps(lo[r], _mm256_mul_ps(w0, _mm256_loadu_ps(x[r] + i)));
+            hi[r] = _mm256_add_ps(hi[r], _mm256_mul_ps(w1, _mm256_loadu_ps(x[r] + i + 8)));
+        }
+    }
+    if (full < n) { /* the tail, zero-padded to 16 as in the portable recipe */
+        float wt[16] = {0}, xt[16];
+        for (int64_t k = full; k < n; k++) wt[k - full] = vt_load_f(type, w, k);
+        const __m256 w0 = _mm256_loadu_ps(wt), w1 = _mm256_loadu_ps(wt + 8);
+        for (int r = 0; r < rows; r++) {
+            memset(xt, 0, sizeof xt);
+            memcpy(xt, x[r] + full, (size_t)(n - full) * sizeof(float));
+            lo[r] = _mm256_add_ps(lo[r], _mm256_mul_ps(w0, _mm256_loadu_ps(xt)));
+            hi[r] = _mm256_add_ps(hi[r], _mm256_mul_ps(w1, _mm256_loadu_ps(xt + 8)));
+        }
+    }
+    for (int r = 0; r < rows; r++) out[r] = reduce16(lo[r], hi[r]);
+}
+
+
+/* The entry points: n (1..VT_ROWS) picks a copy of the loop specialized for that many
+ * rows; the Q8_0 and float loops take 4 rows at a time. */
+#define BY_ROWS4(call)                                    \
+    for (int r0 = 0; r0 < n; r0 += 4) switch (n - r0) {   \
+        case 1: call(1); break;                           \
+        case 2: call(2); break;                           \
+        case 3: call(3); break;                           \
+        default: call(4); }
+
+static void dot_k(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int n, int64_t nb,
+                  float *out) {
+#define CALL(k)                                                                  \
+    (type == VT_Q4_K   ? dot_k_n(VT_Q4_K, w, x, dx, stride, nb, out, k)           \
+     : type == VT_Q5_K ? dot_k_n(VT_Q5_K, w, x, dx, stride, nb, out, k)           \
+                       : dot_k_n(VT_Q6_K, w, x, dx, stride, nb, out, k))
+    switch (n) {
+    case 1: CALL(1); break;
+    case 2: CALL(2); break;
+    case 3: CALL(3); break;
+    case 4: CALL(4); break;
+    case 5: CALL(5); break;
+    case 6: CALL(6); break;
+    case 7: CALL(7); break;
+    default: CALL(8);
+    }
+#undef CALL
+}
+
+static void dot_q8_0(const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out) {
+#define CALL(k) dot_q8_0_n(w, x + r0, nb, out + r0, k)
+    BY_ROWS4(CALL)
+#undef CALL
+}
+
+static void dot_f(int type, const void *w, const float *const *x, int n, int64_t cols, float *out) {
+#define CALL(k) dot_f_n(type, w, x + r0, cols, out + r0, k)
+    BY_ROWS4(CALL)
+#undef CALL
+}
+
+const vt_kernels VT_KERNELS = {dot_k, dot_q8_0, dot_f};

@@ -1,0 +1,216 @@
+/* The forward of a Llama/Qwen2-architecture model over GGUF tensors, with the KV cache the
+ * engine holds.  Every step works row by row (a token's RMSNorm, its matmul outputs, its
+ * attention over keys 0..pos in order), so a position's logits are the same bits whether
+ * it is scored alone or among any number of rows, after any crop, on any thread count. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vt.h"
+
+typedef struct {
+    int type;
+    const void *data;
+    int64_t rows, cols;
+} vt_tensor;
+
+/* Tensor slots, per layer then global; Python maps GGUF names onto them. */
+enum { T_ATTN_NORM, T_WQ, T_BQ, T_WK, T_BK, T_WV, T_BV, T_WO, T_FFN_NORM, T_GATE, T_UP, T_DOWN, T_LAYER_SLOTS };
+enum { T_TOK_EMBD, T_OUT_NORM, T_OUTPUT, T_GLOBAL_SLOTS };
+
+struct vt_model {
+    int n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab, n_ctx, rope_neox, isa;
+    float eps, *inv_freq; /* rope: head_dim/2 frequencies */
+    vt_tensor global[T_GLOBAL_SLOTS], *layer; /* [n_layer][T_LAYER_SLOTS] */
+    float *kc, *vc;                           /* [n_layer][n_ctx][n_head_kv * head_dim] */
+    vt_pool *pool;
+};
+
+VT_API vt_model *vt_model_new(int n_layer, int n_embd, int n_head, int n_head_kv, int n_ff, int n_vocab, int n_ctx,
+                              float eps, float rope_base, int rope_neox, vt_pool *pool, int isa) {
+    if (n_layer < 1 || n_head < 1 || n_head_kv < 1 || n_head % n_head_kv || n_embd % n_head || (n_embd / n_head) % 2 ||
+        n_ff < 1 || n_vocab < 1 || n_ctx < 1 || !pool || !vt_kernels_for(isa))
+        return NULL;
+    vt_model *m = calloc(1, sizeof *m);
+    if (!m) return NULL;
+    *m = (vt_model){.n_layer = n_layer, .n_embd = n_embd, .n_head = n_head, .n_head_kv = n_head_kv,
+                    .head_dim = n_embd / n_head, .n_ff = n_ff, .n_vocab = n_vocab, .n_ctx = n_ctx,
+                    .rope_neox = rope_neox, .isa = isa, .eps = eps, .pool = pool};
+    const size_t kv = (size_t)n_layer * (size_t)n_ctx * (size_t)(n_head_kv * m->head_dim);
+    m->layer = calloc((size_t)n_layer * T_LAYER_SLOTS, sizeof(vt_tensor));
+    m->inv_freq = malloc(sizeof(float) * (size_t)(m->head_dim / 2));
+    m->kc = malloc(kv * sizeof(float));
+    m->vc = malloc(kv * sizeof(float));
+    if (!m->layer || !m->inv_freq || !m->kc || !m->vc) {
+        free(m->layer), free(m->inv_freq), free(m->kc), free(m->vc), free(m);
+        return NULL;
+    }
+    for (int i = 0; i < m->head_dim / 2; i++) m->inv_freq[i] = (float)(1.0 / pow(rope_base, 2.0 * i / m->head_dim));
+    return m;
+}
+
+VT_API void vt_model_free(vt_model *m) {
+    if (!m) return;
+    free(m->layer), free(m->inv_freq), free(m->kc), free(m->vc), free(m);
+}
+
+/* Point slot `slot` of layer `layer` (-1: the global slots) at a tensor. */
+VT_API int vt_model_set(vt_model *m, int layer, int slot, int type, const void *data, int64_t rows, int64_t cols) {
+    if (layer < -1 || layer >= m->n_layer || slot < 0 || slot >= (layer < 0 ? T_GLOBAL_SLOTS : T_LAYER_SLOTS))
+        return VT_ESHAPE;
+    if (!vt_block_elems(type)) return VT_ETYPE;
+    (layer < 0 ? m->global : m->layer + (size_t)layer * T_LAYER_SLOTS)[slot] = (vt_tensor){type, data, rows, cols};
+    return VT_OK;
+}
+
+/* Every slot the forward reads present, of the shape it needs; vectors are [1, n] F32. */
+static int check_tensors(const vt_model *m) {
+    const int64_t E = m->n_embd, kvd = (int64_t)m->n_head_kv * m->head_dim, F = m->n_ff, V = m->n_vocab;
+    /* rows, cols, required, vector */
+    static const int8_t need[T_LAYER_SLOTS] = {1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 1, 1};
+    const int64_t shape[T_LAYER_SLOTS][2] = {{1, E}, {E, E}, {1, E}, {kvd, E}, {1, kvd}, {kvd, E},
+                                             {1, kvd}, {E, E}, {1, E}, {F, E}, {F, E}, {E, F}};
+    const int64_t gshape[T_GLOBAL_SLOTS][2] = {{V, E}, {1, E}, {V, E}};
+    for (int l = -1; l < m->n_layer; l++)
+        for (int s = 0; s < (l < 0 ? T_GLOBAL_SLOTS : T_LAYER_SLOTS); s++) {
+            const vt_tensor *t = l < 0 ? &m->global[s] : &m->layer[(size_t)l * T_LAYER_SLOTS + s];
+            const int64_t *want = l < 0 ? gshape[s] : shape[s];
+            if (!t->data) {
+                if (l < 0 ? s != T_OUTPUT : need[s]) return VT_ESHAPE;
+                continue;
+            }
+            if (t->rows != want[0] || t->cols != want[1]) return VT_ESHAPE;
+            if (want[0] == 1 && t->type != VT_F32) return VT_ETYPE;
+        }
+    return VT_OK;
+}
+
+static int mm(const vt_model *m, const vt_tensor *t, const float *x, int64_t L, float *y) {
+    return vt_matmul(m->pool, m->isa, t->type, t->data, t->rows, t->cols, x, L, y);
+}
+
+/* y = x / rms(x) * w, per row; the sum of squares in index order. */
+static void rmsnorm(const float *x, const float *w, int64_t n, float eps, float *y) {
+    float ss = 0.0f;
+    for (int64_t i = 0; i < n; i++) ss = ss + x[i] * x[i];
+    const float s = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int64_t i = 0; i < n; i++) y[i] = (x[i] * s) * w[i];
+}
+
+static void add_bias(float *y, const vt_tensor *b, int64_t L, int64_t n) {
+    if (!b->data) return;
+    for (int64_t l = 0; l < L; l++)
+        for (int64_t i = 0; i < n; i++) y[l * n + i] = y[l * n + i] + ((const float *)b->data)[i];
+}
+
+/* Rotate each head of row v (n_heads x head_dim) by position pos. */
+static void rope(const vt_model *m, float *v, int n_heads, int pos) {
+    const int hd = m->head_dim, half = hd / 2;
+    for (int i = 0; i < half; i++) {
+        const float a = (float)pos * m->inv_freq[i], c = cosf(a), s = sinf(a);
+        for (int h = 0; h < n_heads; h++) {
+            float *p = v + h * hd;
+            const int i0 = m->rope_neox ? i : 2 * i, i1 = m->rope_neox ? i + half : 2 * i + 1;
+            const float x0 = p[i0], x1 = p[i1];
+            p[i0] = x0 * c - x1 * s;
+            p[i1] = x0 * s + x1 * c;
+        }
+    }
+}
+
+typedef struct {
+    const vt_model *m;
+    const float *q; /* [T][n_head * hd] */
+    float *out;     /* [T][n_head * hd] */
+    float *scores;  /* [threads][n_ctx] */
+    int T, pos0, layer;
+} attn_job;
+
+/* One query row and head: softmax over keys 0..pos in order, values summed in that order. */
+static void attn_task(void *vjob, int ith, int nth) {
+    attn_job *j = vjob;
+    const vt_model *m = j->m;
+    const int hd = m->head_dim, kvd = m->n_head_kv * hd, group = m->n_head / m->n_head_kv;
+    const int64_t items = (int64_t)j->T * m->n_head;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const vt_kernels *k = vt_kernels_for(m->isa);
+    float *score = j->scores + (size_t)ith * m->n_ctx;
+    const float *kl = m->kc + (size_t)j->layer * m->n_ctx * kvd, *vl = m->vc + (size_t)j->layer * m->n_ctx * kvd;
+    for (int64_t it = items * ith / nth; it < items * (ith + 1) / nth; it++) {
+        const int t = (int)(it / m->n_head), h = (int)(it % m->n_head), pos = j->pos0 + t, kh = h / group;
+        const float *q = j->q + (size_t)t * m->n_head * hd + (size_t)h * hd;
+        float *o = j->out + (size_t)t * m->n_head * hd + (size_t)h * hd, mx = -INFINITY, sum = 0.0f;
+        for (int p = 0; p <= pos; p++) {
+            const float *key = kl + (size_t)p * kvd + (size_t)kh * hd;
+            k->dot_f(VT_F32, key, &q, 1, hd, score + p);
+            score[p] = score[p] * scale;
+            mx = fmaxf(mx, score[p]);
+        }
+        memset(o, 0, sizeof(float) * (size_t)hd);
+        for (int p = 0; p <= pos; p++) {
+            const float e = expf(score[p] - mx), *val = vl + (size_t)p * kvd + (size_t)kh * hd;
+            sum = sum + e;
+            for (int d = 0; d < hd; d++) o[d] = o[d] + e * val[d];
+        }
+        for (int d = 0; d < hd; d++) o[d] = o[d] / sum;
+    }
+}
+
+typedef struct {
+    float *a;
+    const float *u;
+    int64_t n;
+} swiglu_job;
+
+static void swiglu_task(void *vjob, int ith, int nth) { /* a = silu(a) * u, elementwise */
+    swiglu_job *j = vjob;
+    for (int64_t i = j->n * ith / nth; i < j->n * (ith + 1) / nth; i++) j->a[i] = j->a[i] / (1.0f + expf(-j->a[i])) * j->u[i];
+}
+
+/* Append T tokens at positions pos0.. (positions past pos0 are forgotten: a crop) and write
+ * the logits of the last n_out (0..T) of them to out [n_out][n_vocab]. */
+VT_API int vt_model_forward(vt_model *m, const int32_t *tokens, int T, int pos0, int n_out, float *out) {
+    if (T < 1 || pos0 < 0 || pos0 + T > m->n_ctx || n_out < 0 || n_out > T) return VT_ESHAPE;
+    int rc = check_tensors(m);
+    if (rc) return rc;
+    const int E = m->n_embd, hd = m->head_dim, kvd = m->n_head_kv * hd, F = m->n_ff;
+    const vt_tensor *emb = &m->global[T_TOK_EMBD], *head = m->global[T_OUTPUT].data ? &m->global[T_OUTPUT] : emb;
+    for (int t = 0; t < T; t++)
+        if (tokens[t] < 0 || tokens[t] >= emb->rows) return VT_ESHAPE;
+    float *x = malloc(sizeof(float) * (size_t)T * E), *h = malloc(sizeof(float) * (size_t)T * E),
+          *q = malloc(sizeof(float) * (size_t)T * E), *att = malloc(sizeof(float) * (size_t)T * E),
+          *g = malloc(sizeof(float) * (size_t)T * F), *u = malloc(sizeof(float) * (size_t)T * F),
+          *scores = malloc(sizeof(float) * (size_t)vt_pool_threads(m->pool) * m->n_ctx);
+    rc = (x && h && q && att && g && u && scores) ? VT_OK : VT_ENOMEM;
+    const int64_t row_bytes = E / vt_block_elems(emb->type) * vt_block_bytes(emb->type);
+    for (int t = 0; t < T && !rc; t++)
+        rc = vt_dequantize(emb->type, (const uint8_t *)emb->data + tokens[t] * row_bytes, E, x + (size_t)t * E);
+    for (int l = 0; l < m->n_layer && !rc; l++) {
+        const vt_tensor *w = m->layer + (size_t)l * T_LAYER_SLOTS;
+        float *kl = m->kc + ((size_t)l * m->n_ctx + pos0) * kvd, *vl = m->vc + ((size_t)l * m->n_ctx + pos0) * kvd;
+        for (int t = 0; t < T; t++) rmsnorm(x + (size_t)t * E, w[T_ATTN_NORM].data, E, m->eps, h + (size_t)t * E);
+        if ((rc = mm(m, &w[T_WQ], h, T, q)) || (rc = mm(m, &w[T_WK], h, T, kl)) || (rc = mm(m, &w[T_WV], h, T, vl))) break;
+        add_bias(q, &w[T_BQ], T, E), add_bias(kl, &w[T_BK], T, kvd), add_bias(vl, &w[T_BV], T, kvd);
+        for (int t = 0; t < T; t++) {
+            rope(m, q + (size_t)t * E, m->n_head, pos0 + t);
+            rope(m, kl + (size_t)t * kvd, m->n_head_kv, pos0 + t);
+        }
+        attn_job aj = {m, q, att, scores, T, pos0, l};
+        vt_pool_run(m->pool, attn_task, &aj, (int64_t)T * m->n_head * (pos0 + T) * hd);
+        if ((rc = mm(m, &w[T_WO], att, T, h))) break;
+        for (int64_t i = 0; i < (int64_t)T * E; i++) x[i] = x[i] + h[i];
+        for (int t = 0; t < T; t++) rmsnorm(x + (size_t)t * E, w[T_FFN_NORM].data, E, m->eps, h + (size_t)t * E);
+        if ((rc = mm(m, &w[T_GATE], h, T, g)) || (rc = mm(m, &w[T_UP], h, T, u))) break;
+        swiglu_job sj = {g, u, (int64_t)T * F};
+        vt_pool_run(m->pool, swiglu_task, &sj, sj.n * 16);
+        if ((rc = mm(m, &w[T_DOWN], g, T, h))) break;
+        for (int64_t i = 0; i < (int64_t)T * E; i++) x[i] = x[i] + h[i];
+    }
+    if (!rc && n_out) {
+        for (int t = T - n_out; t < T; t++)
+            rmsnorm(x + (size_t)t * E, m->global[T_OUT_NORM].data, E, m->eps, h + (size_t)(t - (T - n_out)) * E);
+        rc = mm(m, head, h, n_out, out);
+    }
+    free(x), free(h), free(q), free(att), free(g), free(u), free(scores);
+    return rc;
+}

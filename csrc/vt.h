@@ -1,0 +1,145 @@
+/* vocabtrim native kernels: the internal interface shared by the sources.
+ *
+ * Every output of a matmul is a fixed sequence of operations on one weight row and one
+ * activation row: integer dot products (exact, so any instruction set and any grouping
+ * gives the same integer) and then a per-block float recipe that every path follows in
+ * the same order (see kern_portable.c, the reference).  That is what makes the results
+ * independent of the batch size L, the thread count and the instruction set. */
+#ifndef VT_H
+#define VT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define VT_API __attribute__((visibility("default")))
+
+/* GGUF tensor types (ggml_type ids) the kernels read at their stored format. */
+enum { VT_F32 = 0, VT_F16 = 1, VT_Q8_0 = 8, VT_Q4_K = 12, VT_Q5_K = 13, VT_Q6_K = 14, VT_BF16 = 30 };
+
+/* Instruction-set paths, in order of preference. */
+enum { VT_ISA_PORTABLE = 0, VT_ISA_AVX2 = 1, VT_ISA_AVXVNNI = 2, VT_ISA_AVX512VNNI = 3, VT_ISA_COUNT };
+
+/* Error codes the Python side turns into one-line messages. */
+enum { VT_OK = 0, VT_ETYPE = -1, VT_ESHAPE = -2, VT_ENOMEM = -3, VT_EISA = -4 };
+
+#define QK_K 256
+#define QK8_0 32
+
+/* A Q4_K/Q5_K/Q6_K super-block unpacked (by the portable path; the SIMD paths unpack the
+ * same integers into registers) into the form that defines the integer sums:
+ * q: the 256 unsigned quants in element order; sx: the scale of each pair of elements
+ * (its 16-element group's scale, so maddubs pairs then madd with sx gives scale x dot);
+ * mn: per 16-element group, the integer that multiplies the group's activation sum
+ * (Q4_K/Q5_K: the 6-bit min; Q6_K: 32 x scale, the -32 offset); d, dm: fp32 factors. */
+typedef struct {
+    uint8_t q[QK_K];
+    int16_t sx[QK_K / 2];
+    int16_t mn[QK_K / 16];
+    float d, dm;
+} vt_kblock;
+
+/* One activation row's super-block quantized alone (Q8_K-style): int8 quants and the sums
+ * of each 16 (for the mins); its fp32 scale is kept apart, so that the scales of a block's
+ * rows are contiguous.  A matmul lays blocks out block-major: row r's block b is
+ * x[b * L + r], its scale d[b * L + r]. */
+typedef struct {
+    int8_t q[QK_K];
+    int16_t bs[QK_K / 16];
+} __attribute__((aligned(32))) vt_xk;
+
+/* One activation row's 32-block quantized alone (Q8_0-style, fp32 scale). */
+typedef struct {
+    int8_t q[QK8_0];
+    float d;
+} vt_x8;
+
+/* How a format's two integer sums become one float per block:
+ * VT_MIN_SEP: v = d*S1 - dm*S2 (Q4_K, Q5_K: the mins have their own scale);
+ * VT_MIN_INT: v = d*(S1 - S2)  (Q6_K: the -32 offset shares d, subtract exactly). */
+enum { VT_MIN_SEP = 0, VT_MIN_INT = 1 };
+
+/* Per instruction set kernels.  Each computes the outputs of one weight row against n
+ * (1..VT_ROWS) activation rows; a row's result depends on that row only, never on n. */
+#define VT_ROWS 8
+typedef struct {
+    /* K-quants: nb raw blocks of `type` against n Q8_K-quantized rows, row r's block b at
+     * x[b*stride + r] with scale dx[b*stride + r] (dx readable 3 floats past the last) */
+    void (*dot_k)(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int n, int64_t nb,
+                  float *out);
+    /* Q8_0 weights (raw 34-byte blocks) against 4 Q8_0-quantized rows */
+    void (*dot_q8_0)(const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out);
+    /* F32/F16/BF16 weight row (raw) against 4 fp32 rows of n columns */
+    void (*dot_f)(int type, const void *w, const float *const *x, int n, int64_t cols, float *out);
+} vt_kernels;
+
+extern const vt_kernels vt_kernels_portable;
+#if defined(__x86_64__) || defined(__i386__)
+extern const vt_kernels vt_kernels_avx2, vt_kernels_avxvnni, vt_kernels_avx512vnni;
+#endif
+
+/* fp16/bf16 to fp32, exact (no rounding happens widening) */
+static inline float vt_fp16(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else if (exp) {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (man) { /* subnormal: man x 2^-24, exact in fp32 */
+        float f = (float)man * 0x1p-24f;
+        return sign ? -f : f;
+    } else {
+        bits = sign;
+    }
+    union { uint32_t u; float f; } v = {bits};
+    return v.f;
+}
+
+static inline float vt_bf16(uint16_t h) {
+    union { uint32_t u; float f; } v = {(uint32_t)h << 16};
+    return v.f;
+}
+
+/* Element i of an F32/F16/BF16 row as fp32. */
+static inline float vt_load_f(int type, const void *w, int64_t i) {
+    if (type == VT_F16) return vt_fp16(((const uint16_t *)w)[i]);
+    if (type == VT_BF16) return vt_bf16(((const uint16_t *)w)[i]);
+    return ((const float *)w)[i];
+}
+
+static inline uint16_t vt_rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+/* Bytes per block and elements per block of a supported type; 0 when unsupported. */
+int64_t vt_block_bytes(int type);
+int64_t vt_block_elems(int type);
+
+/* Quantize one row of cols floats, alone: K-quant blocks to out[b*stride] with scales
+ * d[b*stride]; Q8_0 blocks to out[b]. */
+void vt_quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64_t stride);
+void vt_quantize_8_0(const float *x, int64_t cols, vt_x8 *out);
+
+/* The portable unpack: the integers every path's unpack must produce. */
+void vt_unpack_k_portable(int type, const uint8_t *src, int64_t nb, vt_kblock *dst);
+
+/* Thread pool: fn(ctx, ith, nth) on nth threads, the caller being thread 0; a job of less
+ * than VT_POOL_MIN_WORK (multiply-adds, roughly) runs on the caller alone, where waking the
+ * others costs more than it saves.  Who computes an output never changes its bits. */
+#define VT_POOL_MIN_WORK (1 << 16)
+typedef struct vt_pool vt_pool;
+typedef void (*vt_task)(void *ctx, int ith, int nth);
+VT_API vt_pool *vt_pool_new(int nthreads);
+VT_API void vt_pool_free(vt_pool *p);
+VT_API int vt_pool_threads(const vt_pool *p);
+void vt_pool_run(vt_pool *p, vt_task fn, void *ctx, int64_t work);
+
+const vt_kernels *vt_kernels_for(int isa);
+
+/* n elements (whole blocks) of raw `type` data as fp32. */
+VT_API int vt_dequantize(int type, const void *src, int64_t n, float *dst);
+
+typedef struct vt_model vt_model;
+
+/* Y[L, rows] = X[L, cols] @ W[rows, cols]^T with W raw GGUF data of `type`. */
+VT_API int vt_matmul(vt_pool *pool, int isa, int type, const void *w, int64_t rows, int64_t cols,
+                     const float *x, int64_t L, float *y);
+
+#endif

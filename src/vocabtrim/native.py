@@ -1,0 +1,170 @@
+"""vocabtrim's native kernels (csrc/, built into vocabtrim._native by `pip install`),
+through ctypes: GGUF weights multiplied at their stored format, batch-invariant by
+construction (every output is the same operations in the same order whatever the number
+of rows, the thread count and the instruction set; see csrc/kern_portable.c).
+
+Instruction-set paths: portable (the reference), avx2, avxvnni, avx512vnni; the best the
+CPU runs is used unless VOCABTRIM_NATIVE_ISA names another."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.util
+import os
+
+import numpy as np
+
+from .errors import VocabtrimError
+
+ISAS = ("portable", "avx2", "avxvnni", "avx512vnni")
+ISA_ENV = "VOCABTRIM_NATIVE_ISA"
+
+# GGUF tensor types (ggml_type ids) the kernels read: elements and bytes per block
+F32, F16, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 8, 12, 13, 14, 30
+BLOCKS = {F32: (1, 4), F16: (1, 2), BF16: (1, 2), Q8_0: (32, 34), Q4_K: (256, 144), Q5_K: (256, 176),
+          Q6_K: (256, 210)}
+TYPE_NAMES = {F32: "F32", F16: "F16", BF16: "BF16", Q8_0: "Q8_0", Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K"}
+
+_ERRORS = {-1: "unsupported tensor type", -2: "bad shape", -3: "out of memory", -4: "instruction set not available"}
+
+_p, _i64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+
+
+@functools.cache
+def lib() -> ctypes.CDLL:
+    """The native library, its functions typed; a one-line error where it was not built."""
+    spec = importlib.util.find_spec("vocabtrim._native")
+    if spec is None or spec.origin is None:
+        raise VocabtrimError("vocabtrim's native kernels are not built (vocabtrim._native is missing): "
+                             "reinstall with a C compiler (gcc or clang) present")
+    so = ctypes.CDLL(spec.origin)
+    for name, res, args in (("vt_matmul", _int, [_p, _int, _int, _p, _i64, _i64, _p, _i64, _p]),
+                            ("vt_dequantize", _int, [_int, _p, _i64, _p]),
+                            ("vt_quantize_rows", _int, [_int, _p, _i64, _i64, _p, _p]),
+                            ("vt_pool_new", _p, [_int]), ("vt_pool_free", None, [_p]),
+                            ("vt_isa_supported", _int, [_int]), ("vt_isa_best", _int, [])):
+        fn = getattr(so, name)
+        fn.restype, fn.argtypes = res, args
+    return so
+
+
+def available_isas() -> list[str]:
+    """The instruction-set paths this CPU runs, the portable one first."""
+    return [name for i, name in enumerate(ISAS) if lib().vt_isa_supported(i)]
+
+
+def isa_index(isa: str | None = None) -> int:
+    """`isa`, else $VOCABTRIM_NATIVE_ISA, else the best this CPU runs, as the library's index."""
+    isa = isa or os.environ.get(ISA_ENV)
+    if not isa:
+        return lib().vt_isa_best()
+    if isa not in ISAS:
+        raise VocabtrimError(f"unknown instruction set {isa!r}: one of {', '.join(ISAS)}")
+    if not lib().vt_isa_supported(ISAS.index(isa)):
+        raise VocabtrimError(f"this CPU cannot run the {isa} path: it runs {', '.join(available_isas())}")
+    return ISAS.index(isa)
+
+
+class Pool:
+    """A persistent pool of `threads` threads (default: the machine's cores) that the
+    matmuls split their output rows over."""
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads or os.cpu_count() or 1
+        if not 1 <= self.threads <= 1024:
+            raise VocabtrimError(f"thread count {self.threads} out of range 1..1024")
+        self._free = lib().vt_pool_free  # held: module globals may be gone when __del__ runs at exit
+        self.ptr = lib().vt_pool_new(self.threads)
+        if not self.ptr:
+            raise VocabtrimError(f"cannot start {self.threads} threads")
+
+    def __del__(self) -> None:
+        if getattr(self, "ptr", None):
+            self._free(self.ptr)
+            self.ptr = None
+
+
+@functools.cache
+def default_pool() -> Pool:
+    return Pool()
+
+
+def _check(rc: int, what: str) -> None:
+    if rc:
+        raise VocabtrimError(f"{what}: {_ERRORS.get(rc, f'error {rc}')}")
+
+
+def _row_bytes(wtype: int, cols: int) -> int:
+    if wtype not in BLOCKS:
+        raise VocabtrimError(f"the native kernels do not read tensor type {wtype}: "
+                             f"they read {', '.join(TYPE_NAMES.values())}")
+    per, nbytes = BLOCKS[wtype]
+    if cols < 1 or cols % per:
+        raise VocabtrimError(f"a {TYPE_NAMES[wtype]} row of {cols} columns: must be a positive multiple of {per}")
+    return cols // per * nbytes
+
+
+def _raw(w: np.ndarray, nbytes: int, what: str) -> np.ndarray:
+    if not w.flags.c_contiguous or w.nbytes != nbytes:
+        raise VocabtrimError(f"{what}: expected {nbytes} contiguous bytes, got {w.nbytes}"
+                             f"{'' if w.flags.c_contiguous else ' (not contiguous)'}")
+    return w
+
+
+def random_weights(wtype: int, rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    """Random valid raw data of `wtype`, [rows, row bytes] uint8 (for tests and benchmarks):
+    random bytes with fp16 block scales in 1e-3..1e-2 for the quantized types, normal
+    values for the float ones."""
+    rng = np.random.default_rng(seed)
+    if BLOCKS.get(wtype, (0,))[0] == 1:
+        v = rng.standard_normal((rows, cols)).astype(np.float32)
+        if wtype == F16:
+            v = v.astype(np.float16)
+        elif wtype == BF16:
+            v = (v.view(np.uint32) >> 16).astype(np.uint16)
+        return v.view(np.uint8).reshape(rows, -1)
+    per, nbytes = BLOCKS[wtype]
+    blocks = rng.integers(0, 256, (rows * cols // per, nbytes), dtype=np.uint8)
+    for at in {Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,), Q8_0: (0,)}[wtype]:
+        blocks[:, at:at + 2] = rng.uniform(1e-3, 1e-2, len(blocks)).astype(np.float16).view(np.uint8).reshape(-1, 2)
+    return blocks.reshape(rows, -1)
+
+
+def matmul(w: np.ndarray, wtype: int, rows: int, cols: int, x: np.ndarray, pool: Pool | None = None,
+           isa: str | None = None) -> np.ndarray:
+    """Y [L, rows] = X [L, cols] @ W^T, W [rows, cols] as raw GGUF data of `wtype` (any
+    dtype; the file's bytes, e.g. a memory map)."""
+    w = _raw(w, rows * _row_bytes(wtype, cols), f"{TYPE_NAMES[wtype]} weight [{rows}, {cols}]")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != cols or x.shape[0] < 1:
+        raise VocabtrimError(f"activations of shape {list(x.shape)} for a weight of {cols} columns: need [L >= 1, {cols}]")
+    y = np.empty((x.shape[0], rows), dtype=np.float32)
+    pool = pool or default_pool()
+    _check(lib().vt_matmul(pool.ptr, isa_index(isa), wtype, w.ctypes.data, rows, cols, x.ctypes.data,
+                           x.shape[0], y.ctypes.data), "native matmul")
+    return y
+
+
+def dequantize(w: np.ndarray, wtype: int, n: int) -> np.ndarray:
+    """The first n elements of raw `wtype` data as fp32 (ggml's dequantization)."""
+    w = _raw(w, _row_bytes(wtype, n), f"{n} elements of {TYPE_NAMES.get(wtype, wtype)}")
+    out = np.empty(n, dtype=np.float32)
+    _check(lib().vt_dequantize(wtype, w.ctypes.data, n, out.ctypes.data), "native dequantize")
+    return out
+
+
+def quantize_rows(x: np.ndarray, wtype: int) -> tuple[np.ndarray, np.ndarray]:
+    """The 8-bit activations the matmul computes with for a weight of `wtype`: q [L, cols]
+    int8 and one fp32 scale per block [L, cols / block] (256 for K-quants, 32 for Q8_0)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    per = BLOCKS.get(wtype, (1, 0))[0]
+    if per == 1:
+        raise VocabtrimError(f"tensor type {TYPE_NAMES.get(wtype, wtype)} multiplies float activations")
+    if x.ndim != 2 or x.shape[1] % per:
+        raise VocabtrimError(f"activations of shape {list(x.shape)}: need [L, a multiple of {per}]")
+    q = np.empty(x.shape, dtype=np.int8)
+    d = np.empty((x.shape[0], x.shape[1] // per), dtype=np.float32)
+    _check(lib().vt_quantize_rows(wtype, x.ctypes.data, x.shape[0], x.shape[1], q.ctypes.data, d.ctypes.data),
+           "native quantize")
+    return q, d

@@ -1,0 +1,87 @@
+/* A stand-alone check of the kernel library, built by test_native.py with sanitizers (and
+ * usable under valgrind): random blocks of every type, every path this CPU runs against
+ * the portable one and every row alone against the batch, on 1 and 2 threads.
+ * Usage: driver [check | bench TYPE ROWS COLS L REPS [ISA]]; exit status 0 when all agree. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../csrc/vt.h"
+
+VT_API int vt_isa_supported(int isa);
+VT_API int vt_isa_best(void);
+
+static uint64_t rng = 88172645463325252ull;
+static uint32_t next(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return (uint32_t)rng; }
+
+static uint16_t to_fp16(float f) { /* small positive normal scales only */
+    union { float f; uint32_t u; } v = {f};
+    return (uint16_t)(((v.u >> 23) - 112) << 10 | ((v.u >> 13) & 0x3ff));
+}
+
+static void *random_weights(int type, int64_t rows, int64_t cols) {
+    const int64_t per = vt_block_elems(type), bytes = vt_block_bytes(type), nb = rows * cols / per;
+    uint8_t *w = malloc((size_t)(nb * bytes));
+    for (int64_t i = 0; i < nb * bytes; i++) w[i] = (uint8_t)next();
+    for (int64_t b = 0; b < nb; b++) {
+        uint8_t *blk = w + b * bytes;
+        uint16_t d = to_fp16(0.001f + (next() % 1000) * 1e-5f), dm = to_fp16(0.001f + (next() % 1000) * 1e-5f);
+        if (type == VT_Q6_K) memcpy(blk + 208, &d, 2);
+        else if (type == VT_Q4_K || type == VT_Q5_K) { memcpy(blk, &d, 2); memcpy(blk + 2, &dm, 2); }
+        else if (type == VT_Q8_0) memcpy(blk, &d, 2);
+        else if (type == VT_F32) ((float *)w)[b] = (float)((int)(next() % 2001) - 1000) * 1e-3f;
+        else if (type == VT_F16 || type == VT_BF16) ((uint16_t *)w)[b] = (uint16_t)(0x3c00 ^ (next() & 0x83ff));
+    }
+    return w;
+}
+
+static float *random_rows(int64_t L, int64_t cols) {
+    float *x = malloc((size_t)(L * cols) * sizeof(float));
+    for (int64_t i = 0; i < L * cols; i++) x[i] = (float)((int)(next() % 20001) - 10000) * 1e-4f;
+    return x;
+}
+
+static int check(void) {
+    static const int types[] = {VT_Q4_K, VT_Q5_K, VT_Q6_K, VT_Q8_0, VT_F32, VT_F16, VT_BF16};
+    vt_pool *one = vt_pool_new(1), *two = vt_pool_new(2);
+    int bad = 0;
+    for (size_t t = 0; t < sizeof types / sizeof *types; t++) {
+        const int type = types[t];
+        const int64_t rows = 13, cols = vt_block_elems(type) == 1 ? 45 : vt_block_elems(type) * 3, L = 11;
+        void *w = random_weights(type, rows, cols);
+        float *x = random_rows(L, cols), *ref = malloc(sizeof(float) * (size_t)(L * rows)),
+              *y = malloc(sizeof(float) * (size_t)(L * rows));
+        for (int64_t l = 0; l < L; l++) bad |= vt_matmul(one, VT_ISA_PORTABLE, type, w, rows, cols, x + l * cols, 1, ref + l * rows);
+        for (int isa = 0; isa < VT_ISA_COUNT; isa++) {
+            if (!vt_isa_supported(isa)) continue;
+            for (int64_t n = 1; n <= L; n++)
+                for (int p = 0; p < 2; p++) {
+                    bad |= vt_matmul(p ? two : one, isa, type, w, rows, cols, x, n, y);
+                    if (memcmp(y, ref, sizeof(float) * (size_t)(n * rows))) {
+                        fprintf(stderr, "type %d isa %d L %ld threads %d: differs\n", type, isa, (long)n, p + 1);
+                        bad = 1;
+                    }
+                }
+        }
+        free(w), free(x), free(ref), free(y);
+    }
+    vt_pool_free(one), vt_pool_free(two);
+    return bad;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "check")) return check();
+    if (!strcmp(argv[1], "bench") && argc >= 7) {
+        const int type = atoi(argv[2]), reps = atoi(argv[6]), isa = argc > 7 ? atoi(argv[7]) : vt_isa_best();
+        const int64_t rows = atol(argv[3]), cols = atol(argv[4]), L = atol(argv[5]);
+        void *w = random_weights(type, rows, cols);
+        float *x = random_rows(L, cols), *y = malloc(sizeof(float) * (size_t)(L * rows));
+        vt_pool *pool = vt_pool_new(1);
+        int rc = 0;
+        for (int r = 0; r < reps; r++) rc |= vt_matmul(pool, isa, type, w, rows, cols, x, L, y);
+        vt_pool_free(pool);
+        return rc != 0;
+    }
+    fprintf(stderr, "usage: driver [check | bench TYPE ROWS COLS L REPS [ISA]]\n");
+    return 2;
+}

@@ -1,0 +1,151 @@
+"""The native kernels (csrc/, vocabtrim.native): dequantization against gguf's reference,
+the matmul against numpy, every instruction-set path this CPU runs against the portable
+one bit for bit, and batch invariance (rows alone vs in batches, 1 vs 2 threads)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vocabtrim import native as N
+from vocabtrim.errors import VocabtrimError
+
+try:
+    N.lib()
+except VocabtrimError as e:  # pragma: no cover - a build without a C compiler
+    pytest.skip(str(e), allow_module_level=True)
+
+QUANTIZED = [N.Q4_K, N.Q6_K, N.Q5_K, N.Q8_0]
+FLOATS = [N.F32, N.F16, N.BF16]
+FAST = [isa for isa in N.ISAS[1:] if isa in N.available_isas()]
+ABSENT = [isa for isa in N.ISAS[1:] if isa not in N.available_isas()]
+
+
+def reference_weights(w: np.ndarray, wtype: int, rows: int, cols: int) -> np.ndarray:
+    import gguf
+
+    return gguf.quants.dequantize(w, gguf.GGMLQuantizationType(wtype)).reshape(rows, cols).astype(np.float32)
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def cols_of(wtype: int) -> int:
+    return {N.Q8_0: 96, N.F32: 37, N.F16: 48, N.BF16: 53}.get(wtype, 512)
+
+
+@pytest.mark.parametrize("wtype", QUANTIZED + FLOATS, ids=N.TYPE_NAMES.get)
+def test_dequantize_matches_gguf(wtype):
+    rows, cols = 5, cols_of(wtype)
+    w = N.random_weights(wtype, rows, cols)
+    assert same_bits(N.dequantize(w, wtype, rows * cols).reshape(rows, cols), reference_weights(w, wtype, rows, cols))
+
+
+@pytest.mark.parametrize("wtype", QUANTIZED + FLOATS, ids=N.TYPE_NAMES.get)
+def test_matmul_against_numpy(wtype):
+    rows, cols, L = 19, cols_of(wtype), 6
+    w = N.random_weights(wtype, rows, cols, seed=1)
+    x = np.random.default_rng(2).standard_normal((L, cols)).astype(np.float32)
+    y = N.matmul(w, wtype, rows, cols, x, isa="portable").astype(np.float64)
+    wd = reference_weights(w, wtype, rows, cols).astype(np.float64)
+    bound = np.abs(x.astype(np.float64)) @ np.abs(wd).T
+    if wtype in QUANTIZED:  # tight: against the 8-bit rows the kernel multiplies
+        q, d = N.quantize_rows(x, wtype)
+        xq = (q.reshape(L, d.shape[1], -1).astype(np.float64) * d[..., None]).reshape(L, cols)
+        assert np.all(np.abs(y - xq @ wd.T) <= 2e-6 * bound)
+        assert np.all(np.abs(y - x.astype(np.float64) @ wd.T) <= 2e-2 * bound)  # loose: float rows
+    else:
+        assert np.all(np.abs(y - x.astype(np.float64) @ wd.T) <= 2e-6 * bound)
+
+
+def test_activation_quantization_is_per_row_and_symmetric():
+    x = np.random.default_rng(3).standard_normal((3, 512)).astype(np.float32)
+    x[1] *= 100
+    q, d = N.quantize_rows(x, N.Q4_K)
+    assert d.shape == (3, 2) and np.abs(q).max() == 127
+    assert np.array_equal(N.quantize_rows(x[1:2], N.Q4_K)[0], q[1:2])
+    assert np.allclose(q * np.repeat(d, 256, axis=1), x, atol=np.repeat(d, 256, axis=1).max() / 2 + 1e-6)
+    zero, dz = N.quantize_rows(np.zeros((1, 32), np.float32), N.Q8_0)
+    assert not zero.any() and dz[0, 0] == 0
+
+
+@pytest.mark.parametrize("isa", FAST or [pytest.param("avx2", marks=pytest.mark.skip("no SIMD path on this CPU"))])
+@pytest.mark.parametrize("wtype", QUANTIZED + FLOATS, ids=N.TYPE_NAMES.get)
+def test_isa_paths_bit_identical_to_portable(wtype, isa):
+    rows, cols, L = 23, cols_of(wtype) * 2, 9
+    w = N.random_weights(wtype, rows, cols, seed=4)
+    x = np.random.default_rng(5).standard_normal((L, cols)).astype(np.float32)
+    x[3] *= 1e3  # rows of very different magnitude
+    assert same_bits(N.matmul(w, wtype, rows, cols, x, isa=isa), N.matmul(w, wtype, rows, cols, x, isa="portable"))
+
+
+@pytest.mark.parametrize("isa", ABSENT)
+def test_absent_isa_paths(isa):
+    pytest.skip(f"this CPU lacks {isa}: its path is compiled but cannot be checked here")
+
+
+@pytest.mark.parametrize("isa", ["portable"] + FAST)
+@pytest.mark.parametrize("wtype", QUANTIZED + FLOATS, ids=N.TYPE_NAMES.get)
+def test_batch_and_thread_invariance(wtype, isa):
+    cols = cols_of(wtype)
+    rows = 29 + (1 << 16) // cols  # enough work for the pool to split even one row
+    w = N.random_weights(wtype, rows, cols, seed=6)
+    x = np.random.default_rng(7).standard_normal((32, cols)).astype(np.float32)
+    one, two = N.Pool(1), N.Pool(2)
+    alone = np.concatenate([N.matmul(w, wtype, rows, cols, x[i:i + 1], pool=one, isa=isa) for i in range(32)])
+    for L in (2, 3, 4, 5, 7, 8, 13, 32):
+        for pool in (one, two):
+            assert same_bits(N.matmul(w, wtype, rows, cols, x[:L], pool=pool, isa=isa), alone[:L]), (L, pool.threads)
+    assert same_bits(N.matmul(w, wtype, rows, cols, x[5:20], pool=two, isa=isa), alone[5:20])
+
+
+def test_environment_forces_a_path(monkeypatch):
+    w = N.random_weights(N.Q4_K, 3, 256)
+    x = np.ones((1, 256), np.float32)
+    monkeypatch.setenv(N.ISA_ENV, "portable")
+    assert N.isa_index() == 0
+    monkeypatch.setenv(N.ISA_ENV, "sse9")
+    with pytest.raises(VocabtrimError, match="unknown instruction set"):
+        N.matmul(w, N.Q4_K, 3, 256, x)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: N.matmul(np.zeros(18 * 4, np.uint8), 2, 4, 32, np.ones((1, 32), np.float32)), "do not read tensor type 2"),
+    (lambda: N.matmul(np.zeros(144, np.uint8), N.Q4_K, 1, 200, np.ones((1, 200), np.float32)), "multiple of 256"),
+    (lambda: N.matmul(np.zeros(100, np.uint8), N.Q4_K, 1, 256, np.ones((1, 256), np.float32)), "expected 144"),
+    (lambda: N.matmul(np.zeros(144, np.uint8), N.Q4_K, 1, 256, np.ones((2, 128), np.float32)), "activations of shape"),
+    (lambda: N.matmul(np.zeros(144, np.uint8), N.Q4_K, 1, 256, np.ones((0, 256), np.float32)), "activations of shape"),
+    (lambda: N.Pool(0 - 5), "out of range"),
+])
+def test_bad_input_is_a_one_line_error(call, message):
+    with pytest.raises(VocabtrimError, match=message) as e:
+        call()
+    assert "\n" not in str(e.value)
+
+
+def test_sanitized_build(tmp_path):
+    """The C sources built with AddressSanitizer and UBSan, run by tests/native/driver.c:
+    every path this CPU runs against the portable one, rows alone against batches."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler for the sanitizer build")
+    flags = ["-O0", "-g", "-std=c11", "-ffp-contract=off", "-D_GNU_SOURCE", "-pthread",
+             "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+    sources = [root / "tests/native/driver.c", *sorted((root / "csrc").glob("*.c"))]
+    sources = [s for s in sources if s.name != "module.c"]  # module.c needs Python.h only
+    jobs = [subprocess.Popen([cc, *flags, "-c", str(s), "-o", str(tmp_path / f"{s.stem}.o")], stderr=subprocess.PIPE,
+                             text=True) for s in sources]  # in parallel: the x86 kernels take seconds each
+    errors = [job.communicate()[1] for job in jobs if job.wait()]
+    exe = tmp_path / "driver"
+    link = subprocess.run([cc, *flags, *[str(tmp_path / f"{s.stem}.o") for s in sources], "-lm", "-o", str(exe)],
+                          capture_output=True, text=True)
+    if errors or link.returncode:
+        pytest.skip(f"the toolchain cannot build with -fsanitize=address,undefined: {(errors or [link.stderr])[0].strip()[-200:]}")
+    run = subprocess.run([str(exe), "check"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]

@@ -1,0 +1,219 @@
+"""NativeTarget (csrc/model.c): a tiny GGUF's logits against the torch target's, and
+batch invariance: every position's logits the same bits scored alone, in batches, after a
+crop, on 1 and 2 threads, on every instruction-set path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import (
+    RUNS,
+    SMALL_PROMPT,
+    SMALL_SAMPLING,
+    chi2_pvalue,
+    exact_joint,
+    model_drafter,
+    noisy_copy,
+    prompts,
+    small_pair,
+    tiny_model,
+    write_gguf,
+)
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from vocabtrim import native
+from vocabtrim.engine import Engine
+from vocabtrim.errors import VocabtrimError
+from vocabtrim.policies import Static
+from vocabtrim.target import TorchTarget
+
+try:
+    native.lib()
+except VocabtrimError as e:  # pragma: no cover - a build without a C compiler
+    pytest.skip(str(e), allow_module_level=True)
+
+from vocabtrim.native_target import NativeTarget  # noqa: E402
+
+SEQ = [int(t) for t in np.random.default_rng(0).integers(2, 64, 40)]
+
+
+def tiny_qwen2(tie: bool = False, hidden: int = 32) -> Qwen2ForCausalLM:
+    """Qwen2's shape: q/k/v biases (random, so they count), no output bias. From 256 wide
+    its matmuls are big enough for the pool to split them over threads."""
+    torch.manual_seed(3)
+    cfg = Qwen2Config(vocab_size=64, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=tie, eos_token_id=1, bos_token_id=0)
+    model = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+        model.get_output_embeddings().weight.mul_(8)
+    return model
+
+
+def quantized_gguf(model, path, qtype, monkeypatch):
+    """`model` written by conftest's write_gguf with every matrix quantized to `qtype`; the
+    model's weights replaced by what the file holds, so the two compute the same function."""
+    import gguf
+
+    add = gguf.GGUFWriter.add_tensor
+
+    def add_quantized(self, name, tensor, *args, **kwargs):
+        if tensor.ndim == 2:
+            return add(self, name, gguf.quants.quantize(tensor, qtype), raw_dtype=qtype)
+        return add(self, name, tensor, *args, **kwargs)
+
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                q = gguf.quants.quantize(p.numpy(), qtype)
+                p.copy_(torch.from_numpy(gguf.quants.dequantize(q, qtype).reshape(p.shape)))
+    monkeypatch.setattr(gguf.GGUFWriter, "add_tensor", add_quantized)
+    write_gguf(model, path)
+    monkeypatch.undo()
+    return path
+
+
+@pytest.fixture(scope="module")
+def f32_gguf(tmp_path_factory):
+    return write_gguf(tiny_qwen2(hidden=256), tmp_path_factory.mktemp("native") / "qwen2.gguf")
+
+
+@pytest.fixture(scope="module")
+def q8_gguf(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    model = tiny_qwen2(hidden=256)
+    path = quantized_gguf(model, tmp_path_factory.mktemp("native") / "q8.gguf", native_type("Q8_0"), mp)
+    return path, model
+
+
+def native_type(name: str):
+    import gguf
+
+    return gguf.GGMLQuantizationType[name]
+
+
+@pytest.mark.parametrize("make", [lambda: tiny_qwen2(), lambda: tiny_qwen2(tie=True), lambda: tiny_model(64, seed=1)],
+                         ids=["qwen2", "qwen2-tied", "llama-shaped"])
+def test_logits_match_the_torch_target(make, tmp_path):
+    model = make()
+    target = NativeTarget(write_gguf(model, tmp_path / "m.gguf"), threads=2)
+    ref = TorchTarget(model)
+    with torch.inference_mode():
+        for seq, n in ((SEQ[:25], 25), (SEQ[:31], 3), (SEQ, 9)):  # a prefill, then steps on the cache
+            got, want = target.logits(seq, n), ref.logits(seq, n).float()
+            assert torch.allclose(got, want, atol=2e-5, rtol=1e-5), (got - want).abs().max()
+
+
+def test_quantized_logits_close_to_torch(q8_gguf):
+    path, model = q8_gguf
+    got = NativeTarget(path, threads=2).logits(SEQ, len(SEQ))
+    with torch.inference_mode():
+        want = TorchTarget(model).logits(SEQ, len(SEQ)).float()
+    assert (got - want).abs().max() < 0.05 * want.abs().max()  # 8-bit activations: close, not equal
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.9
+
+
+def one_at_a_time(target: NativeTarget) -> torch.Tensor:
+    target.reset()
+    return torch.cat([target.logits(SEQ[:i], 1) for i in range(1, len(SEQ) + 1)])
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+
+@pytest.mark.parametrize("which", ["f32", "q8_0"])
+def test_batch_invariance(which, f32_gguf, q8_gguf):
+    path = f32_gguf if which == "f32" else q8_gguf[0]
+    target = NativeTarget(path, threads=2)
+    alone = one_at_a_time(target)
+    for n in (2, 3, 5, 8, 16, 32, len(SEQ)):
+        target.reset()
+        if n < len(SEQ):
+            target.logits(SEQ[:len(SEQ) - n], 1)
+        assert same_bits(target.logits(SEQ, n), alone[-n:]), n
+    # a crop: back to 25 tokens, then other tokens, against a fresh engine one at a time
+    other = SEQ[:25] + [5, 6, 7, 8]
+    got = target.logits(other, 4)
+    fresh = NativeTarget(path, threads=1)
+    assert same_bits(got, torch.cat([fresh.logits(other[:i], 1) for i in range(26, 30)]))
+    assert same_bits(one_at_a_time(NativeTarget(path, threads=1)), alone)
+    for isa in native.available_isas():
+        t = NativeTarget(path, threads=2, isa=isa)
+        t.logits(SEQ[:10], 1)
+        assert same_bits(t.logits(SEQ, 30), alone[-30:]), isa
+
+
+def test_long_sequences_go_in_chunks(f32_gguf):
+    seq = [int(t) for t in np.random.default_rng(1).integers(2, 64, 150)]
+    target = NativeTarget(f32_gguf, threads=2)
+    whole = target.logits(seq, 100)  # 150 rows: three native calls, outputs spanning two
+    target.reset()
+    target.logits(seq[:120], 1)
+    assert same_bits(target.logits(seq, 30), whole[-30:])
+
+
+def test_refusals(tmp_path, monkeypatch):
+    import gguf
+
+    w = gguf.GGUFWriter(str(tmp_path / "g.gguf"), "gemma")
+    w.add_tensor("token_embd.weight", np.zeros((4, 32), np.float32))
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    with pytest.raises(VocabtrimError, match="not gemma: use the ggml backend"):
+        NativeTarget(tmp_path / "g.gguf")
+    path = quantized_gguf(tiny_qwen2(), tmp_path / "q4_0.gguf", native_type("Q4_0"), monkeypatch)
+    with pytest.raises(VocabtrimError, match="is Q4_0, which the native engine does not read"):
+        NativeTarget(path)
+    target = NativeTarget(write_gguf(tiny_qwen2(), tmp_path / "ok.gguf"), context=16)
+    with pytest.raises(VocabtrimError, match="context of 16"):
+        target.logits(list(range(2, 20)), 1)
+    with pytest.raises(VocabtrimError, match="token ids"):
+        target.logits([2, 3, 999], 1)
+    assert target.logits([2, 3, 4], 1).shape == (1, 64)  # still usable after a refusal
+
+
+def test_read_gguf_agrees_with_gguf(f32_gguf, tmp_path):
+    from gguf import GGUFReader
+
+    from vocabtrim.native_target import read_gguf
+
+    meta, tensors = read_gguf(f32_gguf)
+    reader = GGUFReader(f32_gguf)
+    for key, field in reader.fields.items():
+        if not key.startswith("GGUF.") and not isinstance(field.contents(), list):
+            assert meta[key] == pytest.approx(field.contents()), key
+    base = reader.data.ctypes.data
+    assert {t.name: (base + t.offset) for t in tensors.values()} == {
+        t.name: t.data.ctypes.data for t in reader.tensors}
+    (tmp_path / "x.gguf").write_bytes(b"not a gguf at all, not at all")
+    with pytest.raises(VocabtrimError, match="not a GGUF file"):
+        read_gguf(tmp_path / "x.gguf")
+
+
+def test_greedy_identical_with_a_drafter(tmp_path):
+    model = tiny_model(64, seed=1)
+    target = NativeTarget(write_gguf(model, tmp_path / "t.gguf"), threads=1)
+    alone, spec = Engine(target), Engine(target, model_drafter(noisy_copy(model, 0.3, seed=2), model))
+    accepted = 0
+    for p in prompts(6):
+        ref, _ = alone.generate(p, 30, Static(1))
+        out, s = spec.generate(p, 30, Static(4))
+        assert out == ref
+        accepted += sum(s.accepted_per_round)
+    assert accepted > 0
+
+
+def test_sampling_follows_the_target(tmp_path):
+    small_t, small_d = small_pair()
+    eng = Engine(NativeTarget(write_gguf(small_t, tmp_path / "s.gguf"), threads=1, context=64),
+                 model_drafter(small_d, small_t))
+    counts: dict[tuple[int, ...], int] = {}
+    for seed in range(RUNS):
+        out, _ = eng.generate(list(SMALL_PROMPT), 3, Static(2), SMALL_SAMPLING, seed=seed)
+        counts[tuple(out)] = counts.get(tuple(out), 0) + 1
+    p = chi2_pvalue(counts, exact_joint(3), RUNS)
+    assert p > 1e-3, f"sampled continuations on the native engine do not follow the target (chi-square p={p:.2g})"
