@@ -22,9 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vocabtrim import models
-
-from matmul_cost import cpu_name  # noqa: E402  (benchmarks/ is the script's directory)
+from vocabtrim import kernels, models
 
 
 def make_target(backend: str, path: Path, threads: int, context: int):
@@ -51,10 +49,11 @@ def main() -> None:
     args = ap.parse_args()
     Ls = [int(v) for v in args.rows.split(",")]
     rng = np.random.default_rng(0)
-    prompt = [int(t) for t in rng.integers(100, 20000, max(args.context, args.prefill))]
-    out = {"cpu": cpu_name(), "threads": args.threads, "gguf": str(args.gguf), "backends": {}}
+    out = {"cpu": kernels.cpu()["cpu"], "threads": args.threads, "gguf": str(args.gguf), "backends": {}}
     for name in args.backends.split(","):
         target = make_target(name, args.gguf, args.threads, args.prefill + max(Ls) + 8)
+        ids = (min(100, target.vocab_size // 2), min(20000, target.vocab_size))  # ordinary tokens
+        prompt = [int(t) for t in np.random.default_rng(0).integers(*ids, max(args.context, args.prefill))]
         res = {}
         target.reset()
         t0 = time.perf_counter()
@@ -65,7 +64,7 @@ def main() -> None:
             times = []
             for r in range(args.repeats + 1):  # the first run warms up
                 target.logits(ctx, 1)  # the cache back at the context
-                new = [int(t) for t in rng.integers(100, 20000, L)]
+                new = [int(t) for t in rng.integers(*ids, L)]
                 t0 = time.perf_counter()
                 target.logits(ctx + new, L)
                 times.append(time.perf_counter() - t0)

@@ -45,7 +45,8 @@ def lib() -> ctypes.CDLL:
                             ("vt_pool_new", _p, [_int]), ("vt_pool_free", None, [_p]),
                             ("vt_isa_supported", _int, [_int]), ("vt_isa_best", _int, []),
                             ("vt_model_new", _p, [_int] * 7 + [ctypes.c_float] * 2 + [_int, _p, _int]),
-                            ("vt_model_free", None, [_p]), ("vt_model_set", _int, [_p, _int, _int, _int, _p, _i64, _i64]),
+                            ("vt_model_free", None, [_p]),
+                            ("vt_model_set", _int, [_p, _int, _int, _int, _p, _i64, _i64]),
                             ("vt_model_forward", _int, [_p, _p, _int, _int, _int, _p])):
         fn = getattr(so, name)
         fn.restype, fn.argtypes = res, args
@@ -142,7 +143,8 @@ def matmul(w: np.ndarray, wtype: int, rows: int, cols: int, x: np.ndarray, pool:
     w = _raw(w, rows * _row_bytes(wtype, cols), f"{TYPE_NAMES[wtype]} weight [{rows}, {cols}]")
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != cols or x.shape[0] < 1:
-        raise VocabtrimError(f"activations of shape {list(x.shape)} for a weight of {cols} columns: need [L >= 1, {cols}]")
+        raise VocabtrimError(f"activations of shape {list(x.shape)} for a weight of {cols} columns: "
+                             f"need [L >= 1, {cols}]")
     y = np.empty((x.shape[0], rows), dtype=np.float32)
     pool = pool or default_pool()
     check(lib().vt_matmul(pool.ptr, isa_index(isa), wtype, w.ctypes.data, rows, cols, x.ctypes.data,

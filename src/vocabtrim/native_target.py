@@ -145,15 +145,18 @@ class NativeTarget:
         if not self.model:
             raise VocabtrimError(f"{self.path.name}: the native engine cannot hold a model of these dimensions "
                                  f"and a context of {self.context}")
-        for layer, names in [(-1, GLOBAL_TENSORS)] + [(i, [f"blk.{i}.{n}" for n in LAYER_TENSORS]) for i in range(n_layer)]:
+        slots = [(-1, GLOBAL_TENSORS)] + [(i, [f"blk.{i}.{n}" for n in LAYER_TENSORS]) for i in range(n_layer)]
+        for layer, names in slots:
             for slot, name in enumerate(names):
                 if name in tensors:
                     t = tensors[name]
                     rows, cols = (t.dims[1], t.dims[0]) if len(t.dims) > 1 else (1, t.dims[0])
                     if t.offset + nbytes[name] > len(self.map) or len(t.dims) > 2:
-                        raise VocabtrimError(f"{self.path.name}: tensor {name} does not fit the file or is not a matrix")
-                    native.check(native.lib().vt_model_set(self.model, layer, slot, t.type, self.map.ctypes.data + t.offset,
-                                                      rows, cols), f"{self.path.name}: tensor {name}")
+                        raise VocabtrimError(f"{self.path.name}: tensor {name} does not fit the file "
+                                             "or is not a matrix")
+                    native.check(native.lib().vt_model_set(self.model, layer, slot, t.type,
+                                                           self.map.ctypes.data + t.offset, rows, cols),
+                                 f"{self.path.name}: tensor {name}")
         self.ids: list[int] = []
 
     def reset(self) -> None:
