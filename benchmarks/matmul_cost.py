@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vocabtrim import models
+from vocabtrim import kernels, models
 from vocabtrim import native as N
 
 # (label, a tensor of that shape in the target's file, rows, cols, its type in the Q4_K_M file)
@@ -39,25 +38,15 @@ SHAPES = [("attn_q 1536x1536", "blk.0.attn_q.weight", 1536, 1536, N.Q4_K),
           ("head 151936x1536", "output.weight", 151936, 1536, N.Q6_K)]
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def file_tensors(path: Path | None) -> dict[str, tuple[np.ndarray, int]]:
-    """The benchmark's tensors from the GGUF at `path` (raw bytes, type), or {}."""
+    """The benchmark's tensors of the GGUF at `path` that have its shapes (raw bytes, type)."""
     if path is None or not path.exists():
         return {}
     from gguf import GGUFReader
 
-    wanted = {s[1] for s in SHAPES}
+    wanted = {name: (cols, rows) for _, name, rows, cols, _ in SHAPES}
     return {t.name: (np.asarray(t.data).view(np.uint8).reshape(-1), int(t.tensor_type))
-            for t in GGUFReader(path).tensors if t.name in wanted}
+            for t in GGUFReader(path).tensors if tuple(int(d) for d in t.shape) == wanted.get(t.name)}
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -91,7 +80,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pool = N.Pool(args.threads)
     tensors = file_tensors(args.gguf)
-    out = {"cpu": cpu_name(), "isa": N.ISAS[N.isa_index()], "threads": args.threads,
+    out = {"cpu": kernels.cpu()["cpu"], "isa": N.ISAS[N.isa_index()], "threads": args.threads,
            "weights": str(args.gguf) if tensors else "random", "shapes": {}}
     print(f"{out['cpu']}, {args.threads} threads, native path {out['isa']}, weights: {out['weights']}")
     rng = np.random.default_rng(0)

@@ -41,7 +41,8 @@ def main() -> None:
     t0 = time.time()
     target = NativeTarget(args.gguf, threads=args.threads, context=1024)
     print(f"loaded {args.gguf.name} in {time.time() - t0:.1f} s")
-    seq = [int(t) for t in np.random.default_rng(0).integers(100, 20000, args.prefix + args.tokens)]
+    ids = (min(100, target.vocab_size // 2), min(20000, target.vocab_size))  # ordinary tokens
+    seq = [int(t) for t in np.random.default_rng(0).integers(*ids, args.prefix + args.tokens)]
     n = args.tokens
     alone = one_at_a_time(target, seq, args.prefix)
     same = {}

@@ -40,10 +40,6 @@ static inline __m128i hsum4(__m256i a, __m256i b, __m256i c, __m256i d) {
 
 #define VT_INLINE static inline __attribute__((always_inline))
 
-/* One K-quant block's integers: the block's quants q (32 at a time, in element order) times
- * each row's quants, each 16-element group scaled by sx (DPWSSD: exact int32 sums), and
- * the mins against the rows' group sums.  `type` and n are constants after inlining. */
-
 /* Q4_K/Q5_K: the 6-bit scales as 8 int16 in both 128-bit lanes, the mins doubled to one
  * per 16-element group.  Packed bytes s[0..11] (see kern_portable.c's vt_scale_min):
  * j < 4: sc = s[j] & 63, m = s[j+4] & 63; j >= 4: sc = s[j+4] & 15 | (s[j-4] >> 6) << 4,
@@ -64,16 +60,17 @@ VT_INLINE void scales_45(const uint8_t *blk, __m256i *sc, __m256i *mn) {
 /* int16 element i of both lanes of v, everywhere. */
 #define SPLAT16(v, i) _mm256_shuffle_epi8(v, _mm256_set1_epi16((short)((2 * (i) + 1) << 8 | 2 * (i))))
 
-/* Accumulate 32 quants q (with group scales s) against the n rows' quants at offset e. */
-/* (The empty asm pins each row's sum in its register: left free, the compiler regroups
- * the additions and keeps 8 products live at once, spilling the sums at 8 rows.) */
+/* Accumulate 32 quants Q (with their group scales S) against the n rows' quants at offset
+ * E.  The empty asm pins each row's sum in its register: left free, the compiler regroups
+ * the additions and keeps 8 products live at once, spilling the sums at 8 rows. */
 #define DOT32(Q, S, E)                                                                                \
     for (int r = 0; r < n; r++) {                                                                     \
         a[r] = DPWSSD(a[r], _mm256_maddubs_epi16(Q, _mm256_load_si256((const __m256i *)(xb[r].q + (E)))), S); \
         __asm__("" : "+x"(a[r]));                                                                     \
     }
 
-/* One block of a weight row (blk) against the n rows' blocks xb[0..n-1]: a[r] += the scaled quant products,
+/* One block of a weight row (blk) against the n rows' blocks xb[0..n-1] (`type` and n are
+ * constants after inlining): a[r] += the scaled quant products (exact int32 sums),
  * s2[r/4] = the mins against the group sums, 4 rows a vector (reduced before the quants'
  * loop, so that only the a[r] stay live in it), d and dm the block's float factors. */
 VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *xb, const int n, __m256i *a, __m128i *s2, float *d,

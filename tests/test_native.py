@@ -146,6 +146,7 @@ def test_sanitized_build(tmp_path):
     link = subprocess.run([cc, *flags, *[str(tmp_path / f"{s.stem}.o") for s in sources], "-lm", "-o", str(exe)],
                           capture_output=True, text=True)
     if errors or link.returncode:
-        pytest.skip(f"the toolchain cannot build with -fsanitize=address,undefined: {(errors or [link.stderr])[0].strip()[-200:]}")
+        why = (errors or [link.stderr])[0].strip()[-200:]
+        pytest.skip(f"the toolchain cannot build with -fsanitize=address,undefined: {why}")
     run = subprocess.run([str(exe), "check"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -217,3 +217,38 @@ def test_sampling_follows_the_target(tmp_path):
         counts[tuple(out)] = counts.get(tuple(out), 0) + 1
     p = chi2_pvalue(counts, exact_joint(3), RUNS)
     assert p > 1e-3, f"sampled continuations on the native engine do not follow the target (chi-square p={p:.2g})"
+
+
+def test_benchmark_scripts_run(f32_gguf, monkeypatch, capsys):
+    """benchmarks/{matmul_cost,verify_cost,native_check}.py wired up, on the tiny GGUF."""
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def script(name: str):
+        path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    mm = script("matmul_cost")
+    monkeypatch.setattr(mm, "SHAPES", [("q 64x256", "x", 64, 256, native.Q4_K),
+                                       ("v 32x256", "y", 32, 256, native.Q6_K)])
+    monkeypatch.setattr(sys, "argv", ["matmul_cost.py", "--rows", "1,2", "--repeats", "1", "--gguf", "/nonexistent"])
+    mm.main()
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert out["weights"] == "random" and set(out["shapes"]["q 64x256"]["native"]) == {"1", "2"}
+    r = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "verify_cost.py"), "--target",
+                        str(f32_gguf), "--backends", "native,ggml", "--rows", "1,2", "--context", "8", "--prefill", "16",
+                        "--repeats", "1"], capture_output=True, text=True, timeout=300)  # its backends in child processes
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert set(out["backends"]["native"]) == {"1", "2", "prefill_16"}
+    monkeypatch.setitem(sys.modules, "vocabtrim.ggml", None)  # no llama.cpp comparison here
+    monkeypatch.setattr(sys, "argv", ["native_check.py", "--gguf", str(f32_gguf), "--tokens", "17", "--prefix", "5"])
+    script("native_check").main()
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert all(out["bit_identical"].values())

@@ -26,7 +26,7 @@ BLOCKS = {F32: (1, 4), F16: (1, 2), BF16: (1, 2), Q8_0: (32, 34), Q4_K: (256, 14
           Q6_K: (256, 210)}
 TYPE_NAMES = {F32: "F32", F16: "F16", BF16: "BF16", Q8_0: "Q8_0", Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K"}
 
-_ERRORS = {-1: "unsupported tensor type", -2: "bad shape", -3: "out of memory", -4: "instruction set not available"}
+ERRORS = {-1: "unsupported tensor type", -2: "bad shape", -3: "out of memory", -4: "instruction set not available"}
 
 _p, _i64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
@@ -43,7 +43,11 @@ def lib() -> ctypes.CDLL:
                             ("vt_dequantize", _int, [_int, _p, _i64, _p]),
                             ("vt_quantize_rows", _int, [_int, _p, _i64, _i64, _p, _p]),
                             ("vt_pool_new", _p, [_int]), ("vt_pool_free", None, [_p]),
-                            ("vt_isa_supported", _int, [_int]), ("vt_isa_best", _int, [])):
+                            ("vt_isa_supported", _int, [_int]), ("vt_isa_best", _int, []),
+                            ("vt_model_new", _p, [_int] * 7 + [ctypes.c_float] * 2 + [_int, _p, _int]),
+                            ("vt_model_free", None, [_p]),
+                            ("vt_model_set", _int, [_p, _int, _int, _int, _p, _i64, _i64]),
+                            ("vt_model_forward", _int, [_p, _p, _int, _int, _int, _p])):
         fn = getattr(so, name)
         fn.restype, fn.argtypes = res, args
     return so
@@ -90,9 +94,10 @@ def default_pool() -> Pool:
     return Pool()
 
 
-def _check(rc: int, what: str) -> None:
+def check(rc: int, what: str) -> None:
+    """A library call's error code as a one-line VocabtrimError."""
     if rc:
-        raise VocabtrimError(f"{what}: {_ERRORS.get(rc, f'error {rc}')}")
+        raise VocabtrimError(f"{what}: {ERRORS.get(rc, f'error {rc}')}")
 
 
 def _row_bytes(wtype: int, cols: int) -> int:
@@ -138,10 +143,11 @@ def matmul(w: np.ndarray, wtype: int, rows: int, cols: int, x: np.ndarray, pool:
     w = _raw(w, rows * _row_bytes(wtype, cols), f"{TYPE_NAMES[wtype]} weight [{rows}, {cols}]")
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != cols or x.shape[0] < 1:
-        raise VocabtrimError(f"activations of shape {list(x.shape)} for a weight of {cols} columns: need [L >= 1, {cols}]")
+        raise VocabtrimError(f"activations of shape {list(x.shape)} for a weight of {cols} columns: "
+                             f"need [L >= 1, {cols}]")
     y = np.empty((x.shape[0], rows), dtype=np.float32)
     pool = pool or default_pool()
-    _check(lib().vt_matmul(pool.ptr, isa_index(isa), wtype, w.ctypes.data, rows, cols, x.ctypes.data,
+    check(lib().vt_matmul(pool.ptr, isa_index(isa), wtype, w.ctypes.data, rows, cols, x.ctypes.data,
                            x.shape[0], y.ctypes.data), "native matmul")
     return y
 
@@ -150,7 +156,7 @@ def dequantize(w: np.ndarray, wtype: int, n: int) -> np.ndarray:
     """The first n elements of raw `wtype` data as fp32 (ggml's dequantization)."""
     w = _raw(w, _row_bytes(wtype, n), f"{n} elements of {TYPE_NAMES.get(wtype, wtype)}")
     out = np.empty(n, dtype=np.float32)
-    _check(lib().vt_dequantize(wtype, w.ctypes.data, n, out.ctypes.data), "native dequantize")
+    check(lib().vt_dequantize(wtype, w.ctypes.data, n, out.ctypes.data), "native dequantize")
     return out
 
 
@@ -165,6 +171,6 @@ def quantize_rows(x: np.ndarray, wtype: int) -> tuple[np.ndarray, np.ndarray]:
         raise VocabtrimError(f"activations of shape {list(x.shape)}: need [L, a multiple of {per}]")
     q = np.empty(x.shape, dtype=np.int8)
     d = np.empty((x.shape[0], x.shape[1] // per), dtype=np.float32)
-    _check(lib().vt_quantize_rows(wtype, x.ctypes.data, x.shape[0], x.shape[1], q.ctypes.data, d.ctypes.data),
+    check(lib().vt_quantize_rows(wtype, x.ctypes.data, x.shape[0], x.shape[1], q.ctypes.data, d.ctypes.data),
            "native quantize")
     return q, d

@@ -9,7 +9,6 @@ or among any number of rows, after any crop, on any thread count: the tie tolera
 
 from __future__ import annotations
 
-import ctypes
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,22 +27,6 @@ LAYER_TENSORS = ("attn_norm.weight", "attn_q.weight", "attn_q.bias", "attn_k.wei
                  "ffn_down.weight")  # csrc/model.c's slot order
 GLOBAL_TENSORS = ("token_embd.weight", "output_norm.weight", "output.weight")
 CHUNK = 64  # rows a native call takes at most: bounds a long prefill's buffers
-
-_p, _int, _f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
-
-
-def _lib() -> ctypes.CDLL:
-    so = native.lib()
-    if not getattr(so, "_model_typed", False):
-        for name, res, args in (("vt_model_new", _p, [_int] * 7 + [_f, _f, _int, _p, _int]),
-                                ("vt_model_free", None, [_p]),
-                                ("vt_model_set", _int, [_p, _int, _int, _int, _p, ctypes.c_int64, ctypes.c_int64]),
-                                ("vt_model_forward", _int, [_p, _p, _int, _int, _int, _p])):
-            fn = getattr(so, name)
-            fn.restype, fn.argtypes = res, args
-        so._model_typed = True
-    return so
-
 
 @dataclass
 class GgufTensor:
@@ -154,23 +137,26 @@ class NativeTarget:
         self.forward_bytes = (sum(nbytes.values()) - nbytes["token_embd.weight"]
                               + nbytes["token_embd.weight"] // self.vocab_size)  # the embedding only by rows
         self.pool = native.Pool(threads)
-        self._free = _lib().vt_model_free  # held: module globals may be gone when __del__ runs at exit
-        self.model = _lib().vt_model_new(
+        self._free = native.lib().vt_model_free  # held: module globals may be gone when __del__ runs at exit
+        self.model = native.lib().vt_model_new(
             n_layer, field("embedding_length"), heads, field("attention.head_count_kv", heads),
             field("feed_forward_length"), self.vocab_size, self.context, field("attention.layer_norm_rms_epsilon"),
             field("rope.freq_base", 10000.0), ARCHS[arch], self.pool.ptr, native.isa_index(isa))
         if not self.model:
             raise VocabtrimError(f"{self.path.name}: the native engine cannot hold a model of these dimensions "
                                  f"and a context of {self.context}")
-        for layer, names in [(-1, GLOBAL_TENSORS)] + [(i, [f"blk.{i}.{n}" for n in LAYER_TENSORS]) for i in range(n_layer)]:
+        slots = [(-1, GLOBAL_TENSORS)] + [(i, [f"blk.{i}.{n}" for n in LAYER_TENSORS]) for i in range(n_layer)]
+        for layer, names in slots:
             for slot, name in enumerate(names):
                 if name in tensors:
                     t = tensors[name]
                     rows, cols = (t.dims[1], t.dims[0]) if len(t.dims) > 1 else (1, t.dims[0])
                     if t.offset + nbytes[name] > len(self.map) or len(t.dims) > 2:
-                        raise VocabtrimError(f"{self.path.name}: tensor {name} does not fit the file or is not a matrix")
-                    native._check(_lib().vt_model_set(self.model, layer, slot, t.type, self.map.ctypes.data + t.offset,
-                                                      rows, cols), f"{self.path.name}: tensor {name}")
+                        raise VocabtrimError(f"{self.path.name}: tensor {name} does not fit the file "
+                                             "or is not a matrix")
+                    native.check(native.lib().vt_model_set(self.model, layer, slot, t.type,
+                                                           self.map.ctypes.data + t.offset, rows, cols),
+                                 f"{self.path.name}: tensor {name}")
         self.ids: list[int] = []
 
     def reset(self) -> None:
@@ -188,12 +174,12 @@ class NativeTarget:
             stop = min(start + CHUNK, len(seq))
             rows = max(0, stop - max(start, len(seq) - n))  # of the last n: always a piece's last rows
             tokens = np.asarray(seq[start:stop], dtype=np.int32)
-            rc = _lib().vt_model_forward(self.model, tokens.ctypes.data, stop - start, start, rows,
+            rc = native.lib().vt_model_forward(self.model, tokens.ctypes.data, stop - start, start, rows,
                                          out[done:].data_ptr())
             if rc:
                 self.reset()
                 raise VocabtrimError(f"the native engine failed on {self.path.name}: "
-                                     f"{native._ERRORS.get(rc, rc)} (token ids < {self.vocab_size}?)")
+                                     f"{native.ERRORS.get(rc, rc)} (token ids < {self.vocab_size}?)")
             done += rows
         self.ids = list(seq)
         return out
