@@ -121,7 +121,7 @@ def test_backend_choice(tiny, tiny_dirs, tmp_path, monkeypatch):
     assert backend.choose(str(tiny_dirs["target"]), "auto") == "torch"  # no GGUF file
     assert backend.choose(str(path), "torch") == "torch"
     first = backend.choose(str(path), "auto", "float32")
-    assert first in ("torch", "ggml") and len(list((tmp_path / "profiles").glob("*.json"))) == 1
+    assert first in ("torch", "ggml", "native") and len(list((tmp_path / "profiles").glob("*.json"))) == 1
     assert backend.choose(str(path), "auto", "float32") == first  # cached, not timed again
     r = cli("generate", "--target", tiny_dirs["target"], "--backend", "ggml", "--no-draft", "--prompt", "hi")
     assert r.exit_code == 1 and "the ggml backend runs GGUF files" in r.output

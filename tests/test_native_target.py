@@ -252,3 +252,25 @@ def test_benchmark_scripts_run(f32_gguf, monkeypatch, capsys):
     script("native_check").main()
     out = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert all(out["bit_identical"].values())
+
+
+def test_the_native_backend_loads_runs_generate_and_is_timed_by_auto(f32_gguf, tmp_path, monkeypatch):
+    """--backend native: a GGUF target on the native engine through the command line, its
+    speculative output identical to its own target alone; auto times it beside the others."""
+    import json
+
+    from conftest import cli
+
+    from vocabtrim import backend, models
+
+    loaded = models.load(str(f32_gguf), "float32", "native")
+    assert loaded.backend == "native" and isinstance(loaded.as_target(), NativeTarget)
+    runs = [cli("generate", "--target", f32_gguf, "--backend", "native", *how, "--raw", "--prompt", "w2w2",
+                "--max-new-tokens", 8, "--json") for how in (["--no-draft"], ["--drafter", "suffix"])]
+    assert all(r.exit_code == 0 for r in runs), [r.output for r in runs]
+    alone, spec = (json.loads(r.output) for r in runs)
+    assert alone["backend"] == spec["backend"] == "native" and alone["token_ids"] == spec["token_ids"]
+    monkeypatch.setenv("VOCABTRIM_CACHE", str(tmp_path))
+    assert backend.choose(str(f32_gguf), "auto", "float32") in ("torch", "ggml", "native")
+    timed = json.loads(next((tmp_path / "profiles").glob("*.json")).read_text())
+    assert set(timed["ms"]) >= {"torch", "native"}

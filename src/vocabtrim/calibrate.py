@@ -183,7 +183,7 @@ def target_counts(spec: dict, exclude: set[str], target, drafter):
     items = calibration_prompts(spec, exclude)
     meta = {"source": "target", "data": spec["data"], "items": len(items), "max_new_tokens": spec["tokens"],
             "model": target.name, "drafter": drafter.name, "dtype": target.dtype,
-            **({"backend": "ggml"} if target.backend == "ggml" else {}),  # torch keys stay as they were
+            **({"backend": target.backend} if target.backend != "torch" else {}),  # torch keys stay as they were
             "tokenizer": tokenizer_fingerprint(drafter.tokenizer),
             "prompts_sha": hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]}
     # suffix drafts: the target's own answers, lossless, and on HumanEval faster than the

@@ -159,7 +159,8 @@ seed_option = click.option(  # the range torch.Generator.manual_seed takes
 backend_option = click.option(
     "--backend", default="auto", show_default=True, type=click.Choice(backend.BACKENDS),
     help="What runs the target. ggml: its GGUF file at its stored precision on llama.cpp's kernels "
-         "(needs vocabtrim[ggml]); torch: a 16-bit copy in transformers' modules; auto: whichever "
+         "(needs vocabtrim[ggml]); native: its GGUF file on vocabtrim's own batch-invariant kernels "
+         "(Llama/Qwen2 files; bit-identical at any batch size); torch: a 16-bit copy in transformers' modules; auto: whichever "
          "decodes this model faster on this machine (timed once, then cached).")
 dtype_option = click.option(
     "--dtype", default="auto", show_default=True, type=click.Choice(list(kernels.DTYPES)),

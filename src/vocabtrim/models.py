@@ -289,7 +289,7 @@ class Loaded:
     tokenizer: object
     dtype: str = "bfloat16"  # resolved: a torch dtype name or kernels.PACKED (of the torch weights)
     source: str = ""  # the weights it was loaded from (see `_source`); "" for one built in memory
-    backend: str = "torch"  # what its target runs on: "torch" or "ggml" (the `gguf` file)
+    backend: str = "torch"  # what its target runs on: "torch", or "ggml" / "native" (the `gguf` file)
     gguf: Path | None = None
     config: object = None  # transformers' config (default: the model's)
     generation: object = None  # transformers' generation config, where the model has one
@@ -309,12 +309,16 @@ class Loaded:
     def context(self) -> int:
         """The longest sequence its target takes."""
         trained = int(getattr(self.config, "max_position_embeddings", 1 << 30))
-        return min(trained, GGML_CONTEXT) if self.backend == "ggml" else trained
+        return trained if self.backend == "torch" else min(trained, GGML_CONTEXT)
 
     def as_target(self) -> Target:
         """This model as the engine's target (a fresh cache)."""
         if self.backend == "ggml":
             return GgmlTarget(self.gguf, self.context)
+        if self.backend == "native":
+            from .native_target import NativeTarget
+
+            return NativeTarget(self.gguf, context=self.context)
         return TorchTarget(self.model)
 
 
@@ -343,8 +347,8 @@ def load(spec: str, dtype: str = "auto", backend: str = "torch", adapter: Path |
 
     `dtype` is a torch dtype name, `packed-fp16` (fbgemm fp16 weights, fp32 math) or
     `auto`: whichever of bfloat16 and packed-fp16 is fast on this CPU (see kernels.py).
-    `backend` "ggml" runs the model's GGUF file on llama.cpp's kernels; its torch weights
-    load only when asked for. `adapter`: a LoRA adapter of `vocabtrim adapt`, merged into the
+    `backend` "ggml" runs the model's GGUF file on llama.cpp's kernels, "native" on
+    vocabtrim's own; their torch weights load only when asked for. `adapter`: a LoRA adapter of `vocabtrim adapt`, merged into the
     torch weights (drafters)."""
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
     from transformers.utils import logging as hf_logging
@@ -363,16 +367,16 @@ def load(spec: str, dtype: str = "auto", backend: str = "torch", adapter: Path |
                 [_source(where, gguf), version(Path(adapter))])
             return Loaded(spec, _weights(spec, where, gguf, dtype, adapter, tok), tok, dtype, source)
         if adapter is not None:
-            raise VocabtrimError("an adapter adapts a drafter, on torch; the ggml backend runs a target's GGUF")
+            raise VocabtrimError(f"an adapter adapts a drafter, on torch; the {backend} backend runs a target's GGUF")
         file = gguf_path(spec)
         if file is None:
-            raise VocabtrimError(f"the ggml backend runs GGUF files; {spec} is not one (give a .gguf file "
+            raise VocabtrimError(f"the {backend} backend runs GGUF files; {spec} is not one (give a .gguf file "
                                  "or use --backend torch)")
         config = AutoConfig.from_pretrained(where, local_files_only=True, **kwargs)
         generation = GenerationConfig.from_pretrained(where) if (Path(where) / "generation_config.json").is_file() \
             else None
     return Loaded(spec, lambda: _weights(spec, where, gguf, dtype), tok, dtype, _source(file.parent, file.name),
-                  "ggml", file, config, generation)
+                  backend, file, config, generation)
 
 
 @contextmanager

@@ -53,6 +53,11 @@ def lib() -> ctypes.CDLL:
     return so
 
 
+def available() -> bool:
+    """Whether the native kernels were built into this install."""
+    return importlib.util.find_spec("vocabtrim._native") is not None
+
+
 def available_isas() -> list[str]:
     """The instruction-set paths this CPU runs, the portable one first."""
     return [name for i, name in enumerate(ISAS) if lib().vt_isa_supported(i)]

@@ -109,10 +109,10 @@ def _extend(ms: list[float], n: int) -> float:
 
 def key(target, drafter, dtype: str) -> dict:
     """What a profile of `target` and `drafter` (models.Loaded) depends on."""
-    on_ggml = target.backend == "ggml"  # its torch weights are not loaded: its file names it
+    on_gguf = target.backend != "torch"  # its torch weights are not loaded: its file names it
     return {**cpu(), "target": target.name, "drafter": drafter.name, "dtype": dtype,
-            **({"backend": "ggml", "target_file": target.source} if on_ggml else {}),
-            "weights": [0 if on_ggml else weight_count(target.model), weight_count(drafter.model)],
+            **({"backend": target.backend, "target_file": target.source} if on_gguf else {}),
+            "weights": [0 if on_gguf else weight_count(target.model), weight_count(drafter.model)],
             "drafter_forward": "lean" if supports(drafter.model) else "transformers"}
 
 
