@@ -274,3 +274,20 @@ def test_the_native_backend_loads_runs_generate_and_is_timed_by_auto(f32_gguf, t
     assert backend.choose(str(f32_gguf), "auto", "float32") in ("torch", "ggml", "native")
     timed = json.loads(next((tmp_path / "profiles").glob("*.json")).read_text())
     assert set(timed["ms"]) >= {"torch", "native"}
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("drafter", ["hybrid", "suffix"])
+def test_the_real_pair_on_the_native_engine_is_bit_identical_to_its_target_alone(drafter):
+    """The default target on the native engine: speculative greedy output token for token
+    the target alone's, with no tie tolerance (its logits do not depend on the batch)."""
+    import json
+
+    from conftest import cli
+
+    prompt = "Write a Python function that returns the n-th Fibonacci number."
+    runs = [cli("generate", "--backend", "native", *how, "--prompt", prompt, "--max-new-tokens", 48, "--json")
+            for how in (["--drafter", drafter, "--policy", "static:6"], ["--no-draft"])]
+    assert all(r.exit_code == 0 for r in runs), [r.output[-500:] for r in runs]
+    spec, alone = (json.loads(r.stdout) for r in runs)
+    assert spec["backend"] == "native" and spec["token_ids"] == alone["token_ids"]
