@@ -129,6 +129,33 @@ def exact_joint(n: int, prompt: tuple[int, ...] = tuple(SMALL_PROMPT)) -> dict[t
     return out
 
 
+def small_counts(eng: Engine, runs: int = RUNS) -> dict[tuple[int, ...], int]:
+    """How often `eng` samples each 3-token continuation of SMALL_PROMPT (with Static(2)
+    drafts), over seeds 0..runs-1: what chi2_pvalue holds against exact_joint(3)."""
+    from vocabtrim.policies import Static
+
+    counts: dict[tuple[int, ...], int] = {}
+    for seed in range(runs):
+        out, _ = eng.generate(list(SMALL_PROMPT), 3, Static(2), SMALL_SAMPLING, seed=seed)
+        counts[tuple(out)] = counts.get(tuple(out), 0) + 1
+    return counts
+
+
+def assert_greedy_identical_with_a_drafter(target, model) -> None:
+    """`target` (any backend's, holding `model`'s weights) decodes greedily the same with a
+    noisy copy of `model` drafting as alone, and some drafts are accepted."""
+    from vocabtrim.policies import Static
+
+    alone, spec = Engine(target), Engine(target, model_drafter(noisy_copy(model, 0.3, seed=2), model))
+    accepted = 0
+    for p in prompts(6):
+        ref, _ = alone.generate(p, 30, Static(1))
+        out, s = spec.generate(p, 30, Static(4))
+        assert out == ref
+        accepted += sum(s.accepted_per_round)
+    assert accepted > 0
+
+
 def chi2_pvalue(counts, exact, runs) -> float:
     keys = [k for k, p in exact.items() if p * runs >= 1]
     obs = [counts.get(k, 0) for k in keys] + [runs - sum(counts.get(k, 0) for k in keys)]

@@ -12,15 +12,14 @@ import pytest
 import torch
 from conftest import (
     RUNS,
-    SMALL_PROMPT,
-    SMALL_SAMPLING,
+    assert_greedy_identical_with_a_drafter,
     bench_gguf,
     chi2_pvalue,
     cli,
     exact_joint,
     model_drafter,
-    noisy_copy,
     prompts,
+    small_counts,
     small_pair,
     tiny_model,
     write_gguf,
@@ -57,24 +56,13 @@ def test_logits_are_the_torch_targets(tiny):
 
 def test_greedy_identical_with_a_drafter(tiny):
     model, target, _ = tiny
-    alone, spec = Engine(target), Engine(target, model_drafter(noisy_copy(model, 0.3, seed=2), model))
-    accepted = 0
-    for p in prompts(6):
-        ref, _ = alone.generate(p, 30, Static(1))
-        out, s = spec.generate(p, 30, Static(4))
-        assert out == ref
-        accepted += sum(s.accepted_per_round)
-    assert accepted > 0
+    assert_greedy_identical_with_a_drafter(target, model)
 
 
 def test_sampling_follows_the_target(tmp_path):
     small_t, small_d = small_pair()
     eng = Engine(ggml.GgmlTarget(write_gguf(small_t, tmp_path / "s.gguf"), 64, 2), model_drafter(small_d, small_t))
-    counts: dict[tuple[int, ...], int] = {}
-    for seed in range(RUNS):
-        out, _ = eng.generate(list(SMALL_PROMPT), 3, Static(2), SMALL_SAMPLING, seed=seed)
-        counts[tuple(out)] = counts.get(tuple(out), 0) + 1
-    p = chi2_pvalue(counts, exact_joint(3), RUNS)
+    p = chi2_pvalue(small_counts(eng), exact_joint(3), RUNS)
     assert p > 1e-3, f"sampled continuations on ggml do not follow the target (chi-square p={p:.2g})"
 
 

@@ -6,12 +6,12 @@ import torch
 from conftest import (
     RUNS,
     SMALL_PROMPT,
-    SMALL_SAMPLING,
     alone,
     chi2_pvalue,
     exact_joint,
     noisy_copy,
     prompts,
+    small_counts,
     small_pair,
     spec_engine,
     tiny_model,
@@ -82,10 +82,7 @@ KEPT = {"map": [0, 2, 3], "map+prompt": [0, 1]}
 
 def sample_trimmed(runs: int, kept: list[int]) -> dict:
     eng = spec_engine(*small_pair(), torch.tensor(kept))
-    counts: dict = {}
-    for seed in range(runs):
-        out, _ = eng.generate(SMALL_PROMPT, 3, Static(2), SMALL_SAMPLING, seed=seed)
-        counts[tuple(out)] = counts.get(tuple(out), 0) + 1
+    counts = small_counts(eng, runs)
     assert eng.drafter.head.ids.tolist() == sorted(set(kept) | set(SMALL_PROMPT))
     return counts
 

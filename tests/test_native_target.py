@@ -9,13 +9,11 @@ import pytest
 import torch
 from conftest import (
     RUNS,
-    SMALL_PROMPT,
-    SMALL_SAMPLING,
+    assert_greedy_identical_with_a_drafter,
     chi2_pvalue,
     exact_joint,
     model_drafter,
-    noisy_copy,
-    prompts,
+    small_counts,
     small_pair,
     tiny_model,
     write_gguf,
@@ -25,7 +23,6 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from vocabtrim import native
 from vocabtrim.engine import Engine
 from vocabtrim.errors import VocabtrimError
-from vocabtrim.policies import Static
 from vocabtrim.target import TorchTarget
 
 try:
@@ -196,26 +193,14 @@ def test_read_gguf_agrees_with_gguf(f32_gguf, tmp_path):
 
 def test_greedy_identical_with_a_drafter(tmp_path):
     model = tiny_model(64, seed=1)
-    target = NativeTarget(write_gguf(model, tmp_path / "t.gguf"), threads=1)
-    alone, spec = Engine(target), Engine(target, model_drafter(noisy_copy(model, 0.3, seed=2), model))
-    accepted = 0
-    for p in prompts(6):
-        ref, _ = alone.generate(p, 30, Static(1))
-        out, s = spec.generate(p, 30, Static(4))
-        assert out == ref
-        accepted += sum(s.accepted_per_round)
-    assert accepted > 0
+    assert_greedy_identical_with_a_drafter(NativeTarget(write_gguf(model, tmp_path / "t.gguf"), threads=1), model)
 
 
 def test_sampling_follows_the_target(tmp_path):
     small_t, small_d = small_pair()
     eng = Engine(NativeTarget(write_gguf(small_t, tmp_path / "s.gguf"), threads=1, context=64),
                  model_drafter(small_d, small_t))
-    counts: dict[tuple[int, ...], int] = {}
-    for seed in range(RUNS):
-        out, _ = eng.generate(list(SMALL_PROMPT), 3, Static(2), SMALL_SAMPLING, seed=seed)
-        counts[tuple(out)] = counts.get(tuple(out), 0) + 1
-    p = chi2_pvalue(counts, exact_joint(3), RUNS)
+    p = chi2_pvalue(small_counts(eng), exact_joint(3), RUNS)
     assert p > 1e-3, f"sampled continuations on the native engine do not follow the target (chi-square p={p:.2g})"
 
 
