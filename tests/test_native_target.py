@@ -176,7 +176,7 @@ def test_refusals(tmp_path, monkeypatch):
 def test_read_gguf_agrees_with_gguf(f32_gguf, tmp_path):
     from gguf import GGUFReader
 
-    from vocabtrim.native_target import read_gguf
+    from vocabtrim.gguf_header import read_gguf
 
     meta, tensors = read_gguf(f32_gguf)
     reader = GGUFReader(f32_gguf)

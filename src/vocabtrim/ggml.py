@@ -19,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gguf import GGMLQuantizationType as T
 from torch import Tensor
 
 from .cache import common_prefix
 from .errors import VocabtrimError
 from .files import version
+from .gguf_header import read_gguf
 from .metrics import GenerationStats
 from .sampling import Sampling
 
@@ -68,19 +70,17 @@ def avoids_amx(info: str) -> bool:
 # in the vendored 0.3.36), with the feature each needs; rows must be a multiple of 8. Q5_K, Q6_K
 # and Q8_0 are repacked on ARM only. tests/test_ggml.py checks this against llama.cpp's own
 # choice (its CPU_REPACK buffer size) where AMX does not take it over.
-REPACKED_X86 = {"Q4_0": "AVX2", "Q4_K": "AVX2", "IQ4_NL": "AVX2", "MXFP4": "AVX2", "Q2_K": "AVX512"}
+REPACKED_X86 = {T.Q4_0: "AVX2", T.Q4_K: "AVX2", T.IQ4_NL: "AVX2", T.MXFP4: "AVX2", T.Q2_K: "AVX512"}
 _MATMUL_WEIGHT = re.compile(r"^(blk\.\d+\.(attn_(q|k|v|qkv|output)|ffn_(gate|up|down))|output)\.weight$")
 
 
 def repacked(path: Path, info: str) -> list[str]:
     """The weight tensors of `path` that llama.cpp would repack on this CPU (read from the
     file's header: names, types and shapes)."""
-    from gguf import GGUFReader
-
     has = {feature for feature in ("AVX2", "AVX512") if f"{feature} = 1" in info}
-    return [t.name for t in GGUFReader(path).tensors
-            if REPACKED_X86.get(t.tensor_type.name) in has and len(t.shape) == 2 and t.shape[1] % 8 == 0
-            and _MATMUL_WEIGHT.match(t.name)]
+    return [t.name for t in read_gguf(path)[1].values()
+            if REPACKED_X86.get(t.type) in has and len(t.dims) == 2
+            and t.dims[1] % 8 == 0 and _MATMUL_WEIGHT.match(t.name)]
 
 
 def _repack_buffer_type() -> int | None:
