@@ -25,8 +25,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from vocabtrim import backend, models
-from vocabtrim.assembly import Assembler, Parts, parse_method
+from vocabtrim import catalog, prompts
+from vocabtrim.assembly import Assembler, parse_method
 from vocabtrim.bench import methods as bm
 from vocabtrim.bench.common import identity_check, warm_up
 from vocabtrim.bench.report import markdown, summarize
@@ -34,10 +34,11 @@ from vocabtrim.bench.run import is_results, run_matrix
 from vocabtrim.data import humaneval, load_questions
 from vocabtrim.engine import Stop
 from vocabtrim.files import atomic_write
+from vocabtrim.loading import Options, load_drafter, load_parts
 from vocabtrim.sampling import Sampling
 
 SAMPLE = Path(__file__).with_name("spec_bench_sample.jsonl")
-DRAFTERS = {"sd": models.DEFAULT_DRAFT, "x": models.CROSS_DRAFT}
+DRAFTERS = {"sd": catalog.DEFAULT_DRAFT, "x": catalog.CROSS_DRAFT}
 
 
 def adapters(args, prose_data: Path) -> dict[tuple[str, str], tuple[Path, float]]:
@@ -61,11 +62,12 @@ def adapters(args, prose_data: Path) -> dict[tuple[str, str], tuple[Path, float]
 
 def evaluate(questions, adapted: dict[str, Path], out: Path, max_new_tokens: int) -> dict:
     """One interleaved run: ar, sd, sd@adapted, x, x@adapted."""
-    target = models.load(models.DEFAULT_TARGET, "auto", backend.choose(models.DEFAULT_TARGET, "auto", "auto"))
-    stop, sampling = Stop(models.stop_token_ids(target)), Sampling()
-    plain = Assembler(Parts(target, models.load(DRAFTERS["sd"]), cross=models.load(DRAFTERS["x"])))
-    tuned = Assembler(Parts(target, models.load(DRAFTERS["sd"], adapter=adapted["sd"]),
-                            cross=models.load(DRAFTERS["x"], adapter=adapted["x"])))
+    parts = load_parts(Options(draft=DRAFTERS["sd"], cross=DRAFTERS["x"]))
+    target = parts.target
+    stop, sampling = Stop(prompts.stop_token_ids(target)), Sampling()
+    plain = Assembler(parts)
+    tuned = Assembler(replace(parts, drafter=load_drafter(DRAFTERS["sd"], adapter=adapted["sd"]),
+                              cross=load_drafter(DRAFTERS["x"], adapter=adapted["x"])))
     specs = [parse_method(m) for m in ("ar", "sd", "x")]
     matrix = bm.build(specs, plain, sampling, 0, stop) + [
         replace(m, name=f"{m.name}@adapted") for m in bm.build(specs[1:], tuned, sampling, 0, stop)]

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from vocabtrim import models
+from vocabtrim import catalog
 from vocabtrim.errors import VocabtrimError
 from vocabtrim.ggml import GgmlTarget
 from vocabtrim.profile import forward_ms, interpolate
@@ -91,7 +91,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results", type=Path, default=Path("results/bench"), help="a vocabtrim bench --out directory")
     p.add_argument("--peers", type=Path, nargs="*", default=[], help="more run directories to compare")
-    p.add_argument("--target", default=models.DEFAULT_TARGET, help="a built-in name or a .gguf file")
+    p.add_argument("--target", default=catalog.DEFAULT_TARGET, help="a built-in name or a .gguf file")
     p.add_argument("--max-len", type=int, default=128, help="the longest round the oracle may verify")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--bars", default="1.3,1.5", help="decode speed-ups to find a free drafter's needed acceptance for")
@@ -103,7 +103,7 @@ def main() -> None:
         runs = [summary, *(read_run(d)[0] for d in a.peers)]
         if a.max_len < 1 or a.repeats < 1:
             raise VocabtrimError("--max-len and --repeats must be at least 1")
-        gguf = models.gguf_path(a.target)
+        gguf = catalog.gguf_path(a.target)
         if gguf is None:
             raise VocabtrimError(f"{a.target} has no GGUF file to run on ggml")
         target = GgmlTarget(gguf)  # needs the [ggml] extra

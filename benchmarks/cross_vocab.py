@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 from drafters_mix import mix_parser, write_questions
 
-from vocabtrim import models
+from vocabtrim import catalog
 from vocabtrim.bench.run import read_results
 from vocabtrim.files import atomic_write
+from vocabtrim.loading import load_drafter
 
 METHODS = "ar,sd,x,x+ngram,x+ngram+cost,hf+x"
 HEADER = "| T | method | tok/s | speed-up | acceptance | tau | c | humaneval | prose (mean of categories) | identical |"
@@ -65,7 +66,7 @@ def main() -> None:
 def _fidelity(out: Path, temperature: float) -> dict[str, tuple[float, float]]:
     """Per method: the mean log-probability of its first-turn answers' tokens under the
     target at `temperature`, and the share of tokens below p = 1e-4."""
-    target = models.load(models.DEFAULT_TARGET).model
+    target = load_drafter(catalog.DEFAULT_TARGET).model  # its torch weights, to score answers
     sums: dict[str, list[float]] = {}
     for r in read_results(out / "results.jsonl"):
         turn = r["turns"][0]

@@ -23,10 +23,11 @@ import time
 
 import torch
 
-from vocabtrim import kernels, models
+from vocabtrim import catalog, kernels
 from vocabtrim.cache import CachedLM
 from vocabtrim.heads import Head
 from vocabtrim.lean import lm_factory
+from vocabtrim.loading import load_drafter
 from vocabtrim.profile import forward_ms, prefill_s
 
 
@@ -52,8 +53,8 @@ def pair_ms(dtype: str, context: list[int], k: int, prefill: int, quant: list[st
     of the target's prefill; each drafter weight scheme's head split goes into `splits`."""
     ms = {}
     with torch.inference_mode():
-        for role, name in (("draft", models.DEFAULT_DRAFT), ("target", models.DEFAULT_TARGET)):
-            loaded = models.load(name, dtype=dtype)
+        for role, name in (("draft", catalog.DEFAULT_DRAFT), ("target", catalog.DEFAULT_TARGET)):
+            loaded = load_drafter(name, dtype)  # both on torch: the ratio of their forwards
             target = loaded.as_target()
             ms[role, 1] = forward_ms(target.logits, target.vocab_size, context, 1, repeats)
             if role == "draft":

@@ -223,10 +223,10 @@ def run_setting(path: str, s: Setting, prompts: list[list[int]], n_new: int, siz
 def load_prompts(count: int) -> list[list[int]]:
     import transformers
 
-    from vocabtrim import data, models
+    from vocabtrim import catalog, data, prompts
 
-    tok = transformers.AutoTokenizer.from_pretrained(models.fetch("qwen2.5-coder-1.5b"))
-    return [models.chat_ids(tok, [{"role": "user", "content": q.turns[0]}]) for q in data.humaneval(0, count)]
+    tok = transformers.AutoTokenizer.from_pretrained(catalog.fetch("qwen2.5-coder-1.5b"))
+    return [prompts.chat_ids(tok, [{"role": "user", "content": q.turns[0]}]) for q in data.humaneval(0, count)]
 
 
 def child(setting: Setting, args: argparse.Namespace, prompts: list[list[int]]) -> dict:

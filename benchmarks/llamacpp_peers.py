@@ -49,10 +49,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from vocabtrim import models, paths
+from vocabtrim import catalog, paths, prompts
 from vocabtrim.bench.report import check_out_dir, markdown, summarize, write_reports
 from vocabtrim.bench.run import Method, run_matrix
-from vocabtrim.cli import DEFAULT_BENCH_PROMPTS
+from vocabtrim.cli.measure import DEFAULT_BENCH_PROMPTS
 from vocabtrim.data import load_questions, select
 from vocabtrim.errors import VocabtrimError
 from vocabtrim.metrics import GenerationStats, timed
@@ -190,10 +190,10 @@ def gguf_file(spec: str) -> Path:
         if not path.is_file():
             raise VocabtrimError(f"GGUF file not found: {spec}")
         return path.resolve()
-    if spec not in models.BUILTINS:
-        raise VocabtrimError(f"unknown model {spec!r}: a built-in name ({', '.join(models.BUILTINS)}) "
+    if spec not in catalog.BUILTINS:
+        raise VocabtrimError(f"unknown model {spec!r}: a built-in name ({', '.join(catalog.BUILTINS)}) "
                              "or a .gguf file")
-    return models.gguf_path(spec)
+    return catalog.gguf_path(spec)
 
 
 def tokenizer_for(spec: str):
@@ -202,12 +202,12 @@ def tokenizer_for(spec: str):
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    if spec in models.BUILTINS:
-        return AutoTokenizer.from_pretrained(models.fetch(spec), local_files_only=True)
+    if spec in catalog.BUILTINS:
+        return AutoTokenizer.from_pretrained(catalog.fetch(spec), local_files_only=True)
     gguf = gguf_file(spec)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
     if tok.chat_template is None:
-        tok.chat_template = models._gguf_chat_template(gguf)
+        tok.chat_template = catalog.gguf_chat_template(gguf)
     return tok
 
 
@@ -395,8 +395,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--limit", type=int, help=f"first N questions (humaneval default: {DEFAULT_BENCH_PROMPTS})")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
-    ap.add_argument("--target", default=models.DEFAULT_TARGET, help="a built-in name or a .gguf file")
-    ap.add_argument("--draft", default=models.DEFAULT_DRAFT, help="the draft mode's model: a built-in name or a .gguf file")
+    ap.add_argument("--target", default=catalog.DEFAULT_TARGET, help="a built-in name or a .gguf file")
+    ap.add_argument("--draft", default=catalog.DEFAULT_DRAFT, help="the draft mode's model: a built-in name or a .gguf file")
     ap.add_argument("--threads", type=int, default=cores(), help="llama.cpp's threads (default: this machine's cores)")
     ap.add_argument("--repeats", type=int, default=1, help="runs of each prompt per mode, order alternating; the fastest is kept")
     ap.add_argument("--out", type=Path, default=Path("results/llamacpp_peers"))
@@ -426,7 +426,7 @@ def run(args: argparse.Namespace) -> None:
         tok = tokenizer_for(args.target)
     commands = {m: server_command(binary, m, target, draft, args.threads) for m in args.modes}
     args.out.mkdir(parents=True, exist_ok=True)
-    servers = Servers(commands, args.out / "llama-server.log", models.encode_prompt(tok, WARM_UP_PROMPT))
+    servers = Servers(commands, args.out / "llama-server.log", prompts.encode_prompt(tok, WARM_UP_PROMPT))
     methods = [Method(PREFIX + m, lambda ids, n, m=m: complete(servers.use(m), ids, n), BACKEND)
                for m in args.modes]
     try:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vocabtrim import kernels, models
+from vocabtrim import catalog, kernels
 from vocabtrim import native as N
 
 # (label, a tensor of that shape in the target's file, rows, cols, its type in the Q4_K_M file)
@@ -69,7 +69,7 @@ def fbgemm_linear(w: np.ndarray) -> torch.nn.Module:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gguf", type=Path, default=models.model_dir(models.DEFAULT_TARGET) / models.GGUF_FILE,
+    ap.add_argument("--gguf", type=Path, default=catalog.model_dir(catalog.DEFAULT_TARGET) / catalog.GGUF_FILE,
                     help="the GGUF to take tensors from (default: the cached default target; random blocks if absent)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--rows", default="1,2,4,8,16,32", help="the batch sizes L")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vocabtrim import models
+from vocabtrim import catalog
 from vocabtrim.native_target import NativeTarget
 
 
@@ -33,7 +33,7 @@ def one_at_a_time(target, seq: list[int], start: int) -> torch.Tensor:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gguf", type=Path, default=models.model_dir(models.DEFAULT_TARGET) / models.GGUF_FILE)
+    ap.add_argument("--gguf", type=Path, default=catalog.model_dir(catalog.DEFAULT_TARGET) / catalog.GGUF_FILE)
     ap.add_argument("--tokens", type=int, default=48, help="positions scored")
     ap.add_argument("--prefix", type=int, default=64, help="tokens before them")
     ap.add_argument("--threads", type=int, default=os.cpu_count())

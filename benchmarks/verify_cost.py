@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from vocabtrim import models
+from vocabtrim import catalog
 from vocabtrim.errors import VocabtrimError
 from vocabtrim.isolate import Crashed, run_isolated
 from vocabtrim.kernels import cpu
@@ -82,7 +82,7 @@ def measure(name: str, plan: Plan) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backends", default="native,ggml", help=f"comma-separated, of {', '.join(BACKENDS)}")
-    ap.add_argument("--target", default=models.DEFAULT_TARGET, help="a built-in name or a .gguf file")
+    ap.add_argument("--target", default=catalog.DEFAULT_TARGET, help="a built-in name or a .gguf file")
     ap.add_argument("--rows", default="1,2,4,8,16,32", help="the L to time")
     ap.add_argument("--context", type=int, default=200, help="cached tokens before the L scored")
     ap.add_argument("--prefill", type=int, default=512)
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         raise VocabtrimError(f"--backends takes names of {', '.join(BACKENDS)}")
     if not rows or min(rows) < 1 or min(args.context, args.prefill, args.threads, args.repeats) < 1:
         raise VocabtrimError("--rows takes positive counts, and --context, --prefill, --threads and --repeats too")
-    path = models.gguf_path(args.target)
+    path = catalog.gguf_path(args.target)
     if path is None:
         raise VocabtrimError(f"{args.target} has no GGUF file")
     plan = Plan(str(path), rows, args.context, args.prefill, args.threads, args.repeats)

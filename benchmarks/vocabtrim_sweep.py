@@ -25,7 +25,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from vocabtrim import models
+from vocabtrim import prompts
 from vocabtrim.assembly import Assembler, Parts, parse_method
 from vocabtrim.bench.common import engine_method, identity_check, load_pair, warm_up
 from vocabtrim.bench.report import pyplot, save_figure, summarize
@@ -106,7 +106,7 @@ def main() -> None:
     evaluated = humaneval(0, args.eval)
     counts = all_counts(args, tgt, drf, {q.turns[0] for q in evaluated})
     sources = [x for x in args.sources.split(",") if x]
-    always = sorted(models.stop_token_ids(drf))
+    always = sorted(prompts.stop_token_ids(drf))
     keeps = [int(k) for k in args.keeps.split(",")]
     # Each K twice: the map plus the prompt's own tokens (our default) and the map alone (the paper).
     maps = {f"K={k}": trim(counts["target"], keep=k, always=always) for k in keeps}

@@ -200,10 +200,10 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def real_pair():
     """The built-in default pair in the auto dtype, fetched and converted into the cache on first use."""
-    from vocabtrim import models
+    from vocabtrim import catalog, models
 
-    target = models.load(models.DEFAULT_TARGET)
-    draft = models.load(models.DEFAULT_DRAFT)
+    target = models.load(catalog.DEFAULT_TARGET)
+    draft = models.load(catalog.DEFAULT_DRAFT)
     return target, draft
 
 

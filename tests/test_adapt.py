@@ -21,6 +21,7 @@ from test_engine import sample_joint
 from vocabtrim import adapt, models
 from vocabtrim.adapt import Settings, Trainer
 from vocabtrim.errors import VocabtrimError
+from vocabtrim.loading import load_drafter
 from vocabtrim.target import TorchTarget
 
 
@@ -97,7 +98,7 @@ def test_sampled_output_with_an_adapted_drafter_is_the_targets(tmp_path):
     save_file(trainer.tensors(), str(out), metadata={"vocabtrim": json.dumps({
         "format": adapt.FORMAT, "settings": {**Settings(rank=2, alpha=4, lr=0.05).__dict__},
         "drafter": "small", "drafter_fingerprint": adapt.base_fingerprint(drafter.model, drafter.tokenizer)})})
-    adapted = models.load(str(draft_dir), "float32", adapter=out).model
+    adapted = load_drafter(str(draft_dir), "float32", adapter=out).model
     assert not torch.equal(adapted.model.layers[0].self_attn.q_proj.weight, small_d.model.layers[0].self_attn.q_proj.weight)
     p = chi2_pvalue(sample_joint(RUNS, engine=spec_engine(small_t, adapted)), exact_joint(3), RUNS)
     assert p > 1e-3, f"adapted drafter: chi-square p={p:.2g}"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import bench_gguf, tiny_model, write_gguf
 
-from vocabtrim import models
+from vocabtrim import catalog
 from vocabtrim.bench.report import markdown, summarize
 from vocabtrim.data import Question
 from vocabtrim.errors import VocabtrimError
@@ -26,8 +26,8 @@ def script(name: str):
 
 def test_engine_vs_hf_runs_three_methods_through_the_bench_runner(tmp_path, tiny_dirs, monkeypatch, capsys):
     engine_vs_hf = script("engine_vs_hf")
-    monkeypatch.setattr(models, "DEFAULT_TARGET", str(tiny_dirs["target"]))
-    monkeypatch.setattr(models, "DEFAULT_DRAFT", str(tiny_dirs["draft"]))
+    monkeypatch.setattr(catalog, "DEFAULT_TARGET", str(tiny_dirs["target"]))
+    monkeypatch.setattr(catalog, "DEFAULT_DRAFT", str(tiny_dirs["draft"]))
     monkeypatch.setattr(engine_vs_hf, "humaneval", lambda start, stop: [
         Question(str(i), "coding", (f"w{i + 5} w{i + 9}",)) for i in range(start, stop)])
     out = tmp_path / "out"

@@ -25,7 +25,7 @@ from conftest import (
     write_gguf,
 )
 
-from vocabtrim import backend, ggml, models
+from vocabtrim import catalog, ggml, loading, models
 from vocabtrim.engine import Engine, Stop
 from vocabtrim.errors import VocabtrimError
 from vocabtrim.isolate import Crashed
@@ -106,11 +106,11 @@ def test_generate_on_ggml(tiny):
 def test_backend_choice(tiny, tiny_dirs, tmp_path, monkeypatch):
     monkeypatch.setenv("VOCABTRIM_CACHE", str(tmp_path))
     _, _, path = tiny
-    assert backend.choose(str(tiny_dirs["target"]), "auto") == "torch"  # no GGUF file
-    assert backend.choose(str(path), "torch") == "torch"
-    first = backend.choose(str(path), "auto", "float32")
+    assert loading.choose(str(tiny_dirs["target"]), "auto") == "torch"  # no GGUF file
+    assert loading.choose(str(path), "torch") == "torch"
+    first = loading.choose(str(path), "auto", "float32")
     assert first in ("torch", "ggml", "native") and len(list((tmp_path / "profiles").glob("*.json"))) == 1
-    assert backend.choose(str(path), "auto", "float32") == first  # cached, not timed again
+    assert loading.choose(str(path), "auto", "float32") == first  # cached, not timed again
     r = cli("generate", "--target", tiny_dirs["target"], "--backend", "ggml", "--no-draft", "--prompt", "hi")
     assert r.exit_code == 1 and "the ggml backend runs GGUF files" in r.output
 
@@ -120,10 +120,10 @@ def test_bench_on_ggml_with_llama_cpp_beside(tiny, tmp_path):
     out = bench_gguf(path, tmp_path, "ar,llamacpp,suffix", 3)
     summary = json.loads((out / "summary.json").read_text())
     ms = summary["methods"]
-    assert {n: m["backend"] for n, m in ms.items()} == {"ar": "ggml", "llamacpp": "llama.cpp", "suffix": "ggml"}
+    assert {n: m["backend"] for n, m in ms.items()} == {"ar": "ggml", "llamacpp": "ggml", "suffix": "ggml"}
     assert ms["llamacpp"]["identical"] == ms["suffix"]["identical"] == "yes"
     assert summary["baseline"] in ("ar", "llamacpp")  # the faster target alone
-    assert "| llamacpp | llama.cpp |" in (out / "summary.md").read_text()
+    assert "| llamacpp | ggml |" in (out / "summary.md").read_text()
 
 
 def test_amx_is_avoided_where_llama_cpp_offers_it():
@@ -174,7 +174,7 @@ def _ended(code: int) -> str:
 def test_amx_avoidance_repacks_what_llama_cpp_repacks():
     """The tensors named for the CPU_REPACK buffer (REPACKED_X86) are exactly those llama.cpp
     repacks by itself: the same buffers, to the byte, with AMX kept out."""
-    path = models.gguf_path(models.DEFAULT_TARGET)
+    path = catalog.gguf_path(catalog.DEFAULT_TARGET)
     info = ggml.system_info()
     ours = _buffers(path, info + " | AMX_INT8 = 1")
     assert not any(b.startswith("AMX") for b in ours)
@@ -200,7 +200,7 @@ assert t.logits(seq, 16).shape == (16, t.vocab_size)
 def test_multi_token_decode_of_the_real_target_survives():
     """The decodes that crashed in llama.cpp's AMX matmul on Xeon hosts (a 200-token prompt,
     then 8 and 16 tokens), in a child process: on a host without AMX it simply passes."""
-    path = models.gguf_path(models.DEFAULT_TARGET)
+    path = catalog.gguf_path(catalog.DEFAULT_TARGET)
     r = subprocess.run([sys.executable, "-c", _DECODE, str(path)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"the decode ended with {_ended(r.returncode)}: {r.stderr[-2000:]}"
 
@@ -214,9 +214,9 @@ def test_a_backend_that_crashes_while_timing_is_not_chosen(tiny, tmp_path, monke
             raise Crashed("SIGSEGV")
         return 5.0
 
-    monkeypatch.setattr(backend, "run_isolated", timing)
-    assert backend.choose(str(path), "auto", "float32") == "torch"
+    monkeypatch.setattr(loading, "run_isolated", timing)
+    assert loading.choose(str(path), "auto", "float32") == "torch"
     assert "the ggml backend crashed while timing" in capsys.readouterr().err
-    monkeypatch.setattr(backend, "run_isolated", lambda fn, name, *a: (_ for _ in ()).throw(Crashed("SIGILL")))
+    monkeypatch.setattr(loading, "run_isolated", lambda fn, name, *a: (_ for _ in ()).throw(Crashed("SIGILL")))
     with pytest.raises(VocabtrimError, match="every backend crashed"):
-        backend.choose(str(path), "auto", "bfloat16")
+        loading.choose(str(path), "auto", "bfloat16")

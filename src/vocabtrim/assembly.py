@@ -15,7 +15,7 @@ quantize its weights, `adaedl`/`cost` choose the policy (default: static K). `hf
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -40,6 +40,8 @@ SCHEMES = {"q8": "int8", "q4": "int4"}
 # what each kind may be combined with: the rest would be ignored, so it is refused
 ALLOWED = {"ar": set(), "pld": set(), "llamacpp": set(), "hf": {"x"}, "suffix": {"cost"},
            "sd": set(PARTS), "hybrid": set(PARTS), "x": set(PARTS) - {"x"}}
+WHY = {"ar": "the target alone drafts nothing", "suffix": "it drafts without a model: no head, no weights",
+       "pld": "transformers' prompt lookup", "llamacpp": "llama.cpp's own loop", "hf": "transformers' own drafter"}
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ def parse_method(name: str) -> Spec:
     refused = set(parts) - ALLOWED[kind]
     cross = kind == "x" or "x" in parts
     if refused or ("ngram" in parts and not cross) or ("vt" in parts and cross):
-        why = (f"{kind} takes no {', '.join(sorted(refused))}" if refused else
+        why = (f"{kind} takes no {', '.join(sorted(refused))}" + (f" ({WHY[kind]})" if kind in WHY else "")
+               if refused else
                "ngram needs x (a drafter of another tokenizer)" if not cross else
                "the token map is in the target's tokens, not the x drafter's")
         raise VocabtrimError(f"method {name!r}: {why}")
@@ -79,6 +82,19 @@ def parse_method(name: str) -> Spec:
         raise VocabtrimError(f"method {name!r}: one of q8/q4 and one of adaedl/cost at most")
     return Spec(name, "sd" if kind == "x" else kind, "vt" in parts, schemes[0] if schemes else None,
                 policies[0] if policies else "static", cross, "ngram" in parts)
+
+
+def check_parts(spec: Spec, drafter: bool, cross: bool = False, mapped: bool = False) -> None:
+    """Refuse `spec` in one line where a part it needs is missing: a drafter model (of
+    another tokenizer for x), a token map, a drafter for the cost policy's profile. The
+    commands ask before loading, from what they will load; `Assembler` asks again."""
+    if spec.model and not (cross if spec.cross else drafter):
+        raise VocabtrimError(f"{spec.name} needs a drafter model" + (" of another tokenizer" if spec.cross else ""))
+    if spec.trimmed and not mapped:
+        raise VocabtrimError(f"{spec.name} needs a token map")
+    if spec.policy == "cost" and not (cross if spec.cross else drafter):
+        raise VocabtrimError("the cost policy (+cost, --policy cost) reads the profile of a target and drafter "
+                             "pair; give it a drafter model (generate and serve: --drafter model or hybrid)")
 
 
 @dataclass
@@ -125,6 +141,7 @@ class Assembler:
             if rule.priced:
                 raise VocabtrimError("the cost policy prices drafts; the target alone drafts none")
             return Engine(self.target), rule.make()
+        self._check(replace(spec, policy="cost") if rule.priced else spec)
         model = self._model_drafter(spec) if spec.model else None
         costs = self._costs(spec, rule.max_len, model) if rule.priced else None
         if spec.kind == "suffix":
@@ -137,13 +154,15 @@ class Assembler:
 
     def drafter_model(self, spec: Spec) -> models.Loaded:
         """The loaded drafter `spec` drafts with, in its weights."""
+        self._check(spec)
         loaded = self.parts.cross if spec.cross else self.parts.drafter
-        if loaded is None:
-            raise VocabtrimError(f"{spec.name} needs a drafter model" + (
-                " of another tokenizer" if spec.cross else ""))
         scheme = spec.weights or self.parts.quant
         return loaded if scheme == "none" else self._once(("quantized", scheme, spec.cross),
                                                            lambda: models.quantize(loaded, scheme))
+
+    def _check(self, spec: Spec) -> None:
+        p = self.parts
+        check_parts(spec, p.drafter is not None, p.cross is not None, p.kept is not None)
 
     def bridge(self, cross: bool) -> Bridge | None:
         """The bridge to the drafter of another tokenizer (None: the target's own); made once,
@@ -155,8 +174,6 @@ class Assembler:
         """A drafter of the target's vocabulary is shared by the methods that draft alike
         (its state lasts one generation); one of another tokenizer is each method's own,
         since its n-gram cache learns for the drafter's lifetime."""
-        if spec.trimmed and self.parts.kept is None:
-            raise VocabtrimError(f"{spec.name} needs a token map")
         loaded, kept = self.drafter_model(spec), self.parts.kept if spec.trimmed else None
         if self.bridge(spec.cross) is None:
             return self._once(("drafter", spec.trimmed, spec.weights or self.parts.quant), lambda: ModelDrafter(
@@ -168,8 +185,25 @@ class Assembler:
     def _costs(self, spec: Spec, max_len: int, model: ModelDrafter | None) -> Costs:
         """This machine's prices for the pair as it drafts (the cached profile, else a quick
         one) with the drafter's head; suffix drafts read no head."""
-        if self.parts.drafter is None and not spec.cross:
-            raise VocabtrimError("the cost policy reads the profile of a target and drafter pair; "
-                                 "give it a drafter model (generate: --drafter model or hybrid)")
         pair = profile.for_pair(self.parts.target, self.drafter_model(spec))
         return Costs.of(pair, model.head_rows if model else 0, max_len)
+
+
+@dataclass
+class Built:
+    """An engine and its policy, with what they were built from: `rebuild` makes them again
+    over other drafter weights (online adaptation's merged ones)."""
+
+    parts: Parts
+    engine: Engine
+    policy: Policy
+    spec: Spec
+    rule: str | None = None  # a policy spec that overrides the method's own
+
+    @classmethod
+    def of(cls, parts: Parts, spec: Spec, rule: str | None = None) -> Built:
+        return cls(parts, *Assembler(parts).build(spec, rule), spec, rule)
+
+    def rebuild(self, drafter: torch.nn.Module) -> tuple[Engine, Policy]:
+        parts = replace(self.parts, drafter=replace(self.parts.drafter, weights=drafter))
+        return Assembler(parts).build(self.spec, self.rule)

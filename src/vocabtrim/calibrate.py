@@ -19,13 +19,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import backend
 from .assembly import Assembler, Parts, parse_method
 from .data import humaneval, record_text
 from .drafters import Bridge
 from .engine import Engine, Stop
 from .errors import VocabtrimError
 from .files import check_output
-from .models import Loaded, encode_prompt, stop_token_ids
+from .models import Loaded
+from .prompts import encode_prompt, stop_token_ids
 from .paths import cache_file
 from .policies import Policy
 from .sampling import Sampling
@@ -183,7 +185,7 @@ def target_counts(spec: dict, exclude: set[str], target, drafter):
     items = calibration_prompts(spec, exclude)
     meta = {"source": "target", "data": spec["data"], "items": len(items), "max_new_tokens": spec["tokens"],
             "model": target.name, "drafter": drafter.name, "dtype": target.dtype,
-            **({"backend": target.backend} if target.backend != "torch" else {}),  # torch keys stay as they were
+            **backend.key(target.backend),
             "tokenizer": tokenizer_fingerprint(drafter.tokenizer),
             "prompts_sha": hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]}
     # suffix drafts: the target's own answers, lossless, and on HumanEval faster than the

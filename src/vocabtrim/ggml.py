@@ -271,3 +271,22 @@ class LlamaCppAlone:
     def __del__(self) -> None:
         if getattr(self, "chain", None):
             ll.llama_sampler_free(self.chain)
+
+
+class GgmlBackend:
+    """The model's GGUF file at its stored precision on llama.cpp's kernels."""
+
+    name, runs_gguf = "ggml", True
+    max_context = 8192  # its KV cache: 28 KB a token for the default target
+
+    def available(self) -> bool:
+        return available()
+
+    def check(self) -> None:
+        _init()
+
+    def target(self, loaded) -> GgmlTarget:
+        return GgmlTarget(loaded.gguf, loaded.context)
+
+
+BACKEND = GgmlBackend()

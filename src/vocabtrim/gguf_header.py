@@ -84,3 +84,26 @@ def read_gguf(path: Path) -> tuple[dict, dict[str, GgufTensor]]:
         align = int(meta.get("general.alignment") or 32)
         start = (24 + pos + align - 1) // align * align
     return meta, {name: GgufTensor(name, t, dims, start + off) for name, t, dims, off in infos}
+
+
+def check_gguf(path: Path) -> None:
+    """Refuse, in one line and before anything loads it, a file that is not a whole GGUF:
+    not one at all, its header cut short, or its tensors running past the file's end (a
+    download or copy that stopped early)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    _, tensors = read_gguf(path)
+    end = 0
+    for t in tensors.values():
+        try:
+            block, size = GGML_QUANT_SIZES[GGMLQuantizationType(t.type)]
+        except (ValueError, KeyError):
+            continue  # a type gguf does not know: the backend that loads it says so
+        count = 1
+        for d in t.dims:
+            count *= d
+        end = max(end, t.offset + count // block * size)
+    have = path.stat().st_size
+    if end > have:
+        raise VocabtrimError(f"{path.name} is a truncated GGUF file: its tensors end at byte {end:,}, "
+                             f"the file has {have:,}")

@@ -115,3 +115,22 @@ class NativeTarget:
         if getattr(self, "model", None):
             self._free(self.model)
             self.model = None
+
+
+class NativeBackend:
+    """The model's GGUF file on vocabtrim's own batch-invariant kernels (Llama/Qwen2)."""
+
+    name, runs_gguf = "native", True
+    max_context = 8192
+
+    def available(self) -> bool:
+        return native.available()
+
+    def check(self) -> None:
+        native.lib()
+
+    def target(self, loaded) -> NativeTarget:
+        return NativeTarget(loaded.gguf, context=loaded.context)
+
+
+BACKEND = NativeBackend()

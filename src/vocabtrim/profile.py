@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import backend
 from .cache import context_length
 from .files import atomic_write
 from .heads import Head
@@ -109,9 +110,9 @@ def _extend(ms: list[float], n: int) -> float:
 
 def key(target, drafter, dtype: str) -> dict:
     """What a profile of `target` and `drafter` (models.Loaded) depends on."""
-    on_gguf = target.backend != "torch"  # its torch weights are not loaded: its file names it
+    on_gguf = backend.get(target.backend).runs_gguf  # its torch weights are not loaded: its file names it
     return {**cpu(), "target": target.name, "drafter": drafter.name, "dtype": dtype,
-            **({"backend": target.backend, "target_file": target.source} if on_gguf else {}),
+            **({**backend.key(target.backend), "target_file": target.source} if on_gguf else {}),
             "weights": [0 if on_gguf else weight_count(target.model), weight_count(drafter.model)],
             "drafter_forward": "lean" if supports(drafter.model) else "transformers"}
 

@@ -45,7 +45,7 @@ from .engine import Engine, Stop
 from .errors import VocabtrimError
 from .files import atomic_write, check_output
 from .metrics import GenerationStats
-from .models import chat_ids, encode_prompt
+from .prompts import chat_ids, encode_prompt
 from .policies import Policy
 from .sampling import Sampling
 from .text import TextStream

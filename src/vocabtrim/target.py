@@ -58,3 +58,21 @@ class TorchTarget:
 
     def logits(self, seq: list[int], n: int) -> Tensor:
         return self.head(self.lm.hidden(seq, n))
+
+
+class TorchBackend:
+    """transformers' modules over 16-bit, packed or quantized torch weights: any model."""
+
+    name, runs_gguf, max_context = "torch", False, None
+
+    def available(self) -> bool:
+        return True
+
+    def check(self) -> None:
+        pass
+
+    def target(self, loaded) -> Target:
+        return TorchTarget(loaded.model)
+
+
+BACKEND = TorchBackend()

@@ -8,6 +8,7 @@ strings the text ends before the first of them, as OpenAI's API returns it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 
@@ -50,3 +51,19 @@ class TextStream:
         out = text[self.shown:end] if end > self.shown else ""
         self.shown = max(self.shown, end)
         return out
+
+
+class Printer:
+    """Prints the text of accepted tokens to stdout as it grows (as a `TextStream` releases it)."""
+
+    def __init__(self, tokenizer):
+        self.text = TextStream(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+
+    def __call__(self, tokens: list[int]) -> None:
+        sys.stdout.write(self.text.push(tokens))
+        sys.stdout.flush()
+
+    def finish(self) -> None:
+        """Print what is still held back (text may really end in U+FFFD), then a newline."""
+        sys.stdout.write(self.text.finish() + "\n")
+        sys.stdout.flush()

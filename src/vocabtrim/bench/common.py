@@ -9,8 +9,9 @@ from typing import NamedTuple
 
 import torch
 
-from .. import models
+from .. import models, prompts
 from ..engine import Engine, Stop
+from ..loading import Options, load_parts
 from ..policies import Policy
 from ..sampling import Sampling
 from ..target import Target
@@ -25,11 +26,10 @@ class Pair(NamedTuple):
     stop: Stop  # the target's EOS and end-of-turn ids
 
 
-def load_pair(dtype: str = "auto") -> Pair:
-    """The built-in default pair in `dtype`, fetched and converted on first use."""
-    target = models.load(models.DEFAULT_TARGET, dtype=dtype)
-    drafter = models.load(models.DEFAULT_DRAFT, dtype=dtype)
-    return Pair(target, drafter, Stop(models.stop_token_ids(target)))
+def load_pair(dtype: str = "auto", backend: str = "auto") -> Pair:
+    """The built-in default pair in `dtype`, the target on `backend` (auto: the faster here)."""
+    parts = load_parts(Options(dtype=dtype, backend=backend))
+    return Pair(parts.target, parts.drafter, Stop(prompts.stop_token_ids(parts.target)))
 
 
 def engine_method(name: str, engine: Engine, policy: Policy, sampling: Sampling, seed: int,
@@ -41,7 +41,7 @@ def engine_method(name: str, engine: Engine, policy: Policy, sampling: Sampling,
 def warm_up(methods: Iterable[Method], tokenizer) -> None:
     """One short untimed generation per method: first calls allocate caches and buffers,
     which would otherwise be charged to whichever method meets the first question."""
-    ids = models.encode_prompt(tokenizer, "Say hello.")
+    ids = prompts.encode_prompt(tokenizer, "Say hello.")
     with torch.inference_mode():
         for m in methods:
             m.generate(ids, 8)

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from .. import models
+from .. import catalog, models
 from ..assembly import PEERS, Assembler, Spec, parse_method
 from ..cache import context_length
 from ..drafters import Bridge
@@ -50,7 +50,7 @@ def build(specs: list[Spec], assembler: Assembler, sampling: Sampling, seed: int
     out, backend = [], assembler.parts.target.backend
     for spec in specs:
         if spec.kind == "llamacpp":
-            out.append(Method(spec.name, _llamacpp(assembler.parts.target, sampling, seed, stop), "llama.cpp"))
+            out.append(Method(spec.name, _llamacpp(assembler.parts.target, sampling, seed, stop), "ggml"))
         elif spec.kind in PEERS:
             out.append(Method(spec.name, _peer(spec, assembler, sampling, seed, stop)))
         else:
@@ -59,7 +59,7 @@ def build(specs: list[Spec], assembler: Assembler, sampling: Sampling, seed: int
 
 
 def _llamacpp(target: models.Loaded, sampling: Sampling, seed: int, stop: Stop) -> LlamaCppAlone:
-    path = models.gguf_path(target.name)
+    path = catalog.gguf_path(target.name)
     if path is None:
         raise VocabtrimError(f"llamacpp runs the target's GGUF file; {target.name} is not one "
                              "(leave llamacpp out of --methods)")

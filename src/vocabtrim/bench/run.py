@@ -23,7 +23,7 @@ from ..data import Question
 from ..errors import VocabtrimError
 from ..files import atomic_write
 from ..metrics import GenerationStats
-from ..models import chat_ids
+from ..prompts import chat_ids
 
 GenerateFn = Callable[[list[int], int], tuple[list[int], GenerationStats]]
 

@@ -1,0 +1,5 @@
+"""`python -m vocabtrim.cli`: the `vocabtrim` command."""
+
+from . import main
+
+main()
