@@ -34,7 +34,8 @@ from vocabtrim.bench.identity import divergence
 from vocabtrim.engine import Engine, Stop
 from vocabtrim.errors import VocabtrimError
 from vocabtrim.policies import Static
-from vocabtrim.serve import Decoder, Service, StoreFile, start, suffix_store
+from vocabtrim.decoder import Decoder, StoreFile
+from vocabtrim.serve import Service, start
 from vocabtrim.text import TextStream
 
 ENGINE = ("--drafter", "hybrid", "--policy", "static:3", "--backend", "torch", "--dtype", "float32")
@@ -51,7 +52,7 @@ class Server:
         rebuild = lambda m: Assembler(replace(parts, drafter=replace(parts.drafter, weights=m))).build(
             Spec(kind, kind), policy)
         if store is not None:
-            store.attach(suffix_store(engine.drafter), parts.target.tokenizer)
+            store.attach(engine.drafter.suffix_store(), parts.target.tokenizer)
         self.service = Service("tiny", api_key, drafter=kind)
         self.decoder = Decoder(engine, rule, parts.target.tokenizer, prompts.stop_token_ids(parts.target),
                                queue_size, time_limit, store, online=online, rebuild=rebuild)
@@ -383,14 +384,14 @@ def test_the_suffix_store_is_shared_across_requests_and_kept_in_its_file(tiny_di
         r = s.client.completions.create(model="tiny", prompt="w4 w5 w6", max_tokens=8, temperature=0,
                                         extra_body={"return_tokens": True})
         ids = r.model_extra["vocabtrim"]["token_ids"]
-        assert [out for _, out in suffix_store(s.decoder.engine.drafter).docs] == [ids]
+        assert [out for _, out in s.decoder.engine.drafter.suffix_store().docs] == [ids]
     finally:
         s.close()
     again = StoreFile(path)  # a restart reads it back
     assert [out for _, out in again.docs] == [ids]
     s = Server(tiny_dirs["target"], tiny_dirs["draft"], store=again)
     try:
-        assert [out for _, out in suffix_store(s.decoder.engine.drafter).docs] == [ids]
+        assert [out for _, out in s.decoder.engine.drafter.suffix_store().docs] == [ids]
     finally:
         s.close()
     other = tmp_path / "notes.json"
@@ -401,7 +402,7 @@ def test_the_suffix_store_is_shared_across_requests_and_kept_in_its_file(tiny_di
     parts = Parts(models.load(str(tiny_dirs["other_vocab"])))
     engine, _ = Assembler(parts).build(Spec("suffix", "suffix"), "static:5")
     with pytest.raises(VocabtrimError, match="another tokenizer"):
-        StoreFile(path).attach(suffix_store(engine.drafter), parts.target.tokenizer)
+        StoreFile(path).attach(engine.drafter.suffix_store(), parts.target.tokenizer)
 
 
 @pytest.mark.real

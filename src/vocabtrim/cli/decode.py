@@ -19,7 +19,8 @@ from ..loading import Options, build, online_adapter
 from ..policies import MAX_DRAFT_LEN, parse_policy
 from ..prompts import encode_prompt, read_prompt, stop_token_ids
 from ..sampling import Sampling
-from ..serve import Decoder, Service, StoreFile, suffix_store
+from ..decoder import Decoder, StoreFile
+from ..serve import Service
 from ..serve import serve as run_server
 from ..text import Printer
 from . import backend_option, dtype_option, draft_adapter_option, given, main, prompt_tokens_option, quant_option, refuse_unused, seed_option
@@ -204,7 +205,7 @@ def serve(host, port, api_key, name, queue_size, time_limit, max_request_bytes, 
         tgt = built.parts.target
         service.backend = tgt.backend
         if store is not None:
-            store.attach(suffix_store(built.engine.drafter), tgt.tokenizer)
+            store.attach(built.engine.drafter.suffix_store(), tgt.tokenizer)
         online = online_adapter(built, how["draft"], how["draft_adapter"], adapt_share, adapt_merge_every) \
             if adapt_online else None
         return Decoder(built.engine, built.policy, tgt.tokenizer, stop_token_ids(tgt), queue_size,

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..policies import Policy, Round
 from ..sampling import Sampling
+
+if TYPE_CHECKING:
+    from .suffix import SuffixDrafter
 
 
 @dataclass
@@ -53,3 +57,12 @@ class Drafter:
 
     def finish(self, seq: list[int], prompt_len: int) -> None:
         """The generation is over: `seq[prompt_len:]` is what the target wrote."""
+
+    def suffix_store(self) -> SuffixDrafter | None:
+        """The suffix drafter whose store of earlier outputs this drafter drafts from, if any
+        (the server keeps it in a file and carries it into a rebuilt drafter)."""
+        return None
+
+    def adopt_store(self, store: SuffixDrafter) -> None:
+        """Draft from `store` (another drafter's, carried over) instead of this one's own; a
+        drafter without a store has nothing to replace."""

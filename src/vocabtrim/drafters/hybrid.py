@@ -23,6 +23,12 @@ class HybridDrafter(Drafter):
         self.model, self.suffix, self.costs, self.min_score = model, suffix, costs, min_score
         self.context, self.prompt_len = model.context, 0
 
+    def suffix_store(self) -> SuffixDrafter:
+        return self.suffix
+
+    def adopt_store(self, store: SuffixDrafter) -> None:
+        self.suffix = store
+
     @property
     def head_rows(self) -> int:
         return self.model.head_rows

@@ -128,6 +128,9 @@ class SuffixDrafter(Drafter):
 
     EDGES = (0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99, 0.999)  # bins of a step's vote share
 
+    def suffix_store(self) -> SuffixDrafter:
+        return self
+
     def _calibrated(self, d: Draft) -> Draft:
         """`d` with its path remade from how often tokens of each step's share were
         accepted (and the bins of those shares)."""
