@@ -7,7 +7,7 @@ import torch
 from conftest import alone, greedy_step, spec_engine, tiny_pair
 
 from vocabtrim import profile
-from vocabtrim.costs import Costs
+from vocabtrim.costs import Costs, Rates
 from vocabtrim.drafters import Drafter, HybridDrafter, Proposal, SuffixDrafter
 from vocabtrim.drafters.suffix import Draft
 from vocabtrim.errors import VocabtrimError
@@ -211,3 +211,13 @@ def test_suffix_drafter_proposes_what_the_cost_policy_keeps():
     drafter = SuffixDrafter(costs=knee)
     drafter.prefill(seq)
     assert drafter.propose(seq, 20, Cost(knee), Sampling(), None).tokens == [10, 11]
+
+
+def test_rates_start_at_the_prior_and_forget_slowly():
+    r = Rates((0.5,))
+    assert (r.hits, r.seen, len(r)) == ([0.5, 1.5], [2.0, 2.0], 2)
+    assert (r.bin(0.49), r.bin(0.5)) == (0, 1)
+    r.observe(1, True)
+    r.observe(1, False)
+    assert r.rate(1) == (0.98 * (0.98 * 1.5 + 1)) / (0.98 * (0.98 * 2.0 + 1) + 1) and r.rate(0) == 0.25
+    assert Rates().rate() == 0.5  # one bin: the first-draft rate of Costs

@@ -11,17 +11,47 @@ reading (`prefill_ms` a token) is paid once, and pays back only over enough toke
 
 from __future__ import annotations
 
+import bisect
+import itertools
+
+
+class Rates:
+    """Acceptance rates learnt per bin of a score in [0, 1] (bins split at `edges`): a
+    decayed count of hits over trials, starting from a prior (the bin's middle, worth PRIOR
+    trials) and forgetting DECAY of the past each trial, so a drafter's changing luck shows
+    within tens of rounds. The cost policy, the suffix drafter and the first-draft rate of
+    `Costs` each keep one."""
+
+    PRIOR, DECAY = 2.0, 0.98
+
+    def __init__(self, edges: tuple[float, ...] = ()):
+        bounds = (0.0, *edges, 1.0)
+        self.edges = edges
+        self.hits = [self.PRIOR * (lo + hi) / 2 for lo, hi in itertools.pairwise(bounds)]
+        self.seen = [self.PRIOR] * len(self.hits)
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+    def bin(self, score: float) -> int:
+        return bisect.bisect_right(self.edges, score)
+
+    def rate(self, b: int = 0) -> float:
+        return self.hits[b] / self.seen[b]
+
+    def observe(self, b: int, accepted: bool) -> None:
+        self.hits[b] = self.DECAY * self.hits[b] + accepted
+        self.seen[b] = self.DECAY * self.seen[b] + 1
+
 
 class Costs:
     """Measured ms of a draft step (`t_draft`) and of verifying 1..max_len+1 tokens, with
     the first-draft acceptance seen so far (a prior of one hit in two, forgetting slowly)."""
 
-    PRIOR, DECAY = 2.0, 0.98
-
     def __init__(self, t_draft: float, t_verify: list[float], prefill_ms: float = 0.0):
         self.t_draft, self.t_verify, self.max_len = t_draft, t_verify, len(t_verify) - 1
         self.prefill_ms = prefill_ms  # the drafter's reading of one prompt token
-        self.first = [self.PRIOR * 0.5, self.PRIOR]  # hits and trials of first drafts
+        self.first = Rates()  # how often a round's first draft is accepted
         # the longest round that pays even if every draft were accepted
         self.cap = max(range(self.max_len + 1), key=lambda k: (k + 1) / self.time(k))
 
@@ -37,10 +67,7 @@ class Costs:
 
     @property
     def first_rate(self) -> float:
-        return self.first[0] / self.first[1]
-
-    def observe_first(self, accepted: bool) -> None:
-        self.first = [self.DECAY * self.first[0] + accepted, self.DECAY * self.first[1] + 1]
+        return self.first.rate()
 
     def cut(self, path: list[float]) -> int:
         """How much of a free, deterministic draft to verify (each token's chance that it

@@ -17,9 +17,7 @@ and probes again after a few such rounds.
 
 from __future__ import annotations
 
-import bisect
 import functools
-import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .costs import Costs
+from .costs import Costs, Rates
 from .errors import VocabtrimError
 
 
@@ -224,9 +222,7 @@ class Cost(Policy):
     def __init__(self, costs: Costs, probe: int = 8):
         super().__init__(costs.max_len)
         self.costs, self.probe, self.idle = costs, probe, 0
-        bounds = (0.0, *self.EDGES, 1.0)
-        self.hits = [Costs.PRIOR * (lo + hi) / 2 for lo, hi in itertools.pairwise(bounds)]
-        self.seen = [Costs.PRIOR] * len(self.hits)
+        self.rates = Rates(self.EDGES)  # how often drafts of each probability bin were accepted
         self.edges = torch.tensor(self.EDGES)
 
     def start(self):
@@ -237,28 +233,22 @@ class Cost(Policy):
         self.idle = 0
         return CostRound(c.cap)
 
-    def _bin(self, p: float) -> int:
-        return bisect.bisect_right(self.EDGES, p)
-
-    def _rate(self, b: int) -> float:
-        return self.hits[b] / self.seen[b]
-
     def draft(self, r, step, s):
         probs = s.probs.float()
         if s.sampled:  # the token is not known yet: average the table over what q may draw
             bins = torch.bucketize(probs, self.edges, right=True)
-            mass = torch.zeros(len(self.hits)).index_add_(0, bins, probs).tolist()
-            r.accept = sum(m * self._rate(b) for b, m in enumerate(mass))
+            mass = torch.zeros(len(self.rates)).index_add_(0, bins, probs).tolist()
+            r.accept = sum(m * self.rates.rate(b) for b, m in enumerate(mass))
         else:
-            r.accept = self._rate(self._bin(float(probs.max())))
+            r.accept = self.rates.rate(self.rates.bin(float(probs.max())))
         paid = self.costs.time(step) + self.costs.t_draft  # this step's forward is spent either way
         return (r.expected + r.survive * r.accept) / self.costs.time(step + 1) > r.expected / paid
 
     def go_on(self, r, s, index):
         """Count the kept token by its own probability; another forward pays if a draft as
         likely as this forward's average one would."""
-        b = self._bin(float(s.probs[index]))
-        r.survive *= self._rate(b)
+        b = self.rates.bin(float(s.probs[index]))
+        r.survive *= self.rates.rate(b)
         r.expected += r.survive
         r.bins.append(b)
         k, more = len(r.bins), r.expected + r.survive * r.accept
@@ -267,10 +257,9 @@ class Cost(Policy):
     def observe(self, r, drafted, accepted):
         for i, b in enumerate(r.bins[:drafted]):
             ok = i < accepted
-            self.hits[b] = Costs.DECAY * self.hits[b] + ok
-            self.seen[b] = Costs.DECAY * self.seen[b] + 1
+            self.rates.observe(b, ok)
             if i == 0:
-                self.costs.observe_first(ok)
+                self.costs.first.observe(0, ok)
             if not ok:  # later drafts were never judged
                 break
 

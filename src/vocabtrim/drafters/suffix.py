@@ -27,13 +27,12 @@ earlier rounds' outcomes.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import itertools
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-from ..costs import Costs
+from ..costs import Costs, Rates
 from .base import Drafter, Proposal
 
 SEP = -1  # between documents in the store of earlier outputs: never matched, never drafted
@@ -121,9 +120,7 @@ class SuffixDrafter(Drafter):
         self.docs: deque[tuple[str, list[int]]] = deque()  # (prompt key, output), oldest first
         self.store = self._index([])
         self.prompt_key = ""
-        bounds = (0.0, *self.EDGES, 1.0)
-        self.hits = [Costs.PRIOR * (lo + hi) / 2 for lo, hi in itertools.pairwise(bounds)]
-        self.seen = [Costs.PRIOR] * len(self.hits)
+        self.rates = Rates(self.EDGES)  # how often tokens of each step's vote share were accepted
         self.pending: list[int] = []  # the bins of the last proposal's tokens
 
     EDGES = (0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99, 0.999)  # bins of a step's vote share
@@ -135,16 +132,15 @@ class SuffixDrafter(Drafter):
         """`d` with its path remade from how often tokens of each step's share were
         accepted (and the bins of those shares)."""
         shares = [p / q for p, q in zip(d.path, [1.0, *d.path])]
-        bins = [bisect.bisect_right(self.EDGES, s) for s in shares]
-        return Draft(d.tokens, list(itertools.accumulate((self.hits[b] / self.seen[b] for b in bins),
-                                                         lambda a, b: a * b)), bins)
+        bins = [self.rates.bin(s) for s in shares]
+        return Draft(d.tokens, list(itertools.accumulate((self.rates.rate(b) for b in bins), lambda a, b: a * b)),
+                     bins)
 
     def observe(self, proposal: Proposal, accepted: int) -> None:
         """Token i of the last proposal held iff i < accepted; its bin learns that, for the
         tokens verification judged (up to the first rejected)."""
         for i, b in enumerate(self.pending[:min(len(proposal.tokens), accepted + 1)]):
-            self.hits[b] = Costs.DECAY * self.hits[b] + (i < accepted)
-            self.seen[b] = Costs.DECAY * self.seen[b] + 1
+            self.rates.observe(b, i < accepted)
         self.pending = []
 
     def prefill(self, seq: list[int]) -> None:
