@@ -60,9 +60,12 @@ def test_a_token_map_of_another_tokenizer_is_refused_before_weights_load(tiny_di
 
 def test_a_prompt_longer_than_the_context_is_refused_before_weights_load(tiny_dirs, tmp_path, no_weights):
     long = tmp_path / "long.txt"
-    long.write_text("w5 " * 200)
-    r = cli("generate", "--target", tiny_dirs["short"], "--no-draft", "--prompt-file", long, "--backend", "torch")
-    assert r.exit_code == 1 and re.fullmatch(r"error: the prompt has \d+ tokens; the context holds 16\n", r.stderr)
+    for words, line in ((20, r"error: the prompt has \d+ tokens; the context holds 16\n"),
+                        (2000, r"error: the prompt has more than 16 tokens \(\d+ in its first 256 characters\); "
+                               r"the context holds 16\n")):  # a long one: from a prefix, not tokenized whole
+        long.write_text("w5 " * words)
+        r = cli("generate", "--target", tiny_dirs["short"], "--no-draft", "--prompt-file", long, "--backend", "torch")
+        assert r.exit_code == 1 and re.fullmatch(line, r.stderr), r.stderr
 
 
 def test_the_registry_names_every_backend_once():

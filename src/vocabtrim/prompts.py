@@ -6,6 +6,8 @@ from pathlib import Path
 
 from .errors import VocabtrimError
 
+CHARS_A_TOKEN = 16  # more than any tokenizer's average: a prefix this long holds the context's worth
+
 
 def encode_prompt(tokenizer, prompt: str, system: str | None = None, raw: bool = False) -> list[int]:
     """Token ids of a user prompt, through the tokenizer's own chat template unless raw."""
@@ -18,6 +20,22 @@ def encode_prompt(tokenizer, prompt: str, system: str | None = None, raw: bool =
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": prompt}]
     return chat_ids(tokenizer, messages)
+
+
+def encode_within(tokenizer, prompt: str, context: int, system: str | None = None, raw: bool = False) -> list[int]:
+    """`encode_prompt`, refusing a prompt of `context` tokens or more; a long one is refused
+    from a prefix of CHARS_A_TOKEN characters a token of the context, whose tokens already
+    outnumber it (tokenizing megabytes takes minutes), with a margin for the cut word."""
+    head = CHARS_A_TOKEN * context
+    if len(prompt) > head:
+        n = len(tokenizer(prompt[:head], add_special_tokens=False)["input_ids"])
+        if n > context + 16:
+            raise VocabtrimError(f"the prompt has more than {context} tokens ({n} in its first {head:,} characters); "
+                                 f"the context holds {context}")
+    ids = encode_prompt(tokenizer, prompt, system, raw)
+    if len(ids) >= context:
+        raise VocabtrimError(f"the prompt has {len(ids)} tokens; the context holds {context}")
+    return ids
 
 
 def chat_ids(tokenizer, messages: list[dict]) -> list[int]:

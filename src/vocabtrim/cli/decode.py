@@ -17,7 +17,7 @@ from ..engine import Stop
 from ..errors import VocabtrimError
 from ..loading import Options, build, online_adapter
 from ..policies import MAX_DRAFT_LEN, parse_policy
-from ..prompts import encode_prompt, read_prompt, stop_token_ids
+from ..prompts import encode_within, read_prompt, stop_token_ids
 from ..sampling import Sampling
 from ..decoder import Decoder, StoreFile
 from ..serve import Service
@@ -129,9 +129,7 @@ def generate(prompt, prompt_file, max_new_tokens, temperature, top_p, top_k, see
     ids: list[int] = []
 
     def fits(parts: Parts) -> None:  # the prompt against the context, before the weights load
-        ids.extend(encode_prompt(parts.target.tokenizer, text, system, raw))
-        if len(ids) >= parts.target.context:
-            raise VocabtrimError(f"the prompt has {len(ids)} tokens; the context holds {parts.target.context}")
+        ids.extend(encode_within(parts.target.tokenizer, text, parts.target.context, system, raw))
 
     built = build(check=fits)
     tgt = built.parts.target
