@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import torch
 
-from .. import models, prompts
+from .. import catalog, models, prompts
 from ..engine import Engine, Stop
 from ..loading import Options, load_parts
 from ..policies import Policy
@@ -28,7 +28,7 @@ class Pair(NamedTuple):
 
 def load_pair(dtype: str = "auto", backend: str = "auto") -> Pair:
     """The built-in default pair in `dtype`, the target on `backend` (auto: the faster here)."""
-    parts = load_parts(Options(dtype=dtype, backend=backend))
+    parts = load_parts(Options(catalog.DEFAULT_TARGET, catalog.DEFAULT_DRAFT, backend=backend, dtype=dtype))
     return Pair(parts.target, parts.drafter, Stop(prompts.stop_token_ids(parts.target)))
 
 
