@@ -8,6 +8,7 @@ models are built on first use (cached), never when a module is imported."""
 from __future__ import annotations
 
 import functools
+import gc
 import itertools
 import json
 from pathlib import Path
@@ -197,14 +198,66 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-@pytest.fixture(scope="session")
-def real_pair():
-    """The built-in default pair in the auto dtype, fetched and converted into the cache on first use."""
-    from vocabtrim import catalog, models
+# --- the real default pair (`real` tests), at most one copy of its target resident at a time ---
 
-    target = models.load(catalog.DEFAULT_TARGET)
-    draft = models.load(catalog.DEFAULT_DRAFT)
-    return target, draft
+
+class RealPair:
+    """The built-in default pair in the auto dtype, fetched and converted into the cache on
+    first use. `models.load` is lazy: a model's weights load when a test first uses them and
+    stay for the real tests after it, until `release` lets them go for a test that loads
+    other copies of the target (the command line, the ggml and native backends)."""
+
+    pair = None
+
+    @classmethod
+    def get(cls):
+        if cls.pair is None:
+            from vocabtrim import catalog, models
+
+            cls.pair = models.load(catalog.DEFAULT_TARGET), models.load(catalog.DEFAULT_DRAFT)
+        return cls.pair
+
+    @classmethod
+    def release(cls) -> None:
+        cls.pair = None
+        gc.collect()  # a model in a reference cycle goes now, not at some later collection
+
+
+@pytest.fixture
+def real_pair():
+    """The real (target, draft) pair the real tests share, loaded once for all of them."""
+    return RealPair.get()
+
+
+@pytest.fixture
+def no_real_pair() -> None:
+    """For a test that loads copies of the real target itself (in this process or a child):
+    the weights the pair's tests loaded are let go first (del + gc), so the two copies are
+    never resident together."""
+    RealPair.release()
+
+
+@pytest.fixture
+def fresh_real_pair(no_real_pair):
+    """The pair with none of its weights loaded yet, for a test that loads other copies of
+    the target and uses the pair only after them, or only the pair's drafter."""
+    return RealPair.get()
+
+
+REAL_ORDER = ("no_real_pair", "real_pair", "fresh_real_pair")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """The real tests run last, after every other test, in three groups (each in file
+    order): those that load the real target themselves, while no pair is held; those that
+    share the held pair (it loads once); those that let it go first. So the pair's ~10 GB
+    are resident only while real tests that use them run, and beside no other copy."""
+    def group(item) -> int:
+        if item.get_closest_marker("real") is None:
+            return -1
+        return max((i for i, name in enumerate(REAL_ORDER) if name in item.fixturenames), default=0)
+
+    items[:] = sorted(items, key=group)  # stable: file order within each group
 
 
 def snapshot(root) -> dict:

@@ -2,6 +2,7 @@
 and the command end to end on tiny models."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from vocabtrim.bench.report import markdown, plot, speedup_interval, summarize
 from vocabtrim.bench.run import Method, read_results, run_matrix
 from vocabtrim.data import Question, load_questions, select
 from vocabtrim.engine import Stop
+from vocabtrim.errors import VocabtrimError
 from vocabtrim.metrics import GenerationStats
 from vocabtrim.sampling import Sampling
 from vocabtrim.target import TIE_TOLERANCE, TorchTarget
@@ -203,3 +205,70 @@ def test_transformers_peer_stops_at_the_end_of_the_context():
     stop = Stop(frozenset())
     new, stats = HFGenerate(target, Sampling(), 0, stop)(list(range(2, 20)), 50)
     assert len(new) == stats.new_tokens <= 24 - 18  # not an indexing error past the positions it has
+
+
+def record(question_id: str, **changes) -> dict:
+    """A whole results.jsonl record, as `run_matrix` writes it, with `changes` (None: left out)."""
+    rec = {"question_id": question_id, "category": "c", "method": "ar", **GenerationStats(new_tokens=1).to_dict(),
+           "turns": [{"prompt_ids": [3, 4], "token_ids": [5]}]}
+    rec.update(changes)
+    return {k: v for k, v in rec.items() if v is not None}
+
+
+def test_read_results_skips_damaged_lines_and_names_them(tmp_path, capsys):
+    path = tmp_path / "results.jsonl"
+    rec = [json.dumps(record(str(i))) for i in range(3)]
+    damaged = [json.dumps(record("9", category=None)), json.dumps(record("9", seconds="fast")),
+               json.dumps(record("9", turns=[{"prompt_ids": [3]}]))]
+    path.write_text("\n".join([rec[0], "garbage", rec[1], "[1]", *damaged, rec[2], '{"torn']) + "\n")
+    assert [r["question_id"] for r in read_results(path)] == ["0", "1", "2"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"warning: {path}: ") and "line(s) 2, 4, 5, 6, 7, 9" in err[0]
+    (tmp_path / "dir.jsonl").mkdir()
+    with pytest.raises(VocabtrimError, match="cannot read results file"):
+        read_results(tmp_path / "dir.jsonl")
+
+
+def test_resume_never_truncates_the_old_results(tmp_path):
+    out, keep = tmp_path / "results.jsonl", tmp_path / "link.jsonl"
+    qs = [Question(str(i), "c", ("w5",)) for i in range(2)]
+    run_matrix(qs[:1], [fake_method("ar", [])], tiny_tokenizer(64), 4, out)
+    with open(out, "a") as f:
+        f.write('{"question_id": "torn')
+    old = out.read_text()
+    os.link(out, keep)  # the old file itself: an in-place rewrite would change it
+    recs = run_matrix(qs, [fake_method("ar", [])], tiny_tokenizer(64), 4, out, resume=True)
+    assert len(recs) == 2 and len(read_results(out)) == 2
+    assert keep.read_text() == old
+
+
+# bench: damaged results are asked again, a question that cannot fit fails before any work
+
+def bench_args(tiny_dirs, data, out, *more) -> list:
+    return ["bench", "--target", tiny_dirs["target"], "--draft", tiny_dirs["draft"], "--data", data,
+            "--methods", "ar,suffix", "--max-new-tokens", 4, "--dtype", "float32", "--out", out, *more]
+
+
+def test_bench_resume_asks_a_damaged_record_again(tmp_path, tiny_dirs):
+    data, out = tmp_path / "q.jsonl", tmp_path / "out"
+    data.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 1}", "category": "c"}) + "\n" for i in (5, 9)))
+    assert cli(*bench_args(tiny_dirs, data, out)).exit_code == 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    del first["category"]
+    (out / "results.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    r = cli(*bench_args(tiny_dirs, data, out, "--resume"))
+    assert r.exit_code == 0, r.stderr
+    assert f"warning: {out / 'results.jsonl'}: skipped line(s) 1: not a whole result record" in r.stderr
+    recs = read_results(out / "results.jsonl")
+    assert sorted((x["question_id"], x["method"]) for x in recs) == [(q, m) for q in "12" for m in ("ar", "suffix")]
+    assert json.loads((out / "summary.json").read_text())["methods"]["suffix"]["identical"] == "yes"
+
+
+def test_bench_refuses_a_question_longer_than_the_context_before_any_work(tmp_path, tiny_dirs):
+    data, out = tmp_path / "q.jsonl", tmp_path / "out"
+    data.write_text(json.dumps({"question_id": "short", "turns": ["w5"]}) + "\n"
+                    + json.dumps({"question_id": "long", "turns": [" ".join(["w3"] * 40)]}) + "\n")
+    r = cli(*bench_args({"target": tiny_dirs["short"], "draft": tiny_dirs["short"]}, data, out))
+    assert r.exit_code == 1 and r.stderr.startswith("error: question long: its first turn has ")
+    assert "the context holds 16" in r.stderr and not out.exists()

@@ -1,8 +1,11 @@
 """Calibration data and resumable token counting."""
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from vocabtrim.calibrate import count_tokens, load_items, stdlib_files
+from vocabtrim.errors import VocabtrimError
 from vocabtrim.vocab import Counts
 
 
@@ -66,3 +69,14 @@ def test_prompt_mode_takes_the_prompt_of_each_shape(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     with pytest.raises(Exception, match="no assistant turn"):
         load_items(str(tmp_path / "bad.jsonl"), answers=True)
+
+
+def test_resuming_counts_with_damaged_progress_is_refused(tmp_path):
+    out, meta = tmp_path / "c.safetensors", {"source": "raw"}
+    for progress in ({}, {"items_done": 9, "tokens": 4}, {"items_done": "2", "tokens": 4}):
+        Counts(torch.zeros(12, dtype=torch.int64), {**meta, **progress}).save(out)
+        with pytest.raises(VocabtrimError, match="is damaged: its items_done and tokens"):
+            count_tokens(["a", "b"], out, meta, 12, lambda text: [1], resume=True)
+    save_file({"counts": torch.tensor([1.5, 2.0])}, out, metadata={"vocabtrim": "{}"})
+    with pytest.raises(VocabtrimError, match="1-D int64 vector"):
+        Counts.load(out)

@@ -171,7 +171,7 @@ def _ended(code: int) -> str:
 
 
 @pytest.mark.real
-def test_amx_avoidance_repacks_what_llama_cpp_repacks():
+def test_amx_avoidance_repacks_what_llama_cpp_repacks(no_real_pair):
     """The tensors named for the CPU_REPACK buffer (REPACKED_X86) are exactly those llama.cpp
     repacks by itself: the same buffers, to the byte, with AMX kept out."""
     path = catalog.gguf_path(catalog.DEFAULT_TARGET)
@@ -197,7 +197,7 @@ assert t.logits(seq, 16).shape == (16, t.vocab_size)
 
 
 @pytest.mark.real
-def test_multi_token_decode_of_the_real_target_survives():
+def test_multi_token_decode_of_the_real_target_survives(no_real_pair):
     """The decodes that crashed in llama.cpp's AMX matmul on Xeon hosts (a 200-token prompt,
     then 8 and 16 tokens), in a child process: on a host without AMX it simply passes."""
     path = catalog.gguf_path(catalog.DEFAULT_TARGET)

@@ -1,13 +1,14 @@
 """Packed fp16 layers (fbgemm): same weights, fp32 math, and everything else unchanged; the
 machine's dtype choice (`auto`) and the matrix products it times."""
 
+import json
 import types
 
 import pytest
 import torch
 from conftest import alone, noisy_copy, prompts, spec_engine, tiny_model
 
-from vocabtrim import kernels
+from vocabtrim import kernels, profile
 from vocabtrim.bench.identity import divergence
 from vocabtrim.errors import VocabtrimError
 from vocabtrim.heads import Head
@@ -139,3 +140,13 @@ def test_matmul_timing_is_the_median_ms_of_the_rounds_after_a_warm_up(monkeypatc
     ticks = iter([0.0, 1.0, 10.0, 10.001, 20.0, 20.002, 30.0, 30.006])
     monkeypatch.setattr(kernels, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
     assert kernels._matmul_ms(dtype, (1, 70), hidden=32, inner=64, repeats=3) == pytest.approx(2.0)
+
+
+def test_a_damaged_dtype_choice_is_timed_again(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VOCABTRIM_CACHE", str(tmp_path))
+    path = profile.path_for({"dtype_choice": kernels.cpu()})
+    path.parent.mkdir()
+    path.write_text(json.dumps({"dtype": "float8", "wide": True}))
+    assert kernels.machine_choice()["dtype"] in ("bfloat16", kernels.PACKED)
+    assert "is not a whole dtype choice" in capsys.readouterr().err
+    assert json.loads(path.read_text())["dtype"] in ("bfloat16", kernels.PACKED)

@@ -263,7 +263,7 @@ def test_the_native_backend_loads_runs_generate_and_is_timed_by_auto(f32_gguf, t
 
 @pytest.mark.real
 @pytest.mark.parametrize("drafter", ["hybrid", "suffix"])
-def test_the_real_pair_on_the_native_engine_is_bit_identical_to_its_target_alone(drafter):
+def test_the_real_pair_on_the_native_engine_is_bit_identical_to_its_target_alone(no_real_pair, drafter):
     """The default target on the native engine: speculative greedy output token for token
     the target alone's, with no tie tolerance (its logits do not depend on the batch)."""
     import json

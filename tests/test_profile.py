@@ -2,6 +2,7 @@
 interpolation, the timing of a forward through the target seam, and the command."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from conftest import cli, tiny_pair, tiny_tokenizer
 
 from vocabtrim import profile
 from vocabtrim.models import Loaded
+from vocabtrim.profile import Profile
 from vocabtrim.target import TorchTarget
 
 V = 64
@@ -89,3 +91,21 @@ def test_profile_command_on_tiny_models(tiny_dirs, tmp_path):
             "--draft-quant", "int8", env=env)  # a scheme is profiled on its own
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "profiles").glob("*.png"))) == 2
+
+
+PROFILE = Profile({"machine": "here"}, {"64": [1.0, 1.5, 2.0]}, {"64": 0.5, "32": 0.3}, 900.0, 2000.0, True)
+
+
+@pytest.mark.parametrize("damage", [
+    "{broken", "[1, 2]", json.dumps({**asdict(PROFILE), "target_ms": [1.0]}),
+    json.dumps({**asdict(PROFILE), "draft_ms": {"64": 0.5}}),
+    json.dumps({**asdict(PROFILE), "prefill_tokens_per_s": -1}),
+    json.dumps({**asdict(PROFILE), "target_ms": {"64": [1.0, "slow"]}}), json.dumps({**asdict(PROFILE), "extra": 1}),
+])
+def test_a_damaged_profile_is_named_and_measured_again(tmp_path, monkeypatch, capsys, damage):
+    monkeypatch.setenv("VOCABTRIM_CACHE", str(tmp_path))
+    path = profile.save(PROFILE)
+    assert profile.load(PROFILE.key) == PROFILE
+    path.write_text(damage)
+    assert profile.load(PROFILE.key) is None
+    assert capsys.readouterr().err.strip() == f"warning: {path} is not a whole profile; measuring again"

@@ -1,7 +1,7 @@
 """Integration on the real default pair (auto dtype). Fetches and converts it on first use."""
 
 import pytest
-from conftest import cli, spec_engine
+from conftest import RealPair, cli, spec_engine
 
 from vocabtrim import catalog, models, prompts
 from vocabtrim.assembly import Assembler, Parts, parse_method
@@ -39,9 +39,9 @@ def test_greedy_identical_to_target_alone_and_stats_consistent(real_pair):
 
 
 @pytest.fixture(scope="module")
-def target_alone(real_pair) -> tuple[list[int], list[int]]:
+def target_alone() -> tuple[list[int], list[int]]:
     """(prompt ids, the target's own greedy answer) for PROMPTS[1], computed once."""
-    target, _ = real_pair
+    target, _ = RealPair.get()
     ids = prompts.encode_prompt(target.tokenizer, PROMPTS[1])
     ref, _ = Engine(target.as_target()).generate(ids, 32, Static(1), stop=Stop(prompts.stop_token_ids(target)))
     return ids, ref
@@ -110,9 +110,10 @@ def test_the_pair_drafts_in_one_vocabulary(real_pair):
         ModelDrafter(draft.model, vocab - 1)
 
 
-def test_calibrate_trim_generate_on_real_pair(real_pair, tmp_path):
+def test_calibrate_trim_generate_on_real_pair(fresh_real_pair, tmp_path):
     """Target-generated counts on two HumanEval prompts, a trimmed head, same greedy output
-    (on the torch target, the one `real_pair` re-scores with)."""
+    (on the torch target, the one `real_pair` re-scores with). The commands load the pair
+    themselves, one at a time; the shared pair's target loads after them."""
     import json
 
     def ok(*args) -> str:
@@ -128,7 +129,7 @@ def test_calibrate_trim_generate_on_real_pair(real_pair, tmp_path):
               "--json", "--backend", "torch")
     alone = json.loads(ok("generate", "--no-draft", *prompt))
     trimmed = json.loads(ok("generate", "--token-map", tm, *prompt))
-    target, _ = real_pair
+    target, _ = fresh_real_pair
     ids = prompts.encode_prompt(target.tokenizer, prompt[1])
     d = divergence(target.as_target(), ids, alone["token_ids"], trimmed["token_ids"])
     assert d is None or d["tie"], d
@@ -155,16 +156,17 @@ def test_greedy_identical_with_a_drafter_of_another_tokenizer(real_pair, target_
     assert bool(cross.merges and cross.merges.spell) == merges  # the prompt taught it merges
 
 
-def test_greedy_identical_on_ggml_with_a_hybrid_int4_drafter(real_pair):
+def test_greedy_identical_on_ggml_with_a_hybrid_int4_drafter(fresh_real_pair):
     """The default target's own Q4_K_M file on llama.cpp's kernels: a cost-ruled hybrid with
     the int4 drafter on torch writes what that target writes alone (or diverges at a tie of
-    the ggml target's tolerance), and llama.cpp's own loop agrees with ours."""
+    the ggml target's tolerance), and llama.cpp's own loop agrees with ours. Of the shared
+    pair only the drafter loads, beside no torch copy of the target."""
     pytest.importorskip("llama_cpp")
     from vocabtrim.ggml import LlamaCppAlone
     from vocabtrim.sampling import Sampling
 
     target = models.load(catalog.DEFAULT_TARGET, on="ggml")
-    assembler = Assembler(Parts(target, real_pair[1], quant="int4"))
+    assembler = Assembler(Parts(target, fresh_real_pair[1], quant="int4"))
     stop = Stop(prompts.stop_token_ids(target))
     (alone, p0), (hybrid, p1) = (assembler.build(parse_method(m)) for m in ("ar", "hybrid+q4+cost"))
     peer = LlamaCppAlone(target.gguf, 4096, Sampling(), 0, stop.token_ids)

@@ -1,8 +1,9 @@
 """Processed distributions and the two verification rules."""
 
+import pytest
 import torch
 
-from vocabtrim.sampling import Sampling, verify
+from vocabtrim.sampling import MIN_TEMPERATURE, Sampling, verify
 
 
 def test_greedy_verify_rule():
@@ -48,3 +49,8 @@ def test_no_row_decides_as_a_one_hot_row_would():
         a = verify([1, 0], [None, None], logits, sampling, torch.Generator().manual_seed(seed))
         b = verify([1, 0], list(one_hot), logits, sampling, torch.Generator().manual_seed(seed))
         assert a == b
+
+
+def test_the_smallest_temperature_gives_a_finite_distribution():
+    probs = Sampling(MIN_TEMPERATURE, top_p=0.9).probs(torch.tensor([300.0, 299.99, -300.0]))
+    assert torch.isfinite(probs).all() and float(probs.sum()) == pytest.approx(1.0)
