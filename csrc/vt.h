@@ -120,16 +120,18 @@ void vt_quantize_8_0(const float *x, int64_t cols, vt_x8 *out);
 /* The portable unpack: the integers every path's unpack must produce. */
 void vt_unpack_k_portable(int type, const uint8_t *src, int64_t nb, vt_kblock *dst);
 
-/* Thread pool: fn(ctx, ith, nth) on nth threads, the caller being thread 0; a job of less
- * than VT_POOL_MIN_WORK (multiply-adds, roughly) runs on the caller alone, where waking the
+/* Thread pool: a job is `items` outputs (or groups of outputs), handed out `chunk` at a
+ * time to whichever thread is free, the caller included: fn(ctx, i0, i1, ith) computes
+ * items i0..i1-1 on thread ith (0..threads-1, for per-thread scratch).  A job of less than
+ * VT_POOL_MIN_WORK (multiply-adds, roughly) runs on the caller alone, where waking the
  * others costs more than it saves.  Who computes an output never changes its bits. */
 #define VT_POOL_MIN_WORK (1 << 16)
 typedef struct vt_pool vt_pool;
-typedef void (*vt_task)(void *ctx, int ith, int nth);
+typedef void (*vt_task)(void *ctx, int64_t i0, int64_t i1, int ith);
 VT_API vt_pool *vt_pool_new(int nthreads);
 VT_API void vt_pool_free(vt_pool *p);
 VT_API int vt_pool_threads(const vt_pool *p);
-void vt_pool_run(vt_pool *p, vt_task fn, void *ctx, int64_t work);
+void vt_pool_run(vt_pool *p, vt_task fn, void *ctx, int64_t items, int64_t chunk, int64_t work);
 
 const vt_kernels *vt_kernels_for(int isa);
 
@@ -141,5 +143,18 @@ typedef struct vt_model vt_model;
 /* Y[L, rows] = X[L, cols] @ W[rows, cols]^T with W raw GGUF data of `type`. */
 VT_API int vt_matmul(vt_pool *pool, int isa, int type, const void *w, int64_t rows, int64_t cols,
                      const float *x, int64_t L, float *y);
+
+/* Several matmuls of one input X[L, cols] in one pool job (the input quantized once per
+ * block kind): part i is Y_i[L, rows_i] = X @ W_i^T.  With swiglu (two parts of equal
+ * rows: gate and up), the gate's Y becomes silu(gate) * up, elementwise. */
+#define VT_MAX_PARTS 3
+typedef struct {
+    int type;
+    const void *w;
+    int64_t rows;
+    float *y;
+} vt_mm_part;
+int vt_matmul_parts(vt_pool *pool, int isa, int64_t cols, const float *x, int64_t L, const vt_mm_part *part, int n,
+                    int swiglu);
 
 #endif
