@@ -60,6 +60,10 @@ static void mm_rows(const mm_job *j, const vt_mm_part *p, int64_t r0, int64_t r1
      * chunk of activation rows after the other: a chunk stays in L2 across the group (a
      * prefill's 64 rows of 8960 columns, 590 KB, would otherwise stream from L3 per weight
      * row). The order of outputs changes, not how any is computed. */
+    if (j->L == 1 && be == QK_K) { /* one activation row: the rows' blocks as one stream */
+        j->k->dot_k_rows1(p->type, (const uint8_t *)p->w + r0 * row_bytes, j->xk, j->xd, nb, r1 - r0, p->y + r0);
+        return;
+    }
     const int64_t group = j->L <= VT_ROWS ? 1 : 1 + (1 << 16) / row_bytes;
     float out[VT_ROWS];
     for (int64_t g = r0; g < r1; g += group)

@@ -66,6 +66,10 @@ typedef struct {
      * x[b*stride + r] with scale dx[b*stride + r] (dx readable 3 floats past the last) */
     void (*dot_k)(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int n, int64_t nb,
                   float *out);
+    /* K-quants, one activation row (L = 1, its blocks and scales contiguous) against nrows
+     * consecutive weight rows of nb blocks from w: y[r], r < nrows (each as dot_k's) */
+    void (*dot_k_rows1)(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t nb, int64_t nrows,
+                        float *y);
     /* Q8_0 weights (raw 34-byte blocks) against 4 Q8_0-quantized rows */
     void (*dot_q8_0)(const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out);
     /* F32/F16/BF16 weight row (raw) against 4 fp32 rows of n columns */
