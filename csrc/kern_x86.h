@@ -337,4 +337,12 @@ static void dot_f(int type, const void *w, const float *const *x, int n, int64_t
 #undef CALL
 }
 
-const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q8_0, dot_f};
+static void axpy(float *o, float e, const float *v, int64_t n) {
+    const __m256 ev = _mm256_set1_ps(e);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(o + i, _mm256_add_ps(_mm256_loadu_ps(o + i), _mm256_mul_ps(ev, _mm256_loadu_ps(v + i))));
+    for (; i < n; i++) o[i] = o[i] + e * v[i];
+}
+
+const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q8_0, dot_f, axpy};

@@ -149,7 +149,7 @@ static void attn_task(void *vjob, int64_t i0, int64_t i1, int ith) {
         for (int p = 0; p <= pos; p++) {
             const float e = expf(score[p] - mx), *val = vl + (size_t)p * kvd + (size_t)kh * hd;
             sum = sum + e;
-            for (int d = 0; d < hd; d++) o[d] = o[d] + e * val[d];
+            k->axpy(o, e, val, hd);
         }
         for (int d = 0; d < hd; d++) o[d] = o[d] / sum;
     }

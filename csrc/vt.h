@@ -74,6 +74,8 @@ typedef struct {
     void (*dot_q8_0)(const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out);
     /* F32/F16/BF16 weight row (raw) against 4 fp32 rows of n columns */
     void (*dot_f)(int type, const void *w, const float *const *x, int n, int64_t cols, float *out);
+    /* o[i] = o[i] + e * v[i], i < n (attention's weighted values: elementwise, any width) */
+    void (*axpy)(float *o, float e, const float *v, int64_t n);
 } vt_kernels;
 
 extern const vt_kernels vt_kernels_portable;
