@@ -171,6 +171,11 @@ static void dot_k(int type, const uint8_t *w, const vt_xk *x, const float *dx, i
     memcpy(out, acc, sizeof(float) * (size_t)n);
 }
 
+static void dot_k_rows1(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t nb, int64_t nrows,
+                        float *y) {
+    for (int64_t r = 0; r < nrows; r++) dot_k(type, w + r * nb * vt_block_bytes(type), x, dx, 1, 1, nb, y + r);
+}
+
 static void dot_q8_0(const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out) {
     for (int r = 0; r < n; r++) {
         float acc = 0.0f;
@@ -201,7 +206,11 @@ static void dot_f(int type, const void *w, const float *const *x, int rows, int6
     }
 }
 
-const vt_kernels vt_kernels_portable = {dot_k, dot_q8_0, dot_f};
+static void axpy(float *o, float e, const float *v, int64_t n) {
+    for (int64_t i = 0; i < n; i++) o[i] = o[i] + e * v[i];
+}
+
+const vt_kernels vt_kernels_portable = {dot_k, dot_k_rows1, dot_q8_0, dot_f, axpy};
 
 /* Dequantize n elements (whole blocks) of `type` to fp32, in the order and with the float
  * operations of ggml's dequantize_row_* (the tests hold it against gguf's quants.py). */

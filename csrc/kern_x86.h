@@ -74,13 +74,16 @@ VT_INLINE void scales_45(const uint8_t *blk, __m256i *sc, __m256i *mn) {
  * s2[r/4] = the mins against the group sums, 4 rows a vector (reduced before the quants'
  * loop, so that only the a[r] stay live in it), d and dm the block's float factors. */
 VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *xb, const int n, __m256i *a, __m128i *s2, float *d,
-                       float *dm) {
+                       float *dm, __m256i *craw) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
     __m256i mn, c[VT_ROWS];
 #define MINS                                                                                                      \
     for (int r = 0; r < VT_ROWS; r++)                                                                             \
         c[r] = r < n ? _mm256_madd_epi16(mn, _mm256_load_si256((const __m256i *)xb[r].bs)) : _mm256_setzero_si256(); \
-    for (int h = 0; h < n; h += 4) s2[h / 4] = hsum4(c[h], c[h + 1], c[h + 2], c[h + 3]);
+    if (!s2) /* one row of a block stream: the caller reduces 4 blocks' mins at once */                           \
+        *craw = c[0];                                                                                             \
+    else                                                                                                          \
+        for (int h = 0; h < n; h += 4) s2[h / 4] = hsum4(c[h], c[h + 1], c[h + 2], c[h + 3]);
     if (type == VT_Q6_K) {
         const __m256i S = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
         mn = _mm256_slli_epi16(S, 5); /* 32 x scale: the -32 offset */
@@ -137,6 +140,82 @@ static inline __m128 k_value4(int type, __m128i s1, __m128i s2, __m128 d, __m128
     return _mm_mul_ps(dx, v);
 }
 
+/* The fp16 factors d and dm of 4 blocks as vectors (exact, as fp16()). */
+VT_INLINE void factors4(int type, const uint8_t *blk, int64_t bytes, __m128 *d, __m128 *dm) {
+    if (type == VT_Q6_K) {
+        *d = *dm = _mm_cvtph_ps(_mm_setr_epi16((short)vt_rd16(blk + 208), (short)vt_rd16(blk + bytes + 208),
+                                               (short)vt_rd16(blk + 2 * bytes + 208),
+                                               (short)vt_rd16(blk + 3 * bytes + 208), 0, 0, 0, 0));
+    } else { /* d, dm: the first 4 bytes of each block */
+        int32_t u[4];
+        for (int i = 0; i < 4; i++) memcpy(&u[i], blk + i * bytes, 4);
+        const __m256 f = _mm256_cvtph_ps(_mm_setr_epi32(u[0], u[1], u[2], u[3])); /* d0 dm0 d1 dm1 d2 dm2 d3 dm3 */
+        const __m128 lo = _mm256_castps256_ps128(f), hi = _mm256_extractf128_ps(f, 1);
+        *d = _mm_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
+        *dm = _mm_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+}
+
+/* One activation row (L = 1: its blocks and scales contiguous) against nrows weight rows
+ * from w, y[r] their outputs.  The rows' blocks are one stream (row r's block b is block
+ * r*nb + b): 4 blocks at a time have their integer sums reduced together and their float
+ * steps computed in the lanes of one vector, then added to their rows' sums in order. */
+VT_INLINE void rows1(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t nb, int64_t nrows,
+                     float *y) {
+    const int64_t bytes = type == VT_Q4_K ? 144 : type == VT_Q5_K ? 176 : 210, N = nb * nrows;
+    uint8_t pad[4 * 210] __attribute__((aligned(32))); /* the last blocks, zero-padded to 4 */
+    float acc = 0.0f;
+    int64_t b = 0; /* the block index within its row of the next block */
+    for (int64_t i = 0; i < N; i += 4) {
+        const int k = N - i < 4 ? (int)(N - i) : 4;
+        const uint8_t *blk = w + i * bytes;
+        if (k < 4) {
+            memset(pad, 0, sizeof pad);
+            memcpy(pad, blk, (size_t)(k * bytes));
+            blk = pad;
+        }
+        const int inrow = b + 4 <= nb; /* the 4 blocks in one row: the common case */
+        int64_t bi[4];
+        bi[0] = b;
+        for (int j = 1; j < 4; j++) bi[j] = inrow ? b + j : bi[j - 1] + 1 == nb ? 0 : bi[j - 1] + 1;
+        __m256i a[4], c[4];
+        float dd;
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            a[j] = _mm256_setzero_si256();
+            k_block(type, blk + j * bytes, x + bi[j], 1, &a[j], NULL, &dd, &dd, &c[j]);
+        }
+        __m128 d, dm;
+        factors4(type, blk, bytes, &d, &dm);
+        const __m128 xs = inrow ? _mm_loadu_ps(dx + b) : _mm_setr_ps(dx[bi[0]], dx[bi[1]], dx[bi[2]], dx[bi[3]]);
+        float t[4];
+        _mm_storeu_ps(t, k_value4(type, hsum4(a[0], a[1], a[2], a[3]), hsum4(c[0], c[1], c[2], c[3]), d, dm, xs));
+        if (k == 4 && b + 4 < nb) { /* no row ends here */
+            acc = acc + t[0];
+            acc = acc + t[1];
+            acc = acc + t[2];
+            acc = acc + t[3];
+            b += 4;
+            continue;
+        }
+        for (int j = 0; j < k; j++) {
+            acc = acc + t[j];
+            if (++b == nb) {
+                *y++ = acc;
+                acc = 0.0f;
+                b = 0;
+            }
+        }
+    }
+}
+
+static void dot_k_rows1(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t nb, int64_t nrows,
+                        float *y) {
+    if (type == VT_Q4_K) rows1(VT_Q4_K, w, x, dx, nb, nrows, y);
+    else if (type == VT_Q5_K) rows1(VT_Q5_K, w, x, dx, nb, nrows, y);
+    else rows1(VT_Q6_K, w, x, dx, nb, nrows, y);
+}
+
 /* One weight row against n (1..VT_ROWS) activation rows. */
 VT_INLINE void dot_k_n(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int64_t nb,
                        float *out, const int n) {
@@ -147,7 +226,7 @@ VT_INLINE void dot_k_n(int type, const uint8_t *w, const vt_xk *x, const float *
         __m128i s2[VT_ROWS / 4];
         for (int r = 0; r < VT_ROWS; r++) a[r] = _mm256_setzero_si256();
         float d, dm;
-        k_block(type, w + b * bytes, x + b * stride, n, a, s2, &d, &dm);
+        k_block(type, w + b * bytes, x + b * stride, n, a, s2, &d, &dm, NULL);
         for (int h = 0; h < n; h += 4)
             acc[h / 4] = _mm_add_ps(acc[h / 4], k_value4(type, hsum4(a[h], a[h + 1], a[h + 2], a[h + 3]), s2[h / 4],
                                                          _mm_set1_ps(d), _mm_set1_ps(dm), _mm_loadu_ps(dx + b * stride + h)));
@@ -258,4 +337,12 @@ static void dot_f(int type, const void *w, const float *const *x, int n, int64_t
 #undef CALL
 }
 
-const vt_kernels VT_KERNELS = {dot_k, dot_q8_0, dot_f};
+static void axpy(float *o, float e, const float *v, int64_t n) {
+    const __m256 ev = _mm256_set1_ps(e);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(o + i, _mm256_add_ps(_mm256_loadu_ps(o + i), _mm256_mul_ps(ev, _mm256_loadu_ps(v + i))));
+    for (; i < n; i++) o[i] = o[i] + e * v[i];
+}
+
+const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q8_0, dot_f, axpy};

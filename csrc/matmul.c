@@ -2,6 +2,7 @@
  * Each activation row is quantized alone; each weight row is read from memory once and
  * dotted with all L rows, VT_ROWS at a time (its blocks unpacked in registers each time,
  * from L1 after the first pass); threads take contiguous ranges of weight rows. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,75 +44,125 @@ const vt_kernels *vt_kernels_for(int isa) {
 
 typedef struct {
     const vt_kernels *k;
-    int type;
-    const uint8_t *w;
-    int64_t rows, cols, L, row_bytes;
+    int64_t cols, L, group;
     const float *x;
-    const void *xq; /* quantized rows: vt_xk blocks block-major, or vt_x8 blocks row after row */
-    const float *xd; /* the vt_xk blocks' scales, block-major */
-    float *y;
+    const vt_xk *xk; /* the rows quantized for K-quant weights: blocks block-major */
+    const float *xd; /* their scales, block-major */
+    const vt_x8 *x8; /* the rows quantized for Q8_0 weights, row after row */
+    int n, swiglu;
+    vt_mm_part part[VT_MAX_PARTS];
 } mm_job;
 
-static void mm_task(void *vjob, int ith, int nth) {
-    mm_job *j = vjob;
-    const int64_t r0 = j->rows * ith / nth, r1 = j->rows * (ith + 1) / nth;
-    const int kq = j->type == VT_Q4_K || j->type == VT_Q5_K || j->type == VT_Q6_K;
-    const int64_t nb = j->cols / vt_block_elems(j->type);
+/* Rows r0..r1-1 of part p against all L activation rows. */
+static void mm_rows(const mm_job *j, const vt_mm_part *p, int64_t r0, int64_t r1) {
+    const int64_t be = vt_block_elems(p->type), nb = j->cols / be, row_bytes = nb * vt_block_bytes(p->type);
     /* Past VT_ROWS rows, weight rows go in groups of about 64 KB, each group dotted with one
      * chunk of activation rows after the other: a chunk stays in L2 across the group (a
      * prefill's 64 rows of 8960 columns, 590 KB, would otherwise stream from L3 per weight
      * row). The order of outputs changes, not how any is computed. */
-    const int64_t group = j->L <= VT_ROWS ? 1 : 1 + (1 << 16) / j->row_bytes;
+    if (j->L == 1 && be == QK_K) { /* one activation row: the rows' blocks as one stream */
+        j->k->dot_k_rows1(p->type, (const uint8_t *)p->w + r0 * row_bytes, j->xk, j->xd, nb, r1 - r0, p->y + r0);
+        return;
+    }
+    const int64_t group = j->L <= VT_ROWS ? 1 : 1 + (1 << 16) / row_bytes;
     float out[VT_ROWS];
     for (int64_t g = r0; g < r1; g += group)
         for (int64_t l0 = 0; l0 < j->L; l0 += VT_ROWS) {
             const int64_t m = j->L - l0 < VT_ROWS ? j->L - l0 : VT_ROWS;
             for (int64_t r = g; r < g + group && r < r1; r++) {
-                const uint8_t *wr = j->w + r * j->row_bytes;
-                if (kq) {
-                    j->k->dot_k(j->type, wr, (const vt_xk *)j->xq + l0, j->xd + l0, j->L, (int)m, nb, out);
-                } else if (j->type == VT_Q8_0) {
+                const uint8_t *wr = (const uint8_t *)p->w + r * row_bytes;
+                if (be == QK_K) {
+                    j->k->dot_k(p->type, wr, j->xk + l0, j->xd + l0, j->L, (int)m, nb, out);
+                } else if (be == QK8_0) {
                     const vt_x8 *xs[VT_ROWS];
-                    for (int i = 0; i < m; i++) xs[i] = (const vt_x8 *)j->xq + (l0 + i) * nb;
+                    for (int i = 0; i < m; i++) xs[i] = j->x8 + (l0 + i) * nb;
                     j->k->dot_q8_0(wr, xs, (int)m, nb, out);
                 } else {
                     const float *xs[VT_ROWS];
                     for (int i = 0; i < m; i++) xs[i] = j->x + (l0 + i) * j->cols;
-                    j->k->dot_f(j->type, wr, xs, (int)m, j->cols, out);
+                    j->k->dot_f(p->type, wr, xs, (int)m, j->cols, out);
                 }
-                for (int i = 0; i < m; i++) j->y[(l0 + i) * j->rows + r] = out[i];
+                for (int i = 0; i < m; i++) p->y[(l0 + i) * p->rows + r] = out[i];
             }
         }
 }
 
-VT_API int vt_matmul(vt_pool *pool, int isa, int type, const void *w, int64_t rows, int64_t cols,
-                     const float *x, int64_t L, float *y) {
-    const int64_t be = vt_block_elems(type);
-    if (!be) return VT_ETYPE;
-    if (rows < 1 || cols < 1 || L < 1 || cols % be) return VT_ESHAPE;
+/* Items i0..i1-1: the parts' rows one after the other, or (swiglu) rows of both parts. */
+static void mm_task(void *vjob, int64_t i0, int64_t i1, int ith) {
+    (void)ith;
+    const mm_job *j = vjob;
+    if (j->swiglu) { /* gate rows, up rows, then a = silu(gate) * up, elementwise */
+        const vt_mm_part *g = &j->part[0], *u = &j->part[1];
+        mm_rows(j, g, i0, i1);
+        mm_rows(j, u, i0, i1);
+        for (int64_t l = 0; l < j->L; l++)
+            for (int64_t r = i0; r < i1; r++) {
+                float *a = g->y + l * g->rows + r;
+                *a = *a / (1.0f + expf(-*a)) * u->y[l * u->rows + r];
+            }
+        return;
+    }
+    for (int i = 0, base = 0; i < j->n && i0 < i1; base += (int)j->part[i].rows, i++) {
+        const int64_t lo = i0 - base, hi = i1 - base < j->part[i].rows ? i1 - base : j->part[i].rows;
+        if (lo < hi) mm_rows(j, &j->part[i], lo, hi), i0 = base + hi;
+    }
+}
+
+int vt_matmul_parts(vt_pool *pool, int isa, int64_t cols, const float *x, int64_t L, const vt_mm_part *part, int n,
+                    int swiglu) {
+    if (cols < 1 || L < 1 || n < 1 || n > VT_MAX_PARTS || (swiglu && (n != 2 || part[0].rows != part[1].rows)))
+        return VT_ESHAPE;
     const vt_kernels *k = vt_kernels_for(isa);
     if (!k) return VT_EISA;
-    mm_job j = {k, type, w, rows, cols, L, cols / be * vt_block_bytes(type), x, NULL, NULL, y};
-    void *xq = NULL;
+    mm_job j = {.k = k, .cols = cols, .L = L, .x = x, .n = n, .swiglu = swiglu};
+    int need_k = 0, need_8 = 0;
+    int64_t rows = 0, group = 1;
+    for (int i = 0; i < n; i++) {
+        const int64_t be = vt_block_elems(part[i].type);
+        if (!be) return VT_ETYPE;
+        if (part[i].rows < 1 || cols % be) return VT_ESHAPE;
+        need_k |= be == QK_K, need_8 |= be == QK8_0;
+        rows += part[i].rows;
+        const int64_t g = L <= VT_ROWS ? 1 : 1 + (1 << 16) / (cols / be * vt_block_bytes(part[i].type));
+        group = g > group ? g : group;
+        j.part[i] = part[i];
+    }
+    void *xk = NULL, *x8 = NULL;
     float *xd = NULL;
-    if (be == QK_K) {
+    if (need_k) {
         const int64_t nb = cols / QK_K;
-        xq = aligned_alloc(32, (size_t)(L * nb) * sizeof(vt_xk));
+        xk = aligned_alloc(32, (size_t)(L * nb) * sizeof(vt_xk));
         xd = calloc((size_t)(L * nb + 4), sizeof(float)); /* + 4: kernels load scales 4 rows at a time */
-        if (!xq || !xd) {
-            free(xq), free(xd);
+        if (!xk || !xd) {
+            free(xk), free(xd);
             return VT_ENOMEM;
         }
-        for (int64_t l = 0; l < L; l++) vt_quantize_k(x + l * cols, cols, (vt_xk *)xq + l, xd + l, L);
-    } else if (be == QK8_0) {
-        if (!(xq = malloc((size_t)(L * (cols / QK8_0)) * sizeof(vt_x8)))) return VT_ENOMEM;
-        for (int64_t l = 0; l < L; l++) vt_quantize_8_0(x + l * cols, cols, (vt_x8 *)xq + l * (cols / QK8_0));
+        for (int64_t l = 0; l < L; l++) vt_quantize_k(x + l * cols, cols, (vt_xk *)xk + l, xd + l, L);
     }
-    j.xq = xq;
-    j.xd = xd;
-    vt_pool_run(pool, mm_task, &j, rows * cols * L);
-    free(xq), free(xd);
+    if (need_8) {
+        if (!(x8 = malloc((size_t)(L * (cols / QK8_0)) * sizeof(vt_x8)))) {
+            free(xk), free(xd);
+            return VT_ENOMEM;
+        }
+        for (int64_t l = 0; l < L; l++) vt_quantize_8_0(x + l * cols, cols, (vt_x8 *)x8 + l * (cols / QK8_0));
+    }
+    j.xk = xk, j.xd = xd, j.x8 = x8;
+    const int64_t items = swiglu ? part[0].rows : rows;
+    /* chunks of about an eighth of a thread's share, whole row groups */
+    const int nth = vt_pool_threads(pool);
+    int64_t chunk = items / (8 * nth);
+    chunk = chunk < group ? group : chunk / group * group;
+    vt_pool_run(pool, mm_task, &j, items, chunk, rows * cols * L);
+    free(xk), free(xd), free(x8);
     return VT_OK;
+}
+
+VT_API int vt_matmul(vt_pool *pool, int isa, int type, const void *w, int64_t rows, int64_t cols,
+                     const float *x, int64_t L, float *y) {
+    if (!vt_block_elems(type)) return VT_ETYPE;
+    if (rows < 1 || cols < 1 || L < 1 || cols % vt_block_elems(type)) return VT_ESHAPE;
+    const vt_mm_part p = {type, w, rows, y};
+    return vt_matmul_parts(pool, isa, cols, x, L, &p, 1, 0);
 }
 
 /* Quantize L rows as the matmul does for a weight of `type` (for tests: q [L, cols] int8,

@@ -127,16 +127,15 @@ typedef struct {
 } attn_job;
 
 /* One query row and head: softmax over keys 0..pos in order, values summed in that order. */
-static void attn_task(void *vjob, int ith, int nth) {
+static void attn_task(void *vjob, int64_t i0, int64_t i1, int ith) {
     attn_job *j = vjob;
     const vt_model *m = j->m;
     const int hd = m->head_dim, kvd = m->n_head_kv * hd, group = m->n_head / m->n_head_kv;
-    const int64_t items = (int64_t)j->T * m->n_head;
     const float scale = 1.0f / sqrtf((float)hd);
     const vt_kernels *k = vt_kernels_for(m->isa);
     float *score = j->scores + (size_t)ith * m->n_ctx;
     const float *kl = m->kc + (size_t)j->layer * m->n_ctx * kvd, *vl = m->vc + (size_t)j->layer * m->n_ctx * kvd;
-    for (int64_t it = items * ith / nth; it < items * (ith + 1) / nth; it++) {
+    for (int64_t it = i0; it < i1; it++) {
         const int t = (int)(it / m->n_head), h = (int)(it % m->n_head), pos = j->pos0 + t, kh = h / group;
         const float *q = j->q + (size_t)t * m->n_head * hd + (size_t)h * hd;
         float *o = j->out + (size_t)t * m->n_head * hd + (size_t)h * hd, mx = -INFINITY, sum = 0.0f;
@@ -150,21 +149,10 @@ static void attn_task(void *vjob, int ith, int nth) {
         for (int p = 0; p <= pos; p++) {
             const float e = expf(score[p] - mx), *val = vl + (size_t)p * kvd + (size_t)kh * hd;
             sum = sum + e;
-            for (int d = 0; d < hd; d++) o[d] = o[d] + e * val[d];
+            k->axpy(o, e, val, hd);
         }
         for (int d = 0; d < hd; d++) o[d] = o[d] / sum;
     }
-}
-
-typedef struct {
-    float *a;
-    const float *u;
-    int64_t n;
-} swiglu_job;
-
-static void swiglu_task(void *vjob, int ith, int nth) { /* a = silu(a) * u, elementwise */
-    swiglu_job *j = vjob;
-    for (int64_t i = j->n * ith / nth; i < j->n * (ith + 1) / nth; i++) j->a[i] = j->a[i] / (1.0f + expf(-j->a[i])) * j->u[i];
 }
 
 /* Append T tokens at positions pos0.. (positions past pos0 are forgotten: a crop) and write
@@ -189,20 +177,21 @@ VT_API int vt_model_forward(vt_model *m, const int32_t *tokens, int T, int pos0,
         const vt_tensor *w = m->layer + (size_t)l * T_LAYER_SLOTS;
         float *kl = m->kc + ((size_t)l * m->n_ctx + pos0) * kvd, *vl = m->vc + ((size_t)l * m->n_ctx + pos0) * kvd;
         for (int t = 0; t < T; t++) rmsnorm(x + (size_t)t * E, w[T_ATTN_NORM].data, E, m->eps, h + (size_t)t * E);
-        if ((rc = mm(m, &w[T_WQ], h, T, q)) || (rc = mm(m, &w[T_WK], h, T, kl)) || (rc = mm(m, &w[T_WV], h, T, vl))) break;
+        const vt_mm_part qkv[3] = {{w[T_WQ].type, w[T_WQ].data, E, q}, {w[T_WK].type, w[T_WK].data, kvd, kl},
+                                   {w[T_WV].type, w[T_WV].data, kvd, vl}};
+        if ((rc = vt_matmul_parts(m->pool, m->isa, E, h, T, qkv, 3, 0))) break;
         add_bias(q, &w[T_BQ], T, E), add_bias(kl, &w[T_BK], T, kvd), add_bias(vl, &w[T_BV], T, kvd);
         for (int t = 0; t < T; t++) {
             rope(m, q + (size_t)t * E, m->n_head, pos0 + t);
             rope(m, kl + (size_t)t * kvd, m->n_head_kv, pos0 + t);
         }
         attn_job aj = {m, q, att, scores, T, pos0, l};
-        vt_pool_run(m->pool, attn_task, &aj, (int64_t)T * m->n_head * (pos0 + T) * hd);
+        vt_pool_run(m->pool, attn_task, &aj, (int64_t)T * m->n_head, 1, (int64_t)T * m->n_head * (pos0 + T) * hd);
         if ((rc = mm(m, &w[T_WO], att, T, h))) break;
         for (int64_t i = 0; i < (int64_t)T * E; i++) x[i] = x[i] + h[i];
         for (int t = 0; t < T; t++) rmsnorm(x + (size_t)t * E, w[T_FFN_NORM].data, E, m->eps, h + (size_t)t * E);
-        if ((rc = mm(m, &w[T_GATE], h, T, g)) || (rc = mm(m, &w[T_UP], h, T, u))) break;
-        swiglu_job sj = {g, u, (int64_t)T * F};
-        vt_pool_run(m->pool, swiglu_task, &sj, sj.n * 16);
+        const vt_mm_part gu[2] = {{w[T_GATE].type, w[T_GATE].data, F, g}, {w[T_UP].type, w[T_UP].data, F, u}};
+        if ((rc = vt_matmul_parts(m->pool, m->isa, E, h, T, gu, 2, 1))) break; /* g = silu(gate) * up */
         if ((rc = mm(m, &w[T_DOWN], g, T, h))) break;
         for (int64_t i = 0; i < (int64_t)T * E; i++) x[i] = x[i] + h[i];
     }

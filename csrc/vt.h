@@ -66,10 +66,16 @@ typedef struct {
      * x[b*stride + r] with scale dx[b*stride + r] (dx readable 3 floats past the last) */
     void (*dot_k)(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int n, int64_t nb,
                   float *out);
+    /* K-quants, one activation row (L = 1, its blocks and scales contiguous) against nrows
+     * consecutive weight rows of nb blocks from w: y[r], r < nrows (each as dot_k's) */
+    void (*dot_k_rows1)(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t nb, int64_t nrows,
+                        float *y);
     /* Q8_0 weights (raw 34-byte blocks) against 4 Q8_0-quantized rows */
     void (*dot_q8_0)(const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out);
     /* F32/F16/BF16 weight row (raw) against 4 fp32 rows of n columns */
     void (*dot_f)(int type, const void *w, const float *const *x, int n, int64_t cols, float *out);
+    /* o[i] = o[i] + e * v[i], i < n (attention's weighted values: elementwise, any width) */
+    void (*axpy)(float *o, float e, const float *v, int64_t n);
 } vt_kernels;
 
 extern const vt_kernels vt_kernels_portable;
@@ -120,16 +126,18 @@ void vt_quantize_8_0(const float *x, int64_t cols, vt_x8 *out);
 /* The portable unpack: the integers every path's unpack must produce. */
 void vt_unpack_k_portable(int type, const uint8_t *src, int64_t nb, vt_kblock *dst);
 
-/* Thread pool: fn(ctx, ith, nth) on nth threads, the caller being thread 0; a job of less
- * than VT_POOL_MIN_WORK (multiply-adds, roughly) runs on the caller alone, where waking the
+/* Thread pool: a job is `items` outputs (or groups of outputs), handed out `chunk` at a
+ * time to whichever thread is free, the caller included: fn(ctx, i0, i1, ith) computes
+ * items i0..i1-1 on thread ith (0..threads-1, for per-thread scratch).  A job of less than
+ * VT_POOL_MIN_WORK (multiply-adds, roughly) runs on the caller alone, where waking the
  * others costs more than it saves.  Who computes an output never changes its bits. */
 #define VT_POOL_MIN_WORK (1 << 16)
 typedef struct vt_pool vt_pool;
-typedef void (*vt_task)(void *ctx, int ith, int nth);
+typedef void (*vt_task)(void *ctx, int64_t i0, int64_t i1, int ith);
 VT_API vt_pool *vt_pool_new(int nthreads);
 VT_API void vt_pool_free(vt_pool *p);
 VT_API int vt_pool_threads(const vt_pool *p);
-void vt_pool_run(vt_pool *p, vt_task fn, void *ctx, int64_t work);
+void vt_pool_run(vt_pool *p, vt_task fn, void *ctx, int64_t items, int64_t chunk, int64_t work);
 
 const vt_kernels *vt_kernels_for(int isa);
 
@@ -141,5 +149,18 @@ typedef struct vt_model vt_model;
 /* Y[L, rows] = X[L, cols] @ W[rows, cols]^T with W raw GGUF data of `type`. */
 VT_API int vt_matmul(vt_pool *pool, int isa, int type, const void *w, int64_t rows, int64_t cols,
                      const float *x, int64_t L, float *y);
+
+/* Several matmuls of one input X[L, cols] in one pool job (the input quantized once per
+ * block kind): part i is Y_i[L, rows_i] = X @ W_i^T.  With swiglu (two parts of equal
+ * rows: gate and up), the gate's Y becomes silu(gate) * up, elementwise. */
+#define VT_MAX_PARTS 3
+typedef struct {
+    int type;
+    const void *w;
+    int64_t rows;
+    float *y;
+} vt_mm_part;
+int vt_matmul_parts(vt_pool *pool, int isa, int64_t cols, const float *x, int64_t L, const vt_mm_part *part, int n,
+                    int swiglu);
 
 #endif
