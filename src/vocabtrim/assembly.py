@@ -88,11 +88,12 @@ def check_parts(spec: Spec, drafter: bool, cross: bool = False, mapped: bool = F
     """Refuse `spec` in one line where a part it needs is missing: a drafter model (of
     another tokenizer for x), a token map, a drafter for the cost policy's profile. The
     commands ask before loading, from what they will load; `Assembler` asks again."""
-    if spec.model and not (cross if spec.cross else drafter):
+    has_drafter = cross if spec.cross else drafter
+    if spec.model and not has_drafter:
         raise VocabtrimError(f"{spec.name} needs a drafter model" + (" of another tokenizer" if spec.cross else ""))
     if spec.trimmed and not mapped:
         raise VocabtrimError(f"{spec.name} needs a token map")
-    if spec.policy == "cost" and not (cross if spec.cross else drafter):
+    if spec.policy == "cost" and not has_drafter:
         raise VocabtrimError("the cost policy (+cost, --policy cost) reads the profile of a target and drafter "
                              "pair; give it a drafter model (generate and serve: --drafter model or hybrid)")
 

@@ -65,17 +65,17 @@ def load_parts(o: Options, check: Callable[[Parts], None] | None = None) -> Part
     tm = None if o.token_map is None else TokenMap.load(o.token_map)
     if o.adapter is not None:
         read_meta(o.adapter)
-    for spec in (o.target, o.draft, o.cross):
-        if spec is not None and spec not in catalog.BUILTINS and Path(spec).suffix == ".gguf" \
-                and Path(spec).expanduser().is_file():
-            check_gguf(Path(spec).expanduser())
+    for spec in (o.target, o.draft, o.cross):  # a user's GGUF file (a built-in's is verified by its digest)
+        gguf = None if spec is None or spec in catalog.BUILTINS else catalog.gguf_path(spec)
+        if gguf is not None and gguf.is_file():  # a missing one: models.resolve says so
+            check_gguf(gguf)
     drafter = None if o.draft is None else load_drafter(o.draft, o.dtype, o.adapter, lazy=True)
     cross = None if o.cross is None else load_drafter(o.cross, o.dtype, lazy=True)
     if tm is not None:
         tm.check_drafter(drafter.config.vocab_size, tokenizer_fingerprint(drafter.tokenizer))
     target = models.load(o.target, o.dtype, choose(o.target, o.backend, o.dtype))
-    parts = Parts(target, drafter, None if tm is None else tm.kept_ids, cross, o.quant, o.draft_len, o.adaedl,
-                  o.prompt_tokens, o.store_tokens)
+    parts = Parts(target, drafter, None if tm is None else tm.kept_ids, cross, quant=o.quant, draft_len=o.draft_len,
+                  adaedl=o.adaedl, prompt_tokens=o.prompt_tokens, store_tokens=o.store_tokens)
     if check is not None:
         check(parts)
     for m in (target, drafter, cross):
