@@ -98,11 +98,11 @@ def test_resolve_names_and_refusals(monkeypatch):  # `auto` by measurement: belo
 @pytest.mark.parametrize("kind, dtype, tolerance", [
     pytest.param("packed-fp16", torch.float32, 0.01, marks=needs_fbgemm), ("bfloat16", torch.bfloat16, 0.25)])
 def test_tie_tolerance_follows_the_targets_compute_dtype(kind, dtype, tolerance):
-    """The target seam reports the dtype its logits are computed in (fp32 for packed fp16
-    weights), and a divergence on it is judged with that dtype's tolerance."""
+    """A torch target's logits are computed in its weights' compute dtype (fp32 for packed
+    fp16 weights), and a divergence on it is judged with that dtype's tolerance."""
     model = packed(tiny_model(64)) if kind == "packed-fp16" else tiny_model(64).bfloat16()
     target = TorchTarget(model)
-    assert target.compute_dtype == dtype
+    assert kernels.compute_dtype(model) == dtype
     d = divergence(target, [5, 6], [7], [8])
     assert d["tolerance"] == tolerance and d["tie"] == (d["margin"] <= tolerance)
 

@@ -173,10 +173,10 @@ class GgmlTarget:
     """A GGUF model as a Target (see target.py), decoding on `threads` threads (default:
     the machine's cores)."""
 
-    compute_dtype = torch.float32  # ggml accumulates in fp32 whatever the weights' format
-    # but it quantizes activations to 8 bits for k-quant weights, blocked differently by
-    # batch size and thread split: scoring n tokens in one batch moved the default target's
-    # logits by up to 0.90 against single steps (benchmarks/ggml_invariance.py), no argmax
+    # ggml accumulates in fp32 whatever the weights' format, but it quantizes activations
+    # to 8 bits for k-quant weights, blocked differently by batch size and thread split:
+    # scoring n tokens in one batch moved the default target's logits by up to 0.90 against
+    # single steps (benchmarks/ggml_invariance.py), no argmax
     tie_tolerance = 1.0
 
     def __init__(self, path: Path | str, context: int = 4096, threads: int | None = None):

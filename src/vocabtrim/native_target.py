@@ -32,7 +32,6 @@ CHUNK = 64  # rows a native call takes at most: bounds a long prefill's buffers
 class NativeTarget:
     """The GGUF model at `path` on `threads` threads (default: the machine's cores)."""
 
-    compute_dtype = torch.float32
     tie_tolerance = 0.0  # batch-invariant by construction: no ties to allow for
 
     def __init__(self, path: Path | str, threads: int | None = None, context: int = 4096, isa: str | None = None):

@@ -3,9 +3,9 @@ need of it, and its torch implementation.
 
 A target scores the last n positions of a sequence, reusing the cache of the longest
 prefix that sequence shares with the previous call; it knows its vocabulary, its context,
-what one forward reads (the unit of the cost ratio c) and the dtype its logits are
-computed in (how close two logits may be to count as a numerical tie). Nothing past this
-seam is touched, so another backend plugs in as another implementation.
+what one forward reads (the unit of the cost ratio c) and how close two logits may be to
+count as a numerical tie (a torch target's from the dtype its logits are computed in).
+Nothing past this seam is touched, so another backend plugs in as another implementation.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ class Target(Protocol):
     vocab_size: int
     context: int  # the longest sequence it takes
     forward_bytes: int  # bytes one single-token forward reads
-    compute_dtype: torch.dtype
     tie_tolerance: float  # logits this close may come out in either order from 1- and n-token forwards
 
     def reset(self) -> None:
@@ -49,8 +48,7 @@ class TorchTarget:
         self.model, self.head = model, Head.of(model)
         self.vocab_size, self.context = self.head.vocab_size, context_length(model)
         self.forward_bytes = bytes_per_forward(model, self.head.nbytes)
-        self.compute_dtype = compute_dtype(model)
-        self.tie_tolerance = TIE_TOLERANCE[self.compute_dtype]
+        self.tie_tolerance = TIE_TOLERANCE[compute_dtype(model)]
         self.lm = CachedLM(model)
 
     def reset(self) -> None:

@@ -42,7 +42,6 @@ class Drafter:
     cost_per_forward: int = 0  # bytes one drafting forward reads (metrics.bytes_per_forward)
     prefill_cost: int = 0  # bytes reading the prompt took this generation (read when it ends)
     context: int = 1 << 30  # longest sequence the drafter can take
-    head_rows: int = 0  # rows of the LM head a drafting forward reads (0: no model)
 
     def prefill(self, seq: list[int]) -> None:
         """Start a new generation whose prompt is `seq`."""

@@ -30,10 +30,6 @@ class HybridDrafter(Drafter):
         self.suffix = store
 
     @property
-    def head_rows(self) -> int:
-        return self.model.head_rows
-
-    @property
     def cost_per_forward(self) -> int:
         return self.model.cost_per_forward
 

@@ -98,6 +98,7 @@ class ModelDrafter(Drafter):
 
     @property
     def head_rows(self) -> int:
+        """Rows of the LM head a drafting forward reads (what the machine's costs price)."""
         return self.base_head.rows
 
     @property
