@@ -5,7 +5,8 @@ then costs only the target's verification of L tokens, V(L) (logits for all L po
 as a verifier needs them), and brings L tokens; it splits every answer into the rounds
 that cost least, and it still reads the prompt (the target alone's measured prefill). No
 drafter, model or model-free, can beat that, so a speed bar above it cannot be met on this
-CPU with this target, whatever the drafting. This measures V(L) on the ggml target for
+CPU with this target, whatever the drafting. This measures V(L) on a GGUF backend (`--backend`:
+native or ggml; default: the one the bench run's baseline ran on, else ggml) for
 L = 1..`--max-len` and prints the ceiling for the answers of a `vocabtrim bench` run beside
 the methods of that run and of the peer runs (e.g. `benchmarks/llamacpp_peers.py`), and
 what an oracle limited to shorter rounds could reach (real drafts are rarely long). For
@@ -29,9 +30,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from vocabtrim import catalog
+from vocabtrim import backend, catalog, models
 from vocabtrim.errors import VocabtrimError
-from vocabtrim.ggml import GgmlTarget
+from vocabtrim.target import Target
 from vocabtrim.profile import forward_ms, interpolate
 
 
@@ -45,7 +46,7 @@ def read_run(out: Path) -> tuple[dict, list[dict]]:
     return summary, [r for r in rows if r["method"] == summary["baseline"]]
 
 
-def verify_curve(target: GgmlTarget, context: list[int], max_len: int, repeats: int) -> list[float]:
+def verify_curve(target: Target, context: list[int], max_len: int, repeats: int) -> list[float]:
     """ms of verifying L = 0..max_len tokens (index 0: nothing), interpolated between the
     lengths measured."""
     lengths = sorted({*range(1, min(16, max_len) + 1), *range(24, max_len + 1, 8), max_len})
@@ -92,6 +93,8 @@ def main() -> None:
     p.add_argument("--results", type=Path, default=Path("results/bench"), help="a vocabtrim bench --out directory")
     p.add_argument("--peers", type=Path, nargs="*", default=[], help="more run directories to compare")
     p.add_argument("--target", default=catalog.DEFAULT_TARGET, help="a built-in name or a .gguf file")
+    p.add_argument("--backend", choices=[b for b in backend.REGISTRY if backend.get(b).runs_gguf],
+                   help="what runs the target (default: the bench run's baseline's backend, else ggml)")
     p.add_argument("--max-len", type=int, default=128, help="the longest round the oracle may verify")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--bars", default="1.3,1.5", help="decode speed-ups to find a free drafter's needed acceptance for")
@@ -103,10 +106,13 @@ def main() -> None:
         runs = [summary, *(read_run(d)[0] for d in a.peers)]
         if a.max_len < 1 or a.repeats < 1:
             raise VocabtrimError("--max-len and --repeats must be at least 1")
-        gguf = catalog.gguf_path(a.target)
-        if gguf is None:
-            raise VocabtrimError(f"{a.target} has no GGUF file to run on ggml")
-        target = GgmlTarget(gguf)  # needs the [ggml] extra
+        if catalog.gguf_path(a.target) is None:
+            raise VocabtrimError(f"{a.target} has no GGUF file to run")
+        ran_on = summary["methods"][summary["baseline"]].get("backend", "torch")
+        on = a.backend or (ran_on if ran_on in backend.REGISTRY and backend.get(ran_on).runs_gguf else "ggml")
+        backend.get(on).check()
+        target = models.load(a.target, "auto", on).as_target()
+        print(f"V(L) on the {on} backend")
     except VocabtrimError as e:
         raise SystemExit(f"error: {e}") from None
     curve = verify_curve(target, answers[0]["turns"][0]["prompt_ids"], a.max_len, a.repeats)

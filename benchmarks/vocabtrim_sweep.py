@@ -62,7 +62,7 @@ def all_counts(args: argparse.Namespace, tgt, drf, exclude: set[str]) -> dict:
             meta.update(data=f"humaneval[-{args.calib}:]", max_new_tokens=args.calib_tokens)
         print(f"counting {source} tokens", flush=True)
         counts[source] = count_tokens(items, args.out / f"counts-{source}.safetensors", meta,
-                                      drf.model.config.vocab_size, fn, resume=True)
+                                      drf.config.vocab_size, fn, resume=True)
     return counts
 
 
@@ -100,7 +100,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results/sweep"))
     args = ap.parse_args()
     tgt, drf, stop = load_pair()
-    vocab = drf.model.config.vocab_size
+    vocab = drf.config.vocab_size
     greedy = Sampling()
 
     evaluated = humaneval(0, args.eval)

@@ -156,8 +156,9 @@ static void attn_task(void *vjob, int64_t i0, int64_t i1, int ith) {
 }
 
 /* Append T tokens at positions pos0.. (positions past pos0 are forgotten: a crop) and write
- * the logits of the last n_out (0..T) of them to out [n_out][n_vocab]. */
-VT_API int vt_model_forward(vt_model *m, const int32_t *tokens, int T, int pos0, int n_out, float *out) {
+ * the last n_out (0..T) of them to out: their logits [n_out][n_vocab], or with `hidden`
+ * their final normed hidden states [n_out][n_embd] (a drafter applies a head of its own). */
+static int forward(vt_model *m, const int32_t *tokens, int T, int pos0, int n_out, float *out, int hidden) {
     if (T < 1 || pos0 < 0 || pos0 + T > m->n_ctx || n_out < 0 || n_out > T) return VT_ESHAPE;
     int rc = check_tensors(m);
     if (rc) return rc;
@@ -197,9 +198,18 @@ VT_API int vt_model_forward(vt_model *m, const int32_t *tokens, int T, int pos0,
     }
     if (!rc && n_out) {
         for (int t = T - n_out; t < T; t++)
-            rmsnorm(x + (size_t)t * E, m->global[T_OUT_NORM].data, E, m->eps, h + (size_t)(t - (T - n_out)) * E);
-        rc = mm(m, head, h, n_out, out);
+            rmsnorm(x + (size_t)t * E, m->global[T_OUT_NORM].data, E, m->eps,
+                    (hidden ? out : h) + (size_t)(t - (T - n_out)) * E);
+        if (!hidden) rc = mm(m, head, h, n_out, out);
     }
     free(x), free(h), free(q), free(att), free(g), free(u), free(scores);
     return rc;
+}
+
+VT_API int vt_model_forward(vt_model *m, const int32_t *tokens, int T, int pos0, int n_out, float *out) {
+    return forward(m, tokens, T, pos0, n_out, out, 0);
+}
+
+VT_API int vt_model_hidden(vt_model *m, const int32_t *tokens, int T, int pos0, int n_out, float *out) {
+    return forward(m, tokens, T, pos0, n_out, out, 1);
 }

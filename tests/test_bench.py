@@ -149,13 +149,16 @@ def rec(method, ids, question_id="1", category="c", seconds=1.0):
 
 def test_speed_ups_are_over_the_fastest_target_alone_and_identity_needs_the_same_weights():
     recs = [rec("ar", [5, 6], seconds=2.0) | {"backend": "ggml"}, rec("llamacpp", [5, 6]) | {"backend": "ggml"},
-            rec("sd", [5, 6], seconds=0.5) | {"backend": "ggml"}, rec("hf", [5, 7]) | {"backend": "torch"}]
+            rec("sd", [5, 6], seconds=0.5) | {"backend": "ggml", "drafts_on": "torch"},
+            rec("hf", [5, 7]) | {"backend": "torch"}]
     s = summarize(recs, check=lambda p, a, b: {"tie": False})
     ms = s["methods"]
     assert s["baseline"] == "llamacpp" and ms["sd"]["overall"]["speedup"] == pytest.approx(2.0)
     assert ms["ar"]["overall"]["speedup"] == pytest.approx(0.5)
     assert ms["llamacpp"]["identical"] == "yes" and ms["hf"]["identical"] == "n/a: another backend"
+    assert ms["sd"]["identical"] == "yes"  # the target's backend decides identity, not the drafter's
     assert "Speed-up over `llamacpp`" in markdown(s) and "| hf | torch |" in markdown(s)
+    assert "| sd | ggml+torch drafter |" in markdown(s)
 
 
 def test_summary_reports_a_real_mismatch_loudly():

@@ -13,6 +13,8 @@ from conftest import (
     chi2_pvalue,
     exact_joint,
     model_drafter,
+    noisy_copy,
+    prompts,
     small_counts,
     small_pair,
     tiny_model,
@@ -204,6 +206,56 @@ def test_sampling_follows_the_target(tmp_path):
     assert p > 1e-3, f"sampled continuations on the native engine do not follow the target (chi-square p={p:.2g})"
 
 
+def test_a_trimmed_native_head_is_the_full_heads_rows(q8_gguf):
+    """VocabTrim on the native engine: the kept rows gathered at their stored format (Q8_0
+    here) give each kept token the same bits as the full head; a prompt's extra rows too."""
+    from vocabtrim.heads import Head
+    from vocabtrim.native_target import NativeModel
+
+    model = NativeModel(q8_gguf[0], context=64)
+    hidden = model.new_lm().hidden(SEQ, 3)
+    kept = torch.tensor([1, 5, 9, 33, 60])
+    full, trimmed = Head.of(model), Head.of(model, kept)
+    assert trimmed.rows == 5 and trimmed.nbytes * 64 == full.nbytes * 5
+    assert same_bits(trimmed(hidden), full(hidden)[:, kept])
+    prompt = trimmed.for_prompt([7, 9, 40])  # 9 is kept already: 7 and 40 are added
+    assert prompt.rows == 7 and same_bits(prompt(hidden), full(hidden)[:, [1, 5, 9, 33, 60, 7, 40]])
+    target = NativeTarget(model)  # a target over the same model: its head is the full one's
+    assert same_bits(target.logits(SEQ, 3), full(hidden))
+
+
+def test_greedy_identical_with_a_native_drafter(tmp_path):
+    """Target and drafter both on the native engine (the drafter's head trimmed, the prompt's
+    tokens added): greedy output the target's alone, bit for bit, drafts accepted."""
+    from vocabtrim.native_target import NativeModel
+    from vocabtrim.policies import Static
+
+    model = tiny_model(64, seed=1)
+    target = NativeTarget(write_gguf(model, tmp_path / "t.gguf"), threads=1)
+    drafter = NativeModel(write_gguf(noisy_copy(model, 0.3, seed=2), tmp_path / "d.gguf"), context=256)
+    alone = Engine(target)
+    for kept in (None, torch.arange(2, 50)):
+        spec = Engine(target, model_drafter(drafter, model, kept))
+        accepted = 0
+        for p in prompts(4):
+            ref, _ = alone.generate(p, 30, Static(1))
+            out, s = spec.generate(p, 30, Static(4))
+            assert out == ref
+            accepted += sum(s.accepted_per_round)
+        assert accepted > 0
+
+
+def test_sampling_follows_the_target_with_a_native_drafter(tmp_path):
+    from vocabtrim.native_target import NativeModel
+
+    small_t, small_d = small_pair()
+    drafter = NativeModel(write_gguf(small_d, tmp_path / "d.gguf"), context=64)
+    eng = Engine(NativeTarget(write_gguf(small_t, tmp_path / "s.gguf"), threads=1, context=64),
+                 model_drafter(drafter, small_t))
+    p = chi2_pvalue(small_counts(eng), exact_joint(3), RUNS)
+    assert p > 1e-3, f"sampled continuations with a native drafter do not follow the target (chi-square p={p:.2g})"
+
+
 def test_benchmark_scripts_run(f32_gguf, monkeypatch, capsys):
     """benchmarks/{matmul_cost,verify_cost,native_check}.py wired up, on the tiny GGUF."""
     import importlib.util
@@ -259,6 +311,33 @@ def test_the_native_backend_loads_runs_generate_and_is_timed_by_auto(f32_gguf, t
     assert loading.choose(str(f32_gguf), "auto", "float32") in ("torch", "ggml", "native")
     timed = json.loads(next((tmp_path / "profiles").glob("*.json")).read_text())
     assert set(timed["ms"]) >= {"torch", "native"}
+
+
+def test_drafters_join_a_native_target(f32_gguf, tmp_path, monkeypatch, capsys):
+    """One runtime: with the target on the native engine the drafter runs there too, from
+    its own GGUF file, on the same thread pool; where the engine cannot read the drafter's
+    file it drafts on torch, said in one line; with another target backend it stays torch."""
+    from vocabtrim import loading, models
+    from vocabtrim.loading import Options
+    from vocabtrim.native_target import NativeModel
+
+    draft = write_gguf(tiny_model(64, seed=4), tmp_path / "d.gguf")
+    o = Options(str(f32_gguf), str(draft), backend="native", dtype="float32")
+    parts = loading.load_parts(o)
+    model = parts.drafter.drafting
+    assert parts.drafter.backend == "native" and isinstance(model, NativeModel)
+    assert model.pool is parts.target.drafting.pool is native.default_pool()
+    assert isinstance(loading.load_parts(Options(str(f32_gguf), str(draft), backend="torch",
+                                                 dtype="float32")).drafter.drafting, torch.nn.Module)
+
+    def refuse(loaded, on):
+        raise VocabtrimError("tensor x is IQ2_XS, which the native engine does not read")
+
+    monkeypatch.setattr(models, "on_gguf", refuse)
+    capsys.readouterr()
+    parts = loading.load_parts(o)
+    assert isinstance(parts.drafter.drafting, torch.nn.Module)
+    assert "drafts on torch: tensor x is IQ2_XS" in capsys.readouterr().err
 
 
 @pytest.mark.real

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from . import models, profile
+from . import backend, models, profile
 from .costs import Costs
 from .drafters import (
     Bridge,
@@ -178,10 +178,10 @@ class Assembler:
         loaded, kept = self.drafter_model(spec), self.parts.kept if spec.trimmed else None
         if self.bridge(spec.cross) is None:
             return self._once(("drafter", spec.trimmed, spec.weights or self.parts.quant), lambda: ModelDrafter(
-                loaded.model, self.target.vocab_size, kept, self.parts.prompt_tokens))
-        vocab = CrossVocab(self.bridge(spec.cross), loaded.model.get_output_embeddings().out_features,
+                loaded.drafting, self.target.vocab_size, kept, self.parts.prompt_tokens))
+        vocab = CrossVocab(self.bridge(spec.cross), loaded.drafting.get_output_embeddings().out_features,
                            self.target.vocab_size, spec.ngram)
-        return ModelDrafter(loaded.model, self.target.vocab_size, kept, self.parts.prompt_tokens, vocab)
+        return ModelDrafter(loaded.drafting, self.target.vocab_size, kept, self.parts.prompt_tokens, vocab)
 
     def _costs(self, spec: Spec, max_len: int, model: ModelDrafter | None) -> Costs:
         """This machine's prices for the pair as it drafts (the cached profile, else a quick
@@ -206,5 +206,5 @@ class Built:
         return cls(parts, *Assembler(parts).build(spec, rule), spec, rule)
 
     def rebuild(self, drafter: torch.nn.Module) -> tuple[Engine, Policy]:
-        parts = replace(self.parts, drafter=replace(self.parts.drafter, weights=drafter))
+        parts = replace(self.parts, drafter=replace(self.parts.drafter, weights=drafter, backend=backend.TORCH))
         return Assembler(parts).build(self.spec, self.rule)

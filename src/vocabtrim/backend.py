@@ -22,6 +22,7 @@ class Backend(Protocol):
     name: str
     runs_gguf: bool  # runs the model's GGUF file at its stored precision (else transformers' modules)
     max_context: int | None  # its KV cache holds at most this many tokens (None: the model's trained length)
+    drafts: bool  # drafters run on it too, from their GGUF files, when the target does (one runtime)
 
     def available(self) -> bool:
         """Whether it is installed here."""
@@ -32,7 +33,12 @@ class Backend(Protocol):
     def target(self, loaded) -> Target:
         """`loaded` (a models.Loaded) as a target with a fresh cache."""
 
+    def draft_model(self, loaded):
+        """What a drafter loaded on it drafts with (`drafting.DraftModel`): its own model of
+        the GGUF file, or the torch weights where it has no drafting forward of its own."""
 
+
+TORCH = target.BACKEND.name  # where drafters run that no other backend runs (adapters, quantized weights)
 REGISTRY: dict[str, Backend] = {b.name: b for b in (target.BACKEND, ggml.BACKEND, native_target.BACKEND)}
 NAMES = ("auto", *REGISTRY)  # what --backend takes
 
@@ -46,6 +52,12 @@ def get(name: str) -> Backend:
 def candidates(has_gguf: bool) -> list[Backend]:
     """The installed backends that can run a model (with a GGUF file or not)."""
     return [b for b in REGISTRY.values() if b.available() and (has_gguf or not b.runs_gguf)]
+
+
+def label(target: str, drafter: str | None = None) -> str:
+    """What runs a method, as its report row names it: the target's backend, and the
+    drafter's where it runs on another (`native+torch drafter`)."""
+    return target if drafter in (None, target) else f"{target}+{drafter} drafter"
 
 
 def key(name: str) -> dict:

@@ -193,7 +193,7 @@ def target_counts(spec: dict, exclude: set[str], target, drafter):
     engine, policy = Assembler(Parts(target)).build(parse_method("suffix"))
     fn = generate_fn(engine, policy, target, spec["tokens"], Sampling(), 0)
     return count_tokens(items, cache_file("calibration", meta, ".safetensors"), meta,
-                        drafter.model.config.vocab_size, in_drafter_tokens(fn, target, drafter), resume=True)
+                        drafter.config.vocab_size, in_drafter_tokens(fn, target, drafter), resume=True)
 
 
 def in_drafter_tokens(per_item: Callable[[str], list[int]], target, drafter) -> Callable[[str], list[int]]:
@@ -205,7 +205,7 @@ def in_drafter_tokens(per_item: Callable[[str], list[int]], target, drafter) -> 
 
 def calibrated_map(spec: dict, exclude: set[str], target, drafter) -> torch.Tensor:
     """Kept ids of the top-`k` token map over `target_counts` (EOS and end-of-turn always kept)."""
-    vocab = drafter.model.config.vocab_size
+    vocab = drafter.config.vocab_size
     if spec["k"] > vocab:  # found now, not after the calibration's generations
         raise VocabtrimError(f"bad --calibrate: k={spec['k']} is more than the drafter's {vocab} tokens")
     counts = target_counts(spec, exclude, target, drafter)

@@ -276,7 +276,7 @@ class LlamaCppAlone:
 class GgmlBackend:
     """The model's GGUF file at its stored precision on llama.cpp's kernels."""
 
-    name, runs_gguf = "ggml", True
+    name, runs_gguf, drafts = "ggml", True, False
     max_context = 8192  # its KV cache: 28 KB a token for the default target
 
     def available(self) -> bool:
@@ -287,6 +287,9 @@ class GgmlBackend:
 
     def target(self, loaded) -> GgmlTarget:
         return GgmlTarget(loaded.gguf, loaded.context)
+
+    def draft_model(self, loaded):
+        return loaded.model  # llama.cpp has no drafting forward here: the torch weights draft
 
 
 BACKEND = GgmlBackend()

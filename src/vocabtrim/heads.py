@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .kernels import rows as linear_rows
 from .kernels import weight_bytes
+from .native_target import NativeRows
 from .tokenmap import check_ids
 
 
@@ -26,7 +27,7 @@ class Head:
 
     def __init__(self, proj: nn.Module, ids: Tensor | None, vocab_size: int,
                  source: nn.Module | None = None):
-        self.proj = proj  # an nn.Linear, a PackedLinear or a QuantLinear
+        self.proj = proj  # an nn.Linear, a PackedLinear, a QuantLinear or NativeRows
         self.vocab_size = vocab_size
         self.ids = ids  # None: identity (full head)
         self.source = source  # the full head, to gather a prompt's extra rows from
@@ -42,7 +43,7 @@ class Head:
             return cls(lin, None, vocab)
         kept_ids = kept_ids.to(torch.long)
         check_ids(kept_ids, vocab, "the token map for this drafter")
-        return cls(linear_rows(lin, kept_ids), kept_ids, vocab, lin)
+        return cls(_rows(lin, kept_ids), kept_ids, vocab, lin)
 
     def for_prompt(self, prompt: list[int]) -> Head:
         """This head plus rows for the prompt's tokens it lacks (itself when none)."""
@@ -56,7 +57,7 @@ class Head:
         if extra_ids.numel() == 0:
             return self
         head = Head(self.proj, torch.cat([self.ids, extra_ids]), self.vocab_size)
-        head.extra = linear_rows(self.source, extra_ids, packed=False).float()
+        head.extra = _rows(self.source, extra_ids, packed=False)
         return head
 
     @property
@@ -66,7 +67,7 @@ class Head:
     @property
     def nbytes(self) -> int:
         """Bytes one forward through this head reads: its rows as stored, extra rows included."""
-        return weight_bytes(self.proj) + (0 if self.extra is None else weight_bytes(self.extra))
+        return _nbytes(self.proj) + (0 if self.extra is None else _nbytes(self.extra))
 
     def __call__(self, hidden: Tensor) -> Tensor:
         logits = self.proj(hidden)
@@ -92,3 +93,15 @@ class Head:
             return logits
         out = logits.new_full((*logits.shape[:-1], self.vocab_size), float("-inf"))
         return out.index_copy_(-1, self.ids, logits)
+
+
+def _rows(proj: nn.Module | NativeRows, ids: Tensor, packed: bool = True) -> nn.Module | NativeRows:
+    """Rows `ids` of a head's projection, copied: native rows at their stored format, torch
+    ones of the same kind (or, not `packed`, a plain fp32 layer: a prompt's few extra rows)."""
+    if isinstance(proj, NativeRows):
+        return proj.gather(ids)
+    return linear_rows(proj, ids) if packed else linear_rows(proj, ids, packed=False).float()
+
+
+def _nbytes(proj: nn.Module | NativeRows) -> int:
+    return proj.nbytes if isinstance(proj, NativeRows) else weight_bytes(proj)

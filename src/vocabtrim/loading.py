@@ -74,6 +74,8 @@ def load_parts(o: Options, check: Callable[[Parts], None] | None = None) -> Part
     if tm is not None:
         tm.check_drafter(drafter.config.vocab_size, tokenizer_fingerprint(drafter.tokenizer))
     target = models.load(o.target, o.dtype, choose(o.target, o.backend, o.dtype))
+    if backend.get(target.backend).drafts and o.adapter is None:  # one runtime: drafters join the target
+        drafter, cross = (None if m is None else _drafts_on(m, target.backend) for m in (drafter, cross))
     parts = Parts(target, drafter, None if tm is None else tm.kept_ids, cross, quant=o.quant, draft_len=o.draft_len,
                   adaedl=o.adaedl, prompt_tokens=o.prompt_tokens, store_tokens=o.store_tokens)
     if check is not None:
@@ -82,6 +84,20 @@ def load_parts(o: Options, check: Callable[[Parts], None] | None = None) -> Part
         if m is not None and not backend.get(m.backend).runs_gguf:
             m.model  # noqa: B018 - its weights load now, after every check passed
     return parts
+
+
+def _drafts_on(loaded: models.Loaded, on: str) -> models.Loaded:
+    """The drafter `loaded` on the target's backend `on`, where its file is a GGUF that `on`
+    runs (its header read now); else on torch as it was, said in one line."""
+    if catalog.gguf_path(loaded.name) is None:
+        return loaded
+    try:
+        moved = models.on_gguf(loaded, on)
+        moved.drafting  # noqa: B018 - reads the header: refuses what the backend cannot run
+        return moved
+    except VocabtrimError as e:
+        print(f"note: the drafter {loaded.name} drafts on torch: {e}", file=sys.stderr)
+        return loaded
 
 
 def load_drafter(spec: str, dtype: str = "auto", adapter: Path | None = None, lazy: bool = False) -> models.Loaded:

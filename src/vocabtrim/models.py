@@ -63,6 +63,12 @@ class Loaded:
         cap = backend.get(self.backend).max_context
         return trained if cap is None else min(trained, cap)
 
+    @property
+    def drafting(self):
+        """What a drafter of it drafts with (`drafting.DraftModel`): on the native backend its
+        GGUF file on the native engine, else its torch weights."""
+        return backend.get(self.backend).draft_model(self)
+
     def as_target(self) -> Target:
         """This model as the engine's target (a fresh cache)."""
         return backend.get(self.backend).target(self)
@@ -133,6 +139,15 @@ def load(spec: str, dtype: str = "auto", on: str = "torch", merge: Merge | None 
                   on, file, config, generation)
 
 
+def on_gguf(loaded: Loaded, on: str) -> Loaded:
+    """`loaded` (its tokenizer and config as they are) on backend `on`, which runs its GGUF
+    file."""
+    file = gguf_path(loaded.name)
+    if file is None:
+        raise VocabtrimError(f"the {on} backend runs GGUF files; {loaded.name} is not one")
+    return replace(loaded, backend=on, gguf=file, source=_source(file.parent, file.name))
+
+
 def _generation(where: Path | str):
     """transformers' generation config of the model at `where`, where it has one."""
     from transformers import GenerationConfig
@@ -199,7 +214,7 @@ def quantize(loaded: Loaded, scheme: str) -> Loaded:
     """`loaded` with its linear layers in `scheme` (kernels.quantized), named `name@scheme`;
     read from the cache when this model was quantized before (see `_quantized_cached`)."""
     model = _quantized_cached(loaded, scheme) if loaded.source else kernels.quantized(loaded.model, scheme)
-    return replace(loaded, name=f"{loaded.name}@{scheme}", weights=model)
+    return replace(loaded, name=f"{loaded.name}@{scheme}", weights=model, backend=backend.TORCH)
 
 
 def _quantized_cached(loaded: Loaded, scheme: str) -> torch.nn.Module:

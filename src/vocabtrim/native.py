@@ -47,7 +47,8 @@ def lib() -> ctypes.CDLL:
                             ("vt_model_new", _p, [_int] * 7 + [ctypes.c_float] * 2 + [_int, _p, _int]),
                             ("vt_model_free", None, [_p]),
                             ("vt_model_set", _int, [_p, _int, _int, _int, _p, _i64, _i64]),
-                            ("vt_model_forward", _int, [_p, _p, _int, _int, _int, _p])):
+                            ("vt_model_forward", _int, [_p, _p, _int, _int, _int, _p]),
+                            ("vt_model_hidden", _int, [_p, _p, _int, _int, _int, _p])):
         fn = getattr(so, name)
         fn.restype, fn.argtypes = res, args
     return so

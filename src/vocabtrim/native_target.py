@@ -1,6 +1,8 @@
-"""A GGUF model of the Llama/Qwen2 architecture on vocabtrim's own kernels (csrc/model.c)
-as a Target: one native call per `logits(seq, n)`, the weights read at their stored format
-from the memory-mapped file, the KV cache held by the engine.
+"""A GGUF model of the Llama/Qwen2 architecture on vocabtrim's own kernels (csrc/model.c):
+`NativeModel` (the file, read once: its header, its memory-mapped weights), `NativeTarget`
+(a KV cache over it: a target's logits, one native call per `logits(seq, n)`, or a
+drafter's hidden states) and `NativeRows` (rows of a matrix at their stored format: a
+drafter's full or VocabTrim'd head). Target and drafter share one thread pool.
 
 Every row is computed alone (its activation quantization, its matmul outputs, its
 attention over its keys in order), so a position's logits are the same bits scored alone
@@ -9,6 +11,7 @@ or among any number of rows, after any crop, on any thread count: the tie tolera
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from torch import Tensor
 from . import native
 from .cache import common_prefix
 from .errors import VocabtrimError
+from .files import version
 from .gguf_header import read_gguf
 
 ARCHS = {"qwen2": True, "llama": False}  # architecture -> rotary embedding on halves (NEOX) rather than pairs
@@ -29,14 +33,14 @@ CHUNK = 64  # rows a native call takes at most: bounds a long prefill's buffers
 
 
 
-class NativeTarget:
-    """The GGUF model at `path` on `threads` threads (default: the machine's cores)."""
+class NativeModel:
+    """The GGUF model at `path`, checked and mapped once; each `NativeTarget` over it holds a
+    KV cache of `context` tokens. Runs on `threads` threads (default: the machine's cores,
+    the pool every native model shares)."""
 
-    tie_tolerance = 0.0  # batch-invariant by construction: no ties to allow for
-
-    def __init__(self, path: Path | str, threads: int | None = None, context: int = 4096, isa: str | None = None):
+    def __init__(self, path: Path | str, context: int = 4096, threads: int | None = None, isa: str | None = None):
         self.path = Path(path)
-        meta, tensors = read_gguf(self.path)
+        meta, self.tensors = read_gguf(self.path)
         self.map = np.memmap(self.path, dtype=np.uint8, mode="r")  # the weights the engine reads, mapped
         arch = meta.get("general.architecture")
         if arch not in ARCHS:
@@ -44,45 +48,103 @@ class NativeTarget:
                                  "use the ggml backend")
         if meta.get(f"{arch}.rope.scaling.type", "none") != "none":
             raise VocabtrimError(f"{self.path.name}: the native engine has no rope scaling: use the ggml backend")
-        for t in tensors.values():
+        for t in self.tensors.values():
             if t.type not in native.BLOCKS:
                 from gguf import GGMLQuantizationType
 
                 raise VocabtrimError(f"{self.path.name}: tensor {t.name} is {GGMLQuantizationType(t.type).name}, which "
                                      f"the native engine does not read ({', '.join(native.TYPE_NAMES.values())}): "
                                      "use the ggml backend")
-        if "token_embd.weight" not in tensors:
+        if "token_embd.weight" not in self.tensors:
             raise VocabtrimError(f"{self.path.name} has no token_embd.weight: not a model the native engine runs")
-        nbytes = {n: int(np.prod(t.dims)) // native.BLOCKS[t.type][0] * native.BLOCKS[t.type][1]
-                  for n, t in tensors.items()}
-        emb = tensors["token_embd.weight"]
-        self.vocab_size = emb.dims[1]
+        self.nbytes = {n: int(np.prod(t.dims)) // native.BLOCKS[t.type][0] * native.BLOCKS[t.type][1]
+                       for n, t in self.tensors.items()}
+        for name, t in self.tensors.items():
+            if t.offset + self.nbytes[name] > len(self.map) or len(t.dims) > 2:
+                raise VocabtrimError(f"{self.path.name}: tensor {name} does not fit the file or is not a matrix")
+        emb = self.tensors["token_embd.weight"]
+        self.vocab_size, self.hidden_size = emb.dims[1], emb.dims[0]
         field = lambda key, default=None: meta.get(f"{arch}.{key}", default)  # noqa: E731
-        n_layer, heads = field("block_count"), field("attention.head_count")
+        self.n_layer, heads = field("block_count"), field("attention.head_count")
         self.context = min(context, field("context_length"))
-        self.forward_bytes = (sum(nbytes.values()) - nbytes["token_embd.weight"]
-                              + nbytes["token_embd.weight"] // self.vocab_size)  # the embedding only by rows
-        self.pool = native.Pool(threads)
-        self._free = native.lib().vt_model_free  # held: module globals may be gone when __del__ runs at exit
-        self.model = native.lib().vt_model_new(
-            n_layer, field("embedding_length"), heads, field("attention.head_count_kv", heads),
-            field("feed_forward_length"), self.vocab_size, self.context, field("attention.layer_norm_rms_epsilon"),
-            field("rope.freq_base", 10000.0), ARCHS[arch], self.pool.ptr, native.isa_index(isa))
-        if not self.model:
+        self.dims = (self.n_layer, self.hidden_size, heads, field("attention.head_count_kv", heads),
+                     field("feed_forward_length"), self.vocab_size, self.context)
+        self.floats = (field("attention.layer_norm_rms_epsilon"), field("rope.freq_base", 10000.0), ARCHS[arch])
+        head = self.nbytes.get("output.weight", self.nbytes["token_embd.weight"])
+        self.body_bytes = (sum(self.nbytes.values()) - self.nbytes["token_embd.weight"] - self.nbytes.get("output.weight", 0)
+                           + self.nbytes["token_embd.weight"] // self.vocab_size)  # the embedding only by rows
+        self.forward_bytes = self.body_bytes + head
+        self.pool = native.default_pool() if threads is None else native.Pool(threads)
+        self.isa = native.isa_index(isa)
+
+    def new(self) -> int:
+        """A native model over these weights with an empty cache of `context` tokens (a pointer)."""
+        lib = native.lib()
+        ptr = lib.vt_model_new(*self.dims, *self.floats, self.pool.ptr, self.isa)
+        if not ptr:
             raise VocabtrimError(f"{self.path.name}: the native engine cannot hold a model of these dimensions "
                                  f"and a context of {self.context}")
-        slots = [(-1, GLOBAL_TENSORS)] + [(i, [f"blk.{i}.{n}" for n in LAYER_TENSORS]) for i in range(n_layer)]
+        slots = [(-1, GLOBAL_TENSORS)] + [(i, [f"blk.{i}.{n}" for n in LAYER_TENSORS]) for i in range(self.n_layer)]
         for layer, names in slots:
             for slot, name in enumerate(names):
-                if name in tensors:
-                    t = tensors[name]
+                if name in self.tensors:
+                    t = self.tensors[name]
                     rows, cols = (t.dims[1], t.dims[0]) if len(t.dims) > 1 else (1, t.dims[0])
-                    if t.offset + nbytes[name] > len(self.map) or len(t.dims) > 2:
-                        raise VocabtrimError(f"{self.path.name}: tensor {name} does not fit the file "
-                                             "or is not a matrix")
-                    native.check(native.lib().vt_model_set(self.model, layer, slot, t.type,
-                                                           self.map.ctypes.data + t.offset, rows, cols),
-                                 f"{self.path.name}: tensor {name}")
+                    rc = lib.vt_model_set(ptr, layer, slot, t.type, self.map.ctypes.data + t.offset, rows, cols)
+                    if rc:
+                        lib.vt_model_free(ptr)
+                        native.check(rc, f"{self.path.name}: tensor {name}")
+        return ptr
+
+    def new_lm(self) -> NativeTarget:
+        """A fresh cache to draft with (`hidden`), as lean.lm_factory's LMs."""
+        return NativeTarget(self)
+
+    def get_output_embeddings(self) -> NativeRows:
+        """The LM head (the tied embedding where the file has no output.weight), as torch
+        models name it: what `heads.Head` gathers a token map's rows from."""
+        name = "output.weight" if "output.weight" in self.tensors else "token_embd.weight"
+        t = self.tensors[name]
+        raw = self.map[t.offset:t.offset + self.nbytes[name]].reshape(self.vocab_size, -1)
+        return NativeRows(raw, t.type, self.hidden_size, self.pool, self.isa)
+
+
+class NativeRows:
+    """Rows of a GGUF matrix at their stored format (raw [rows, row bytes]), multiplied by
+    the native kernels: a drafter's head, whole (the mapped file) or gathered (VocabTrim)."""
+
+    def __init__(self, raw: np.ndarray, wtype: int, cols: int, pool: native.Pool, isa: int):
+        self.raw, self.wtype, self.in_features, self.pool, self.isa = raw, wtype, cols, pool, isa
+        self.out_features = raw.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.raw.nbytes
+
+    def gather(self, ids: Tensor) -> NativeRows:
+        """Rows `ids`, copied together (a draft step then reads K rows, not the vocabulary)."""
+        return NativeRows(np.ascontiguousarray(self.raw[ids.numpy()]), self.wtype, self.in_features, self.pool,
+                          self.isa)
+
+    def __call__(self, hidden: Tensor) -> Tensor:
+        """hidden [n, cols] -> [n, rows]."""
+        return torch.from_numpy(native.matmul(self.raw, self.wtype, self.out_features, self.in_features,
+                                              hidden.float().numpy(), self.pool, native.ISAS[self.isa]))
+
+
+class NativeTarget:
+    """A KV cache over a `NativeModel` (or the GGUF file at `path`, loaded for it): a target
+    scoring positions (`logits`) or a drafter's body (`hidden`)."""
+
+    tie_tolerance = 0.0  # batch-invariant by construction: no ties to allow for
+
+    def __init__(self, path: NativeModel | Path | str, threads: int | None = None, context: int = 4096,
+                 isa: str | None = None):
+        self.weights = path if isinstance(path, NativeModel) else NativeModel(path, context, threads, isa)
+        self.path, self.vocab_size, self.context = self.weights.path, self.weights.vocab_size, self.weights.context
+        self.forward_bytes = self.weights.forward_bytes
+        self._free = native.lib().vt_model_free  # held: module globals may be gone when __del__ runs at exit
+        self.model = self.weights.new()
         self.ids: list[int] = []
 
     def reset(self) -> None:
@@ -91,17 +153,23 @@ class NativeTarget:
     def logits(self, seq: list[int], n: int) -> Tensor:
         """Logits [n, vocab_size] of the last `n` positions of `seq`, computing only what the
         cache does not hold."""
+        return self._run(seq, n, self.vocab_size, native.lib().vt_model_forward)
+
+    def hidden(self, seq: list[int], last: int) -> Tensor:
+        """The final normed hidden states [last, hidden size] of the last `last` positions."""
+        return self._run(seq, last, self.weights.hidden_size, native.lib().vt_model_hidden)
+
+    def _run(self, seq: list[int], n: int, width: int, call) -> Tensor:
         if not 1 <= n <= len(seq) <= self.context:
             raise VocabtrimError(f"cannot score the last {n} of {len(seq)} tokens in a context of {self.context}")
         keep = common_prefix(self.ids, seq, min(len(seq) - n, len(self.ids)))
-        out = torch.empty(n, self.vocab_size, dtype=torch.float32)
+        out = torch.empty(n, width, dtype=torch.float32)
         done = 0
         for start in range(keep, len(seq), CHUNK):
             stop = min(start + CHUNK, len(seq))
             rows = max(0, stop - max(start, len(seq) - n))  # of the last n: always a piece's last rows
             tokens = np.asarray(seq[start:stop], dtype=np.int32)
-            rc = native.lib().vt_model_forward(self.model, tokens.ctypes.data, stop - start, start, rows,
-                                         out[done:].data_ptr())
+            rc = call(self.model, tokens.ctypes.data, stop - start, start, rows, out[done:].data_ptr())
             if rc:
                 self.reset()
                 raise VocabtrimError(f"the native engine failed on {self.path.name}: "
@@ -119,7 +187,7 @@ class NativeTarget:
 class NativeBackend:
     """The model's GGUF file on vocabtrim's own batch-invariant kernels (Llama/Qwen2)."""
 
-    name, runs_gguf = "native", True
+    name, runs_gguf, drafts = "native", True, True
     max_context = 8192
 
     def available(self) -> bool:
@@ -129,7 +197,16 @@ class NativeBackend:
         native.lib()
 
     def target(self, loaded) -> NativeTarget:
-        return NativeTarget(loaded.gguf, context=loaded.context)
+        return NativeTarget(self.draft_model(loaded))
+
+    def draft_model(self, loaded) -> NativeModel:
+        """The model of `loaded`'s GGUF file, read once (a target and drafters share it)."""
+        return _model(loaded.gguf, loaded.context, version(loaded.gguf))
+
+
+@functools.cache
+def _model(path: Path, context: int, _version: object) -> NativeModel:  # a changed file: another model
+    return NativeModel(path, context)
 
 
 BACKEND = NativeBackend()

@@ -27,11 +27,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import backend
-from .cache import context_length
+from .drafting import DraftModel, caches, forward_kind
+from .drafting import context as draft_context
 from .files import atomic_write
 from .heads import Head
 from .kernels import cpu, weight_count
-from .lean import lm_factory, supports
 from .paths import cache_file
 from .target import Target
 
@@ -111,10 +111,12 @@ def _extend(ms: list[float], n: int) -> float:
 def key(target, drafter, dtype: str) -> dict:
     """What a profile of `target` and `drafter` (models.Loaded) depends on."""
     on_gguf = backend.get(target.backend).runs_gguf  # its torch weights are not loaded: its file names it
+    drafts_gguf = backend.get(drafter.backend).runs_gguf
     return {**cpu(), "target": target.name, "drafter": drafter.name, "dtype": dtype,
             **({**backend.key(target.backend), "target_file": target.source} if on_gguf else {}),
-            "weights": [0 if on_gguf else weight_count(target.model), weight_count(drafter.model)],
-            "drafter_forward": "lean" if supports(drafter.model) else "transformers"}
+            **({"drafter_file": drafter.source} if drafts_gguf else {}),
+            "weights": [0 if on_gguf else weight_count(target.model), 0 if drafts_gguf else weight_count(drafter.model)],
+            "drafter_forward": forward_kind(drafter.drafting)}
 
 
 def path_for(k: dict) -> Path:
@@ -191,8 +193,9 @@ def measure(target, drafter, quick: bool = False, progress: bool = True) -> Prof
     """Time `target` and `drafter` (models.Loaded) on this machine; see the module doc."""
     ns, contexts, repeats = (QUICK_N, (QUICK_CONTEXT,), 2) if quick else (FULL_N, CONTEXTS, 3)
     seam = target.as_target()
-    vocab = min(seam.vocab_size, drafter.model.get_output_embeddings().out_features)  # ids both read
-    room = min(seam.context, context_length(drafter.model)) - max(ns) - repeats
+    model = drafter.drafting
+    vocab = min(seam.vocab_size, model.get_output_embeddings().out_features)  # ids both read
+    room = min(seam.context, draft_context(model)) - max(ns) - repeats
     contexts = sorted({min(c, room) for c in contexts})  # tiny test models hold less
     ids = [(500 + i) % vocab for i in range(max(contexts))]
     steps = len(contexts) * (len(ns) + 1) + 2  # the drafter's two heads
@@ -208,21 +211,21 @@ def measure(target, drafter, quick: bool = False, progress: bool = True) -> Prof
             measured[n] = forward_ms(seam.logits, seam.vocab_size, ids[:c], n, repeats)
             bar.update()
         target_ms[str(c)] = [interpolate(measured, n) for n in range(1, max(ns) + 1)]
-    draft_ms = drafter_ms(drafter.model, ids[:contexts[0]], 3 * repeats, bar.update)
-    lm = lm_factory(drafter.model)
+    draft_ms = drafter_ms(model, ids[:contexts[0]], 3 * repeats, bar.update)
+    lm = caches(model)
     draft_prefill = max(contexts[-1] / _seconds(lambda: lm().hidden(ids[:contexts[-1]], 1)) for _ in range(2))
     bar.close()
     return Profile(key(target, drafter, target.dtype), target_ms, draft_ms, prefill, draft_prefill, quick)
 
 
-def drafter_ms(model: torch.nn.Module, context: list[int], repeats: int,
+def drafter_ms(model: DraftModel, context: list[int], repeats: int,
                done: Callable[[], object] = lambda: None) -> dict[str, float]:
     """Median ms of one draft step of `model` after `context`, with its full head and with a
     TRIMMED_ROWS-row one (Profile.draft_ms); `done` is called after each."""
     vocab = model.get_output_embeddings().out_features
     rows = min(TRIMMED_ROWS, vocab // 2)
     heads = {vocab: Head.of(model), rows: Head.of(model, torch.arange(rows))}
-    lm, out = lm_factory(model)(), {}  # as ModelDrafter drafts
+    lm, out = caches(model)(), {}  # as ModelDrafter drafts
     for n, head in heads.items():
         out[str(n)] = forward_ms(lambda seq, last, h=head: h(lm.hidden(seq, last)), vocab, context, 1, repeats)
         done()

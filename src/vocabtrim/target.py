@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .cache import CachedLM, context_length
 from .heads import Head
@@ -61,7 +61,7 @@ class TorchTarget:
 class TorchBackend:
     """transformers' modules over 16-bit, packed or quantized torch weights: any model."""
 
-    name, runs_gguf, max_context = "torch", False, None
+    name, runs_gguf, max_context, drafts = "torch", False, None, False
 
     def available(self) -> bool:
         return True
@@ -71,6 +71,9 @@ class TorchBackend:
 
     def target(self, loaded) -> Target:
         return TorchTarget(loaded.model)
+
+    def draft_model(self, loaded) -> nn.Module:
+        return loaded.model
 
 
 BACKEND = TorchBackend()

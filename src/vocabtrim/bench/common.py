@@ -33,9 +33,10 @@ def load_pair(dtype: str = "auto", backend: str = "auto") -> Pair:
 
 
 def engine_method(name: str, engine: Engine, policy: Policy, sampling: Sampling, seed: int,
-                  stop: Stop, backend: str = "torch") -> Method:
-    """A Method that runs `engine` with fixed settings (its target on `backend`)."""
-    return Method(name, lambda ids, n: engine.generate(ids, n, policy, sampling, seed, stop), backend)
+                  stop: Stop, backend: str = "torch", drafts_on: str | None = None) -> Method:
+    """A Method that runs `engine` with fixed settings (its target on `backend`, its drafter
+    model, if any, on `drafts_on`)."""
+    return Method(name, lambda ids, n: engine.generate(ids, n, policy, sampling, seed, stop), backend, drafts_on)
 
 
 def warm_up(methods: Iterable[Method], tokenizer) -> None:

@@ -47,14 +47,15 @@ def build(specs: list[Spec], assembler: Assembler, sampling: Sampling, seed: int
     """One Method per spec over the assembler's models: our engines, and transformers'
     generation beside them. Each suffix and hybrid method keeps its own store of earlier
     outputs across the run's questions."""
-    out, backend = [], assembler.parts.target.backend
+    out, on = [], assembler.parts.target.backend
     for spec in specs:
         if spec.kind == "llamacpp":
             out.append(Method(spec.name, _llamacpp(assembler.parts.target, sampling, seed, stop), "ggml"))
         elif spec.kind in PEERS:
             out.append(Method(spec.name, _peer(spec, assembler, sampling, seed, stop)))
         else:
-            out.append(engine_method(spec.name, *assembler.build(spec), sampling, seed, stop, backend))
+            drafts_on = assembler.drafter_model(spec).backend if spec.model else None
+            out.append(engine_method(spec.name, *assembler.build(spec), sampling, seed, stop, on, drafts_on))
     return out
 
 

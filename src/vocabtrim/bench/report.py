@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+from ..backend import label
 from ..errors import VocabtrimError
 from ..files import atomic_write, check_parent
 from ..metrics import COST_CONVENTION, GenerationStats
@@ -104,7 +105,8 @@ def summarize(records: list[dict], reference: str = "ar", greedy: bool = True,
         overall["speedup"] = (overall["tokens_per_second"] / base_all["tokens_per_second"]
                               if base_all else None)
         overall["speedup_ci"] = speedup_interval(recs, base) if name != baseline else None
-        entry = {"overall": overall, "categories": cats, "backend": recs[0].get("backend", "torch")}
+        entry = {"overall": overall, "categories": cats, "backend": recs[0].get("backend", "torch"),
+                 **({"drafts_on": recs[0]["drafts_on"]} if "drafts_on" in recs[0] else {})}
         ref = by_method.get(reference, [])
         if greedy and ref and name != reference:
             if entry["backend"] != ref[0].get("backend", "torch"):  # other weights or other kernels
@@ -133,7 +135,7 @@ def markdown(summary: dict) -> str:
         o = m["overall"]
         ci = o.get("speedup_ci")
         ci = f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else ""
-        lines.append(f"| {name} | {m.get('backend', 'torch')} | {o['tokens_per_second']:.2f} | {_f(o['speedup'], '{:.2f}x')}{ci} | "
+        lines.append(f"| {name} | {label(m.get('backend', 'torch'), m.get('drafts_on'))} | {o['tokens_per_second']:.2f} | {_f(o['speedup'], '{:.2f}x')}{ci} | "
                      f"{o['tau']:.2f} | {_f(o['acceptance_rate'])} | {_f(o['mean_draft_length'])} | "
                      f"{_f(o['cost_ratio'], '{:.3f}')} | {o['mbsu']:.2f} | {m.get('identical', '-')} |")
     base = summary["baseline"]

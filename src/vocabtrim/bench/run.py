@@ -33,6 +33,7 @@ class Method:
     name: str
     generate: GenerateFn  # (prompt ids, max new tokens) -> (new ids, stats)
     backend: str = "torch"  # what runs its target: torch, ggml or llama.cpp (its own loop)
+    drafts_on: str | None = None  # what runs its drafter model, if it has one
 
 
 def ask(q: Question, m: Method, tokenizer, max_new_tokens: int) -> dict:
@@ -48,6 +49,7 @@ def ask(q: Question, m: Method, tokenizer, max_new_tokens: int) -> dict:
         turns.append({"prompt_ids": prompt, "token_ids": new})
         total.add(s)
     return {"question_id": q.id, "category": q.category, "method": m.name, "backend": m.backend,
+            **({"drafts_on": m.drafts_on} if m.drafts_on else {}),
             **total.to_dict(), "turns": turns}
 
 

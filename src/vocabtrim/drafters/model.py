@@ -7,14 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import torch
 from torch import Tensor
 
-from ..cache import context_length
 from ..errors import VocabtrimError
 from ..heads import Head
-from ..lean import lm_factory
-from ..metrics import bytes_per_forward
+from ..drafting import DraftModel, body_bytes, caches, context
 from ..policies import Step
 from .base import Drafter, Proposal
 
@@ -86,15 +83,15 @@ class ModelDrafter(Drafter):
     the prompt's own tokens the map lacks as extra rows for each generation. `vocab` maps
     the drafter's tokens to the target's (default: the same vocabulary, checked)."""
 
-    def __init__(self, model: torch.nn.Module, target_vocab: int, kept_ids: Tensor | None = None,
+    def __init__(self, model: DraftModel, target_vocab: int, kept_ids: Tensor | None = None,
                  prompt_tokens: bool = True, vocab: Vocabulary | None = None):
         self.vocab = vocab or SameVocab(model.get_output_embeddings().out_features, target_vocab)
         self.model, self.prompt_tokens = model, prompt_tokens
         self.base_head = self.head = Head.of(model, kept_ids)
-        self.new_lm = lm_factory(model)  # the lean forward where the architecture allows it
+        self.new_lm = caches(model)
         self.lm = self.new_lm()
-        self._body = bytes_per_forward(model, 0)
-        self.context = context_length(model)
+        self._body = body_bytes(model)
+        self.context = context(model)
 
     @property
     def head_rows(self) -> int:
