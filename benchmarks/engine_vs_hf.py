@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from vocabtrim import kernels
-from vocabtrim.assembly import Assembler, Parts
+from vocabtrim.assembly import Assembler, Parts, EngineSettings
 from vocabtrim.bench import methods as bm
 from vocabtrim.bench.common import identity_check, load_pair, warm_up
 from vocabtrim.bench.report import markdown, summarize, write_reports
@@ -37,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
     tgt, drf, stop = load_pair(args.dtype)
     greedy = Sampling()
-    assembler = Assembler(Parts(tgt, drf, draft_len=args.k))
+    assembler = Assembler(Parts(tgt, drf, settings=EngineSettings(draft_len=args.k)))
     matrix = bm.build(bm.parse_methods("ar,sd"), assembler, greedy, 0, stop)
     hf = bm.HFGenerate(tgt.model, greedy, 0, stop, assistant=drf.model, num_assistant_tokens=args.k,
                        num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0.0)

@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from vocabtrim import prompts
-from vocabtrim.assembly import Assembler, Parts, parse_method
+from vocabtrim.assembly import Assembler, Parts, EngineSettings, parse_method
 from vocabtrim.bench.common import engine_method, identity_check, load_pair, warm_up
 from vocabtrim.bench.report import pyplot, save_figure, summarize
 from vocabtrim.bench.run import run_matrix
@@ -112,10 +112,10 @@ def main() -> None:
     maps = {f"K={k}": trim(counts["target"], keep=k, always=always) for k in keeps}
     for source in sources:
         maps[f"{source}@{args.sources_k}"] = trim(counts[source], keep=args.sources_k, always=always)
-    pair = Parts(tgt, drf, draft_len=args.k)
+    pair = Parts(tgt, drf, settings=EngineSettings(draft_len=args.k))
 
     def vt(kept, prompt_tokens: bool = True):  # an engine trimmed to one map, and its policy
-        return Assembler(replace(pair, kept=kept, prompt_tokens=prompt_tokens)).build(parse_method("sd+vt"))
+        return Assembler(replace(pair, kept=kept, settings=replace(pair.settings, prompt_tokens=prompt_tokens))).build(parse_method("sd+vt"))
 
     engines = {"full": Assembler(pair).build(parse_method("sd")),
                **{n: vt(tm.kept_ids) for n, tm in maps.items()},

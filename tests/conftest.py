@@ -351,3 +351,13 @@ def write_gguf(model: LlamaForCausalLM, path: Path) -> Path:
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The suite's peak resident memory (mapped model files included), beside the machine's
+    24 GB: this process's, and the largest of the child processes it waited for."""
+    import resource
+
+    own, child = (resource.getrusage(who).ru_maxrss / 2**20 for who in (resource.RUSAGE_SELF,
+                                                                         resource.RUSAGE_CHILDREN))
+    terminalreporter.write_line(f"peak resident memory: {own:.1f} GB in pytest, {child:.1f} GB in its largest child")

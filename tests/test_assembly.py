@@ -6,7 +6,7 @@ import torch
 from conftest import tiny_pair, tiny_tokenizer
 
 from vocabtrim import assembly, profile
-from vocabtrim.assembly import Assembler, Parts, parse_method
+from vocabtrim.assembly import Assembler, Parts, EngineSettings, parse_method
 from vocabtrim.bench.methods import METHODS, parse_methods
 from vocabtrim.drafters import HybridDrafter, ModelDrafter, SuffixDrafter
 from vocabtrim.errors import VocabtrimError
@@ -93,7 +93,7 @@ def assembler(monkeypatch) -> Assembler:
     """The tiny pair with a token map of 40 ids; the cost methods read a flat profile."""
     monkeypatch.setattr(profile, "for_pair", lambda target, drafter: FLAT)
     target, draft = (Loaded(n, m, tiny_tokenizer(64), "float32") for n, m in zip("td", tiny_pair()))
-    return Assembler(Parts(target, draft, torch.arange(40), draft_len=3))
+    return Assembler(Parts(target, draft, torch.arange(40), settings=EngineSettings(draft_len=3)))
 
 
 def test_engines_are_built_as_their_spec_says(assembler):

@@ -102,3 +102,32 @@ def test_the_package_keeps_its_layering():
         compared = {c.value for n in ast.walk(tree) if isinstance(n, ast.Compare)
                     for c in [n.left, *n.comparators] if isinstance(c, ast.Constant)}
         assert not compared & names or rel == "backend.py", (rel, compared & names)
+
+
+def _floors() -> dict[str, int]:
+    """The README Design table's floors (0: the top), each module of the package by name."""
+    readme = (SRC.parents[1] / "README.md").read_text()
+    table = re.findall(r"^\| (\w+) \| (.+) \|$", readme[readme.index("| floor |"):].split("\n\n")[0], re.M)
+    floors = {}
+    for depth, (_, cell) in enumerate(row for row in table if row[0] != "floor"):
+        for name in re.findall(r"`([\w/]+?)(?:\.py|/)`", cell):
+            floors.setdefault(name.split("/")[0], depth)
+    return floors
+
+
+def test_imports_run_down_the_floors_the_readme_names():
+    """Every module sits on one of the README Design table's floors and imports only from
+    its own floor or lower ones: no upward import, so no circle between floors."""
+    floors = _floors()
+    for rel, tree in _modules().items():
+        me = Path(rel).parts[0].removesuffix(".py")
+        if me in ("__init__", "__main__"):
+            continue
+        assert me in floors, f"{rel} is on no floor of the README's Design table"
+        package = Path(rel).parts[:-1]
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ImportFrom) and n.level:
+                base = list(package[:len(package) - n.level + 1]) + (n.module or "").split(".")
+                names = [base[0]] if base[0] else [a.name for a in n.names]
+                for name in names:
+                    assert floors.get(name, len(floors)) >= floors[me], f"{rel} imports {name} from a floor above"

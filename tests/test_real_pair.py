@@ -4,7 +4,7 @@ import pytest
 from conftest import RealPair, cli, spec_engine
 
 from vocabtrim import catalog, models, prompts
-from vocabtrim.assembly import Assembler, Parts, parse_method
+from vocabtrim.assembly import Assembler, Parts, EngineSettings, parse_method
 from vocabtrim.bench.identity import divergence
 from vocabtrim.drafters import Bridge, CrossVocab, ModelDrafter
 from vocabtrim.engine import Engine, Stop
@@ -166,7 +166,7 @@ def test_greedy_identical_on_ggml_with_a_hybrid_int4_drafter(fresh_real_pair):
     from vocabtrim.sampling import Sampling
 
     target = models.load(catalog.DEFAULT_TARGET, on="ggml")
-    assembler = Assembler(Parts(target, fresh_real_pair[1], quant="int4"))
+    assembler = Assembler(Parts(target, fresh_real_pair[1], settings=EngineSettings(quant="int4")))
     stop = Stop(prompts.stop_token_ids(target))
     (alone, p0), (hybrid, p1) = (assembler.build(parse_method(m)) for m in ("ar", "hybrid+q4+cost"))
     peer = LlamaCppAlone(target.gguf, 4096, Sampling(), 0, stop.token_ids)

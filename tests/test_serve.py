@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
 
 import pytest
 from conftest import (
@@ -29,7 +28,7 @@ from openai import OpenAI
 
 from vocabtrim import models, prompts
 from vocabtrim.adapt import Online, Settings
-from vocabtrim.assembly import Assembler, Parts, Spec
+from vocabtrim.assembly import Assembler, Built, Parts, Spec
 from vocabtrim.bench.identity import divergence
 from vocabtrim.engine import Engine, Stop
 from vocabtrim.errors import VocabtrimError
@@ -48,14 +47,12 @@ class Server:
                  api_key=None, store=None, online=None):
         parts = target if isinstance(target, Parts) else Parts(
             models.load(str(target), "float32"), None if draft is None else models.load(str(draft), "float32"))
-        engine, rule = Assembler(parts).build(Spec(kind, kind), policy)
-        rebuild = lambda m: Assembler(replace(parts, drafter=replace(parts.drafter, weights=m))).build(
-            Spec(kind, kind), policy)
+        built = Built.of(parts, Spec(kind, kind), policy)
         if store is not None:
-            store.attach(engine.drafter.suffix_store(), parts.target.tokenizer)
+            store.attach(built.engine.drafter.suffix_store(), parts.target.tokenizer)
         self.service = Service("tiny", api_key, drafter=kind)
-        self.decoder = Decoder(engine, rule, parts.target.tokenizer, prompts.stop_token_ids(parts.target),
-                               queue_size, time_limit, store, online=online, rebuild=rebuild)
+        self.decoder = Decoder(built.engine, built.policy, parts.target.tokenizer, prompts.stop_token_ids(parts.target),
+                               queue_size, time_limit, store, online=online, rebuild=built.rebuild)
         self.service.decoder = self.decoder
         self.running = start(self.service, "127.0.0.1", 0, log=False)
         self.url = f"http://127.0.0.1:{self.running.port}"

@@ -98,6 +98,17 @@ def check_parts(spec: Spec, drafter: bool, cross: bool = False, mapped: bool = F
                              "pair; give it a drafter model (generate and serve: --drafter model or hybrid)")
 
 
+@dataclass(frozen=True)
+class EngineSettings:
+    """What every engine over one set of models shares (the command line's options)."""
+
+    quant: str = "none"  # the drafter's weights where a method names no q8/q4
+    draft_len: int = 5  # K of static methods
+    adaedl: str = "adaedl"  # the adaedl methods' policy spec
+    prompt_tokens: bool = True  # trimmed heads also propose the prompt's own tokens
+    store_tokens: int = SuffixDrafter.STORE_TOKENS  # each suffix drafter's store of earlier outputs
+
+
 @dataclass
 class Parts:
     """What engines are built from: the loaded target and drafters, the token map (kept
@@ -107,11 +118,7 @@ class Parts:
     drafter: models.Loaded | None = None  # the drafter model (another tokenizer drafts across)
     kept: torch.Tensor | None = None
     cross: models.Loaded | None = None  # the x methods' drafter of another tokenizer
-    quant: str = "none"  # the drafter's weights where a method names no q8/q4
-    draft_len: int = 5  # K of static methods
-    adaedl: str = "adaedl"  # the adaedl methods' policy spec
-    prompt_tokens: bool = True  # trimmed heads also propose the prompt's own tokens
-    store_tokens: int = SuffixDrafter.STORE_TOKENS  # each suffix drafter's store of earlier outputs
+    settings: EngineSettings = EngineSettings()
 
 
 class Assembler:
@@ -135,7 +142,7 @@ class Assembler:
         method's own, as `generate --policy` does)."""
         if spec.kind in PEERS:
             raise VocabtrimError(f"{spec.name} is a peer's generation, not an engine of ours")
-        p = self.parts
+        p = self.parts.settings
         rule = parse_policy(policy or {"static": f"static:{p.draft_len}", "adaedl": p.adaedl,
                                        "cost": "cost"}[spec.policy])
         if spec.kind == "ar":
@@ -157,7 +164,7 @@ class Assembler:
         """The loaded drafter `spec` drafts with, in its weights."""
         self._check(spec)
         loaded = self.parts.cross if spec.cross else self.parts.drafter
-        scheme = spec.weights or self.parts.quant
+        scheme = spec.weights or self.parts.settings.quant
         return loaded if scheme == "none" else self._once(("quantized", scheme, spec.cross),
                                                            lambda: models.quantize(loaded, scheme))
 
@@ -177,11 +184,11 @@ class Assembler:
         since its n-gram cache learns for the drafter's lifetime."""
         loaded, kept = self.drafter_model(spec), self.parts.kept if spec.trimmed else None
         if self.bridge(spec.cross) is None:
-            return self._once(("drafter", spec.trimmed, spec.weights or self.parts.quant), lambda: ModelDrafter(
-                loaded.drafting, self.target.vocab_size, kept, self.parts.prompt_tokens))
+            return self._once(("drafter", spec.trimmed, spec.weights or self.parts.settings.quant), lambda: ModelDrafter(
+                loaded.drafting, self.target.vocab_size, kept, self.parts.settings.prompt_tokens))
         vocab = CrossVocab(self.bridge(spec.cross), loaded.drafting.get_output_embeddings().out_features,
                            self.target.vocab_size, spec.ngram)
-        return ModelDrafter(loaded.drafting, self.target.vocab_size, kept, self.parts.prompt_tokens, vocab)
+        return ModelDrafter(loaded.drafting, self.target.vocab_size, kept, self.parts.settings.prompt_tokens, vocab)
 
     def _costs(self, spec: Spec, max_len: int, model: ModelDrafter | None) -> Costs:
         """This machine's prices for the pair as it drafts (the cached profile, else a quick

@@ -23,8 +23,8 @@ import torch
 from . import backend, catalog, models
 from .adapt import Online, Settings, merge, read_meta
 from .adapt import read as read_adapter
-from .assembly import Assembler, Built, Parts, Spec
-from .drafters import Bridge, SuffixDrafter
+from .assembly import Assembler, Built, EngineSettings, Parts, Spec
+from .drafters import Bridge
 from .errors import VocabtrimError
 from .files import atomic_write, version
 from .gguf_header import check_gguf
@@ -35,7 +35,9 @@ from .profile import forward_ms
 from .tokenmap import TokenMap
 from .vocab import tokenizer_fingerprint
 
-TIMING_CONTEXT, TIMING_REPEATS = 128, 8  # auto's probe: one-token steps after this many cached tokens
+# auto's probe: one-token steps after TIMING_CONTEXT cached tokens, TIMING_ROUNDS medians
+# of TIMING_REPEATS steps, the least kept (a busy moment slows a round, never speeds one)
+TIMING_CONTEXT, TIMING_REPEATS, TIMING_ROUNDS = 128, 8, 3
 
 
 @dataclass(frozen=True)
@@ -49,11 +51,7 @@ class Options:
     backend: str = "auto"  # a name in backend.NAMES
     dtype: str = "auto"
     adapter: Path | None = None  # a LoRA adapter of `vocabtrim adapt`, merged into the drafter
-    quant: str = "none"
-    prompt_tokens: bool = True
-    store_tokens: int = SuffixDrafter.STORE_TOKENS
-    draft_len: int = 5
-    adaedl: str = "adaedl"
+    settings: EngineSettings = EngineSettings()  # what every engine over these models shares
 
 
 def load_parts(o: Options, check: Callable[[Parts], None] | None = None) -> Parts:
@@ -76,8 +74,7 @@ def load_parts(o: Options, check: Callable[[Parts], None] | None = None) -> Part
     target = models.load(o.target, o.dtype, choose(o.target, o.backend, o.dtype))
     if backend.get(target.backend).drafts and o.adapter is None:  # one runtime: drafters join the target
         drafter, cross = (None if m is None else _drafts_on(m, target.backend) for m in (drafter, cross))
-    parts = Parts(target, drafter, None if tm is None else tm.kept_ids, cross, quant=o.quant, draft_len=o.draft_len,
-                  adaedl=o.adaedl, prompt_tokens=o.prompt_tokens, store_tokens=o.store_tokens)
+    parts = Parts(target, drafter, None if tm is None else tm.kept_ids, cross, o.settings)
     if check is not None:
         check(parts)
     for m in (target, drafter, cross):
@@ -114,8 +111,9 @@ def choose(spec: str, name: str, dtype: str = "auto") -> str:
     """The backend for the target `spec`: `name` itself (refused in one line where it is not
     installed), or with `auto` whichever registered backend decodes this model file faster
     on this machine: one single-token step of each after a short cached context (the step
-    speculative decoding cannot skip), timed once and cached per CPU, threads, model file,
-    dtype and candidates. Each is timed in a child process: one whose native library dies
+    speculative decoding cannot skip; the least of a few rounds' medians, so that a busy
+    moment does not decide), timed once and cached per CPU, threads, model file, dtype,
+    candidates and probe. Each is timed in a child process: one whose native library dies
     there is reported in one line and not chosen; one that cannot run the file (the native
     engine refuses an architecture or tensor type) is left out."""
     if name != "auto":
@@ -127,7 +125,8 @@ def choose(spec: str, name: str, dtype: str = "auto") -> str:
         return names[0]
     dtype = resolve(dtype)
     path = cache_file("profiles", {"backend_choice": cpu(), "gguf": version(gguf), "dtype": dtype,
-                                   "candidates": names}, ".json")
+                                   "candidates": names, "probe": [TIMING_CONTEXT, TIMING_REPEATS, TIMING_ROUNDS]},
+                      ".json")
     choice = _read_choice(path)
     if choice is None:
         print(f"timing {spec} on {', '.join(names)} (once on this machine)", file=sys.stderr)
@@ -157,10 +156,11 @@ def _read_choice(path: Path) -> dict | None:
 
 @torch.inference_mode()
 def _step_ms(name: str, spec: str, dtype: str) -> float:
-    """Median ms of one single-token step of backend `name` after TIMING_CONTEXT cached tokens."""
+    """ms of one single-token step of backend `name` after TIMING_CONTEXT cached tokens: the
+    least of TIMING_ROUNDS medians."""
     target = models.load(spec, dtype, name).as_target()
     ids = [(500 + i) % target.vocab_size for i in range(TIMING_CONTEXT)]
-    return forward_ms(target.logits, target.vocab_size, ids, 1, TIMING_REPEATS)
+    return min(forward_ms(target.logits, target.vocab_size, ids, 1, TIMING_REPEATS) for _ in range(TIMING_ROUNDS))
 
 
 def build(options: Options, spec: Spec, rule: str | None = None, ngram_given: bool = False,

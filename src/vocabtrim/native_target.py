@@ -11,7 +11,7 @@ or among any number of rows, after any crop, on any thread count: the tie tolera
 
 from __future__ import annotations
 
-import functools
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -201,12 +201,14 @@ class NativeBackend:
 
     def draft_model(self, loaded) -> NativeModel:
         """The model of `loaded`'s GGUF file, read once (a target and drafters share it)."""
-        return _model(loaded.gguf, loaded.context, version(loaded.gguf))
+        key = (loaded.gguf, loaded.context, version(loaded.gguf))  # a changed file: another model
+        model = _MODELS.get(key)
+        if model is None:
+            model = _MODELS[key] = NativeModel(loaded.gguf, loaded.context)
+        return model
 
 
-@functools.cache
-def _model(path: Path, context: int, _version: object) -> NativeModel:  # a changed file: another model
-    return NativeModel(path, context)
-
+# each file read once while anything (a target, a drafter) holds its model; then let go
+_MODELS: weakref.WeakValueDictionary[tuple, NativeModel] = weakref.WeakValueDictionary()
 
 BACKEND = NativeBackend()

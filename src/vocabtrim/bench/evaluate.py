@@ -58,10 +58,10 @@ def evaluate(options: Options, specs: list[Spec], questions: list[Question], sam
     summary["time_s"] = spent
     summary["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux counts KiB
     summary["settings"] = {**(settings or {}), "questions": len(questions), "max_new_tokens": max_new_tokens,
-                           "repeats": repeats, "temperature": sampling.temperature, "seed": seed, "draft_len": options.draft_len,
-                           "adaedl": options.adaedl, "token_map_k": None if parts.kept is None else len(parts.kept),
-                           "prompt_tokens": options.prompt_tokens, "backend": parts.target.backend,
-                           "dtype": parts.target.dtype, "draft_quant": options.quant,
+                           "repeats": repeats, "temperature": sampling.temperature, "seed": seed, "draft_len": options.settings.draft_len,
+                           "adaedl": options.settings.adaedl, "token_map_k": None if parts.kept is None else len(parts.kept),
+                           "prompt_tokens": options.settings.prompt_tokens, "backend": parts.target.backend,
+                           "dtype": parts.target.dtype, "draft_quant": options.settings.quant,
                            "draft_adapter": None if options.adapter is None else str(options.adapter),
                            "target": options.target, "draft": options.draft, "cross_draft": options.cross}
     write_reports(summary, out)

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from .. import catalog
-from ..assembly import Built, Parts, Spec, check_parts, parse_method
+from ..assembly import Built, Parts, EngineSettings, Spec, check_parts, parse_method
 from ..drafters import SuffixDrafter
 from ..engine import Stop
 from ..errors import VocabtrimError
@@ -93,8 +93,8 @@ def _refuse_unused_generate(kind: str, mapped: bool) -> None:
 def _options(how: dict, spec: Spec, store_tokens: int = SuffixDrafter.STORE_TOKENS) -> Options:
     """What `engine_options` ask to load."""
     return Options(how["target"], how["draft"] if spec.model else None, token_map=how["token_map"],
-                   backend=how["backend"], dtype=how["dtype"], adapter=how["draft_adapter"], quant=how["draft_quant"],
-                   prompt_tokens=how["prompt_tokens"], store_tokens=store_tokens)
+                   backend=how["backend"], dtype=how["dtype"], adapter=how["draft_adapter"],
+                   settings=EngineSettings(quant=how["draft_quant"], prompt_tokens=how["prompt_tokens"], store_tokens=store_tokens))
 
 
 def _planned(how: dict, store_tokens: int = SuffixDrafter.STORE_TOKENS) -> tuple[Spec, Callable[..., Built]]:

@@ -11,7 +11,7 @@ import click
 
 from .. import catalog, profile
 from ..adapt import Settings, adapt, check_out
-from ..assembly import Assembler, Spec, parse_method
+from ..assembly import Assembler, EngineSettings, Spec, parse_method
 from ..bench import methods as bm
 from ..bench.evaluate import evaluate
 from ..bench.report import check_out_dir, markdown
@@ -78,7 +78,7 @@ def bench(data, per_category, limit, max_new_tokens, temperature, seed, methods,
     questions = select(load_questions(data), per_category, limit)
     check_out_dir(out, resume)
     options = Options(target, draft, cross_draft if any(s.cross for s in specs) else None, token_map, backend, dtype,
-                      draft_adapter, draft_quant, prompt_tokens, draft_len=draft_len, adaedl=adaedl)
+                      draft_adapter, EngineSettings(draft_quant, draft_len, adaedl, prompt_tokens))
     summary = evaluate(options, specs, questions, sampling, seed, max_new_tokens, out,
                        None if token_map else parse_calibration(calib), resume, repeats, given("methods"),
                        {"data": data})
@@ -160,7 +160,7 @@ def profile_cmd(target, draft, backend, dtype, draft_quant, as_json) -> None:
     """Time this machine: the target scoring 1..32 tokens at a short and a long context,
     drafter steps (quantized with --draft-quant: one profile per scheme), prefill. Cached
     for generate and bench (the cost policy), with a plot."""
-    parts = load_parts(Options(target, draft, backend=backend, dtype=dtype, quant=draft_quant))
+    parts = load_parts(Options(target, draft, backend=backend, dtype=dtype, settings=EngineSettings(quant=draft_quant)))
     p = profile.measure(parts.target, Assembler(parts).drafter_model(parse_method("sd")))
     path = profile.save(p)
     p.plot(path.with_suffix(".png"))

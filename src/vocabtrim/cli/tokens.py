@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .. import catalog, tokenmap
-from ..assembly import Assembler, parse_method
+from ..assembly import Assembler, EngineSettings, parse_method
 from ..calibrate import (
     SOURCES,
     check_counts_out,
@@ -67,7 +67,8 @@ def calibrate(source, data, out, limit, skip, max_new_tokens, temperature, seed,
         # the target's text comes out of the speculative engine: lossless, and faster
         gen_model = target if source == "target" else draft
         parts = load_parts(Options(gen_model, draft if source == "target" else None,
-                                   backend=backend if source == "target" else "torch", dtype=dtype, quant=draft_quant))
+                                   backend=backend if source == "target" else "torch", dtype=dtype,
+                                   settings=EngineSettings(quant=draft_quant)))
         engine, policy = Assembler(parts).build(parse_method("sd" if parts.drafter else "ar"))
         lm = parts.target
         meta.update(model=gen_model, backend=lm.backend, dtype=lm.dtype, max_new_tokens=max_new_tokens,
