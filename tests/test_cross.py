@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import cli, tiny_model
+from conftest import cli, tiny_model, write_gguf
 from scipy.stats import chisquare
 from tokenizers import Tokenizer, decoders
 from tokenizers import models as tk_models
@@ -46,9 +46,19 @@ def bridge() -> Bridge:
     return Bridge(TARGET_TOK, DRAFT_TOK, DV)
 
 
-def cross_drafter(kept_ids=None, prompt_tokens: bool = True, merges: bool = True) -> ModelDrafter:
+def cross_drafter(kept_ids=None, prompt_tokens: bool = True, merges: bool = True, model=DRAFT) -> ModelDrafter:
     """The drafter of its own tokenizer drafting target tokens through the bridge."""
-    return ModelDrafter(DRAFT, TV, kept_ids, prompt_tokens, vocab=CrossVocab(bridge(), DV, TV, merges))
+    return ModelDrafter(model, TV, kept_ids, prompt_tokens, vocab=CrossVocab(bridge(), DV, TV, merges))
+
+
+@pytest.fixture(scope="module", params=["torch", "native"])
+def draft_model(request, tmp_path_factory):
+    """DRAFT as torch runs it, and as the native engine runs its GGUF file."""
+    if request.param == "torch":
+        return DRAFT
+    from vocabtrim.native_target import NativeModel
+
+    return NativeModel(write_gguf(DRAFT, tmp_path_factory.mktemp("cross") / "draft.gguf"), context=256)
 
 
 def engine(drafter=None) -> Engine:
@@ -91,9 +101,9 @@ def proposed(engine: Engine) -> list[int]:
 
 
 @pytest.mark.parametrize("merges", [False, True])
-def test_greedy_identical_to_target_alone(merges):
+def test_greedy_identical_to_target_alone(merges, draft_model):
     alone = engine()
-    eng = engine(cross_drafter(merges=merges))
+    eng = engine(cross_drafter(merges=merges, model=draft_model))
     seen = proposed(eng)
     for seed in range(6):
         tail = torch.randint(2, TV, (5,), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -144,8 +154,8 @@ def chi2_pvalue(eng: Engine, policy: str, n: int = 3) -> float:
 
 
 @pytest.mark.parametrize("merges", [False, True])
-def test_sampling_follows_the_target_distribution(merges):
-    eng = engine(cross_drafter(merges=merges))
+def test_sampling_follows_the_target_distribution(merges, draft_model):
+    eng = engine(cross_drafter(merges=merges, model=draft_model))
     seen = proposed(eng)
     p = chi2_pvalue(eng, "static:3")
     assert p > 1e-3, f"cross drafter (merges {merges}): chi-square p={p:.2g}"
