@@ -72,8 +72,14 @@ def load_parts(o: Options, check: Callable[[Parts], None] | None = None) -> Part
     if tm is not None:
         tm.check_drafter(drafter.config.vocab_size, tokenizer_fingerprint(drafter.tokenizer))
     target = models.load(o.target, o.dtype, choose(o.target, o.backend, o.dtype))
-    if backend.get(target.backend).drafts and o.adapter is None:  # one runtime: drafters join the target
-        drafter, cross = (None if m is None else _drafts_on(m, target.backend) for m in (drafter, cross))
+    if backend.get(target.backend).drafts:  # one runtime: drafters join the target
+        if drafter is not None and o.adapter is not None:
+            print(f"note: the drafter {drafter.name} drafts on torch: its adapter merges into torch weights",
+                  file=sys.stderr)
+        elif drafter is not None:
+            drafter = _drafts_on(drafter, target.backend)
+        if cross is not None:
+            cross = _drafts_on(cross, target.backend)
     parts = Parts(target, drafter, None if tm is None else tm.kept_ids, cross, o.settings)
     if check is not None:
         check(parts)
