@@ -7,7 +7,13 @@ Scores `--tokens` positions after a prefix (token ids from a fixed random draw, 
 given text) one at a time, in batches of 2..16, after a crop and on 1 thread, and compares
 every position's logits bit for bit; then scores the same positions with llama.cpp
 (GgmlTarget, if llama-cpp-python is installed) and reports the largest |logit difference|
-and how often the two argmaxes agree. Prints one JSON object on its last line.
+and how often the two argmaxes agree. With `--answers DIR` (a `vocabtrim bench` --out) it
+also teacher-forces every answer of that run's target alone (`ar`) through both engines (the
+prompt and the answer in one forward, logits at every answer position) and reports how
+often each engine's argmax is the answer's next token and how often the two agree. Prints
+one JSON object on its last line.
+
+    python benchmarks/native_check.py --answers results/bench
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=48, help="positions scored")
     ap.add_argument("--prefix", type=int, default=64, help="tokens before them")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--answers", type=Path, help="a vocabtrim bench --out: teacher-force its ar answers")
     args = ap.parse_args()
     t0 = time.time()
     target = NativeTarget(args.gguf, threads=args.threads, context=1024)
@@ -70,7 +77,34 @@ def main() -> None:
               f"{diff.median():.3f}), argmax agreement {agree:.3f}")
         out["vs_llamacpp"] = {"max_abs_diff": diff.max().item(), "median_max_abs_diff": diff.median().item(),
                               "argmax_agreement": agree}
+        if args.answers:
+            out["teacher_forced"] = teacher_forced(args.answers, {"native": target, "ggml": ggml})
+            print("teacher-forced over the answers:", out["teacher_forced"])
     print(json.dumps(out))
+
+
+def teacher_forced(run: Path, targets: dict) -> dict:
+    """Over every turn of the bench run's `ar` answers: the share of answer positions where
+    each target's argmax is the answer's token, where the targets' argmaxes agree, and the
+    largest |logit difference| between the first two."""
+    from vocabtrim.bench.run import read_results
+
+    room = min(tg.context for tg in targets.values())
+    turns = [t for r in read_results(run / "results.jsonl") if r["method"] == "ar" for t in r["turns"]
+             if t["token_ids"] and len(t["prompt_ids"]) + len(t["token_ids"]) <= room]
+    hits, agree, positions, worst = dict.fromkeys(targets, 0), 0, 0, 0.0
+    for t in turns:
+        seq, n = t["prompt_ids"] + t["token_ids"], len(t["token_ids"])
+        logits = {name: tg.logits(seq[:-1], n) for name, tg in targets.items()}  # predicts each answer token
+        want = torch.tensor(t["token_ids"])
+        for name, lg in logits.items():
+            hits[name] += int((lg.argmax(-1) == want).sum())
+        a, b = logits.values()
+        agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+        worst = max(worst, (a - b).abs().max().item())
+        positions += n
+    return {"answers": len(turns), "positions": positions, "argmax_agreement": agree / positions,
+            "max_abs_diff": worst, **{f"{name}_matches_answer": h / positions for name, h in hits.items()}}
 
 
 if __name__ == "__main__":
