@@ -6,7 +6,12 @@
  *   K-quants, per super-block b in order, S1 = sum sx*q*x and S2 = sum mn*bsum (int32):
  *     VT_MIN_SEP: v = d*(float)S1 - dm*(float)S2;  VT_MIN_INT: v = d*(float)(S1 - S2)
  *     acc = acc + dx*v
- *   Q8_0, per 32-block b in order, S = sum w*x (int32): acc = acc + (dw*dx)*(float)S
+ *   Q4_0, Q5_0, Q8_0: 8 partial sums, one per group of 4 elements of a block (the lanes
+ *     of maddubs+madd and of VNNI's dpbusd): per 32-block b in order, with t = dw*dx and
+ *     S_k = sum of w*x over elements 4k..4k+3 (int32, w the block's signed quants from
+ *     vt_unpack_32): acc[k] = acc[k] + t*(float)S_k; then halved: acc[k] += acc[k+h] for
+ *     h = 4, 2, 1.  (No sum across a block's lanes per block: a decode step of a drafter
+ *     stored in 32-blocks would pay more for those than for its weights' bytes.)
  *   F32/F16/BF16: 16 partial sums, acc[i%16] = acc[i%16] + w[i]*x[i] over i in order
  *     (the tail zero-padded to 16), then halved: acc[k] += acc[k+h] for h = 8, 4, 2, 1.
  * Integer sums are exact, so how a path groups them does not matter. */
@@ -19,6 +24,8 @@ int64_t vt_block_bytes(int type) {
     switch (type) {
     case VT_F32: return 4;
     case VT_F16: case VT_BF16: return 2;
+    case VT_Q4_0: return 18;
+    case VT_Q5_0: return 22;
     case VT_Q8_0: return 34;
     case VT_Q4_K: return 144;
     case VT_Q5_K: return 176;
@@ -30,7 +37,7 @@ int64_t vt_block_bytes(int type) {
 int64_t vt_block_elems(int type) {
     switch (type) {
     case VT_F32: case VT_F16: case VT_BF16: return 1;
-    case VT_Q8_0: return QK8_0;
+    case VT_Q4_0: case VT_Q5_0: case VT_Q8_0: return QK8_0;
     case VT_Q4_K: case VT_Q5_K: case VT_Q6_K: return QK_K;
     default: return 0;
     }
@@ -176,18 +183,22 @@ static void dot_k_rows1(int type, const uint8_t *w, const vt_xk *x, const float 
     for (int64_t r = 0; r < nrows; r++) dot_k(type, w + r * nb * vt_block_bytes(type), x, dx, 1, 1, nb, y + r);
 }
 
-static void dot_q8_0(const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out) {
+static void dot_q32(int type, const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out) {
+    const int64_t bytes = vt_block_bytes(type);
     for (int r = 0; r < n; r++) {
-        float acc = 0.0f;
+        float acc[8] = {0};
         for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *wb = w + 34 * b;
-            const int8_t *wq = (const int8_t *)(wb + 2);
-            int32_t s = 0;
-            for (int i = 0; i < QK8_0; i++) s += wq[i] * x[r][b].q[i];
-            const float t = vt_fp16(vt_rd16(wb)) * x[r][b].d;
-            acc = acc + t * (float)s;
+            int8_t wq[QK8_0];
+            const float t = vt_unpack_32(type, w + bytes * b, wq) * x[r][b].d;
+            for (int k = 0; k < 8; k++) {
+                int32_t s = 0;
+                for (int i = 4 * k; i < 4 * k + 4; i++) s += wq[i] * x[r][b].q[i];
+                acc[k] = acc[k] + t * (float)s;
+            }
         }
-        out[r] = acc;
+        for (int h = 4; h > 0; h >>= 1)
+            for (int k = 0; k < h; k++) acc[k] = acc[k] + acc[k + h];
+        out[r] = acc[0];
     }
 }
 
@@ -210,7 +221,7 @@ static void axpy(float *o, float e, const float *v, int64_t n) {
     for (int64_t i = 0; i < n; i++) o[i] = o[i] + e * v[i];
 }
 
-const vt_kernels vt_kernels_portable = {dot_k, dot_k_rows1, dot_q8_0, dot_f, axpy};
+const vt_kernels vt_kernels_portable = {dot_k, dot_k_rows1, dot_q32, dot_f, axpy};
 
 /* Dequantize n elements (whole blocks) of `type` to fp32, in the order and with the float
  * operations of ggml's dequantize_row_* (the tests hold it against gguf's quants.py). */
@@ -224,9 +235,10 @@ VT_API int vt_dequantize(int type, const void *src, int64_t n, float *dst) {
         return VT_OK;
     }
     for (int64_t b = 0; b < n / be; b++, s += bb, dst += be) {
-        if (type == VT_Q8_0) {
-            const float d = vt_fp16(vt_rd16(s));
-            for (int i = 0; i < QK8_0; i++) dst[i] = (float)((const int8_t *)(s + 2))[i] * d;
+        if (be == QK8_0) {
+            int8_t q[QK8_0];
+            const float d = vt_unpack_32(type, s, q);
+            for (int i = 0; i < QK8_0; i++) dst[i] = (float)q[i] * d;
             continue;
         }
         vt_kblock k;

@@ -30,14 +30,6 @@ static inline __m128i hsum4(__m256i a, __m256i b, __m256i c, __m256i d) {
     return _mm_add_epi32(_mm256_castsi256_si128(g), _mm256_extracti128_si256(g, 1));
 }
 
-/* The activation scales of block b of the n rows, 0 in the lanes past n. */
-#define ROW_SCALES(x, b, n)                                  \
-    ({                                                       \
-        float d_[4] = {0};                                   \
-        for (int r_ = 0; r_ < (n); r_++) d_[r_] = x[r_][b].d; \
-        _mm_loadu_ps(d_);                                    \
-    })
-
 #define VT_INLINE static inline __attribute__((always_inline))
 
 /* Q4_K/Q5_K: the 6-bit scales as 8 int16 in both 128-bit lanes, the mins doubled to one
@@ -237,21 +229,47 @@ VT_INLINE void dot_k_n(int type, const uint8_t *w, const vt_xk *x, const float *
     memcpy(out, o, sizeof(float) * (size_t)n);
 }
 
-VT_INLINE void dot_q8_0_n(const uint8_t *w, const vt_x8 *const *x, int64_t nb, float *out, const int n) {
-    __m128 acc = _mm_setzero_ps();
+/* The 32 signed quants of a Q4_0/Q5_0/Q8_0 block as bytes (vt_unpack_32's integers). */
+VT_INLINE __m256i unpack32(int type, const uint8_t *blk) {
+    if (type == VT_Q8_0) return _mm256_loadu_si256((const __m256i *)(blk + 2));
+    const int five = type == VT_Q5_0;
+    const __m128i raw = _mm_loadu_si128((const __m128i *)(blk + (five ? 6 : 2)));
+    /* elements 0-15: the low nibbles, 16-31: the high ones */
+    const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
+    if (!five) return _mm256_sub_epi8(q, _mm256_set1_epi8(8));
+    uint32_t qh;
+    memcpy(&qh, blk + 2, 4);
+    /* bit i of qh to byte i: its byte spread over 8 lanes, each lane testing its own bit */
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh),
+                                               _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2,
+                                                                2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+    const __m256i fifth = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16));
+    return _mm256_sub_epi8(_mm256_or_si256(q, fifth), _mm256_set1_epi8(16));
+}
+
+/* acc[k] + acc[k+4], then +2, +1: the portable halving of 8 partial sums. */
+static inline float reduce8(__m256 s) {
+    const __m128 t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    const __m128 u = _mm_add_ps(t, _mm_movehl_ps(t, t));
+    return _mm_cvtss_f32(_mm_add_ss(u, _mm_shuffle_ps(u, u, 1)));
+}
+
+VT_INLINE void dot_q32_n(int type, const uint8_t *w, const vt_x8 *const *x, int64_t nb, float *out, const int n) {
+    const int64_t bytes = type == VT_Q8_0 ? 34 : type == VT_Q5_0 ? 22 : 18;
+    __m256 acc[4];
+    for (int r = 0; r < n; r++) acc[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *wb = w + 34 * b;
-        const __m256i wq = _mm256_loadu_si256((const __m256i *)(wb + 2)), aw = _mm256_sign_epi8(wq, wq);
-        __m256i p[4];
-        for (int r = 0; r < 4; r++) /* |w| x (x with w's sign): u8 x s8, the same products */
-            p[r] = r < n ? DPBUSD(_mm256_setzero_si256(), aw, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x[r][b].q), wq))
-                         : _mm256_setzero_si256();
-        const __m128 t = _mm_mul_ps(_mm_set1_ps(fp16(wb)), ROW_SCALES(x, b, n));
-        acc = _mm_add_ps(acc, _mm_mul_ps(t, _mm_cvtepi32_ps(hsum4(p[0], p[1], p[2], p[3]))));
+        const uint8_t *wb = w + bytes * b;
+        const __m256i wq = unpack32(type, wb), aw = _mm256_sign_epi8(wq, wq);
+        const float dw = fp16(wb);
+        for (int r = 0; r < n; r++) { /* |w| x (x with w's sign): u8 x s8, the same products */
+            const __m256i p = DPBUSD(_mm256_setzero_si256(), aw,
+                                     _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x[r][b].q), wq));
+            acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_set1_ps(dw * x[r][b].d), _mm256_cvtepi32_ps(p)));
+        }
     }
-    float o[4];
-    _mm_storeu_ps(o, acc);
-    memcpy(out, o, sizeof(float) * (size_t)n);
+    for (int r = 0; r < n; r++) out[r] = reduce8(acc[r]);
 }
 
 /* 8 weights as fp32: F32, F16 (F16C, exact) or BF16 (a shift, exact). */
@@ -264,12 +282,7 @@ static inline __m256 load8(int type, const void *w, int64_t i) {
 }
 
 /* acc[k] + acc[k+8], then +4, +2, +1: the portable tree. */
-static inline float reduce16(__m256 lo, __m256 hi) {
-    const __m256 s = _mm256_add_ps(lo, hi);
-    const __m128 t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    const __m128 u = _mm_add_ps(t, _mm_movehl_ps(t, t));
-    return _mm_cvtss_f32(_mm_add_ss(u, _mm_shuffle_ps(u, u, 1)));
-}
+static inline float reduce16(__m256 lo, __m256 hi) { return reduce8(_mm256_add_ps(lo, hi)); }
 
 VT_INLINE void dot_f_n(int type, const void *w, const float *const *x, int64_t n, float *out, const int rows) {
     __m256 lo[4], hi[4];
@@ -325,8 +338,11 @@ static void dot_k(int type, const uint8_t *w, const vt_xk *x, const float *dx, i
 #undef CALL
 }
 
-static void dot_q8_0(const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out) {
-#define CALL(k) dot_q8_0_n(w, x + r0, nb, out + r0, k)
+static void dot_q32(int type, const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out) {
+#define CALL(k)                                                    \
+    (type == VT_Q8_0   ? dot_q32_n(VT_Q8_0, w, x + r0, nb, out + r0, k) \
+     : type == VT_Q5_0 ? dot_q32_n(VT_Q5_0, w, x + r0, nb, out + r0, k) \
+                       : dot_q32_n(VT_Q4_0, w, x + r0, nb, out + r0, k))
     BY_ROWS4(CALL)
 #undef CALL
 }
@@ -345,4 +361,4 @@ static void axpy(float *o, float e, const float *v, int64_t n) {
     for (; i < n; i++) o[i] = o[i] + e * v[i];
 }
 
-const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q8_0, dot_f, axpy};
+const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q32, dot_f, axpy};

@@ -76,7 +76,7 @@ static void mm_rows(const mm_job *j, const vt_mm_part *p, int64_t r0, int64_t r1
                 } else if (be == QK8_0) {
                     const vt_x8 *xs[VT_ROWS];
                     for (int i = 0; i < m; i++) xs[i] = j->x8 + (l0 + i) * nb;
-                    j->k->dot_q8_0(wr, xs, (int)m, nb, out);
+                    j->k->dot_q32(p->type, wr, xs, (int)m, nb, out);
                 } else {
                     const float *xs[VT_ROWS];
                     for (int i = 0; i < m; i++) xs[i] = j->x + (l0 + i) * j->cols;

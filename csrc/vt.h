@@ -14,7 +14,8 @@
 #define VT_API __attribute__((visibility("default")))
 
 /* GGUF tensor types (ggml_type ids) the kernels read at their stored format. */
-enum { VT_F32 = 0, VT_F16 = 1, VT_Q8_0 = 8, VT_Q4_K = 12, VT_Q5_K = 13, VT_Q6_K = 14, VT_BF16 = 30 };
+enum { VT_F32 = 0, VT_F16 = 1, VT_Q4_0 = 2, VT_Q5_0 = 6, VT_Q8_0 = 8, VT_Q4_K = 12, VT_Q5_K = 13, VT_Q6_K = 14,
+       VT_BF16 = 30 };
 
 /* Instruction-set paths, in order of preference. */
 enum { VT_ISA_PORTABLE = 0, VT_ISA_AVX2 = 1, VT_ISA_AVXVNNI = 2, VT_ISA_AVX512VNNI = 3, VT_ISA_COUNT };
@@ -70,8 +71,9 @@ typedef struct {
      * consecutive weight rows of nb blocks from w: y[r], r < nrows (each as dot_k's) */
     void (*dot_k_rows1)(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t nb, int64_t nrows,
                         float *y);
-    /* Q8_0 weights (raw 34-byte blocks) against 4 Q8_0-quantized rows */
-    void (*dot_q8_0)(const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out);
+    /* 32-element weights (Q4_0, Q5_0, Q8_0 raw blocks: signed quants and an fp16 scale)
+     * against 4 Q8_0-quantized rows */
+    void (*dot_q32)(int type, const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out);
     /* F32/F16/BF16 weight row (raw) against 4 fp32 rows of n columns */
     void (*dot_f)(int type, const void *w, const float *const *x, int n, int64_t cols, float *out);
     /* o[i] = o[i] + e * v[i], i < n (attention's weighted values: elementwise, any width) */
@@ -113,6 +115,24 @@ static inline float vt_load_f(int type, const void *w, int64_t i) {
 }
 
 static inline uint16_t vt_rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+/* A 32-element block (Q4_0, Q5_0, Q8_0) as its signed quants q[32] in element order
+ * (Q4_0: nibble - 8; Q5_0: nibble | fifth bit << 4, - 16; Q8_0: as stored); returns its
+ * fp16 scale d, the first 2 bytes of each.  The integers every path's unpack produces. */
+static inline float vt_unpack_32(int type, const uint8_t *blk, int8_t *q) {
+    if (type == VT_Q8_0) {
+        for (int i = 0; i < 32; i++) q[i] = (int8_t)blk[2 + i];
+    } else {
+        const int five = type == VT_Q5_0;
+        const uint8_t *qs = blk + (five ? 6 : 2);
+        const uint32_t qh = five ? (uint32_t)blk[2] | (uint32_t)blk[3] << 8 | (uint32_t)blk[4] << 16 | (uint32_t)blk[5] << 24 : 0;
+        for (int i = 0; i < 16; i++) {
+            q[i] = (int8_t)(((qs[i] & 0x0F) | ((qh >> i) & 1) << 4) - (five ? 16 : 8));
+            q[i + 16] = (int8_t)(((qs[i] >> 4) | ((qh >> (i + 16)) & 1) << 4) - (five ? 16 : 8));
+        }
+    }
+    return vt_fp16(vt_rd16(blk));
+}
 
 /* Bytes per block and elements per block of a supported type; 0 when unsupported. */
 int64_t vt_block_bytes(int type);

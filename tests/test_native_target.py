@@ -89,6 +89,15 @@ def q8_gguf(tmp_path_factory):
     return path, model
 
 
+@pytest.fixture(scope="module")
+def q5_gguf(tmp_path_factory):
+    """Q5_0, what the default drafter's 896-wide matrices are stored in."""
+    mp = pytest.MonkeyPatch()
+    model = tiny_qwen2(hidden=256)
+    path = quantized_gguf(model, tmp_path_factory.mktemp("native") / "q5.gguf", native_type("Q5_0"), mp)
+    return path, model
+
+
 def native_type(name: str):
     import gguf
 
@@ -107,8 +116,9 @@ def test_logits_match_the_torch_target(make, tmp_path):
             assert torch.allclose(got, want, atol=2e-5, rtol=1e-5), (got - want).abs().max()
 
 
-def test_quantized_logits_close_to_torch(q8_gguf):
-    path, model = q8_gguf
+@pytest.mark.parametrize("which", ["q8_0", "q5_0"])
+def test_quantized_logits_close_to_torch(which, q8_gguf, q5_gguf):
+    path, model = q8_gguf if which == "q8_0" else q5_gguf
     got = NativeTarget(path, threads=2).logits(SEQ, len(SEQ))
     with torch.inference_mode():
         want = TorchTarget(model).logits(SEQ, len(SEQ)).float()
@@ -125,9 +135,9 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and torch.equal(a.view(torch.int32), b.view(torch.int32))
 
 
-@pytest.mark.parametrize("which", ["f32", "q8_0"])
-def test_batch_invariance(which, f32_gguf, q8_gguf):
-    path = f32_gguf if which == "f32" else q8_gguf[0]
+@pytest.mark.parametrize("which", ["f32", "q8_0", "q5_0"])
+def test_batch_invariance(which, f32_gguf, q8_gguf, q5_gguf):
+    path = {"f32": f32_gguf, "q8_0": q8_gguf[0], "q5_0": q5_gguf[0]}[which]
     target = NativeTarget(path, threads=2)
     alone = one_at_a_time(target)
     for n in (2, 3, 5, 8, 16, 32, len(SEQ)):
@@ -164,8 +174,8 @@ def test_refusals(tmp_path, monkeypatch):
     w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
     with pytest.raises(VocabtrimError, match="not gemma: use the ggml backend"):
         NativeTarget(tmp_path / "g.gguf")
-    path = quantized_gguf(tiny_qwen2(), tmp_path / "q4_0.gguf", native_type("Q4_0"), monkeypatch)
-    with pytest.raises(VocabtrimError, match="is Q4_0, which the native engine does not read"):
+    path = quantized_gguf(tiny_qwen2(), tmp_path / "q4_1.gguf", native_type("Q4_1"), monkeypatch)
+    with pytest.raises(VocabtrimError, match="is Q4_1, which the native engine does not read"):
         NativeTarget(path)
     target = NativeTarget(write_gguf(tiny_qwen2(), tmp_path / "ok.gguf"), context=16)
     with pytest.raises(VocabtrimError, match="context of 16"):
