@@ -351,10 +351,11 @@ def test_drafters_join_a_native_target(f32_gguf, tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.real
-@pytest.mark.parametrize("drafter", ["hybrid", "suffix"])
+@pytest.mark.parametrize("drafter", ["hybrid", "suffix", "model"])
 def test_the_real_pair_on_the_native_engine_is_bit_identical_to_its_target_alone(no_real_pair, drafter):
-    """The default target on the native engine: speculative greedy output token for token
-    the target alone's, with no tie tolerance (its logits do not depend on the batch)."""
+    """The default target on the native engine, the drafter model on it too (its Q5_0 GGUF):
+    speculative greedy output token for token the target alone's, with no tie tolerance
+    (its logits do not depend on the batch)."""
     import json
 
     from conftest import cli
