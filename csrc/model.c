@@ -122,36 +122,52 @@ typedef struct {
     const vt_model *m;
     const float *q; /* [T][n_head * hd] */
     float *out;     /* [T][n_head * hd] */
-    float *scores;  /* [threads][n_ctx] */
-    int T, pos0, layer;
+    float *scores;  /* [threads][VT_ATT_HEADS][n_ctx] */
+    int T, pos0, layer, parts; /* an item: a row, a kv head and one of its `parts` sets of query heads */
 } attn_job;
 
-/* One query row and head: softmax over keys 0..pos in order, values summed in that order. */
+/* The query heads that share a kv head are scored together (up to 4, dot_f's rows), so each
+ * key and value is read once for them; each head's softmax over keys 0..pos and its value
+ * sums run in key order as alone. */
+#define VT_ATT_HEADS 4
 static void attn_task(void *vjob, int64_t i0, int64_t i1, int ith) {
     attn_job *j = vjob;
     const vt_model *m = j->m;
     const int hd = m->head_dim, kvd = m->n_head_kv * hd, group = m->n_head / m->n_head_kv;
+    const int per = (group + j->parts - 1) / j->parts;
     const float scale = 1.0f / sqrtf((float)hd);
     const vt_kernels *k = vt_kernels_for(m->isa);
-    float *score = j->scores + (size_t)ith * m->n_ctx;
+    float *score = j->scores + (size_t)ith * VT_ATT_HEADS * m->n_ctx;
     const float *kl = m->kc + (size_t)j->layer * m->n_ctx * kvd, *vl = m->vc + (size_t)j->layer * m->n_ctx * kvd;
     for (int64_t it = i0; it < i1; it++) {
-        const int t = (int)(it / m->n_head), h = (int)(it % m->n_head), pos = j->pos0 + t, kh = h / group;
-        const float *q = j->q + (size_t)t * m->n_head * hd + (size_t)h * hd;
-        float *o = j->out + (size_t)t * m->n_head * hd + (size_t)h * hd, mx = -INFINITY, sum = 0.0f;
-        for (int p = 0; p <= pos; p++) {
-            const float *key = kl + (size_t)p * kvd + (size_t)kh * hd;
-            k->dot_f(VT_F32, key, &q, 1, hd, score + p);
-            score[p] = score[p] * scale;
-            mx = fmaxf(mx, score[p]);
+        const int t = (int)(it / (m->n_head_kv * j->parts)), kh = (int)(it / j->parts % m->n_head_kv);
+        const int h0 = kh * group + (int)(it % j->parts) * per, nh = group - (h0 - kh * group) < per ? group - (h0 - kh * group) : per;
+        const int pos = j->pos0 + t;
+        const float *q[VT_ATT_HEADS];
+        float *o[VT_ATT_HEADS], mx[VT_ATT_HEADS], sum[VT_ATT_HEADS], s[VT_ATT_HEADS];
+        for (int i = 0; i < nh; i++) {
+            q[i] = j->q + (size_t)t * m->n_head * hd + (size_t)(h0 + i) * hd;
+            o[i] = j->out + (size_t)t * m->n_head * hd + (size_t)(h0 + i) * hd;
+            mx[i] = -INFINITY, sum[i] = 0.0f;
+            memset(o[i], 0, sizeof(float) * (size_t)hd);
         }
-        memset(o, 0, sizeof(float) * (size_t)hd);
         for (int p = 0; p <= pos; p++) {
-            const float e = expf(score[p] - mx), *val = vl + (size_t)p * kvd + (size_t)kh * hd;
-            sum = sum + e;
-            k->axpy(o, e, val, hd);
+            k->dot_f(VT_F32, kl + (size_t)p * kvd + (size_t)kh * hd, q, nh, hd, s);
+            for (int i = 0; i < nh; i++) {
+                score[i * m->n_ctx + p] = s[i] * scale;
+                mx[i] = fmaxf(mx[i], score[i * m->n_ctx + p]);
+            }
         }
-        for (int d = 0; d < hd; d++) o[d] = o[d] / sum;
+        for (int p = 0; p <= pos; p++) {
+            const float *val = vl + (size_t)p * kvd + (size_t)kh * hd;
+            for (int i = 0; i < nh; i++) {
+                const float e = expf(score[i * m->n_ctx + p] - mx[i]);
+                sum[i] = sum[i] + e;
+                k->axpy(o[i], e, val, hd);
+            }
+        }
+        for (int i = 0; i < nh; i++)
+            for (int d = 0; d < hd; d++) o[i][d] = o[i][d] / sum[i];
     }
 }
 
@@ -169,7 +185,7 @@ static int forward(vt_model *m, const int32_t *tokens, int T, int pos0, int n_ou
     float *x = malloc(sizeof(float) * (size_t)T * E), *h = malloc(sizeof(float) * (size_t)T * E),
           *q = malloc(sizeof(float) * (size_t)T * E), *att = malloc(sizeof(float) * (size_t)T * E),
           *g = malloc(sizeof(float) * (size_t)T * F), *u = malloc(sizeof(float) * (size_t)T * F),
-          *scores = malloc(sizeof(float) * (size_t)vt_pool_threads(m->pool) * m->n_ctx);
+          *scores = malloc(sizeof(float) * (size_t)vt_pool_threads(m->pool) * VT_ATT_HEADS * m->n_ctx);
     rc = (x && h && q && att && g && u && scores) ? VT_OK : VT_ENOMEM;
     const int64_t row_bytes = E / vt_block_elems(emb->type) * vt_block_bytes(emb->type);
     for (int t = 0; t < T && !rc; t++)
@@ -186,8 +202,9 @@ static int forward(vt_model *m, const int32_t *tokens, int T, int pos0, int n_ou
             rope(m, q + (size_t)t * E, m->n_head, pos0 + t);
             rope(m, kl + (size_t)t * kvd, m->n_head_kv, pos0 + t);
         }
-        attn_job aj = {m, q, att, scores, T, pos0, l};
-        vt_pool_run(m->pool, attn_task, &aj, (int64_t)T * m->n_head, 1, (int64_t)T * m->n_head * (pos0 + T) * hd);
+        const int group = m->n_head / m->n_head_kv, parts = (group + VT_ATT_HEADS - 1) / VT_ATT_HEADS;
+        attn_job aj = {m, q, att, scores, T, pos0, l, parts};
+        vt_pool_run(m->pool, attn_task, &aj, (int64_t)T * m->n_head_kv * parts, 1, (int64_t)T * m->n_head * (pos0 + T) * hd);
         if ((rc = mm(m, &w[T_WO], att, T, h))) break;
         for (int64_t i = 0; i < (int64_t)T * E; i++) x[i] = x[i] + h[i];
         for (int t = 0; t < T; t++) rmsnorm(x + (size_t)t * E, w[T_FFN_NORM].data, E, m->eps, h + (size_t)t * E);
