@@ -6,6 +6,7 @@
  * Each kernel follows kern_portable.c's float recipe lane by lane: the integer sums are
  * exact whatever the grouping, the float steps are the same multiplies and adds. */
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "vt.h"
@@ -372,4 +373,46 @@ static void axpy(float *o, float e, const float *v, int64_t n) {
     for (; i < n; i++) o[i] = o[i] + e * v[i];
 }
 
-const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q32, dot_f, axpy};
+/* kern_portable.c's quantize_block on 256 values, 8 lanes at a time, its comparisons kept
+ * (NaN: never the max, clamped to -127), and the same group sums. */
+static void quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64_t stride) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f),
+                 magic = _mm256_set1_ps(12582912.0f);
+    for (int64_t b = 0; b < cols / QK_K; b++) {
+        const float *xb = x + b * QK_K;
+        vt_xk *o = out + b * stride;
+        __m256 m = _mm256_setzero_ps();
+        for (int i = 0; i < QK_K; i += 8) m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(xb + i)), m); /* a > m ? a : m */
+        float t[8], amax = 0.0f;
+        _mm256_storeu_ps(t, m);
+        for (int i = 0; i < 8; i++) amax = t[i] > amax ? t[i] : amax;
+        if (!(amax > 0.0f) || isinf(amax)) {
+            memset(o, 0, sizeof *o);
+            d[b * stride] = 0.0f;
+            continue;
+        }
+        const __m256 id = _mm256_set1_ps(127.0f / amax);
+        for (int i = 0; i < QK_K; i += 32) {
+            __m256i q[4];
+            for (int k = 0; k < 4; k++) {
+                const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(xb + i + 8 * k), id);
+                const __m256 c = _mm256_blendv_ps(lo, _mm256_blendv_ps(hi, v, _mm256_cmp_ps(v, hi, _CMP_LE_OQ)),
+                                                  _mm256_cmp_ps(v, lo, _CMP_GE_OQ));
+                q[k] = _mm256_cvttps_epi32(_mm256_sub_ps(_mm256_add_ps(c, magic), magic));
+            }
+            /* packs interleave the 128-bit lanes: dwords 0 4 1 5 2 6 3 7 back in order */
+            const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            _mm256_store_si256((__m256i *)(o->q + i), _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+        }
+        for (int k = 0; k < QK_K / 16; k++) {
+            const __m128i s = _mm_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(o->q + 16 * k))),
+                          s2 = _mm_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(o->q + 16 * k + 8)));
+            const __m128i w = _mm_madd_epi16(_mm_add_epi16(s, s2), _mm_set1_epi16(1));
+            const __m128i u = _mm_add_epi32(w, _mm_shuffle_epi32(w, 0x4E));
+            o->bs[k] = (int16_t)_mm_cvtsi128_si32(_mm_add_epi32(u, _mm_shuffle_epi32(u, 0xB1)));
+        }
+        d[b * stride] = amax / 127.0f;
+    }
+}
+
+const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q32, dot_f, axpy, quantize_k};

@@ -137,7 +137,7 @@ int vt_matmul_parts(vt_pool *pool, int isa, int64_t cols, const float *x, int64_
             free(xk), free(xd);
             return VT_ENOMEM;
         }
-        for (int64_t l = 0; l < L; l++) vt_quantize_k(x + l * cols, cols, (vt_xk *)xk + l, xd + l, L);
+        for (int64_t l = 0; l < L; l++) j.k->quantize_k(x + l * cols, cols, (vt_xk *)xk + l, xd + l, L);
     }
     if (need_8) {
         if (!(x8 = malloc((size_t)(L * (cols / QK8_0)) * sizeof(vt_x8)))) {

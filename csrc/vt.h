@@ -78,6 +78,9 @@ typedef struct {
     void (*dot_f)(int type, const void *w, const float *const *x, int n, int64_t cols, float *out);
     /* o[i] = o[i] + e * v[i], i < n (attention's weighted values: elementwise, any width) */
     void (*axpy)(float *o, float e, const float *v, int64_t n);
+    /* vt_quantize_k (max, multiplies, compares and the rounding trick are elementwise or
+     * exact: every width gives its bits) */
+    void (*quantize_k)(const float *x, int64_t cols, vt_xk *out, float *d, int64_t stride);
 } vt_kernels;
 
 extern const vt_kernels vt_kernels_portable;
