@@ -142,12 +142,14 @@ def small_counts(eng: Engine, runs: int = RUNS) -> dict[tuple[int, ...], int]:
     return counts
 
 
-def assert_greedy_identical_with_a_drafter(target, model) -> None:
-    """`target` (any backend's, holding `model`'s weights) decodes greedily the same with a
-    noisy copy of `model` drafting as alone, and some drafts are accepted."""
+def assert_greedy_identical_with_a_drafter(target, model, drafter=None) -> None:
+    """`target` (any backend's, holding `model`'s weights) decodes greedily the same with
+    `drafter` (default: a model drafter over a noisy copy of `model`) as alone, and some
+    drafts are accepted."""
     from vocabtrim.policies import Static
 
-    alone, spec = Engine(target), Engine(target, model_drafter(noisy_copy(model, 0.3, seed=2), model))
+    drafter = drafter or model_drafter(noisy_copy(model, 0.3, seed=2), model)
+    alone, spec = Engine(target), Engine(target, drafter)
     accepted = 0
     for p in prompts(6):
         ref, _ = alone.generate(p, 30, Static(1))

@@ -14,7 +14,6 @@ from conftest import (
     exact_joint,
     model_drafter,
     noisy_copy,
-    prompts,
     small_counts,
     small_pair,
     tiny_model,
@@ -81,21 +80,23 @@ def f32_gguf(tmp_path_factory):
     return write_gguf(tiny_qwen2(hidden=256), tmp_path_factory.mktemp("native") / "qwen2.gguf")
 
 
+def quantized_qwen2(tmp_path_factory, qtype: str):
+    """A 256-wide tiny Qwen2 in a GGUF of `qtype` matrices, and the model it computes."""
+    model = tiny_qwen2(hidden=256)
+    path = quantized_gguf(model, tmp_path_factory.mktemp("native") / f"{qtype}.gguf", native_type(qtype),
+                          pytest.MonkeyPatch())
+    return path, model
+
+
 @pytest.fixture(scope="module")
 def q8_gguf(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    model = tiny_qwen2(hidden=256)
-    path = quantized_gguf(model, tmp_path_factory.mktemp("native") / "q8.gguf", native_type("Q8_0"), mp)
-    return path, model
+    return quantized_qwen2(tmp_path_factory, "Q8_0")
 
 
 @pytest.fixture(scope="module")
 def q5_gguf(tmp_path_factory):
     """Q5_0, what the default drafter's 896-wide matrices are stored in."""
-    mp = pytest.MonkeyPatch()
-    model = tiny_qwen2(hidden=256)
-    path = quantized_gguf(model, tmp_path_factory.mktemp("native") / "q5.gguf", native_type("Q5_0"), mp)
-    return path, model
+    return quantized_qwen2(tmp_path_factory, "Q5_0")
 
 
 def native_type(name: str):
@@ -238,21 +239,12 @@ def test_greedy_identical_with_a_native_drafter(tmp_path):
     """Target and drafter both on the native engine (the drafter's head trimmed, the prompt's
     tokens added): greedy output the target's alone, bit for bit, drafts accepted."""
     from vocabtrim.native_target import NativeModel
-    from vocabtrim.policies import Static
 
     model = tiny_model(64, seed=1)
     target = NativeTarget(write_gguf(model, tmp_path / "t.gguf"), threads=1)
     drafter = NativeModel(write_gguf(noisy_copy(model, 0.3, seed=2), tmp_path / "d.gguf"), context=256)
-    alone = Engine(target)
     for kept in (None, torch.arange(2, 50)):
-        spec = Engine(target, model_drafter(drafter, model, kept))
-        accepted = 0
-        for p in prompts(4):
-            ref, _ = alone.generate(p, 30, Static(1))
-            out, s = spec.generate(p, 30, Static(4))
-            assert out == ref
-            accepted += sum(s.accepted_per_round)
-        assert accepted > 0
+        assert_greedy_identical_with_a_drafter(target, model, model_drafter(drafter, model, kept))
 
 
 def test_sampling_follows_the_target_with_a_native_drafter(tmp_path):

@@ -9,7 +9,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -44,6 +44,8 @@ class Loaded:
     gguf: Path | None = None
     config: object = None  # transformers' config (default: the model's)
     generation: object = None  # transformers' generation config, where the model has one
+    # what `drafting` made, kept (a native model's header read once); `replace` starts afresh
+    _drafting: object = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.weights, torch.nn.Module):
@@ -67,7 +69,9 @@ class Loaded:
     def drafting(self):
         """What a drafter of it drafts with (`drafting.DraftModel`): on the native backend its
         GGUF file on the native engine, else its torch weights."""
-        return backend.get(self.backend).draft_model(self)
+        if self._drafting is None:
+            self._drafting = backend.get(self.backend).draft_model(self)
+        return self._drafting
 
     def as_target(self) -> Target:
         """This model as the engine's target (a fresh cache)."""
