@@ -78,7 +78,11 @@ void vt_quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64_t s
 }
 
 void vt_quantize_8_0(const float *x, int64_t cols, vt_x8 *out) {
-    for (int64_t b = 0; b < cols / QK8_0; b++) out[b].d = quantize_block(x + b * QK8_0, QK8_0, out[b].q);
+    for (int64_t b = 0; b < cols / QK8_0; b++) {
+        out[b].d = quantize_block(x + b * QK8_0, QK8_0, out[b].q);
+        for (int k = 0; k < 8; k++)
+            out[b].ns16[k] = -16 * (out[b].q[4 * k] + out[b].q[4 * k + 1] + out[b].q[4 * k + 2] + out[b].q[4 * k + 3]);
+    }
 }
 
 /* Unpacking Q4_K/Q5_K/Q6_K super-blocks into vt_kblock (layouts: ggml-common.h, gguf
@@ -202,6 +206,10 @@ static void dot_q32(int type, const uint8_t *w, const vt_x8 *const *x, int n, in
     }
 }
 
+static void dot_q32_rows1(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, int64_t nrows, float *y) {
+    for (int64_t r = 0; r < nrows; r++) dot_q32(type, w + r * nb * vt_block_bytes(type), &x, 1, nb, y + r);
+}
+
 static void dot_f(int type, const void *w, const float *const *x, int rows, int64_t n, float *out) {
     for (int r = 0; r < rows; r++) {
         float acc[16] = {0};
@@ -221,7 +229,7 @@ static void axpy(float *o, float e, const float *v, int64_t n) {
     for (int64_t i = 0; i < n; i++) o[i] = o[i] + e * v[i];
 }
 
-const vt_kernels vt_kernels_portable = {dot_k, dot_k_rows1, dot_q32, dot_f, axpy, vt_quantize_k};
+const vt_kernels vt_kernels_portable = {dot_k, dot_k_rows1, dot_q32, dot_q32_rows1, dot_f, axpy, vt_quantize_k};
 
 /* Dequantize n elements (whole blocks) of `type` to fp32, in the order and with the float
  * operations of ggml's dequantize_row_* (the tests hold it against gguf's quants.py). */

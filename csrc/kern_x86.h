@@ -241,14 +241,15 @@ VT_INLINE void dot_k_n(int type, const uint8_t *w, const vt_xk *x, const float *
     memcpy(out, o, sizeof(float) * (size_t)n);
 }
 
-/* The 32 signed quants of a Q4_0/Q5_0/Q8_0 block as bytes (vt_unpack_32's integers). */
+/* A 32-element block's quants as bytes: Q4_0/Q5_0 unsigned, u = w + 16 (Q4_0: nibble + 8;
+ * Q5_0: nibble | fifth bit << 4), Q8_0 signed as stored (vt_unpack_32's integers w). */
 VT_INLINE __m256i unpack32(int type, const uint8_t *blk) {
     if (type == VT_Q8_0) return _mm256_loadu_si256((const __m256i *)(blk + 2));
     const int five = type == VT_Q5_0;
     const __m128i raw = _mm_loadu_si128((const __m128i *)(blk + (five ? 6 : 2)));
     /* elements 0-15: the low nibbles, 16-31: the high ones */
     const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
-    if (!five) return _mm256_sub_epi8(q, _mm256_set1_epi8(8));
+    if (!five) return _mm256_add_epi8(q, _mm256_set1_epi8(8));
     uint32_t qh;
     memcpy(&qh, blk + 2, 4);
     /* bit i of qh to byte i: its byte spread over 8 lanes, each lane testing its own bit */
@@ -256,8 +257,16 @@ VT_INLINE __m256i unpack32(int type, const uint8_t *blk) {
                                                _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2,
                                                                 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
     const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
-    const __m256i fifth = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16));
-    return _mm256_sub_epi8(_mm256_or_si256(q, fifth), _mm256_set1_epi8(16));
+    return _mm256_or_si256(q, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16)));
+}
+
+/* The 8 lane sums (4 elements each) of w*x for one block, exact: Q4_0/Q5_0 as u*x plus the
+ * row's -16 x its lane sums; Q8_0 as |w| times x with w's sign (u8 x s8, the same products).
+ * aw: |w| for Q8_0 (shared by the rows), else u. */
+VT_INLINE __m256i dot32(int type, __m256i u, __m256i aw, const vt_x8 *xb) {
+    const __m256i xq = _mm256_loadu_si256((const __m256i *)xb->q);
+    if (type == VT_Q8_0) return DPBUSD(_mm256_setzero_si256(), aw, _mm256_sign_epi8(xq, u));
+    return DPBUSD(_mm256_loadu_si256((const __m256i *)xb->ns16), u, xq);
 }
 
 /* acc[k] + acc[k+4], then +2, +1: the portable halving of 8 partial sums. */
@@ -267,21 +276,46 @@ static inline float reduce8(__m256 s) {
     return _mm_cvtss_f32(_mm_add_ss(u, _mm_shuffle_ps(u, u, 1)));
 }
 
+/* One weight row against n (1..4) activation rows. */
 VT_INLINE void dot_q32_n(int type, const uint8_t *w, const vt_x8 *const *x, int64_t nb, float *out, const int n) {
     const int64_t bytes = type == VT_Q8_0 ? 34 : type == VT_Q5_0 ? 22 : 18;
     __m256 acc[4];
     for (int r = 0; r < n; r++) acc[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *wb = w + bytes * b;
-        const __m256i wq = unpack32(type, wb), aw = _mm256_sign_epi8(wq, wq);
+        const __m256i u = unpack32(type, wb), aw = type == VT_Q8_0 ? _mm256_sign_epi8(u, u) : u;
         const float dw = fp16(wb);
-        for (int r = 0; r < n; r++) { /* |w| x (x with w's sign): u8 x s8, the same products */
-            const __m256i p = DPBUSD(_mm256_setzero_si256(), aw,
-                                     _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x[r][b].q), wq));
-            acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_set1_ps(dw * x[r][b].d), _mm256_cvtepi32_ps(p)));
-        }
+        for (int r = 0; r < n; r++)
+            acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_set1_ps(dw * x[r][b].d), _mm256_cvtepi32_ps(dot32(type, u, aw, &x[r][b]))));
     }
     for (int r = 0; r < n; r++) out[r] = reduce8(acc[r]);
+}
+
+/* One activation row (L = 1) against R (1..4) consecutive weight rows from w, block by block
+ * in lockstep: R independent chains of float adds, x's block read once for all, and the
+ * rows' bytes prefetched as one stream VT_PREFETCH ahead (each output as dot_q32_n's). */
+VT_INLINE void q32_rows(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, float *y, const int R) {
+    const int64_t bytes = type == VT_Q8_0 ? 34 : type == VT_Q5_0 ? 22 : 18, row_bytes = nb * bytes;
+    __m256 acc[4];
+    for (int j = 0; j < R; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const char *ahead = (const char *)w + VT_PREFETCH + b * R * bytes;
+        for (int o = 0; o < R * (int)bytes; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
+        __m256 t4 = _mm256_setzero_ps(); /* R = 4: the rows' dw*dx in 4 lanes, one conversion */
+        if (R == 4) {
+            const uint8_t *wb = w + b * bytes;
+            const uint64_t h = (uint64_t)vt_rd16(wb) | (uint64_t)vt_rd16(wb + row_bytes) << 16 |
+                               (uint64_t)vt_rd16(wb + 2 * row_bytes) << 32 | (uint64_t)vt_rd16(wb + 3 * row_bytes) << 48;
+            t4 = _mm256_castps128_ps256(_mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)h)), _mm_set1_ps(x[b].d)));
+        }
+        for (int j = 0; j < R; j++) {
+            const uint8_t *wb = w + j * row_bytes + b * bytes;
+            const __m256i u = unpack32(type, wb), aw = type == VT_Q8_0 ? _mm256_sign_epi8(u, u) : u;
+            const __m256 t = R == 4 ? _mm256_permutevar8x32_ps(t4, _mm256_set1_epi32(j)) : _mm256_set1_ps(fp16(wb) * x[b].d);
+            acc[j] = _mm256_add_ps(acc[j], _mm256_mul_ps(t, _mm256_cvtepi32_ps(dot32(type, u, aw, &x[b]))));
+        }
+    }
+    for (int j = 0; j < R; j++) y[j] = reduce8(acc[j]);
 }
 
 /* 8 weights as fp32: F32, F16 (F16C, exact) or BF16 (a shift, exact). */
@@ -359,6 +393,18 @@ static void dot_q32(int type, const uint8_t *w, const vt_x8 *const *x, int n, in
 #undef CALL
 }
 
+static void dot_q32_rows1(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, int64_t nrows, float *y) {
+    const int64_t row_bytes = nb * (type == VT_Q8_0 ? 34 : type == VT_Q5_0 ? 22 : 18);
+#define ROWS(R)                                                                              \
+    (type == VT_Q8_0   ? q32_rows(VT_Q8_0, w + r * row_bytes, x, nb, y + r, R)              \
+     : type == VT_Q5_0 ? q32_rows(VT_Q5_0, w + r * row_bytes, x, nb, y + r, R)              \
+                       : q32_rows(VT_Q4_0, w + r * row_bytes, x, nb, y + r, R))
+    int64_t r = 0;
+    for (; r + 4 <= nrows; r += 4) ROWS(4);
+    for (; r < nrows; r++) ROWS(1);
+#undef ROWS
+}
+
 static void dot_f(int type, const void *w, const float *const *x, int n, int64_t cols, float *out) {
 #define CALL(k) dot_f_n(type, w, x + r0, cols, out + r0, k)
     BY_ROWS4(CALL)
@@ -415,4 +461,4 @@ static void quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64
     }
 }
 
-const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q32, dot_f, axpy, quantize_k};
+const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q32, dot_q32_rows1, dot_f, axpy, quantize_k};

@@ -48,9 +48,13 @@ typedef struct {
     int16_t bs[QK_K / 16];
 } __attribute__((aligned(32))) vt_xk;
 
-/* One activation row's 32-block quantized alone (Q8_0-style, fp32 scale). */
+/* One activation row's 32-block quantized alone (Q8_0-style, fp32 scale), with -16 x the
+ * sum of each 4 quants (the lanes of the integer dot): Q4_0/Q5_0 quants are w = u - 16
+ * with u unsigned, so a lane's sum of w*x is its sum of u*x plus ns16 (exact integers),
+ * and the SIMD paths multiply u without the sign trick. */
 typedef struct {
     int8_t q[QK8_0];
+    int32_t ns16[8];
     float d;
 } vt_x8;
 
@@ -74,6 +78,9 @@ typedef struct {
     /* 32-element weights (Q4_0, Q5_0, Q8_0 raw blocks: signed quants and an fp16 scale)
      * against 4 Q8_0-quantized rows */
     void (*dot_q32)(int type, const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out);
+    /* 32-element weights, one activation row (L = 1) against nrows consecutive weight rows
+     * of nb blocks from w: y[r], r < nrows (each as dot_q32's) */
+    void (*dot_q32_rows1)(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, int64_t nrows, float *y);
     /* F32/F16/BF16 weight row (raw) against 4 fp32 rows of n columns */
     void (*dot_f)(int type, const void *w, const float *const *x, int n, int64_t cols, float *out);
     /* o[i] = o[i] + e * v[i], i < n (attention's weighted values: elementwise, any width) */
