@@ -127,3 +127,19 @@ def test_hybrid_model_reads_the_prompt_only_when_it_drafts():
 def test_model_drafter_refuses_another_vocabulary():
     with pytest.raises(VocabtrimError, match="vocabulary"):
         ModelDrafter(noisy_copy(tiny_model(80, seed=3), 0.1, 1), 64)
+
+
+def test_model_drafter_reads_the_prompt_once():
+    """prefill fills the cache the drafts then use: the first draft feeds only the tokens
+    after the prompt (a prefill into the previous generation's cache read the prompt twice)."""
+    target, draft = tiny_pair()
+    d = model_drafter(draft, target)
+    p, q = prompts(2)
+    for seq in (p, q):  # the second generation too: its cache is a new one
+        d.prefill(seq)
+        assert d.lm.ids == d.vocab.spell(seq)
+        fed = []
+        hidden = d.lm.hidden
+        d.lm.hidden = lambda ids, last: fed.append(len(ids) - len(d.lm.ids)) or hidden(ids, last)
+        d.propose(seq + [1], 1, Static(1), GREEDY, None)
+        assert fed == [1]

@@ -116,7 +116,8 @@ class ModelDrafter(Drafter):
     def prefill(self, seq: list[int]) -> None:
         """A fresh cache holding `seq` (no head: the first draft comes after the target's
         first token)."""
-        self.lm.hidden(self.start(seq), 1)
+        ids = self.start(seq)  # first: it makes the cache that reads the prompt
+        self.lm.hidden(ids, 1)
 
     def start(self, seq: list[int]) -> list[int]:
         """A new generation after the prompt `seq`, read later by the first draft's forward
