@@ -88,7 +88,7 @@ def summarize(records: list[dict], reference: str = "ar", greedy: bool = True,
     for r in records:
         by_method[r["method"]].append(r)
     alone = [m for m in ALONE if m in by_method] or [reference]
-    baseline = max(alone, key=lambda m: aggregate(by_method[m])["tokens_per_second"] if by_method[m] else 0)
+    baseline = max(alone, key=lambda m: aggregate(by_method[m])["tokens_per_second"] if by_method.get(m) else 0)
     base = by_method.get(baseline, [])
     base_cat = {c: aggregate([r for r in base if r["category"] == c])
                 for c in {r["category"] for r in base}}
@@ -139,8 +139,9 @@ def markdown(summary: dict) -> str:
                      f"{o['tau']:.2f} | {_f(o['acceptance_rate'])} | {_f(o['mean_draft_length'])} | "
                      f"{_f(o['cost_ratio'], '{:.3f}')} | {o['mbsu']:.2f} | {m.get('identical', '-')} |")
     base = summary["baseline"]
-    lines += ["", (f"Speed-up over `{base}`, the fastest target alone in this run; identity with "
-                   f"`{summary.get('reference', 'ar')}`'s greedy output."),
+    over = (f"Speed-up over `{base}`, the fastest target alone in this run" if base in ms else
+            "No speed-ups: no target alone (`ar`, `llamacpp`) in this run")
+    lines += ["", f"{over}; identity with `{summary.get('reference', 'ar')}`'s greedy output.",
               "", ("c: bytes a drafter forward reads over bytes a target forward reads (weights at their "
                    "stored size); MBSU: tokens per target-forward-equivalent of bytes read.")]
     cats = sorted({c for m in ms.values() for c in m["categories"]})
