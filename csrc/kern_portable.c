@@ -206,8 +206,12 @@ static void dot_q32(int type, const uint8_t *w, const vt_x8 *const *x, int n, in
     }
 }
 
-static void dot_q32_rows1(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, int64_t nrows, float *y) {
-    for (int64_t r = 0; r < nrows; r++) dot_q32(type, w + r * nb * vt_block_bytes(type), &x, 1, nb, y + r);
+static void dot_q32_stream(int type, const uint8_t *w, const vt_x8 *x, int nx, int64_t nb, int64_t nrows, float *y,
+                           int64_t ystride) {
+    for (int l = 0; l < nx; l++) {
+        const vt_x8 *xl = x + l * nb;
+        for (int64_t r = 0; r < nrows; r++) dot_q32(type, w + r * nb * vt_block_bytes(type), &xl, 1, nb, y + l * ystride + r);
+    }
 }
 
 static void dot_f(int type, const void *w, const float *const *x, int rows, int64_t n, float *out) {
@@ -229,7 +233,7 @@ static void axpy(float *o, float e, const float *v, int64_t n) {
     for (int64_t i = 0; i < n; i++) o[i] = o[i] + e * v[i];
 }
 
-const vt_kernels vt_kernels_portable = {dot_k, dot_k_rows1, dot_q32, dot_q32_rows1, dot_f, axpy, vt_quantize_k};
+const vt_kernels vt_kernels_portable = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, dot_f, axpy, vt_quantize_k};
 
 /* Dequantize n elements (whole blocks) of `type` to fp32, in the order and with the float
  * operations of ggml's dequantize_row_* (the tests hold it against gguf's quants.py). */

@@ -291,31 +291,38 @@ VT_INLINE void dot_q32_n(int type, const uint8_t *w, const vt_x8 *const *x, int6
     for (int r = 0; r < n; r++) out[r] = reduce8(acc[r]);
 }
 
-/* One activation row (L = 1) against R (1..4) consecutive weight rows from w, block by block
- * in lockstep: R independent chains of float adds, x's block read once for all, and the
- * rows' bytes prefetched as one stream VT_PREFETCH ahead (each output as dot_q32_n's). */
-VT_INLINE void q32_rows(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, float *y, const int R) {
+/* N (1..2) activation rows against R (1..4) consecutive weight rows from w, block by block
+ * in lockstep: R x N independent chains of float adds, each x block read once for all, and
+ * the rows' bytes prefetched as one stream VT_PREFETCH ahead (each output as dot_q32_n's). */
+VT_INLINE void q32_rows(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, float *y, int64_t ystride, const int R,
+                        const int N) {
     const int64_t bytes = type == VT_Q8_0 ? 34 : type == VT_Q5_0 ? 22 : 18, row_bytes = nb * bytes;
-    __m256 acc[4];
-    for (int j = 0; j < R; j++) acc[j] = _mm256_setzero_ps();
+    __m256 acc[4][VT_STREAM_ROWS];
+    for (int j = 0; j < R; j++)
+        for (int l = 0; l < N; l++) acc[j][l] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const char *ahead = (const char *)w + VT_PREFETCH + b * R * bytes;
         for (int o = 0; o < R * (int)bytes; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
-        __m256 t4 = _mm256_setzero_ps(); /* R = 4: the rows' dw*dx in 4 lanes, one conversion */
+        __m128 dw4 = _mm_setzero_ps(); /* R = 4: the rows' fp16 scales in 4 lanes, one conversion */
         if (R == 4) {
             const uint8_t *wb = w + b * bytes;
             const uint64_t h = (uint64_t)vt_rd16(wb) | (uint64_t)vt_rd16(wb + row_bytes) << 16 |
                                (uint64_t)vt_rd16(wb + 2 * row_bytes) << 32 | (uint64_t)vt_rd16(wb + 3 * row_bytes) << 48;
-            t4 = _mm256_castps128_ps256(_mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)h)), _mm_set1_ps(x[b].d)));
+            dw4 = _mm_cvtph_ps(_mm_cvtsi64_si128((long long)h));
         }
-        for (int j = 0; j < R; j++) {
-            const uint8_t *wb = w + j * row_bytes + b * bytes;
-            const __m256i u = unpack32(type, wb), aw = type == VT_Q8_0 ? _mm256_sign_epi8(u, u) : u;
-            const __m256 t = R == 4 ? _mm256_permutevar8x32_ps(t4, _mm256_set1_epi32(j)) : _mm256_set1_ps(fp16(wb) * x[b].d);
-            acc[j] = _mm256_add_ps(acc[j], _mm256_mul_ps(t, _mm256_cvtepi32_ps(dot32(type, u, aw, &x[b]))));
+        for (int l = 0; l < N; l++) {
+            const vt_x8 *xb = x + l * nb + b;
+            const __m256 t4 = _mm256_castps128_ps256(_mm_mul_ps(dw4, _mm_set1_ps(xb->d))); /* dw*dx, lane j */
+            for (int j = 0; j < R; j++) {
+                const uint8_t *wb = w + j * row_bytes + b * bytes;
+                const __m256i u = unpack32(type, wb), aw = type == VT_Q8_0 ? _mm256_sign_epi8(u, u) : u;
+                const __m256 t = R == 4 ? _mm256_permutevar8x32_ps(t4, _mm256_set1_epi32(j)) : _mm256_set1_ps(fp16(wb) * xb->d);
+                acc[j][l] = _mm256_add_ps(acc[j][l], _mm256_mul_ps(t, _mm256_cvtepi32_ps(dot32(type, u, aw, xb))));
+            }
         }
     }
-    for (int j = 0; j < R; j++) y[j] = reduce8(acc[j]);
+    for (int l = 0; l < N; l++)
+        for (int j = 0; j < R; j++) y[l * ystride + j] = reduce8(acc[j][l]);
 }
 
 /* 8 weights as fp32: F32, F16 (F16C, exact) or BF16 (a shift, exact). */
@@ -393,15 +400,21 @@ static void dot_q32(int type, const uint8_t *w, const vt_x8 *const *x, int n, in
 #undef CALL
 }
 
-static void dot_q32_rows1(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, int64_t nrows, float *y) {
+static void dot_q32_stream(int type, const uint8_t *w, const vt_x8 *x, int nx, int64_t nb, int64_t nrows, float *y,
+                           int64_t ystride) {
     const int64_t row_bytes = nb * (type == VT_Q8_0 ? 34 : type == VT_Q5_0 ? 22 : 18);
-#define ROWS(R)                                                                              \
-    (type == VT_Q8_0   ? q32_rows(VT_Q8_0, w + r * row_bytes, x, nb, y + r, R)              \
-     : type == VT_Q5_0 ? q32_rows(VT_Q5_0, w + r * row_bytes, x, nb, y + r, R)              \
-                       : q32_rows(VT_Q4_0, w + r * row_bytes, x, nb, y + r, R))
+#define ROWS(R, N)                                                                                   \
+    (type == VT_Q8_0   ? q32_rows(VT_Q8_0, w + r * row_bytes, x, nb, y + r, ystride, R, N)          \
+     : type == VT_Q5_0 ? q32_rows(VT_Q5_0, w + r * row_bytes, x, nb, y + r, ystride, R, N)          \
+                       : q32_rows(VT_Q4_0, w + r * row_bytes, x, nb, y + r, ystride, R, N))
     int64_t r = 0;
-    for (; r + 4 <= nrows; r += 4) ROWS(4);
-    for (; r < nrows; r++) ROWS(1);
+    if (nx == 1) {
+        for (; r + 4 <= nrows; r += 4) ROWS(4, 1);
+        for (; r < nrows; r++) ROWS(1, 1);
+    } else {
+        for (; r + 4 <= nrows; r += 4) ROWS(4, 2);
+        for (; r < nrows; r++) ROWS(1, 2);
+    }
 #undef ROWS
 }
 
@@ -461,4 +474,4 @@ static void quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64
     }
 }
 
-const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q32, dot_q32_rows1, dot_f, axpy, quantize_k};
+const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, dot_f, axpy, quantize_k};

@@ -64,8 +64,9 @@ static void mm_rows(const mm_job *j, const vt_mm_part *p, int64_t r0, int64_t r1
         j->k->dot_k_rows1(p->type, (const uint8_t *)p->w + r0 * row_bytes, j->xk, j->xd, nb, r1 - r0, p->y + r0);
         return;
     }
-    if (j->L == 1 && be == QK8_0) {
-        j->k->dot_q32_rows1(p->type, (const uint8_t *)p->w + r0 * row_bytes, j->x8, nb, r1 - r0, p->y + r0);
+    if (j->L <= VT_STREAM_ROWS && be == QK8_0) {
+        j->k->dot_q32_stream(p->type, (const uint8_t *)p->w + r0 * row_bytes, j->x8, (int)j->L, nb, r1 - r0, p->y + r0,
+                             p->rows);
         return;
     }
     const int64_t group = j->L <= VT_ROWS ? 1 : 1 + (1 << 16) / row_bytes;

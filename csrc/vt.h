@@ -66,6 +66,7 @@ enum { VT_MIN_SEP = 0, VT_MIN_INT = 1 };
 /* Per instruction set kernels.  Each computes the outputs of one weight row against n
  * (1..VT_ROWS) activation rows; a row's result depends on that row only, never on n. */
 #define VT_ROWS 8
+#define VT_STREAM_ROWS 2 /* a drafter's steps: 1 token, or 2 after a round all accepted */
 typedef struct {
     /* K-quants: nb raw blocks of `type` against n Q8_K-quantized rows, row r's block b at
      * x[b*stride + r] with scale dx[b*stride + r] (dx readable 3 floats past the last) */
@@ -78,9 +79,11 @@ typedef struct {
     /* 32-element weights (Q4_0, Q5_0, Q8_0 raw blocks: signed quants and an fp16 scale)
      * against 4 Q8_0-quantized rows */
     void (*dot_q32)(int type, const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out);
-    /* 32-element weights, one activation row (L = 1) against nrows consecutive weight rows
-     * of nb blocks from w: y[r], r < nrows (each as dot_q32's) */
-    void (*dot_q32_rows1)(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, int64_t nrows, float *y);
+    /* 32-element weights, nx (1..VT_STREAM_ROWS) activation rows of nb blocks each, one after
+     * the other from x, against nrows consecutive weight rows from w: y[l*ystride + r] for
+     * row l, r < nrows (each as dot_q32's) */
+    void (*dot_q32_stream)(int type, const uint8_t *w, const vt_x8 *x, int nx, int64_t nb, int64_t nrows, float *y,
+                           int64_t ystride);
     /* F32/F16/BF16 weight row (raw) against 4 fp32 rows of n columns */
     void (*dot_f)(int type, const void *w, const float *const *x, int n, int64_t cols, float *out);
     /* o[i] = o[i] + e * v[i], i < n (attention's weighted values: elementwise, any width) */
