@@ -1,6 +1,7 @@
 """Suffix and hybrid drafters: what they propose, and that the output stays the target's."""
 
 import pytest
+import torch
 from conftest import alone, model_drafter, noisy_copy, prompts, tiny_model, tiny_pair
 
 from vocabtrim.drafters import HybridDrafter, ModelDrafter, SuffixDrafter
@@ -136,10 +137,11 @@ def test_model_drafter_reads_the_prompt_once():
     d = model_drafter(draft, target)
     p, q = prompts(2)
     for seq in (p, q):  # the second generation too: its cache is a new one
-        d.prefill(seq)
-        assert d.lm.ids == d.vocab.spell(seq)
         fed = []
-        hidden = d.lm.hidden
-        d.lm.hidden = lambda ids, last: fed.append(len(ids) - len(d.lm.ids)) or hidden(ids, last)
-        d.propose(seq + [1], 1, Static(1), GREEDY, None)
+        with torch.inference_mode():  # as the engine runs drafters
+            d.prefill(seq)
+            assert d.lm.ids == d.vocab.spell(seq)
+            hidden = d.lm.hidden
+            d.lm.hidden = lambda ids, last: fed.append(len(ids) - len(d.lm.ids)) or hidden(ids, last)
+            d.propose(seq + [1], 1, Static(1), GREEDY, None)
         assert fed == [1]

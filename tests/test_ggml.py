@@ -25,7 +25,7 @@ from conftest import (
     write_gguf,
 )
 
-from vocabtrim import catalog, ggml, loading, models
+from vocabtrim import backend, catalog, ggml, loading, models
 from vocabtrim.engine import Engine, Stop
 from vocabtrim.errors import VocabtrimError
 from vocabtrim.isolate import Crashed
@@ -111,6 +111,9 @@ def test_backend_choice(tiny, tiny_dirs, tmp_path, monkeypatch):
     first = loading.choose(str(path), "auto", "float32")
     assert first in ("torch", "ggml", "native") and len(list((tmp_path / "profiles").glob("*.json"))) == 1
     assert loading.choose(str(path), "auto", "float32") == first  # cached, not timed again
+    monkeypatch.setattr(backend.get("native"), "build", lambda: "another build")
+    loading.choose(str(path), "auto", "float32")  # a rebuilt engine: timed again
+    assert len(list((tmp_path / "profiles").glob("*.json"))) == 2
     r = cli("generate", "--target", tiny_dirs["target"], "--backend", "ggml", "--no-draft", "--prompt", "hi")
     assert r.exit_code == 1 and "the ggml backend runs GGUF files" in r.output
 

@@ -73,7 +73,8 @@ def test_the_registry_names_every_backend_once():
     for name, entry in backend.REGISTRY.items():
         assert entry.name == name and isinstance(entry.runs_gguf, bool)
     assert backend.get("torch").max_context is None and backend.key("torch") == {}
-    assert backend.key("native") == {"backend": "native"}
+    assert backend.key("native") == {"backend": "native", "build": backend.get("native").build()}
+    assert len(backend.get("native").build()) == 12 and backend.get("torch").build() == ""
     assert [b.name for b in backend.candidates(False)] == ["torch"]
     with pytest.raises(VocabtrimError, match="unknown backend 'amx': one of auto, torch, ggml, native"):
         backend.get("amx")

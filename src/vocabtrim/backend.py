@@ -30,6 +30,11 @@ class Backend(Protocol):
     def check(self) -> None:
         """A one-line `VocabtrimError` saying how to install it, where it is not."""
 
+    def build(self) -> str:
+        """Its compiled code's identity ('' where vocabtrim's own code is all): what is
+        measured on it (profiles, auto's timing, calibration counts) is keyed by it, so a
+        rebuilt or upgraded engine is measured again."""
+
     def target(self, loaded) -> Target:
         """`loaded` (a models.Loaded) as a target with a fresh cache."""
 
@@ -62,5 +67,7 @@ def label(target: str, drafter: str | None = None) -> str:
 
 def key(name: str) -> dict:
     """What a target's backend adds to the keys of what is measured on it (profiles,
-    calibration counts): nothing for torch, whose keys predate the other backends."""
-    return {"backend": name} if get(name).runs_gguf else {}
+    calibration counts): its name and build; nothing for torch, whose keys predate the
+    other backends."""
+    b = get(name)
+    return {"backend": name, **({"build": b.build()} if b.build() else {})} if b.runs_gguf else {}

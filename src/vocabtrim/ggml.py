@@ -285,6 +285,11 @@ class GgmlBackend:
     def check(self) -> None:
         _init()
 
+    def build(self) -> str:
+        from importlib.metadata import version
+
+        return f"llama-cpp-python {version('llama-cpp-python')}"
+
     def target(self, loaded) -> GgmlTarget:
         return GgmlTarget(loaded.gguf, loaded.context)
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
 import importlib.util
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -53,6 +55,13 @@ def lib() -> ctypes.CDLL:
         fn = getattr(so, name)
         fn.restype, fn.argtypes = res, args
     return so
+
+
+@functools.cache
+def build_id() -> str:
+    """A digest of the built library: its kernels' identity (a changed kernel is timed again)."""
+    lib()
+    return hashlib.sha256(Path(importlib.util.find_spec("vocabtrim._native").origin).read_bytes()).hexdigest()[:12]
 
 
 def available() -> bool:

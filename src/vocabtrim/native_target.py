@@ -196,6 +196,9 @@ class NativeBackend:
     def check(self) -> None:
         native.lib()
 
+    def build(self) -> str:
+        return native.build_id()
+
     def target(self, loaded) -> NativeTarget:
         return NativeTarget(self.draft_model(loaded))
 

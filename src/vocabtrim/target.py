@@ -66,6 +66,9 @@ class TorchBackend:
     def available(self) -> bool:
         return True
 
+    def build(self) -> str:
+        return ""  # torch's speed is timed per dtype (kernels.py); its keys predate builds
+
     def check(self) -> None:
         pass
 
