@@ -8,9 +8,10 @@
  *     acc = acc + dx*v
  *   Q4_0, Q5_0, Q8_0: 8 partial sums, one per group of 4 elements of a block (the lanes
  *     of maddubs+madd and of VNNI's dpbusd): per 32-block b in order, with t = dw*dx and
- *     S_k = sum of w*x over elements 4k..4k+3 (int32, w the block's signed quants from
+ *     S_k = sum of q*x over elements 4k..4k+3 (int32, q the block's quants from
  *     vt_unpack_32): acc[k] = acc[k] + t*(float)S_k; then halved: acc[k] += acc[k+h] for
- *     h = 4, 2, 1.  (No sum across a block's lanes per block: a decode step of a drafter
+ *     h = 4, 2, 1.  Q4_1, Q5_1 (value d*q + m) the same with the minimum's term, X_k the sum
+ *     of x over the lane's elements: acc[k] = acc[k] + (t*(float)S_k + (m*dx)*(float)X_k).  (No sum across a block's lanes per block: a decode step of a drafter
  *     stored in 32-blocks would pay more for those than for its weights' bytes.)
  *   F32/F16/BF16: 16 partial sums, acc[i%16] = acc[i%16] + w[i]*x[i] over i in order
  *     (the tail zero-padded to 16), then halved: acc[k] += acc[k+h] for h = 8, 4, 2, 1.
@@ -25,7 +26,9 @@ int64_t vt_block_bytes(int type) {
     case VT_F32: return 4;
     case VT_F16: case VT_BF16: return 2;
     case VT_Q4_0: return 18;
+    case VT_Q4_1: return 20;
     case VT_Q5_0: return 22;
+    case VT_Q5_1: return 24;
     case VT_Q8_0: return 34;
     case VT_Q4_K: return 144;
     case VT_Q5_K: return 176;
@@ -37,7 +40,7 @@ int64_t vt_block_bytes(int type) {
 int64_t vt_block_elems(int type) {
     switch (type) {
     case VT_F32: case VT_F16: case VT_BF16: return 1;
-    case VT_Q4_0: case VT_Q5_0: case VT_Q8_0: return QK8_0;
+    case VT_Q4_0: case VT_Q4_1: case VT_Q5_0: case VT_Q5_1: case VT_Q8_0: return QK8_0;
     case VT_Q4_K: case VT_Q5_K: case VT_Q6_K: return QK_K;
     default: return 0;
     }
@@ -80,8 +83,11 @@ void vt_quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64_t s
 void vt_quantize_8_0(const float *x, int64_t cols, vt_x8 *out) {
     for (int64_t b = 0; b < cols / QK8_0; b++) {
         out[b].d = quantize_block(x + b * QK8_0, QK8_0, out[b].q);
-        for (int k = 0; k < 8; k++)
-            out[b].ns16[k] = -16 * (out[b].q[4 * k] + out[b].q[4 * k + 1] + out[b].q[4 * k + 2] + out[b].q[4 * k + 3]);
+        for (int k = 0; k < 8; k++) {
+            const int sum = out[b].q[4 * k] + out[b].q[4 * k + 1] + out[b].q[4 * k + 2] + out[b].q[4 * k + 3];
+            out[b].ns16[k] = -16 * sum;
+            out[b].xs[k] = (float)sum;
+        }
     }
 }
 
@@ -193,11 +199,12 @@ static void dot_q32(int type, const uint8_t *w, const vt_x8 *const *x, int n, in
         float acc[8] = {0};
         for (int64_t b = 0; b < nb; b++) {
             int8_t wq[QK8_0];
-            const float t = vt_unpack_32(type, w + bytes * b, wq) * x[r][b].d;
+            float m = 0.0f;
+            const float t = vt_unpack_32(type, w + bytes * b, wq, &m) * x[r][b].d, tm = m * x[r][b].d;
             for (int k = 0; k < 8; k++) {
                 int32_t s = 0;
                 for (int i = 4 * k; i < 4 * k + 4; i++) s += wq[i] * x[r][b].q[i];
-                acc[k] = acc[k] + t * (float)s;
+                acc[k] = vt_has_min(type) ? acc[k] + (t * (float)s + tm * x[r][b].xs[k]) : acc[k] + t * (float)s;
             }
         }
         for (int h = 4; h > 0; h >>= 1)
@@ -249,8 +256,9 @@ VT_API int vt_dequantize(int type, const void *src, int64_t n, float *dst) {
     for (int64_t b = 0; b < n / be; b++, s += bb, dst += be) {
         if (be == QK8_0) {
             int8_t q[QK8_0];
-            const float d = vt_unpack_32(type, s, q);
-            for (int i = 0; i < QK8_0; i++) dst[i] = (float)q[i] * d;
+            float m = 0.0f;
+            const float d = vt_unpack_32(type, s, q, &m);
+            for (int i = 0; i < QK8_0; i++) dst[i] = vt_has_min(type) ? (float)q[i] * d + m : (float)q[i] * d;
             continue;
         }
         vt_kblock k;

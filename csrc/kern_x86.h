@@ -241,17 +241,25 @@ VT_INLINE void dot_k_n(int type, const uint8_t *w, const vt_xk *x, const float *
     memcpy(out, o, sizeof(float) * (size_t)n);
 }
 
+/* Bytes of a 32-element block (a constant once `type` is). */
+VT_INLINE int64_t bytes32(int type) {
+    return type == VT_Q8_0 ? 34 : type == VT_Q4_0 ? 18 : type == VT_Q4_1 ? 20 : type == VT_Q5_0 ? 22 : 24;
+}
+
 /* A 32-element block's quants as bytes: Q4_0/Q5_0 unsigned, u = w + 16 (Q4_0: nibble + 8;
- * Q5_0: nibble | fifth bit << 4), Q8_0 signed as stored (vt_unpack_32's integers w). */
+ * Q5_0: nibble | fifth bit << 4), Q8_0 signed as stored (vt_unpack_32's integers w);
+ * Q4_1/Q5_1 as vt_unpack_32's (unsigned). */
 VT_INLINE __m256i unpack32(int type, const uint8_t *blk) {
     if (type == VT_Q8_0) return _mm256_loadu_si256((const __m256i *)(blk + 2));
-    const int five = type == VT_Q5_0;
-    const __m128i raw = _mm_loadu_si128((const __m128i *)(blk + (five ? 6 : 2)));
+    const int five = type == VT_Q5_0 || type == VT_Q5_1;
+    const uint8_t *h = blk + (vt_has_min(type) ? 4 : 2);
+    const __m128i raw = _mm_loadu_si128((const __m128i *)(h + (five ? 4 : 0)));
     /* elements 0-15: the low nibbles, 16-31: the high ones */
     const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
-    if (!five) return _mm256_add_epi8(q, _mm256_set1_epi8(8));
+    if (type == VT_Q4_0) return _mm256_add_epi8(q, _mm256_set1_epi8(8));
+    if (!five) return q;
     uint32_t qh;
-    memcpy(&qh, blk + 2, 4);
+    memcpy(&qh, h, 4);
     /* bit i of qh to byte i: its byte spread over 8 lanes, each lane testing its own bit */
     const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh),
                                                _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2,
@@ -260,13 +268,21 @@ VT_INLINE __m256i unpack32(int type, const uint8_t *blk) {
     return _mm256_or_si256(q, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16)));
 }
 
-/* The 8 lane sums (4 elements each) of w*x for one block, exact: Q4_0/Q5_0 as u*x plus the
- * row's -16 x its lane sums; Q8_0 as |w| times x with w's sign (u8 x s8, the same products).
- * aw: |w| for Q8_0 (shared by the rows), else u. */
+/* The 8 lane sums (4 elements each) of q*x for one block, exact: Q4_0/Q5_0 as u*x plus the
+ * row's -16 x its lane sums; Q8_0 as |w| times x with w's sign (u8 x s8, the same
+ * products); Q4_1/Q5_1 as q*x. aw: |w| for Q8_0 (shared by the rows), else u. */
 VT_INLINE __m256i dot32(int type, __m256i u, __m256i aw, const vt_x8 *xb) {
     const __m256i xq = _mm256_loadu_si256((const __m256i *)xb->q);
     if (type == VT_Q8_0) return DPBUSD(_mm256_setzero_si256(), aw, _mm256_sign_epi8(xq, u));
+    if (vt_has_min(type)) return DPBUSD(_mm256_setzero_si256(), u, xq);
     return DPBUSD(_mm256_loadu_si256((const __m256i *)xb->ns16), u, xq);
+}
+
+/* A block's float step for one row (kern_portable.c's dot_q32): acc + t*S, and for Q4_1/
+ * Q5_1 acc + (t*S + tm*X), t = dw*dx and tm = m*dx broadcast. */
+VT_INLINE __m256 step32(int type, __m256 acc, __m256 t, __m256 tm, __m256i s, const vt_x8 *xb) {
+    const __m256 v = _mm256_mul_ps(t, _mm256_cvtepi32_ps(s));
+    return _mm256_add_ps(acc, vt_has_min(type) ? _mm256_add_ps(v, _mm256_mul_ps(tm, _mm256_loadu_ps(xb->xs))) : v);
 }
 
 /* acc[k] + acc[k+4], then +2, +1: the portable halving of 8 partial sums. */
@@ -278,15 +294,16 @@ static inline float reduce8(__m256 s) {
 
 /* One weight row against n (1..4) activation rows. */
 VT_INLINE void dot_q32_n(int type, const uint8_t *w, const vt_x8 *const *x, int64_t nb, float *out, const int n) {
-    const int64_t bytes = type == VT_Q8_0 ? 34 : type == VT_Q5_0 ? 22 : 18;
+    const int64_t bytes = bytes32(type);
     __m256 acc[4];
     for (int r = 0; r < n; r++) acc[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *wb = w + bytes * b;
         const __m256i u = unpack32(type, wb), aw = type == VT_Q8_0 ? _mm256_sign_epi8(u, u) : u;
-        const float dw = fp16(wb);
+        const float dw = fp16(wb), m = vt_has_min(type) ? fp16(wb + 2) : 0.0f;
         for (int r = 0; r < n; r++)
-            acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_set1_ps(dw * x[r][b].d), _mm256_cvtepi32_ps(dot32(type, u, aw, &x[r][b]))));
+            acc[r] = step32(type, acc[r], _mm256_set1_ps(dw * x[r][b].d), _mm256_set1_ps(m * x[r][b].d),
+                            dot32(type, u, aw, &x[r][b]), &x[r][b]);
     }
     for (int r = 0; r < n; r++) out[r] = reduce8(acc[r]);
 }
@@ -296,28 +313,33 @@ VT_INLINE void dot_q32_n(int type, const uint8_t *w, const vt_x8 *const *x, int6
  * the rows' bytes prefetched as one stream VT_PREFETCH ahead (each output as dot_q32_n's). */
 VT_INLINE void q32_rows(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, float *y, int64_t ystride, const int R,
                         const int N) {
-    const int64_t bytes = type == VT_Q8_0 ? 34 : type == VT_Q5_0 ? 22 : 18, row_bytes = nb * bytes;
+    const int64_t bytes = bytes32(type), row_bytes = nb * bytes;
     __m256 acc[4][VT_STREAM_ROWS];
     for (int j = 0; j < R; j++)
         for (int l = 0; l < N; l++) acc[j][l] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const char *ahead = (const char *)w + VT_PREFETCH + b * R * bytes;
         for (int o = 0; o < R * (int)bytes; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
-        __m128 dw4 = _mm_setzero_ps(); /* R = 4: the rows' fp16 scales in 4 lanes, one conversion */
-        if (R == 4) {
-            const uint8_t *wb = w + b * bytes;
-            const uint64_t h = (uint64_t)vt_rd16(wb) | (uint64_t)vt_rd16(wb + row_bytes) << 16 |
-                               (uint64_t)vt_rd16(wb + 2 * row_bytes) << 32 | (uint64_t)vt_rd16(wb + 3 * row_bytes) << 48;
-            dw4 = _mm_cvtph_ps(_mm_cvtsi64_si128((long long)h));
-        }
+        /* R = 4: the rows' fp16 scales (and minimums) in 4 lanes, one conversion */
+#define FP16_4(off)                                                                                          \
+    _mm_cvtph_ps(_mm_cvtsi64_si128((long long)((uint64_t)vt_rd16(w + b * bytes + (off)) |                    \
+                                               (uint64_t)vt_rd16(w + row_bytes + b * bytes + (off)) << 16 |  \
+                                               (uint64_t)vt_rd16(w + 2 * row_bytes + b * bytes + (off)) << 32 | \
+                                               (uint64_t)vt_rd16(w + 3 * row_bytes + b * bytes + (off)) << 48)))
+        const __m128 dw4 = R == 4 ? FP16_4(0) : _mm_setzero_ps(), m4 = R == 4 && vt_has_min(type) ? FP16_4(2) : _mm_setzero_ps();
+#undef FP16_4
         for (int l = 0; l < N; l++) {
             const vt_x8 *xb = x + l * nb + b;
-            const __m256 t4 = _mm256_castps128_ps256(_mm_mul_ps(dw4, _mm_set1_ps(xb->d))); /* dw*dx, lane j */
+            const __m128 dx = _mm_set1_ps(xb->d); /* dw*dx and m*dx, lane j */
+            const __m256 t4 = _mm256_castps128_ps256(_mm_mul_ps(dw4, dx)), tm4 = _mm256_castps128_ps256(_mm_mul_ps(m4, dx));
             for (int j = 0; j < R; j++) {
                 const uint8_t *wb = w + j * row_bytes + b * bytes;
                 const __m256i u = unpack32(type, wb), aw = type == VT_Q8_0 ? _mm256_sign_epi8(u, u) : u;
-                const __m256 t = R == 4 ? _mm256_permutevar8x32_ps(t4, _mm256_set1_epi32(j)) : _mm256_set1_ps(fp16(wb) * xb->d);
-                acc[j][l] = _mm256_add_ps(acc[j][l], _mm256_mul_ps(t, _mm256_cvtepi32_ps(dot32(type, u, aw, xb))));
+                const __m256i lane = _mm256_set1_epi32(j);
+                const __m256 t = R == 4 ? _mm256_permutevar8x32_ps(t4, lane) : _mm256_set1_ps(fp16(wb) * xb->d);
+                const __m256 tm = !vt_has_min(type) ? t
+                                  : R == 4 ? _mm256_permutevar8x32_ps(tm4, lane) : _mm256_set1_ps(fp16(wb + 2) * xb->d);
+                acc[j][l] = step32(type, acc[j][l], t, tm, dot32(type, u, aw, xb), xb);
             }
         }
     }
@@ -365,6 +387,16 @@ VT_INLINE void dot_f_n(int type, const void *w, const float *const *x, int64_t n
 
 /* The entry points: n (1..VT_ROWS) picks a copy of the loop specialized for that many
  * rows; the Q8_0 and float loops take 4 rows at a time. */
+/* Each 32-element type's kernel with its type a constant. */
+#define BY_TYPE32(CALL)                                  \
+    switch (type) {                                      \
+    case VT_Q8_0: CALL(VT_Q8_0); break;                  \
+    case VT_Q4_0: CALL(VT_Q4_0); break;                  \
+    case VT_Q4_1: CALL(VT_Q4_1); break;                  \
+    case VT_Q5_0: CALL(VT_Q5_0); break;                  \
+    default: CALL(VT_Q5_1);                              \
+    }
+
 #define BY_ROWS4(call)                                    \
     for (int r0 = 0; r0 < n; r0 += 4) switch (n - r0) {   \
         case 1: call(1); break;                           \
@@ -392,29 +424,35 @@ static void dot_k(int type, const uint8_t *w, const vt_xk *x, const float *dx, i
 }
 
 static void dot_q32(int type, const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out) {
-#define CALL(k)                                                    \
-    (type == VT_Q8_0   ? dot_q32_n(VT_Q8_0, w, x + r0, nb, out + r0, k) \
-     : type == VT_Q5_0 ? dot_q32_n(VT_Q5_0, w, x + r0, nb, out + r0, k) \
-                       : dot_q32_n(VT_Q4_0, w, x + r0, nb, out + r0, k))
+#define ONE(T) dot_q32_n(T, w, x + r0, nb, out + r0, K)
+#define CALL(k)                 \
+    {                           \
+        enum { K = k };         \
+        BY_TYPE32(ONE)          \
+    }
     BY_ROWS4(CALL)
 #undef CALL
+#undef ONE
 }
 
 static void dot_q32_stream(int type, const uint8_t *w, const vt_x8 *x, int nx, int64_t nb, int64_t nrows, float *y,
                            int64_t ystride) {
-    const int64_t row_bytes = nb * (type == VT_Q8_0 ? 34 : type == VT_Q5_0 ? 22 : 18);
-#define ROWS(R, N)                                                                                   \
-    (type == VT_Q8_0   ? q32_rows(VT_Q8_0, w + r * row_bytes, x, nb, y + r, ystride, R, N)          \
-     : type == VT_Q5_0 ? q32_rows(VT_Q5_0, w + r * row_bytes, x, nb, y + r, ystride, R, N)          \
-                       : q32_rows(VT_Q4_0, w + r * row_bytes, x, nb, y + r, ystride, R, N))
+    const int64_t row_bytes = nb * vt_block_bytes(type);
     int64_t r = 0;
-    if (nx == 1) {
-        for (; r + 4 <= nrows; r += 4) ROWS(4, 1);
-        for (; r < nrows; r++) ROWS(1, 1);
-    } else {
-        for (; r + 4 <= nrows; r += 4) ROWS(4, 2);
-        for (; r < nrows; r++) ROWS(1, 2);
+#define ROWS(T) q32_rows(T, w + r * row_bytes, x, nb, y + r, ystride, R, N)
+#define RUN(r_, n_)                     \
+    {                                   \
+        enum { R = r_, N = n_ };        \
+        BY_TYPE32(ROWS)                 \
     }
+    if (nx == 1) {
+        for (; r + 4 <= nrows; r += 4) RUN(4, 1)
+        for (; r < nrows; r++) RUN(1, 1)
+    } else {
+        for (; r + 4 <= nrows; r += 4) RUN(4, 2)
+        for (; r < nrows; r++) RUN(1, 2)
+    }
+#undef RUN
 #undef ROWS
 }
 

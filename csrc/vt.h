@@ -14,7 +14,7 @@
 #define VT_API __attribute__((visibility("default")))
 
 /* GGUF tensor types (ggml_type ids) the kernels read at their stored format. */
-enum { VT_F32 = 0, VT_F16 = 1, VT_Q4_0 = 2, VT_Q5_0 = 6, VT_Q8_0 = 8, VT_Q4_K = 12, VT_Q5_K = 13, VT_Q6_K = 14,
+enum { VT_F32 = 0, VT_F16 = 1, VT_Q4_0 = 2, VT_Q4_1 = 3, VT_Q5_0 = 6, VT_Q5_1 = 7, VT_Q8_0 = 8, VT_Q4_K = 12, VT_Q5_K = 13, VT_Q6_K = 14,
        VT_BF16 = 30 };
 
 /* Instruction-set paths, in order of preference. */
@@ -48,13 +48,15 @@ typedef struct {
     int16_t bs[QK_K / 16];
 } __attribute__((aligned(32))) vt_xk;
 
-/* One activation row's 32-block quantized alone (Q8_0-style, fp32 scale), with -16 x the
- * sum of each 4 quants (the lanes of the integer dot): Q4_0/Q5_0 quants are w = u - 16
- * with u unsigned, so a lane's sum of w*x is its sum of u*x plus ns16 (exact integers),
- * and the SIMD paths multiply u without the sign trick. */
+/* One activation row's 32-block quantized alone (Q8_0-style, fp32 scale), with the sums of
+ * each 4 quants (the lanes of the integer dot) as -16 x them and as floats (exact): Q4_0/
+ * Q5_0 quants are w = u - 16 with u unsigned, so a lane's sum of w*x is its sum of u*x
+ * plus ns16 (the SIMD paths multiply u without the sign trick); Q4_1/Q5_1's minimum
+ * multiplies xs. */
 typedef struct {
     int8_t q[QK8_0];
     int32_t ns16[8];
+    float xs[8];
     float d;
 } vt_x8;
 
@@ -76,8 +78,8 @@ typedef struct {
      * consecutive weight rows of nb blocks from w: y[r], r < nrows (each as dot_k's) */
     void (*dot_k_rows1)(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t nb, int64_t nrows,
                         float *y);
-    /* 32-element weights (Q4_0, Q5_0, Q8_0 raw blocks: signed quants and an fp16 scale)
-     * against 4 Q8_0-quantized rows */
+    /* 32-element weights (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 raw blocks) against n (1..VT_ROWS)
+     * Q8_0-quantized rows */
     void (*dot_q32)(int type, const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out);
     /* 32-element weights, nx (1..VT_STREAM_ROWS) activation rows of nb blocks each, one after
      * the other from x, against nrows consecutive weight rows from w: y[l*ystride + r] for
@@ -129,20 +131,26 @@ static inline float vt_load_f(int type, const void *w, int64_t i) {
 
 static inline uint16_t vt_rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 
-/* A 32-element block (Q4_0, Q5_0, Q8_0) as its signed quants q[32] in element order
- * (Q4_0: nibble - 8; Q5_0: nibble | fifth bit << 4, - 16; Q8_0: as stored); returns its
- * fp16 scale d, the first 2 bytes of each.  The integers every path's unpack produces. */
-static inline float vt_unpack_32(int type, const uint8_t *blk, int8_t *q) {
+/* Whether a 32-element type stores a minimum (value d*q + m, q unsigned: Q4_1, Q5_1). */
+static inline int vt_has_min(int type) { return type == VT_Q4_1 || type == VT_Q5_1; }
+
+/* A 32-element block as its quants q[32] in element order, the integers every path's
+ * unpack produces: Q4_0: nibble - 8; Q5_0: nibble | fifth bit << 4, - 16; Q8_0: as stored
+ * (value d*q); Q4_1: nibble; Q5_1: nibble | fifth bit << 4 (value d*q + m, *m set).
+ * Returns the fp16 scale d (the first 2 bytes of each; m the next 2 of Q4_1/Q5_1). */
+static inline float vt_unpack_32(int type, const uint8_t *blk, int8_t *q, float *m) {
     if (type == VT_Q8_0) {
         for (int i = 0; i < 32; i++) q[i] = (int8_t)blk[2 + i];
     } else {
-        const int five = type == VT_Q5_0;
-        const uint8_t *qs = blk + (five ? 6 : 2);
-        const uint32_t qh = five ? (uint32_t)blk[2] | (uint32_t)blk[3] << 8 | (uint32_t)blk[4] << 16 | (uint32_t)blk[5] << 24 : 0;
+        const int five = type == VT_Q5_0 || type == VT_Q5_1, lo = vt_has_min(type);
+        const uint8_t *h = blk + (lo ? 4 : 2), *qs = h + (five ? 4 : 0);
+        const uint32_t qh = five ? (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 | (uint32_t)h[3] << 24 : 0;
+        const int off = lo ? 0 : five ? 16 : 8;
         for (int i = 0; i < 16; i++) {
-            q[i] = (int8_t)(((qs[i] & 0x0F) | ((qh >> i) & 1) << 4) - (five ? 16 : 8));
-            q[i + 16] = (int8_t)(((qs[i] >> 4) | ((qh >> (i + 16)) & 1) << 4) - (five ? 16 : 8));
+            q[i] = (int8_t)(((qs[i] & 0x0F) | ((qh >> i) & 1) << 4) - off);
+            q[i + 16] = (int8_t)(((qs[i] >> 4) | ((qh >> (i + 16)) & 1) << 4) - off);
         }
+        if (lo) *m = vt_fp16(vt_rd16(blk + 2));
     }
     return vt_fp16(vt_rd16(blk));
 }

@@ -15,7 +15,7 @@ try:
 except VocabtrimError as e:  # pragma: no cover - a build without a C compiler
     pytest.skip(str(e), allow_module_level=True)
 
-QUANTIZED = [N.Q4_K, N.Q6_K, N.Q5_K, N.Q8_0, N.Q5_0, N.Q4_0]
+QUANTIZED = [N.Q4_K, N.Q6_K, N.Q5_K, N.Q8_0, N.Q5_0, N.Q4_0, N.Q5_1, N.Q4_1]
 FLOATS = [N.F32, N.F16, N.BF16]
 FAST = [isa for isa in N.ISAS[1:] if isa in N.available_isas()]
 ABSENT = [isa for isa in N.ISAS[1:] if isa not in N.available_isas()]
@@ -32,7 +32,7 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def cols_of(wtype: int) -> int:
-    return {N.Q8_0: 96, N.Q5_0: 128, N.Q4_0: 64, N.F32: 37, N.F16: 48, N.BF16: 53}.get(wtype, 512)
+    return {N.Q8_0: 96, N.Q5_0: 128, N.Q4_0: 64, N.Q5_1: 160, N.Q4_1: 32, N.F32: 37, N.F16: 48, N.BF16: 53}.get(wtype, 512)
 
 
 @pytest.mark.parametrize("wtype", QUANTIZED + FLOATS, ids=N.TYPE_NAMES.get)
@@ -112,7 +112,7 @@ def test_environment_forces_a_path(monkeypatch):
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: N.matmul(np.zeros(20 * 4, np.uint8), 3, 4, 32, np.ones((1, 32), np.float32)), "do not read tensor type 3"),
+    (lambda: N.matmul(np.zeros(84 * 4, np.uint8), 10, 4, 256, np.ones((1, 256), np.float32)), "do not read tensor type 10"),
     (lambda: N.matmul(np.zeros(144, np.uint8), N.Q4_K, 1, 200, np.ones((1, 200), np.float32)), "multiple of 256"),
     (lambda: N.matmul(np.zeros(100, np.uint8), N.Q4_K, 1, 256, np.ones((1, 256), np.float32)), "expected 144"),
     (lambda: N.matmul(np.zeros(144, np.uint8), N.Q4_K, 1, 256, np.ones((2, 128), np.float32)), "activations of shape"),

@@ -99,6 +99,12 @@ def q5_gguf(tmp_path_factory):
     return quantized_qwen2(tmp_path_factory, "Q5_0")
 
 
+@pytest.fixture(scope="module")
+def q41_gguf(tmp_path_factory):
+    """Q4_1, what the cross-vocabulary drafter's file is stored in (a minimum per block)."""
+    return quantized_qwen2(tmp_path_factory, "Q4_1")
+
+
 def native_type(name: str):
     import gguf
 
@@ -117,9 +123,9 @@ def test_logits_match_the_torch_target(make, tmp_path):
             assert torch.allclose(got, want, atol=2e-5, rtol=1e-5), (got - want).abs().max()
 
 
-@pytest.mark.parametrize("which", ["q8_0", "q5_0"])
-def test_quantized_logits_close_to_torch(which, q8_gguf, q5_gguf):
-    path, model = q8_gguf if which == "q8_0" else q5_gguf
+@pytest.mark.parametrize("which", ["q8_0", "q5_0", "q4_1"])
+def test_quantized_logits_close_to_torch(which, q8_gguf, q5_gguf, q41_gguf):
+    path, model = {"q8_0": q8_gguf, "q5_0": q5_gguf, "q4_1": q41_gguf}[which]
     got = NativeTarget(path, threads=2).logits(SEQ, len(SEQ))
     with torch.inference_mode():
         want = TorchTarget(model).logits(SEQ, len(SEQ)).float()
@@ -136,9 +142,9 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and torch.equal(a.view(torch.int32), b.view(torch.int32))
 
 
-@pytest.mark.parametrize("which", ["f32", "q8_0", "q5_0"])
-def test_batch_invariance(which, f32_gguf, q8_gguf, q5_gguf):
-    path = {"f32": f32_gguf, "q8_0": q8_gguf[0], "q5_0": q5_gguf[0]}[which]
+@pytest.mark.parametrize("which", ["f32", "q8_0", "q5_0", "q4_1"])
+def test_batch_invariance(which, f32_gguf, q8_gguf, q5_gguf, q41_gguf):
+    path = {"f32": f32_gguf, "q8_0": q8_gguf[0], "q5_0": q5_gguf[0], "q4_1": q41_gguf[0]}[which]
     target = NativeTarget(path, threads=2)
     alone = one_at_a_time(target)
     for n in (2, 3, 5, 8, 16, 32, len(SEQ)):
@@ -175,8 +181,8 @@ def test_refusals(tmp_path, monkeypatch):
     w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
     with pytest.raises(VocabtrimError, match="not gemma: use the ggml backend"):
         NativeTarget(tmp_path / "g.gguf")
-    path = quantized_gguf(tiny_qwen2(), tmp_path / "q4_1.gguf", native_type("Q4_1"), monkeypatch)
-    with pytest.raises(VocabtrimError, match="is Q4_1, which the native engine does not read"):
+    path = quantized_gguf(tiny_qwen2(hidden=256), tmp_path / "tq1_0.gguf", native_type("TQ1_0"), monkeypatch)
+    with pytest.raises(VocabtrimError, match="is TQ1_0, which the native engine does not read"):
         NativeTarget(path)
     target = NativeTarget(write_gguf(tiny_qwen2(), tmp_path / "ok.gguf"), context=16)
     with pytest.raises(VocabtrimError, match="context of 16"):

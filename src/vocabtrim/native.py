@@ -23,11 +23,11 @@ ISAS = ("portable", "avx2", "avxvnni", "avx512vnni")
 ISA_ENV = "VOCABTRIM_NATIVE_ISA"
 
 # GGUF tensor types (ggml_type ids) the kernels read: elements and bytes per block
-F32, F16, Q4_0, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 6, 8, 12, 13, 14, 30
-BLOCKS = {F32: (1, 4), F16: (1, 2), BF16: (1, 2), Q4_0: (32, 18), Q5_0: (32, 22), Q8_0: (32, 34), Q4_K: (256, 144),
-          Q5_K: (256, 176), Q6_K: (256, 210)}
-TYPE_NAMES = {F32: "F32", F16: "F16", BF16: "BF16", Q4_0: "Q4_0", Q5_0: "Q5_0", Q8_0: "Q8_0", Q4_K: "Q4_K",
-              Q5_K: "Q5_K", Q6_K: "Q6_K"}
+F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 30
+BLOCKS = {F32: (1, 4), F16: (1, 2), BF16: (1, 2), Q4_0: (32, 18), Q4_1: (32, 20), Q5_0: (32, 22), Q5_1: (32, 24),
+          Q8_0: (32, 34), Q4_K: (256, 144), Q5_K: (256, 176), Q6_K: (256, 210)}
+TYPE_NAMES = {F32: "F32", F16: "F16", BF16: "BF16", Q4_0: "Q4_0", Q4_1: "Q4_1", Q5_0: "Q5_0", Q5_1: "Q5_1",
+              Q8_0: "Q8_0", Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K"}
 
 ERRORS = {-1: "unsupported tensor type", -2: "bad shape", -3: "out of memory", -4: "instruction set not available"}
 
@@ -147,7 +147,7 @@ def random_weights(wtype: int, rows: int, cols: int, seed: int = 0) -> np.ndarra
         return v.view(np.uint8).reshape(rows, -1)
     per, nbytes = BLOCKS[wtype]
     blocks = rng.integers(0, 256, (rows * cols // per, nbytes), dtype=np.uint8)
-    for at in {Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,), Q4_0: (0,), Q5_0: (0,), Q8_0: (0,)}[wtype]:
+    for at in {Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,), Q4_0: (0,), Q5_0: (0,), Q8_0: (0,), Q4_1: (0, 2), Q5_1: (0, 2)}[wtype]:
         blocks[:, at:at + 2] = rng.uniform(1e-3, 1e-2, len(blocks)).astype(np.float16).view(np.uint8).reshape(-1, 2)
     return blocks.reshape(rows, -1)
 

@@ -27,7 +27,7 @@ static void *random_weights(int type, int64_t rows, int64_t cols) {
         uint8_t *blk = w + b * bytes;
         uint16_t d = to_fp16(0.001f + (next() % 1000) * 1e-5f), dm = to_fp16(0.001f + (next() % 1000) * 1e-5f);
         if (type == VT_Q6_K) memcpy(blk + 208, &d, 2);
-        else if (type == VT_Q4_K || type == VT_Q5_K) { memcpy(blk, &d, 2); memcpy(blk + 2, &dm, 2); }
+        else if (type == VT_Q4_K || type == VT_Q5_K || vt_has_min(type)) { memcpy(blk, &d, 2); memcpy(blk + 2, &dm, 2); }
         else if (type == VT_Q8_0 || type == VT_Q5_0 || type == VT_Q4_0) memcpy(blk, &d, 2);
         else if (type == VT_F32) ((float *)w)[b] = (float)((int)(next() % 2001) - 1000) * 1e-3f;
         else if (type == VT_F16 || type == VT_BF16) ((uint16_t *)w)[b] = (uint16_t)(0x3c00 ^ (next() & 0x83ff));
@@ -42,7 +42,7 @@ static float *random_rows(int64_t L, int64_t cols) {
 }
 
 static int check(void) {
-    static const int types[] = {VT_Q4_K, VT_Q5_K, VT_Q6_K, VT_Q8_0, VT_Q5_0, VT_Q4_0, VT_F32, VT_F16, VT_BF16};
+    static const int types[] = {VT_Q4_K, VT_Q5_K, VT_Q6_K, VT_Q8_0, VT_Q5_0, VT_Q4_0, VT_Q5_1, VT_Q4_1, VT_F32, VT_F16, VT_BF16};
     vt_pool *one = vt_pool_new(1), *two = vt_pool_new(2);
     int bad = 0;
     for (size_t t = 0; t < sizeof types / sizeof *types; t++) {
