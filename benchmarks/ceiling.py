@@ -14,7 +14,7 @@ drafts that are not always right it prints what a free drafter whose drafts each
 with probability a would bring to decoding (a model, not a bound), and the a each of
 `--bars` needs:
 
-    python benchmarks/ceiling.py --results results/bench --peers results/peers --max-len 128
+    python benchmarks/ceiling.py --results results/bench --peers results/llamacpp_peers --max-len 128
 
 Answers, their lengths and prefill times are the bench run's baseline method's (`ar`).
 V(L) is measured after that run's first prompt, at every L up to 16 and every 8th beyond
