@@ -10,9 +10,10 @@
  *     of maddubs+madd and of VNNI's dpbusd): per 32-block b in order, with t = dw*dx and
  *     S_k = sum of q*x over elements 4k..4k+3 (int32, q the block's quants from
  *     vt_unpack_32): acc[k] = acc[k] + t*(float)S_k; then halved: acc[k] += acc[k+h] for
- *     h = 4, 2, 1.  Q4_1, Q5_1 (value d*q + m) the same with the minimum's term, X_k the sum
- *     of x over the lane's elements: acc[k] = acc[k] + (t*(float)S_k + (m*dx)*(float)X_k).  (No sum across a block's lanes per block: a decode step of a drafter
+ *     h = 4, 2, 1.  (No sum across a block's lanes per block: a decode step of a drafter
  *     stored in 32-blocks would pay more for those than for its weights' bytes.)
+ *   Q4_1, Q5_1 (value d*q + m): the same with the minimum's term, X_k the sum of x over
+ *     the lane's elements: acc[k] = acc[k] + (t*(float)S_k + (m*dx)*(float)X_k).
  *   F32/F16/BF16: 16 partial sums, acc[i%16] = acc[i%16] + w[i]*x[i] over i in order
  *     (the tail zero-padded to 16), then halved: acc[k] += acc[k+h] for h = 8, 4, 2, 1.
  * Integer sums are exact, so how a path groups them does not matter. */
@@ -20,31 +21,6 @@
 #include <string.h>
 
 #include "vt.h"
-
-int64_t vt_block_bytes(int type) {
-    switch (type) {
-    case VT_F32: return 4;
-    case VT_F16: case VT_BF16: return 2;
-    case VT_Q4_0: return 18;
-    case VT_Q4_1: return 20;
-    case VT_Q5_0: return 22;
-    case VT_Q5_1: return 24;
-    case VT_Q8_0: return 34;
-    case VT_Q4_K: return 144;
-    case VT_Q5_K: return 176;
-    case VT_Q6_K: return 210;
-    default: return 0;
-    }
-}
-
-int64_t vt_block_elems(int type) {
-    switch (type) {
-    case VT_F32: case VT_F16: case VT_BF16: return 1;
-    case VT_Q4_0: case VT_Q4_1: case VT_Q5_0: case VT_Q5_1: case VT_Q8_0: return QK8_0;
-    case VT_Q4_K: case VT_Q5_K: case VT_Q6_K: return QK_K;
-    default: return 0;
-    }
-}
 
 /* Symmetric 8-bit quantization of one block of n values: d = amax/127, q = round(x*127/amax),
  * rounding half to even by the 1.5 x 2^23 trick (no libm call, the same on every path).
@@ -217,7 +193,8 @@ static void dot_q32_stream(int type, const uint8_t *w, const vt_x8 *x, int nx, i
                            int64_t ystride) {
     for (int l = 0; l < nx; l++) {
         const vt_x8 *xl = x + l * nb;
-        for (int64_t r = 0; r < nrows; r++) dot_q32(type, w + r * nb * vt_block_bytes(type), &xl, 1, nb, y + l * ystride + r);
+        for (int64_t r = 0; r < nrows; r++)
+            dot_q32(type, w + r * nb * vt_block_bytes(type), &xl, 1, nb, y + l * ystride + r);
     }
 }
 

@@ -141,12 +141,17 @@ static inline __m128 k_value4(int type, __m128i s1, __m128i s2, __m128 d, __m128
     return _mm_mul_ps(dx, v);
 }
 
+/* The fp16 values at p, p + stride, p + 2 stride and p + 3 stride as 4 floats (exact). */
+static inline __m128 fp16x4(const uint8_t *p, int64_t stride) {
+    return _mm_cvtph_ps(_mm_cvtsi64_si128((long long)((uint64_t)vt_rd16(p) | (uint64_t)vt_rd16(p + stride) << 16 |
+                                                      (uint64_t)vt_rd16(p + 2 * stride) << 32 |
+                                                      (uint64_t)vt_rd16(p + 3 * stride) << 48)));
+}
+
 /* The fp16 factors d and dm of 4 blocks as vectors (exact, as fp16()). */
 VT_INLINE void factors4(int type, const uint8_t *blk, int64_t bytes, __m128 *d, __m128 *dm) {
     if (type == VT_Q6_K) {
-        *d = *dm = _mm_cvtph_ps(_mm_setr_epi16((short)vt_rd16(blk + 208), (short)vt_rd16(blk + bytes + 208),
-                                               (short)vt_rd16(blk + 2 * bytes + 208),
-                                               (short)vt_rd16(blk + 3 * bytes + 208), 0, 0, 0, 0));
+        *d = *dm = fp16x4(blk + 208, bytes);
     } else { /* d, dm: the first 4 bytes of each block */
         int32_t u[4];
         for (int i = 0; i < 4; i++) memcpy(&u[i], blk + i * bytes, 4);
@@ -163,7 +168,7 @@ VT_INLINE void factors4(int type, const uint8_t *blk, int64_t bytes, __m128 *d, 
  * steps computed in the lanes of one vector, then added to their rows' sums in order. */
 VT_INLINE void rows1(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t nb, int64_t nrows,
                      float *y) {
-    const int64_t bytes = type == VT_Q4_K ? 144 : type == VT_Q5_K ? 176 : 210, N = nb * nrows;
+    const int64_t bytes = vt_block_bytes(type), N = nb * nrows;
     uint8_t pad[4 * 210] __attribute__((aligned(32))); /* the last blocks, zero-padded to 4 */
     float acc = 0.0f;
     int64_t b = 0; /* the block index within its row of the next block */
@@ -223,7 +228,7 @@ static void dot_k_rows1(int type, const uint8_t *w, const vt_xk *x, const float 
 /* One weight row against n (1..VT_ROWS) activation rows. */
 VT_INLINE void dot_k_n(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int64_t nb,
                        float *out, const int n) {
-    const int64_t bytes = type == VT_Q4_K ? 144 : type == VT_Q5_K ? 176 : 210;
+    const int64_t bytes = vt_block_bytes(type);
     __m128 acc[2] = {_mm_setzero_ps(), _mm_setzero_ps()}; /* rows 0-3, 4-7 */
     for (int64_t b = 0; b < nb; b++) {
         __m256i a[VT_ROWS];
@@ -239,11 +244,6 @@ VT_INLINE void dot_k_n(int type, const uint8_t *w, const vt_xk *x, const float *
     _mm_storeu_ps(o, acc[0]);
     _mm_storeu_ps(o + 4, acc[1]);
     memcpy(out, o, sizeof(float) * (size_t)n);
-}
-
-/* Bytes of a 32-element block (a constant once `type` is). */
-VT_INLINE int64_t bytes32(int type) {
-    return type == VT_Q8_0 ? 34 : type == VT_Q4_0 ? 18 : type == VT_Q4_1 ? 20 : type == VT_Q5_0 ? 22 : 24;
 }
 
 /* A 32-element block's quants as bytes: Q4_0/Q5_0 unsigned, u = w + 16 (Q4_0: nibble + 8;
@@ -265,7 +265,8 @@ VT_INLINE __m256i unpack32(int type, const uint8_t *blk) {
                                                _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2,
                                                                 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
     const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
-    return _mm256_or_si256(q, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16)));
+    const __m256i fifth = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+    return _mm256_or_si256(q, _mm256_and_si256(fifth, _mm256_set1_epi8(16)));
 }
 
 /* The 8 lane sums (4 elements each) of q*x for one block, exact: Q4_0/Q5_0 as u*x plus the
@@ -294,7 +295,7 @@ static inline float reduce8(__m256 s) {
 
 /* One weight row against n (1..4) activation rows. */
 VT_INLINE void dot_q32_n(int type, const uint8_t *w, const vt_x8 *const *x, int64_t nb, float *out, const int n) {
-    const int64_t bytes = bytes32(type);
+    const int64_t bytes = vt_block_bytes(type);
     __m256 acc[4];
     for (int r = 0; r < n; r++) acc[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
@@ -313,7 +314,7 @@ VT_INLINE void dot_q32_n(int type, const uint8_t *w, const vt_x8 *const *x, int6
  * the rows' bytes prefetched as one stream VT_PREFETCH ahead (each output as dot_q32_n's). */
 VT_INLINE void q32_rows(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, float *y, int64_t ystride, const int R,
                         const int N) {
-    const int64_t bytes = bytes32(type), row_bytes = nb * bytes;
+    const int64_t bytes = vt_block_bytes(type), row_bytes = nb * bytes;
     __m256 acc[4][VT_STREAM_ROWS];
     for (int j = 0; j < R; j++)
         for (int l = 0; l < N; l++) acc[j][l] = _mm256_setzero_ps();
@@ -321,17 +322,13 @@ VT_INLINE void q32_rows(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, 
         const char *ahead = (const char *)w + VT_PREFETCH + b * R * bytes;
         for (int o = 0; o < R * (int)bytes; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
         /* R = 4: the rows' fp16 scales (and minimums) in 4 lanes, one conversion */
-#define FP16_4(off)                                                                                          \
-    _mm_cvtph_ps(_mm_cvtsi64_si128((long long)((uint64_t)vt_rd16(w + b * bytes + (off)) |                    \
-                                               (uint64_t)vt_rd16(w + row_bytes + b * bytes + (off)) << 16 |  \
-                                               (uint64_t)vt_rd16(w + 2 * row_bytes + b * bytes + (off)) << 32 | \
-                                               (uint64_t)vt_rd16(w + 3 * row_bytes + b * bytes + (off)) << 48)))
-        const __m128 dw4 = R == 4 ? FP16_4(0) : _mm_setzero_ps(), m4 = R == 4 && vt_has_min(type) ? FP16_4(2) : _mm_setzero_ps();
-#undef FP16_4
+        const __m128 dw4 = R == 4 ? fp16x4(w + b * bytes, row_bytes) : _mm_setzero_ps(),
+                     m4 = R == 4 && vt_has_min(type) ? fp16x4(w + b * bytes + 2, row_bytes) : _mm_setzero_ps();
         for (int l = 0; l < N; l++) {
             const vt_x8 *xb = x + l * nb + b;
             const __m128 dx = _mm_set1_ps(xb->d); /* dw*dx and m*dx, lane j */
-            const __m256 t4 = _mm256_castps128_ps256(_mm_mul_ps(dw4, dx)), tm4 = _mm256_castps128_ps256(_mm_mul_ps(m4, dx));
+            const __m256 t4 = _mm256_castps128_ps256(_mm_mul_ps(dw4, dx)),
+                         tm4 = _mm256_castps128_ps256(_mm_mul_ps(m4, dx));
             for (int j = 0; j < R; j++) {
                 const uint8_t *wb = w + j * row_bytes + b * bytes;
                 const __m256i u = unpack32(type, wb), aw = type == VT_Q8_0 ? _mm256_sign_epi8(u, u) : u;

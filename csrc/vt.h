@@ -14,8 +14,8 @@
 #define VT_API __attribute__((visibility("default")))
 
 /* GGUF tensor types (ggml_type ids) the kernels read at their stored format. */
-enum { VT_F32 = 0, VT_F16 = 1, VT_Q4_0 = 2, VT_Q4_1 = 3, VT_Q5_0 = 6, VT_Q5_1 = 7, VT_Q8_0 = 8, VT_Q4_K = 12, VT_Q5_K = 13, VT_Q6_K = 14,
-       VT_BF16 = 30 };
+enum { VT_F32 = 0, VT_F16 = 1, VT_Q4_0 = 2, VT_Q4_1 = 3, VT_Q5_0 = 6, VT_Q5_1 = 7, VT_Q8_0 = 8, VT_Q4_K = 12,
+       VT_Q5_K = 13, VT_Q6_K = 14, VT_BF16 = 30 };
 
 /* Instruction-set paths, in order of preference. */
 enum { VT_ISA_PORTABLE = 0, VT_ISA_AVX2 = 1, VT_ISA_AVXVNNI = 2, VT_ISA_AVX512VNNI = 3, VT_ISA_COUNT };
@@ -144,7 +144,8 @@ static inline float vt_unpack_32(int type, const uint8_t *blk, int8_t *q, float 
     } else {
         const int five = type == VT_Q5_0 || type == VT_Q5_1, lo = vt_has_min(type);
         const uint8_t *h = blk + (lo ? 4 : 2), *qs = h + (five ? 4 : 0);
-        const uint32_t qh = five ? (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 | (uint32_t)h[3] << 24 : 0;
+        const uint32_t qh = five ? (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 | (uint32_t)h[3] << 24
+                                 : 0;
         const int off = lo ? 0 : five ? 16 : 8;
         for (int i = 0; i < 16; i++) {
             q[i] = (int8_t)(((qs[i] & 0x0F) | ((qh >> i) & 1) << 4) - off);
@@ -155,9 +156,32 @@ static inline float vt_unpack_32(int type, const uint8_t *blk, int8_t *q, float 
     return vt_fp16(vt_rd16(blk));
 }
 
-/* Bytes per block and elements per block of a supported type; 0 when unsupported. */
-int64_t vt_block_bytes(int type);
-int64_t vt_block_elems(int type);
+/* Bytes per block and elements per block of a supported type; 0 when unsupported (inline:
+ * a constant in a kernel whose type is). */
+static inline int64_t vt_block_bytes(int type) {
+    switch (type) {
+    case VT_F32: return 4;
+    case VT_F16: case VT_BF16: return 2;
+    case VT_Q4_0: return 18;
+    case VT_Q4_1: return 20;
+    case VT_Q5_0: return 22;
+    case VT_Q5_1: return 24;
+    case VT_Q8_0: return 34;
+    case VT_Q4_K: return 144;
+    case VT_Q5_K: return 176;
+    case VT_Q6_K: return 210;
+    default: return 0;
+    }
+}
+
+static inline int64_t vt_block_elems(int type) {
+    switch (type) {
+    case VT_F32: case VT_F16: case VT_BF16: return 1;
+    case VT_Q4_0: case VT_Q4_1: case VT_Q5_0: case VT_Q5_1: case VT_Q8_0: return QK8_0;
+    case VT_Q4_K: case VT_Q5_K: case VT_Q6_K: return QK_K;
+    default: return 0;
+    }
+}
 
 /* Quantize one row of cols floats, alone: K-quant blocks to out[b*stride] with scales
  * d[b*stride]; Q8_0 blocks to out[b]. */

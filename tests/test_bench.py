@@ -170,11 +170,11 @@ def test_summary_reports_a_real_mismatch_loudly():
     assert summarize([rec("ar", [5, 6]), rec("sd", [5, 7])], check=tie)["methods"]["sd"]["identical"] == "ties only (1)"
 
 
-
 def test_a_run_without_a_target_alone_has_no_speed_ups_and_no_phantom_method():
     s = summarize([rec("sd", [5, 6]), rec("suffix", [5, 6])])
     assert set(s["methods"]) == {"sd", "suffix"} and s["methods"]["sd"]["overall"]["speedup"] is None
     assert "| sd |" in markdown(s) and "No speed-ups: no target alone" in markdown(s)
+
 
 @pytest.mark.parametrize("questions", [4, 1], ids=["with intervals", "without intervals"])
 def test_plot_draws_intervals_where_the_summary_has_them(tmp_path, questions):

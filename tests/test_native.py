@@ -32,7 +32,8 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def cols_of(wtype: int) -> int:
-    return {N.Q8_0: 96, N.Q5_0: 128, N.Q4_0: 64, N.Q5_1: 160, N.Q4_1: 32, N.F32: 37, N.F16: 48, N.BF16: 53}.get(wtype, 512)
+    return {N.Q8_0: 96, N.Q5_0: 128, N.Q4_0: 64, N.Q5_1: 160, N.Q4_1: 32,
+            N.F32: 37, N.F16: 48, N.BF16: 53}.get(wtype, 512)
 
 
 @pytest.mark.parametrize("wtype", QUANTIZED + FLOATS, ids=N.TYPE_NAMES.get)
@@ -78,7 +79,8 @@ def test_isa_paths_bit_identical_to_portable(wtype, isa):
     x = np.random.default_rng(5).standard_normal((L, cols)).astype(np.float32)
     x[3] *= 1e3  # rows of very different magnitude
     for n in (L, 2, 1):  # 1 and 2 rows: the drafter's weight-row streams
-        assert same_bits(N.matmul(w, wtype, rows, cols, x[:n], isa=isa), N.matmul(w, wtype, rows, cols, x[:n], isa="portable"))
+        assert same_bits(N.matmul(w, wtype, rows, cols, x[:n], isa=isa),
+                         N.matmul(w, wtype, rows, cols, x[:n], isa="portable")), n
 
 
 @pytest.mark.parametrize("isa", ABSENT)

@@ -70,4 +70,7 @@ def key(name: str) -> dict:
     calibration counts): its name and build; nothing for torch, whose keys predate the
     other backends."""
     b = get(name)
-    return {"backend": name, **({"build": b.build()} if b.build() else {})} if b.runs_gguf else {}
+    if not b.runs_gguf:
+        return {}
+    build = b.build()
+    return {"backend": name, **({"build": build} if build else {})}

@@ -119,9 +119,9 @@ def choose(spec: str, name: str, dtype: str = "auto") -> str:
     on this machine: one single-token step of each after a short cached context (the step
     speculative decoding cannot skip; the least of a few rounds' medians, so that a busy
     moment does not decide), timed once and cached per CPU, threads, model file, dtype,
-    candidates, their builds and probe. Each is timed in a child process: one whose native library dies
-    there is reported in one line and not chosen; one that cannot run the file (the native
-    engine refuses an architecture or tensor type) is left out."""
+    candidates, their builds and probe. Each is timed in a child process: one whose native
+    library dies there is reported in one line and not chosen; one that cannot run the file
+    (the native engine refuses an architecture or tensor type) is left out."""
     if name != "auto":
         backend.get(name).check()
         return name
@@ -131,7 +131,8 @@ def choose(spec: str, name: str, dtype: str = "auto") -> str:
         return names[0]
     dtype = resolve(dtype)
     path = cache_file("profiles", {"backend_choice": cpu(), "gguf": version(gguf), "dtype": dtype,
-                                   "candidates": names, "builds": [backend.get(n).build() for n in names], "probe": [TIMING_CONTEXT, TIMING_REPEATS, TIMING_ROUNDS]},
+                                   "candidates": names, "builds": [backend.get(n).build() for n in names],
+                                   "probe": [TIMING_CONTEXT, TIMING_REPEATS, TIMING_ROUNDS]},
                       ".json")
     choice = _read_choice(path)
     if choice is None:

@@ -60,8 +60,7 @@ def lib() -> ctypes.CDLL:
 @functools.cache
 def build_id() -> str:
     """A digest of the built library: its kernels' identity (a changed kernel is timed again)."""
-    lib()
-    return hashlib.sha256(Path(importlib.util.find_spec("vocabtrim._native").origin).read_bytes()).hexdigest()[:12]
+    return hashlib.sha256(Path(lib()._name).read_bytes()).hexdigest()[:12]
 
 
 def available() -> bool:
@@ -147,7 +146,8 @@ def random_weights(wtype: int, rows: int, cols: int, seed: int = 0) -> np.ndarra
         return v.view(np.uint8).reshape(rows, -1)
     per, nbytes = BLOCKS[wtype]
     blocks = rng.integers(0, 256, (rows * cols // per, nbytes), dtype=np.uint8)
-    for at in {Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,), Q4_0: (0,), Q5_0: (0,), Q8_0: (0,), Q4_1: (0, 2), Q5_1: (0, 2)}[wtype]:
+    scales = {Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,), Q4_0: (0,), Q5_0: (0,), Q8_0: (0,), Q4_1: (0, 2), Q5_1: (0, 2)}
+    for at in scales[wtype]:
         blocks[:, at:at + 2] = rng.uniform(1e-3, 1e-2, len(blocks)).astype(np.float16).view(np.uint8).reshape(-1, 2)
     return blocks.reshape(rows, -1)
 
