@@ -355,6 +355,29 @@ def write_gguf(model: LlamaForCausalLM, path: Path) -> Path:
     return path
 
 
+def quantized_gguf(model, path, qtype, monkeypatch):
+    """`model` written by conftest's write_gguf with every matrix quantized to `qtype`; the
+    model's weights replaced by what the file holds, so the two compute the same function."""
+    import gguf
+
+    add = gguf.GGUFWriter.add_tensor
+
+    def add_quantized(self, name, tensor, *args, **kwargs):
+        if tensor.ndim == 2:
+            return add(self, name, gguf.quants.quantize(tensor, qtype), raw_dtype=qtype)
+        return add(self, name, tensor, *args, **kwargs)
+
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                q = gguf.quants.quantize(p.numpy(), qtype)
+                p.copy_(torch.from_numpy(gguf.quants.dequantize(q, qtype).reshape(p.shape)))
+    monkeypatch.setattr(gguf.GGUFWriter, "add_tensor", add_quantized)
+    write_gguf(model, path)
+    monkeypatch.undo()
+    return path
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """The suite's peak resident memory (mapped model files included), beside the machine's
     24 GB: this process's, and the largest of the child processes it waited for."""

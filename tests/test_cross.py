@@ -1,12 +1,13 @@
 """Cross-vocabulary drafting: the bridge between two tokenizers, the n-gram cache of merged
 tokens, greedy identity and the target's distribution under sampling (chi-square)."""
 
+import copy
 import itertools
 import json
 
 import pytest
 import torch
-from conftest import cli, tiny_model, write_gguf
+from conftest import cli, quantized_gguf, tiny_model, write_gguf
 from scipy.stats import chisquare
 from tokenizers import Tokenizer, decoders
 from tokenizers import models as tk_models
@@ -51,14 +52,22 @@ def cross_drafter(kept_ids=None, prompt_tokens: bool = True, merges: bool = True
     return ModelDrafter(model, TV, kept_ids, prompt_tokens, vocab=CrossVocab(bridge(), DV, TV, merges))
 
 
-@pytest.fixture(scope="module", params=["torch", "native"])
+@pytest.fixture(scope="module", params=["torch", "native", "native-q4_1"])
 def draft_model(request, tmp_path_factory):
-    """DRAFT as torch runs it, and as the native engine runs its GGUF file."""
+    """DRAFT as torch runs it, and as the native engine runs its GGUF file: in fp32, and in
+    Q4_1 (the format of the built-in cross-vocabulary drafter's file)."""
     if request.param == "torch":
         return DRAFT
+    import gguf
+
     from vocabtrim.native_target import NativeModel
 
-    return NativeModel(write_gguf(DRAFT, tmp_path_factory.mktemp("cross") / "draft.gguf"), context=256)
+    path = tmp_path_factory.mktemp("cross") / "draft.gguf"
+    if request.param == "native":
+        return NativeModel(write_gguf(DRAFT, path), context=256)
+    with pytest.MonkeyPatch.context() as mp:
+        quantized_gguf(copy.deepcopy(DRAFT), path, gguf.GGMLQuantizationType.Q4_1, mp)
+    return NativeModel(path, context=256)
 
 
 def engine(drafter=None) -> Engine:

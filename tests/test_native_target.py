@@ -14,6 +14,7 @@ from conftest import (
     exact_joint,
     model_drafter,
     noisy_copy,
+    quantized_gguf,
     small_counts,
     small_pair,
     tiny_model,
@@ -50,29 +51,6 @@ def tiny_qwen2(tie: bool = False, hidden: int = 32) -> Qwen2ForCausalLM:
                 proj.bias.normal_(0, 0.5)
         model.get_output_embeddings().weight.mul_(8)
     return model
-
-
-def quantized_gguf(model, path, qtype, monkeypatch):
-    """`model` written by conftest's write_gguf with every matrix quantized to `qtype`; the
-    model's weights replaced by what the file holds, so the two compute the same function."""
-    import gguf
-
-    add = gguf.GGUFWriter.add_tensor
-
-    def add_quantized(self, name, tensor, *args, **kwargs):
-        if tensor.ndim == 2:
-            return add(self, name, gguf.quants.quantize(tensor, qtype), raw_dtype=qtype)
-        return add(self, name, tensor, *args, **kwargs)
-
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 2:
-                q = gguf.quants.quantize(p.numpy(), qtype)
-                p.copy_(torch.from_numpy(gguf.quants.dequantize(q, qtype).reshape(p.shape)))
-    monkeypatch.setattr(gguf.GGUFWriter, "add_tensor", add_quantized)
-    write_gguf(model, path)
-    monkeypatch.undo()
-    return path
 
 
 @pytest.fixture(scope="module")
