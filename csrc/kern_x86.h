@@ -55,57 +55,69 @@ VT_INLINE void scales_45(const uint8_t *blk, __m256i *sc, __m256i *mn) {
     *mn = _mm256_set_m128i(_mm_unpackhi_epi16(m, m), _mm_unpacklo_epi16(m, m));
 }
 
-/* int16 element i of both lanes of v, everywhere. */
-#define SPLAT16(v, i) _mm256_shuffle_epi8(v, _mm256_set1_epi16((short)((2 * (i) + 1) << 8 | 2 * (i))))
+/* The order the SIMD paths keep a K-quant block's 256 activation quants in (and unpack the
+ * weights' quants to): each 128 as 4 vectors of 32 consecutive elements s[0..3], interleaved
+ * by 16-bit words, then by 32-bit pairs of words, within 128-bit lanes.  Every output vector
+ * then has word w (of each lane) from s[w % 4], so the products of 4 (or 2) vectors can be
+ * summed as int16 word by word and scaled once: each word holds one group's products. */
+VT_INLINE void weave4(const __m256i *s, __m256i *u) {
+    const __m256i t0 = _mm256_unpacklo_epi16(s[0], s[1]), t1 = _mm256_unpackhi_epi16(s[0], s[1]),
+                  t2 = _mm256_unpacklo_epi16(s[2], s[3]), t3 = _mm256_unpackhi_epi16(s[2], s[3]);
+    u[0] = _mm256_unpacklo_epi32(t0, t2), u[1] = _mm256_unpackhi_epi32(t0, t2);
+    u[2] = _mm256_unpacklo_epi32(t1, t3), u[3] = _mm256_unpackhi_epi32(t1, t3);
+}
 
-/* Accumulate 32 quants Q (with their group scales S) against the n rows' quants at offset
- * E.  The empty asm pins each row's sum in its register: left free, the compiler regroups
- * the additions and keeps 8 products live at once, spilling the sums at 8 rows. */
-#define DOT32(Q, S, E)                                                                                \
-    for (int r = 0; r < n; r++) {                                                                     \
-        a[r] = DPWSSD(a[r], _mm256_maddubs_epi16(Q, _mm256_load_si256((const __m256i *)(xb[r].q + (E)))), S); \
-        __asm__("" : "+x"(a[r]));                                                                     \
+/* The woven quants' products against row r's woven quants E..E+127: 4 maddubs summed as
+ * int16 (Q4_K: each word at most 4 x 2 x 15 x 127, Q5_K 4 x 2 x 31 x 127 < 2^15), scaled by
+ * S; Q6_K's 63s allow 2 (2 x 2 x 63 x 127 < 2^15).  The empty asm pins each row's sum in
+ * its register: left free, the compiler regroups the additions and spills at 8 rows. */
+#define PROD(W, j, r, E) _mm256_maddubs_epi16(W[j], _mm256_load_si256((const __m256i *)(xb[r].q + (E) + 32 * (j))))
+#define DOT128(W, S, E)                                                                                         \
+    for (int r = 0; r < n; r++) {                                                                             \
+        if (type == VT_Q6_K) {                                                                                \
+            a[r] = DPWSSD(a[r], _mm256_add_epi16(PROD(W, 0, r, E), PROD(W, 1, r, E)), S);                     \
+            a[r] = DPWSSD(a[r], _mm256_add_epi16(PROD(W, 2, r, E), PROD(W, 3, r, E)), S);                     \
+        } else {                                                                                              \
+            a[r] = DPWSSD(a[r], _mm256_add_epi16(_mm256_add_epi16(PROD(W, 0, r, E), PROD(W, 1, r, E)),        \
+                                                 _mm256_add_epi16(PROD(W, 2, r, E), PROD(W, 3, r, E))), S);   \
+        }                                                                                                     \
+        __asm__("" : "+x"(a[r]));                                                                             \
     }
 
-/* One block of a weight row (blk) against the n rows' blocks xb[0..n-1] (`type` and n are
- * constants after inlining): a[r] += the scaled quant products (exact int32 sums),
- * s2[r/4] = the mins against the group sums, 4 rows a vector (reduced before the quants'
- * loop, so that only the a[r] stay live in it), d and dm the block's float factors. */
-VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *xb, const int n, __m256i *a, __m128i *s2, float *d,
-                       float *dm, __m256i *craw) {
+/* The mins (or Q6_K's offsets) mn against a row's group sums: 8 lanes of S2. */
+static inline __m256i mins(__m256i mn, const vt_xk *xb) {
+    return _mm256_madd_epi16(mn, _mm256_load_si256((const __m256i *)xb->bs));
+}
+
+/* One block of a weight row (blk) against the n rows' woven blocks xb[0..n-1] (`type` and n
+ * are constants after inlining): a[r] += the scaled quant products (exact int32 sums in 8
+ * lanes; Q6_K: less its offsets), *mnp the mins for mins() (taken after the products, so
+ * that only the a[r] are live in their loop), d and dm the block's float factors. */
+VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *xb, const int n, __m256i *a, __m256i *mnp, float *d,
+                       float *dm) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
-    __m256i mn, c[VT_ROWS];
-#define MINS                                                                                                      \
-    for (int r = 0; r < VT_ROWS; r++)                                                                             \
-        c[r] = r < n ? _mm256_madd_epi16(mn, _mm256_load_si256((const __m256i *)xb[r].bs)) : _mm256_setzero_si256(); \
-    if (type == VT_Q6_K) /* S1 - S2 is what the recipe converts: subtract lane-wise, one reduction */           \
-        for (int r = 0; r < n; r++) a[r] = _mm256_sub_epi32(a[r], c[r]);                                          \
-    else if (!s2) /* one row of a block stream: the caller reduces 4 blocks' mins at once */                      \
-        *craw = c[0];                                                                                             \
-    else                                                                                                          \
-        for (int h = 0; h < n; h += 4) s2[h / 4] = hsum4(c[h], c[h + 1], c[h + 2], c[h + 3]);
+    __m256i mn;
     if (type == VT_Q6_K) {
         const __m256i S = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
         mn = _mm256_slli_epi16(S, 5); /* 32 x scale: the -32 offset */
-        MINS
         *d = *dm = fp16(blk + 208);
 #pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
             const __m256i A = _mm256_loadu_si256((const __m256i *)(blk + 64 * h));
             const __m256i B = _mm256_loadu_si256((const __m256i *)(blk + 64 * h + 32));
             const __m256i H = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h));
-            /* the scales of groups 8h..8h+7: pairs (low lane, high lane) by a shuffle */
-            const __m256i G = h ? _mm256_permute4x64_epi64(S, 0xEE) : _mm256_permute4x64_epi64(S, 0x44);
-            const __m256i q[4] = {
+            const __m256i q[4] = { /* elements 128h + 32m.., m < 4: groups 8h + 2m (low lane), + 1 (high) */
                 _mm256_or_si256(_mm256_and_si256(A, m4), _mm256_and_si256(_mm256_slli_epi16(H, 4), m30)),
                 _mm256_or_si256(_mm256_and_si256(B, m4), _mm256_and_si256(_mm256_slli_epi16(H, 2), m30)),
                 _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(A, 4), m4), _mm256_and_si256(H, m30)),
                 _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(B, 4), m4), _mm256_and_si256(_mm256_srli_epi16(H, 2), m30))};
-#pragma GCC unroll 4
-            for (int m = 0; m < 4; m++) /* groups 2m (low lane) and 2m+1 (high lane) of the eight */
-                DOT32(q[m], _mm256_shuffle_epi8(G, _mm256_set_m128i(_mm_set1_epi16((short)((4 * m + 3) << 8 | (4 * m + 2))),
-                                                                     _mm_set1_epi16((short)((4 * m + 1) << 8 | 4 * m)))),
-                      128 * h + 32 * m);
+            __m256i W[4];
+            weave4(q, W);
+            /* word w of the low lane: group 8h + 2(w % 4), of the high lane: 8h + 2(w % 4) + 1 */
+            const __m256i G = h ? _mm256_permute4x64_epi64(S, 0xEE) : _mm256_permute4x64_epi64(S, 0x44);
+            const __m256i Sv = _mm256_shuffle_epi8(G, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 0, 1, 4, 5, 8, 9, 12, 13,
+                                                                       2, 3, 6, 7, 10, 11, 14, 15, 2, 3, 6, 7, 10, 11, 14, 15));
+            DOT128(W, Sv, 128 * h)
         }
     } else {
         const int five = type == VT_Q5_K;
@@ -113,24 +125,42 @@ VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *xb, const int 
         const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
         __m256i sc;
         scales_45(blk, &sc, &mn);
-        MINS
         *d = fp16(blk);
         *dm = fp16(blk + 2);
-#pragma GCC unroll 4
-        for (int g = 0; g < 4; g++) {
-            const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * g));
-            __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-            if (five) { /* bit 2g of qh[l] is the fifth bit of element l of sub-block 2g, bit 2g+1 of 2g+1 */
-                const __m256i b0 = _mm256_set1_epi8((char)(1 << (2 * g))), b1 = _mm256_set1_epi8((char)(1 << (2 * g + 1)));
-                const __m256i sixteen = _mm256_set1_epi8(16);
-                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b0), b0), sixteen));
-                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b1), b1), sixteen));
-            }
-            DOT32(lo, SPLAT16(sc, 2 * g), 64 * g);
-            DOT32(hi, SPLAT16(sc, 2 * g + 1), 64 * g + 32);
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            const __m256i v0 = _mm256_loadu_si256((const __m256i *)(qs + 64 * h)),
+                          v1 = _mm256_loadu_si256((const __m256i *)(qs + 64 * h + 32));
+            __m256i s[4] = {_mm256_and_si256(v0, m4), _mm256_and_si256(_mm256_srli_epi16(v0, 4), m4),
+                            _mm256_and_si256(v1, m4), _mm256_and_si256(_mm256_srli_epi16(v1, 4), m4)};
+            if (five) /* bit j of qh[l] is the fifth bit of element l of sub-block j = 4h + k */
+                for (int k = 0; k < 4; k++) {
+                    const __m256i bit = _mm256_set1_epi8((char)(1 << (4 * h + k)));
+                    s[k] = _mm256_or_si256(s[k], _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit),
+                                                                  _mm256_set1_epi8(16)));
+                }
+            __m256i W[4];
+            weave4(s, W);
+            /* word w: sub-block 4h + w % 4 */
+            const __m256i Sv = _mm256_shuffle_epi8(
+                sc, _mm256_set1_epi64x(h ? 0x0F0E0D0C0B0A0908LL : 0x0706050403020100LL));
+            DOT128(W, Sv, 128 * h)
         }
     }
-#undef MINS
+    if (type == VT_Q6_K) /* S1 - S2 is what the recipe converts: subtract lane-wise */
+        for (int r = 0; r < n; r++) a[r] = _mm256_sub_epi32(a[r], mins(mn, &xb[r]));
+    *mnp = mn;
+}
+
+/* The sums of the 8 lanes of each of v[0..7], as one vector (lane r: v[r]'s), by
+ * interleaving and adding (shuffles and adds: vphaddd would load the multiply pipe). */
+static inline __m256i rows8(const __m256i *v) {
+    __m256i e[4], f[2];
+    for (int i = 0; i < 4; i++) /* rows 2i, 2i+1: lanes 0+1 and 2+3 of each 128 */
+        e[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]), _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 2; i++) /* rows 4i..4i+3: each 128's sum */
+        f[i] = _mm256_add_epi32(_mm256_unpacklo_epi64(e[2 * i], e[2 * i + 1]), _mm256_unpackhi_epi64(e[2 * i], e[2 * i + 1]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(f[0], f[1], 0x20), _mm256_permute2x128_si256(f[0], f[1], 0x31));
 }
 
 /* The float step of a block for 4 outputs (kern_portable.c's k_block_value, times dx); for
@@ -191,7 +221,8 @@ VT_INLINE void rows1(int type, const uint8_t *w, const vt_xk *x, const float *dx
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
             a[j] = _mm256_setzero_si256();
-            k_block(type, blk + j * bytes, x + bi[j], 1, &a[j], NULL, &dd, &dd, &c[j]);
+            k_block(type, blk + j * bytes, x + bi[j], 1, &a[j], &c[j], &dd, &dd);
+            c[j] = mins(c[j], x + bi[j]);
         }
         __m128 d, dm;
         factors4(type, blk, bytes, &d, &dm);
@@ -225,24 +256,37 @@ static void dot_k_rows1(int type, const uint8_t *w, const vt_xk *x, const float 
     else rows1(VT_Q6_K, w, x, dx, nb, nrows, y);
 }
 
-/* One weight row against n (1..VT_ROWS) activation rows. */
+/* One weight row against n (1..VT_ROWS) activation rows: the rows' integer sums reduced
+ * together and their float steps computed in the lanes of one vector (4 rows: 128 bits). */
 VT_INLINE void dot_k_n(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int64_t nb,
                        float *out, const int n) {
     const int64_t bytes = vt_block_bytes(type);
-    __m128 acc[2] = {_mm_setzero_ps(), _mm_setzero_ps()}; /* rows 0-3, 4-7 */
+    __m256 acc8 = _mm256_setzero_ps();
+    __m128 acc4 = _mm_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        __m256i a[VT_ROWS];
-        __m128i s2[VT_ROWS / 4];
+        __m256i a[VT_ROWS], c[VT_ROWS], mn;
         for (int r = 0; r < VT_ROWS; r++) a[r] = _mm256_setzero_si256();
         float d, dm;
-        k_block(type, w + b * bytes, x + b * stride, n, a, s2, &d, &dm, NULL);
-        for (int h = 0; h < n; h += 4)
-            acc[h / 4] = _mm_add_ps(acc[h / 4], k_value4(type, hsum4(a[h], a[h + 1], a[h + 2], a[h + 3]), s2[h / 4],
-                                                         _mm_set1_ps(d), _mm_set1_ps(dm), _mm_loadu_ps(dx + b * stride + h)));
+        const vt_xk *xb = x + b * stride;
+        k_block(type, w + b * bytes, xb, n, a, &mn, &d, &dm);
+        if (n > 4) { /* kern_portable.c's k_block_value times dx, 8 rows a vector (dx readable past row n) */
+            const __m256 s1 = _mm256_cvtepi32_ps(rows8(a)), dv = _mm256_set1_ps(d);
+            __m256 v = _mm256_mul_ps(dv, s1);
+            if (type != VT_Q6_K) {
+                for (int r = 0; r < VT_ROWS; r++) c[r] = r < n ? mins(mn, xb + r) : _mm256_setzero_si256();
+                v = _mm256_sub_ps(v, _mm256_mul_ps(_mm256_set1_ps(dm), _mm256_cvtepi32_ps(rows8(c))));
+            }
+            acc8 = _mm256_add_ps(acc8, _mm256_mul_ps(_mm256_loadu_ps(dx + b * stride), v));
+        } else {
+            for (int r = 0; r < 4; r++) c[r] = r < n && type != VT_Q6_K ? mins(mn, xb + r) : _mm256_setzero_si256();
+            const __m128i s2 = type == VT_Q6_K ? _mm_setzero_si128() : hsum4(c[0], c[1], c[2], c[3]);
+            acc4 = _mm_add_ps(acc4, k_value4(type, hsum4(a[0], a[1], a[2], a[3]), s2, _mm_set1_ps(d), _mm_set1_ps(dm),
+                                             _mm_loadu_ps(dx + b * stride)));
+        }
     }
     float o[8];
-    _mm_storeu_ps(o, acc[0]);
-    _mm_storeu_ps(o + 4, acc[1]);
+    if (n > 4) _mm256_storeu_ps(o, acc8);
+    else _mm_storeu_ps(o, acc4);
     memcpy(out, o, sizeof(float) * (size_t)n);
 }
 
@@ -486,6 +530,7 @@ static void quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64
             continue;
         }
         const __m256 id = _mm256_set1_ps(127.0f / amax);
+        int8_t q8[QK_K] __attribute__((aligned(32))); /* in element order */
         for (int i = 0; i < QK_K; i += 32) {
             __m256i q[4];
             for (int k = 0; k < 4; k++) {
@@ -496,11 +541,13 @@ static void quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64
             }
             /* packs interleave the 128-bit lanes: dwords 0 4 1 5 2 6 3 7 back in order */
             const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-            _mm256_store_si256((__m256i *)(o->q + i), _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+            _mm256_store_si256((__m256i *)(q8 + i), _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
         }
+        for (int h = 0; h < 2; h++) /* woven, as the kernels unpack the weights */
+            weave4((const __m256i *)(q8 + 128 * h), (__m256i *)(o->q + 128 * h));
         for (int k = 0; k < QK_K / 16; k++) {
-            const __m128i s = _mm_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(o->q + 16 * k))),
-                          s2 = _mm_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(o->q + 16 * k + 8)));
+            const __m128i s = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(q8 + 16 * k))),
+                          s2 = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(q8 + 16 * k + 8)));
             const __m128i w = _mm_madd_epi16(_mm_add_epi16(s, s2), _mm_set1_epi16(1));
             const __m128i u = _mm_add_epi32(w, _mm_shuffle_epi32(w, 0x4E));
             o->bs[k] = (int16_t)_mm_cvtsi128_si32(_mm_add_epi32(u, _mm_shuffle_epi32(u, 0xB1)));
