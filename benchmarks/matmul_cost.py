@@ -92,8 +92,9 @@ def main() -> None:
         res = {"type": N.TYPE_NAMES[wtype], "native": {}, "fbgemm": {}}
         lin = None if args.no_fbgemm else fbgemm_linear(N.dequantize(w, wtype, rows * cols).reshape(rows, cols))
         reps = max(3, args.repeats if rows * cols < 50e6 else args.repeats // 2)
+        packed = N.pack(w, wtype, rows, cols)  # as a native model holds it
         for L in Ls:
-            res["native"][L] = median_ms(lambda: N.matmul(w, wtype, rows, cols, x[:L], pool=pool), reps)
+            res["native"][L] = median_ms(lambda: N.matmul(packed, wtype, rows, cols, x[:L], pool=pool, packed=True), reps)
             if lin is not None:
                 xt = torch.from_numpy(x[:L])
                 with torch.inference_mode():

@@ -217,7 +217,7 @@ static void axpy(float *o, float e, const float *v, int64_t n) {
     for (int64_t i = 0; i < n; i++) o[i] = o[i] + e * v[i];
 }
 
-const vt_kernels vt_kernels_portable = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, dot_f, axpy, vt_quantize_k};
+const vt_kernels vt_kernels_portable = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, dot_f, axpy, vt_quantize_k, NULL};
 
 /* Dequantize n elements (whole blocks) of `type` to fp32, in the order and with the float
  * operations of ggml's dequantize_row_* (the tests hold it against gguf's quants.py). */

@@ -67,6 +67,81 @@ VT_INLINE void weave4(const __m256i *s, __m256i *u) {
     u[2] = _mm256_unpacklo_epi32(t1, t3), u[3] = _mm256_unpackhi_epi32(t1, t3);
 }
 
+/* Q4_K/Q5_K: the quants of sub-blocks 4h..4h+3 from their 64 bytes v0, v1 (nibbles: low
+ * then high) and, Q5_K, bit 4h + k of qh[l] the fifth bit of element l of s[k]. */
+VT_INLINE void unpack_45(int five, __m256i v0, __m256i v1, __m256i qh, int h, __m256i *s) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    s[0] = _mm256_and_si256(v0, m4), s[1] = _mm256_and_si256(_mm256_srli_epi16(v0, 4), m4);
+    s[2] = _mm256_and_si256(v1, m4), s[3] = _mm256_and_si256(_mm256_srli_epi16(v1, 4), m4);
+    for (int k = 0; five && k < 4; k++) {
+        const __m256i bit = _mm256_set1_epi8((char)(1 << (4 * h + k)));
+        s[k] = _mm256_or_si256(s[k], _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit), _mm256_set1_epi8(16)));
+    }
+}
+
+/* Q6_K: the quants of elements 128h.. as 4 vectors of 32 from their low nibbles A, B and
+ * their high 2 bits H. */
+VT_INLINE void unpack_6(__m256i A, __m256i B, __m256i H, __m256i *q) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+    q[0] = _mm256_or_si256(_mm256_and_si256(A, m4), _mm256_and_si256(_mm256_slli_epi16(H, 4), m30));
+    q[1] = _mm256_or_si256(_mm256_and_si256(B, m4), _mm256_and_si256(_mm256_slli_epi16(H, 2), m30));
+    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(A, 4), m4), _mm256_and_si256(H, m30));
+    q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(B, 4), m4), _mm256_and_si256(_mm256_srli_epi16(H, 2), m30));
+}
+
+/* K-quant blocks as the kernels read them: the file's, but each 128 quants stored so that
+ * unpacking yields them woven (weave4), as the activations are: the weights' weave is
+ * paid once at load instead of per block per dot.  Same bytes, same size. */
+static void pack_k(int type, const uint8_t *src, int64_t nb, uint8_t *dst) {
+    const int64_t bytes = vt_block_bytes(type);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = src + b * bytes;
+        uint8_t *o = dst + b * bytes;
+        memmove(o, blk, (size_t)bytes); /* scales and factors as they are (in place allowed) */
+        if (type == VT_Q6_K) {
+            __m256i W[2][4];
+            for (int h = 0; h < 2; h++) {
+                __m256i q[4];
+                unpack_6(_mm256_loadu_si256((const __m256i *)(blk + 64 * h)), _mm256_loadu_si256((const __m256i *)(blk + 64 * h + 32)),
+                         _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h)), q);
+                weave4(q, W[h]);
+            }
+            for (int h = 0; h < 2; h++) { /* unpack_6's inverse */
+                const __m256i *w = W[h];
+                _mm256_storeu_si256((__m256i *)(o + 64 * h), _mm256_or_si256(_mm256_and_si256(w[0], m4), _mm256_slli_epi16(_mm256_and_si256(w[2], m4), 4)));
+                _mm256_storeu_si256((__m256i *)(o + 64 * h + 32), _mm256_or_si256(_mm256_and_si256(w[1], m4), _mm256_slli_epi16(_mm256_and_si256(w[3], m4), 4)));
+                __m256i H = _mm256_setzero_si256();
+                for (int m = 0; m < 4; m++)
+                    H = _mm256_or_si256(H, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(w[m], 4), three), 2 * m));
+                _mm256_storeu_si256((__m256i *)(o + 128 + 32 * h), H);
+            }
+        } else {
+            const int five = type == VT_Q5_K;
+            const uint8_t *qs = blk + (five ? 48 : 16);
+            const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
+            __m256i W[2][4], qh2 = _mm256_setzero_si256();
+            for (int h = 0; h < 2; h++) {
+                __m256i s[4];
+                unpack_45(five, _mm256_loadu_si256((const __m256i *)(qs + 64 * h)), _mm256_loadu_si256((const __m256i *)(qs + 64 * h + 32)), qh, h, s);
+                weave4(s, W[h]);
+            }
+            for (int h = 0; h < 2; h++) { /* unpack_45's inverse */
+                const __m256i *w = W[h];
+                uint8_t *oq = o + (five ? 48 : 16) + 64 * h;
+                _mm256_storeu_si256((__m256i *)oq, _mm256_or_si256(_mm256_and_si256(w[0], m4), _mm256_slli_epi16(_mm256_and_si256(w[1], m4), 4)));
+                _mm256_storeu_si256((__m256i *)(oq + 32), _mm256_or_si256(_mm256_and_si256(w[2], m4), _mm256_slli_epi16(_mm256_and_si256(w[3], m4), 4)));
+                for (int k = 0; five && k < 4; k++) {
+                    const __m256i sixteen = _mm256_set1_epi8(16);
+                    qh2 = _mm256_or_si256(qh2, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(w[k], sixteen), sixteen),
+                                                                _mm256_set1_epi8((char)(1 << (4 * h + k)))));
+                }
+            }
+            if (five) _mm256_storeu_si256((__m256i *)(o + 16), qh2);
+        }
+    }
+}
+
 /* The woven quants' products against row r's woven quants E..E+127: 4 maddubs summed as
  * int16 (Q4_K: each word at most 4 x 2 x 15 x 127, Q5_K 4 x 2 x 31 x 127 < 2^15), scaled by
  * S; Q6_K's 63s allow 2 (2 x 2 x 63 x 127 < 2^15).  The empty asm pins each row's sum in
@@ -89,13 +164,12 @@ static inline __m256i mins(__m256i mn, const vt_xk *xb) {
     return _mm256_madd_epi16(mn, _mm256_load_si256((const __m256i *)xb->bs));
 }
 
-/* One block of a weight row (blk) against the n rows' woven blocks xb[0..n-1] (`type` and n
+/* One packed block of a weight row (blk) against the n rows' woven blocks xb[0..n-1] (`type` and n
  * are constants after inlining): a[r] += the scaled quant products (exact int32 sums in 8
  * lanes; Q6_K: less its offsets), *mnp the mins for mins() (taken after the products, so
  * that only the a[r] are live in their loop), d and dm the block's float factors. */
 VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *xb, const int n, __m256i *a, __m256i *mnp, float *d,
                        float *dm) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
     __m256i mn;
     if (type == VT_Q6_K) {
         const __m256i S = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
@@ -106,13 +180,8 @@ VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *xb, const int 
             const __m256i A = _mm256_loadu_si256((const __m256i *)(blk + 64 * h));
             const __m256i B = _mm256_loadu_si256((const __m256i *)(blk + 64 * h + 32));
             const __m256i H = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h));
-            const __m256i q[4] = { /* elements 128h + 32m.., m < 4: groups 8h + 2m (low lane), + 1 (high) */
-                _mm256_or_si256(_mm256_and_si256(A, m4), _mm256_and_si256(_mm256_slli_epi16(H, 4), m30)),
-                _mm256_or_si256(_mm256_and_si256(B, m4), _mm256_and_si256(_mm256_slli_epi16(H, 2), m30)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(A, 4), m4), _mm256_and_si256(H, m30)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(B, 4), m4), _mm256_and_si256(_mm256_srli_epi16(H, 2), m30))};
-            __m256i W[4];
-            weave4(q, W);
+            __m256i W[4]; /* packed (pack_k): woven elements 128h.., groups 8h + 2m (low lane) and 8h + 2m + 1 */
+            unpack_6(A, B, H, W);
             /* word w of the low lane: group 8h + 2(w % 4), of the high lane: 8h + 2(w % 4) + 1 */
             const __m256i G = h ? _mm256_permute4x64_epi64(S, 0xEE) : _mm256_permute4x64_epi64(S, 0x44);
             const __m256i Sv = _mm256_shuffle_epi8(G, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 0, 1, 4, 5, 8, 9, 12, 13,
@@ -131,16 +200,8 @@ VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *xb, const int 
         for (int h = 0; h < 2; h++) {
             const __m256i v0 = _mm256_loadu_si256((const __m256i *)(qs + 64 * h)),
                           v1 = _mm256_loadu_si256((const __m256i *)(qs + 64 * h + 32));
-            __m256i s[4] = {_mm256_and_si256(v0, m4), _mm256_and_si256(_mm256_srli_epi16(v0, 4), m4),
-                            _mm256_and_si256(v1, m4), _mm256_and_si256(_mm256_srli_epi16(v1, 4), m4)};
-            if (five) /* bit j of qh[l] is the fifth bit of element l of sub-block j = 4h + k */
-                for (int k = 0; k < 4; k++) {
-                    const __m256i bit = _mm256_set1_epi8((char)(1 << (4 * h + k)));
-                    s[k] = _mm256_or_si256(s[k], _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit),
-                                                                  _mm256_set1_epi8(16)));
-                }
             __m256i W[4];
-            weave4(s, W);
+            unpack_45(five, v0, v1, qh, h, W); /* packed (pack_k): sub-blocks 4h.. woven */
             /* word w: sub-block 4h + w % 4 */
             const __m256i Sv = _mm256_shuffle_epi8(
                 sc, _mm256_set1_epi64x(h ? 0x0F0E0D0C0B0A0908LL : 0x0706050403020100LL));
@@ -556,4 +617,4 @@ static void quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64
     }
 }
 
-const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, dot_f, axpy, quantize_k};
+const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, dot_f, axpy, quantize_k, pack_k};

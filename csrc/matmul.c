@@ -162,6 +162,21 @@ int vt_matmul_parts(vt_pool *pool, int isa, int64_t cols, const float *x, int64_
     return VT_OK;
 }
 
+VT_API int vt_packs(int isa, int type) {
+    const vt_kernels *k = vt_kernels_for(isa);
+    return k && k->pack_k && vt_block_elems(type) == QK_K;
+}
+
+VT_API int vt_pack(int isa, int type, const void *src, int64_t n, void *dst) {
+    const int64_t be = vt_block_elems(type);
+    if (!be) return VT_ETYPE;
+    if (n < 0 || n % be) return VT_ESHAPE;
+    if (!vt_kernels_for(isa)) return VT_EISA;
+    if (vt_packs(isa, type)) vt_kernels_for(isa)->pack_k(type, src, n / be, dst);
+    else memmove(dst, src, (size_t)(n / be * vt_block_bytes(type)));
+    return VT_OK;
+}
+
 VT_API int vt_matmul(vt_pool *pool, int isa, int type, const void *w, int64_t rows, int64_t cols,
                      const float *x, int64_t L, float *y) {
     if (!vt_block_elems(type)) return VT_ETYPE;

@@ -95,6 +95,9 @@ typedef struct {
     /* vt_quantize_k (max, multiplies, compares and the rounding trick are elementwise or
      * exact: every width gives its bits) */
     void (*quantize_k)(const float *x, int64_t cols, vt_xk *out, float *d, int64_t stride);
+    /* nb K-quant blocks of `type` from src into the layout dot_k and dot_k_rows1 read (the
+     * same size; dst may be src); NULL: they read the file's */
+    void (*pack_k)(int type, const uint8_t *src, int64_t nb, uint8_t *dst);
 } vt_kernels;
 
 extern const vt_kernels vt_kernels_portable;
@@ -213,12 +216,20 @@ VT_API int vt_dequantize(int type, const void *src, int64_t n, float *dst);
 
 typedef struct vt_model vt_model;
 
-/* Y[L, rows] = X[L, cols] @ W[rows, cols]^T with W raw GGUF data of `type`. */
+/* Whether path `isa` reads weights of `type` in a layout of its own (vt_pack). */
+VT_API int vt_packs(int isa, int type);
+
+/* n elements (whole blocks) of raw `type` data into the layout path `isa` reads (a copy
+ * where it reads the file's). */
+VT_API int vt_pack(int isa, int type, const void *src, int64_t n, void *dst);
+
+/* Y[L, rows] = X[L, cols] @ W[rows, cols]^T with W GGUF data of `type` as path `isa` reads
+ * it (vt_pack). */
 VT_API int vt_matmul(vt_pool *pool, int isa, int type, const void *w, int64_t rows, int64_t cols,
                      const float *x, int64_t L, float *y);
 
 /* Several matmuls of one input X[L, cols] in one pool job (the input quantized once per
- * block kind): part i is Y_i[L, rows_i] = X @ W_i^T.  With swiglu (two parts of equal
+ * block kind; weights as path `isa` reads them): part i is Y_i[L, rows_i] = X @ W_i^T.  With swiglu (two parts of equal
  * rows: gate and up), the gate's Y becomes silu(gate) * up, elementwise. */
 #define VT_MAX_PARTS 3
 typedef struct {

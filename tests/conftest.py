@@ -13,6 +13,7 @@ import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner, Result
@@ -355,23 +356,40 @@ def write_gguf(model: LlamaForCausalLM, path: Path) -> Path:
     return path
 
 
+def k_quant_blocks(shape: tuple[int, int], qtype, std: float, seed: int) -> np.ndarray:
+    """Random blocks of a K-quant `qtype` ([rows, row bytes]; gguf cannot quantize to them)
+    whose values have a standard deviation of about `std` (their fp16 factors scaled)."""
+    from vocabtrim import native
+
+    rows, cols = shape
+    blocks = native.random_weights(int(qtype), rows, cols, seed).reshape(-1, native.BLOCKS[int(qtype)][1])
+    factor = std / native.dequantize(blocks, int(qtype), rows * cols).std()
+    for at in (208,) if int(qtype) == native.Q6_K else (0, 2):
+        scaled = blocks[:, at:at + 2].copy().view(np.float16).astype(np.float32) * factor
+        blocks[:, at:at + 2] = scaled.astype(np.float16).view(np.uint8)
+    return blocks.reshape(rows, -1)
+
+
 def quantized_gguf(model, path, qtype, monkeypatch):
-    """`model` written by conftest's write_gguf with every matrix quantized to `qtype`; the
-    model's weights replaced by what the file holds, so the two compute the same function."""
+    """`model` written by conftest's write_gguf with every matrix quantized to `qtype` (a
+    K-quant: random blocks of the weights' spread); the model's weights replaced by what
+    the file holds, so the two compute the same function."""
     import gguf
 
-    add = gguf.GGUFWriter.add_tensor
+    add, stored = gguf.GGUFWriter.add_tensor, {}
 
     def add_quantized(self, name, tensor, *args, **kwargs):
         if tensor.ndim == 2:
-            return add(self, name, gguf.quants.quantize(tensor, qtype), raw_dtype=qtype)
+            return add(self, name, stored[tensor.tobytes()], raw_dtype=qtype)
         return add(self, name, tensor, *args, **kwargs)
 
     with torch.no_grad():
-        for p in model.parameters():
+        for i, p in enumerate(model.parameters()):
             if p.ndim == 2:
-                q = gguf.quants.quantize(p.numpy(), qtype)
+                q = (gguf.quants.quantize(p.numpy(), qtype) if not qtype.name.endswith("_K")
+                     else k_quant_blocks(tuple(p.shape), qtype, float(p.std()), seed=i))
                 p.copy_(torch.from_numpy(gguf.quants.dequantize(q, qtype).reshape(p.shape)))
+                stored[p.numpy().tobytes()] = q
     monkeypatch.setattr(gguf.GGUFWriter, "add_tensor", add_quantized)
     write_gguf(model, path)
     monkeypatch.undo()

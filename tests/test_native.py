@@ -83,6 +83,26 @@ def test_isa_paths_bit_identical_to_portable(wtype, isa):
                          N.matmul(w, wtype, rows, cols, x[:n], isa="portable")), n
 
 
+@pytest.mark.parametrize("isa", ["portable"] + FAST)
+@pytest.mark.parametrize("wtype", QUANTIZED + FLOATS, ids=N.TYPE_NAMES.get)
+def test_packed_weights(wtype, isa):
+    """The SIMD paths read K-quants packed (each block's quants reordered, its scales and
+    size as the file's): what a native model holds; every other type and path the file's."""
+    rows, cols = 7, cols_of(wtype)
+    w = N.random_weights(wtype, rows, cols, seed=8)
+    packed = N.pack(w, wtype, rows, cols, isa=isa)
+    if not N.packs(wtype, isa):
+        assert packed is w
+        return
+    assert wtype in (N.Q4_K, N.Q5_K, N.Q6_K) and packed.nbytes == w.nbytes and not np.array_equal(packed, w.reshape(-1))
+    blocks, pblocks = w.reshape(-1, N.BLOCKS[wtype][1]), packed.reshape(-1, N.BLOCKS[wtype][1])
+    kept = {N.Q4_K: slice(0, 16), N.Q5_K: slice(0, 16), N.Q6_K: slice(192, 210)}[wtype]  # factors and scales
+    assert np.array_equal(blocks[:, kept], pblocks[:, kept])
+    x = np.random.default_rng(9).standard_normal((5, cols)).astype(np.float32)
+    assert same_bits(N.matmul(packed, wtype, rows, cols, x, isa=isa, packed=True),
+                     N.matmul(w, wtype, rows, cols, x, isa="portable"))
+
+
 @pytest.mark.parametrize("isa", ABSENT)
 def test_absent_isa_paths(isa):
     pytest.skip(f"this CPU lacks {isa}: its path is compiled but cannot be checked here")

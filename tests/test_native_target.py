@@ -83,6 +83,30 @@ def q41_gguf(tmp_path_factory):
     return quantized_qwen2(tmp_path_factory, "Q4_1")
 
 
+@pytest.fixture(scope="module", params=["Q4_K", "Q5_K", "Q6_K"])
+def k_gguf(request, tmp_path_factory):
+    """A K-quant file (what the default target's Q4_K_M holds: Q4_K and Q6_K), its head tied
+    for Q5_K: the SIMD paths read these packed (native.pack), the embedding by rows raw."""
+    model = tiny_qwen2(hidden=256, tie=request.param == "Q5_K")
+    path = quantized_gguf(model, tmp_path_factory.mktemp("native") / f"{request.param}.gguf",
+                          native_type(request.param), pytest.MonkeyPatch())
+    return path, model
+
+
+def test_k_quant_logits_close_to_torch_and_batch_invariant(k_gguf):
+    path, model = k_gguf
+    target = NativeTarget(path, threads=2)
+    got = target.logits(SEQ, len(SEQ))
+    with torch.inference_mode():
+        want = TorchTarget(model).logits(SEQ, len(SEQ)).float()
+    assert (got - want).abs().max() < 0.05 * want.abs().max()  # 8-bit activations: close, not equal
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.9
+    alone = one_at_a_time(target)
+    assert same_bits(alone, got)
+    target.reset()
+    assert same_bits(target.logits(SEQ[:8], 8), alone[:8])
+
+
 def native_type(name: str):
     import gguf
 

@@ -44,6 +44,7 @@ def lib() -> ctypes.CDLL:
     so = ctypes.CDLL(spec.origin)
     for name, res, args in (("vt_matmul", _int, [_p, _int, _int, _p, _i64, _i64, _p, _i64, _p]),
                             ("vt_dequantize", _int, [_int, _p, _i64, _p]),
+                            ("vt_packs", _int, [_int, _int]), ("vt_pack", _int, [_int, _int, _p, _i64, _p]),
                             ("vt_quantize_rows", _int, [_int, _p, _i64, _i64, _p, _p]),
                             ("vt_pool_new", _p, [_int]), ("vt_pool_free", None, [_p]),
                             ("vt_isa_supported", _int, [_int]), ("vt_isa_best", _int, []),
@@ -152,11 +153,31 @@ def random_weights(wtype: int, rows: int, cols: int, seed: int = 0) -> np.ndarra
     return blocks.reshape(rows, -1)
 
 
-def matmul(w: np.ndarray, wtype: int, rows: int, cols: int, x: np.ndarray, pool: Pool | None = None,
-           isa: str | None = None) -> np.ndarray:
-    """Y [L, rows] = X [L, cols] @ W^T, W [rows, cols] as raw GGUF data of `wtype` (any
-    dtype; the file's bytes, e.g. a memory map)."""
+def packs(wtype: int, isa: str | None = None) -> bool:
+    """Whether `isa`'s kernels read `wtype` weights in a layout of their own (`pack`)."""
+    return bool(lib().vt_packs(isa_index(isa), wtype))
+
+
+def pack(w: np.ndarray, wtype: int, rows: int, cols: int, isa: str | None = None) -> np.ndarray:
+    """W [rows, cols], raw GGUF data of `wtype`, in the layout `isa`'s kernels read: a copy
+    of the same size with each K-quant block's quants reordered (so that unpacking yields
+    them in the order the kernel multiplies them), or `w` itself where they read the file's."""
     w = _raw(w, rows * _row_bytes(wtype, cols), f"{TYPE_NAMES[wtype]} weight [{rows}, {cols}]")
+    if not packs(wtype, isa):
+        return w
+    out = np.empty(w.nbytes, dtype=np.uint8)
+    check(lib().vt_pack(isa_index(isa), wtype, w.ctypes.data, rows * cols, out.ctypes.data), "native pack")
+    return out
+
+
+def matmul(w: np.ndarray, wtype: int, rows: int, cols: int, x: np.ndarray, pool: Pool | None = None,
+           isa: str | None = None, packed: bool = False) -> np.ndarray:
+    """Y [L, rows] = X [L, cols] @ W^T, W [rows, cols] as raw GGUF data of `wtype` (any
+    dtype; the file's bytes, e.g. a memory map), or with `packed` as `pack` returned it
+    (else each call packs a copy)."""
+    w = _raw(w, rows * _row_bytes(wtype, cols), f"{TYPE_NAMES[wtype]} weight [{rows}, {cols}]")
+    if not packed:
+        w = pack(w, wtype, rows, cols, isa)
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != cols or x.shape[0] < 1:
         raise VocabtrimError(f"activations of shape {list(x.shape)} for a weight of {cols} columns: "

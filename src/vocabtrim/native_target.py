@@ -11,6 +11,7 @@ or among any number of rows, after any crop, on any thread count: the tie tolera
 
 from __future__ import annotations
 
+import mmap
 import weakref
 from pathlib import Path
 
@@ -76,6 +77,34 @@ class NativeModel:
         self.forward_bytes = self.body_bytes + head
         self.pool = native.default_pool() if threads is None else native.Pool(threads)
         self.isa = native.isa_index(isa)
+        self.packed = self._pack()
+
+    def _pack(self) -> dict[str, np.ndarray]:
+        """The matrices the kernels read in a layout of their own (native.pack: K-quants on
+        the SIMD paths), packed once for every cache over this model, their mapped pages
+        then dropped (the file stays in the page cache; the process holds one copy). The
+        embedding stays mapped (read by rows); a tied head is packed from it."""
+        isa = native.ISAS[self.isa]
+        matrices = [n for n in self.tensors if n != "token_embd.weight" and len(self.tensors[n].dims) == 2]
+        if "output.weight" not in self.tensors:
+            matrices.append("token_embd.weight")
+        packed = {}
+        for name in matrices:
+            t, n = self.tensors[name], self.nbytes[name]
+            if not native.packs(t.type, isa):
+                continue
+            packed["output.weight" if name == "token_embd.weight" else name] = native.pack(
+                self.map[t.offset:t.offset + n], t.type, t.dims[1], t.dims[0], isa)
+            if name != "token_embd.weight":
+                self._release(t.offset, n)
+        return packed
+
+    def _release(self, offset: int, nbytes: int) -> None:
+        """Drop this process's pages of the file's bytes offset.. (whole pages inside them)."""
+        mm, page = getattr(self.map, "_mmap", None), mmap.PAGESIZE
+        start, end = -(-offset // page) * page, (offset + nbytes) // page * page
+        if mm is not None and end > start:
+            mm.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     def new(self) -> int:
         """A native model over these weights with an empty cache of `context` tokens (a pointer)."""
@@ -87,10 +116,11 @@ class NativeModel:
         slots = [(-1, GLOBAL_TENSORS)] + [(i, [f"blk.{i}.{n}" for n in LAYER_TENSORS]) for i in range(self.n_layer)]
         for layer, names in slots:
             for slot, name in enumerate(names):
-                if name in self.tensors:
-                    t = self.tensors[name]
+                if name in self.tensors or name in self.packed:
+                    t = self.tensors.get(name, self.tensors["token_embd.weight"])  # a tied head: the embedding's
                     rows, cols = (t.dims[1], t.dims[0]) if len(t.dims) > 1 else (1, t.dims[0])
-                    rc = lib.vt_model_set(ptr, layer, slot, t.type, self.map.ctypes.data + t.offset, rows, cols)
+                    data = self.packed[name].ctypes.data if name in self.packed else self.map.ctypes.data + t.offset
+                    rc = lib.vt_model_set(ptr, layer, slot, t.type, data, rows, cols)
                     if rc:
                         lib.vt_model_free(ptr)
                         native.check(rc, f"{self.path.name}: tensor {name}")
@@ -116,6 +146,7 @@ class NativeRows:
     def __init__(self, raw: np.ndarray, wtype: int, cols: int, pool: native.Pool, isa: int):
         self.raw, self.wtype, self.in_features, self.pool, self.isa = raw, wtype, cols, pool, isa
         self.out_features = raw.shape[0]
+        self.packed: np.ndarray | None = None  # the kernels' layout (native.pack), made on first use
 
     @property
     def nbytes(self) -> int:
@@ -128,8 +159,11 @@ class NativeRows:
 
     def __call__(self, hidden: Tensor) -> Tensor:
         """hidden [n, cols] -> [n, rows]."""
-        return torch.from_numpy(native.matmul(self.raw, self.wtype, self.out_features, self.in_features,
-                                              hidden.float().numpy(), self.pool, native.ISAS[self.isa]))
+        isa = native.ISAS[self.isa]
+        if self.packed is None:
+            self.packed = native.pack(self.raw, self.wtype, self.out_features, self.in_features, isa)
+        return torch.from_numpy(native.matmul(self.packed, self.wtype, self.out_features, self.in_features,
+                                              hidden.float().numpy(), self.pool, isa, packed=True))
 
 
 class NativeTarget:

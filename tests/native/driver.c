@@ -52,18 +52,20 @@ static int check(void) {
         float *x = random_rows(L, cols), *ref = malloc(sizeof(float) * (size_t)(L * rows)),
               *y = malloc(sizeof(float) * (size_t)(L * rows));
         for (int64_t l = 0; l < L; l++) bad |= vt_matmul(one, VT_ISA_PORTABLE, type, w, rows, cols, x + l * cols, 1, ref + l * rows);
+        void *wp = malloc((size_t)(rows * cols / vt_block_elems(type) * vt_block_bytes(type)));
         for (int isa = 0; isa < VT_ISA_COUNT; isa++) {
             if (!vt_isa_supported(isa)) continue;
+            bad |= vt_pack(isa, type, w, rows * cols, wp);
             for (int64_t n = 1; n <= L; n++)
                 for (int p = 0; p < 2; p++) {
-                    bad |= vt_matmul(p ? two : one, isa, type, w, rows, cols, x, n, y);
+                    bad |= vt_matmul(p ? two : one, isa, type, wp, rows, cols, x, n, y);
                     if (memcmp(y, ref, sizeof(float) * (size_t)(n * rows))) {
                         fprintf(stderr, "type %d isa %d L %ld threads %d: differs\n", type, isa, (long)n, p + 1);
                         bad = 1;
                     }
                 }
         }
-        free(w), free(x), free(ref), free(y);
+        free(w), free(wp), free(x), free(ref), free(y);
     }
     vt_pool_free(one), vt_pool_free(two);
     return bad;
@@ -77,7 +79,7 @@ int main(int argc, char **argv) {
         void *w = random_weights(type, rows, cols);
         float *x = random_rows(L, cols), *y = malloc(sizeof(float) * (size_t)(L * rows));
         vt_pool *pool = vt_pool_new(1);
-        int rc = 0;
+        int rc = vt_pack(isa, type, w, rows * cols, w);
         for (int r = 0; r < reps; r++) rc |= vt_matmul(pool, isa, type, w, rows, cols, x, L, y);
         vt_pool_free(pool);
         return rc != 0;
