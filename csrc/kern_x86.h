@@ -89,56 +89,53 @@ VT_INLINE void unpack_6(__m256i A, __m256i B, __m256i H, __m256i *q) {
     q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(B, 4), m4), _mm256_and_si256(_mm256_srli_epi16(H, 2), m30));
 }
 
+/* The low nibbles of lo and of hi as one byte each (unpacking's inverse). */
+static inline __m256i nibbles(__m256i lo, __m256i hi) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    return _mm256_or_si256(_mm256_and_si256(lo, m4), _mm256_slli_epi16(_mm256_and_si256(hi, m4), 4));
+}
+
+#define LOAD256(p) _mm256_loadu_si256((const __m256i *)(p))
+#define STORE256(p, v) _mm256_storeu_si256((__m256i *)(p), v)
+
 /* K-quant blocks as the kernels read them: the file's, but each 128 quants stored so that
  * unpacking yields them woven (weave4), as the activations are: the weights' weave is
  * paid once at load instead of per block per dot.  Same bytes, same size. */
 static void pack_k(int type, const uint8_t *src, int64_t nb, uint8_t *dst) {
     const int64_t bytes = vt_block_bytes(type);
-    const __m256i m4 = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3);
+    const int five = type == VT_Q5_K, qs = five ? 48 : 16; /* Q4_K/Q5_K: where the nibbles start */
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = src + b * bytes;
         uint8_t *o = dst + b * bytes;
-        memmove(o, blk, (size_t)bytes); /* scales and factors as they are (in place allowed) */
-        if (type == VT_Q6_K) {
-            __m256i W[2][4];
-            for (int h = 0; h < 2; h++) {
-                __m256i q[4];
-                unpack_6(_mm256_loadu_si256((const __m256i *)(blk + 64 * h)), _mm256_loadu_si256((const __m256i *)(blk + 64 * h + 32)),
-                         _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h)), q);
-                weave4(q, W[h]);
-            }
-            for (int h = 0; h < 2; h++) { /* unpack_6's inverse */
-                const __m256i *w = W[h];
-                _mm256_storeu_si256((__m256i *)(o + 64 * h), _mm256_or_si256(_mm256_and_si256(w[0], m4), _mm256_slli_epi16(_mm256_and_si256(w[2], m4), 4)));
-                _mm256_storeu_si256((__m256i *)(o + 64 * h + 32), _mm256_or_si256(_mm256_and_si256(w[1], m4), _mm256_slli_epi16(_mm256_and_si256(w[3], m4), 4)));
-                __m256i H = _mm256_setzero_si256();
-                for (int m = 0; m < 4; m++)
-                    H = _mm256_or_si256(H, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(w[m], 4), three), 2 * m));
-                _mm256_storeu_si256((__m256i *)(o + 128 + 32 * h), H);
-            }
-        } else {
-            const int five = type == VT_Q5_K;
-            const uint8_t *qs = blk + (five ? 48 : 16);
-            const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
-            __m256i W[2][4], qh2 = _mm256_setzero_si256();
-            for (int h = 0; h < 2; h++) {
-                __m256i s[4];
-                unpack_45(five, _mm256_loadu_si256((const __m256i *)(qs + 64 * h)), _mm256_loadu_si256((const __m256i *)(qs + 64 * h + 32)), qh, h, s);
-                weave4(s, W[h]);
-            }
-            for (int h = 0; h < 2; h++) { /* unpack_45's inverse */
-                const __m256i *w = W[h];
-                uint8_t *oq = o + (five ? 48 : 16) + 64 * h;
-                _mm256_storeu_si256((__m256i *)oq, _mm256_or_si256(_mm256_and_si256(w[0], m4), _mm256_slli_epi16(_mm256_and_si256(w[1], m4), 4)));
-                _mm256_storeu_si256((__m256i *)(oq + 32), _mm256_or_si256(_mm256_and_si256(w[2], m4), _mm256_slli_epi16(_mm256_and_si256(w[3], m4), 4)));
-                for (int k = 0; five && k < 4; k++) {
-                    const __m256i sixteen = _mm256_set1_epi8(16);
-                    qh2 = _mm256_or_si256(qh2, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(w[k], sixteen), sixteen),
-                                                                _mm256_set1_epi8((char)(1 << (4 * h + k)))));
-                }
-            }
-            if (five) _mm256_storeu_si256((__m256i *)(o + 16), qh2);
+        __m256i W[2][4];
+        for (int h = 0; h < 2; h++) { /* both halves read before anything is written: in place allowed */
+            __m256i q[4];
+            if (type == VT_Q6_K) unpack_6(LOAD256(blk + 64 * h), LOAD256(blk + 64 * h + 32), LOAD256(blk + 128 + 32 * h), q);
+            else unpack_45(five, LOAD256(blk + qs + 64 * h), LOAD256(blk + qs + 64 * h + 32), LOAD256(blk + 16), h, q);
+            weave4(q, W[h]);
         }
+        memmove(o, blk, (size_t)bytes); /* scales and factors as they are */
+        __m256i hb = _mm256_setzero_si256(); /* Q5_K: the fifth bits of both halves */
+        for (int h = 0; h < 2; h++) {
+            const __m256i *w = W[h];
+            if (type == VT_Q6_K) { /* unpack_6's inverse */
+                STORE256(o + 64 * h, nibbles(w[0], w[2]));
+                STORE256(o + 64 * h + 32, nibbles(w[1], w[3]));
+                __m256i H = _mm256_setzero_si256();
+                const __m256i three = _mm256_set1_epi8(3);
+                for (int m = 0; m < 4; m++) /* bits 4-5 of vector m's quants at bits 2m, 2m+1 */
+                    H = _mm256_or_si256(H, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(w[m], 4), three), 2 * m));
+                STORE256(o + 128 + 32 * h, H);
+                continue;
+            }
+            STORE256(o + qs + 64 * h, nibbles(w[0], w[1])); /* unpack_45's inverse */
+            STORE256(o + qs + 64 * h + 32, nibbles(w[2], w[3]));
+            for (int k = 0; five && k < 4; k++) {
+                const __m256i sixteen = _mm256_set1_epi8(16), bit = _mm256_set1_epi8((char)(1 << (4 * h + k)));
+                hb = _mm256_or_si256(hb, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(w[k], sixteen), sixteen), bit));
+            }
+        }
+        if (five) STORE256(o + 16, hb);
     }
 }
 
