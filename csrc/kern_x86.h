@@ -280,7 +280,7 @@ VT_INLINE void rows1(int type, const uint8_t *w, const vt_xk *x, const float *dx
         for (int j = 0; j < 4; j++) {
             a[j] = _mm256_setzero_si256();
             k_block(type, blk + j * bytes, x + bi[j], 1, &a[j], &c[j], &dd, &dd);
-            c[j] = mins(c[j], x + bi[j]);
+            if (type != VT_Q6_K) c[j] = mins(c[j], x + bi[j]); /* Q6_K: its offsets are in a[j] */
         }
         __m128 d, dm;
         factors4(type, blk, bytes, &d, &dm);

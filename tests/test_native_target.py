@@ -228,10 +228,24 @@ def test_sampling_follows_the_target(tmp_path):
 def test_a_trimmed_native_head_is_the_full_heads_rows(q8_gguf):
     """VocabTrim on the native engine: the kept rows gathered at their stored format (Q8_0
     here) give each kept token the same bits as the full head; a prompt's extra rows too."""
+    trimmed_head_is_the_full_heads_rows(q8_gguf[0])
+
+
+def test_a_trimmed_k_quant_head_is_the_full_heads_rows(k_gguf):
+    """The same for a K-quant head, which the model packed at load (the full head reuses
+    that copy; gathered rows are packed on first use)."""
+    trimmed_head_is_the_full_heads_rows(k_gguf[0])
+    from vocabtrim.native_target import NativeModel
+
+    head = NativeModel(k_gguf[0], context=64).get_output_embeddings()
+    assert (head.packed is not None) == native.packs(head.wtype)
+
+
+def trimmed_head_is_the_full_heads_rows(path):
     from vocabtrim.heads import Head
     from vocabtrim.native_target import NativeModel
 
-    model = NativeModel(q8_gguf[0], context=64)
+    model = NativeModel(path, context=64)
     hidden = model.new_lm().hidden(SEQ, 3)
     kept = torch.tensor([1, 5, 9, 33, 60])
     full, trimmed = Head.of(model), Head.of(model, kept)

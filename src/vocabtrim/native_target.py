@@ -136,17 +136,20 @@ class NativeModel:
         name = "output.weight" if "output.weight" in self.tensors else "token_embd.weight"
         t = self.tensors[name]
         raw = self.map[t.offset:t.offset + self.nbytes[name]].reshape(self.vocab_size, -1)
-        return NativeRows(raw, t.type, self.hidden_size, self.pool, self.isa)
+        packed = self.packed.get("output.weight")  # packed at load already: not again
+        return NativeRows(raw, t.type, self.hidden_size, self.pool, self.isa,
+                          None if packed is None else packed.reshape(raw.shape))
 
 
 class NativeRows:
     """Rows of a GGUF matrix at their stored format (raw [rows, row bytes]), multiplied by
     the native kernels: a drafter's head, whole (the mapped file) or gathered (VocabTrim)."""
 
-    def __init__(self, raw: np.ndarray, wtype: int, cols: int, pool: native.Pool, isa: int):
+    def __init__(self, raw: np.ndarray, wtype: int, cols: int, pool: native.Pool, isa: int,
+                 packed: np.ndarray | None = None):
         self.raw, self.wtype, self.in_features, self.pool, self.isa = raw, wtype, cols, pool, isa
         self.out_features = raw.shape[0]
-        self.packed: np.ndarray | None = None  # the kernels' layout (native.pack), made on first use
+        self.packed = packed  # the kernels' layout (native.pack): given, or made on first use
 
     @property
     def nbytes(self) -> int:
