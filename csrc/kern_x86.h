@@ -67,6 +67,36 @@ VT_INLINE void weave4(const __m256i *s, __m256i *u) {
     u[2] = _mm256_unpacklo_epi32(t1, t3), u[3] = _mm256_unpackhi_epi32(t1, t3);
 }
 
+/* Where the 32 bytes of half h's woven vector k sit in an activation block's 256 (XOFF),
+ * and those of half h's pair p of weight vectors, as nibbles, in a packed block's 128
+ * quant bytes (POFF).  256-bit paths: each half's in order.  AVX512: the halves side by
+ * side, so that one 64-byte load holds vector k (pair p) of both halves and all the
+ * vectors of a block share one vector of scales. */
+#if VT_VNNI == 2
+#define XOFF(h, k) (64 * (k) + 32 * (h))
+#define POFF(h, p) (64 * (p) + 32 * (h))
+#else
+#define XOFF(h, k) (128 * (h) + 32 * (k))
+#define POFF(h, p) (64 * (h) + 32 * (p))
+#endif
+
+/* A block's 256 quants e (element order) in the order the kernels multiply them, as the
+ * 32-byte vectors XOFF(h, k) of o.  256-bit paths: each half woven (weave4).  AVX512: by
+ * group, vector k holding quants 4k..4k+3 of each 16-element group g at bytes 4g..4g+3, so
+ * that each 32-bit lane (vpdpbusd's, and both words of vpmaddubsw's) sums one group. */
+static inline void order_k(const uint8_t *e, uint8_t *o) {
+#if VT_VNNI == 2
+    for (int k = 0; k < 4; k++)
+        for (int g = 0; g < 16; g++) memcpy(o + 64 * k + 4 * g, e + 16 * g + 4 * k, 4);
+#else
+    for (int h = 0; h < 2; h++) {
+        __m256i u[4];
+        weave4((const __m256i *)(e + 128 * h), u);
+        for (int k = 0; k < 4; k++) _mm256_storeu_si256((__m256i *)(o + XOFF(h, k)), u[k]);
+    }
+#endif
+}
+
 /* Q4_K/Q5_K: the quants of sub-blocks 4h..4h+3 from their 64 bytes v0, v1 (nibbles: low
  * then high) and, Q5_K, bit 4h + k of qh[l] the fifth bit of element l of s[k]. */
 VT_INLINE void unpack_45(int five, __m256i v0, __m256i v1, __m256i qh, int h, __m256i *s) {
@@ -98,6 +128,7 @@ static inline __m256i nibbles(__m256i lo, __m256i hi) {
 #define LOAD256(p) _mm256_loadu_si256((const __m256i *)(p))
 #define STORE256(p, v) _mm256_storeu_si256((__m256i *)(p), v)
 
+
 /* K-quant blocks as the kernels read them: the file's, but each 128 quants stored so that
  * unpacking yields them woven (weave4), as the activations are: the weights' weave is
  * paid once at load instead of per block per dot.  Same bytes, same size. */
@@ -107,20 +138,24 @@ static void pack_k(int type, const uint8_t *src, int64_t nb, uint8_t *dst) {
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = src + b * bytes;
         uint8_t *o = dst + b * bytes;
-        __m256i W[2][4];
+        uint8_t e[QK_K] __attribute__((aligned(32))), ordered[QK_K];
         for (int h = 0; h < 2; h++) { /* both halves read before anything is written: in place allowed */
             __m256i q[4];
             if (type == VT_Q6_K) unpack_6(LOAD256(blk + 64 * h), LOAD256(blk + 64 * h + 32), LOAD256(blk + 128 + 32 * h), q);
             else unpack_45(five, LOAD256(blk + qs + 64 * h), LOAD256(blk + qs + 64 * h + 32), LOAD256(blk + 16), h, q);
-            weave4(q, W[h]);
+            for (int k = 0; k < 4; k++) _mm256_store_si256((__m256i *)(e + 128 * h + 32 * k), q[k]);
         }
+        order_k(e, ordered);
+        __m256i W[2][4];
+        for (int h = 0; h < 2; h++)
+            for (int k = 0; k < 4; k++) W[h][k] = LOAD256(ordered + XOFF(h, k));
         memmove(o, blk, (size_t)bytes); /* scales and factors as they are */
         __m256i hb = _mm256_setzero_si256(); /* Q5_K: the fifth bits of both halves */
         for (int h = 0; h < 2; h++) {
             const __m256i *w = W[h];
-            if (type == VT_Q6_K) { /* unpack_6's inverse */
-                STORE256(o + 64 * h, nibbles(w[0], w[2]));
-                STORE256(o + 64 * h + 32, nibbles(w[1], w[3]));
+            if (type == VT_Q6_K) { /* unpack_6's inverse (AVX512: the pairs 0,1 and 2,3 as Q4_K's) */
+                STORE256(o + POFF(h, 0), VT_VNNI == 2 ? nibbles(w[0], w[1]) : nibbles(w[0], w[2]));
+                STORE256(o + POFF(h, 1), VT_VNNI == 2 ? nibbles(w[2], w[3]) : nibbles(w[1], w[3]));
                 __m256i H = _mm256_setzero_si256();
                 const __m256i three = _mm256_set1_epi8(3);
                 for (int m = 0; m < 4; m++) /* bits 4-5 of vector m's quants at bits 2m, 2m+1 */
@@ -128,8 +163,8 @@ static void pack_k(int type, const uint8_t *src, int64_t nb, uint8_t *dst) {
                 STORE256(o + 128 + 32 * h, H);
                 continue;
             }
-            STORE256(o + qs + 64 * h, nibbles(w[0], w[1])); /* unpack_45's inverse */
-            STORE256(o + qs + 64 * h + 32, nibbles(w[2], w[3]));
+            STORE256(o + qs + POFF(h, 0), nibbles(w[0], w[1])); /* unpack_45's inverse */
+            STORE256(o + qs + POFF(h, 1), nibbles(w[2], w[3]));
             for (int k = 0; five && k < 4; k++) {
                 const __m256i sixteen = _mm256_set1_epi8(16), bit = _mm256_set1_epi8((char)(1 << (4 * h + k)));
                 hb = _mm256_or_si256(hb, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(w[k], sixteen), sixteen), bit));
@@ -139,6 +174,120 @@ static void pack_k(int type, const uint8_t *src, int64_t nb, uint8_t *dst) {
     }
 }
 
+/* The mins (or Q6_K's offsets) mn against a row's group sums: 8 lanes of S2. */
+static inline __m256i mins(__m256i mn, const vt_xk *xb) {
+    return _mm256_madd_epi16(mn, _mm256_load_si256((const __m256i *)xb->bs));
+}
+
+#if VT_VNNI == 2
+/* AVX512: one block against n rows in 512-bit vectors W[0..3], ordered by group (order_k):
+ * 32-bit lane g of each holds group g's quants (Q4_K/Q5_K: sub-block g / 2), so Sv, the
+ * scale of each word, is group w / 2's.  Q4_K: vpdpbusd sums 16 products a lane (at most
+ * 16 x 15 x 127 < 2^15, so the lane is its own low word) and vpdpwssd scales it by Sv's
+ * even words (odd words 0); Q5_K/Q6_K as the 256-bit paths: 4 (Q6_K: 2) vpmaddubsw words
+ * summed as int16, then vpmaddwd.  Each row's 16 lanes are left for the caller to fold. */
+static const int16_t SV45[32] __attribute__((aligned(64))) = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3,
+                                                              4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7};
+static const int16_t SV6[32] __attribute__((aligned(64))) = {0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7,
+                                                             8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15};
+#define PROD(k, r) _mm512_maddubs_epi16(W[k], _mm512_load_si512(xb[r].q + 64 * (k)))
+#define DP(acc, k, r) _mm512_dpbusd_epi32(acc, W[k], _mm512_load_si512(xb[r].q + 64 * (k)))
+
+/* s[r]: row r's scaled quant products in 16 lanes (Q6_K: its offsets not yet subtracted). */
+VT_INLINE void k_sums(int type, const uint8_t *blk, const vt_xk *xb, const int n, __m512i *s, __m256i *mnp, float *d,
+                      float *dm) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512i W[4], Sv;
+    __m256i mn;
+    if (type == VT_Q6_K) {
+        const __m256i S = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
+        mn = _mm256_slli_epi16(S, 5); /* 32 x scale: the -32 offset */
+        *d = *dm = fp16(blk + 208);
+        Sv = _mm512_permutexvar_epi16(_mm512_load_si512(SV6), _mm512_castsi256_si512(S));
+        const __m512i H = _mm512_loadu_si512(blk + 128), m30 = _mm512_set1_epi8(0x30); /* [H0 | H1] */
+        const __m512i V0 = _mm512_loadu_si512(blk), V1 = _mm512_loadu_si512(blk + 64); /* pairs 0,1 and 2,3 */
+        W[0] = _mm512_or_si512(_mm512_and_si512(V0, m4), _mm512_and_si512(_mm512_slli_epi16(H, 4), m30));
+        W[1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(V0, 4), m4), _mm512_and_si512(_mm512_slli_epi16(H, 2), m30));
+        W[2] = _mm512_or_si512(_mm512_and_si512(V1, m4), _mm512_and_si512(H, m30));
+        W[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(V1, 4), m4), _mm512_and_si512(_mm512_srli_epi16(H, 2), m30));
+    } else {
+        const int five = type == VT_Q5_K;
+        const uint8_t *qs = blk + (five ? 48 : 16);
+        __m256i sc;
+        scales_45(blk, &sc, &mn);
+        *d = fp16(blk);
+        *dm = fp16(blk + 2);
+        Sv = type == VT_Q4_K ? _mm512_maskz_permutexvar_epi16(0x55555555u, _mm512_load_si512(SV45), _mm512_castsi256_si512(sc))
+                             : _mm512_permutexvar_epi16(_mm512_load_si512(SV45), _mm512_castsi256_si512(sc));
+        const __m512i V0 = _mm512_loadu_si512(qs), V1 = _mm512_loadu_si512(qs + 64);
+        W[0] = _mm512_and_si512(V0, m4), W[1] = _mm512_and_si512(_mm512_srli_epi16(V0, 4), m4);
+        W[2] = _mm512_and_si512(V1, m4), W[3] = _mm512_and_si512(_mm512_srli_epi16(V1, 4), m4);
+        if (five) { /* bit 4h + k of qh[l]: the fifth bit of element l of half h's vector k */
+            const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 16)));
+            for (int k = 0; k < 4; k++) {
+                const __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << k)), _mm256_set1_epi8((char)(16 << k)), 1);
+                W[k] = _mm512_mask_add_epi8(W[k], _mm512_test_epi8_mask(qh, bit), W[k], _mm512_set1_epi8(16));
+            }
+        }
+    }
+    for (int r = 0; r < n; r++) {
+        s[r] = type == VT_Q6_K
+                   ? _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_add_epi16(PROD(0, r), PROD(1, r)), Sv),
+                                         _mm512_add_epi16(PROD(2, r), PROD(3, r)), Sv)
+                   : type == VT_Q4_K ? _mm512_madd_epi16(DP(DP(DP(DP(_mm512_setzero_si512(), 0, r), 1, r), 2, r), 3, r), Sv)
+                   : _mm512_madd_epi16(_mm512_add_epi16(_mm512_add_epi16(PROD(0, r), PROD(1, r)),
+                                                        _mm512_add_epi16(PROD(2, r), PROD(3, r))), Sv);
+        __asm__("" : "+v"(s[r]));
+    }
+    *mnp = mn;
+}
+#undef PROD
+#undef DP
+
+/* k_sums folded to 8 lanes, as the 256-bit paths' k_block gives them. */
+VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *xb, const int n, __m256i *a, __m256i *mnp, float *d,
+                       float *dm) {
+    __m512i s[VT_ROWS];
+    k_sums(type, blk, xb, n, s, mnp, d, dm);
+    for (int r = 0; r < n; r++) {
+        a[r] = _mm256_add_epi32(_mm512_castsi512_si256(s[r]), _mm512_extracti64x4_epi64(s[r], 1));
+        if (type == VT_Q6_K) a[r] = _mm256_sub_epi32(a[r], mins(*mnp, &xb[r])); /* S1 - S2, lane-wise */
+    }
+}
+
+/* The sums of the 16 lanes of each of v[0..7], as one vector (lane r: v[r]'s): rows8's
+ * interleaves on 512 bits, then the 128-bit lanes added. */
+static inline __m256i rows8_512(const __m512i *v) {
+    __m512i e[4], f[2];
+    for (int i = 0; i < 4; i++) /* each 128: rows 2i, 2i+1, 2i, 2i+1 */
+        e[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 2; i++) /* each 128: rows 4i..4i+3 */
+        f[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(e[2 * i], e[2 * i + 1]), _mm512_unpackhi_epi64(e[2 * i], e[2 * i + 1]));
+    /* 128-bit lanes [f0 0+1, f1 0+1, ...] + [f0 2+3, f1 2+3, ...]: rows 0-3 and 4-7 */
+    const __m512i g = _mm512_add_epi32(_mm512_shuffle_i64x2(f[0], f[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                       _mm512_shuffle_i64x2(f[0], f[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    const __m512i h = _mm512_add_epi32(g, _mm512_shuffle_i64x2(g, g, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm512_castsi512_si256(_mm512_shuffle_i64x2(h, h, _MM_SHUFFLE(0, 0, 2, 0)));
+}
+
+/* S2 of rows 0..n-1 (0 past n) as one vector: the mins mn against 2 rows' group sums a
+ * vector, reduced as rows8_512 does. */
+static inline __m256i mins8_512(__m256i mn, const vt_xk *xb, const int n) {
+    const __m512i m2 = _mm512_broadcast_i64x4(mn);
+    __m512i t[4];
+    for (int p = 0; p < 4; p++) { /* lanes 0-7: row 2p, 8-15: row 2p + 1 */
+        const __m256i lo = 2 * p < n ? _mm256_load_si256((const __m256i *)xb[2 * p].bs) : _mm256_setzero_si256(),
+                      hi = 2 * p + 1 < n ? _mm256_load_si256((const __m256i *)xb[2 * p + 1].bs) : _mm256_setzero_si256();
+        t[p] = _mm512_madd_epi16(m2, _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1));
+    }
+    /* each 128 of the low half: rows 0 2 0 2 | 4 6 4 6, of the high half: 1 3 1 3 | 5 7 5 7 */
+    const __m512i e0 = _mm512_add_epi32(_mm512_unpacklo_epi32(t[0], t[1]), _mm512_unpackhi_epi32(t[0], t[1])),
+                  e1 = _mm512_add_epi32(_mm512_unpacklo_epi32(t[2], t[3]), _mm512_unpackhi_epi32(t[2], t[3]));
+    const __m512i f = _mm512_add_epi32(_mm512_unpacklo_epi64(e0, e1), _mm512_unpackhi_epi64(e0, e1)); /* 0 2 4 6 | 1 3 5 7 */
+    const __m512i g = _mm512_add_epi32(f, _mm512_shuffle_i64x2(f, f, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm512_castsi512_si256(_mm512_permutexvar_epi32(_mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 0, 0, 0, 0, 0, 0, 0, 0), g));
+}
+#else
 /* The woven quants' products against row r's woven quants E..E+127: 4 maddubs summed as
  * int16 (Q4_K: each word at most 4 x 2 x 15 x 127, Q5_K 4 x 2 x 31 x 127 < 2^15), scaled by
  * S; Q6_K's 63s allow 2 (2 x 2 x 63 x 127 < 2^15).  The empty asm pins each row's sum in
@@ -155,11 +304,6 @@ static void pack_k(int type, const uint8_t *src, int64_t nb, uint8_t *dst) {
         }                                                                                                     \
         __asm__("" : "+x"(a[r]));                                                                             \
     }
-
-/* The mins (or Q6_K's offsets) mn against a row's group sums: 8 lanes of S2. */
-static inline __m256i mins(__m256i mn, const vt_xk *xb) {
-    return _mm256_madd_epi16(mn, _mm256_load_si256((const __m256i *)xb->bs));
-}
 
 /* One packed block of a weight row (blk) against the n rows' woven blocks xb[0..n-1] (`type` and n
  * are constants after inlining): a[r] += the scaled quant products (exact int32 sums in 8
@@ -209,6 +353,8 @@ VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *xb, const int 
         for (int r = 0; r < n; r++) a[r] = _mm256_sub_epi32(a[r], mins(mn, &xb[r]));
     *mnp = mn;
 }
+
+#endif
 
 /* The sums of the 8 lanes of each of v[0..7], as one vector (lane r: v[r]'s), by
  * interleaving and adding (shuffles and adds: vphaddd would load the multiply pipe). */
@@ -326,6 +472,19 @@ VT_INLINE void dot_k_n(int type, const uint8_t *w, const vt_xk *x, const float *
         for (int r = 0; r < VT_ROWS; r++) a[r] = _mm256_setzero_si256();
         float d, dm;
         const vt_xk *xb = x + b * stride;
+#if VT_VNNI == 2
+        if (n > 4) { /* the rows' 16-lane sums and their mins reduced in 512 bits */
+            __m512i s[VT_ROWS];
+            for (int r = n; r < VT_ROWS; r++) s[r] = _mm512_setzero_si512();
+            k_sums(type, w + b * bytes, xb, n, s, &mn, &d, &dm);
+            const __m256i s1 = rows8_512(s), s2 = mins8_512(mn, xb, n);
+            const __m256 v = type == VT_Q6_K ? _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_sub_epi32(s1, s2)))
+                                             : _mm256_sub_ps(_mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s1)),
+                                                             _mm256_mul_ps(_mm256_set1_ps(dm), _mm256_cvtepi32_ps(s2)));
+            acc8 = _mm256_add_ps(acc8, _mm256_mul_ps(_mm256_loadu_ps(dx + b * stride), v));
+            continue;
+        }
+#endif
         k_block(type, w + b * bytes, xb, n, a, &mn, &d, &dm);
         if (n > 4) { /* kern_portable.c's k_block_value times dx, 8 rows a vector (dx readable past row n) */
             const __m256 s1 = _mm256_cvtepi32_ps(rows8(a)), dv = _mm256_set1_ps(d);
@@ -601,8 +760,7 @@ static void quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64
             const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
             _mm256_store_si256((__m256i *)(q8 + i), _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
         }
-        for (int h = 0; h < 2; h++) /* woven, as the kernels unpack the weights */
-            weave4((const __m256i *)(q8 + 128 * h), (__m256i *)(o->q + 128 * h));
+        order_k((const uint8_t *)q8, (uint8_t *)o->q); /* as the kernels unpack the weights */
         for (int k = 0; k < QK_K / 16; k++) {
             const __m128i s = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(q8 + 16 * k))),
                           s2 = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(q8 + 16 * k + 8)));

@@ -136,7 +136,7 @@ int vt_matmul_parts(vt_pool *pool, int isa, int64_t cols, const float *x, int64_
     float *xd = NULL;
     if (need_k) {
         const int64_t nb = cols / QK_K;
-        xk = aligned_alloc(32, (size_t)(L * nb) * sizeof(vt_xk));
+        xk = aligned_alloc(64, (size_t)(L * nb) * sizeof(vt_xk));
         xd = calloc((size_t)(L * nb + 4), sizeof(float)); /* + 4: kernels load scales 4 rows at a time */
         if (!xk || !xd) {
             free(xk), free(xd);

@@ -48,7 +48,7 @@ typedef struct {
 typedef struct {
     int8_t q[QK_K];
     int16_t bs[QK_K / 16];
-} __attribute__((aligned(32))) vt_xk;
+} __attribute__((aligned(64))) vt_xk;
 
 /* One activation row's 32-block quantized alone (Q8_0-style, fp32 scale), with the sums of
  * each 4 quants (the lanes of the integer dot) as -16 x them and as floats (exact): Q4_0/
