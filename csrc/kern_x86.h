@@ -2,7 +2,8 @@
  * the target options and define:
  *   VT_KERNELS  the name of the vt_kernels table
  *   VT_VNNI     0: AVX2 (maddubs + madd + add), 1: AVX-VNNI (VEX vpdpwssd/vpdpbusd),
- *               2: AVX512-VNNI (EVEX-encoded 256-bit vpdpwssd/vpdpbusd)
+ *               2: AVX512-VNNI (K-quants on 512-bit vectors, k_sums; the 32-element and
+ *               float kernels with EVEX-encoded 256-bit vpdpwssd/vpdpbusd)
  * Each kernel follows kern_portable.c's float recipe lane by lane: the integer sums are
  * exact whatever the grouping, the float steps are the same multiplies and adds. */
 #include <immintrin.h>
@@ -67,7 +68,7 @@ VT_INLINE void weave4(const __m256i *s, __m256i *u) {
     u[2] = _mm256_unpacklo_epi32(t1, t3), u[3] = _mm256_unpackhi_epi32(t1, t3);
 }
 
-/* Where the 32 bytes of half h's woven vector k sit in an activation block's 256 (XOFF),
+/* Where the 32 bytes of half h's vector k sit in an activation block's 256 (XOFF),
  * and those of half h's pair p of weight vectors, as nibbles, in a packed block's 128
  * quant bytes (POFF).  256-bit paths: each half's in order.  AVX512: the halves side by
  * side, so that one 64-byte load holds vector k (pair p) of both halves and all the
@@ -128,9 +129,8 @@ static inline __m256i nibbles(__m256i lo, __m256i hi) {
 #define LOAD256(p) _mm256_loadu_si256((const __m256i *)(p))
 #define STORE256(p, v) _mm256_storeu_si256((__m256i *)(p), v)
 
-
-/* K-quant blocks as the kernels read them: the file's, but each 128 quants stored so that
- * unpacking yields them woven (weave4), as the activations are: the weights' weave is
+/* K-quant blocks as the kernels read them: the file's, but the quants stored so that
+ * unpacking yields them in order_k's order, as the activations are: the reordering is
  * paid once at load instead of per block per dot.  Same bytes, same size. */
 static void pack_k(int type, const uint8_t *src, int64_t nb, uint8_t *dst) {
     const int64_t bytes = vt_block_bytes(type);
@@ -190,8 +190,8 @@ static const int16_t SV45[32] __attribute__((aligned(64))) = {0, 0, 0, 0, 1, 1, 
                                                               4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7};
 static const int16_t SV6[32] __attribute__((aligned(64))) = {0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7,
                                                              8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15};
-#define PROD(k, r) _mm512_maddubs_epi16(W[k], _mm512_load_si512(xb[r].q + 64 * (k)))
-#define DP(acc, k, r) _mm512_dpbusd_epi32(acc, W[k], _mm512_load_si512(xb[r].q + 64 * (k)))
+#define PROD(k, r) _mm512_maddubs_epi16(W[k], _mm512_load_si512(xb[r].q + XOFF(0, k)))
+#define DP(acc, k, r) _mm512_dpbusd_epi32(acc, W[k], _mm512_load_si512(xb[r].q + XOFF(0, k)))
 
 /* s[r]: row r's scaled quant products in 16 lanes (Q6_K: its offsets not yet subtracted). */
 VT_INLINE void k_sums(int type, const uint8_t *blk, const vt_xk *xb, const int n, __m512i *s, __m256i *mnp, float *d,
@@ -288,19 +288,19 @@ static inline __m256i mins8_512(__m256i mn, const vt_xk *xb, const int n) {
     return _mm512_castsi512_si256(_mm512_permutexvar_epi32(_mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 0, 0, 0, 0, 0, 0, 0, 0), g));
 }
 #else
-/* The woven quants' products against row r's woven quants E..E+127: 4 maddubs summed as
+/* The woven quants' products against row r's woven quants of half h: 4 maddubs summed as
  * int16 (Q4_K: each word at most 4 x 2 x 15 x 127, Q5_K 4 x 2 x 31 x 127 < 2^15), scaled by
  * S; Q6_K's 63s allow 2 (2 x 2 x 63 x 127 < 2^15).  The empty asm pins each row's sum in
  * its register: left free, the compiler regroups the additions and spills at 8 rows. */
-#define PROD(W, j, r, E) _mm256_maddubs_epi16(W[j], _mm256_load_si256((const __m256i *)(xb[r].q + (E) + 32 * (j))))
-#define DOT128(W, S, E)                                                                                         \
+#define PROD(W, j, r, h) _mm256_maddubs_epi16(W[j], _mm256_load_si256((const __m256i *)(xb[r].q + XOFF(h, j))))
+#define DOT128(W, S, h)                                                                                         \
     for (int r = 0; r < n; r++) {                                                                             \
         if (type == VT_Q6_K) {                                                                                \
-            a[r] = DPWSSD(a[r], _mm256_add_epi16(PROD(W, 0, r, E), PROD(W, 1, r, E)), S);                     \
-            a[r] = DPWSSD(a[r], _mm256_add_epi16(PROD(W, 2, r, E), PROD(W, 3, r, E)), S);                     \
+            a[r] = DPWSSD(a[r], _mm256_add_epi16(PROD(W, 0, r, h), PROD(W, 1, r, h)), S);                     \
+            a[r] = DPWSSD(a[r], _mm256_add_epi16(PROD(W, 2, r, h), PROD(W, 3, r, h)), S);                     \
         } else {                                                                                              \
-            a[r] = DPWSSD(a[r], _mm256_add_epi16(_mm256_add_epi16(PROD(W, 0, r, E), PROD(W, 1, r, E)),        \
-                                                 _mm256_add_epi16(PROD(W, 2, r, E), PROD(W, 3, r, E))), S);   \
+            a[r] = DPWSSD(a[r], _mm256_add_epi16(_mm256_add_epi16(PROD(W, 0, r, h), PROD(W, 1, r, h)),        \
+                                                 _mm256_add_epi16(PROD(W, 2, r, h), PROD(W, 3, r, h))), S);   \
         }                                                                                                     \
         __asm__("" : "+x"(a[r]));                                                                             \
     }
@@ -327,7 +327,7 @@ VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *xb, const int 
             const __m256i G = h ? _mm256_permute4x64_epi64(S, 0xEE) : _mm256_permute4x64_epi64(S, 0x44);
             const __m256i Sv = _mm256_shuffle_epi8(G, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 0, 1, 4, 5, 8, 9, 12, 13,
                                                                        2, 3, 6, 7, 10, 11, 14, 15, 2, 3, 6, 7, 10, 11, 14, 15));
-            DOT128(W, Sv, 128 * h)
+            DOT128(W, Sv, h)
         }
     } else {
         const int five = type == VT_Q5_K;
@@ -346,7 +346,7 @@ VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *xb, const int 
             /* word w: sub-block 4h + w % 4 */
             const __m256i Sv = _mm256_shuffle_epi8(
                 sc, _mm256_set1_epi64x(h ? 0x0F0E0D0C0B0A0908LL : 0x0706050403020100LL));
-            DOT128(W, Sv, 128 * h)
+            DOT128(W, Sv, h)
         }
     }
     if (type == VT_Q6_K) /* S1 - S2 is what the recipe converts: subtract lane-wise */
@@ -469,7 +469,6 @@ VT_INLINE void dot_k_n(int type, const uint8_t *w, const vt_xk *x, const float *
     __m128 acc4 = _mm_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         __m256i a[VT_ROWS], c[VT_ROWS], mn;
-        for (int r = 0; r < VT_ROWS; r++) a[r] = _mm256_setzero_si256();
         float d, dm;
         const vt_xk *xb = x + b * stride;
 #if VT_VNNI == 2
@@ -485,6 +484,7 @@ VT_INLINE void dot_k_n(int type, const uint8_t *w, const vt_xk *x, const float *
             continue;
         }
 #endif
+        for (int r = 0; r < VT_ROWS; r++) a[r] = _mm256_setzero_si256();
         k_block(type, w + b * bytes, xb, n, a, &mn, &d, &dm);
         if (n > 4) { /* kern_portable.c's k_block_value times dx, 8 rows a vector (dx readable past row n) */
             const __m256 s1 = _mm256_cvtepi32_ps(rows8(a)), dv = _mm256_set1_ps(d);

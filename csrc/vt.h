@@ -42,7 +42,7 @@ typedef struct {
 /* One activation row's super-block quantized alone (Q8_K-style): int8 quants and the sums
  * of each 16 (for the mins); its fp32 scale is kept apart, so that the scales of a block's
  * rows are contiguous.  The quants are in element order for the portable path and in the
- * order the SIMD paths unpack weights to (kern_x86.h's weave4) for theirs: each table's
+ * order the SIMD paths unpack weights to (kern_x86.h's order_k) for theirs: each table's
  * quantize_k writes what its dot_k reads.  A matmul lays blocks out block-major: row r's block b is
  * x[b * L + r], its scale d[b * L + r]. */
 typedef struct {
