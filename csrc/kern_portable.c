@@ -67,6 +67,18 @@ void vt_quantize_8_0(const float *x, int64_t cols, vt_x8 *out) {
     }
 }
 
+/* A row's nb vt_x8 blocks as (nb + 1) / 2 pairs: u = q + 128, d the scales (no arithmetic
+ * on values: the products and sums are the same integers). */
+void vt_pair_8_0(const vt_x8 *x, int64_t nb, uint8_t *u, float *d) {
+    const int64_t np = (nb + 1) / 2;
+    memset(u, 0, (size_t)(np * VT_PAIR_BYTES));
+    memset(d, 0, sizeof(float) * (size_t)(2 * np));
+    for (int64_t b = 0; b < nb; b++) {
+        for (int i = 0; i < QK8_0; i++) u[QK8_0 * b + i] = (uint8_t)(x[b].q[i] + 128);
+        d[b] = x[b].d;
+    }
+}
+
 /* Unpacking Q4_K/Q5_K/Q6_K super-blocks into vt_kblock (layouts: ggml-common.h, gguf
  * quants.py); the SIMD paths unpack with their own instructions to the same integers. */
 /* Q4_K/Q5_K: the 6-bit scale and min of sub-block j (of 8) from the 12 packed bytes. */
@@ -217,7 +229,7 @@ static void axpy(float *o, float e, const float *v, int64_t n) {
     for (int64_t i = 0; i < n; i++) o[i] = o[i] + e * v[i];
 }
 
-const vt_kernels vt_kernels_portable = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, dot_f, axpy, vt_quantize_k, NULL};
+const vt_kernels vt_kernels_portable = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, NULL, dot_f, axpy, vt_quantize_k, NULL};
 
 /* Dequantize n elements (whole blocks) of `type` to fp32, in the order and with the float
  * operations of ggml's dequantize_row_* (the tests hold it against gguf's quants.py). */

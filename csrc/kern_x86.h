@@ -605,6 +605,107 @@ VT_INLINE void q32_rows(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, 
         for (int j = 0; j < R; j++) y[l * ystride + j] = reduce8(acc[j][l]);
 }
 
+#if VT_VNNI == 2
+/* Blocks w0 and w1 (w1 NULL: zeros) of Q4_0/Q5_0/Q8_0 as 64 signed quants (vt_unpack_32's). */
+VT_INLINE __m512i unpack64(int type, const uint8_t *w0, const uint8_t *w1) {
+    if (type == VT_Q8_0) {
+        const __m256i a = _mm256_loadu_si256((const __m256i *)(w0 + 2)),
+                      b = w1 ? _mm256_loadu_si256((const __m256i *)(w1 + 2)) : _mm256_setzero_si256();
+        return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+    }
+    /* [qs0, qs0, qs1, qs1], the second copy of each shifted: elements 0-15 and 16-31 */
+    const int64_t at = type == VT_Q5_0 ? 6 : 2;
+    const __m128i a = _mm_loadu_si128((const __m128i *)(w0 + at)),
+                  b = w1 ? _mm_loadu_si128((const __m128i *)(w1 + at)) : _mm_setzero_si128();
+    const __m512i r = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set_m128i(a, a)), _mm256_set_m128i(b, b), 1);
+    const __m512i q = _mm512_and_si512(_mm512_mask_srli_epi16(r, 0xFF00FF00u, r, 4), _mm512_set1_epi8(0x0F));
+    if (type == VT_Q4_0) return _mm512_sub_epi8(q, _mm512_set1_epi8(8));
+    uint32_t h0, h1 = 0; /* the fifth bits, bit i of the pair's 64 in byte i */
+    memcpy(&h0, w0 + 2, 4);
+    if (w1) memcpy(&h1, w1 + 2, 4);
+    return _mm512_sub_epi8(_mm512_mask_add_epi8(q, _cvtu64_mask64((uint64_t)h1 << 32 | h0), q, _mm512_set1_epi8(16)),
+                           _mm512_set1_epi8(16));
+}
+
+/* Pair p of R weight rows (two: both blocks, else block 2p alone) against n rows' pair p.
+ * Per weight row: the quants w, -128 x their lane sums (the start of each row's sum: u =
+ * x + 128 unsigned, so vpdpbusd(-128 sum w, u, w) is the lanes' exact sum of w*x) and the
+ * two scales over their 8 lanes each.  Per activation row and weight row: one vpdpbusd on
+ * both blocks' 16 lanes, t*S in one vector, then acc + block 2p's 8 lanes + block
+ * 2p + 1's: dot_q32_n's steps.  Each activation vector serves the R weight rows. */
+VT_INLINE void q32x2_step(int type, const uint8_t *w0, int64_t row_bytes, const uint8_t *u, const float *d, int64_t p,
+                          int64_t np, __m256 (*acc)[VT_ROWS], const int R, const int n, const int two) {
+    const int64_t bytes = vt_block_bytes(type);
+    const __m512i lanes = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    __m512i W[2], S0[2];
+    __m512 dw[2];
+    for (int j = 0; j < R; j++) {
+        const uint8_t *b0 = w0 + j * row_bytes;
+        W[j] = unpack64(type, b0, two ? b0 + bytes : NULL);
+        S0[j] = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                 _mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), W[j]), 7));
+        const uint32_t h = vt_rd16(b0) | (two ? (uint32_t)vt_rd16(b0 + bytes) << 16 : 0);
+        dw[j] = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128((int)h))));
+    }
+    for (int i = 0; i < n; i++) {
+        const __m512i x = _mm512_load_si512(u + (i * np + p) * VT_PAIR_BYTES);
+        const __m512 dx = _mm512_permutexvar_ps(lanes, _mm512_castpd_ps(_mm512_castpd128_pd512(
+                                                           _mm_load_sd((const double *)(d + 2 * (i * np + p))))));
+        for (int j = 0; j < R; j++) {
+            const __m512 v = _mm512_mul_ps(_mm512_mul_ps(dw[j], dx), _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(S0[j], x, W[j])));
+            acc[j][i] = _mm256_add_ps(acc[j][i], _mm512_castps512_ps256(v));
+            if (two) acc[j][i] = _mm256_add_ps(acc[j][i], _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+        }
+    }
+}
+
+/* R consecutive weight rows of Q4_0/Q5_0/Q8_0 against n rows' pairs. */
+VT_INLINE void q32x2_rows(int type, const uint8_t *w, int64_t row_bytes, const uint8_t *u, const float *d, int64_t nb,
+                          float *y, int64_t ystride, const int R, const int n) {
+    const int64_t bytes = vt_block_bytes(type), np = (nb + 1) / 2;
+    __m256 acc[2][VT_ROWS];
+    for (int j = 0; j < R; j++)
+        for (int i = 0; i < n; i++) acc[j][i] = _mm256_setzero_ps();
+    for (int64_t p = 0; p < nb / 2; p++) q32x2_step(type, w + 2 * p * bytes, row_bytes, u, d, p, np, acc, R, n, 1);
+    if (nb % 2) q32x2_step(type, w + (nb - 1) * bytes, row_bytes, u, d, nb / 2, np, acc, R, n, 0);
+    for (int j = 0; j < R; j++)
+        for (int i = 0; i < n; i++) y[i * ystride + j] = reduce8(acc[j][i]);
+}
+
+static void dot_q32x2(int type, const uint8_t *w, int64_t nrows, const uint8_t *u, const float *d, int n, int64_t nb,
+                      float *y, int64_t ystride) {
+    const int64_t row_bytes = nb * vt_block_bytes(type);
+    int64_t r = 0;
+#define ONE(T) q32x2_rows(T, w + r * row_bytes, row_bytes, u, d, nb, y + r, ystride, RR, K)
+#define TYPES                                                            \
+    if (type == VT_Q8_0) ONE(VT_Q8_0);                                   \
+    else if (type == VT_Q5_0) ONE(VT_Q5_0);                              \
+    else ONE(VT_Q4_0);
+#define CALL(k)                                                          \
+    {                                                                    \
+        enum { K = k };                                                  \
+        for (; r + 2 <= nrows; r += 2) { enum { RR = 2 }; TYPES }        \
+        if (r < nrows) { enum { RR = 1 }; TYPES }                        \
+    }
+    switch (n) {
+    case 1: CALL(1); break;
+    case 2: CALL(2); break;
+    case 3: CALL(3); break;
+    case 4: CALL(4); break;
+    case 5: CALL(5); break;
+    case 6: CALL(6); break;
+    case 7: CALL(7); break;
+    default: CALL(8);
+    }
+#undef CALL
+#undef TYPES
+#undef ONE
+}
+#define DOT_Q32X2 dot_q32x2
+#else
+#define DOT_Q32X2 NULL
+#endif
+
 /* 8 weights as fp32: F32, F16 (F16C, exact) or BF16 (a shift, exact). */
 static inline __m256 load8(int type, const void *w, int64_t i) {
     if (type == VT_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i)));
@@ -772,4 +873,4 @@ static void quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64
     }
 }
 
-const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, dot_f, axpy, quantize_k, pack_k};
+const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, DOT_Q32X2, dot_f, axpy, quantize_k, pack_k};

@@ -49,6 +49,8 @@ typedef struct {
     const vt_xk *xk; /* the rows quantized for K-quant weights: blocks block-major */
     const float *xd; /* their scales, block-major */
     const vt_x8 *x8; /* the rows quantized for Q8_0 weights, row after row */
+    const uint8_t *xu; /* the same as pairs (vt_pair_8_0), row after row, where the path reads them */
+    const float *xud;
     int n, swiglu;
     vt_mm_part part[VT_MAX_PARTS];
 } mm_job;
@@ -69,11 +71,18 @@ static void mm_rows(const mm_job *j, const vt_mm_part *p, int64_t r0, int64_t r1
                              p->rows);
         return;
     }
-    const int64_t group = j->L <= VT_ROWS ? 1 : 1 + (1 << 16) / row_bytes;
+    const int64_t group = j->L <= VT_ROWS ? r1 - r0 : 1 + (1 << 16) / row_bytes, np = (nb + 1) / 2;
+    const int pairs = be == QK8_0 && j->xu && !vt_has_min(p->type);
     float out[VT_ROWS];
     for (int64_t g = r0; g < r1; g += group)
         for (int64_t l0 = 0; l0 < j->L; l0 += VT_ROWS) {
             const int64_t m = j->L - l0 < VT_ROWS ? j->L - l0 : VT_ROWS;
+            if (pairs) { /* the group's rows in one call */
+                j->k->dot_q32x2(p->type, (const uint8_t *)p->w + g * row_bytes, (g + group < r1 ? g + group : r1) - g,
+                                j->xu + l0 * np * VT_PAIR_BYTES, j->xud + l0 * 2 * np, (int)m, nb,
+                                p->y + l0 * p->rows + g, p->rows);
+                continue;
+            }
             for (int64_t r = g; r < g + group && r < r1; r++) {
                 const uint8_t *wr = (const uint8_t *)p->w + r * row_bytes;
                 if (be == QK_K) {
@@ -133,6 +142,8 @@ int vt_matmul_parts(vt_pool *pool, int isa, int64_t cols, const float *x, int64_
         j.part[i] = part[i];
     }
     void *xk = NULL, *x8 = NULL;
+    uint8_t *xu = NULL;
+    float *xud = NULL;
     float *xd = NULL;
     if (need_k) {
         const int64_t nb = cols / QK_K;
@@ -149,16 +160,26 @@ int vt_matmul_parts(vt_pool *pool, int isa, int64_t cols, const float *x, int64_
             free(xk), free(xd);
             return VT_ENOMEM;
         }
-        for (int64_t l = 0; l < L; l++) vt_quantize_8_0(x + l * cols, cols, (vt_x8 *)x8 + l * (cols / QK8_0));
+        const int64_t nb = cols / QK8_0, np = (nb + 1) / 2;
+        for (int64_t l = 0; l < L; l++) vt_quantize_8_0(x + l * cols, cols, (vt_x8 *)x8 + l * nb);
+        if (k->dot_q32x2 && L > VT_STREAM_ROWS) {
+            xu = aligned_alloc(64, (size_t)(L * np * VT_PAIR_BYTES));
+            xud = malloc(sizeof(float) * (size_t)(L * 2 * np));
+            if (!xu || !xud) {
+                free(xk), free(xd), free(x8), free(xu), free(xud);
+                return VT_ENOMEM;
+            }
+            for (int64_t l = 0; l < L; l++) vt_pair_8_0((vt_x8 *)x8 + l * nb, nb, xu + l * np * VT_PAIR_BYTES, xud + l * 2 * np);
+        }
     }
-    j.xk = xk, j.xd = xd, j.x8 = x8;
+    j.xk = xk, j.xd = xd, j.x8 = x8, j.xu = xu, j.xud = xud;
     const int64_t items = swiglu ? part[0].rows : rows;
     /* chunks of about an eighth of a thread's share, whole row groups */
     const int nth = vt_pool_threads(pool);
     int64_t chunk = items / (8 * nth);
     chunk = chunk < group ? group : chunk / group * group;
     vt_pool_run(pool, mm_task, &j, items, chunk, rows * cols * L);
-    free(xk), free(xd), free(x8);
+    free(xk), free(xd), free(x8), free(xu), free(xud);
     return VT_OK;
 }
 

@@ -62,6 +62,11 @@ typedef struct {
     float d;
 } vt_x8;
 
+/* The AVX512 path's many-row loop reads a vt_x8 row as pairs of blocks: per pair p 64 bytes
+ * u, the quants + 128 (unsigned, so that vpdpbusd takes the signed weights), and the two
+ * scales at d[2p], d[2p + 1] (a row of odd length ends with a zero block).  vt_pair_8_0. */
+#define VT_PAIR_BYTES 64
+
 /* How a format's two integer sums become one float per block:
  * VT_MIN_SEP: v = d*S1 - dm*S2 (Q4_K, Q5_K: the mins have their own scale);
  * VT_MIN_INT: v = d*(S1 - S2)  (Q6_K: the -32 offset shares d, subtract exactly). */
@@ -88,6 +93,12 @@ typedef struct {
      * row l, r < nrows (each as dot_q32's) */
     void (*dot_q32_stream)(int type, const uint8_t *w, const vt_x8 *x, int nx, int64_t nb, int64_t nrows, float *y,
                            int64_t ystride);
+    /* dot_q32 for the types without a minimum (Q4_0, Q5_0, Q8_0) against n (1..VT_ROWS) rows
+     * as pairs (vt_pair_8_0's, one row after the other: np = (nb + 1) / 2 pairs, u np * 64
+     * bytes and d 2 * np floats a row), nrows consecutive weight rows from w: y[l*ystride + r]
+     * (each as dot_q32's); NULL: dot_q32 serves every row count */
+    void (*dot_q32x2)(int type, const uint8_t *w, int64_t nrows, const uint8_t *u, const float *d, int n, int64_t nb,
+                      float *y, int64_t ystride);
     /* F32/F16/BF16 weight row (raw) against 4 fp32 rows of n columns */
     void (*dot_f)(int type, const void *w, const float *const *x, int n, int64_t cols, float *out);
     /* o[i] = o[i] + e * v[i], i < n (attention's weighted values: elementwise, any width) */
@@ -192,6 +203,7 @@ static inline int64_t vt_block_elems(int type) {
  * d[b*stride]; Q8_0 blocks to out[b]. */
 void vt_quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64_t stride);
 void vt_quantize_8_0(const float *x, int64_t cols, vt_x8 *out);
+void vt_pair_8_0(const vt_x8 *x, int64_t nb, uint8_t *u, float *d);
 
 /* The portable unpack: the integers every path's unpack must produce. */
 void vt_unpack_k_portable(int type, const uint8_t *src, int64_t nb, vt_kblock *dst);

@@ -73,12 +73,15 @@ def test_activation_quantization_is_per_row_and_symmetric():
 
 @pytest.mark.parametrize("isa", FAST or [pytest.param("avx2", marks=pytest.mark.skip("no SIMD path on this CPU"))])
 @pytest.mark.parametrize("wtype", QUANTIZED + FLOATS, ids=N.TYPE_NAMES.get)
-def test_isa_paths_bit_identical_to_portable(wtype, isa):
-    rows, cols, L = 23, cols_of(wtype) * 2, 9
+@pytest.mark.parametrize("odd", [False, True], ids=["even", "odd"])
+def test_isa_paths_bit_identical_to_portable(wtype, isa, odd):
+    # odd: an odd number of blocks a row (the 512-bit 32-block loop reads blocks in pairs)
+    block = 256 if wtype in (N.Q4_K, N.Q5_K, N.Q6_K) else 32 if wtype in QUANTIZED else 1
+    rows, cols, L = 23, cols_of(wtype) * 2 + (block if odd else 0), 9
     w = N.random_weights(wtype, rows, cols, seed=4)
     x = np.random.default_rng(5).standard_normal((L, cols)).astype(np.float32)
     x[3] *= 1e3  # rows of very different magnitude
-    for n in (L, 2, 1):  # 1 and 2 rows: the drafter's weight-row streams
+    for n in (L, 8, 5, 3, 2, 1):  # 1 and 2 rows: the drafter's weight-row streams
         assert same_bits(N.matmul(w, wtype, rows, cols, x[:n], isa=isa),
                          N.matmul(w, wtype, rows, cols, x[:n], isa="portable")), n
 
