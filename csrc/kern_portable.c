@@ -160,7 +160,8 @@ static void dot_k(int type, const uint8_t *w, const vt_xk *x, const float *dx, i
                   float *out) {
     const int64_t bytes = vt_block_bytes(type);
     const int mode = type == VT_Q6_K ? VT_MIN_INT : VT_MIN_SEP;
-    float acc[VT_ROWS] = {0};
+    float acc[VT_ROWS];
+    memcpy(acc, out, sizeof(float) * (size_t)n);
     for (int64_t b = 0; b < nb; b++) {
         vt_kblock k;
         vt_unpack_k_portable(type, w + b * bytes, 1, &k);
@@ -178,7 +179,10 @@ static void dot_k(int type, const uint8_t *w, const vt_xk *x, const float *dx, i
 
 static void dot_k_rows1(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t nb, int64_t nrows,
                         float *y) {
-    for (int64_t r = 0; r < nrows; r++) dot_k(type, w + r * nb * vt_block_bytes(type), x, dx, 1, 1, nb, y + r);
+    for (int64_t r = 0; r < nrows; r++) {
+        y[r] = 0.0f;
+        dot_k(type, w + r * nb * vt_block_bytes(type), x, dx, 1, 1, nb, y + r);
+    }
 }
 
 static void dot_q32(int type, const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out) {
@@ -225,11 +229,18 @@ static void dot_f(int type, const void *w, const float *const *x, int rows, int6
     }
 }
 
-static void axpy(float *o, float e, const float *v, int64_t n) {
-    for (int64_t i = 0; i < n; i++) o[i] = o[i] + e * v[i];
+static void wsum(float *const *o, int nh, const float *e, int64_t es, const float *v, int64_t vs, int64_t np,
+                 int64_t n) {
+    for (int64_t p = 0; p < np; p++)
+        for (int i = 0; i < nh; i++)
+            for (int64_t d = 0; d < n; d++) o[i][d] = o[i][d] + e[i * es + p] * v[p * vs + d];
 }
 
-const vt_kernels vt_kernels_portable = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, NULL, dot_f, axpy, vt_quantize_k, NULL};
+static void exp_n(const float *x, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = vt_exp(x[i]);
+}
+
+const vt_kernels vt_kernels_portable = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, NULL, dot_f, wsum, exp_n, vt_quantize_k, NULL};
 
 /* Dequantize n elements (whole blocks) of `type` to fp32, in the order and with the float
  * operations of ggml's dequantize_row_* (the tests hold it against gguf's quants.py). */

@@ -465,8 +465,10 @@ static void dot_k_rows1(int type, const uint8_t *w, const vt_xk *x, const float 
 VT_INLINE void dot_k_n(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int64_t nb,
                        float *out, const int n) {
     const int64_t bytes = vt_block_bytes(type);
-    __m256 acc8 = _mm256_setzero_ps();
-    __m128 acc4 = _mm_setzero_ps();
+    float o[8] = {0};
+    memcpy(o, out, sizeof(float) * (size_t)n); /* the sums so far (dot_k adds to out) */
+    __m256 acc8 = _mm256_loadu_ps(o);
+    __m128 acc4 = _mm_loadu_ps(o);
     for (int64_t b = 0; b < nb; b++) {
         __m256i a[VT_ROWS], c[VT_ROWS], mn;
         float d, dm;
@@ -501,7 +503,6 @@ VT_INLINE void dot_k_n(int type, const uint8_t *w, const vt_xk *x, const float *
                                              _mm_loadu_ps(dx + b * stride)));
         }
     }
-    float o[8];
     if (n > 4) _mm256_storeu_ps(o, acc8);
     else _mm_storeu_ps(o, acc4);
     memcpy(out, o, sizeof(float) * (size_t)n);
@@ -821,12 +822,53 @@ static void dot_f(int type, const void *w, const float *const *x, int n, int64_t
 #undef CALL
 }
 
-static void axpy(float *o, float e, const float *v, int64_t n) {
-    const __m256 ev = _mm256_set1_ps(e);
+/* wsum: each head's WS x 8 outputs held in registers over all positions (AVX512's 32
+ * registers hold 4 heads x 32). */
+#define WS (VT_VNNI == 2 ? 4 : 2)
+static void wsum(float *const *o, int nh, const float *e, int64_t es, const float *v, int64_t vs, int64_t np,
+                 int64_t n) {
+    int64_t d0 = 0;
+    for (; d0 + 8 * WS <= n; d0 += 8 * WS) {
+        __m256 acc[VT_ATT_HEADS][WS];
+        for (int i = 0; i < nh; i++)
+            for (int c = 0; c < WS; c++) acc[i][c] = _mm256_loadu_ps(o[i] + d0 + 8 * c);
+        for (int64_t p = 0; p < np; p++) {
+            __m256 vv[WS];
+            for (int c = 0; c < WS; c++) vv[c] = _mm256_loadu_ps(v + p * vs + d0 + 8 * c);
+            for (int i = 0; i < nh; i++) {
+                const __m256 ev = _mm256_broadcast_ss(e + i * es + p);
+                for (int c = 0; c < WS; c++) acc[i][c] = _mm256_add_ps(acc[i][c], _mm256_mul_ps(ev, vv[c]));
+            }
+        }
+        for (int i = 0; i < nh; i++)
+            for (int c = 0; c < WS; c++) _mm256_storeu_ps(o[i] + d0 + 8 * c, acc[i][c]);
+    }
+    for (int64_t p = 0; p < np; p++) /* the tail, as the portable loop */
+        for (int i = 0; i < nh; i++)
+            for (int64_t d = d0; d < n; d++) o[i][d] = o[i][d] + e[i * es + p] * v[p * vs + d];
+}
+#undef WS
+
+/* vt_exp on 8 lanes: its steps, lane by lane. */
+static inline __m256 exp8(__m256 x) {
+    static const float c[6] = VT_EXP_C;
+    const __m256 magic = _mm256_set1_ps(12582912.0f);
+    x = _mm256_max_ps(x, _mm256_set1_ps(VT_EXP_LO)); /* x > lo ? x : lo */
+    x = _mm256_min_ps(x, _mm256_set1_ps(VT_EXP_HI)); /* x < hi ? x : hi */
+    const __m256 n = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), magic), magic);
+    const __m256 r = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f))),
+                                   _mm256_mul_ps(n, _mm256_set1_ps(-2.12194440e-4f)));
+    __m256 p = _mm256_set1_ps(c[0]);
+    for (int i = 1; i < 6; i++) p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(c[i]));
+    p = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(r, r)), r), _mm256_set1_ps(1.0f));
+    const __m256i two = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(two));
+}
+
+static void exp_n(const float *x, float *y, int64_t n) {
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(o + i, _mm256_add_ps(_mm256_loadu_ps(o + i), _mm256_mul_ps(ev, _mm256_loadu_ps(v + i))));
-    for (; i < n; i++) o[i] = o[i] + e * v[i];
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, exp8(_mm256_loadu_ps(x + i)));
+    for (; i < n; i++) y[i] = vt_exp(x[i]);
 }
 
 /* kern_portable.c's quantize_block on 256 values, 8 lanes at a time, its comparisons kept
@@ -873,4 +915,4 @@ static void quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64
     }
 }
 
-const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, DOT_Q32X2, dot_f, axpy, quantize_k, pack_k};
+const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, DOT_Q32X2, dot_f, wsum, exp_n, quantize_k, pack_k};

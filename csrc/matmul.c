@@ -55,6 +55,28 @@ typedef struct {
     vt_mm_part part[VT_MAX_PARTS];
 } mm_job;
 
+/* K-quant weight rows g..g+n-1 of part p against activation rows l0..l0+m-1, in column
+ * chunks whose m rows' activation blocks stay in L1 (a weight row of 8960 columns has 35
+ * blocks, 80 KB of 8 rows' activations): each output's blocks still summed in order. */
+#define VT_ACT_L1 (24 << 10)
+#define VT_K_ROWS 64
+static void k_rows(const mm_job *j, const vt_mm_part *p, int64_t g, int64_t n, int64_t l0, int m) {
+    const int64_t bytes = vt_block_bytes(p->type), nb = j->cols / QK_K, row_bytes = nb * bytes;
+    int64_t cb = VT_ACT_L1 / (m * (int64_t)sizeof(vt_xk));
+    cb = cb < 1 ? 1 : cb;
+    float acc[VT_K_ROWS][VT_ROWS];
+    for (int64_t s = 0; s < n; s += VT_K_ROWS) {
+        const int64_t ns = n - s < VT_K_ROWS ? n - s : VT_K_ROWS;
+        memset(acc, 0, sizeof acc);
+        for (int64_t b0 = 0; b0 < nb; b0 += cb)
+            for (int64_t r = 0; r < ns; r++)
+                j->k->dot_k(p->type, (const uint8_t *)p->w + (g + s + r) * row_bytes + b0 * bytes, j->xk + b0 * j->L + l0,
+                            j->xd + b0 * j->L + l0, j->L, m, nb - b0 < cb ? nb - b0 : cb, acc[r]);
+        for (int64_t r = 0; r < ns; r++)
+            for (int i = 0; i < m; i++) p->y[(l0 + i) * p->rows + g + s + r] = acc[r][i];
+    }
+}
+
 /* Rows r0..r1-1 of part p against all L activation rows. */
 static void mm_rows(const mm_job *j, const vt_mm_part *p, int64_t r0, int64_t r1) {
     const int64_t be = vt_block_elems(p->type), nb = j->cols / be, row_bytes = nb * vt_block_bytes(p->type);
@@ -76,18 +98,19 @@ static void mm_rows(const mm_job *j, const vt_mm_part *p, int64_t r0, int64_t r1
     float out[VT_ROWS];
     for (int64_t g = r0; g < r1; g += group)
         for (int64_t l0 = 0; l0 < j->L; l0 += VT_ROWS) {
-            const int64_t m = j->L - l0 < VT_ROWS ? j->L - l0 : VT_ROWS;
+            const int64_t m = j->L - l0 < VT_ROWS ? j->L - l0 : VT_ROWS, gn = (g + group < r1 ? g + group : r1) - g;
+            if (be == QK_K) {
+                k_rows(j, p, g, gn, l0, (int)m);
+                continue;
+            }
             if (pairs) { /* the group's rows in one call */
-                j->k->dot_q32x2(p->type, (const uint8_t *)p->w + g * row_bytes, (g + group < r1 ? g + group : r1) - g,
-                                j->xu + l0 * np * VT_PAIR_BYTES, j->xud + l0 * 2 * np, (int)m, nb,
+                j->k->dot_q32x2(p->type, (const uint8_t *)p->w + g * row_bytes, gn, j->xu + l0 * np * VT_PAIR_BYTES, j->xud + l0 * 2 * np, (int)m, nb,
                                 p->y + l0 * p->rows + g, p->rows);
                 continue;
             }
-            for (int64_t r = g; r < g + group && r < r1; r++) {
+            for (int64_t r = g; r < g + gn; r++) {
                 const uint8_t *wr = (const uint8_t *)p->w + r * row_bytes;
-                if (be == QK_K) {
-                    j->k->dot_k(p->type, wr, j->xk + l0, j->xd + l0, j->L, (int)m, nb, out);
-                } else if (be == QK8_0) {
+                if (be == QK8_0) {
                     const vt_x8 *xs[VT_ROWS];
                     for (int i = 0; i < m; i++) xs[i] = j->x8 + (l0 + i) * nb;
                     j->k->dot_q32(p->type, wr, xs, (int)m, nb, out);
@@ -109,10 +132,14 @@ static void mm_task(void *vjob, int64_t i0, int64_t i1, int ith) {
         const vt_mm_part *g = &j->part[0], *u = &j->part[1];
         mm_rows(j, g, i0, i1);
         mm_rows(j, u, i0, i1);
+        float e[256];
         for (int64_t l = 0; l < j->L; l++)
-            for (int64_t r = i0; r < i1; r++) {
-                float *a = g->y + l * g->rows + r;
-                *a = *a / (1.0f + expf(-*a)) * u->y[l * u->rows + r];
+            for (int64_t r0 = i0; r0 < i1; r0 += 256) {
+                float *a = g->y + l * g->rows + r0;
+                const int64_t n = i1 - r0 < 256 ? i1 - r0 : 256;
+                for (int64_t r = 0; r < n; r++) e[r] = -a[r];
+                j->k->exp_n(e, e, n);
+                for (int64_t r = 0; r < n; r++) a[r] = a[r] / (1.0f + e[r]) * u->y[l * u->rows + r0 + r];
             }
         return;
     }
@@ -204,6 +231,23 @@ VT_API int vt_matmul(vt_pool *pool, int isa, int type, const void *w, int64_t ro
     if (rows < 1 || cols < 1 || L < 1 || cols % vt_block_elems(type)) return VT_ESHAPE;
     const vt_mm_part p = {type, w, rows, y};
     return vt_matmul_parts(pool, isa, cols, x, L, &p, 1, 0);
+}
+
+VT_API int vt_exp_n(int isa, const float *x, float *y, int64_t n) {
+    const vt_kernels *k = vt_kernels_for(isa);
+    if (!k) return VT_EISA;
+    if (n < 0) return VT_ESHAPE;
+    k->exp_n(x, y, n);
+    return VT_OK;
+}
+
+VT_API int vt_wsum(int isa, float *const *o, int nh, const float *e, int64_t es, const float *v, int64_t vs,
+                   int64_t np, int64_t n) {
+    const vt_kernels *k = vt_kernels_for(isa);
+    if (!k) return VT_EISA;
+    if (nh < 1 || nh > VT_ATT_HEADS || np < 0 || n < 0) return VT_ESHAPE;
+    k->wsum(o, nh, e, es, v, vs, np, n);
+    return VT_OK;
 }
 
 /* Quantize L rows as the matmul does for a weight of `type` (for tests: q [L, cols] int8,

@@ -126,10 +126,9 @@ typedef struct {
     int T, pos0, layer, parts; /* an item: a row, a kv head and one of its `parts` sets of query heads */
 } attn_job;
 
-/* The query heads that share a kv head are scored together (up to 4, dot_f's rows), so each
- * key and value is read once for them; each head's softmax over keys 0..pos and its value
- * sums run in key order as alone. */
-#define VT_ATT_HEADS 4
+/* The query heads that share a kv head are scored together (up to VT_ATT_HEADS, dot_f's
+ * rows), so each key and value is read once for them; each head's softmax over keys 0..pos
+ * and its value sums run in key order as alone. */
 static void attn_task(void *vjob, int64_t i0, int64_t i1, int ith) {
     attn_job *j = vjob;
     const vt_model *m = j->m;
@@ -158,14 +157,13 @@ static void attn_task(void *vjob, int64_t i0, int64_t i1, int ith) {
                 mx[i] = fmaxf(mx[i], score[i * m->n_ctx + p]);
             }
         }
-        for (int p = 0; p <= pos; p++) {
-            const float *val = vl + (size_t)p * kvd + (size_t)kh * hd;
-            for (int i = 0; i < nh; i++) {
-                const float e = expf(score[i * m->n_ctx + p] - mx[i]);
-                sum[i] = sum[i] + e;
-                k->axpy(o[i], e, val, hd);
-            }
+        for (int i = 0; i < nh; i++) { /* the weights e = exp(score - max), in place, and their sum */
+            float *e = score + (size_t)i * m->n_ctx;
+            for (int p = 0; p <= pos; p++) e[p] = e[p] - mx[i];
+            k->exp_n(e, e, pos + 1);
+            for (int p = 0; p <= pos; p++) sum[i] = sum[i] + e[p];
         }
+        k->wsum(o, nh, score, m->n_ctx, vl + (size_t)kh * hd, kvd, pos + 1, hd);
         for (int i = 0; i < nh; i++)
             for (int d = 0; d < hd; d++) o[i][d] = o[i][d] / sum[i];
     }

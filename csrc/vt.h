@@ -75,10 +75,13 @@ enum { VT_MIN_SEP = 0, VT_MIN_INT = 1 };
 /* Per instruction set kernels.  Each computes the outputs of one weight row against n
  * (1..VT_ROWS) activation rows; a row's result depends on that row only, never on n. */
 #define VT_ROWS 8
+#define VT_ATT_HEADS 4 /* query heads of one kv head attended together (wsum's nh) */
 #define VT_STREAM_ROWS 2 /* a drafter's steps: 1 token, or 2 after a round all accepted */
 typedef struct {
     /* K-quants: nb raw blocks of `type` against n Q8_K-quantized rows, row r's block b at
-     * x[b*stride + r] with scale dx[b*stride + r] (dx readable 3 floats past the last) */
+     * x[b*stride + r] with scale dx[b*stride + r] (dx readable 3 floats past the last),
+     * added to out[r]: the recipe's sum continues from it, so a row's blocks taken in
+     * consecutive column chunks give the bits of one call */
     void (*dot_k)(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int n, int64_t nb,
                   float *out);
     /* K-quants, one activation row (L = 1, its blocks and scales contiguous) against nrows
@@ -101,8 +104,11 @@ typedef struct {
                       float *y, int64_t ystride);
     /* F32/F16/BF16 weight row (raw) against 4 fp32 rows of n columns */
     void (*dot_f)(int type, const void *w, const float *const *x, int n, int64_t cols, float *out);
-    /* o[i] = o[i] + e * v[i], i < n (attention's weighted values: elementwise, any width) */
-    void (*axpy)(float *o, float e, const float *v, int64_t n);
+    /* Attention's weighted values: o[i][d] = o[i][d] + e[i*es + p] * v[p*vs + d] for p = 0..np-1
+     * in order, heads i < nh, d < n (elementwise: any width, any grouping of d) */
+    void (*wsum)(float *const *o, int nh, const float *e, int64_t es, const float *v, int64_t vs, int64_t np, int64_t n);
+    /* y[i] = vt_exp(x[i]), i < n (y may be x) */
+    void (*exp_n)(const float *x, float *y, int64_t n);
     /* vt_quantize_k (max, multiplies, compares and the rounding trick are elementwise or
      * exact: every width gives its bits) */
     void (*quantize_k)(const float *x, int64_t cols, vt_xk *out, float *d, int64_t stride);
@@ -143,6 +149,28 @@ static inline float vt_load_f(int type, const void *w, int64_t i) {
     if (type == VT_F16) return vt_fp16(((const uint16_t *)w)[i]);
     if (type == VT_BF16) return vt_bf16(((const uint16_t *)w)[i]);
     return ((const float *)w)[i];
+}
+
+/* exp(x), the engine's own (softmax and SiLU): no libm, so that every path, scalar or 8 and
+ * 16 lanes wide, rounds the same steps (the build fuses nothing). Cephes' expf: x clamped
+ * to [-87.34, 88.38] (NaN: to the low end), n = round(x log2 e) by the 1.5 x 2^23 trick,
+ * r = x - n ln 2 in two parts, a degree-6 polynomial, times 2^n built in the exponent. */
+#define VT_EXP_LO (-87.33654f)
+#define VT_EXP_HI 88.37626f
+#define VT_EXP_C {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, \
+                  5.0000001201e-1f}
+static inline float vt_exp(float x) {
+    static const float c[6] = VT_EXP_C;
+    const float magic = 12582912.0f;
+    x = x > VT_EXP_LO ? x : VT_EXP_LO;
+    x = x < VT_EXP_HI ? x : VT_EXP_HI;
+    const float n = (x * 1.44269504088896341f + magic) - magic;
+    const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+    float p = c[0];
+    for (int i = 1; i < 6; i++) p = p * r + c[i];
+    p = (p * (r * r) + r) + 1.0f;
+    union { uint32_t u; float f; } two = {(uint32_t)((int32_t)n + 127) << 23};
+    return p * two.f;
 }
 
 static inline uint16_t vt_rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
@@ -234,6 +262,11 @@ VT_API int vt_packs(int isa, int type);
 /* n elements (whole blocks) of raw `type` data into the layout path `isa` reads (a copy
  * where it reads the file's). */
 VT_API int vt_pack(int isa, int type, const void *src, int64_t n, void *dst);
+
+/* Path `isa`'s exp_n and wsum (for tests; VT_EISA where the CPU lacks it). */
+VT_API int vt_exp_n(int isa, const float *x, float *y, int64_t n);
+VT_API int vt_wsum(int isa, float *const *o, int nh, const float *e, int64_t es, const float *v, int64_t vs,
+                   int64_t np, int64_t n);
 
 /* Y[L, rows] = X[L, cols] @ W[rows, cols]^T with W GGUF data of `type` as path `isa` reads
  * it (vt_pack). */

@@ -106,6 +106,35 @@ def test_packed_weights(wtype, isa):
                      N.matmul(w, wtype, rows, cols, x, isa="portable"))
 
 
+def exp_inputs() -> np.ndarray:
+    rng = np.random.default_rng(11)
+    edges = [0.0, -0.0, 1.0, -1.0, 88.37, 88.38, 89.0, -87.33, -87.34, -88.0, -104.0, 1e-30, -1e-30,
+             np.inf, -np.inf, np.nan]
+    return np.concatenate([edges, rng.uniform(-90, 90, 4001), rng.standard_normal(999) * 3]).astype(np.float32)
+
+
+def test_exp_is_close_to_numpy():
+    x = exp_inputs()
+    x = x[np.isfinite(x) & (x > -87) & (x < 88)]
+    y, ref = N.exp(x, isa="portable").astype(np.float64), np.exp(x.astype(np.float64))
+    assert np.max(np.abs(y - ref) / ref) < 4e-7  # a few ulp
+    edge = N.exp(np.array([-np.inf, -200.0, np.inf, 200.0], np.float32), isa="portable")
+    assert edge[0] == edge[1] and 0 < edge[0] < 1e-37 and np.isfinite(edge[2]) and edge[2] == edge[3]
+
+
+@pytest.mark.parametrize("isa", FAST or [pytest.param("avx2", marks=pytest.mark.skip("no SIMD path on this CPU"))])
+def test_exp_and_wsum_paths_bit_identical_to_portable(isa):
+    x = exp_inputs()
+    for n in (len(x), 7, 1):  # 8-lane body and scalar tail
+        assert same_bits(N.exp(x[:n], isa=isa), N.exp(x[:n], isa="portable")), n
+    rng = np.random.default_rng(12)
+    for heads, n in ((1, 128), (3, 128), (4, 64), (2, 37)):  # 37: the element tail
+        e = rng.random((heads, 53)).astype(np.float32)
+        v = rng.standard_normal((53, n)).astype(np.float32)
+        assert same_bits(N.wsum(e, v, isa=isa), N.wsum(e, v, isa="portable")), (heads, n)
+    assert np.allclose(N.wsum(e, v, isa="portable"), e.astype(np.float64) @ v, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("isa", ABSENT)
 def test_absent_isa_paths(isa):
     pytest.skip(f"this CPU lacks {isa}: its path is compiled but cannot be checked here")
@@ -124,6 +153,20 @@ def test_batch_and_thread_invariance(wtype, isa):
         for pool in (one, two):
             assert same_bits(N.matmul(w, wtype, rows, cols, x[:L], pool=pool, isa=isa), alone[:L]), (L, pool.threads)
     assert same_bits(N.matmul(w, wtype, rows, cols, x[5:20], pool=two, isa=isa), alone[5:20])
+
+
+@pytest.mark.parametrize("isa", ["portable"] + FAST)
+@pytest.mark.parametrize("wtype", [N.Q4_K, N.Q5_K, N.Q6_K], ids=N.TYPE_NAMES.get)
+def test_long_rows_in_column_chunks(wtype, isa):
+    # 23 blocks a row: past the activation blocks that stay in L1 for 2..8 rows, so each
+    # row's sum runs over several column chunks; it must still equal the row alone
+    rows, cols = 37, 256 * 23
+    w = N.random_weights(wtype, rows, cols, seed=13)
+    x = np.random.default_rng(14).standard_normal((13, cols)).astype(np.float32)
+    alone = np.concatenate([N.matmul(w, wtype, rows, cols, x[i:i + 1], isa=isa) for i in range(13)])
+    for L in (2, 5, 8, 13):
+        assert same_bits(N.matmul(w, wtype, rows, cols, x[:L], isa=isa), alone[:L]), L
+    assert same_bits(alone, N.matmul(w, wtype, rows, cols, x, isa="portable"))
 
 
 def test_environment_forces_a_path(monkeypatch):

@@ -46,6 +46,8 @@ def lib() -> ctypes.CDLL:
                             ("vt_dequantize", _int, [_int, _p, _i64, _p]),
                             ("vt_packs", _int, [_int, _int]), ("vt_pack", _int, [_int, _int, _p, _i64, _p]),
                             ("vt_quantize_rows", _int, [_int, _p, _i64, _i64, _p, _p]),
+                            ("vt_exp_n", _int, [_int, _p, _p, _i64]),
+                            ("vt_wsum", _int, [_int, _p, _int, _p, _i64, _p, _i64, _i64, _i64]),
                             ("vt_pool_new", _p, [_int]), ("vt_pool_free", None, [_p]),
                             ("vt_isa_supported", _int, [_int]), ("vt_isa_best", _int, []),
                             ("vt_model_new", _p, [_int] * 7 + [ctypes.c_float] * 2 + [_int, _p, _int]),
@@ -211,3 +213,22 @@ def quantize_rows(x: np.ndarray, wtype: int) -> tuple[np.ndarray, np.ndarray]:
     check(lib().vt_quantize_rows(wtype, x.ctypes.data, x.shape[0], x.shape[1], q.ctypes.data, d.ctypes.data),
            "native quantize")
     return q, d
+
+
+def exp(x: np.ndarray, isa: str | None = None) -> np.ndarray:
+    """The engine's exp (vt_exp: softmax and SiLU) of each element, on path `isa`."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    y = np.empty_like(x)
+    check(lib().vt_exp_n(isa_index(isa), x.ctypes.data, y.ctypes.data, x.size), "native exp")
+    return y
+
+
+def wsum(e: np.ndarray, v: np.ndarray, isa: str | None = None) -> np.ndarray:
+    """Attention's weighted values on path `isa`: o [heads, n] = e [heads, positions] @
+    v [positions, n], each output summed in position order from 0."""
+    e, v = np.ascontiguousarray(e, dtype=np.float32), np.ascontiguousarray(v, dtype=np.float32)
+    o = np.zeros((e.shape[0], v.shape[1]), dtype=np.float32)
+    rows = (ctypes.c_void_p * e.shape[0])(*[o[i].ctypes.data for i in range(e.shape[0])])
+    check(lib().vt_wsum(isa_index(isa), rows, e.shape[0], e.ctypes.data, e.shape[1], v.ctypes.data, v.shape[1],
+                        v.shape[0], v.shape[1]), "native wsum")
+    return o

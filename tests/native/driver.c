@@ -45,9 +45,11 @@ static int check(void) {
     static const int types[] = {VT_Q4_K, VT_Q5_K, VT_Q6_K, VT_Q8_0, VT_Q5_0, VT_Q4_0, VT_Q5_1, VT_Q4_1, VT_F32, VT_F16, VT_BF16};
     vt_pool *one = vt_pool_new(1), *two = vt_pool_new(2);
     int bad = 0;
-    for (size_t t = 0; t < sizeof types / sizeof *types; t++) {
-        const int type = types[t];
-        const int64_t rows = 13, cols = vt_block_elems(type) == 1 ? 45 : vt_block_elems(type) * 3, L = 11;
+    for (size_t t = 0; t < sizeof types / sizeof *types * 2; t++) {
+        /* each type with 3 blocks a row, then K-quants with 23 (rows in column chunks) */
+        const int type = types[t % (sizeof types / sizeof *types)], lng = t >= sizeof types / sizeof *types;
+        if (lng && vt_block_elems(type) != QK_K) continue;
+        const int64_t rows = 13, cols = vt_block_elems(type) == 1 ? 45 : vt_block_elems(type) * (lng ? 23 : 3), L = 11;
         void *w = random_weights(type, rows, cols);
         float *x = random_rows(L, cols), *ref = malloc(sizeof(float) * (size_t)(L * rows)),
               *y = malloc(sizeof(float) * (size_t)(L * rows));
@@ -68,6 +70,24 @@ static int check(void) {
         free(w), free(wp), free(x), free(ref), free(y);
     }
     vt_pool_free(one), vt_pool_free(two);
+    /* exp and the attention's weighted values: every path as the portable one */
+    enum { N = 203, P = 29, D = 45 };
+    float *x = random_rows(1, N), ye[N], yr[N], e[3 * P], o[3][D], r[3][D];
+    for (int i = 0; i < N; i++) x[i] *= 9000.0f; /* -90..90 */
+    for (int i = 0; i < 3 * P; i++) e[i] = x[i] * 1e-4f;
+    float *v = random_rows(P, D), *op[3] = {o[0], o[1], o[2]}, *rp[3] = {r[0], r[1], r[2]};
+    memset(r, 0, sizeof r);
+    bad |= vt_exp_n(VT_ISA_PORTABLE, x, yr, N) | vt_wsum(VT_ISA_PORTABLE, rp, 3, e, P, v, D, P, D);
+    for (int isa = 1; isa < VT_ISA_COUNT; isa++) {
+        if (!vt_isa_supported(isa)) continue;
+        memset(o, 0, sizeof o);
+        bad |= vt_exp_n(isa, x, ye, N) | vt_wsum(isa, op, 3, e, P, v, D, P, D);
+        if (memcmp(ye, yr, sizeof ye) || memcmp(o, r, sizeof o)) {
+            fprintf(stderr, "isa %d: exp or wsum differs\n", isa);
+            bad = 1;
+        }
+    }
+    free(x), free(v);
     return bad;
 }
 
