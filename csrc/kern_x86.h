@@ -8,6 +8,7 @@
  * exact whatever the grouping, the float steps are the same multiplies and adds. */
 #include <immintrin.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "vt.h"
@@ -707,6 +708,117 @@ static void dot_q32x2(int type, const uint8_t *w, int64_t nrows, const uint8_t *
 #define DOT_Q32X2 NULL
 #endif
 
+#if VT_VNNI == 2
+/* Q4_K in tiles of VT_TILE (16) rows: a tile's block b holds its rows' block b, lanes =
+ * rows, so that one vpdpbusd multiplies 4 quants of each of the 16 rows by the same 4
+ * activation quants (an embedded 32-bit broadcast) and no sum ever crosses lanes: each
+ * row's S1 = sum of sub-block scale x sub-block dot and S2 = sum of min x group sums are
+ * the integers dot_k's are, its float step the same.  A tile block (16 x 144 bytes):
+ *   0..31 d, 32..63 dm (fp16, row r at 2r); 64..255 the packed scale bytes 0-3, 4-7, 8-11
+ *   as three vectors of 16 words (row r's in lane r); 256.. 32 vectors of nibbles, vector
+ *   4s + k of sub-block s: lane r = row r's quants of activation words (k, 2s) (low
+ *   nibbles) and (k, 2s + 1) (high), order_k's word (k, g) holding elements 16g + 4k..+3. */
+#define KT_BYTES(type) (VT_TILE * vt_block_bytes(type))
+
+static void pack_kt(int type, const uint8_t *src, int64_t nb, uint8_t *dst) {
+    const int64_t bytes = vt_block_bytes(type), row_bytes = nb * bytes;
+    uint8_t *rows = malloc((size_t)(VT_TILE * row_bytes)); /* dst may be src */
+    if (!rows) abort(); /* 16 rows: a model's load, not a recoverable state */
+    memcpy(rows, src, (size_t)(VT_TILE * row_bytes));
+    for (int64_t b = 0; b < nb; b++) {
+        uint8_t *o = dst + b * KT_BYTES(type);
+        uint8_t e[VT_TILE][QK_K];
+        for (int r = 0; r < VT_TILE; r++) {
+            const uint8_t *blk = rows + r * row_bytes + b * bytes;
+            vt_kblock k;
+            vt_unpack_k_portable(type, blk, 1, &k);
+            memcpy(e[r], k.q, QK_K);
+            memcpy(o + 2 * r, blk, 2), memcpy(o + 32 + 2 * r, blk + 2, 2);
+            for (int w = 0; w < 3; w++) memcpy(o + 64 + 64 * w + 4 * r, blk + 4 + 4 * w, 4);
+        }
+        for (int sb = 0; sb < 8; sb++)
+            for (int k = 0; k < 4; k++)
+                for (int r = 0; r < VT_TILE; r++)
+                    for (int i = 0; i < 4; i++)
+                        o[256 + 64 * (4 * sb + k) + 4 * r + i] =
+                            (uint8_t)(e[r][32 * sb + 4 * k + i] | e[r][32 * sb + 16 + 4 * k + i] << 4);
+    }
+    free(rows);
+}
+
+#define BCAST(p) _mm512_set1_epi32(*(const int32_t *)(p))
+
+/* Scale (sc) or min (!sc) j of each lane's row from the packed-scale words W0, W1, W2
+ * (kern_portable.c's vt_scale_min, lane-wise). */
+VT_INLINE __m512i kt_scale(const __m512i *W, int j, int sc) {
+    const __m512i m6 = _mm512_set1_epi32(63), m4 = _mm512_set1_epi32(15), m2 = _mm512_set1_epi32(3);
+    if (j < 4) return _mm512_and_si512(_mm512_srli_epi32(W[sc ? 0 : 1], 8 * j), m6);
+    const int q = 8 * (j - 4);
+    const __m512i lo = _mm512_and_si512(_mm512_srli_epi32(W[2], sc ? q : q + 4), m4);
+    return _mm512_or_si512(lo, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(W[sc ? 0 : 1], q + 6), m2), 4));
+}
+
+VT_INLINE void kt_q4(const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int64_t nb, float *y,
+                     int64_t ystride, const int n) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512 acc[VT_ROWS];
+    for (int i = 0; i < n; i++) acc[i] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *t = w + b * KT_BYTES(VT_Q4_K);
+        const vt_xk *xb = x + b * stride;
+        for (int o = 0; o < KT_BYTES(VT_Q4_K); o += 64) _mm_prefetch((const char *)t + VT_PREFETCH + o, _MM_HINT_T0);
+        const __m512i W[3] = {_mm512_loadu_si512(t + 64), _mm512_loadu_si512(t + 128), _mm512_loadu_si512(t + 192)};
+        __m512i S1[VT_ROWS], S2[VT_ROWS];
+        for (int i = 0; i < n; i++) S1[i] = S2[i] = _mm512_setzero_si512();
+        for (int sb = 0; sb < 8; sb++) {
+            const __m512i sc = kt_scale(W, sb, 1), mn = kt_scale(W, sb, 0);
+            const __m512i mn2 = _mm512_or_si512(mn, _mm512_slli_epi32(mn, 16)); /* both words of each lane */
+            __m512i lo[4], hi[4];
+            for (int k = 0; k < 4; k++) {
+                const __m512i v = _mm512_loadu_si512(t + 256 + 64 * (4 * sb + k));
+                lo[k] = _mm512_and_si512(v, m4), hi[k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            }
+            for (int i = 0; i < n; i++) {
+                const int8_t *q = xb[i].q + 8 * sb;
+                __m512i a = _mm512_setzero_si512();
+                for (int k = 0; k < 4; k++) {
+                    a = _mm512_dpbusd_epi32(a, lo[k], BCAST(q + 64 * k));
+                    a = _mm512_dpbusd_epi32(a, hi[k], BCAST(q + 64 * k + 4));
+                }
+                S1[i] = _mm512_add_epi32(S1[i], _mm512_mullo_epi32(a, sc));
+                S2[i] = _mm512_dpwssd_epi32(S2[i], mn2, BCAST(xb[i].bs + 2 * sb));
+            }
+        }
+        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)t)),
+                     dm = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(t + 32)));
+        for (int i = 0; i < n; i++) {
+            const __m512 v = _mm512_sub_ps(_mm512_mul_ps(d, _mm512_cvtepi32_ps(S1[i])), _mm512_mul_ps(dm, _mm512_cvtepi32_ps(S2[i])));
+            acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(_mm512_set1_ps(dx[b * stride + i]), v));
+        }
+    }
+    for (int i = 0; i < n; i++) _mm512_storeu_ps(y + i * ystride, acc[i]);
+}
+#undef BCAST
+
+static void dot_kt(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int n, int64_t nb,
+                   float *y, int64_t ystride) {
+    (void)type; /* Q4_K: the one tiled type */
+    switch (n) {
+    case 1: kt_q4(w, x, dx, stride, nb, y, ystride, 1); break;
+    case 2: kt_q4(w, x, dx, stride, nb, y, ystride, 2); break;
+    case 3: kt_q4(w, x, dx, stride, nb, y, ystride, 3); break;
+    case 4: kt_q4(w, x, dx, stride, nb, y, ystride, 4); break;
+    case 5: kt_q4(w, x, dx, stride, nb, y, ystride, 5); break;
+    case 6: kt_q4(w, x, dx, stride, nb, y, ystride, 6); break;
+    case 7: kt_q4(w, x, dx, stride, nb, y, ystride, 7); break;
+    default: kt_q4(w, x, dx, stride, nb, y, ystride, 8);
+    }
+}
+#define KT_TABLE 1u << VT_Q4_K, pack_kt, dot_kt
+#else
+#define KT_TABLE 0, NULL, NULL
+#endif
+
 /* 8 weights as fp32: F32, F16 (F16C, exact) or BF16 (a shift, exact). */
 static inline __m256 load8(int type, const void *w, int64_t i) {
     if (type == VT_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i)));
@@ -915,4 +1027,4 @@ static void quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64
     }
 }
 
-const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, DOT_Q32X2, dot_f, wsum, exp_n, quantize_k, pack_k};
+const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, DOT_Q32X2, dot_f, wsum, exp_n, quantize_k, pack_k, KT_TABLE};

@@ -75,6 +75,7 @@ enum { VT_MIN_SEP = 0, VT_MIN_INT = 1 };
 /* Per instruction set kernels.  Each computes the outputs of one weight row against n
  * (1..VT_ROWS) activation rows; a row's result depends on that row only, never on n. */
 #define VT_ROWS 8
+#define VT_TILE 16 /* weight rows a tile interleaves (vt_kernels.tiled) */
 #define VT_ATT_HEADS 4 /* query heads of one kv head attended together (wsum's nh) */
 #define VT_STREAM_ROWS 2 /* a drafter's steps: 1 token, or 2 after a round all accepted */
 typedef struct {
@@ -115,6 +116,16 @@ typedef struct {
     /* nb K-quant blocks of `type` from src into the layout dot_k and dot_k_rows1 read (the
      * same size; dst may be src); NULL: they read the file's */
     void (*pack_k)(int type, const uint8_t *src, int64_t nb, uint8_t *dst);
+    /* The K-quant types whose rows this path packs in tiles of VT_TILE (bit 1 << type): a
+     * matrix's first rows / VT_TILE * VT_TILE rows as tiles (pack_kt), the rest as pack_k's */
+    unsigned tiled;
+    /* VT_TILE rows of nb blocks each (row after row, raw) into one tile (the same size; dst
+     * may be src) */
+    void (*pack_kt)(int type, const uint8_t *src, int64_t nb, uint8_t *dst);
+    /* One tile against n (1..VT_ROWS) rows as dot_k's x, dx, stride: y[l*ystride + j], the
+     * tile's row j (each as dot_k's, from 0) */
+    void (*dot_kt)(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int n, int64_t nb,
+                   float *y, int64_t ystride);
 } vt_kernels;
 
 extern const vt_kernels vt_kernels_portable;
@@ -259,9 +270,9 @@ typedef struct vt_model vt_model;
 /* Whether path `isa` reads weights of `type` in a layout of its own (vt_pack). */
 VT_API int vt_packs(int isa, int type);
 
-/* n elements (whole blocks) of raw `type` data into the layout path `isa` reads (a copy
- * where it reads the file's). */
-VT_API int vt_pack(int isa, int type, const void *src, int64_t n, void *dst);
+/* A [rows, cols] matrix of raw `type` data into the layout path `isa` reads (a copy where it
+ * reads the file's; dst may be src). */
+VT_API int vt_pack(int isa, int type, const void *src, int64_t rows, int64_t cols, void *dst);
 
 /* Path `isa`'s exp_n and wsum (for tests; VT_EISA where the CPU lacks it). */
 VT_API int vt_exp_n(int isa, const float *x, float *y, int64_t n);

@@ -44,7 +44,7 @@ def lib() -> ctypes.CDLL:
     so = ctypes.CDLL(spec.origin)
     for name, res, args in (("vt_matmul", _int, [_p, _int, _int, _p, _i64, _i64, _p, _i64, _p]),
                             ("vt_dequantize", _int, [_int, _p, _i64, _p]),
-                            ("vt_packs", _int, [_int, _int]), ("vt_pack", _int, [_int, _int, _p, _i64, _p]),
+                            ("vt_packs", _int, [_int, _int]), ("vt_pack", _int, [_int, _int, _p, _i64, _i64, _p]),
                             ("vt_quantize_rows", _int, [_int, _p, _i64, _i64, _p, _p]),
                             ("vt_exp_n", _int, [_int, _p, _p, _i64]),
                             ("vt_wsum", _int, [_int, _p, _int, _p, _i64, _p, _i64, _i64, _i64]),
@@ -168,7 +168,7 @@ def pack(w: np.ndarray, wtype: int, rows: int, cols: int, isa: str | None = None
     if not packs(wtype, isa):
         return w
     out = np.empty(w.nbytes, dtype=np.uint8)
-    check(lib().vt_pack(isa_index(isa), wtype, w.ctypes.data, rows * cols, out.ctypes.data), "native pack")
+    check(lib().vt_pack(isa_index(isa), wtype, w.ctypes.data, rows, cols, out.ctypes.data), "native pack")
     return out
 
 

@@ -57,7 +57,7 @@ static int check(void) {
         void *wp = malloc((size_t)(rows * cols / vt_block_elems(type) * vt_block_bytes(type)));
         for (int isa = 0; isa < VT_ISA_COUNT; isa++) {
             if (!vt_isa_supported(isa)) continue;
-            bad |= vt_pack(isa, type, w, rows * cols, wp);
+            bad |= vt_pack(isa, type, w, rows, cols, wp);
             for (int64_t n = 1; n <= L; n++)
                 for (int p = 0; p < 2; p++) {
                     bad |= vt_matmul(p ? two : one, isa, type, wp, rows, cols, x, n, y);
@@ -99,7 +99,7 @@ int main(int argc, char **argv) {
         void *w = random_weights(type, rows, cols);
         float *x = random_rows(L, cols), *y = malloc(sizeof(float) * (size_t)(L * rows));
         vt_pool *pool = vt_pool_new(1);
-        int rc = vt_pack(isa, type, w, rows * cols, w);
+        int rc = vt_pack(isa, type, w, rows, cols, w);
         for (int r = 0; r < reps; r++) rc |= vt_matmul(pool, isa, type, w, rows, cols, x, L, y);
         vt_pool_free(pool);
         return rc != 0;
