@@ -720,6 +720,10 @@ static void dot_q32x2(int type, const uint8_t *w, int64_t nrows, const uint8_t *
  *   nibbles) and (k, 2s + 1) (high), order_k's word (k, g) holding elements 16g + 4k..+3. */
 #define KT_BYTES(type) (VT_TILE * vt_block_bytes(type))
 
+/* Q6_K tiles (16 x 210 bytes a block): 0..31 d; 32..287 the int8 scales as 4 vectors, lane
+ * r of vector v = row r's scales 4v..4v+3; 288.. per group g two vectors of nibbles (low:
+ * words (0, g), (2, g); high: (1, g), (3, g)); 2336.. per group one vector of the high 2
+ * bits (bits 2k, 2k+1 of each byte: word (k, g)'s). */
 static void pack_kt(int type, const uint8_t *src, int64_t nb, uint8_t *dst) {
     const int64_t bytes = vt_block_bytes(type), row_bytes = nb * bytes;
     uint8_t *rows = malloc((size_t)(VT_TILE * row_bytes)); /* dst may be src */
@@ -733,15 +737,30 @@ static void pack_kt(int type, const uint8_t *src, int64_t nb, uint8_t *dst) {
             vt_kblock k;
             vt_unpack_k_portable(type, blk, 1, &k);
             memcpy(e[r], k.q, QK_K);
+            if (type == VT_Q6_K) {
+                memcpy(o + 2 * r, blk + 208, 2);
+                for (int v = 0; v < 4; v++) memcpy(o + 32 + 64 * v + 4 * r, blk + 192 + 4 * v, 4);
+                continue;
+            }
             memcpy(o + 2 * r, blk, 2), memcpy(o + 32 + 2 * r, blk + 2, 2);
             for (int w = 0; w < 3; w++) memcpy(o + 64 + 64 * w + 4 * r, blk + 4 + 4 * w, 4);
         }
-        for (int sb = 0; sb < 8; sb++)
-            for (int k = 0; k < 4; k++)
-                for (int r = 0; r < VT_TILE; r++)
-                    for (int i = 0; i < 4; i++)
+        for (int r = 0; r < VT_TILE; r++)
+            for (int i = 0; i < 4; i++) {
+                if (type == VT_Q6_K) { /* word (k, g): elements 16g + 4k + i */
+                    for (int g = 0; g < 16; g++) {
+                        const uint8_t *q = e[r] + 16 * g + i;
+                        o[288 + 128 * g + 4 * r + i] = (uint8_t)((q[0] & 15) | (q[4] & 15) << 4);
+                        o[288 + 128 * g + 64 + 4 * r + i] = (uint8_t)((q[8] & 15) | (q[12] & 15) << 4);
+                        o[2336 + 64 * g + 4 * r + i] = (uint8_t)(q[0] >> 4 | (q[4] >> 4) << 2 | (q[8] >> 4) << 4 | (q[12] >> 4) << 6);
+                    }
+                    continue;
+                }
+                for (int sb = 0; sb < 8; sb++)
+                    for (int k = 0; k < 4; k++)
                         o[256 + 64 * (4 * sb + k) + 4 * r + i] =
                             (uint8_t)(e[r][32 * sb + 4 * k + i] | e[r][32 * sb + 16 + 4 * k + i] << 4);
+            }
     }
     free(rows);
 }
@@ -798,23 +817,68 @@ VT_INLINE void kt_q4(const uint8_t *w, const vt_xk *x, const float *dx, int64_t 
     }
     for (int i = 0; i < n; i++) _mm512_storeu_ps(y + i * ystride, acc[i]);
 }
+/* Q6_K tiles: per group g, 4 vpdpbusd (its 4 words), times its scale (vpmullo); S2 = 32 x
+ * the scales against the group sums, two groups a vpdpwssd. */
+VT_INLINE void kt_q6(const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int64_t nb, float *y,
+                     int64_t ystride, const int n) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    /* bytes c, c + 1 of each 32-bit lane, each twice: c = 0 and c = 2 */
+    const __m512i dup[2] = {_mm512_broadcast_i32x4(_mm_setr_epi8(0, 0, 1, 1, 4, 4, 5, 5, 8, 8, 9, 9, 12, 12, 13, 13)),
+                            _mm512_broadcast_i32x4(_mm_setr_epi8(2, 2, 3, 3, 6, 6, 7, 7, 10, 10, 11, 11, 14, 14, 15, 15))};
+    __m512 acc[VT_ROWS];
+    for (int i = 0; i < n; i++) acc[i] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *t = w + b * KT_BYTES(VT_Q6_K);
+        const vt_xk *xb = x + b * stride;
+        for (int o = 0; o < KT_BYTES(VT_Q6_K); o += 64) _mm_prefetch((const char *)t + VT_PREFETCH + o, _MM_HINT_T0);
+        __m512i S1[VT_ROWS], S2[VT_ROWS];
+        for (int i = 0; i < n; i++) S1[i] = S2[i] = _mm512_setzero_si512();
+        for (int g = 0; g < 16; g++) {
+            const __m512i V = _mm512_loadu_si512(t + 32 + 64 * (g / 4));
+            if (g % 2 == 0) {
+                const __m512i sp = _mm512_slli_epi16(_mm512_srai_epi16(_mm512_shuffle_epi8(V, dup[g % 4 / 2]), 8), 5);
+                for (int i = 0; i < n; i++) S2[i] = _mm512_dpwssd_epi32(S2[i], sp, BCAST(xb[i].bs + g));
+            }
+            const __m512i sc = _mm512_srai_epi32(_mm512_slli_epi32(V, 24 - 8 * (g % 4)), 24);
+            const __m512i N0 = _mm512_loadu_si512(t + 288 + 128 * g), N1 = _mm512_loadu_si512(t + 288 + 128 * g + 64),
+                          H = _mm512_loadu_si512(t + 2336 + 64 * g);
+            const __m512i q[4] = {_mm512_or_si512(_mm512_and_si512(N0, m4), _mm512_and_si512(_mm512_slli_epi16(H, 4), m30)),
+                                  _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(N0, 4), m4), _mm512_and_si512(_mm512_slli_epi16(H, 2), m30)),
+                                  _mm512_or_si512(_mm512_and_si512(N1, m4), _mm512_and_si512(H, m30)),
+                                  _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(N1, 4), m4), _mm512_and_si512(_mm512_srli_epi16(H, 2), m30))};
+            for (int i = 0; i < n; i++) {
+                const int8_t *xq = xb[i].q + 4 * g;
+                __m512i a = _mm512_setzero_si512();
+                for (int k = 0; k < 4; k++) a = _mm512_dpbusd_epi32(a, q[k], BCAST(xq + 64 * k));
+                S1[i] = _mm512_add_epi32(S1[i], _mm512_mullo_epi32(a, sc));
+            }
+        }
+        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)t));
+        for (int i = 0; i < n; i++) {
+            const __m512 v = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(S1[i], S2[i])));
+            acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(_mm512_set1_ps(dx[b * stride + i]), v));
+        }
+    }
+    for (int i = 0; i < n; i++) _mm512_storeu_ps(y + i * ystride, acc[i]);
+}
 #undef BCAST
 
 static void dot_kt(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int n, int64_t nb,
                    float *y, int64_t ystride) {
-    (void)type; /* Q4_K: the one tiled type */
+#define CALL(k) (type == VT_Q6_K ? kt_q6(w, x, dx, stride, nb, y, ystride, k) : kt_q4(w, x, dx, stride, nb, y, ystride, k))
     switch (n) {
-    case 1: kt_q4(w, x, dx, stride, nb, y, ystride, 1); break;
-    case 2: kt_q4(w, x, dx, stride, nb, y, ystride, 2); break;
-    case 3: kt_q4(w, x, dx, stride, nb, y, ystride, 3); break;
-    case 4: kt_q4(w, x, dx, stride, nb, y, ystride, 4); break;
-    case 5: kt_q4(w, x, dx, stride, nb, y, ystride, 5); break;
-    case 6: kt_q4(w, x, dx, stride, nb, y, ystride, 6); break;
-    case 7: kt_q4(w, x, dx, stride, nb, y, ystride, 7); break;
-    default: kt_q4(w, x, dx, stride, nb, y, ystride, 8);
+    case 1: CALL(1); break;
+    case 2: CALL(2); break;
+    case 3: CALL(3); break;
+    case 4: CALL(4); break;
+    case 5: CALL(5); break;
+    case 6: CALL(6); break;
+    case 7: CALL(7); break;
+    default: CALL(8);
     }
+#undef CALL
 }
-#define KT_TABLE 1u << VT_Q4_K, pack_kt, dot_kt
+#define KT_TABLE 1u << VT_Q4_K | 1u << VT_Q6_K, pack_kt, dot_kt
 #else
 #define KT_TABLE 0, NULL, NULL
 #endif
