@@ -971,10 +971,75 @@ static void dot_q32(int type, const uint8_t *w, const vt_x8 *const *x, int n, in
 #undef ONE
 }
 
+#if VT_VNNI == 2
+/* The stream on 512 bits for Q4_0/Q5_0/Q8_0: 2P weight rows against N activation rows, a
+ * vector holding block b of two rows (low half: row 2p, high: 2p + 1) against the row's
+ * block twice, so each half's lanes are dot_q32_n's 8 (u = q + 16, Q8_0 q + 128, from
+ * ns16, Q8_0's x 8) and its float steps theirs. */
+VT_INLINE void q32_rows2(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, float *y, int64_t ystride, const int P,
+                         const int N) {
+    const int64_t bytes = vt_block_bytes(type), row_bytes = nb * bytes;
+    const __m512i lanes = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    __m512 acc[2][VT_STREAM_ROWS];
+    for (int p = 0; p < P; p++)
+        for (int l = 0; l < N; l++) acc[p][l] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const char *ahead = (const char *)w + VT_PREFETCH + b * 2 * P * bytes;
+        for (int o = 0; o < 2 * P * (int)bytes; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
+        __m512i U[2];
+        __m512 dw[2];
+        for (int p = 0; p < P; p++) {
+            const uint8_t *w0 = w + 2 * p * row_bytes + b * bytes, *w1 = w0 + row_bytes;
+            const __m512i q = unpack64(type, w0, w1);
+            U[p] = type == VT_Q8_0 ? _mm512_xor_si512(q, _mm512_set1_epi8(-128)) : _mm512_add_epi8(q, _mm512_set1_epi8(16));
+            const uint32_t h = vt_rd16(w0) | (uint32_t)vt_rd16(w1) << 16;
+            dw[p] = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128((int)h))));
+        }
+        for (int l = 0; l < N; l++) {
+            const vt_x8 *xb = x + l * nb + b;
+            const __m512i xq = _mm512_broadcast_i64x4(LOAD256(xb->q));
+            __m512i ns = _mm512_broadcast_i64x4(LOAD256(xb->ns16));
+            if (type == VT_Q8_0) ns = _mm512_slli_epi32(ns, 3);
+            const __m512 dx = _mm512_set1_ps(xb->d);
+            for (int p = 0; p < P; p++) {
+                const __m512 v = _mm512_mul_ps(_mm512_mul_ps(dw[p], dx), _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(ns, U[p], xq)));
+                acc[p][l] = _mm512_add_ps(acc[p][l], v);
+            }
+        }
+    }
+    for (int l = 0; l < N; l++)
+        for (int p = 0; p < P; p++) {
+            y[l * ystride + 2 * p] = reduce8(_mm512_castps512_ps256(acc[p][l]));
+            y[l * ystride + 2 * p + 1] = reduce8(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[p][l]), 1)));
+        }
+}
+#endif
+
 static void dot_q32_stream(int type, const uint8_t *w, const vt_x8 *x, int nx, int64_t nb, int64_t nrows, float *y,
                            int64_t ystride) {
     const int64_t row_bytes = nb * vt_block_bytes(type);
     int64_t r = 0;
+#if VT_VNNI == 2
+    if (!vt_has_min(type)) {
+#define TWO(T) q32_rows2(T, w + r * row_bytes, x, nb, y + r, ystride, P, N)
+#define RUN2(p_, n_)                                                        \
+    {                                                                       \
+        enum { P = p_, N = n_ };                                            \
+        if (type == VT_Q8_0) TWO(VT_Q8_0);                                  \
+        else if (type == VT_Q5_0) TWO(VT_Q5_0);                             \
+        else TWO(VT_Q4_0);                                                  \
+    }
+        if (nx == 1) {
+            for (; r + 4 <= nrows; r += 4) RUN2(2, 1)
+            for (; r + 2 <= nrows; r += 2) RUN2(1, 1)
+        } else {
+            for (; r + 4 <= nrows; r += 4) RUN2(2, 2)
+            for (; r + 2 <= nrows; r += 2) RUN2(1, 2)
+        }
+#undef RUN2
+#undef TWO
+    }
+#endif
 #define ROWS(T) q32_rows(T, w + r * row_bytes, x, nb, y + r, ystride, R, N)
 #define RUN(r_, n_)                     \
     {                                   \
