@@ -766,6 +766,13 @@ static void pack_kt(int type, const uint8_t *src, int64_t nb, uint8_t *dst) {
 }
 
 #define BCAST(p) _mm512_set1_epi32(*(const int32_t *)(p))
+/* acc + w . the 4 bytes at p in every lane: vpdpbusd with an embedded broadcast (GCC emits a
+ * separate vpbroadcastd for the intrinsic: Q6_K's loop measured 0.98 -> 0.86 ns per 256
+ * weights per row at L = 8 with this; Q4_K's 0.88 -> 0.95, so it keeps the intrinsic). */
+static inline __m512i dp_bcast(__m512i acc, __m512i w, const void *p) {
+    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*(const int32_t *)p));
+    return acc;
+}
 
 /* Scale (sc) or min (!sc) j of each lane's row from the packed-scale words W0, W1, W2
  * (kern_portable.c's vt_scale_min, lane-wise). */
@@ -849,7 +856,7 @@ VT_INLINE void kt_q6(const uint8_t *w, const vt_xk *x, const float *dx, int64_t 
             for (int i = 0; i < n; i++) {
                 const int8_t *xq = xb[i].q + 4 * g;
                 __m512i a = _mm512_setzero_si512();
-                for (int k = 0; k < 4; k++) a = _mm512_dpbusd_epi32(a, q[k], BCAST(xq + 64 * k));
+                for (int k = 0; k < 4; k++) a = dp_bcast(a, q[k], xq + 64 * k);
                 S1[i] = _mm512_add_epi32(S1[i], _mm512_mullo_epi32(a, sc));
             }
         }
