@@ -708,59 +708,70 @@ static void dot_q32x2(int type, const uint8_t *w, int64_t nrows, const uint8_t *
 #define DOT_Q32X2 NULL
 #endif
 
+/* AVX512: K-quants in tiles of KT (16) rows: a tile's block b
+ * holds its rows' block b, lanes = rows, so that one multiply instruction takes 4 quants
+ * of each row against the same 4 activation quants (a 32-bit word of the row's activation
+ * block, broadcast) and no sum ever crosses lanes: each row's S1 = sum of scale x group
+ * dot and S2 = sum of min x group sums are the integers dot_k's are, its float step the
+ * same.  A tile block, in units of KT bytes (a vector is 4 KT bytes, lane r = row r):
+ *   Q4_K (144 KT): d at 0, dm at 2 (fp16, row r at 2r); the packed scale bytes 0-3, 4-7,
+ *     8-11 as 3 vectors at 4; 32 vectors of nibbles at 16 (words kt_words gives: low, high);
+ *   Q6_K (210 KT): d at 0; the int8 scales 4v..4v+3 as vector v at 2 (4 vectors); 32
+ *     vectors of low nibbles at 18 (low, high); 16 of high 2 bits at 146 (4 words: bits 2c).
+ * Which activation words a vector holds follows order_k (kt_words).  (The 256-bit paths'
+ * tiles of 8, vpmaddubsw summed as int16, measured no faster than their dot_k at L = 8 on
+ * a Zen 5, so they keep it.) */
 #if VT_VNNI == 2
-/* Q4_K in tiles of VT_TILE (16) rows: a tile's block b holds its rows' block b, lanes =
- * rows, so that one vpdpbusd multiplies 4 quants of each of the 16 rows by the same 4
- * activation quants (an embedded 32-bit broadcast) and no sum ever crosses lanes: each
- * row's S1 = sum of sub-block scale x sub-block dot and S2 = sum of min x group sums are
- * the integers dot_k's are, its float step the same.  A tile block (16 x 144 bytes):
- *   0..31 d, 32..63 dm (fp16, row r at 2r); 64..255 the packed scale bytes 0-3, 4-7, 8-11
- *   as three vectors of 16 words (row r's in lane r); 256.. 32 vectors of nibbles, vector
- *   4s + k of sub-block s: lane r = row r's quants of activation words (k, 2s) (low
- *   nibbles) and (k, 2s + 1) (high), order_k's word (k, g) holding elements 16g + 4k..+3. */
-#define KT_BYTES(type) (VT_TILE * vt_block_bytes(type))
+#define KT 16
+#define KT_BYTES(type) (KT * vt_block_bytes(type))
 
-/* Q6_K tiles (16 x 210 bytes a block): 0..31 d; 32..287 the int8 scales as 4 vectors, lane
- * r of vector v = row r's scales 4v..4v+3; 288.. per group g two vectors of nibbles (low:
- * words (0, g), (2, g); high: (1, g), (3, g)); 2336.. per group one vector of the high 2
- * bits (bits 2k, 2k+1 of each byte: word (k, g)'s). */
+/* The activation words (a block's 32-bit words in order_k's order) of quant vector v. */
+static void kt_words(int type, int v, int *w) {
+    /* order_k's word (k, g) = 16k + g: elements 16g + 4k.. */
+    if (type == VT_Q4_K) w[0] = 16 * (v % 4) + 2 * (v / 4), w[1] = w[0] + 1; /* v = 4s + k: groups 2s, 2s + 1 */
+    else if (v < 32) w[0] = 32 * (v % 2) + v / 2, w[1] = w[0] + 16; /* v = 2g + p: words (2p, g), (2p + 1, g) */
+    else for (int c = 0; c < 4; c++) w[c] = 16 * c + v - 32;         /* group v - 32 */
+}
+
 static void pack_kt(int type, const uint8_t *src, int64_t nb, uint8_t *dst) {
     const int64_t bytes = vt_block_bytes(type), row_bytes = nb * bytes;
-    uint8_t *rows = malloc((size_t)(VT_TILE * row_bytes)); /* dst may be src */
-    if (!rows) abort(); /* 16 rows: a model's load, not a recoverable state */
-    memcpy(rows, src, (size_t)(VT_TILE * row_bytes));
+    uint8_t *rows = malloc((size_t)(KT * row_bytes)); /* dst may be src */
+    if (!rows) abort(); /* KT rows: a model's load, not a recoverable state */
+    memcpy(rows, src, (size_t)(KT * row_bytes));
+    uint8_t id[QK_K] __attribute__((aligned(32))), ord[QK_K]; /* ord[p]: the element at activation position p */
+    for (int i = 0; i < QK_K; i++) id[i] = (uint8_t)i;
+    order_k(id, ord);
+    const int six = type == VT_Q6_K;
     for (int64_t b = 0; b < nb; b++) {
         uint8_t *o = dst + b * KT_BYTES(type);
-        uint8_t e[VT_TILE][QK_K];
-        for (int r = 0; r < VT_TILE; r++) {
+        uint8_t e[KT][QK_K];
+        for (int r = 0; r < KT; r++) {
             const uint8_t *blk = rows + r * row_bytes + b * bytes;
             vt_kblock k;
             vt_unpack_k_portable(type, blk, 1, &k);
             memcpy(e[r], k.q, QK_K);
-            if (type == VT_Q6_K) {
+            if (six) {
                 memcpy(o + 2 * r, blk + 208, 2);
-                for (int v = 0; v < 4; v++) memcpy(o + 32 + 64 * v + 4 * r, blk + 192 + 4 * v, 4);
+                for (int v = 0; v < 4; v++) memcpy(o + 2 * KT + 4 * KT * v + 4 * r, blk + 192 + 4 * v, 4);
                 continue;
             }
-            memcpy(o + 2 * r, blk, 2), memcpy(o + 32 + 2 * r, blk + 2, 2);
-            for (int w = 0; w < 3; w++) memcpy(o + 64 + 64 * w + 4 * r, blk + 4 + 4 * w, 4);
+            memcpy(o + 2 * r, blk, 2), memcpy(o + 2 * KT + 2 * r, blk + 2, 2);
+            for (int w = 0; w < 3; w++) memcpy(o + 4 * KT + 4 * KT * w + 4 * r, blk + 4 + 4 * w, 4);
         }
-        for (int r = 0; r < VT_TILE; r++)
-            for (int i = 0; i < 4; i++) {
-                if (type == VT_Q6_K) { /* word (k, g): elements 16g + 4k + i */
-                    for (int g = 0; g < 16; g++) {
-                        const uint8_t *q = e[r] + 16 * g + i;
-                        o[288 + 128 * g + 4 * r + i] = (uint8_t)((q[0] & 15) | (q[4] & 15) << 4);
-                        o[288 + 128 * g + 64 + 4 * r + i] = (uint8_t)((q[8] & 15) | (q[12] & 15) << 4);
-                        o[2336 + 64 * g + 4 * r + i] = (uint8_t)(q[0] >> 4 | (q[4] >> 4) << 2 | (q[8] >> 4) << 4 | (q[12] >> 4) << 6);
-                    }
-                    continue;
+        for (int v = 0; v < (six ? 48 : 32); v++) {
+            int w[4];
+            kt_words(type, v, w);
+            uint8_t *ov = o + (v < 32 ? (six ? 18 : 16) * KT + 4 * KT * v : 146 * KT + 4 * KT * (v - 32));
+            for (int r = 0; r < KT; r++)
+                for (int i = 0; i < 4; i++) {
+                    const uint8_t *q = e[r];
+                    if (v >= 32) /* high 2 bits of 4 words */
+                        ov[4 * r + i] = (uint8_t)(q[ord[4 * w[0] + i]] >> 4 | (q[ord[4 * w[1] + i]] >> 4) << 2 |
+                                                  (q[ord[4 * w[2] + i]] >> 4) << 4 | (q[ord[4 * w[3] + i]] >> 4) << 6);
+                    else
+                        ov[4 * r + i] = (uint8_t)((q[ord[4 * w[0] + i]] & 15) | (q[ord[4 * w[1] + i]] & 15) << 4);
                 }
-                for (int sb = 0; sb < 8; sb++)
-                    for (int k = 0; k < 4; k++)
-                        o[256 + 64 * (4 * sb + k) + 4 * r + i] =
-                            (uint8_t)(e[r][32 * sb + 4 * k + i] | e[r][32 * sb + 16 + 4 * k + i] << 4);
-            }
+        }
     }
     free(rows);
 }
@@ -885,9 +896,9 @@ static void dot_kt(int type, const uint8_t *w, const vt_xk *x, const float *dx, 
     }
 #undef CALL
 }
-#define KT_TABLE 1u << VT_Q4_K | 1u << VT_Q6_K, pack_kt, dot_kt
+#define KT_TABLE 1u << VT_Q4_K | 1u << VT_Q6_K, KT, pack_kt, dot_kt
 #else
-#define KT_TABLE 0, NULL, NULL
+#define KT_TABLE 0, 0, NULL, NULL
 #endif
 
 /* 8 weights as fp32: F32, F16 (F16C, exact) or BF16 (a shift, exact). */

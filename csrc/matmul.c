@@ -81,25 +81,25 @@ static void k_rows(const mm_job *j, const vt_mm_part *p, int64_t g, int64_t n, i
  * tile that the range cuts computed whole, the range's rows kept); returns the first row
  * not in a tile or r1. */
 static int64_t tile_rows(const mm_job *j, const vt_mm_part *p, int64_t r0, int64_t r1) {
-    const int64_t nb = j->cols / QK_K, row_bytes = nb * vt_block_bytes(p->type), end = p->rows / VT_TILE * VT_TILE;
+    const int64_t nb = j->cols / QK_K, row_bytes = nb * vt_block_bytes(p->type), end = p->rows / j->k->tile * j->k->tile, T = j->k->tile;
     const int64_t t1 = r1 < end ? r1 : end;
     /* tiles in groups of about 64 KB, each against the activation chunks in turn (mm_rows) */
-    const int64_t group = j->L <= VT_ROWS ? t1 : VT_TILE * (1 + (1 << 16) / (VT_TILE * row_bytes));
+    const int64_t group = j->L <= VT_ROWS ? t1 : T * (1 + (1 << 16) / (T * row_bytes));
     float tmp[VT_ROWS * VT_TILE];
-    for (int64_t g = r0 / VT_TILE * VT_TILE; g < t1; g += group)
+    for (int64_t g = r0 / T * T; g < t1; g += group)
         for (int64_t l0 = 0; l0 < j->L; l0 += VT_ROWS) {
             const int m = (int)(j->L - l0 < VT_ROWS ? j->L - l0 : VT_ROWS);
-            for (int64_t t = g; t < g + group && t < t1; t += VT_TILE) {
+            for (int64_t t = g; t < g + group && t < t1; t += T) {
                 const uint8_t *w = (const uint8_t *)p->w + t * row_bytes;
                 float *y = p->y + l0 * p->rows + t;
-                if (t >= r0 && t + VT_TILE <= t1) {
+                if (t >= r0 && t + T <= t1) {
                     j->k->dot_kt(p->type, w, j->xk + l0, j->xd + l0, j->L, m, nb, y, p->rows);
                     continue;
                 }
-                j->k->dot_kt(p->type, w, j->xk + l0, j->xd + l0, j->L, m, nb, tmp, VT_TILE);
+                j->k->dot_kt(p->type, w, j->xk + l0, j->xd + l0, j->L, m, nb, tmp, T);
                 for (int i = 0; i < m; i++)
-                    for (int64_t r = t < r0 ? r0 : t; r < t + VT_TILE && r < t1; r++)
-                        y[i * p->rows + r - t] = tmp[i * VT_TILE + r - t];
+                    for (int64_t r = t < r0 ? r0 : t; r < t + T && r < t1; r++)
+                        y[i * p->rows + r - t] = tmp[i * T + r - t];
             }
         }
     return t1;
@@ -112,7 +112,7 @@ static void mm_rows(const mm_job *j, const vt_mm_part *p, int64_t r0, int64_t r1
      * chunk of activation rows after the other: a chunk stays in L2 across the group (a
      * prefill's 64 rows of 8960 columns, 590 KB, would otherwise stream from L3 per weight
      * row). The order of outputs changes, not how any is computed. */
-    if (be == QK_K && (j->k->tiled >> p->type & 1) && r0 < p->rows / VT_TILE * VT_TILE) {
+    if (be == QK_K && (j->k->tiled >> p->type & 1) && r0 < p->rows / j->k->tile * j->k->tile) {
         const int64_t r = tile_rows(j, p, r0, r1); /* the rows in tiles; the rest below */
         if (r >= r1) return;
         r0 = r;
@@ -239,7 +239,7 @@ int vt_matmul_parts(vt_pool *pool, int isa, int64_t cols, const float *x, int64_
     const int nth = vt_pool_threads(pool);
     int64_t chunk = items / (4 * nth);
     chunk = chunk < group ? group : chunk / group * group;
-    if (tiled) chunk = (chunk + VT_TILE - 1) / VT_TILE * VT_TILE; /* whole tiles where parts are */
+    if (tiled) chunk = (chunk + k->tile - 1) / k->tile * k->tile; /* whole tiles where parts are */
     vt_pool_run(pool, mm_task, &j, items, chunk, rows * cols * L);
     free(xk), free(xd), free(x8), free(xu), free(xud);
     return VT_OK;
@@ -259,7 +259,7 @@ VT_API int vt_pack(int isa, int type, const void *src, int64_t rows, int64_t col
     const int64_t nb = cols / be, row_bytes = nb * vt_block_bytes(type);
     int64_t r = 0;
     if (vt_packs(isa, type) && (k->tiled >> type & 1))
-        for (; r + VT_TILE <= rows; r += VT_TILE)
+        for (; r + k->tile <= rows; r += k->tile)
             k->pack_kt(type, (const uint8_t *)src + r * row_bytes, nb, (uint8_t *)dst + r * row_bytes);
     if (vt_packs(isa, type)) k->pack_k(type, (const uint8_t *)src + r * row_bytes, (rows - r) * nb, (uint8_t *)dst + r * row_bytes);
     else memmove(dst, src, (size_t)(rows * row_bytes));

@@ -75,7 +75,7 @@ enum { VT_MIN_SEP = 0, VT_MIN_INT = 1 };
 /* Per instruction set kernels.  Each computes the outputs of one weight row against n
  * (1..VT_ROWS) activation rows; a row's result depends on that row only, never on n. */
 #define VT_ROWS 8
-#define VT_TILE 16 /* weight rows a tile interleaves (vt_kernels.tiled) */
+#define VT_TILE 16 /* the most weight rows a tile interleaves (vt_kernels.tile) */
 #define VT_ATT_HEADS 4 /* query heads of one kv head attended together (wsum's nh) */
 #define VT_STREAM_ROWS 2 /* a drafter's steps: 1 token, or 2 after a round all accepted */
 typedef struct {
@@ -119,6 +119,7 @@ typedef struct {
     /* The K-quant types whose rows this path packs in tiles of VT_TILE (bit 1 << type): a
      * matrix's first rows / VT_TILE * VT_TILE rows as tiles (pack_kt), the rest as pack_k's */
     unsigned tiled;
+    int tile; /* rows a tile holds (at most VT_TILE) */
     /* VT_TILE rows of nb blocks each (row after row, raw) into one tile (the same size; dst
      * may be src) */
     void (*pack_kt)(int type, const uint8_t *src, int64_t nb, uint8_t *dst);
