@@ -716,6 +716,8 @@ static void dot_q32x2(int type, const uint8_t *w, int64_t nrows, const uint8_t *
  * same.  A tile block, in units of KT bytes (a vector is 4 KT bytes, lane r = row r):
  *   Q4_K (144 KT): d at 0, dm at 2 (fp16, row r at 2r); the packed scale bytes 0-3, 4-7,
  *     8-11 as 3 vectors at 4; 32 vectors of nibbles at 16 (words kt_words gives: low, high);
+ *   Q5_K (176 KT): as Q4_K, the nibbles at 48 and at 16 per nibble vector two 64-bit masks
+ *     of the fifth bits (low word's, high word's; bit 4r + i);
  *   Q6_K (210 KT): d at 0; the int8 scales 4v..4v+3 as vector v at 2 (4 vectors); 32
  *     vectors of low nibbles at 18 (low, high); 16 of high 2 bits at 146 (4 words: bits 2c).
  * Which activation words a vector holds follows order_k (kt_words).  (The 256-bit paths'
@@ -728,7 +730,7 @@ static void dot_q32x2(int type, const uint8_t *w, int64_t nrows, const uint8_t *
 /* The activation words (a block's 32-bit words in order_k's order) of quant vector v. */
 static void kt_words(int type, int v, int *w) {
     /* order_k's word (k, g) = 16k + g: elements 16g + 4k.. */
-    if (type == VT_Q4_K) w[0] = 16 * (v % 4) + 2 * (v / 4), w[1] = w[0] + 1; /* v = 4s + k: groups 2s, 2s + 1 */
+    if (type != VT_Q6_K) w[0] = 16 * (v % 4) + 2 * (v / 4), w[1] = w[0] + 1; /* v = 4s + k: groups 2s, 2s + 1 */
     else if (v < 32) w[0] = 32 * (v % 2) + v / 2, w[1] = w[0] + 16; /* v = 2g + p: words (2p, g), (2p + 1, g) */
     else for (int c = 0; c < 4; c++) w[c] = 16 * c + v - 32;         /* group v - 32 */
 }
@@ -741,7 +743,7 @@ static void pack_kt(int type, const uint8_t *src, int64_t nb, uint8_t *dst) {
     uint8_t id[QK_K] __attribute__((aligned(32))), ord[QK_K]; /* ord[p]: the element at activation position p */
     for (int i = 0; i < QK_K; i++) id[i] = (uint8_t)i;
     order_k(id, ord);
-    const int six = type == VT_Q6_K;
+    const int six = type == VT_Q6_K, five = type == VT_Q5_K;
     for (int64_t b = 0; b < nb; b++) {
         uint8_t *o = dst + b * KT_BYTES(type);
         uint8_t e[KT][QK_K];
@@ -759,9 +761,15 @@ static void pack_kt(int type, const uint8_t *src, int64_t nb, uint8_t *dst) {
             for (int w = 0; w < 3; w++) memcpy(o + 4 * KT + 4 * KT * w + 4 * r, blk + 4 + 4 * w, 4);
         }
         for (int v = 0; v < (six ? 48 : 32); v++) {
-            int w[4];
+            int w[4] = {0};
             kt_words(type, v, w);
-            uint8_t *ov = o + (v < 32 ? (six ? 18 : 16) * KT + 4 * KT * v : 146 * KT + 4 * KT * (v - 32));
+            uint8_t *ov = o + (v < 32 ? (six ? 18 : five ? 48 : 16) * KT + 4 * KT * v : 146 * KT + 4 * KT * (v - 32));
+            for (int h = 0; five && h < 2; h++) { /* Q5_K: the fifth bits of word w[h], bit 4r + i */
+                uint64_t m = 0;
+                for (int r = 0; r < KT; r++)
+                    for (int i = 0; i < 4; i++) m |= (uint64_t)(e[r][ord[4 * w[h] + i]] >> 4) << (4 * r + i);
+                memcpy(o + 16 * KT + 16 * v + 8 * h, &m, 8);
+            }
             for (int r = 0; r < KT; r++)
                 for (int i = 0; i < 4; i++) {
                     const uint8_t *q = e[r];
@@ -795,15 +803,17 @@ VT_INLINE __m512i kt_scale(const __m512i *W, int j, int sc) {
     return _mm512_or_si512(lo, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(W[sc ? 0 : 1], q + 6), m2), 4));
 }
 
-VT_INLINE void kt_q4(const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int64_t nb, float *y,
-                     int64_t ystride, const int n) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
+/* Q4_K and Q5_K (five: its fifth bits as 64-bit masks, two a nibble vector, at 16 KT). */
+VT_INLINE void kt_q45(const int five, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int64_t nb,
+                      float *y, int64_t ystride, const int n) {
+    const int type = five ? VT_Q5_K : VT_Q4_K;
+    const __m512i m4 = _mm512_set1_epi8(0x0F), sixteen = _mm512_set1_epi8(16);
     __m512 acc[VT_ROWS];
     for (int i = 0; i < n; i++) acc[i] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *t = w + b * KT_BYTES(VT_Q4_K);
+        const uint8_t *t = w + b * KT_BYTES(type);
         const vt_xk *xb = x + b * stride;
-        for (int o = 0; o < KT_BYTES(VT_Q4_K); o += 64) _mm_prefetch((const char *)t + VT_PREFETCH + o, _MM_HINT_T0);
+        for (int o = 0; o < KT_BYTES(type); o += 64) _mm_prefetch((const char *)t + VT_PREFETCH + o, _MM_HINT_T0);
         const __m512i W[3] = {_mm512_loadu_si512(t + 64), _mm512_loadu_si512(t + 128), _mm512_loadu_si512(t + 192)};
         __m512i S1[VT_ROWS], S2[VT_ROWS];
         for (int i = 0; i < n; i++) S1[i] = S2[i] = _mm512_setzero_si512();
@@ -812,8 +822,15 @@ VT_INLINE void kt_q4(const uint8_t *w, const vt_xk *x, const float *dx, int64_t 
             const __m512i mn2 = _mm512_or_si512(mn, _mm512_slli_epi32(mn, 16)); /* both words of each lane */
             __m512i lo[4], hi[4];
             for (int k = 0; k < 4; k++) {
-                const __m512i v = _mm512_loadu_si512(t + 256 + 64 * (4 * sb + k));
+                const int v4 = 4 * sb + k;
+                const __m512i v = _mm512_loadu_si512(t + (five ? 48 : 16) * KT + 64 * v4);
                 lo[k] = _mm512_and_si512(v, m4), hi[k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                if (five) {
+                    uint64_t ma, mb;
+                    memcpy(&ma, t + 16 * KT + 16 * v4, 8), memcpy(&mb, t + 16 * KT + 16 * v4 + 8, 8);
+                    lo[k] = _mm512_mask_add_epi8(lo[k], _cvtu64_mask64(ma), lo[k], sixteen);
+                    hi[k] = _mm512_mask_add_epi8(hi[k], _cvtu64_mask64(mb), hi[k], sixteen);
+                }
             }
             for (int i = 0; i < n; i++) {
                 const int8_t *q = xb[i].q + 8 * sb;
@@ -883,7 +900,10 @@ VT_INLINE void kt_q6(const uint8_t *w, const vt_xk *x, const float *dx, int64_t 
 
 static void dot_kt(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int n, int64_t nb,
                    float *y, int64_t ystride) {
-#define CALL(k) (type == VT_Q6_K ? kt_q6(w, x, dx, stride, nb, y, ystride, k) : kt_q4(w, x, dx, stride, nb, y, ystride, k))
+#define CALL(k)                                                                                    \
+    (type == VT_Q6_K   ? kt_q6(w, x, dx, stride, nb, y, ystride, k)                                   \
+     : type == VT_Q5_K ? kt_q45(1, w, x, dx, stride, nb, y, ystride, k)                               \
+                       : kt_q45(0, w, x, dx, stride, nb, y, ystride, k))
     switch (n) {
     case 1: CALL(1); break;
     case 2: CALL(2); break;
@@ -896,7 +916,7 @@ static void dot_kt(int type, const uint8_t *w, const vt_xk *x, const float *dx, 
     }
 #undef CALL
 }
-#define KT_TABLE 1u << VT_Q4_K | 1u << VT_Q6_K, KT, pack_kt, dot_kt
+#define KT_TABLE 1u << VT_Q4_K | 1u << VT_Q5_K | 1u << VT_Q6_K, KT, pack_kt, dot_kt
 #else
 #define KT_TABLE 0, 0, NULL, NULL
 #endif
