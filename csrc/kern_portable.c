@@ -6,14 +6,12 @@
  *   K-quants, per super-block b in order, S1 = sum sx*q*x and S2 = sum mn*bsum (int32):
  *     VT_MIN_SEP: v = d*(float)S1 - dm*(float)S2;  VT_MIN_INT: v = d*(float)(S1 - S2)
  *     acc = acc + dx*v
- *   Q4_0, Q5_0, Q8_0: 8 partial sums, one per group of 4 elements of a block (the lanes
- *     of maddubs+madd and of VNNI's dpbusd): per 32-block b in order, with t = dw*dx and
- *     S_k = sum of q*x over elements 4k..4k+3 (int32, q the block's quants from
- *     vt_unpack_32): acc[k] = acc[k] + t*(float)S_k; then halved: acc[k] += acc[k+h] for
- *     h = 4, 2, 1.  (No sum across a block's lanes per block: a decode step of a drafter
- *     stored in 32-blocks would pay more for those than for its weights' bytes.)
- *   Q4_1, Q5_1 (value d*q + m): the same with the minimum's term, X_k the sum of x over
- *     the lane's elements: acc[k] = acc[k] + (t*(float)S_k + (m*dx)*(float)X_k).
+ *   Q4_0, Q5_0, Q8_0: per 32-block b in order, with t = dw*dx and S the block's sum of q*x
+ *     (int32, q its quants from vt_unpack_32): acc = acc + t*(float)S.  (One sum a block,
+ *     so that a path holding 16 weight rows in the lanes of a vector never sums across
+ *     them; a 256-bit path folds each block's 8 lanes, exactly, as integers.)
+ *   Q4_1, Q5_1 (value d*q + m): the same with the minimum's term, X the block's sum of the
+ *     activation quants: acc = acc + (t*(float)S + (m*dx)*(float)X).
  *   F32/F16/BF16: 16 partial sums, acc[i%16] = acc[i%16] + w[i]*x[i] over i in order
  *     (the tail zero-padded to 16), then halved: acc[k] += acc[k+h] for h = 8, 4, 2, 1.
  * Integer sums are exact, so how a path groups them does not matter. */
@@ -62,20 +60,9 @@ void vt_quantize_8_0(const float *x, int64_t cols, vt_x8 *out) {
         for (int k = 0; k < 8; k++) {
             const int sum = out[b].q[4 * k] + out[b].q[4 * k + 1] + out[b].q[4 * k + 2] + out[b].q[4 * k + 3];
             out[b].ns16[k] = -16 * sum;
-            out[b].xs[k] = (float)sum;
         }
-    }
-}
-
-/* A row's nb vt_x8 blocks as (nb + 1) / 2 pairs: u = q + 128, d the scales (no arithmetic
- * on values: the products and sums are the same integers). */
-void vt_pair_8_0(const vt_x8 *x, int64_t nb, uint8_t *u, float *d) {
-    const int64_t np = (nb + 1) / 2;
-    memset(u, 0, (size_t)(np * VT_PAIR_BYTES));
-    memset(d, 0, sizeof(float) * (size_t)(2 * np));
-    for (int64_t b = 0; b < nb; b++) {
-        for (int i = 0; i < QK8_0; i++) u[QK8_0 * b + i] = (uint8_t)(x[b].q[i] + 128);
-        d[b] = x[b].d;
+        out[b].sum = 0;
+        for (int i = 0; i < QK8_0; i++) out[b].sum += out[b].q[i];
     }
 }
 
@@ -188,20 +175,16 @@ static void dot_k_rows1(int type, const uint8_t *w, const vt_xk *x, const float 
 static void dot_q32(int type, const uint8_t *w, const vt_x8 *const *x, int n, int64_t nb, float *out) {
     const int64_t bytes = vt_block_bytes(type);
     for (int r = 0; r < n; r++) {
-        float acc[8] = {0};
+        float acc = 0.0f;
         for (int64_t b = 0; b < nb; b++) {
             int8_t wq[QK8_0];
             float m = 0.0f;
             const float t = vt_unpack_32(type, w + bytes * b, wq, &m) * x[r][b].d, tm = m * x[r][b].d;
-            for (int k = 0; k < 8; k++) {
-                int32_t s = 0;
-                for (int i = 4 * k; i < 4 * k + 4; i++) s += wq[i] * x[r][b].q[i];
-                acc[k] = vt_has_min(type) ? acc[k] + (t * (float)s + tm * x[r][b].xs[k]) : acc[k] + t * (float)s;
-            }
+            int32_t s = 0;
+            for (int i = 0; i < QK8_0; i++) s += wq[i] * x[r][b].q[i];
+            acc = vt_has_min(type) ? acc + (t * (float)s + tm * (float)x[r][b].sum) : acc + t * (float)s;
         }
-        for (int h = 4; h > 0; h >>= 1)
-            for (int k = 0; k < h; k++) acc[k] = acc[k] + acc[k + h];
-        out[r] = acc[0];
+        out[r] = acc;
     }
 }
 
@@ -240,7 +223,7 @@ static void exp_n(const float *x, float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = vt_exp(x[i]);
 }
 
-const vt_kernels vt_kernels_portable = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, NULL, dot_f, wsum, exp_n, vt_quantize_k, NULL, 0, 0, NULL, NULL};
+const vt_kernels vt_kernels_portable = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, dot_f, wsum, exp_n, vt_quantize_k, NULL, 0, 0, NULL, NULL, NULL};
 
 /* Dequantize n elements (whole blocks) of `type` to fp32, in the order and with the float
  * operations of ggml's dequantize_row_* (the tests hold it against gguf's quants.py). */

@@ -542,171 +542,69 @@ VT_INLINE __m256i dot32(int type, __m256i u, __m256i aw, const vt_x8 *xb) {
     return DPBUSD(_mm256_loadu_si256((const __m256i *)xb->ns16), u, xq);
 }
 
-/* A block's float step for one row (kern_portable.c's dot_q32): acc + t*S, and for Q4_1/
- * Q5_1 acc + (t*S + tm*X), t = dw*dx and tm = m*dx broadcast. */
-VT_INLINE __m256 step32(int type, __m256 acc, __m256 t, __m256 tm, __m256i s, const vt_x8 *xb) {
-    const __m256 v = _mm256_mul_ps(t, _mm256_cvtepi32_ps(s));
-    return _mm256_add_ps(acc, vt_has_min(type) ? _mm256_add_ps(v, _mm256_mul_ps(tm, _mm256_loadu_ps(xb->xs))) : v);
+/* The float steps of 4 outputs at once (kern_portable.c's dot_q32, lane by lane): their
+ * blocks' 8-lane sums s[0..3] folded to one exact S each (lane k: s[k]'s), t = dw*dx,
+ * tm = m*dx and X the activation quant sums, each lane its own output's. */
+VT_INLINE __m128 step32x4(int type, __m128 acc, __m128 t, __m128 tm, const __m256i *s, __m128i X) {
+    const __m128 v = _mm_mul_ps(t, _mm_cvtepi32_ps(hsum4(s[0], s[1], s[2], s[3])));
+    return vt_has_min(type) ? _mm_add_ps(acc, _mm_add_ps(v, _mm_mul_ps(tm, _mm_cvtepi32_ps(X)))) : _mm_add_ps(acc, v);
 }
 
-/* acc[k] + acc[k+4], then +2, +1: the portable halving of 8 partial sums. */
-static inline float reduce8(__m256 s) {
-    const __m128 t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    const __m128 u = _mm_add_ps(t, _mm_movehl_ps(t, t));
-    return _mm_cvtss_f32(_mm_add_ss(u, _mm_shuffle_ps(u, u, 1)));
-}
-
-/* One weight row against n (1..4) activation rows. */
+/* One weight row against n (1..4) activation rows, the rows in the lanes of one vector. */
 VT_INLINE void dot_q32_n(int type, const uint8_t *w, const vt_x8 *const *x, int64_t nb, float *out, const int n) {
     const int64_t bytes = vt_block_bytes(type);
-    __m256 acc[4];
-    for (int r = 0; r < n; r++) acc[r] = _mm256_setzero_ps();
+    __m128 acc = _mm_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *wb = w + bytes * b;
         const __m256i u = unpack32(type, wb), aw = type == VT_Q8_0 ? _mm256_sign_epi8(u, u) : u;
-        const float dw = fp16(wb), m = vt_has_min(type) ? fp16(wb + 2) : 0.0f;
-        for (int r = 0; r < n; r++)
-            acc[r] = step32(type, acc[r], _mm256_set1_ps(dw * x[r][b].d), _mm256_set1_ps(m * x[r][b].d),
-                            dot32(type, u, aw, &x[r][b]), &x[r][b]);
+        __m256i s[4];
+        for (int r = 0; r < 4; r++) s[r] = r < n ? dot32(type, u, aw, &x[r][b]) : _mm256_setzero_si256();
+        /* the rows' scales and quant sums (0 past n) */
+        const __m128 d4 = _mm_setr_ps(x[0][b].d, n > 1 ? x[1][b].d : 0, n > 2 ? x[2][b].d : 0, n > 3 ? x[3][b].d : 0);
+        const __m128i X4 = _mm_setr_epi32(x[0][b].sum, n > 1 ? x[1][b].sum : 0, n > 2 ? x[2][b].sum : 0, n > 3 ? x[3][b].sum : 0);
+        acc = step32x4(type, acc, _mm_mul_ps(_mm_set1_ps(fp16(wb)), d4),
+                       vt_has_min(type) ? _mm_mul_ps(_mm_set1_ps(fp16(wb + 2)), d4) : d4, s, X4);
     }
-    for (int r = 0; r < n; r++) out[r] = reduce8(acc[r]);
+    float o[4];
+    _mm_storeu_ps(o, acc);
+    memcpy(out, o, sizeof(float) * (size_t)n);
 }
 
 /* N (1..2) activation rows against R (1..4) consecutive weight rows from w, block by block
- * in lockstep: R x N independent chains of float adds, each x block read once for all, and
- * the rows' bytes prefetched as one stream VT_PREFETCH ahead (each output as dot_q32_n's). */
+ * in lockstep, the weight rows in the lanes of one vector per activation row; each x block
+ * read once for all, and the rows' bytes prefetched as one stream VT_PREFETCH ahead (each
+ * output as dot_q32_n's). */
 VT_INLINE void q32_rows(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, float *y, int64_t ystride, const int R,
                         const int N) {
     const int64_t bytes = vt_block_bytes(type), row_bytes = nb * bytes;
-    __m256 acc[4][VT_STREAM_ROWS];
-    for (int j = 0; j < R; j++)
-        for (int l = 0; l < N; l++) acc[j][l] = _mm256_setzero_ps();
+    __m128 acc[VT_STREAM_ROWS];
+    for (int l = 0; l < N; l++) acc[l] = _mm_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const char *ahead = (const char *)w + VT_PREFETCH + b * R * bytes;
         for (int o = 0; o < R * (int)bytes; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
-        /* R = 4: the rows' fp16 scales (and minimums) in 4 lanes, one conversion */
-        const __m128 dw4 = R == 4 ? fp16x4(w + b * bytes, row_bytes) : _mm_setzero_ps(),
-                     m4 = R == 4 && vt_has_min(type) ? fp16x4(w + b * bytes + 2, row_bytes) : _mm_setzero_ps();
+        __m256i u[4], aw[4], s[4];
+        for (int j = 0; j < R; j++) {
+            const uint8_t *wb = w + j * row_bytes + b * bytes;
+            u[j] = unpack32(type, wb), aw[j] = type == VT_Q8_0 ? _mm256_sign_epi8(u[j], u[j]) : u[j];
+        }
+        /* the rows' fp16 scales (and minimums) in 4 lanes (R = 4: one conversion; lanes past R 0) */
+        const uint8_t *wb = w + b * bytes;
+        const __m128 dw = R == 4 ? fp16x4(wb, row_bytes) : _mm_set_ss(fp16(wb)),
+                     m = !vt_has_min(type) ? dw : R == 4 ? fp16x4(wb + 2, row_bytes) : _mm_set_ss(fp16(wb + 2));
         for (int l = 0; l < N; l++) {
             const vt_x8 *xb = x + l * nb + b;
-            const __m128 dx = _mm_set1_ps(xb->d); /* dw*dx and m*dx, lane j */
-            const __m256 t4 = _mm256_castps128_ps256(_mm_mul_ps(dw4, dx)),
-                         tm4 = _mm256_castps128_ps256(_mm_mul_ps(m4, dx));
-            for (int j = 0; j < R; j++) {
-                const uint8_t *wb = w + j * row_bytes + b * bytes;
-                const __m256i u = unpack32(type, wb), aw = type == VT_Q8_0 ? _mm256_sign_epi8(u, u) : u;
-                const __m256i lane = _mm256_set1_epi32(j);
-                const __m256 t = R == 4 ? _mm256_permutevar8x32_ps(t4, lane) : _mm256_set1_ps(fp16(wb) * xb->d);
-                const __m256 tm = !vt_has_min(type) ? t
-                                  : R == 4 ? _mm256_permutevar8x32_ps(tm4, lane) : _mm256_set1_ps(fp16(wb + 2) * xb->d);
-                acc[j][l] = step32(type, acc[j][l], t, tm, dot32(type, u, aw, xb), xb);
-            }
+            for (int j = 0; j < 4; j++) s[j] = j < R ? dot32(type, u[j], aw[j], xb) : _mm256_setzero_si256();
+            const __m128 dx = _mm_set1_ps(xb->d);
+            acc[l] = step32x4(type, acc[l], _mm_mul_ps(dw, dx), _mm_mul_ps(m, dx), s, _mm_set1_epi32(xb->sum));
         }
     }
-    for (int l = 0; l < N; l++)
-        for (int j = 0; j < R; j++) y[l * ystride + j] = reduce8(acc[j][l]);
-}
-
-#if VT_VNNI == 2
-/* Blocks w0 and w1 (w1 NULL: zeros) of Q4_0/Q5_0/Q8_0 as 64 signed quants (vt_unpack_32's). */
-VT_INLINE __m512i unpack64(int type, const uint8_t *w0, const uint8_t *w1) {
-    if (type == VT_Q8_0) {
-        const __m256i a = _mm256_loadu_si256((const __m256i *)(w0 + 2)),
-                      b = w1 ? _mm256_loadu_si256((const __m256i *)(w1 + 2)) : _mm256_setzero_si256();
-        return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
-    }
-    /* [qs0, qs0, qs1, qs1], the second copy of each shifted: elements 0-15 and 16-31 */
-    const int64_t at = type == VT_Q5_0 ? 6 : 2;
-    const __m128i a = _mm_loadu_si128((const __m128i *)(w0 + at)),
-                  b = w1 ? _mm_loadu_si128((const __m128i *)(w1 + at)) : _mm_setzero_si128();
-    const __m512i r = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set_m128i(a, a)), _mm256_set_m128i(b, b), 1);
-    const __m512i q = _mm512_and_si512(_mm512_mask_srli_epi16(r, 0xFF00FF00u, r, 4), _mm512_set1_epi8(0x0F));
-    if (type == VT_Q4_0) return _mm512_sub_epi8(q, _mm512_set1_epi8(8));
-    uint32_t h0, h1 = 0; /* the fifth bits, bit i of the pair's 64 in byte i */
-    memcpy(&h0, w0 + 2, 4);
-    if (w1) memcpy(&h1, w1 + 2, 4);
-    return _mm512_sub_epi8(_mm512_mask_add_epi8(q, _cvtu64_mask64((uint64_t)h1 << 32 | h0), q, _mm512_set1_epi8(16)),
-                           _mm512_set1_epi8(16));
-}
-
-/* Pair p of R weight rows (two: both blocks, else block 2p alone) against n rows' pair p.
- * Per weight row: the quants w, -128 x their lane sums (the start of each row's sum: u =
- * x + 128 unsigned, so vpdpbusd(-128 sum w, u, w) is the lanes' exact sum of w*x) and the
- * two scales over their 8 lanes each.  Per activation row and weight row: one vpdpbusd on
- * both blocks' 16 lanes, t*S in one vector, then acc + block 2p's 8 lanes + block
- * 2p + 1's: dot_q32_n's steps.  Each activation vector serves the R weight rows. */
-VT_INLINE void q32x2_step(int type, const uint8_t *w0, int64_t row_bytes, const uint8_t *u, const float *d, int64_t p,
-                          int64_t np, __m256 (*acc)[VT_ROWS], const int R, const int n, const int two) {
-    const int64_t bytes = vt_block_bytes(type);
-    const __m512i lanes = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-    __m512i W[2], S0[2];
-    __m512 dw[2];
-    for (int j = 0; j < R; j++) {
-        const uint8_t *b0 = w0 + j * row_bytes;
-        W[j] = unpack64(type, b0, two ? b0 + bytes : NULL);
-        S0[j] = _mm512_sub_epi32(_mm512_setzero_si512(),
-                                 _mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), W[j]), 7));
-        const uint32_t h = vt_rd16(b0) | (two ? (uint32_t)vt_rd16(b0 + bytes) << 16 : 0);
-        dw[j] = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128((int)h))));
-    }
-    for (int i = 0; i < n; i++) {
-        const __m512i x = _mm512_load_si512(u + (i * np + p) * VT_PAIR_BYTES);
-        const __m512 dx = _mm512_permutexvar_ps(lanes, _mm512_castpd_ps(_mm512_castpd128_pd512(
-                                                           _mm_load_sd((const double *)(d + 2 * (i * np + p))))));
-        for (int j = 0; j < R; j++) {
-            const __m512 v = _mm512_mul_ps(_mm512_mul_ps(dw[j], dx), _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(S0[j], x, W[j])));
-            acc[j][i] = _mm256_add_ps(acc[j][i], _mm512_castps512_ps256(v));
-            if (two) acc[j][i] = _mm256_add_ps(acc[j][i], _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-        }
+    for (int l = 0; l < N; l++) {
+        float o[4];
+        _mm_storeu_ps(o, acc[l]);
+        memcpy(y + l * ystride, o, sizeof(float) * (size_t)R);
     }
 }
 
-/* R consecutive weight rows of Q4_0/Q5_0/Q8_0 against n rows' pairs. */
-VT_INLINE void q32x2_rows(int type, const uint8_t *w, int64_t row_bytes, const uint8_t *u, const float *d, int64_t nb,
-                          float *y, int64_t ystride, const int R, const int n) {
-    const int64_t bytes = vt_block_bytes(type), np = (nb + 1) / 2;
-    __m256 acc[2][VT_ROWS];
-    for (int j = 0; j < R; j++)
-        for (int i = 0; i < n; i++) acc[j][i] = _mm256_setzero_ps();
-    for (int64_t p = 0; p < nb / 2; p++) q32x2_step(type, w + 2 * p * bytes, row_bytes, u, d, p, np, acc, R, n, 1);
-    if (nb % 2) q32x2_step(type, w + (nb - 1) * bytes, row_bytes, u, d, nb / 2, np, acc, R, n, 0);
-    for (int j = 0; j < R; j++)
-        for (int i = 0; i < n; i++) y[i * ystride + j] = reduce8(acc[j][i]);
-}
-
-static void dot_q32x2(int type, const uint8_t *w, int64_t nrows, const uint8_t *u, const float *d, int n, int64_t nb,
-                      float *y, int64_t ystride) {
-    const int64_t row_bytes = nb * vt_block_bytes(type);
-    int64_t r = 0;
-#define ONE(T) q32x2_rows(T, w + r * row_bytes, row_bytes, u, d, nb, y + r, ystride, RR, K)
-#define TYPES                                                            \
-    if (type == VT_Q8_0) ONE(VT_Q8_0);                                   \
-    else if (type == VT_Q5_0) ONE(VT_Q5_0);                              \
-    else ONE(VT_Q4_0);
-#define CALL(k)                                                          \
-    {                                                                    \
-        enum { K = k };                                                  \
-        for (; r + 2 <= nrows; r += 2) { enum { RR = 2 }; TYPES }        \
-        if (r < nrows) { enum { RR = 1 }; TYPES }                        \
-    }
-    switch (n) {
-    case 1: CALL(1); break;
-    case 2: CALL(2); break;
-    case 3: CALL(3); break;
-    case 4: CALL(4); break;
-    case 5: CALL(5); break;
-    case 6: CALL(6); break;
-    case 7: CALL(7); break;
-    default: CALL(8);
-    }
-#undef CALL
-#undef TYPES
-#undef ONE
-}
-#define DOT_Q32X2 dot_q32x2
-#else
-#define DOT_Q32X2 NULL
-#endif
 
 /* AVX512: K-quants in tiles of KT (16) rows: a tile's block b
  * holds its rows' block b, lanes = rows, so that one multiply instruction takes 4 quants
@@ -735,11 +633,43 @@ static void kt_words(int type, int v, int *w) {
     else for (int c = 0; c < 4; c++) w[c] = 16 * c + v - 32;         /* group v - 32 */
 }
 
+/* Q4_0, Q5_0, Q8_0 tiles (a block: its KT rows' fp16 d at 0, then in units of 4 KT bytes
+ * vectors of 4-quant words, lane r = row r, word k = elements 4k..4k+3): Q8_0 words 0..7
+ * at 2 KT; Q4_0 at 2 KT and Q5_0 at 6 KT vectors k = 0..3 of the raw nibble bytes
+ * 4k..4k+3 (low: word k, high: word k + 4), Q5_0's fifth bits at 2 KT as 8 64-bit masks
+ * (word k: bit 4r + i). */
+static void pack_q32t(int type, const uint8_t *rows, int64_t nb, uint8_t *dst) {
+    const int64_t bytes = vt_block_bytes(type), row_bytes = nb * bytes;
+    for (int64_t b = 0; b < nb; b++) {
+        uint8_t *o = dst + b * KT_BYTES(type);
+        uint64_t mask[8] = {0};
+        for (int r = 0; r < KT; r++) {
+            const uint8_t *blk = rows + r * row_bytes + b * bytes;
+            memcpy(o + 2 * r, blk, 2);
+            if (type == VT_Q8_0) {
+                for (int k = 0; k < 8; k++) memcpy(o + 2 * KT + 4 * KT * k + 4 * r, blk + 2 + 4 * k, 4);
+                continue;
+            }
+            const int five = type == VT_Q5_0;
+            for (int k = 0; k < 4; k++) memcpy(o + (five ? 6 : 2) * KT + 4 * KT * k + 4 * r, blk + (five ? 6 : 2) + 4 * k, 4);
+            uint32_t qh;
+            memcpy(&qh, blk + 2, 4);
+            for (int k = 0; five && k < 8; k++) mask[k] |= (uint64_t)(qh >> 4 * k & 15) << 4 * r;
+        }
+        if (type == VT_Q5_0) memcpy(o + 2 * KT, mask, sizeof mask);
+    }
+}
+
 static void pack_kt(int type, const uint8_t *src, int64_t nb, uint8_t *dst) {
     const int64_t bytes = vt_block_bytes(type), row_bytes = nb * bytes;
     uint8_t *rows = malloc((size_t)(KT * row_bytes)); /* dst may be src */
     if (!rows) abort(); /* KT rows: a model's load, not a recoverable state */
     memcpy(rows, src, (size_t)(KT * row_bytes));
+    if (vt_block_elems(type) == QK8_0) {
+        pack_q32t(type, rows, nb, dst);
+        free(rows);
+        return;
+    }
     uint8_t id[QK_K] __attribute__((aligned(32))), ord[QK_K]; /* ord[p]: the element at activation position p */
     for (int i = 0; i < QK_K; i++) id[i] = (uint8_t)i;
     order_k(id, ord);
@@ -916,9 +846,68 @@ static void dot_kt(int type, const uint8_t *w, const vt_xk *x, const float *dx, 
     }
 #undef CALL
 }
-#define KT_TABLE 1u << VT_Q4_K | 1u << VT_Q5_K | 1u << VT_Q6_K, KT, pack_kt, dot_kt
+/* A Q4_0/Q5_0/Q8_0 tile against n rows: per block 8 vpdpbusd of u = w + off (16; Q8_0:
+ * 128, its sign bit flipped) by the row's words, from -off x the block's quant sum, so each
+ * lane is the row's exact S; then dot_q32's t*S and acc + that, 16 rows a vector. */
+VT_INLINE void q32t(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, float *y, int64_t ystride, const int n) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const int shift = type == VT_Q8_0 ? 7 : 4; /* off = 128 or 16 */
+    __m512 acc[VT_ROWS];
+    for (int i = 0; i < n; i++) acc[i] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *t = w + b * KT_BYTES(type);
+        for (int o = 0; o < KT_BYTES(type); o += 64) _mm_prefetch((const char *)t + VT_PREFETCH + o, _MM_HINT_T0);
+        __m512i u[8];
+        if (type == VT_Q8_0) {
+            for (int k = 0; k < 8; k++) u[k] = _mm512_xor_si512(_mm512_loadu_si512(t + 2 * KT + 4 * KT * k), _mm512_set1_epi8(-128));
+        } else {
+            const int five = type == VT_Q5_0;
+            for (int k = 0; k < 4; k++) {
+                const __m512i v = _mm512_loadu_si512(t + (five ? 6 : 2) * KT + 4 * KT * k);
+                u[k] = _mm512_and_si512(v, m4), u[k + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            }
+            for (int k = 0; k < 8; k++) {
+                if (five) {
+                    uint64_t mk;
+                    memcpy(&mk, t + 2 * KT + 8 * k, 8);
+                    u[k] = _mm512_mask_add_epi8(u[k], _cvtu64_mask64(mk), u[k], _mm512_set1_epi8(16));
+                } else {
+                    u[k] = _mm512_add_epi8(u[k], _mm512_set1_epi8(8));
+                }
+            }
+        }
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)t));
+        for (int i = 0; i < n; i++) {
+            const vt_x8 *xb = x + i * nb + b;
+            __m512i s = _mm512_set1_epi32(-(xb->sum << shift));
+            for (int k = 0; k < 8; k++) s = dp_bcast(s, u[k], xb->q + 4 * k);
+            acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(_mm512_mul_ps(dw, _mm512_set1_ps(xb->d)), _mm512_cvtepi32_ps(s)));
+        }
+    }
+    for (int i = 0; i < n; i++) _mm512_storeu_ps(y + i * ystride, acc[i]);
+}
+
+static void dot_q32t(int type, const uint8_t *w, const vt_x8 *x, int n, int64_t nb, float *y, int64_t ystride) {
+#define CALL(k)                                                                  \
+    (type == VT_Q8_0   ? q32t(VT_Q8_0, w, x, nb, y, ystride, k)                  \
+     : type == VT_Q5_0 ? q32t(VT_Q5_0, w, x, nb, y, ystride, k)                  \
+                       : q32t(VT_Q4_0, w, x, nb, y, ystride, k))
+    switch (n) {
+    case 1: CALL(1); break;
+    case 2: CALL(2); break;
+    case 3: CALL(3); break;
+    case 4: CALL(4); break;
+    case 5: CALL(5); break;
+    case 6: CALL(6); break;
+    case 7: CALL(7); break;
+    default: CALL(8);
+    }
+#undef CALL
+}
+#define KT_TABLE 1u << VT_Q4_K | 1u << VT_Q5_K | 1u << VT_Q6_K | 1u << VT_Q4_0 | 1u << VT_Q5_0 | 1u << VT_Q8_0, KT, pack_kt, \
+                 dot_kt, dot_q32t
 #else
-#define KT_TABLE 0, 0, NULL, NULL
+#define KT_TABLE 0, 0, NULL, NULL, NULL
 #endif
 
 /* 8 weights as fp32: F32, F16 (F16C, exact) or BF16 (a shift, exact). */
@@ -928,6 +917,13 @@ static inline __m256 load8(int type, const void *w, int64_t i) {
         return _mm256_castsi256_ps(_mm256_slli_epi32(
             _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i))), 16));
     return _mm256_loadu_ps((const float *)w + i);
+}
+
+/* acc[k] + acc[k+4], then +2, +1: the portable halving of 8 partial sums. */
+static inline float reduce8(__m256 s) {
+    const __m128 t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    const __m128 u = _mm_add_ps(t, _mm_movehl_ps(t, t));
+    return _mm_cvtss_f32(_mm_add_ss(u, _mm_shuffle_ps(u, u, 1)));
 }
 
 /* acc[k] + acc[k+8], then +4, +2, +1: the portable tree. */
@@ -1009,75 +1005,10 @@ static void dot_q32(int type, const uint8_t *w, const vt_x8 *const *x, int n, in
 #undef ONE
 }
 
-#if VT_VNNI == 2
-/* The stream on 512 bits for Q4_0/Q5_0/Q8_0: 2P weight rows against N activation rows, a
- * vector holding block b of two rows (low half: row 2p, high: 2p + 1) against the row's
- * block twice, so each half's lanes are dot_q32_n's 8 (u = q + 16, Q8_0 q + 128, from
- * ns16, Q8_0's x 8) and its float steps theirs. */
-VT_INLINE void q32_rows2(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, float *y, int64_t ystride, const int P,
-                         const int N) {
-    const int64_t bytes = vt_block_bytes(type), row_bytes = nb * bytes;
-    const __m512i lanes = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-    __m512 acc[2][VT_STREAM_ROWS];
-    for (int p = 0; p < P; p++)
-        for (int l = 0; l < N; l++) acc[p][l] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const char *ahead = (const char *)w + VT_PREFETCH + b * 2 * P * bytes;
-        for (int o = 0; o < 2 * P * (int)bytes; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
-        __m512i U[2];
-        __m512 dw[2];
-        for (int p = 0; p < P; p++) {
-            const uint8_t *w0 = w + 2 * p * row_bytes + b * bytes, *w1 = w0 + row_bytes;
-            const __m512i q = unpack64(type, w0, w1);
-            U[p] = type == VT_Q8_0 ? _mm512_xor_si512(q, _mm512_set1_epi8(-128)) : _mm512_add_epi8(q, _mm512_set1_epi8(16));
-            const uint32_t h = vt_rd16(w0) | (uint32_t)vt_rd16(w1) << 16;
-            dw[p] = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128((int)h))));
-        }
-        for (int l = 0; l < N; l++) {
-            const vt_x8 *xb = x + l * nb + b;
-            const __m512i xq = _mm512_broadcast_i64x4(LOAD256(xb->q));
-            __m512i ns = _mm512_broadcast_i64x4(LOAD256(xb->ns16));
-            if (type == VT_Q8_0) ns = _mm512_slli_epi32(ns, 3);
-            const __m512 dx = _mm512_set1_ps(xb->d);
-            for (int p = 0; p < P; p++) {
-                const __m512 v = _mm512_mul_ps(_mm512_mul_ps(dw[p], dx), _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(ns, U[p], xq)));
-                acc[p][l] = _mm512_add_ps(acc[p][l], v);
-            }
-        }
-    }
-    for (int l = 0; l < N; l++)
-        for (int p = 0; p < P; p++) {
-            y[l * ystride + 2 * p] = reduce8(_mm512_castps512_ps256(acc[p][l]));
-            y[l * ystride + 2 * p + 1] = reduce8(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[p][l]), 1)));
-        }
-}
-#endif
-
 static void dot_q32_stream(int type, const uint8_t *w, const vt_x8 *x, int nx, int64_t nb, int64_t nrows, float *y,
                            int64_t ystride) {
     const int64_t row_bytes = nb * vt_block_bytes(type);
     int64_t r = 0;
-#if VT_VNNI == 2
-    if (!vt_has_min(type)) {
-#define TWO(T) q32_rows2(T, w + r * row_bytes, x, nb, y + r, ystride, P, N)
-#define RUN2(p_, n_)                                                        \
-    {                                                                       \
-        enum { P = p_, N = n_ };                                            \
-        if (type == VT_Q8_0) TWO(VT_Q8_0);                                  \
-        else if (type == VT_Q5_0) TWO(VT_Q5_0);                             \
-        else TWO(VT_Q4_0);                                                  \
-    }
-        if (nx == 1) {
-            for (; r + 4 <= nrows; r += 4) RUN2(2, 1)
-            for (; r + 2 <= nrows; r += 2) RUN2(1, 1)
-        } else {
-            for (; r + 4 <= nrows; r += 4) RUN2(2, 2)
-            for (; r + 2 <= nrows; r += 2) RUN2(1, 2)
-        }
-#undef RUN2
-#undef TWO
-    }
-#endif
 #define ROWS(T) q32_rows(T, w + r * row_bytes, x, nb, y + r, ystride, R, N)
 #define RUN(r_, n_)                     \
     {                                   \
@@ -1194,4 +1125,4 @@ static void quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64
     }
 }
 
-const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, DOT_Q32X2, dot_f, wsum, exp_n, quantize_k, pack_k, KT_TABLE};
+const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, dot_f, wsum, exp_n, quantize_k, pack_k, KT_TABLE};

@@ -49,8 +49,6 @@ typedef struct {
     const vt_xk *xk; /* the rows quantized for K-quant weights: blocks block-major */
     const float *xd; /* their scales, block-major */
     const vt_x8 *x8; /* the rows quantized for Q8_0 weights, row after row */
-    const uint8_t *xu; /* the same as pairs (vt_pair_8_0), row after row, where the path reads them */
-    const float *xud;
     int n, swiglu;
     vt_mm_part part[VT_MAX_PARTS];
 } mm_job;
@@ -81,7 +79,8 @@ static void k_rows(const mm_job *j, const vt_mm_part *p, int64_t g, int64_t n, i
  * tile that the range cuts computed whole, the range's rows kept); returns the first row
  * not in a tile or r1. */
 static int64_t tile_rows(const mm_job *j, const vt_mm_part *p, int64_t r0, int64_t r1) {
-    const int64_t nb = j->cols / QK_K, row_bytes = nb * vt_block_bytes(p->type), end = p->rows / j->k->tile * j->k->tile, T = j->k->tile;
+    const int64_t be = vt_block_elems(p->type), nb = j->cols / be, row_bytes = nb * vt_block_bytes(p->type);
+    const int64_t T = j->k->tile, end = p->rows / T * T;
     const int64_t t1 = r1 < end ? r1 : end;
     /* tiles in groups of about 64 KB, each against the activation chunks in turn (mm_rows) */
     const int64_t group = j->L <= VT_ROWS ? t1 : T * (1 + (1 << 16) / (T * row_bytes));
@@ -92,11 +91,10 @@ static int64_t tile_rows(const mm_job *j, const vt_mm_part *p, int64_t r0, int64
             for (int64_t t = g; t < g + group && t < t1; t += T) {
                 const uint8_t *w = (const uint8_t *)p->w + t * row_bytes;
                 float *y = p->y + l0 * p->rows + t;
-                if (t >= r0 && t + T <= t1) {
-                    j->k->dot_kt(p->type, w, j->xk + l0, j->xd + l0, j->L, m, nb, y, p->rows);
-                    continue;
-                }
-                j->k->dot_kt(p->type, w, j->xk + l0, j->xd + l0, j->L, m, nb, tmp, T);
+                const int whole = t >= r0 && t + T <= t1;
+                if (be == QK_K) j->k->dot_kt(p->type, w, j->xk + l0, j->xd + l0, j->L, m, nb, whole ? y : tmp, whole ? p->rows : T);
+                else j->k->dot_q32t(p->type, w, j->x8 + l0 * nb, m, nb, whole ? y : tmp, whole ? p->rows : T);
+                if (whole) continue;
                 for (int i = 0; i < m; i++)
                     for (int64_t r = t < r0 ? r0 : t; r < t + T && r < t1; r++)
                         y[i * p->rows + r - t] = tmp[i * T + r - t];
@@ -112,7 +110,7 @@ static void mm_rows(const mm_job *j, const vt_mm_part *p, int64_t r0, int64_t r1
      * chunk of activation rows after the other: a chunk stays in L2 across the group (a
      * prefill's 64 rows of 8960 columns, 590 KB, would otherwise stream from L3 per weight
      * row). The order of outputs changes, not how any is computed. */
-    if (be == QK_K && (j->k->tiled >> p->type & 1) && r0 < p->rows / j->k->tile * j->k->tile) {
+    if ((j->k->tiled >> p->type & 1) && r0 < p->rows / j->k->tile * j->k->tile) {
         const int64_t r = tile_rows(j, p, r0, r1); /* the rows in tiles; the rest below */
         if (r >= r1) return;
         r0 = r;
@@ -126,19 +124,13 @@ static void mm_rows(const mm_job *j, const vt_mm_part *p, int64_t r0, int64_t r1
                              p->rows);
         return;
     }
-    const int64_t group = j->L <= VT_ROWS ? r1 - r0 : 1 + (1 << 16) / row_bytes, np = (nb + 1) / 2;
-    const int pairs = be == QK8_0 && j->xu && !vt_has_min(p->type);
+    const int64_t group = j->L <= VT_ROWS ? r1 - r0 : 1 + (1 << 16) / row_bytes;
     float out[VT_ROWS];
     for (int64_t g = r0; g < r1; g += group)
         for (int64_t l0 = 0; l0 < j->L; l0 += VT_ROWS) {
             const int64_t m = j->L - l0 < VT_ROWS ? j->L - l0 : VT_ROWS, gn = (g + group < r1 ? g + group : r1) - g;
             if (be == QK_K) {
                 k_rows(j, p, g, gn, l0, (int)m);
-                continue;
-            }
-            if (pairs) { /* the group's rows in one call */
-                j->k->dot_q32x2(p->type, (const uint8_t *)p->w + g * row_bytes, gn, j->xu + l0 * np * VT_PAIR_BYTES, j->xud + l0 * 2 * np, (int)m, nb,
-                                p->y + l0 * p->rows + g, p->rows);
                 continue;
             }
             for (int64_t r = g; r < g + gn; r++) {
@@ -202,8 +194,6 @@ int vt_matmul_parts(vt_pool *pool, int isa, int64_t cols, const float *x, int64_
         j.part[i] = part[i];
     }
     void *xk = NULL, *x8 = NULL;
-    uint8_t *xu = NULL;
-    float *xud = NULL;
     float *xd = NULL;
     if (need_k) {
         const int64_t nb = cols / QK_K;
@@ -220,19 +210,10 @@ int vt_matmul_parts(vt_pool *pool, int isa, int64_t cols, const float *x, int64_
             free(xk), free(xd);
             return VT_ENOMEM;
         }
-        const int64_t nb = cols / QK8_0, np = (nb + 1) / 2;
+        const int64_t nb = cols / QK8_0;
         for (int64_t l = 0; l < L; l++) vt_quantize_8_0(x + l * cols, cols, (vt_x8 *)x8 + l * nb);
-        if (k->dot_q32x2 && L > VT_STREAM_ROWS) {
-            xu = aligned_alloc(64, (size_t)(L * np * VT_PAIR_BYTES));
-            xud = malloc(sizeof(float) * (size_t)(L * 2 * np));
-            if (!xu || !xud) {
-                free(xk), free(xd), free(x8), free(xu), free(xud);
-                return VT_ENOMEM;
-            }
-            for (int64_t l = 0; l < L; l++) vt_pair_8_0((vt_x8 *)x8 + l * nb, nb, xu + l * np * VT_PAIR_BYTES, xud + l * 2 * np);
-        }
     }
-    j.xk = xk, j.xd = xd, j.x8 = x8, j.xu = xu, j.xud = xud;
+    j.xk = xk, j.xd = xd, j.x8 = x8;
     const int64_t items = swiglu ? part[0].rows : rows;
     /* chunks of about a quarter of a thread's share, whole row groups (an eighth measured slower: each
      * chunk restarts a weight stream the hardware prefetches) */
@@ -241,13 +222,13 @@ int vt_matmul_parts(vt_pool *pool, int isa, int64_t cols, const float *x, int64_
     chunk = chunk < group ? group : chunk / group * group;
     if (tiled) chunk = (chunk + k->tile - 1) / k->tile * k->tile; /* whole tiles where parts are */
     vt_pool_run(pool, mm_task, &j, items, chunk, rows * cols * L);
-    free(xk), free(xd), free(x8), free(xu), free(xud);
+    free(xk), free(xd), free(x8);
     return VT_OK;
 }
 
 VT_API int vt_packs(int isa, int type) {
     const vt_kernels *k = vt_kernels_for(isa);
-    return k && k->pack_k && vt_block_elems(type) == QK_K;
+    return k && ((k->pack_k && vt_block_elems(type) == QK_K) || (k->tiled >> type & 1));
 }
 
 VT_API int vt_pack(int isa, int type, const void *src, int64_t rows, int64_t cols, void *dst) {
@@ -261,8 +242,9 @@ VT_API int vt_pack(int isa, int type, const void *src, int64_t rows, int64_t col
     if (vt_packs(isa, type) && (k->tiled >> type & 1))
         for (; r + k->tile <= rows; r += k->tile)
             k->pack_kt(type, (const uint8_t *)src + r * row_bytes, nb, (uint8_t *)dst + r * row_bytes);
-    if (vt_packs(isa, type)) k->pack_k(type, (const uint8_t *)src + r * row_bytes, (rows - r) * nb, (uint8_t *)dst + r * row_bytes);
-    else memmove(dst, src, (size_t)(rows * row_bytes));
+    if (vt_packs(isa, type) && be == QK_K) /* rows past the tiles: pack_k's layout, or the file's */
+        k->pack_k(type, (const uint8_t *)src + r * row_bytes, (rows - r) * nb, (uint8_t *)dst + r * row_bytes);
+    else memmove((uint8_t *)dst + r * row_bytes, (const uint8_t *)src + r * row_bytes, (size_t)((rows - r) * row_bytes));
     return VT_OK;
 }
 

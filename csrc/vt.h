@@ -50,22 +50,17 @@ typedef struct {
     int16_t bs[QK_K / 16];
 } __attribute__((aligned(64))) vt_xk;
 
-/* One activation row's 32-block quantized alone (Q8_0-style, fp32 scale), with the sums of
- * each 4 quants (the lanes of the integer dot) as -16 x them and as floats (exact): Q4_0/
- * Q5_0 quants are w = u - 16 with u unsigned, so a lane's sum of w*x is its sum of u*x
- * plus ns16 (the SIMD paths multiply u without the sign trick); Q4_1/Q5_1's minimum
- * multiplies xs. */
+/* One activation row's 32-block quantized alone (Q8_0-style, fp32 scale), with the sum of
+ * its quants (Q4_1/Q5_1's minimum multiplies it; -16 x it turns the sum of u*x, u = w + 16
+ * unsigned, into that of w*x) and the same as -16 x the sums of each 4 (the lanes of the
+ * 256-bit integer dot, so that each lane is exact alone). */
 typedef struct {
     int8_t q[QK8_0];
     int32_t ns16[8];
-    float xs[8];
+    int32_t sum;
     float d;
 } vt_x8;
 
-/* The AVX512 path's many-row loop reads a vt_x8 row as pairs of blocks: per pair p 64 bytes
- * u, the quants + 128 (unsigned, so that vpdpbusd takes the signed weights), and the two
- * scales at d[2p], d[2p + 1] (a row of odd length ends with a zero block).  vt_pair_8_0. */
-#define VT_PAIR_BYTES 64
 
 /* How a format's two integer sums become one float per block:
  * VT_MIN_SEP: v = d*S1 - dm*S2 (Q4_K, Q5_K: the mins have their own scale);
@@ -97,12 +92,6 @@ typedef struct {
      * row l, r < nrows (each as dot_q32's) */
     void (*dot_q32_stream)(int type, const uint8_t *w, const vt_x8 *x, int nx, int64_t nb, int64_t nrows, float *y,
                            int64_t ystride);
-    /* dot_q32 for the types without a minimum (Q4_0, Q5_0, Q8_0) against n (1..VT_ROWS) rows
-     * as pairs (vt_pair_8_0's, one row after the other: np = (nb + 1) / 2 pairs, u np * 64
-     * bytes and d 2 * np floats a row), nrows consecutive weight rows from w: y[l*ystride + r]
-     * (each as dot_q32's); NULL: dot_q32 serves every row count */
-    void (*dot_q32x2)(int type, const uint8_t *w, int64_t nrows, const uint8_t *u, const float *d, int n, int64_t nb,
-                      float *y, int64_t ystride);
     /* F32/F16/BF16 weight row (raw) against 4 fp32 rows of n columns */
     void (*dot_f)(int type, const void *w, const float *const *x, int n, int64_t cols, float *out);
     /* Attention's weighted values: o[i][d] = o[i][d] + e[i*es + p] * v[p*vs + d] for p = 0..np-1
@@ -116,8 +105,8 @@ typedef struct {
     /* nb K-quant blocks of `type` from src into the layout dot_k and dot_k_rows1 read (the
      * same size; dst may be src); NULL: they read the file's */
     void (*pack_k)(int type, const uint8_t *src, int64_t nb, uint8_t *dst);
-    /* The K-quant types whose rows this path packs in tiles of VT_TILE (bit 1 << type): a
-     * matrix's first rows / VT_TILE * VT_TILE rows as tiles (pack_kt), the rest as pack_k's */
+    /* The types whose rows this path packs in tiles (bit 1 << type): a matrix's first
+     * rows / tile * tile rows as tiles (pack_kt), the rest as pack_k's (K-quants) or raw */
     unsigned tiled;
     int tile; /* rows a tile holds (at most VT_TILE) */
     /* VT_TILE rows of nb blocks each (row after row, raw) into one tile (the same size; dst
@@ -127,6 +116,9 @@ typedef struct {
      * tile's row j (each as dot_k's, from 0) */
     void (*dot_kt)(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int n, int64_t nb,
                    float *y, int64_t ystride);
+    /* A 32-element type's tile against n (1..VT_ROWS) rows of nb blocks each, one after the
+     * other from x: y[l*ystride + j] (each as dot_q32's) */
+    void (*dot_q32t)(int type, const uint8_t *w, const vt_x8 *x, int n, int64_t nb, float *y, int64_t ystride);
 } vt_kernels;
 
 extern const vt_kernels vt_kernels_portable;
@@ -243,7 +235,6 @@ static inline int64_t vt_block_elems(int type) {
  * d[b*stride]; Q8_0 blocks to out[b]. */
 void vt_quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64_t stride);
 void vt_quantize_8_0(const float *x, int64_t cols, vt_x8 *out);
-void vt_pair_8_0(const vt_x8 *x, int64_t nb, uint8_t *u, float *d);
 
 /* The portable unpack: the integers every path's unpack must produce. */
 void vt_unpack_k_portable(int type, const uint8_t *src, int64_t nb, vt_kblock *dst);

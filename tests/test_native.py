@@ -90,20 +90,27 @@ def test_isa_paths_bit_identical_to_portable(wtype, isa, odd):
 @pytest.mark.parametrize("wtype", QUANTIZED + FLOATS, ids=N.TYPE_NAMES.get)
 def test_packed_weights(wtype, isa):
     """The SIMD paths read K-quants packed (each block's quants reordered, its scales and
-    size as the file's): what a native model holds; every other type and path the file's."""
-    rows, cols = 7, cols_of(wtype)
-    w = N.random_weights(wtype, rows, cols, seed=8)
-    packed = N.pack(w, wtype, rows, cols, isa=isa)
-    if not N.packs(wtype, isa):
-        assert packed is w
-        return
-    assert wtype in (N.Q4_K, N.Q5_K, N.Q6_K) and packed.nbytes == w.nbytes and not np.array_equal(packed, w.reshape(-1))
-    blocks, pblocks = w.reshape(-1, N.BLOCKS[wtype][1]), packed.reshape(-1, N.BLOCKS[wtype][1])
-    kept = {N.Q4_K: slice(0, 16), N.Q5_K: slice(0, 16), N.Q6_K: slice(192, 210)}[wtype]  # factors and scales
-    assert np.array_equal(blocks[:, kept], pblocks[:, kept])
-    x = np.random.default_rng(9).standard_normal((5, cols)).astype(np.float32)
-    assert same_bits(N.matmul(packed, wtype, rows, cols, x, isa=isa, packed=True),
-                     N.matmul(w, wtype, rows, cols, x, isa="portable"))
+    size as the file's), and AVX512 holds 16 rows at a time in tiles (K-quants, Q4_0, Q5_0,
+    Q8_0): what a native model holds; every other type and path the file's."""
+    for rows in (7, 37):  # below a tile (pack_k's layout or the file's), then 2 tiles and 5 rows
+        cols = cols_of(wtype)
+        w = N.random_weights(wtype, rows, cols, seed=8)
+        packed = N.pack(w, wtype, rows, cols, isa=isa)
+        if not N.packs(wtype, isa):
+            assert packed is w
+            continue
+        assert packed.nbytes == w.nbytes
+        k_quant = wtype in (N.Q4_K, N.Q5_K, N.Q6_K)
+        assert k_quant or isa == "avx512vnni"
+        if rows == 7:  # no tile: K-quants reorder quants only, the rest stay the file's
+            assert np.array_equal(packed, w.reshape(-1)) != k_quant
+            if k_quant:
+                blocks, pblocks = w.reshape(-1, N.BLOCKS[wtype][1]), packed.reshape(-1, N.BLOCKS[wtype][1])
+                kept = {N.Q4_K: slice(0, 16), N.Q5_K: slice(0, 16), N.Q6_K: slice(192, 210)}[wtype]  # factors, scales
+                assert np.array_equal(blocks[:, kept], pblocks[:, kept])
+        x = np.random.default_rng(9).standard_normal((5, cols)).astype(np.float32)
+        assert same_bits(N.matmul(packed, wtype, rows, cols, x, isa=isa, packed=True),
+                         N.matmul(w, wtype, rows, cols, x, isa="portable")), rows
 
 
 def exp_inputs() -> np.ndarray:
