@@ -2,8 +2,9 @@
  * the target options and define:
  *   VT_KERNELS  the name of the vt_kernels table
  *   VT_VNNI     0: AVX2 (maddubs + madd + add), 1: AVX-VNNI (VEX vpdpwssd/vpdpbusd),
- *               2: AVX512-VNNI (K-quants on 512-bit vectors, k_sums; the 32-element and
- *               float kernels with EVEX-encoded 256-bit vpdpwssd/vpdpbusd)
+ *               2: AVX512-VNNI (16-row tiles of K-quants, Q4_0, Q5_0, Q8_0: pack_kt,
+ *               dot_kt, dot_q32t; rows past the tiles: K-quants on 512-bit vectors,
+ *               k_sums; the other kernels EVEX-encoded 256-bit)
  * Each kernel follows kern_portable.c's float recipe lane by lane: the integer sums are
  * exact whatever the grouping, the float steps are the same multiplies and adds. */
 #include <immintrin.h>
