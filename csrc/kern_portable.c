@@ -57,12 +57,12 @@ void vt_quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64_t s
 void vt_quantize_8_0(const float *x, int64_t cols, vt_x8 *out) {
     for (int64_t b = 0; b < cols / QK8_0; b++) {
         out[b].d = quantize_block(x + b * QK8_0, QK8_0, out[b].q);
+        out[b].sum = 0;
         for (int k = 0; k < 8; k++) {
             const int sum = out[b].q[4 * k] + out[b].q[4 * k + 1] + out[b].q[4 * k + 2] + out[b].q[4 * k + 3];
             out[b].ns16[k] = -16 * sum;
+            out[b].sum += sum;
         }
-        out[b].sum = 0;
-        for (int i = 0; i < QK8_0; i++) out[b].sum += out[b].q[i];
     }
 }
 

@@ -9,7 +9,6 @@
  * exact whatever the grouping, the float steps are the same multiplies and adds. */
 #include <immintrin.h>
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "vt.h"
@@ -35,6 +34,19 @@ static inline __m128i hsum4(__m256i a, __m256i b, __m256i c, __m256i d) {
 }
 
 #define VT_INLINE static inline __attribute__((always_inline))
+
+/* A kernel's copy specialized for n (1..VT_ROWS) rows: call(k) for k = n. */
+#define BY_ROWS8(call)                                                                             \
+    switch (n) {                                                                                   \
+    case 1: call(1); break;                                                                        \
+    case 2: call(2); break;                                                                        \
+    case 3: call(3); break;                                                                        \
+    case 4: call(4); break;                                                                        \
+    case 5: call(5); break;                                                                        \
+    case 6: call(6); break;                                                                        \
+    case 7: call(7); break;                                                                        \
+    default: call(8);                                                                              \
+    }
 
 /* How far ahead of a weight stream to prefetch, bytes: at L = 1 (memory-bound) the hardware
  * prefetcher alone leaves the stream ~15% slower (Zen 3; 2 KB ahead was not enough, 4-8 KB
@@ -661,14 +673,10 @@ static void pack_q32t(int type, const uint8_t *rows, int64_t nb, uint8_t *dst) {
     }
 }
 
-static void pack_kt(int type, const uint8_t *src, int64_t nb, uint8_t *dst) {
+static void pack_kt(int type, const uint8_t *rows, int64_t nb, uint8_t *dst) {
     const int64_t bytes = vt_block_bytes(type), row_bytes = nb * bytes;
-    uint8_t *rows = malloc((size_t)(KT * row_bytes)); /* dst may be src */
-    if (!rows) abort(); /* KT rows: a model's load, not a recoverable state */
-    memcpy(rows, src, (size_t)(KT * row_bytes));
     if (vt_block_elems(type) == QK8_0) {
         pack_q32t(type, rows, nb, dst);
-        free(rows);
         return;
     }
     uint8_t id[QK_K] __attribute__((aligned(32))), ord[QK_K]; /* ord[p]: the element at activation position p */
@@ -712,7 +720,6 @@ static void pack_kt(int type, const uint8_t *src, int64_t nb, uint8_t *dst) {
                 }
         }
     }
-    free(rows);
 }
 
 #define BCAST(p) _mm512_set1_epi32(*(const int32_t *)(p))
@@ -734,94 +741,89 @@ VT_INLINE __m512i kt_scale(const __m512i *W, int j, int sc) {
     return _mm512_or_si512(lo, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(W[sc ? 0 : 1], q + 6), m2), 4));
 }
 
-/* Q4_K and Q5_K (five: its fifth bits as 64-bit masks, two a nibble vector, at 16 KT). */
-VT_INLINE void kt_q45(const int five, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int64_t nb,
-                      float *y, int64_t ystride, const int n) {
-    const int type = five ? VT_Q5_K : VT_Q4_K;
+/* Q4_K and Q5_K (five: its fifth bits as 64-bit masks, two a nibble vector, at 16 KT):
+ * block t's S1 (sub-block dots times their scales) and S2 (mins against the group sums). */
+VT_INLINE void kt_sums45(const int five, const uint8_t *t, const vt_xk *xb, __m512i *S1, __m512i *S2, const int n) {
     const __m512i m4 = _mm512_set1_epi8(0x0F), sixteen = _mm512_set1_epi8(16);
+    const __m512i W[3] = {_mm512_loadu_si512(t + 4 * KT), _mm512_loadu_si512(t + 8 * KT), _mm512_loadu_si512(t + 12 * KT)};
+    for (int sb = 0; sb < 8; sb++) {
+        const __m512i sc = kt_scale(W, sb, 1), mn = kt_scale(W, sb, 0);
+        const __m512i mn2 = _mm512_or_si512(mn, _mm512_slli_epi32(mn, 16)); /* both words of each lane */
+        __m512i lo[4], hi[4];
+        for (int k = 0; k < 4; k++) {
+            const int v4 = 4 * sb + k;
+            const __m512i v = _mm512_loadu_si512(t + (five ? 48 : 16) * KT + 4 * KT * v4);
+            lo[k] = _mm512_and_si512(v, m4), hi[k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            if (five) {
+                uint64_t ma, mb;
+                memcpy(&ma, t + 16 * KT + 16 * v4, 8), memcpy(&mb, t + 16 * KT + 16 * v4 + 8, 8);
+                lo[k] = _mm512_mask_add_epi8(lo[k], _cvtu64_mask64(ma), lo[k], sixteen);
+                hi[k] = _mm512_mask_add_epi8(hi[k], _cvtu64_mask64(mb), hi[k], sixteen);
+            }
+        }
+        for (int i = 0; i < n; i++) {
+            const int8_t *q = xb[i].q + 8 * sb;
+            __m512i a = _mm512_setzero_si512();
+            for (int k = 0; k < 4; k++) {
+                a = _mm512_dpbusd_epi32(a, lo[k], BCAST(q + 64 * k));
+                a = _mm512_dpbusd_epi32(a, hi[k], BCAST(q + 64 * k + 4));
+            }
+            S1[i] = _mm512_add_epi32(S1[i], _mm512_mullo_epi32(a, sc));
+            S2[i] = _mm512_dpwssd_epi32(S2[i], mn2, BCAST(xb[i].bs + 2 * sb));
+        }
+    }
+}
+
+/* Q6_K: per group g, 4 vpdpbusd (its 4 words), times its scale (vpmullo); S2 = 32 x the
+ * scales against the group sums, two groups a vpdpwssd. */
+VT_INLINE void kt_sums6(const uint8_t *t, const vt_xk *xb, __m512i *S1, __m512i *S2, const int n) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    /* bytes c, c + 1 of each 32-bit lane, each twice: c = 0 and c = 2 */
+    const __m512i dup[2] = {_mm512_broadcast_i32x4(_mm_setr_epi8(0, 0, 1, 1, 4, 4, 5, 5, 8, 8, 9, 9, 12, 12, 13, 13)),
+                            _mm512_broadcast_i32x4(_mm_setr_epi8(2, 2, 3, 3, 6, 6, 7, 7, 10, 10, 11, 11, 14, 14, 15, 15))};
+    for (int g = 0; g < 16; g++) {
+        const __m512i V = _mm512_loadu_si512(t + 2 * KT + 4 * KT * (g / 4));
+        if (g % 2 == 0) {
+            const __m512i sp = _mm512_slli_epi16(_mm512_srai_epi16(_mm512_shuffle_epi8(V, dup[g % 4 / 2]), 8), 5);
+            for (int i = 0; i < n; i++) S2[i] = _mm512_dpwssd_epi32(S2[i], sp, BCAST(xb[i].bs + g));
+        }
+        const __m512i sc = _mm512_srai_epi32(_mm512_slli_epi32(V, 24 - 8 * (g % 4)), 24);
+        const __m512i N0 = _mm512_loadu_si512(t + 18 * KT + 8 * KT * g), N1 = _mm512_loadu_si512(t + 18 * KT + 8 * KT * g + 4 * KT),
+                      H = _mm512_loadu_si512(t + 146 * KT + 4 * KT * g);
+        const __m512i q[4] = {_mm512_or_si512(_mm512_and_si512(N0, m4), _mm512_and_si512(_mm512_slli_epi16(H, 4), m30)),
+                              _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(N0, 4), m4), _mm512_and_si512(_mm512_slli_epi16(H, 2), m30)),
+                              _mm512_or_si512(_mm512_and_si512(N1, m4), _mm512_and_si512(H, m30)),
+                              _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(N1, 4), m4), _mm512_and_si512(_mm512_srli_epi16(H, 2), m30))};
+        for (int i = 0; i < n; i++) {
+            const int8_t *xq = xb[i].q + 4 * g;
+            __m512i a = _mm512_setzero_si512();
+            for (int k = 0; k < 4; k++) a = dp_bcast(a, q[k], xq + 64 * k);
+            S1[i] = _mm512_add_epi32(S1[i], _mm512_mullo_epi32(a, sc));
+        }
+    }
+}
+
+/* One K-quant tile against n rows: per block the type's S1, S2, then dot_k's float step
+ * (k_block_value times dx), 16 rows a vector. */
+VT_INLINE void kt_k(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int64_t nb, float *y,
+                    int64_t ystride, const int n) {
     __m512 acc[VT_ROWS];
     for (int i = 0; i < n; i++) acc[i] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *t = w + b * KT_BYTES(type);
         const vt_xk *xb = x + b * stride;
         for (int o = 0; o < KT_BYTES(type); o += 64) _mm_prefetch((const char *)t + VT_PREFETCH + o, _MM_HINT_T0);
-        const __m512i W[3] = {_mm512_loadu_si512(t + 64), _mm512_loadu_si512(t + 128), _mm512_loadu_si512(t + 192)};
         __m512i S1[VT_ROWS], S2[VT_ROWS];
         for (int i = 0; i < n; i++) S1[i] = S2[i] = _mm512_setzero_si512();
-        for (int sb = 0; sb < 8; sb++) {
-            const __m512i sc = kt_scale(W, sb, 1), mn = kt_scale(W, sb, 0);
-            const __m512i mn2 = _mm512_or_si512(mn, _mm512_slli_epi32(mn, 16)); /* both words of each lane */
-            __m512i lo[4], hi[4];
-            for (int k = 0; k < 4; k++) {
-                const int v4 = 4 * sb + k;
-                const __m512i v = _mm512_loadu_si512(t + (five ? 48 : 16) * KT + 64 * v4);
-                lo[k] = _mm512_and_si512(v, m4), hi[k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-                if (five) {
-                    uint64_t ma, mb;
-                    memcpy(&ma, t + 16 * KT + 16 * v4, 8), memcpy(&mb, t + 16 * KT + 16 * v4 + 8, 8);
-                    lo[k] = _mm512_mask_add_epi8(lo[k], _cvtu64_mask64(ma), lo[k], sixteen);
-                    hi[k] = _mm512_mask_add_epi8(hi[k], _cvtu64_mask64(mb), hi[k], sixteen);
-                }
-            }
-            for (int i = 0; i < n; i++) {
-                const int8_t *q = xb[i].q + 8 * sb;
-                __m512i a = _mm512_setzero_si512();
-                for (int k = 0; k < 4; k++) {
-                    a = _mm512_dpbusd_epi32(a, lo[k], BCAST(q + 64 * k));
-                    a = _mm512_dpbusd_epi32(a, hi[k], BCAST(q + 64 * k + 4));
-                }
-                S1[i] = _mm512_add_epi32(S1[i], _mm512_mullo_epi32(a, sc));
-                S2[i] = _mm512_dpwssd_epi32(S2[i], mn2, BCAST(xb[i].bs + 2 * sb));
-            }
-        }
-        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)t)),
-                     dm = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(t + 32)));
-        for (int i = 0; i < n; i++) {
-            const __m512 v = _mm512_sub_ps(_mm512_mul_ps(d, _mm512_cvtepi32_ps(S1[i])), _mm512_mul_ps(dm, _mm512_cvtepi32_ps(S2[i])));
-            acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(_mm512_set1_ps(dx[b * stride + i]), v));
-        }
-    }
-    for (int i = 0; i < n; i++) _mm512_storeu_ps(y + i * ystride, acc[i]);
-}
-/* Q6_K tiles: per group g, 4 vpdpbusd (its 4 words), times its scale (vpmullo); S2 = 32 x
- * the scales against the group sums, two groups a vpdpwssd. */
-VT_INLINE void kt_q6(const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int64_t nb, float *y,
-                     int64_t ystride, const int n) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
-    /* bytes c, c + 1 of each 32-bit lane, each twice: c = 0 and c = 2 */
-    const __m512i dup[2] = {_mm512_broadcast_i32x4(_mm_setr_epi8(0, 0, 1, 1, 4, 4, 5, 5, 8, 8, 9, 9, 12, 12, 13, 13)),
-                            _mm512_broadcast_i32x4(_mm_setr_epi8(2, 2, 3, 3, 6, 6, 7, 7, 10, 10, 11, 11, 14, 14, 15, 15))};
-    __m512 acc[VT_ROWS];
-    for (int i = 0; i < n; i++) acc[i] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *t = w + b * KT_BYTES(VT_Q6_K);
-        const vt_xk *xb = x + b * stride;
-        for (int o = 0; o < KT_BYTES(VT_Q6_K); o += 64) _mm_prefetch((const char *)t + VT_PREFETCH + o, _MM_HINT_T0);
-        __m512i S1[VT_ROWS], S2[VT_ROWS];
-        for (int i = 0; i < n; i++) S1[i] = S2[i] = _mm512_setzero_si512();
-        for (int g = 0; g < 16; g++) {
-            const __m512i V = _mm512_loadu_si512(t + 32 + 64 * (g / 4));
-            if (g % 2 == 0) {
-                const __m512i sp = _mm512_slli_epi16(_mm512_srai_epi16(_mm512_shuffle_epi8(V, dup[g % 4 / 2]), 8), 5);
-                for (int i = 0; i < n; i++) S2[i] = _mm512_dpwssd_epi32(S2[i], sp, BCAST(xb[i].bs + g));
-            }
-            const __m512i sc = _mm512_srai_epi32(_mm512_slli_epi32(V, 24 - 8 * (g % 4)), 24);
-            const __m512i N0 = _mm512_loadu_si512(t + 288 + 128 * g), N1 = _mm512_loadu_si512(t + 288 + 128 * g + 64),
-                          H = _mm512_loadu_si512(t + 2336 + 64 * g);
-            const __m512i q[4] = {_mm512_or_si512(_mm512_and_si512(N0, m4), _mm512_and_si512(_mm512_slli_epi16(H, 4), m30)),
-                                  _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(N0, 4), m4), _mm512_and_si512(_mm512_slli_epi16(H, 2), m30)),
-                                  _mm512_or_si512(_mm512_and_si512(N1, m4), _mm512_and_si512(H, m30)),
-                                  _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(N1, 4), m4), _mm512_and_si512(_mm512_srli_epi16(H, 2), m30))};
-            for (int i = 0; i < n; i++) {
-                const int8_t *xq = xb[i].q + 4 * g;
-                __m512i a = _mm512_setzero_si512();
-                for (int k = 0; k < 4; k++) a = dp_bcast(a, q[k], xq + 64 * k);
-                S1[i] = _mm512_add_epi32(S1[i], _mm512_mullo_epi32(a, sc));
-            }
-        }
+        if (type == VT_Q6_K) kt_sums6(t, xb, S1, S2, n);
+        else kt_sums45(type == VT_Q5_K, t, xb, S1, S2, n);
         const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)t));
         for (int i = 0; i < n; i++) {
-            const __m512 v = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(S1[i], S2[i])));
+            const __m512 v = type == VT_Q6_K
+                                 ? _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(S1[i], S2[i])))
+                                 : _mm512_sub_ps(_mm512_mul_ps(d, _mm512_cvtepi32_ps(S1[i])),
+                                                 _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(t + 2 * KT))),
+                                                               _mm512_cvtepi32_ps(S2[i])));
             acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(_mm512_set1_ps(dx[b * stride + i]), v));
         }
     }
@@ -832,19 +834,10 @@ VT_INLINE void kt_q6(const uint8_t *w, const vt_xk *x, const float *dx, int64_t 
 static void dot_kt(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int n, int64_t nb,
                    float *y, int64_t ystride) {
 #define CALL(k)                                                                                    \
-    (type == VT_Q6_K   ? kt_q6(w, x, dx, stride, nb, y, ystride, k)                                   \
-     : type == VT_Q5_K ? kt_q45(1, w, x, dx, stride, nb, y, ystride, k)                               \
-                       : kt_q45(0, w, x, dx, stride, nb, y, ystride, k))
-    switch (n) {
-    case 1: CALL(1); break;
-    case 2: CALL(2); break;
-    case 3: CALL(3); break;
-    case 4: CALL(4); break;
-    case 5: CALL(5); break;
-    case 6: CALL(6); break;
-    case 7: CALL(7); break;
-    default: CALL(8);
-    }
+    (type == VT_Q6_K   ? kt_k(VT_Q6_K, w, x, dx, stride, nb, y, ystride, k)                           \
+     : type == VT_Q5_K ? kt_k(VT_Q5_K, w, x, dx, stride, nb, y, ystride, k)                           \
+                       : kt_k(VT_Q4_K, w, x, dx, stride, nb, y, ystride, k))
+    BY_ROWS8(CALL)
 #undef CALL
 }
 /* A Q4_0/Q5_0/Q8_0 tile against n rows: per block 8 vpdpbusd of u = w + off (16; Q8_0:
@@ -893,16 +886,7 @@ static void dot_q32t(int type, const uint8_t *w, const vt_x8 *x, int n, int64_t 
     (type == VT_Q8_0   ? q32t(VT_Q8_0, w, x, nb, y, ystride, k)                  \
      : type == VT_Q5_0 ? q32t(VT_Q5_0, w, x, nb, y, ystride, k)                  \
                        : q32t(VT_Q4_0, w, x, nb, y, ystride, k))
-    switch (n) {
-    case 1: CALL(1); break;
-    case 2: CALL(2); break;
-    case 3: CALL(3); break;
-    case 4: CALL(4); break;
-    case 5: CALL(5); break;
-    case 6: CALL(6); break;
-    case 7: CALL(7); break;
-    default: CALL(8);
-    }
+    BY_ROWS8(CALL)
 #undef CALL
 }
 #define KT_TABLE 1u << VT_Q4_K | 1u << VT_Q5_K | 1u << VT_Q6_K | 1u << VT_Q4_0 | 1u << VT_Q5_0 | 1u << VT_Q8_0, KT, pack_kt, \
@@ -981,16 +965,7 @@ static void dot_k(int type, const uint8_t *w, const vt_xk *x, const float *dx, i
     (type == VT_Q4_K   ? dot_k_n(VT_Q4_K, w, x, dx, stride, nb, out, k)           \
      : type == VT_Q5_K ? dot_k_n(VT_Q5_K, w, x, dx, stride, nb, out, k)           \
                        : dot_k_n(VT_Q6_K, w, x, dx, stride, nb, out, k))
-    switch (n) {
-    case 1: CALL(1); break;
-    case 2: CALL(2); break;
-    case 3: CALL(3); break;
-    case 4: CALL(4); break;
-    case 5: CALL(5); break;
-    case 6: CALL(6); break;
-    case 7: CALL(7); break;
-    default: CALL(8);
-    }
+    BY_ROWS8(CALL)
 #undef CALL
 }
 

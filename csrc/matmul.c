@@ -239,10 +239,16 @@ VT_API int vt_pack(int isa, int type, const void *src, int64_t rows, int64_t col
     if (!k) return VT_EISA;
     const int64_t nb = cols / be, row_bytes = nb * vt_block_bytes(type);
     int64_t r = 0;
-    if (vt_packs(isa, type) && (k->tiled >> type & 1))
-        for (; r + k->tile <= rows; r += k->tile)
-            k->pack_kt(type, (const uint8_t *)src + r * row_bytes, nb, (uint8_t *)dst + r * row_bytes);
-    if (vt_packs(isa, type) && be == QK_K) /* rows past the tiles: pack_k's layout, or the file's */
+    if ((k->tiled >> type & 1) && rows >= k->tile) { /* each tile's rows copied first: dst may be src */
+        uint8_t *tile = malloc((size_t)(k->tile * row_bytes));
+        if (!tile) return VT_ENOMEM;
+        for (; r + k->tile <= rows; r += k->tile) {
+            memcpy(tile, (const uint8_t *)src + r * row_bytes, (size_t)(k->tile * row_bytes));
+            k->pack_kt(type, tile, nb, (uint8_t *)dst + r * row_bytes);
+        }
+        free(tile);
+    }
+    if (k->pack_k && be == QK_K) /* rows past the tiles: pack_k's layout, or the file's */
         k->pack_k(type, (const uint8_t *)src + r * row_bytes, (rows - r) * nb, (uint8_t *)dst + r * row_bytes);
     else memmove((uint8_t *)dst + r * row_bytes, (const uint8_t *)src + r * row_bytes, (size_t)((rows - r) * row_bytes));
     return VT_OK;

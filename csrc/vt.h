@@ -61,14 +61,14 @@ typedef struct {
     float d;
 } vt_x8;
 
-
 /* How a format's two integer sums become one float per block:
  * VT_MIN_SEP: v = d*S1 - dm*S2 (Q4_K, Q5_K: the mins have their own scale);
  * VT_MIN_INT: v = d*(S1 - S2)  (Q6_K: the -32 offset shares d, subtract exactly). */
 enum { VT_MIN_SEP = 0, VT_MIN_INT = 1 };
 
-/* Per instruction set kernels.  Each computes the outputs of one weight row against n
- * (1..VT_ROWS) activation rows; a row's result depends on that row only, never on n. */
+/* Per instruction set kernels.  Each computes the outputs of its weight rows (one, a few, or
+ * a tile's) against n (1..VT_ROWS) activation rows; a row's result depends on that row
+ * only, never on n. */
 #define VT_ROWS 8
 #define VT_TILE 16 /* the most weight rows a tile interleaves (vt_kernels.tile) */
 #define VT_ATT_HEADS 4 /* query heads of one kv head attended together (wsum's nh) */
@@ -109,9 +109,9 @@ typedef struct {
      * rows / tile * tile rows as tiles (pack_kt), the rest as pack_k's (K-quants) or raw */
     unsigned tiled;
     int tile; /* rows a tile holds (at most VT_TILE) */
-    /* VT_TILE rows of nb blocks each (row after row, raw) into one tile (the same size; dst
-     * may be src) */
-    void (*pack_kt)(int type, const uint8_t *src, int64_t nb, uint8_t *dst);
+    /* `tile` rows of nb blocks each (row after row, raw; not dst) into one tile (the same
+     * size) */
+    void (*pack_kt)(int type, const uint8_t *rows, int64_t nb, uint8_t *dst);
     /* One tile against n (1..VT_ROWS) rows as dot_k's x, dx, stride: y[l*ystride + j], the
      * tile's row j (each as dot_k's, from 0) */
     void (*dot_kt)(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int n, int64_t nb,
