@@ -212,6 +212,15 @@ static void dot_f(int type, const void *w, const float *const *x, int rows, int6
     }
 }
 
+static void scores(const float *k, int64_t ks, int64_t np, const float *const *q, int nq, int64_t n, float *s,
+                   int64_t ss) {
+    float out[VT_ATT_HEADS];
+    for (int64_t p = 0; p < np; p++) {
+        dot_f(VT_F32, k + p * ks, q, nq, n, out);
+        for (int i = 0; i < nq; i++) s[i * ss + p] = out[i];
+    }
+}
+
 static void wsum(float *const *o, int nh, const float *e, int64_t es, const float *v, int64_t vs, int64_t np,
                  int64_t n) {
     for (int64_t p = 0; p < np; p++)
@@ -223,7 +232,7 @@ static void exp_n(const float *x, float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = vt_exp(x[i]);
 }
 
-const vt_kernels vt_kernels_portable = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, dot_f, wsum, exp_n, vt_quantize_k, NULL, 0, 0, NULL, NULL, NULL};
+const vt_kernels vt_kernels_portable = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, dot_f, scores, wsum, exp_n, vt_quantize_k, NULL, 0, 0, NULL, NULL, NULL};
 
 /* Dequantize n elements (whole blocks) of `type` to fp32, in the order and with the float
  * operations of ggml's dequantize_row_* (the tests hold it against gguf's quants.py). */

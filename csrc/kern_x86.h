@@ -1008,32 +1008,116 @@ static void dot_f(int type, const void *w, const float *const *x, int n, int64_t
 #undef CALL
 }
 
-/* wsum: each head's WS x 8 outputs held in registers over all positions (AVX512's 32
- * registers hold 4 heads x 32). */
-#define WS (VT_VNNI == 2 ? 4 : 2)
+/* Attention's scores, dot_f's F32 recipe per key and query. */
+#if VT_VNNI == 2
+/* One query against 16 keys (ks floats apart): each key's 16 lane sums (dot_f's
+ * acc[k]) reduced by the halving tree for all 16 keys at once, level by level, pairs of
+ * vectors shuffled so that each add is one key's acc[k] + acc[k + h] (h = 8, 4, 2, 1); the
+ * last level leaves key l + 4m at 4l + m, put in order by one permute. */
+static inline __m512 scores16(const float *k, int64_t ks, const float *q, int64_t n) {
+    __m512 a[16], b[8], c[4], d[2];
+    for (int p = 0; p < 16; p++) a[p] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        const __m512 qv = _mm512_loadu_ps(q + i);
+        for (int p = 0; p < 16; p++) a[p] = _mm512_add_ps(a[p], _mm512_mul_ps(_mm512_loadu_ps(k + p * ks + i), qv));
+    }
+    for (int j = 0; j < 8; j++) /* key 2j's acc[k] + acc[k+8] in floats 0-7, key 2j+1's in 8-15 */
+        b[j] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * j], a[2 * j + 1], 0x44),
+                             _mm512_shuffle_f32x4(a[2 * j], a[2 * j + 1], 0xEE));
+    for (int j = 0; j < 4; j++) /* + 4: 128-bit lane l holds key 4j + l */
+        c[j] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * j], b[2 * j + 1], 0x88),
+                             _mm512_shuffle_f32x4(b[2 * j], b[2 * j + 1], 0xDD));
+    for (int j = 0; j < 2; j++) /* + 2: lane l holds keys 8j + l, 8j + 4 + l */
+        d[j] = _mm512_add_ps(_mm512_shuffle_ps(c[2 * j], c[2 * j + 1], 0x44),
+                             _mm512_shuffle_ps(c[2 * j], c[2 * j + 1], 0xEE));
+    const __m512 e = _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], 0x88), _mm512_shuffle_ps(d[0], d[1], 0xDD));
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_permutexvar_ps(order, e);
+}
+#endif
+
+static void scores(const float *k, int64_t ks, int64_t np, const float *const *q, int nq, int64_t n, float *s,
+                   int64_t ss) {
+    int64_t p = 0;
+#if VT_VNNI == 2
+    if (n % 16 == 0)
+        for (; p + 16 <= np; p += 16)
+            for (int i = 0; i < nq; i++) _mm512_storeu_ps(s + i * ss + p, scores16(k + p * ks, ks, q[i], n));
+#endif
+    float out[VT_ATT_HEADS];
+#define KEYS(r)                                                                    \
+    for (; p < np; p++) {                                                          \
+        dot_f_n(VT_F32, k + p * ks, q, n, out, r);                                 \
+        for (int i = 0; i < r; i++) s[i * ss + p] = out[i];                        \
+    }
+    switch (nq) {
+    case 1: KEYS(1) break;
+    case 2: KEYS(2) break;
+    case 3: KEYS(3) break;
+    default: KEYS(4)
+    }
+#undef KEYS
+}
+
+/* wsum: nh heads' VW vectors of outputs held in registers over all positions (AVX512: 4
+ * heads x 4 x 16, else x 2 x 8). */
+#if VT_VNNI == 2
+#define VW 4
+#define VF 16
+#define vec __m512
+#define vload _mm512_loadu_ps
+#define vstore _mm512_storeu_ps
+#define vadd _mm512_add_ps
+#define vmul _mm512_mul_ps
+#define vbcast _mm512_set1_ps
+#else
+#define VW 2
+#define VF 8
+#define vec __m256
+#define vload _mm256_loadu_ps
+#define vstore _mm256_storeu_ps
+#define vadd _mm256_add_ps
+#define vmul _mm256_mul_ps
+#define vbcast _mm256_set1_ps
+#endif
+VT_INLINE void wsum_n(float *const *o, const float *e, int64_t es, const float *v, int64_t vs, int64_t np, int64_t d0,
+                      const int nh) {
+    vec acc[VT_ATT_HEADS][VW];
+    for (int i = 0; i < nh; i++)
+        for (int c = 0; c < VW; c++) acc[i][c] = vload(o[i] + d0 + VF * c);
+    for (int64_t p = 0; p < np; p++) {
+        vec vv[VW];
+        for (int c = 0; c < VW; c++) vv[c] = vload(v + p * vs + d0 + VF * c);
+        for (int i = 0; i < nh; i++) {
+            const vec ev = vbcast(e[i * es + p]);
+            for (int c = 0; c < VW; c++) acc[i][c] = vadd(acc[i][c], vmul(ev, vv[c]));
+        }
+    }
+    for (int i = 0; i < nh; i++)
+        for (int c = 0; c < VW; c++) vstore(o[i] + d0 + VF * c, acc[i][c]);
+}
+
 static void wsum(float *const *o, int nh, const float *e, int64_t es, const float *v, int64_t vs, int64_t np,
                  int64_t n) {
     int64_t d0 = 0;
-    for (; d0 + 8 * WS <= n; d0 += 8 * WS) {
-        __m256 acc[VT_ATT_HEADS][WS];
-        for (int i = 0; i < nh; i++)
-            for (int c = 0; c < WS; c++) acc[i][c] = _mm256_loadu_ps(o[i] + d0 + 8 * c);
-        for (int64_t p = 0; p < np; p++) {
-            __m256 vv[WS];
-            for (int c = 0; c < WS; c++) vv[c] = _mm256_loadu_ps(v + p * vs + d0 + 8 * c);
-            for (int i = 0; i < nh; i++) {
-                const __m256 ev = _mm256_broadcast_ss(e + i * es + p);
-                for (int c = 0; c < WS; c++) acc[i][c] = _mm256_add_ps(acc[i][c], _mm256_mul_ps(ev, vv[c]));
-            }
+    for (; d0 + VF * VW <= n; d0 += VF * VW) switch (nh) {
+        case 1: wsum_n(o, e, es, v, vs, np, d0, 1); break;
+        case 2: wsum_n(o, e, es, v, vs, np, d0, 2); break;
+        case 3: wsum_n(o, e, es, v, vs, np, d0, 3); break;
+        default: wsum_n(o, e, es, v, vs, np, d0, 4);
         }
-        for (int i = 0; i < nh; i++)
-            for (int c = 0; c < WS; c++) _mm256_storeu_ps(o[i] + d0 + 8 * c, acc[i][c]);
-    }
     for (int64_t p = 0; p < np; p++) /* the tail, as the portable loop */
         for (int i = 0; i < nh; i++)
             for (int64_t d = d0; d < n; d++) o[i][d] = o[i][d] + e[i * es + p] * v[p * vs + d];
 }
-#undef WS
+#undef VW
+#undef VF
+#undef vec
+#undef vload
+#undef vstore
+#undef vadd
+#undef vmul
+#undef vbcast
 
 /* vt_exp on 8 lanes: its steps, lane by lane. */
 static inline __m256 exp8(__m256 x) {
@@ -1101,4 +1185,4 @@ static void quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64
     }
 }
 
-const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, dot_f, wsum, exp_n, quantize_k, pack_k, KT_TABLE};
+const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, dot_f, scores, wsum, exp_n, quantize_k, pack_k, KT_TABLE};

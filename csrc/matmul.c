@@ -270,6 +270,15 @@ VT_API int vt_exp_n(int isa, const float *x, float *y, int64_t n) {
     return VT_OK;
 }
 
+VT_API int vt_scores(int isa, const float *k, int64_t ks, int64_t np, const float *const *q, int nq, int64_t n,
+                     float *s, int64_t ss) {
+    const vt_kernels *kt = vt_kernels_for(isa);
+    if (!kt) return VT_EISA;
+    if (nq < 1 || nq > VT_ATT_HEADS || np < 0 || n < 0) return VT_ESHAPE;
+    kt->scores(k, ks, np, q, nq, n, s, ss);
+    return VT_OK;
+}
+
 VT_API int vt_wsum(int isa, float *const *o, int nh, const float *e, int64_t es, const float *v, int64_t vs,
                    int64_t np, int64_t n) {
     const vt_kernels *k = vt_kernels_for(isa);

@@ -126,8 +126,8 @@ typedef struct {
     int T, pos0, layer, parts; /* an item: a row, a kv head and one of its `parts` sets of query heads */
 } attn_job;
 
-/* The query heads that share a kv head are scored together (up to VT_ATT_HEADS, dot_f's
- * rows), so each key and value is read once for them; each head's softmax over keys 0..pos
+/* The query heads that share a kv head are scored together (up to VT_ATT_HEADS, the scores
+ * kernel's queries), so each key and value is read once for them; each head's softmax over keys 0..pos
  * and its value sums run in key order as alone. */
 static void attn_task(void *vjob, int64_t i0, int64_t i1, int ith) {
     attn_job *j = vjob;
@@ -143,22 +143,17 @@ static void attn_task(void *vjob, int64_t i0, int64_t i1, int ith) {
         const int h0 = kh * group + (int)(it % j->parts) * per, nh = group - (h0 - kh * group) < per ? group - (h0 - kh * group) : per;
         const int pos = j->pos0 + t;
         const float *q[VT_ATT_HEADS];
-        float *o[VT_ATT_HEADS], mx[VT_ATT_HEADS], sum[VT_ATT_HEADS], s[VT_ATT_HEADS];
+        float *o[VT_ATT_HEADS], mx[VT_ATT_HEADS], sum[VT_ATT_HEADS];
         for (int i = 0; i < nh; i++) {
             q[i] = j->q + (size_t)t * m->n_head * hd + (size_t)(h0 + i) * hd;
             o[i] = j->out + (size_t)t * m->n_head * hd + (size_t)(h0 + i) * hd;
             mx[i] = -INFINITY, sum[i] = 0.0f;
             memset(o[i], 0, sizeof(float) * (size_t)hd);
         }
-        for (int p = 0; p <= pos; p++) {
-            k->dot_f(VT_F32, kl + (size_t)p * kvd + (size_t)kh * hd, q, nh, hd, s);
-            for (int i = 0; i < nh; i++) {
-                score[i * m->n_ctx + p] = s[i] * scale;
-                mx[i] = fmaxf(mx[i], score[i * m->n_ctx + p]);
-            }
-        }
-        for (int i = 0; i < nh; i++) { /* the weights e = exp(score - max), in place, and their sum */
+        k->scores(kl + (size_t)kh * hd, kvd, pos + 1, q, nh, hd, score, m->n_ctx);
+        for (int i = 0; i < nh; i++) { /* scaled, their max; the weights e = exp(score - max) in place, their sum */
             float *e = score + (size_t)i * m->n_ctx;
+            for (int p = 0; p <= pos; p++) e[p] = e[p] * scale, mx[i] = fmaxf(mx[i], e[p]);
             for (int p = 0; p <= pos; p++) e[p] = e[p] - mx[i];
             k->exp_n(e, e, pos + 1);
             for (int p = 0; p <= pos; p++) sum[i] = sum[i] + e[p];

@@ -94,6 +94,10 @@ typedef struct {
                            int64_t ystride);
     /* F32/F16/BF16 weight row (raw) against 4 fp32 rows of n columns */
     void (*dot_f)(int type, const void *w, const float *const *x, int n, int64_t cols, float *out);
+    /* Attention's scores: s[i*ss + p] = key p (k + p*ks, n floats) against query q[i] as
+     * dot_f's F32 sum, i < nq (1..VT_ATT_HEADS), p < np */
+    void (*scores)(const float *k, int64_t ks, int64_t np, const float *const *q, int nq, int64_t n, float *s,
+                   int64_t ss);
     /* Attention's weighted values: o[i][d] = o[i][d] + e[i*es + p] * v[p*vs + d] for p = 0..np-1
      * in order, heads i < nh, d < n (elementwise: any width, any grouping of d) */
     void (*wsum)(float *const *o, int nh, const float *e, int64_t es, const float *v, int64_t vs, int64_t np, int64_t n);
@@ -266,8 +270,10 @@ VT_API int vt_packs(int isa, int type);
  * reads the file's; dst may be src). */
 VT_API int vt_pack(int isa, int type, const void *src, int64_t rows, int64_t cols, void *dst);
 
-/* Path `isa`'s exp_n and wsum (for tests; VT_EISA where the CPU lacks it). */
+/* Path `isa`'s exp_n, scores and wsum (for tests; VT_EISA where the CPU lacks it). */
 VT_API int vt_exp_n(int isa, const float *x, float *y, int64_t n);
+VT_API int vt_scores(int isa, const float *k, int64_t ks, int64_t np, const float *const *q, int nq, int64_t n,
+                     float *s, int64_t ss);
 VT_API int vt_wsum(int isa, float *const *o, int nh, const float *e, int64_t es, const float *v, int64_t vs,
                    int64_t np, int64_t n);
 

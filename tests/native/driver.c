@@ -70,24 +70,27 @@ static int check(void) {
         free(w), free(wp), free(x), free(ref), free(y);
     }
     vt_pool_free(one), vt_pool_free(two);
-    /* exp and the attention's weighted values: every path as the portable one */
+    /* exp and the attention's scores and weighted values: every path as the portable one */
     enum { N = 203, P = 29, D = 45 };
     float *x = random_rows(1, N), ye[N], yr[N], e[3 * P], o[3][D], r[3][D];
     for (int i = 0; i < N; i++) x[i] *= 9000.0f; /* -90..90 */
     for (int i = 0; i < 3 * P; i++) e[i] = x[i] * 1e-4f;
     float *v = random_rows(P, D), *op[3] = {o[0], o[1], o[2]}, *rp[3] = {r[0], r[1], r[2]};
     memset(r, 0, sizeof r);
-    bad |= vt_exp_n(VT_ISA_PORTABLE, x, yr, N) | vt_wsum(VT_ISA_PORTABLE, rp, 3, e, P, v, D, P, D);
+    float *kq = random_rows(P + 3, 64), sr[3][P], sc[3][P];
+    const float *qs[3] = {kq + P * 64, kq + (P + 1) * 64, kq + (P + 2) * 64};
+    bad |= vt_exp_n(VT_ISA_PORTABLE, x, yr, N) | vt_wsum(VT_ISA_PORTABLE, rp, 3, e, P, v, D, P, D) |
+           vt_scores(VT_ISA_PORTABLE, kq, 64, P, qs, 3, 64, sr[0], P);
     for (int isa = 1; isa < VT_ISA_COUNT; isa++) {
         if (!vt_isa_supported(isa)) continue;
         memset(o, 0, sizeof o);
-        bad |= vt_exp_n(isa, x, ye, N) | vt_wsum(isa, op, 3, e, P, v, D, P, D);
-        if (memcmp(ye, yr, sizeof ye) || memcmp(o, r, sizeof o)) {
-            fprintf(stderr, "isa %d: exp or wsum differs\n", isa);
+        bad |= vt_exp_n(isa, x, ye, N) | vt_wsum(isa, op, 3, e, P, v, D, P, D) | vt_scores(isa, kq, 64, P, qs, 3, 64, sc[0], P);
+        if (memcmp(ye, yr, sizeof ye) || memcmp(o, r, sizeof o) || memcmp(sc, sr, sizeof sc)) {
+            fprintf(stderr, "isa %d: exp, scores or wsum differs\n", isa);
             bad = 1;
         }
     }
-    free(x), free(v);
+    free(x), free(v), free(kq);
     return bad;
 }
 
