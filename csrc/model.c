@@ -103,11 +103,19 @@ static void add_bias(float *y, const vt_tensor *b, int64_t L, int64_t n) {
         for (int64_t i = 0; i < n; i++) y[l * n + i] = y[l * n + i] + ((const float *)b->data)[i];
 }
 
-/* Rotate each head of row v (n_heads x head_dim) by position pos. */
-static void rope(const vt_model *m, float *v, int n_heads, int pos) {
+/* The rotation of position pos: cs[2i], cs[2i + 1] = cos, sin of pos x frequency i. */
+static void rope_angles(const vt_model *m, int pos, float *cs) {
+    for (int i = 0; i < m->head_dim / 2; i++) {
+        const float a = (float)pos * m->inv_freq[i];
+        cs[2 * i] = cosf(a), cs[2 * i + 1] = sinf(a);
+    }
+}
+
+/* Rotate each head of row v (n_heads x head_dim) by the angles cs (rope_angles). */
+static void rope(const vt_model *m, float *v, int n_heads, const float *cs) {
     const int hd = m->head_dim, half = hd / 2;
     for (int i = 0; i < half; i++) {
-        const float a = (float)pos * m->inv_freq[i], c = cosf(a), s = sinf(a);
+        const float c = cs[2 * i], s = cs[2 * i + 1];
         for (int h = 0; h < n_heads; h++) {
             float *p = v + h * hd;
             const int i0 = m->rope_neox ? i : 2 * i, i1 = m->rope_neox ? i + half : 2 * i + 1;
@@ -178,8 +186,10 @@ static int forward(vt_model *m, const int32_t *tokens, int T, int pos0, int n_ou
     float *x = malloc(sizeof(float) * (size_t)T * E), *h = malloc(sizeof(float) * (size_t)T * E),
           *q = malloc(sizeof(float) * (size_t)T * E), *att = malloc(sizeof(float) * (size_t)T * E),
           *g = malloc(sizeof(float) * (size_t)T * F), *u = malloc(sizeof(float) * (size_t)T * F),
-          *scores = malloc(sizeof(float) * (size_t)vt_pool_threads(m->pool) * VT_ATT_HEADS * m->n_ctx);
-    rc = (x && h && q && att && g && u && scores) ? VT_OK : VT_ENOMEM;
+          *scores = malloc(sizeof(float) * (size_t)vt_pool_threads(m->pool) * VT_ATT_HEADS * m->n_ctx),
+          *cs = malloc(sizeof(float) * (size_t)T * hd); /* each row's rotation, once for all layers */
+    rc = (x && h && q && att && g && u && scores && cs) ? VT_OK : VT_ENOMEM;
+    for (int t = 0; t < T && !rc; t++) rope_angles(m, pos0 + t, cs + (size_t)t * hd);
     const int64_t row_bytes = E / vt_block_elems(emb->type) * vt_block_bytes(emb->type);
     for (int t = 0; t < T && !rc; t++)
         rc = vt_dequantize(emb->type, (const uint8_t *)emb->data + tokens[t] * row_bytes, E, x + (size_t)t * E);
@@ -192,8 +202,8 @@ static int forward(vt_model *m, const int32_t *tokens, int T, int pos0, int n_ou
         if ((rc = vt_matmul_parts(m->pool, m->isa, E, h, T, qkv, 3, 0))) break;
         add_bias(q, &w[T_BQ], T, E), add_bias(kl, &w[T_BK], T, kvd), add_bias(vl, &w[T_BV], T, kvd);
         for (int t = 0; t < T; t++) {
-            rope(m, q + (size_t)t * E, m->n_head, pos0 + t);
-            rope(m, kl + (size_t)t * kvd, m->n_head_kv, pos0 + t);
+            rope(m, q + (size_t)t * E, m->n_head, cs + (size_t)t * hd);
+            rope(m, kl + (size_t)t * kvd, m->n_head_kv, cs + (size_t)t * hd);
         }
         const int group = m->n_head / m->n_head_kv, parts = (group + VT_ATT_HEADS - 1) / VT_ATT_HEADS;
         attn_job aj = {m, q, att, scores, T, pos0, l, parts};
@@ -212,7 +222,7 @@ static int forward(vt_model *m, const int32_t *tokens, int T, int pos0, int n_ou
                     (hidden ? out : h) + (size_t)(t - (T - n_out)) * E);
         if (!hidden) rc = mm(m, head, h, n_out, out);
     }
-    free(x), free(h), free(q), free(att), free(g), free(u), free(scores);
+    free(x), free(h), free(q), free(att), free(g), free(u), free(scores), free(cs);
     return rc;
 }
 
