@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -62,9 +63,18 @@ class Sampling:
         """Pick one token from 1-D logits; also return the distribution it came from
         (None when greedy: the argmax needs no distribution)."""
         if self.greedy:
-            return int(logits.argmax()), None
+            return argmax(logits)[0], None
         p = self.probs(logits)
         return int(torch.multinomial(p, 1, generator=gen)), p
+
+
+def argmax(logits: Tensor) -> list[int]:
+    """The first index of each row's maximum (of a 1-D tensor: one index). numpy's where it
+    can read the tensor in place: torch's argmax took 80 us over one row of 151936 logits on
+    2 cores, numpy's 6, and a greedy generation takes one or more per token."""
+    if logits.dtype == torch.float32 and logits.device.type == "cpu" and not logits.requires_grad:
+        return np.atleast_1d(logits.numpy().argmax(-1)).tolist()
+    return logits.argmax(-1).reshape(-1).tolist()
 
 
 def verify(drafts: list[int], q: list[Tensor | None], target_logits: Tensor, sampling: Sampling,
@@ -77,7 +87,7 @@ def verify(drafts: list[int], q: list[Tensor | None], target_logits: Tensor, sam
     """
     g = len(drafts)
     if sampling.greedy:
-        best = target_logits.argmax(-1).tolist()
+        best = argmax(target_logits)
         n = 0
         while n < g and drafts[n] == best[n]:
             n += 1
