@@ -1084,31 +1084,35 @@ static void scores(const float *k, int64_t ks, int64_t np, const float *const *q
 #define vbcast _mm256_set1_ps
 #endif
 VT_INLINE void wsum_n(float *const *o, const float *e, int64_t es, const float *v, int64_t vs, int64_t np, int64_t d0,
-                      const int nh) {
+                      const int nh, const int vw) {
     vec acc[VT_ATT_HEADS][VW];
     for (int i = 0; i < nh; i++)
-        for (int c = 0; c < VW; c++) acc[i][c] = vload(o[i] + d0 + VF * c);
+        for (int c = 0; c < vw; c++) acc[i][c] = vload(o[i] + d0 + VF * c);
     for (int64_t p = 0; p < np; p++) {
         vec vv[VW];
-        for (int c = 0; c < VW; c++) vv[c] = vload(v + p * vs + d0 + VF * c);
+        for (int c = 0; c < vw; c++) vv[c] = vload(v + p * vs + d0 + VF * c);
         for (int i = 0; i < nh; i++) {
             const vec ev = vbcast(e[i * es + p]);
-            for (int c = 0; c < VW; c++) acc[i][c] = vadd(acc[i][c], vmul(ev, vv[c]));
+            for (int c = 0; c < vw; c++) acc[i][c] = vadd(acc[i][c], vmul(ev, vv[c]));
         }
     }
     for (int i = 0; i < nh; i++)
-        for (int c = 0; c < VW; c++) vstore(o[i] + d0 + VF * c, acc[i][c]);
+        for (int c = 0; c < vw; c++) vstore(o[i] + d0 + VF * c, acc[i][c]);
 }
 
 static void wsum(float *const *o, int nh, const float *e, int64_t es, const float *v, int64_t vs, int64_t np,
                  int64_t n) {
     int64_t d0 = 0;
-    for (; d0 + VF * VW <= n; d0 += VF * VW) switch (nh) {
-        case 1: wsum_n(o, e, es, v, vs, np, d0, 1); break;
-        case 2: wsum_n(o, e, es, v, vs, np, d0, 2); break;
-        case 3: wsum_n(o, e, es, v, vs, np, d0, 3); break;
-        default: wsum_n(o, e, es, v, vs, np, d0, 4);
-        }
+#define HEADS(vw)                                                                  \
+    switch (nh) {                                                                  \
+    case 1: wsum_n(o, e, es, v, vs, np, d0, 1, vw); break;                         \
+    case 2: wsum_n(o, e, es, v, vs, np, d0, 2, vw); break;                         \
+    case 3: wsum_n(o, e, es, v, vs, np, d0, 3, vw); break;                         \
+    default: wsum_n(o, e, es, v, vs, np, d0, 4, vw);                               \
+    }
+    for (; d0 + VF * VW <= n; d0 += VF * VW) HEADS(VW)
+    for (; d0 + VF <= n; d0 += VF) HEADS(1) /* head sizes that are not a multiple of VF x VW */
+#undef HEADS
     for (int64_t p = 0; p < np; p++) /* the tail, as the portable loop */
         for (int i = 0; i < nh; i++)
             for (int64_t d = d0; d < n; d++) o[i][d] = o[i][d] + e[i * es + p] * v[p * vs + d];
