@@ -319,14 +319,17 @@ GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_
               "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
 
 
-def write_gguf(model: LlamaForCausalLM, path: Path) -> Path:
-    """`model`'s weights in fp32 as a GGUF llama.cpp reads: the `qwen2` architecture, whose
-    rotary embedding is transformers' own (no permuted q and k), and a vocabulary of plain
-    tokens (w, 2 and their one merge w2, since tokenizers want some; then w5, w6, ...)."""
+def write_gguf(model: LlamaForCausalLM, path: Path, arch: str = "qwen2") -> Path:
+    """`model`'s weights in fp32 as a GGUF llama.cpp reads: by default the `qwen2`
+    architecture, whose rotary embedding is transformers' own (no permuted q and k); `llama`
+    with q's and k's rows permuted as llama.cpp's converter writes them; and a vocabulary of
+    plain tokens (w, 2 and their one merge w2, since tokenizers want some; then w5, w6, ...)."""
     import gguf
 
+    from vocabtrim.native_adapter import permute
+
     c = model.config
-    w = gguf.GGUFWriter(str(path), "qwen2")
+    w = gguf.GGUFWriter(str(path), arch)
     for add, value in ((w.add_context_length, c.max_position_embeddings), (w.add_embedding_length, c.hidden_size),
                        (w.add_block_count, c.num_hidden_layers), (w.add_feed_forward_length, c.intermediate_size),
                        (w.add_head_count, c.num_attention_heads), (w.add_head_count_kv, c.num_key_value_heads),
@@ -341,6 +344,9 @@ def write_gguf(model: LlamaForCausalLM, path: Path) -> Path:
     w.add_token_types([gguf.TokenType.CONTROL] * 2 + [gguf.TokenType.NORMAL] * (c.vocab_size - 2))
     w.add_token_merges(["w 2"])
     sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    for i in range(c.num_hidden_layers if arch == "llama" else 0):
+        for name, heads in (("q_proj", c.num_attention_heads), ("k_proj", c.num_key_value_heads)):
+            sd[f"model.layers.{i}.self_attn.{name}.weight"] = permute(sd[f"model.layers.{i}.self_attn.{name}.weight"], heads)
     w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
     for i in range(c.num_hidden_layers):
         for ours, theirs in GGUF_NAMES.items():
@@ -370,7 +376,7 @@ def k_quant_blocks(shape: tuple[int, int], qtype, std: float, seed: int) -> np.n
     return blocks.reshape(rows, -1)
 
 
-def quantized_gguf(model, path, qtype, monkeypatch):
+def quantized_gguf(model, path, qtype, monkeypatch, arch: str = "qwen2"):
     """`model` written by conftest's write_gguf with every matrix quantized to `qtype` (a
     K-quant: random blocks of the weights' spread); the model's weights replaced by what
     the file holds, so the two compute the same function."""
@@ -391,7 +397,7 @@ def quantized_gguf(model, path, qtype, monkeypatch):
                 p.copy_(torch.from_numpy(gguf.quants.dequantize(q, qtype).reshape(p.shape)))
                 stored[p.numpy().tobytes()] = q
     monkeypatch.setattr(gguf.GGUFWriter, "add_tensor", add_quantized)
-    write_gguf(model, path)
+    write_gguf(model, path, arch)
     monkeypatch.undo()
     return path
 

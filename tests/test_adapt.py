@@ -97,7 +97,7 @@ def test_sampled_output_with_an_adapted_drafter_is_the_targets(tmp_path):
     from safetensors.torch import save_file
     save_file(trainer.tensors(), str(out), metadata={"vocabtrim": json.dumps({
         "format": adapt.FORMAT, "settings": {**Settings(rank=2, alpha=4, lr=0.05).__dict__},
-        "drafter": "small", "drafter_fingerprint": adapt.base_fingerprint(drafter.model, drafter.tokenizer)})})
+        "drafter": "small", "drafter_fingerprint": adapt.base_fingerprint(drafter.model.config, drafter.tokenizer)})})
     adapted = load_drafter(str(draft_dir), "float32", adapter=out).model
     assert not torch.equal(adapted.model.layers[0].self_attn.q_proj.weight, small_d.model.layers[0].self_attn.q_proj.weight)
     p = chi2_pvalue(sample_joint(RUNS, engine=spec_engine(small_t, adapted)), exact_joint(3), RUNS)

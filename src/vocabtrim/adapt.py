@@ -55,9 +55,10 @@ class Settings:
     seed: int = 0
 
 
-def base_fingerprint(model: torch.nn.Module, tokenizer) -> str:
-    """Which drafter an adapter fits: its architecture's shape and its vocabulary."""
-    c = model.config
+def base_fingerprint(config, tokenizer) -> str:
+    """Which drafter an adapter fits: its architecture's shape (transformers' config) and
+    its vocabulary."""
+    c = config
     shape = [c.model_type, c.hidden_size, c.num_hidden_layers, c.intermediate_size, c.vocab_size]
     return hashlib.sha256(json.dumps([shape, tokenizer_fingerprint(tokenizer)]).encode()).hexdigest()[:16]
 
@@ -86,7 +87,15 @@ def read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise VocabtrimError(f"{path} is not an adapter written by vocabtrim adapt ({e})") from None
 
 
-def _lora_part(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def read_for(path: Path, config, tokenizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """`read`, refused in one line where the adapter was made for another drafter."""
+    tensors, meta = read(path)
+    if meta["drafter_fingerprint"] != base_fingerprint(config, tokenizer):
+        raise VocabtrimError(f"{path} adapts another drafter ({meta['drafter']}): its shape or vocabulary differ")
+    return tensors, meta
+
+
+def lora_part(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The adapter's own tensors of a file's, without the optimizer's moments."""
     return {k: v for k, v in tensors.items() if not k.startswith("adam.")}
 
@@ -117,11 +126,9 @@ def merge(model: torch.nn.Module, tokenizer, path: Path) -> torch.nn.Module:
     a draft step costs what it did."""
     from peft import set_peft_model_state_dict
 
-    tensors, meta = read(path)
-    if meta["drafter_fingerprint"] != base_fingerprint(model, tokenizer):
-        raise VocabtrimError(f"{path} adapts another drafter ({meta['drafter']}): its shape or vocabulary differ")
+    tensors, meta = read_for(path, model.config, tokenizer)
     peft_model = _lora(model, Settings(**meta["settings"]))
-    set_peft_model_state_dict(peft_model, _lora_part(tensors))
+    set_peft_model_state_dict(peft_model, lora_part(tensors))
     return peft_model.merge_and_unload().eval()
 
 
@@ -153,7 +160,7 @@ class Trainer:
         self.model = _lora(drafter.model, settings)
         self.model.train()
         if state:
-            set_peft_model_state_dict(self.model, _lora_part(state))
+            set_peft_model_state_dict(self.model, lora_part(state))
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         self.opt = torch.optim.AdamW(self.params.values(), lr=settings.lr, weight_decay=0.0)
         if state and any(k.startswith("adam.") for k in state):
@@ -210,7 +217,7 @@ def adapt(prompts: list[list[int]], answer: Callable[[list[int]], list[int]], ta
     trainer = Trainer(drafter, settings, cross, state)
     total = settings.epochs * len(prompts)
     record = {**meta, "format": FORMAT, "settings": asdict(settings),
-              "drafter_fingerprint": base_fingerprint(drafter.model, drafter.tokenizer)}
+              "drafter_fingerprint": base_fingerprint(drafter.model.config, drafter.tokenizer)}
     losses: list[float] = list(prev.get("losses", []))
     saved = time.monotonic()
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from . import backend, catalog, models
+from . import backend, catalog, models, native_adapter
 from .adapt import Online, Settings, merge, read_meta
 from .adapt import read as read_adapter
 from .assembly import Assembler, Built, EngineSettings, Parts, Spec
@@ -73,11 +73,8 @@ def load_parts(o: Options, check: Callable[[Parts], None] | None = None) -> Part
         tm.check_drafter(drafter.config.vocab_size, tokenizer_fingerprint(drafter.tokenizer))
     target = models.load(o.target, o.dtype, choose(o.target, o.backend, o.dtype))
     if backend.get(target.backend).drafts:  # one runtime: drafters join the target
-        if drafter is not None and o.adapter is not None:
-            print(f"note: the drafter {drafter.name} drafts on torch: its adapter merges into torch weights",
-                  file=sys.stderr)
-        elif drafter is not None:
-            drafter = _drafts_on(drafter, target.backend)
+        if drafter is not None:
+            drafter = _drafts_on(drafter, target.backend, o.adapter)
         if cross is not None:
             cross = _drafts_on(cross, target.backend)
     parts = Parts(target, drafter, None if tm is None else tm.kept_ids, cross, o.settings)
@@ -89,18 +86,22 @@ def load_parts(o: Options, check: Callable[[Parts], None] | None = None) -> Part
     return parts
 
 
-def _drafts_on(loaded: models.Loaded, on: str) -> models.Loaded:
+def _drafts_on(loaded: models.Loaded, on: str, adapter: Path | None = None) -> models.Loaded:
     """The drafter `loaded` on the target's backend `on`, where its file is a GGUF that `on`
-    runs (its header read now); else on torch as it was, said in one line."""
-    if catalog.gguf_path(loaded.name) is None:
+    runs (its header read now; `adapter` merged into a copy of the file, made once:
+    native_adapter); else on torch as it was, said in one line."""
+    file = catalog.gguf_path(loaded.name)
+    if file is None:
         return loaded
     try:
         moved = models.on_gguf(loaded, on)
         moved.drafting  # noqa: B018 - reads the header: refuses what the backend cannot run
-        return moved
     except VocabtrimError as e:
         print(f"note: the drafter {loaded.name} drafts on torch: {e}", file=sys.stderr)
         return loaded
+    if adapter is None:
+        return moved
+    return models.on_gguf(loaded, on, native_adapter.merged(file, adapter, loaded.config, loaded.tokenizer))
 
 
 def load_drafter(spec: str, dtype: str = "auto", adapter: Path | None = None, lazy: bool = False) -> models.Loaded:

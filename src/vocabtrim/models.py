@@ -143,10 +143,10 @@ def load(spec: str, dtype: str = "auto", on: str = "torch", merge: Merge | None 
                   on, file, config, generation)
 
 
-def on_gguf(loaded: Loaded, on: str) -> Loaded:
+def on_gguf(loaded: Loaded, on: str, file: Path | None = None) -> Loaded:
     """`loaded` (its tokenizer and config as they are) on backend `on`, which runs its GGUF
-    file."""
-    file = gguf_path(loaded.name)
+    file (or `file`: a copy of it with an adapter merged in)."""
+    file = file or gguf_path(loaded.name)
     if file is None:
         raise VocabtrimError(f"the {on} backend runs GGUF files; {loaded.name} is not one")
     return replace(loaded, backend=on, gguf=file, source=_source(file.parent, file.name))

@@ -1,0 +1,91 @@
+"""A LoRA adapter merged into a drafter's GGUF file (native_adapter): the native engine then
+computes what torch computes with peft's merge of the same adapter."""
+
+import json
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from conftest import cli, noisy_copy, quantized_gguf, save_tiny, tiny_model, write_gguf
+from safetensors.torch import save_file
+from test_native_target import tiny_qwen2
+
+from vocabtrim import adapt, models, native_adapter
+from vocabtrim.adapt import Settings, Trainer
+from vocabtrim.errors import VocabtrimError
+from vocabtrim.loading import load_drafter
+from vocabtrim.native_target import NativeTarget
+from vocabtrim.target import TorchTarget
+
+SEQ = [int(t) for t in np.random.default_rng(1).integers(2, 64, 24)]
+T = gguf.GGMLQuantizationType
+
+
+def make_adapter(draft_dir, out):
+    """A few steps of `vocabtrim adapt`'s trainer towards another model, saved as it saves."""
+    drafter = models.load(str(draft_dir), "float32")
+    settings = Settings(rank=2, alpha=4, lr=0.05)
+    trainer = Trainer(drafter, settings, None)
+    teacher = TorchTarget(tiny_model(64, seed=7))
+    for seed in range(3):
+        prompt, answer = [2, 3], torch.randint(2, 64, (6,), generator=torch.Generator().manual_seed(seed)).tolist()
+        trainer.step(prompt, answer, teacher.logits(prompt + answer[:-1], len(answer)))
+    save_file(trainer.tensors(), str(out), metadata={"vocabtrim": json.dumps({
+        "format": adapt.FORMAT, "settings": settings.__dict__, "drafter": "tiny",
+        "drafter_fingerprint": adapt.base_fingerprint(drafter.model.config, drafter.tokenizer)})})
+    return out, drafter
+
+
+@pytest.mark.parametrize("arch, qtype", [("qwen2", None), ("llama", None), ("qwen2", T.Q8_0), ("qwen2", T.Q4_K)],
+                         ids=["qwen2-f32", "llama-f32", "qwen2-q8_0", "qwen2-q4_k"])
+def test_the_merged_file_computes_the_adapted_drafter(arch, qtype, tmp_path, monkeypatch):
+    monkeypatch.setenv("VOCABTRIM_CACHE", str(tmp_path / "cache"))
+    model = tiny_qwen2(hidden=256) if qtype == T.Q4_K else tiny_model(64, seed=1)  # K-quants: rows of 256
+    path = tmp_path / "d.gguf"
+    if qtype is None:
+        write_gguf(model, path, arch)
+    else:
+        quantized_gguf(model, path, qtype, monkeypatch, arch)  # the model's weights become the file's
+    adapter, drafter = make_adapter(save_tiny(tmp_path / "d", model=model), tmp_path / "a.safetensors")
+    merged = native_adapter.merged(path, adapter, drafter.config, drafter.tokenizer)
+    with torch.inference_mode():
+        want = TorchTarget(load_drafter(str(tmp_path / "d"), "float32", adapter=adapter).model).logits(SEQ, len(SEQ))
+    got, base = NativeTarget(merged).logits(SEQ, len(SEQ)), NativeTarget(path).logits(SEQ, len(SEQ))
+    assert (base - want).abs().max() > 1e-3  # the adapter changes the drafter
+    if qtype is None:
+        assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
+    else:  # requantized weights, 8-bit activations: close, not equal
+        assert (got - want).abs().max() < 0.05 * want.abs().max()
+        assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.9
+    kinds = {t.name: t.tensor_type for t in gguf.GGUFReader(merged).tensors}
+    assert kinds["blk.0.attn_q.weight"] == (T.F32 if qtype is None else T.Q8_0)  # a K-quant: Q8_0
+    stamp = merged.stat().st_mtime_ns
+    assert native_adapter.merged(path, adapter, drafter.config, drafter.tokenizer) == merged  # made once
+    assert merged.stat().st_mtime_ns == stamp
+
+
+def test_an_adapter_of_another_drafter_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("VOCABTRIM_CACHE", str(tmp_path / "cache"))
+    adapter, _ = make_adapter(save_tiny(tmp_path / "d", seed=1), tmp_path / "a.safetensors")
+    other = models.load(str(save_tiny(tmp_path / "o", vocab=80, seed=2)), "float32")
+    with pytest.raises(VocabtrimError, match="adapts another drafter"):
+        native_adapter.merged(write_gguf(tiny_model(80, seed=2), tmp_path / "o.gguf"), adapter, other.config,
+                              other.tokenizer)
+    assert not (tmp_path / "cache" / "adapted").exists()
+
+
+def test_generate_drafts_with_the_adapter_on_the_native_engine(tmp_path):
+    env = {"VOCABTRIM_CACHE": str(tmp_path / "cache")}
+    target = write_gguf(tiny_model(64, seed=1), tmp_path / "t.gguf")
+    draft = write_gguf(noisy_copy(tiny_model(64, seed=1), 0.3, seed=2), tmp_path / "d.gguf")
+    adapter, _ = make_adapter(draft, tmp_path / "a.safetensors")
+    args = ("generate", "--target", target, "--prompt", "w5 w6 w7", "--max-new-tokens", 12, "--json",
+            "--backend", "native")
+    alone = cli(*args, "--no-draft", env=env)
+    adapted = cli(*args, "--draft", draft, "--drafter", "model", "--policy", "static:3", "--draft-adapter", adapter,
+                  env=env)
+    assert adapted.exit_code == 0, adapted.stderr + str(adapted.exception)
+    assert "torch" not in adapted.stderr, adapted.stderr  # not "drafts on torch"
+    assert json.loads(adapted.stdout)["token_ids"] == json.loads(alone.stdout)["token_ids"]
+    assert len(list((tmp_path / "cache" / "adapted").glob("*.gguf"))) == 1
