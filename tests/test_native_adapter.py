@@ -75,6 +75,15 @@ def test_an_adapter_of_another_drafter_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "cache" / "adapted").exists()
 
 
+def test_a_change_of_another_shape_is_refused(tmp_path):
+    deltas = {"blk.0.attn_q.weight": np.zeros((5, 32), np.float32)}
+    with pytest.raises(VocabtrimError, match=r"blk.0.attn_q.weight as a \[5, 32\] matrix; m.gguf holds \[32, 32\]"):
+        native_adapter._write(write_gguf(tiny_model(64, seed=1), tmp_path / "m.gguf"), deltas, str(tmp_path / "o"))
+    deltas = {"blk.9.attn_q.weight": np.zeros((32, 32), np.float32)}
+    with pytest.raises(VocabtrimError, match="m.gguf holds none"):
+        native_adapter._write(tmp_path / "m.gguf", deltas, str(tmp_path / "o"))
+
+
 def test_generate_drafts_with_the_adapter_on_the_native_engine(tmp_path):
     env = {"VOCABTRIM_CACHE": str(tmp_path / "cache")}
     target = write_gguf(tiny_model(64, seed=1), tmp_path / "t.gguf")

@@ -71,12 +71,16 @@ def _write(src: Path, deltas: dict[str, np.ndarray], dst: str) -> None:
     requantized = {T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0}
     reader = gguf.GGUFReader(src)
     arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
-    heads = {"attn_q": reader.fields[f"{arch}.attention.head_count"].contents()}
-    heads["attn_k"] = reader.fields[f"{arch}.attention.head_count_kv"].contents() \
-        if f"{arch}.attention.head_count_kv" in reader.fields else heads["attn_q"]
-    missing = set(deltas) - {t.name for t in reader.tensors}
-    if missing:
-        raise VocabtrimError(f"the adapter changes {sorted(missing)[0]}, which {src.name} lacks")
+    heads = {}  # the rows llama.cpp permuted: q's by the heads, k's by the kv heads
+    if arch == "llama":
+        heads["attn_q"] = heads["attn_k"] = reader.fields[f"{arch}.attention.head_count"].contents()
+        if f"{arch}.attention.head_count_kv" in reader.fields:
+            heads["attn_k"] = reader.fields[f"{arch}.attention.head_count_kv"].contents()
+    shapes = {t.name: (int(t.shape[1]), int(t.shape[0])) for t in reader.tensors if len(t.shape) == 2}
+    for name, delta in deltas.items():
+        if shapes.get(name) != delta.shape:
+            raise VocabtrimError(f"the adapter changes {name} as a {list(delta.shape)} matrix; "
+                                 f"{src.name} holds {list(shapes[name]) if name in shapes else 'none'}")
     writer = gguf.GGUFWriter(dst, arch, endianess=reader.endianess)
     for field in reader.fields.values():  # every key as it was (gguf_new_metadata's copy)
         if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
@@ -90,7 +94,7 @@ def _write(src: Path, deltas: dict[str, np.ndarray], dst: str) -> None:
         if t.name in deltas:
             delta = deltas[t.name]
             stem = t.name.split(".")[2]
-            if arch == "llama" and stem in heads:
+            if stem in heads:
                 delta = permute(delta, heads[stem])
             w = dequantize(raw, kind).reshape(delta.shape) + delta
             kind = kind if kind in requantized else T.Q8_0
