@@ -87,12 +87,13 @@ def read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise VocabtrimError(f"{path} is not an adapter written by vocabtrim adapt ({e})") from None
 
 
-def read_for(path: Path, config, tokenizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """`read`, refused in one line where the adapter was made for another drafter."""
-    tensors, meta = read(path)
+def meta_for(path: Path, config, tokenizer) -> dict:
+    """`read_meta`, refused in one line where the adapter was made for another drafter
+    (its tensors left on disk)."""
+    meta = read_meta(path)
     if meta["drafter_fingerprint"] != base_fingerprint(config, tokenizer):
         raise VocabtrimError(f"{path} adapts another drafter ({meta['drafter']}): its shape or vocabulary differ")
-    return tensors, meta
+    return meta
 
 
 def lora_part(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -126,7 +127,8 @@ def merge(model: torch.nn.Module, tokenizer, path: Path) -> torch.nn.Module:
     a draft step costs what it did."""
     from peft import set_peft_model_state_dict
 
-    tensors, meta = read_for(path, model.config, tokenizer)
+    meta = meta_for(path, model.config, tokenizer)
+    tensors, _ = read(path)
     peft_model = _lora(model, Settings(**meta["settings"]))
     set_peft_model_state_dict(peft_model, lora_part(tensors))
     return peft_model.merge_and_unload().eval()

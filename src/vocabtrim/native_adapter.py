@@ -19,24 +19,24 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .adapt import read_for
+from .adapt import MODULES, meta_for, read
 from .errors import VocabtrimError
 from .files import atomic_write, version
 from .paths import cache_root
 
-TENSORS = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
-           "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}  # peft's module -> GGUF's
+# the modules an adapter changes (adapt.MODULES, transformers' names) -> their GGUF tensors
+TENSORS = dict(zip(MODULES, ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"), strict=True))
 _KEY = re.compile(r"layers\.(\d+)\.\w+\.(\w+)\.lora_([AB])\.weight$")
 
 
 def merged(gguf_file: Path, adapter: Path, config, tokenizer) -> Path:
     """The GGUF file of `gguf_file`'s model with `adapter` merged in (made now if the cache
     lacks it); refused in one line where the adapter was made for another drafter."""
-    tensors, meta = read_for(adapter, config, tokenizer)
+    meta = meta_for(adapter, config, tokenizer)
     key = hashlib.sha256(repr((version(gguf_file), version(adapter))).encode()).hexdigest()[:16]
     out = cache_root() / "adapted" / f"{gguf_file.stem}-{key}.gguf"
-    if not out.is_file():
-        deltas = changes(tensors, meta["settings"]["alpha"])
+    if not out.is_file():  # the adapter's tensors read only to make it
+        deltas = changes(read(adapter)[0], meta["settings"]["alpha"])
         atomic_write(out, lambda tmp: _write(gguf_file, deltas, tmp))
     return out
 

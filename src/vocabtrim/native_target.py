@@ -81,9 +81,10 @@ class NativeModel:
 
     def _pack(self) -> dict[str, np.ndarray]:
         """The matrices the kernels read in a layout of their own (native.pack: K-quants on
-        the SIMD paths; on AVX512 also Q4_0, Q5_0, Q8_0, 16 rows to a tile), packed once for every cache over this model, their mapped pages
-        then dropped (the file stays in the page cache; the process holds one copy). The
-        embedding stays mapped (read by rows); a tied head is packed from it."""
+        the SIMD paths; on AVX512 also Q4_0, Q5_0, Q8_0, 16 rows to a tile), packed once for
+        every cache over this model, their mapped pages then dropped (the file stays in the
+        page cache; the process holds one copy). The embedding stays mapped (read by rows);
+        a tied head is packed from it."""
         isa = native.ISAS[self.isa]
         matrices = [n for n in self.tensors if n != "token_embd.weight" and len(self.tensors[n].dims) == 2]
         if "output.weight" not in self.tensors:
