@@ -126,6 +126,24 @@ static void rope(const vt_model *m, float *v, int n_heads, const float *cs) {
     }
 }
 
+/* e *= scale in place; returns the max (exact in any order: 8 running maxima, no libm call). */
+static float scale_max(float *e, int n, float scale) {
+    float m8[8], mx = -INFINITY;
+    for (int k = 0; k < 8; k++) m8[k] = -INFINITY;
+    int p = 0;
+    for (; p + 8 <= n; p += 8)
+        for (int k = 0; k < 8; k++) {
+            const float v = e[p + k] * scale;
+            e[p + k] = v, m8[k] = v > m8[k] ? v : m8[k];
+        }
+    for (; p < n; p++) {
+        const float v = e[p] * scale;
+        e[p] = v, mx = v > mx ? v : mx;
+    }
+    for (int k = 0; k < 8; k++) mx = m8[k] > mx ? m8[k] : mx;
+    return mx;
+}
+
 typedef struct {
     const vt_model *m;
     const float *q; /* [T][n_head * hd] */
@@ -151,18 +169,18 @@ static void attn_task(void *vjob, int64_t i0, int64_t i1, int ith) {
         const int h0 = kh * group + (int)(it % j->parts) * per, nh = group - (h0 - kh * group) < per ? group - (h0 - kh * group) : per;
         const int pos = j->pos0 + t;
         const float *q[VT_ATT_HEADS];
-        float *o[VT_ATT_HEADS], mx[VT_ATT_HEADS], sum[VT_ATT_HEADS];
+        float *o[VT_ATT_HEADS], sum[VT_ATT_HEADS];
         for (int i = 0; i < nh; i++) {
             q[i] = j->q + (size_t)t * m->n_head * hd + (size_t)(h0 + i) * hd;
             o[i] = j->out + (size_t)t * m->n_head * hd + (size_t)(h0 + i) * hd;
-            mx[i] = -INFINITY, sum[i] = 0.0f;
+            sum[i] = 0.0f;
             memset(o[i], 0, sizeof(float) * (size_t)hd);
         }
         k->scores(kl + (size_t)kh * hd, kvd, pos + 1, q, nh, hd, score, m->n_ctx);
         for (int i = 0; i < nh; i++) { /* scaled, their max; the weights e = exp(score - max) in place, their sum */
             float *e = score + (size_t)i * m->n_ctx;
-            for (int p = 0; p <= pos; p++) e[p] = e[p] * scale, mx[i] = fmaxf(mx[i], e[p]);
-            for (int p = 0; p <= pos; p++) e[p] = e[p] - mx[i];
+            const float mx = scale_max(e, pos + 1, scale);
+            for (int p = 0; p <= pos; p++) e[p] = e[p] - mx;
             k->exp_n(e, e, pos + 1);
             for (int p = 0; p <= pos; p++) sum[i] = sum[i] + e[p];
         }
