@@ -174,6 +174,17 @@ static void mm_task(void *vjob, int64_t i0, int64_t i1, int ith) {
     }
 }
 
+/* Rows i0..i1-1 of the activations quantized for the parts' weights (each row alone, into
+ * its own blocks): a job of its own, so a prefill's 64 rows do not wait on one thread. */
+static void quant_task(void *vjob, int64_t i0, int64_t i1, int ith) {
+    (void)ith;
+    const mm_job *j = vjob;
+    for (int64_t l = i0; l < i1; l++) {
+        if (j->xk) j->k->quantize_k(j->x + l * j->cols, j->cols, (vt_xk *)j->xk + l, (float *)j->xd + l, j->L);
+        if (j->x8) vt_quantize_8_0(j->x + l * j->cols, j->cols, (vt_x8 *)j->x8 + l * (j->cols / QK8_0));
+    }
+}
+
 int vt_matmul_parts(vt_pool *pool, int isa, int64_t cols, const float *x, int64_t L, const vt_mm_part *part, int n,
                     int swiglu) {
     if (cols < 1 || L < 1 || n < 1 || n > VT_MAX_PARTS || (swiglu && (n != 2 || part[0].rows != part[1].rows)))
@@ -203,17 +214,13 @@ int vt_matmul_parts(vt_pool *pool, int isa, int64_t cols, const float *x, int64_
             free(xk), free(xd);
             return VT_ENOMEM;
         }
-        for (int64_t l = 0; l < L; l++) j.k->quantize_k(x + l * cols, cols, (vt_xk *)xk + l, xd + l, L);
     }
-    if (need_8) {
-        if (!(x8 = malloc((size_t)(L * (cols / QK8_0)) * sizeof(vt_x8)))) {
-            free(xk), free(xd);
-            return VT_ENOMEM;
-        }
-        const int64_t nb = cols / QK8_0;
-        for (int64_t l = 0; l < L; l++) vt_quantize_8_0(x + l * cols, cols, (vt_x8 *)x8 + l * nb);
+    if (need_8 && !(x8 = malloc((size_t)(L * (cols / QK8_0)) * sizeof(vt_x8)))) {
+        free(xk), free(xd);
+        return VT_ENOMEM;
     }
     j.xk = xk, j.xd = xd, j.x8 = x8;
+    if (need_k || need_8) vt_pool_run(pool, quant_task, &j, L, 1, L * cols * 16 * (need_k + need_8));
     const int64_t items = swiglu ? part[0].rows : rows;
     /* chunks of about a quarter of a thread's share, whole row groups (an eighth measured slower: each
      * chunk restarts a weight stream the hardware prefetches) */
