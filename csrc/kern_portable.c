@@ -232,7 +232,7 @@ static void exp_n(const float *x, float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = vt_exp(x[i]);
 }
 
-const vt_kernels vt_kernels_portable = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, dot_f, scores, wsum, exp_n, vt_quantize_k, NULL, 0, 0, NULL, NULL, NULL};
+const vt_kernels vt_kernels_portable = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, dot_f, scores, wsum, exp_n, vt_quantize_k, vt_quantize_8_0, NULL, 0, 0, NULL, NULL, NULL};
 
 /* Dequantize n elements (whole blocks) of `type` to fp32, in the order and with the float
  * operations of ggml's dequantize_row_* (the tests hold it against gguf's quants.py). */

@@ -1148,37 +1148,61 @@ static void exp_n(const float *x, float *y, int64_t n) {
     for (; i < n; i++) y[i] = vt_exp(x[i]);
 }
 
-/* kern_portable.c's quantize_block on 256 values, 8 lanes at a time, its comparisons kept
- * (NaN: never the max, clamped to -127), and the same group sums. */
-static void quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64_t stride) {
+/* kern_portable.c's quantize_block on n (a multiple of 32) values, 8 lanes at a time, its
+ * comparisons kept (NaN: never the max, clamped to -127): the quants in element order to q,
+ * the scale to d; returns 0 for a block of zeros (or with an inf), its quants then 0. */
+static int quantize_block8(const float *x, int n, int8_t *q, float *d) {
     const __m256 sign = _mm256_set1_ps(-0.0f), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f),
                  magic = _mm256_set1_ps(12582912.0f);
-    for (int64_t b = 0; b < cols / QK_K; b++) {
-        const float *xb = x + b * QK_K;
-        vt_xk *o = out + b * stride;
-        __m256 m = _mm256_setzero_ps();
-        for (int i = 0; i < QK_K; i += 8) m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(xb + i)), m); /* a > m ? a : m */
-        float t[8], amax = 0.0f;
-        _mm256_storeu_ps(t, m);
-        for (int i = 0; i < 8; i++) amax = t[i] > amax ? t[i] : amax;
-        if (!(amax > 0.0f) || isinf(amax)) {
-            memset(o, 0, sizeof *o);
-            d[b * stride] = 0.0f;
-            continue;
+    __m256 m = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 8) m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)), m); /* a > m ? a : m */
+    float t[8], amax = 0.0f;
+    _mm256_storeu_ps(t, m);
+    for (int i = 0; i < 8; i++) amax = t[i] > amax ? t[i] : amax;
+    if (!(amax > 0.0f) || isinf(amax)) {
+        memset(q, 0, (size_t)n);
+        *d = 0.0f;
+        return 0;
+    }
+    const __m256 id = _mm256_set1_ps(127.0f / amax);
+    for (int i = 0; i < n; i += 32) {
+        __m256i v8[4];
+        for (int k = 0; k < 4; k++) {
+            const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * k), id);
+            const __m256 c = _mm256_blendv_ps(lo, _mm256_blendv_ps(hi, v, _mm256_cmp_ps(v, hi, _CMP_LE_OQ)),
+                                              _mm256_cmp_ps(v, lo, _CMP_GE_OQ));
+            v8[k] = _mm256_cvttps_epi32(_mm256_sub_ps(_mm256_add_ps(c, magic), magic));
         }
-        const __m256 id = _mm256_set1_ps(127.0f / amax);
+        /* packs interleave the 128-bit lanes: dwords 0 4 1 5 2 6 3 7 back in order */
+        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(v8[0], v8[1]), _mm256_packs_epi32(v8[2], v8[3]));
+        _mm256_storeu_si256((__m256i *)(q + i), _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    }
+    *d = amax / 127.0f;
+    return 1;
+}
+
+/* vt_quantize_8_0: each 32-block by quantize_block8, its sums of 4 by two multiplies by 1. */
+static void quantize_8(const float *x, int64_t cols, vt_x8 *out) {
+    for (int64_t b = 0; b < cols / QK8_0; b++) {
+        vt_x8 *o = out + b;
+        quantize_block8(x + b * QK8_0, QK8_0, o->q, &o->d);
+        const __m256i s4 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), LOAD256(o->q)), _mm256_set1_epi16(1));
+        STORE256(o->ns16, _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(s4, 4)));
+        const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(s4), _mm256_extracti128_si256(s4, 1));
+        const __m128i h2 = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4E));
+        o->sum = _mm_cvtsi128_si32(_mm_add_epi32(h2, _mm_shuffle_epi32(h2, 0xB1)));
+    }
+}
+
+/* vt_quantize_k: quantize_block8 on 256 values, then the quants in order_k's order and the
+ * same group sums. */
+static void quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64_t stride) {
+    for (int64_t b = 0; b < cols / QK_K; b++) {
+        vt_xk *o = out + b * stride;
         int8_t q8[QK_K] __attribute__((aligned(32))); /* in element order */
-        for (int i = 0; i < QK_K; i += 32) {
-            __m256i q[4];
-            for (int k = 0; k < 4; k++) {
-                const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(xb + i + 8 * k), id);
-                const __m256 c = _mm256_blendv_ps(lo, _mm256_blendv_ps(hi, v, _mm256_cmp_ps(v, hi, _CMP_LE_OQ)),
-                                                  _mm256_cmp_ps(v, lo, _CMP_GE_OQ));
-                q[k] = _mm256_cvttps_epi32(_mm256_sub_ps(_mm256_add_ps(c, magic), magic));
-            }
-            /* packs interleave the 128-bit lanes: dwords 0 4 1 5 2 6 3 7 back in order */
-            const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-            _mm256_store_si256((__m256i *)(q8 + i), _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+        if (!quantize_block8(x + b * QK_K, QK_K, q8, d + b * stride)) {
+            memset(o, 0, sizeof *o);
+            continue;
         }
         order_k((const uint8_t *)q8, (uint8_t *)o->q); /* as the kernels unpack the weights */
         for (int k = 0; k < QK_K / 16; k++) {
@@ -1188,8 +1212,7 @@ static void quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64
             const __m128i u = _mm_add_epi32(w, _mm_shuffle_epi32(w, 0x4E));
             o->bs[k] = (int16_t)_mm_cvtsi128_si32(_mm_add_epi32(u, _mm_shuffle_epi32(u, 0xB1)));
         }
-        d[b * stride] = amax / 127.0f;
     }
 }
 
-const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, dot_f, scores, wsum, exp_n, quantize_k, pack_k, KT_TABLE};
+const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, dot_f, scores, wsum, exp_n, quantize_k, quantize_8, pack_k, KT_TABLE};

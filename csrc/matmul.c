@@ -181,7 +181,7 @@ static void quant_task(void *vjob, int64_t i0, int64_t i1, int ith) {
     const mm_job *j = vjob;
     for (int64_t l = i0; l < i1; l++) {
         if (j->xk) j->k->quantize_k(j->x + l * j->cols, j->cols, (vt_xk *)j->xk + l, (float *)j->xd + l, j->L);
-        if (j->x8) vt_quantize_8_0(j->x + l * j->cols, j->cols, (vt_x8 *)j->x8 + l * (j->cols / QK8_0));
+        if (j->x8) j->k->quantize_8(j->x + l * j->cols, j->cols, (vt_x8 *)j->x8 + l * (j->cols / QK8_0));
     }
 }
 

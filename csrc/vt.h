@@ -106,6 +106,8 @@ typedef struct {
     /* vt_quantize_k (max, multiplies, compares and the rounding trick are elementwise or
      * exact: every width gives its bits) */
     void (*quantize_k)(const float *x, int64_t cols, vt_xk *out, float *d, int64_t stride);
+    /* vt_quantize_8_0, the same way */
+    void (*quantize_8)(const float *x, int64_t cols, vt_x8 *out);
     /* nb K-quant blocks of `type` from src into the layout dot_k and dot_k_rows1 read (the
      * same size; dst may be src); NULL: they read the file's */
     void (*pack_k)(int type, const uint8_t *src, int64_t nb, uint8_t *dst);
