@@ -326,7 +326,7 @@ def write_gguf(model: LlamaForCausalLM, path: Path, arch: str = "qwen2") -> Path
     plain tokens (w, 2 and their one merge w2, since tokenizers want some; then w5, w6, ...)."""
     import gguf
 
-    from vocabtrim.native_adapter import permute
+    from vocabtrim.gguf_copy import permute
 
     c = model.config
     w = gguf.GGUFWriter(str(path), arch)

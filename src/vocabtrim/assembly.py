@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from . import backend, models, profile
+from . import backend, gguf_copy, models, profile
 from .costs import Costs
 from .drafters import (
     Bridge,
@@ -161,12 +161,18 @@ class Assembler:
         return Engine(self.target, drafter), rule.make(costs)
 
     def drafter_model(self, spec: Spec) -> models.Loaded:
-        """The loaded drafter `spec` drafts with, in its weights."""
+        """The loaded drafter `spec` drafts with, in its weights: quantized on torch, or, one
+        drafting from its GGUF file, from a copy of the file at fewer bits (gguf_copy)."""
         self._check(spec)
         loaded = self.parts.cross if spec.cross else self.parts.drafter
         scheme = spec.weights or self.parts.settings.quant
-        return loaded if scheme == "none" else self._once(("quantized", scheme, spec.cross),
-                                                           lambda: models.quantize(loaded, scheme))
+        if scheme == "none":
+            return loaded
+        if backend.get(loaded.backend).runs_gguf:
+            return self._once(("quantized", scheme, spec.cross), lambda: replace(
+                models.on_gguf(loaded, loaded.backend, gguf_copy.requantized(loaded.gguf, scheme)),
+                name=f"{loaded.name}@{scheme}"))
+        return self._once(("quantized", scheme, spec.cross), lambda: models.quantize(loaded, scheme))
 
     def _check(self, spec: Spec) -> None:
         p = self.parts

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from . import backend, catalog, models, native_adapter
+from . import backend, catalog, gguf_copy, models
 from .adapt import Online, Settings, merge, read_meta
 from .adapt import read as read_adapter
 from .assembly import Assembler, Built, EngineSettings, Parts, Spec
@@ -89,7 +89,7 @@ def load_parts(o: Options, check: Callable[[Parts], None] | None = None) -> Part
 def _drafts_on(loaded: models.Loaded, on: str, adapter: Path | None = None) -> models.Loaded:
     """The drafter `loaded` on the target's backend `on`, where its file is a GGUF that `on`
     runs (its header read now; `adapter` merged into a copy of the file, made once:
-    native_adapter); else on torch as it was, said in one line."""
+    gguf_copy); else on torch as it was, said in one line."""
     file = catalog.gguf_path(loaded.name)
     if file is None:
         return loaded
@@ -101,7 +101,7 @@ def _drafts_on(loaded: models.Loaded, on: str, adapter: Path | None = None) -> m
         return loaded
     if adapter is None:
         return moved
-    return models.on_gguf(loaded, on, native_adapter.merged(file, adapter, loaded.config, loaded.tokenizer))
+    return models.on_gguf(loaded, on, gguf_copy.merged(file, adapter, loaded.config, loaded.tokenizer))
 
 
 def load_drafter(spec: str, dtype: str = "auto", adapter: Path | None = None, lazy: bool = False) -> models.Loaded:

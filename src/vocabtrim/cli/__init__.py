@@ -100,7 +100,8 @@ prompt_tokens_option = click.option(
          "lacks (a few extra head rows per generation); off: the map alone, as in the paper.")
 quant_option = click.option(
     "--draft-quant", default="none", show_default=True, type=click.Choice(list(kernels.QUANT)),
-    help="The drafter's linear layers and head as int8 (per row) or int4 (groups of 32) weights: "
+    help="The drafter's linear layers and head as int8 (per row) or int4 (groups of 32) weights "
+         "(a drafter on the native engine: a cached copy of its GGUF file at Q8_0/Q4_0): "
          "cheaper draft steps; the output stays the target's.")
 draft_adapter_option = click.option(
     "--draft-adapter", type=click.Path(path_type=Path),
