@@ -102,7 +102,7 @@ def check_parts(spec: Spec, drafter: bool, cross: bool = False, mapped: bool = F
 class EngineSettings:
     """What every engine over one set of models shares (the command line's options)."""
 
-    quant: str = "none"  # the drafter's weights where a method names no q8/q4
+    quant: str = "auto"  # the drafter's weights where a method names no q8/q4 (auto: drafter_model)
     draft_len: int = 5  # K of static methods
     adaedl: str = "adaedl"  # the adaedl methods' policy spec
     prompt_tokens: bool = True  # trimmed heads also propose the prompt's own tokens
@@ -165,10 +165,13 @@ class Assembler:
         drafting from its GGUF file, from a copy of the file at fewer bits (gguf_copy)."""
         self._check(spec)
         loaded = self.parts.cross if spec.cross else self.parts.drafter
+        gguf = backend.get(loaded.backend).runs_gguf
         scheme = spec.weights or self.parts.settings.quant
+        if scheme == "auto":  # a GGUF drafter on the engine: its Q4_0 copy (docs/native.md); torch's as loaded
+            scheme = "int4" if gguf else "none"
         if scheme == "none":
             return loaded
-        if backend.get(loaded.backend).runs_gguf:
+        if gguf:
             return self._once(("quantized", scheme, spec.cross), lambda: replace(
                 models.on_gguf(loaded, loaded.backend, gguf_copy.requantized(loaded.gguf, scheme)),
                 name=f"{loaded.name}@{scheme}"))

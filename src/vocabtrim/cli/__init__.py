@@ -99,10 +99,11 @@ prompt_tokens_option = click.option(
     help="With a token map, let the drafter also propose the prompt's own tokens the map "
          "lacks (a few extra head rows per generation); off: the map alone, as in the paper.")
 quant_option = click.option(
-    "--draft-quant", default="none", show_default=True, type=click.Choice(list(kernels.QUANT)),
+    "--draft-quant", default="auto", show_default=True, type=click.Choice(["auto", *kernels.QUANT]),
     help="The drafter's linear layers and head as int8 (per row) or int4 (groups of 32) weights "
          "(a drafter on the native engine: a cached copy of its GGUF file at Q8_0/Q4_0): "
-         "cheaper draft steps; the output stays the target's.")
+         "cheaper draft steps; the output stays the target's. auto: int4 for a drafter on the "
+         "native engine, none on torch.")
 draft_adapter_option = click.option(
     "--draft-adapter", type=click.Path(path_type=Path),
     help="A LoRA adapter from `vocabtrim adapt`, merged into the drafter's weights at load time "

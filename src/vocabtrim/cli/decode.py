@@ -188,7 +188,7 @@ def serve(host, port, api_key, name, queue_size, time_limit, max_request_bytes, 
         raise VocabtrimError("--store keeps the suffix drafter's store; use --drafter hybrid or suffix")
     if api_key is not None and not api_key.strip():
         raise VocabtrimError("--api-key is empty")
-    if adapt_online and (not spec.model or how["draft_quant"] != "none"):
+    if adapt_online and (not spec.model or how["draft_quant"] not in ("none", "auto")):
         raise VocabtrimError("--adapt-online adapts a drafter model's own weights: use --drafter model or hybrid, "
                              "without --draft-quant")
     if not adapt_online:
