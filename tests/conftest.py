@@ -396,9 +396,9 @@ def quantized_gguf(model, path, qtype, monkeypatch, arch: str = "qwen2"):
                      else k_quant_blocks(tuple(p.shape), qtype, float(p.std()), seed=i))
                 p.copy_(torch.from_numpy(gguf.quants.dequantize(q, qtype).reshape(p.shape)))
                 stored[p.numpy().tobytes()] = q
-    monkeypatch.setattr(gguf.GGUFWriter, "add_tensor", add_quantized)
-    write_gguf(model, path, arch)
-    monkeypatch.undo()
+    with monkeypatch.context() as m:  # undoes this patch alone (the caller's, VOCABTRIM_CACHE's, stay)
+        m.setattr(gguf.GGUFWriter, "add_tensor", add_quantized)
+        write_gguf(model, path, arch)
     return path
 
 

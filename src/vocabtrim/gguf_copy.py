@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from .adapt import MODULES, meta_for, read
 from .errors import VocabtrimError
 from .files import atomic_write, version
+from .gguf_header import read_gguf
 from .paths import cache_root
 
 # the modules an adapter changes (adapt.MODULES, transformers' names) -> their GGUF tensors
@@ -46,12 +47,15 @@ def merged(gguf_file: Path, adapter: Path, config, tokenizer) -> Path:
     """The GGUF file of `gguf_file`'s model with `adapter` merged in (made now if the cache
     lacks it); refused in one line where the adapter was made for another drafter."""
     meta = meta_for(adapter, config, tokenizer)
+    out = _place("adapted", gguf_file, (version(gguf_file), version(adapter)))
+    if _used(out):
+        return out
 
     def make(tmp: str) -> None:  # the adapter's tensors read only to make it
         _write(gguf_file, _merge(gguf_file, changes(read(adapter)[0], meta["settings"]["alpha"])), tmp,
                f"merging the adapter into {gguf_file.name}")
 
-    return _cached("adapted", gguf_file, (version(gguf_file), version(adapter)), make)
+    return _made(out, make)
 
 
 def requantized(gguf_file: Path, scheme: str) -> Path:
@@ -59,47 +63,63 @@ def requantized(gguf_file: Path, scheme: str) -> Path:
     (SCHEMES) where they hold more bits a weight; the file itself where none does."""
     import gguf
 
-    T = gguf.GGMLQuantizationType
-    kind = T[SCHEMES[scheme]]
-    tensors = gguf.GGUFReader(gguf_file).tensors
-    if not any(_lower(t, kind) for t in tensors):
+    out = _place("requantized", gguf_file, (version(gguf_file), scheme))
+    if _used(out):
+        return out
+    kind = gguf.GGMLQuantizationType[SCHEMES[scheme]]
+    lower = {name for name, t in read_gguf(gguf_file)[1].items() if _lower(name, t.type, t.dims, kind)}
+    if not lower:
         return gguf_file
 
     def change(t, raw, old):
-        if not _lower(t, kind):
+        if t.name not in lower:
             return raw, old
         from gguf.quants import dequantize, quantize
 
         return quantize(dequantize(raw, old).reshape(int(t.shape[1]), int(t.shape[0])), kind), kind
 
-    return _cached("requantized", gguf_file, (version(gguf_file), scheme),
-                   lambda tmp: _write(gguf_file, change, tmp, f"{gguf_file.name} to {kind.name}"))
+    return _made(out, lambda tmp: _write(gguf_file, change, tmp, f"{gguf_file.name} to {kind.name}"))
 
 
-def _lower(t, kind) -> bool:
-    """Whether tensor `t` is a matrix at more bits a weight than `kind` (whose blocks tile
-    its rows), other than the token embedding."""
-    from gguf import GGML_QUANT_SIZES
+def _lower(name: str, type_id: int, dims: tuple[int, ...], kind) -> bool:
+    """Whether a tensor is a matrix at more bits a weight than `kind` (whose blocks tile its
+    rows, dims[0] long), other than the token embedding."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     def bits(k):
-        block, size = GGML_QUANT_SIZES[k]
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(k)]
         return 8 * size / block
 
-    return (len(t.shape) == 2 and t.name != "token_embd.weight" and bits(t.tensor_type) > bits(kind)
-            and int(t.shape[0]) % GGML_QUANT_SIZES[kind][0] == 0)
+    return (len(dims) == 2 and name != "token_embd.weight" and bits(type_id) > bits(kind)
+            and dims[0] % GGML_QUANT_SIZES[kind][0] == 0)
 
 
-def _cached(kind: str, src: Path, key: tuple, make) -> Path:
-    """The cache's copy of `src` of `kind` for `key`, made by `make(tmp_path)` if missing;
-    the copies of `kind` beyond the KEEP used last are removed (a process still reading one
-    keeps its pages: Linux frees them when it lets go)."""
-    folder = cache_root() / kind
-    out = folder / f"{src.stem}-{hashlib.sha256(repr(key).encode()).hexdigest()[:16]}.gguf"
-    if out.is_file():
-        os.utime(out)  # used now: the last to go
-        return out
+def _place(kind: str, src: Path, key: tuple) -> Path:
+    """Where the cache keeps the copy of `src` of `kind` made from `key`."""
+    return cache_root() / kind / f"{src.stem}-{hashlib.sha256(repr(key).encode()).hexdigest()[:16]}.gguf"
+
+
+def _used(out: Path) -> bool:
+    """Whether the copy `out` is in the cache, marked used now if so (the last to go)."""
+    try:
+        os.utime(out)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _made(out: Path, make) -> Path:
+    """`out` written by `make(tmp_path)`; then the copies of its kind beyond the KEEP used
+    last are removed (a process still reading one keeps its pages until it lets go)."""
     atomic_write(out, make)
-    for old in sorted(folder.glob("*.gguf"), key=lambda p: p.stat().st_mtime, reverse=True)[KEEP:]:
+
+    def last_use(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except FileNotFoundError:  # another process removed it meanwhile
+            return 0.0
+
+    for old in sorted(out.parent.glob("*.gguf"), key=last_use, reverse=True)[KEEP:]:
         old.unlink(missing_ok=True)
     return out
 
