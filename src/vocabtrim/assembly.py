@@ -171,11 +171,14 @@ class Assembler:
             scheme = "int4" if gguf else "none"
         if scheme == "none":
             return loaded
-        if gguf:
-            return self._once(("quantized", scheme, spec.cross), lambda: replace(
-                models.on_gguf(loaded, loaded.backend, gguf_copy.requantized(loaded.gguf, scheme)),
-                name=f"{loaded.name}@{scheme}"))
-        return self._once(("quantized", scheme, spec.cross), lambda: models.quantize(loaded, scheme))
+
+        def quantized() -> models.Loaded:
+            if not gguf:
+                return models.quantize(loaded, scheme)
+            copy = models.on_gguf(loaded, loaded.backend, gguf_copy.requantized(loaded.gguf, scheme))
+            return replace(copy, name=f"{loaded.name}@{scheme}")
+
+        return self._once(("quantized", scheme, spec.cross), quantized)
 
     def _check(self, spec: Spec) -> None:
         p = self.parts

@@ -155,14 +155,14 @@ def _merge(src: Path, deltas: dict[str, np.ndarray]):
 
     T = gguf.GGMLQuantizationType
     requantized = {T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0}
-    reader = gguf.GGUFReader(src)
-    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    meta, tensors = read_gguf(src)  # the header alone: _write reads the file once more, whole
+    arch = meta[gguf.Keys.General.ARCHITECTURE]
     heads = {}  # the rows llama.cpp permuted: q's by the heads, k's by the kv heads
     if arch == "llama":
-        heads["attn_q"] = heads["attn_k"] = reader.fields[f"{arch}.attention.head_count"].contents()
-        if f"{arch}.attention.head_count_kv" in reader.fields:
-            heads["attn_k"] = reader.fields[f"{arch}.attention.head_count_kv"].contents()
-    shapes = {t.name: (int(t.shape[1]), int(t.shape[0])) for t in reader.tensors if len(t.shape) == 2}
+        heads["attn_q"] = heads["attn_k"] = meta[f"{arch}.attention.head_count"]
+        if f"{arch}.attention.head_count_kv" in meta:
+            heads["attn_k"] = meta[f"{arch}.attention.head_count_kv"]
+    shapes = {name: (t.dims[1], t.dims[0]) for name, t in tensors.items() if len(t.dims) == 2}
     for name, delta in deltas.items():
         if shapes.get(name) != delta.shape:
             raise VocabtrimError(f"the adapter changes {name} as a {list(delta.shape)} matrix; "

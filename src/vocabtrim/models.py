@@ -145,7 +145,7 @@ def load(spec: str, dtype: str = "auto", on: str = "torch", merge: Merge | None 
 
 def on_gguf(loaded: Loaded, on: str, file: Path | None = None) -> Loaded:
     """`loaded` (its tokenizer and config as they are) on backend `on`, which runs its GGUF
-    file (or `file`: a copy of it with an adapter merged in)."""
+    file (or `file`: a copy of it, gguf_copy's: an adapter merged in, or requantized)."""
     file = file or gguf_path(loaded.name)
     if file is None:
         raise VocabtrimError(f"the {on} backend runs GGUF files; {loaded.name} is not one")
