@@ -48,6 +48,7 @@ typedef struct {
 typedef struct {
     int8_t q[QK_K];
     int16_t bs[QK_K / 16];
+    int16_t bs32[QK_K / 32]; /* bs in pairs summed: the Q4_K/Q5_K tiles' mins, two sub-blocks a vpdpwssd */
 } __attribute__((aligned(64))) vt_xk;
 
 /* One activation row's 32-block quantized alone (Q8_0-style, fp32 scale), with the sum of
