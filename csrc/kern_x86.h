@@ -1128,27 +1128,39 @@ static void wsum(float *const *o, int nh, const float *e, int64_t es, const floa
 #undef vmul
 #undef vbcast
 
-/* vt_exp on 8 lanes: its steps, lane by lane. */
-static inline __m256 exp8(__m256 x) {
+/* vt_exp on a vector's lanes (AVX512: 16, else 8): its steps, lane by lane. */
+#if VT_VNNI == 2
+#define VX(op) _mm512_##op
+#define VX_AS_PS _mm512_castsi512_ps
+typedef __m512 vx_f;
+enum { VX_LANES = 16 };
+#else
+#define VX(op) _mm256_##op
+#define VX_AS_PS _mm256_castsi256_ps
+typedef __m256 vx_f;
+enum { VX_LANES = 8 };
+#endif
+static inline vx_f expv(vx_f x) {
     static const float c[6] = VT_EXP_C;
-    const __m256 magic = _mm256_set1_ps(12582912.0f);
-    x = _mm256_max_ps(x, _mm256_set1_ps(VT_EXP_LO)); /* x > lo ? x : lo */
-    x = _mm256_min_ps(x, _mm256_set1_ps(VT_EXP_HI)); /* x < hi ? x : hi */
-    const __m256 n = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), magic), magic);
-    const __m256 r = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f))),
-                                   _mm256_mul_ps(n, _mm256_set1_ps(-2.12194440e-4f)));
-    __m256 p = _mm256_set1_ps(c[0]);
-    for (int i = 1; i < 6; i++) p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(c[i]));
-    p = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(r, r)), r), _mm256_set1_ps(1.0f));
-    const __m256i two = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(two));
+    const vx_f magic = VX(set1_ps)(12582912.0f);
+    x = VX(max_ps)(x, VX(set1_ps)(VT_EXP_LO)); /* x > lo ? x : lo */
+    x = VX(min_ps)(x, VX(set1_ps)(VT_EXP_HI)); /* x < hi ? x : hi */
+    const vx_f n = VX(sub_ps)(VX(add_ps)(VX(mul_ps)(x, VX(set1_ps)(1.44269504088896341f)), magic), magic);
+    const vx_f r = VX(sub_ps)(VX(sub_ps)(x, VX(mul_ps)(n, VX(set1_ps)(0.693359375f))),
+                              VX(mul_ps)(n, VX(set1_ps)(-2.12194440e-4f)));
+    vx_f p = VX(set1_ps)(c[0]);
+    for (int i = 1; i < 6; i++) p = VX(add_ps)(VX(mul_ps)(p, r), VX(set1_ps)(c[i]));
+    p = VX(add_ps)(VX(add_ps)(VX(mul_ps)(p, VX(mul_ps)(r, r)), r), VX(set1_ps)(1.0f));
+    return VX(mul_ps)(p, VX_AS_PS(VX(slli_epi32)(VX(add_epi32)(VX(cvttps_epi32)(n), VX(set1_epi32)(127)), 23)));
 }
 
 static void exp_n(const float *x, float *y, int64_t n) {
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, exp8(_mm256_loadu_ps(x + i)));
+    for (; i + VX_LANES <= n; i += VX_LANES) VX(storeu_ps)(y + i, expv(VX(loadu_ps)(x + i)));
     for (; i < n; i++) y[i] = vt_exp(x[i]);
 }
+#undef VX
+#undef VX_AS_PS
 
 /* kern_portable.c's quantize_block on n (a multiple of 32) values, 8 lanes at a time, its
  * comparisons kept (NaN: never the max, clamped to -127): the quants in element order to q,

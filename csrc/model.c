@@ -144,6 +144,19 @@ static float scale_max(float *e, int n, float scale) {
     return mx;
 }
 
+/* The sum of e[0..n-1] as 8 running sums (key p into sum p % 8, in key order), then
+ * halved as dot_f's lanes are: 8 independent chains, not one add waiting on the last. */
+static float sum8(const float *e, int n) {
+    float s[8] = {0};
+    int p = 0;
+    for (; p + 8 <= n; p += 8)
+        for (int k = 0; k < 8; k++) s[k] = s[k] + e[p + k];
+    for (int k = 0; p < n; p++, k++) s[k] = s[k] + e[p];
+    for (int h = 4; h; h /= 2)
+        for (int k = 0; k < h; k++) s[k] = s[k] + s[k + h];
+    return s[0];
+}
+
 typedef struct {
     const vt_model *m;
     const float *q; /* [T][n_head * hd] */
@@ -173,7 +186,6 @@ static void attn_task(void *vjob, int64_t i0, int64_t i1, int ith) {
         for (int i = 0; i < nh; i++) {
             q[i] = j->q + (size_t)t * m->n_head * hd + (size_t)(h0 + i) * hd;
             o[i] = j->out + (size_t)t * m->n_head * hd + (size_t)(h0 + i) * hd;
-            sum[i] = 0.0f;
             memset(o[i], 0, sizeof(float) * (size_t)hd);
         }
         k->scores(kl + (size_t)kh * hd, kvd, pos + 1, q, nh, hd, score, m->n_ctx);
@@ -182,7 +194,7 @@ static void attn_task(void *vjob, int64_t i0, int64_t i1, int ith) {
             const float mx = scale_max(e, pos + 1, scale);
             for (int p = 0; p <= pos; p++) e[p] = e[p] - mx;
             k->exp_n(e, e, pos + 1);
-            for (int p = 0; p <= pos; p++) sum[i] = sum[i] + e[p];
+            sum[i] = sum8(e, pos + 1);
         }
         k->wsum(o, nh, score, m->n_ctx, vl + (size_t)kh * hd, kvd, pos + 1, hd);
         for (int i = 0; i < nh; i++)
