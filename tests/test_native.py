@@ -135,7 +135,7 @@ def test_exp_is_close_to_numpy():
 @pytest.mark.parametrize("isa", FAST or [pytest.param("avx2", marks=pytest.mark.skip("no SIMD path on this CPU"))])
 def test_exp_scores_and_wsum_paths_bit_identical_to_portable(isa):
     x = exp_inputs()
-    for n in (len(x), 7, 1):  # 8-lane body and scalar tail
+    for n in (len(x), 23, 7, 1):  # the vector body (16 or 8 lanes) and scalar tails
         assert same_bits(N.exp(x[:n], isa=isa), N.exp(x[:n], isa="portable")), n
     rng = np.random.default_rng(12)
     for heads, n in ((1, 128), (3, 128), (4, 64), (2, 96), (2, 37)):  # 96: a part of a full pass; 37: the element tail
@@ -143,7 +143,7 @@ def test_exp_scores_and_wsum_paths_bit_identical_to_portable(isa):
         v = rng.standard_normal((53, n)).astype(np.float32)
         assert same_bits(N.wsum(e, v, isa=isa), N.wsum(e, v, isa="portable")), (heads, n)
     assert np.allclose(N.wsum(e, v, isa="portable"), e.astype(np.float64) @ v, rtol=1e-4, atol=1e-4)
-    for heads, n, keys in ((1, 64, 53), (4, 128, 48), (3, 64, 16), (2, 40, 37), (4, 64, 5)):  # 16-key blocks, tails
+    for heads, n, keys in ((1, 64, 53), (4, 128, 48), (3, 64, 16), (2, 40, 37), (4, 64, 5)):  # 8-key blocks, tails
         k, q = rng.standard_normal((keys, n)).astype(np.float32), rng.standard_normal((heads, n)).astype(np.float32)
         assert same_bits(N.scores(k, q, isa=isa), N.scores(k, q, isa="portable")), (heads, n, keys)
     assert np.allclose(N.scores(k, q, isa="portable"), q.astype(np.float64) @ k.T, rtol=1e-4, atol=1e-4)
