@@ -170,6 +170,20 @@ def test_batch_and_thread_invariance(wtype, isa):
 
 
 @pytest.mark.parametrize("isa", ["portable"] + FAST)
+@pytest.mark.parametrize("wtype", [N.Q4_K, N.Q8_0], ids=N.TYPE_NAMES.get)
+def test_batch_and_thread_invariance_of_a_large_matrix(wtype, isa):
+    # past 4M weights a job's chunks are a quarter of a thread's share (below: a whole share)
+    rows, cols = 4136, 1024
+    w = N.random_weights(wtype, rows, cols, seed=8)
+    x = np.random.default_rng(9).standard_normal((9, cols)).astype(np.float32)
+    one, two = N.Pool(1), N.Pool(2)
+    alone = np.concatenate([N.matmul(w, wtype, rows, cols, x[i:i + 1], pool=two, isa=isa) for i in range(9)])
+    for L in (2, 8, 9):
+        for pool in (one, two):
+            assert same_bits(N.matmul(w, wtype, rows, cols, x[:L], pool=pool, isa=isa), alone[:L]), (L, pool.threads)
+
+
+@pytest.mark.parametrize("isa", ["portable"] + FAST)
 @pytest.mark.parametrize("wtype", [N.Q4_K, N.Q5_K, N.Q6_K], ids=N.TYPE_NAMES.get)
 def test_long_rows_in_column_chunks(wtype, isa):
     # 23 blocks a row: past the activation blocks that stay in L1 for 2..8 rows, so each
