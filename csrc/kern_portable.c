@@ -51,7 +51,7 @@ void vt_quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64_t s
             for (int i = 0; i < 16; i++) s += o->q[16 * k + i];
             o->bs[k] = (int16_t)s;
         }
-        for (int k = 0; k < QK_K / 32; k++) o->bs32[k] = (int16_t)(o->bs[2 * k] + o->bs[2 * k + 1]);
+        vt_sums32(o);
     }
 }
 

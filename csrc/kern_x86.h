@@ -1241,7 +1241,7 @@ static void quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64
             const __m128i u = _mm_add_epi32(w, _mm_shuffle_epi32(w, 0x4E));
             o->bs[k] = (int16_t)_mm_cvtsi128_si32(_mm_add_epi32(u, _mm_shuffle_epi32(u, 0xB1)));
         }
-        for (int k = 0; k < QK_K / 32; k++) o->bs32[k] = (int16_t)(o->bs[2 * k] + o->bs[2 * k + 1]);
+        vt_sums32(o);
     }
 }
 

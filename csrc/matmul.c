@@ -57,7 +57,6 @@ typedef struct {
  * chunks whose m rows' activation blocks stay in L1 (a weight row of 8960 columns has 35
  * blocks, 80 KB of 8 rows' activations): each output's blocks still summed in order. */
 #define VT_ACT_L1 (24 << 10)
-#define VT_SMALL_JOB (4 << 20)
 #define VT_K_ROWS 64
 static void k_rows(const mm_job *j, const vt_mm_part *p, int64_t g, int64_t n, int64_t l0, int m) {
     const int64_t bytes = vt_block_bytes(p->type), nb = j->cols / QK_K, row_bytes = nb * bytes;
@@ -186,6 +185,7 @@ static void quant_task(void *vjob, int64_t i0, int64_t i1, int ith) {
     }
 }
 
+#define VT_SMALL_JOB (4 << 20) /* weights: below, a thread's share a chunk (vt_matmul_parts) */
 int vt_matmul_parts(vt_pool *pool, int isa, int64_t cols, const float *x, int64_t L, const vt_mm_part *part, int n,
                     int swiglu) {
     if (cols < 1 || L < 1 || n < 1 || n > VT_MAX_PARTS || (swiglu && (n != 2 || part[0].rows != part[1].rows)))

@@ -184,6 +184,11 @@ static inline float vt_exp(float x) {
     return p * two.f;
 }
 
+/* An activation block's 32-element sums from its 16-element ones (every path's quantize_k). */
+static inline void vt_sums32(vt_xk *o) {
+    for (int k = 0; k < QK_K / 32; k++) o->bs32[k] = (int16_t)(o->bs[2 * k] + o->bs[2 * k + 1]);
+}
+
 static inline uint16_t vt_rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 
 /* Whether a 32-element type stores a minimum (value d*q + m, q unsigned: Q4_1, Q5_1). */

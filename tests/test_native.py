@@ -154,6 +154,17 @@ def test_absent_isa_paths(isa):
     pytest.skip(f"this CPU lacks {isa}: its path is compiled but cannot be checked here")
 
 
+def assert_batch_and_thread_invariant(w, wtype, rows, cols, x, isa, Ls) -> np.ndarray:
+    """The first L rows of x for each L in Ls, on 1 and on 2 threads, bit-identical to each
+    row alone; returns the rows alone."""
+    one, two = N.Pool(1), N.Pool(2)
+    alone = np.concatenate([N.matmul(w, wtype, rows, cols, x[i:i + 1], pool=one, isa=isa) for i in range(len(x))])
+    for L in Ls:
+        for pool in (one, two):
+            assert same_bits(N.matmul(w, wtype, rows, cols, x[:L], pool=pool, isa=isa), alone[:L]), (L, pool.threads)
+    return alone
+
+
 @pytest.mark.parametrize("isa", ["portable"] + FAST)
 @pytest.mark.parametrize("wtype", QUANTIZED + FLOATS, ids=N.TYPE_NAMES.get)
 def test_batch_and_thread_invariance(wtype, isa):
@@ -161,12 +172,8 @@ def test_batch_and_thread_invariance(wtype, isa):
     rows = 29 + (1 << 16) // cols  # enough work for the pool to split even one row
     w = N.random_weights(wtype, rows, cols, seed=6)
     x = np.random.default_rng(7).standard_normal((32, cols)).astype(np.float32)
-    one, two = N.Pool(1), N.Pool(2)
-    alone = np.concatenate([N.matmul(w, wtype, rows, cols, x[i:i + 1], pool=one, isa=isa) for i in range(32)])
-    for L in (2, 3, 4, 5, 7, 8, 13, 32):
-        for pool in (one, two):
-            assert same_bits(N.matmul(w, wtype, rows, cols, x[:L], pool=pool, isa=isa), alone[:L]), (L, pool.threads)
-    assert same_bits(N.matmul(w, wtype, rows, cols, x[5:20], pool=two, isa=isa), alone[5:20])
+    alone = assert_batch_and_thread_invariant(w, wtype, rows, cols, x, isa, (2, 3, 4, 5, 7, 8, 13, 32))
+    assert same_bits(N.matmul(w, wtype, rows, cols, x[5:20], pool=N.Pool(2), isa=isa), alone[5:20])
 
 
 @pytest.mark.parametrize("isa", ["portable"] + FAST)
@@ -176,11 +183,7 @@ def test_batch_and_thread_invariance_of_a_large_matrix(wtype, isa):
     rows, cols = 4136, 1024
     w = N.random_weights(wtype, rows, cols, seed=8)
     x = np.random.default_rng(9).standard_normal((9, cols)).astype(np.float32)
-    one, two = N.Pool(1), N.Pool(2)
-    alone = np.concatenate([N.matmul(w, wtype, rows, cols, x[i:i + 1], pool=two, isa=isa) for i in range(9)])
-    for L in (2, 8, 9):
-        for pool in (one, two):
-            assert same_bits(N.matmul(w, wtype, rows, cols, x[:L], pool=pool, isa=isa), alone[:L]), (L, pool.threads)
+    assert_batch_and_thread_invariant(w, wtype, rows, cols, x, isa, (2, 8, 9))
 
 
 @pytest.mark.parametrize("isa", ["portable"] + FAST)
