@@ -213,12 +213,15 @@ static void dot_f(int type, const void *w, const float *const *x, int rows, int6
     }
 }
 
-static void scores(const float *k, int64_t ks, int64_t np, const float *const *q, int nq, int64_t n, float *s,
-                   int64_t ss) {
-    float out[VT_ATT_HEADS];
-    for (int64_t p = 0; p < np; p++) {
-        dot_f(VT_F32, k + p * ks, q, nq, n, out);
-        for (int i = 0; i < nq; i++) s[i * ss + p] = out[i];
+static void scores(const float *kb, int64_t np, const float *const *q, int nq, int64_t n, float *s, int64_t ss) {
+    for (int64_t p0 = 0; p0 < np; p0 += VT_KEYS) {
+        const float *k = kb + p0 * n;
+        for (int i = 0; i < nq; i++) {
+            float a[VT_KEYS] = {0};
+            for (int64_t d = 0; d < n; d++)
+                for (int l = 0; l < VT_KEYS; l++) a[l] = a[l] + q[i][d] * k[d * VT_KEYS + l];
+            for (int l = 0; l < VT_KEYS && p0 + l < np; l++) s[i * ss + p0 + l] = a[l];
+        }
     }
 }
 

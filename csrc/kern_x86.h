@@ -1013,72 +1013,6 @@ static void dot_f(int type, const void *w, const float *const *x, int n, int64_t
 #undef CALL
 }
 
-/* Attention's scores, dot_f's F32 recipe per key and query. */
-#if VT_VNNI == 2
-/* nq (1..3) queries against 8 keys (ks floats apart), each key's vector loaded once for all
- * of them (a kernel of 16 keys and one query reloaded every key per query: its products
- * 2.3 ns a query and key against 1.5 here, Zen 5); each key's 16 lane sums (dot_f's acc[k])
- * then reduced by the halving tree for the 8 keys at once, level by level, pairs of
- * vectors shuffled so that each add is one key's acc[k] + acc[k + h] (h = 8, 4, 2, 1). */
-VT_INLINE void scores8(const float *k, int64_t ks, const float *const *q, const int nq, int64_t n, float *s,
-                       int64_t ss) {
-    __m512 a[3][8];
-    for (int j = 0; j < nq; j++)
-        for (int p = 0; p < 8; p++) a[j][p] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < n; i += 16) {
-        __m512 qv[3];
-        for (int j = 0; j < nq; j++) qv[j] = _mm512_loadu_ps(q[j] + i);
-        for (int p = 0; p < 8; p++) {
-            const __m512 kv = _mm512_loadu_ps(k + p * ks + i);
-            for (int j = 0; j < nq; j++) a[j][p] = _mm512_add_ps(a[j][p], _mm512_mul_ps(kv, qv[j]));
-        }
-    }
-    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
-    for (int j = 0; j < nq; j++) {
-        __m512 b[4], c[2];
-        for (int m = 0; m < 4; m++) /* key 2m's acc[k] + acc[k+8] in floats 0-7, key 2m+1's in 8-15 */
-            b[m] = _mm512_add_ps(_mm512_shuffle_f32x4(a[j][2 * m], a[j][2 * m + 1], 0x44),
-                                 _mm512_shuffle_f32x4(a[j][2 * m], a[j][2 * m + 1], 0xEE));
-        for (int m = 0; m < 2; m++) /* + 4: 128-bit lane l holds key 4m + l */
-            c[m] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * m], b[2 * m + 1], 0x88),
-                                 _mm512_shuffle_f32x4(b[2 * m], b[2 * m + 1], 0xDD));
-        /* + 2: lane l holds keys l, 4 + l; + 1: key l at 4l, key 4 + l at 4l + 1 */
-        const __m512 d = _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], 0x44), _mm512_shuffle_ps(c[0], c[1], 0xEE));
-        const __m512 e = _mm512_add_ps(_mm512_shuffle_ps(d, d, 0x88), _mm512_shuffle_ps(d, d, 0xDD));
-        _mm256_storeu_ps(s + j * ss, _mm512_castps512_ps256(_mm512_permutexvar_ps(order, e)));
-    }
-}
-#endif
-
-static void scores(const float *k, int64_t ks, int64_t np, const float *const *q, int nq, int64_t n, float *s,
-                   int64_t ss) {
-    int64_t p = 0;
-#if VT_VNNI == 2
-    if (n % 16 == 0)
-        for (; p + 8 <= np; p += 8) switch (nq) {
-            case 1: scores8(k + p * ks, ks, q, 1, n, s + p, ss); break;
-            case 2: scores8(k + p * ks, ks, q, 2, n, s + p, ss); break;
-            case 3: scores8(k + p * ks, ks, q, 3, n, s + p, ss); break;
-            default: /* 4: two pairs */
-                scores8(k + p * ks, ks, q, 2, n, s + p, ss);
-                scores8(k + p * ks, ks, q + 2, 2, n, s + 2 * ss + p, ss);
-            }
-#endif
-    float out[VT_ATT_HEADS];
-#define KEYS(r)                                                                    \
-    for (; p < np; p++) {                                                          \
-        dot_f_n(VT_F32, k + p * ks, q, n, out, r);                                 \
-        for (int i = 0; i < r; i++) s[i * ss + p] = out[i];                        \
-    }
-    switch (nq) {
-    case 1: KEYS(1) break;
-    case 2: KEYS(2) break;
-    case 3: KEYS(3) break;
-    default: KEYS(4)
-    }
-#undef KEYS
-}
-
 /* wsum: nh heads' VW vectors of outputs held in registers over all positions (AVX512: 4
  * heads x 4 x 16, else x 2 x 8). */
 #if VT_VNNI == 2
@@ -1173,6 +1107,59 @@ static void exp_n(const float *x, float *y, int64_t n) {
     int64_t i = 0;
     for (; i + VX_LANES <= n; i += VX_LANES) VX(storeu_ps)(y + i, expv(VX(loadu_ps)(x + i)));
     for (; i < n; i++) y[i] = vt_exp(x[i]);
+}
+
+/* Attention's scores (vt.h's recipe): nv (1, 2) vectors of keys against nq (1..VT_ATT_Q) queries,
+ * each key vector's dim d loaded once for all of them and each query's dim d broadcast once
+ * for both; a lane is one key's sum, never reduced across lanes (the former kernel, dot_f's
+ * lane sums then a halving tree per key and query, spent more on the tree than on the
+ * products: 2.7 ns a query and key at 3 queries, against 1.1 here at 6, Zen 5).  Key p0 + j
+ * of vector v's lane j ends in s[i*ss + p0 + v*VX_LANES + j] while that is below np. */
+VT_INLINE void scores_kv(const float *kb, int64_t p0, int64_t np, const float *const *q, const int nq, int64_t n,
+                         float *s, int64_t ss, const int nv) {
+    const float *k[2];
+    vx_f a[2][VT_ATT_Q];
+    for (int v = 0; v < nv; v++) {
+        const int64_t p = p0 + v * VX_LANES;
+        k[v] = kb + p / VT_KEYS * VT_KEYS * n + p % VT_KEYS;
+        for (int i = 0; i < nq; i++) a[v][i] = VX(setzero_ps)();
+    }
+    for (int64_t d = 0; d < n; d++) {
+        vx_f kv[2];
+        for (int v = 0; v < nv; v++) kv[v] = VX(loadu_ps)(k[v] + d * VT_KEYS);
+        for (int i = 0; i < nq; i++) {
+            const vx_f qd = VX(set1_ps)(q[i][d]);
+            for (int v = 0; v < nv; v++) a[v][i] = VX(add_ps)(a[v][i], VX(mul_ps)(qd, kv[v]));
+        }
+    }
+    for (int v = 0; v < nv; v++) {
+        const int64_t p = p0 + v * VX_LANES;
+        for (int i = 0; i < nq; i++) {
+            if (p + VX_LANES <= np) {
+                VX(storeu_ps)(s + i * ss + p, a[v][i]);
+                continue;
+            }
+            float t[VX_LANES];
+            VX(storeu_ps)(t, a[v][i]);
+            for (int j = 0; p + j < np; j++) s[i * ss + p + j] = t[j];
+        }
+    }
+}
+
+static void scores(const float *kb, int64_t np, const float *const *q, int nq, int64_t n, float *s, int64_t ss) {
+    for (int64_t p0 = 0; p0 < np; p0 += 2 * VX_LANES) {
+        const int nv = p0 + VX_LANES < np ? 2 : 1;
+#define CALL(r) (nv == 2 ? scores_kv(kb, p0, np, q, r, n, s, ss, 2) : scores_kv(kb, p0, np, q, r, n, s, ss, 1))
+        switch (nq) {
+        case 1: CALL(1); break;
+        case 2: CALL(2); break;
+        case 3: CALL(3); break;
+        case 4: CALL(4); break;
+        case 5: CALL(5); break;
+        default: CALL(6);
+        }
+#undef CALL
+    }
 }
 #undef VX
 #undef VX_AS_PS

@@ -281,12 +281,18 @@ VT_API int vt_exp_n(int isa, const float *x, float *y, int64_t n) {
     return VT_OK;
 }
 
-VT_API int vt_scores(int isa, const float *k, int64_t ks, int64_t np, const float *const *q, int nq, int64_t n,
-                     float *s, int64_t ss) {
+VT_API int vt_scores(int isa, const float *k, int64_t np, const float *const *q, int nq, int64_t n, float *s,
+                     int64_t ss) {
     const vt_kernels *kt = vt_kernels_for(isa);
     if (!kt) return VT_EISA;
-    if (nq < 1 || nq > VT_ATT_HEADS || np < 0 || n < 0) return VT_ESHAPE;
-    kt->scores(k, ks, np, q, nq, n, s, ss);
+    if (nq < 1 || nq > VT_ATT_Q || np < 0 || n < 0) return VT_ESHAPE;
+    const int64_t blocks = (np + VT_KEYS - 1) / VT_KEYS;
+    float *kb = calloc((size_t)(blocks * VT_KEYS * n) + 1, sizeof(float));
+    if (!kb) return VT_ENOMEM;
+    for (int64_t p = 0; p < np; p++)
+        for (int64_t d = 0; d < n; d++) kb[p / VT_KEYS * VT_KEYS * n + d * VT_KEYS + p % VT_KEYS] = k[p * n + d];
+    kt->scores(kb, np, q, nq, n, s, ss);
+    free(kb);
     return VT_OK;
 }
 

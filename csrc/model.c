@@ -8,6 +8,9 @@
 
 #include "vt.h"
 
+#define VT_ATT_MAXQ 64 /* queries an attention item scores together: rows x query heads of a kv head */
+#define VT_ATT_CHUNK 64 /* keys (values) of a pass over an item's queries: 32 KB of 128-dim values, L1 */
+
 typedef struct {
     int type;
     const void *data;
@@ -22,13 +25,16 @@ struct vt_model {
     int n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab, n_ctx, rope_neox, isa;
     float eps, *inv_freq; /* rope: head_dim/2 frequencies */
     vt_tensor global[T_GLOBAL_SLOTS], *layer; /* [n_layer][T_LAYER_SLOTS] */
-    float *kc, *vc; /* [n_layer][n_head_kv][n_ctx][head_dim]: a kv head's keys (values) one stream */
+    float *kc, *vc; /* a kv head's keys [n_ctx / VT_KEYS][head_dim][VT_KEYS] (scores' blocks), values
+                     * [n_ctx][head_dim]; per layer, kv head after kv head: each one stream */
+    int64_t ctx_keys; /* n_ctx rounded up to whole key blocks: a kv head's positions in the caches */
     vt_pool *pool;
 };
 
 VT_API vt_model *vt_model_new(int n_layer, int n_embd, int n_head, int n_head_kv, int n_ff, int n_vocab, int n_ctx,
                               float eps, float rope_base, int rope_neox, vt_pool *pool, int isa) {
-    if (n_layer < 1 || n_head < 1 || n_head_kv < 1 || n_head % n_head_kv || n_embd % n_head || (n_embd / n_head) % 2 ||
+    if (n_layer < 1 || n_head < 1 || n_head_kv < 1 || n_head % n_head_kv || n_head / n_head_kv > VT_ATT_MAXQ ||
+        n_embd % n_head || (n_embd / n_head) % 2 ||
         n_ff < 1 || n_vocab < 1 || n_ctx < 1 || !pool || !vt_kernels_for(isa))
         return NULL;
     vt_model *m = calloc(1, sizeof *m);
@@ -36,10 +42,11 @@ VT_API vt_model *vt_model_new(int n_layer, int n_embd, int n_head, int n_head_kv
     *m = (vt_model){.n_layer = n_layer, .n_embd = n_embd, .n_head = n_head, .n_head_kv = n_head_kv,
                     .head_dim = n_embd / n_head, .n_ff = n_ff, .n_vocab = n_vocab, .n_ctx = n_ctx,
                     .rope_neox = rope_neox, .isa = isa, .eps = eps, .pool = pool};
-    const size_t kv = (size_t)n_layer * (size_t)n_ctx * (size_t)(n_head_kv * m->head_dim);
+    m->ctx_keys = (n_ctx + VT_KEYS - 1) / VT_KEYS * VT_KEYS;
+    const size_t kv = (size_t)n_layer * (size_t)m->ctx_keys * (size_t)(n_head_kv * m->head_dim);
     m->layer = calloc((size_t)n_layer * T_LAYER_SLOTS, sizeof(vt_tensor));
     m->inv_freq = malloc(sizeof(float) * (size_t)(m->head_dim / 2));
-    m->kc = malloc(kv * sizeof(float));
+    m->kc = calloc(kv, sizeof(float)); /* a block's lanes past the last key are read (never used): defined */
     m->vc = malloc(kv * sizeof(float));
     if (!m->layer || !m->inv_freq || !m->kc || !m->vc) {
         free(m->layer), free(m->inv_freq), free(m->kc), free(m->vc), free(m);
@@ -161,57 +168,76 @@ typedef struct {
     const vt_model *m;
     const float *q; /* [T][n_head * hd] */
     float *out;     /* [T][n_head * hd] */
-    float *scores;  /* [threads][VT_ATT_HEADS][n_ctx] */
-    int T, pos0, layer, parts; /* an item: a row, a kv head and one of its `parts` sets of query heads */
+    float *scores;  /* [threads][VT_ATT_MAXQ][keys] */
+    int64_t keys;   /* pos0 + T rounded up to whole key blocks */
+    int T, pos0, layer, rows; /* an item: a kv head and up to `rows` consecutive rows */
 } attn_job;
 
-/* The query heads that share a kv head are scored together (up to VT_ATT_HEADS, the scores
- * kernel's queries), so each key and value is read once for them; each head's softmax over keys 0..pos
- * and its value sums run in key order as alone. */
+/* An item's rows and the query heads that share its kv head are scored together: each key
+ * block and value chunk is read once for all of them (from L1 across them) instead of once
+ * per row and head set.  Each query's scores are its own lanes (vt.h's recipe), its softmax
+ * over keys 0..pos and its value sums in key order as alone: the bits of a row never depend
+ * on the others. */
 static void attn_task(void *vjob, int64_t i0, int64_t i1, int ith) {
     attn_job *j = vjob;
     const vt_model *m = j->m;
     const int hd = m->head_dim, kvd = m->n_head_kv * hd, group = m->n_head / m->n_head_kv;
-    const int per = (group + j->parts - 1) / j->parts;
     const float scale = 1.0f / sqrtf((float)hd);
     const vt_kernels *k = vt_kernels_for(m->isa);
-    float *score = j->scores + (size_t)ith * VT_ATT_HEADS * m->n_ctx;
-    const float *kl = m->kc + (size_t)j->layer * m->n_ctx * kvd, *vl = m->vc + (size_t)j->layer * m->n_ctx * kvd;
-    const size_t head = (size_t)m->n_ctx * hd; /* one kv head's block in a layer's */
+    float *score = j->scores + (size_t)ith * VT_ATT_MAXQ * j->keys;
+    const size_t head = (size_t)m->ctx_keys * hd; /* one kv head's part of a layer's cache */
+    const float *kl = m->kc + (size_t)j->layer * m->ctx_keys * kvd, *vl = m->vc + (size_t)j->layer * m->ctx_keys * kvd;
     for (int64_t it = i0; it < i1; it++) {
-        const int t = (int)(it / (m->n_head_kv * j->parts)), kh = (int)(it / j->parts % m->n_head_kv);
-        const int h0 = kh * group + (int)(it % j->parts) * per, nh = group - (h0 - kh * group) < per ? group - (h0 - kh * group) : per;
-        const int pos = j->pos0 + t;
-        const float *q[VT_ATT_HEADS];
-        float *o[VT_ATT_HEADS], sum[VT_ATT_HEADS];
-        for (int i = 0; i < nh; i++) {
-            q[i] = j->q + (size_t)t * m->n_head * hd + (size_t)(h0 + i) * hd;
-            o[i] = j->out + (size_t)t * m->n_head * hd + (size_t)(h0 + i) * hd;
+        const int kh = (int)(it % m->n_head_kv), t0 = (int)(it / m->n_head_kv) * j->rows;
+        const int nr = j->T - t0 < j->rows ? j->T - t0 : j->rows, nq = nr * group, np = j->pos0 + t0 + nr;
+        const float *kb = kl + kh * head, *vb = vl + kh * head;
+        const float *q[VT_ATT_MAXQ];
+        float *o[VT_ATT_MAXQ], sum[VT_ATT_MAXQ];
+        for (int i = 0; i < nq; i++) { /* query i: row t0 + i / group, head kh * group + i % group */
+            const size_t at = (size_t)(t0 + i / group) * m->n_head * hd + (size_t)(kh * group + i % group) * hd;
+            q[i] = j->q + at, o[i] = j->out + at;
             memset(o[i], 0, sizeof(float) * (size_t)hd);
         }
-        k->scores(kl + kh * head, hd, pos + 1, q, nh, hd, score, m->n_ctx);
-        for (int i = 0; i < nh; i++) { /* scaled, their max; the weights e = exp(score - max) in place, their sum */
-            float *e = score + (size_t)i * m->n_ctx;
-            const float mx = scale_max(e, pos + 1, scale);
-            for (int p = 0; p <= pos; p++) e[p] = e[p] - mx;
-            k->exp_n(e, e, pos + 1);
-            sum[i] = sum8(e, pos + 1);
+        for (int c = 0; c < np; c += VT_ATT_CHUNK) /* keys up to the last row's, for all rows */
+            for (int i = 0; i < nq; i += VT_ATT_Q)
+                k->scores(kb + (size_t)c * hd, np - c < VT_ATT_CHUNK ? np - c : VT_ATT_CHUNK, q + i,
+                          nq - i < VT_ATT_Q ? nq - i : VT_ATT_Q, hd, score + i * j->keys + c, j->keys);
+        for (int i = 0; i < nq; i++) { /* scaled, their max; the weights e = exp(score - max) in place, their sum */
+            float *e = score + i * j->keys;
+            const int n = j->pos0 + t0 + i / group + 1;
+            const float mx = scale_max(e, n, scale);
+            for (int p = 0; p < n; p++) e[p] = e[p] - mx;
+            k->exp_n(e, e, n);
+            sum[i] = sum8(e, n);
         }
-        k->wsum(o, nh, score, m->n_ctx, vl + kh * head, hd, pos + 1, hd);
-        for (int i = 0; i < nh; i++)
+        for (int c = 0; c < np; c += VT_ATT_CHUNK)
+            for (int i = 0, nh; i < nq; i += nh) { /* up to VT_ATT_HEADS of one row's heads at a time */
+                const int n = j->pos0 + t0 + i / group + 1 - c, row_end = (i / group + 1) * group;
+                nh = row_end - i < VT_ATT_HEADS ? row_end - i : VT_ATT_HEADS;
+                if (n > 0)
+                    k->wsum(o + i, nh, score + i * j->keys + c, j->keys, vb + (size_t)c * hd, hd,
+                            n < VT_ATT_CHUNK ? n : VT_ATT_CHUNK, hd);
+            }
+        for (int i = 0; i < nq; i++)
             for (int d = 0; d < hd; d++) o[i][d] = o[i][d] / sum[i];
     }
 }
 
-/* T new keys (or values), rows of n_head_kv * head_dim, into layer l's cache c at positions
- * pos0.. (head-major: cold 64-dim keys and values read 1.5x faster than as every other
- * half row, 128-dim ones up to 1.3x; C harness, Zen 5). */
-static void to_cache(const vt_model *m, float *c, int l, int pos0, const float *rows, int T) {
+/* T new keys and values, rows of n_head_kv * head_dim, into layer l's caches at positions
+ * pos0.. (each kv head's values one stream: cold 64-dim ones read 1.5x faster than as
+ * every other half row, 128-dim ones up to 1.3x; C harness, Zen 5; keys in scores' blocks). */
+static void to_cache(const vt_model *m, int l, int pos0, const float *keys, const float *values, int T) {
     const int hd = m->head_dim, kvd = m->n_head_kv * hd;
-    for (int h = 0; h < m->n_head_kv; h++)
-        for (int t = 0; t < T; t++)
-            memcpy(c + (((size_t)l * m->n_head_kv + h) * m->n_ctx + pos0 + t) * hd, rows + (size_t)t * kvd + (size_t)h * hd,
-                   sizeof(float) * (size_t)hd);
+    for (int h = 0; h < m->n_head_kv; h++) {
+        const size_t head = ((size_t)l * m->n_head_kv + h) * m->ctx_keys * hd;
+        for (int t = 0; t < T; t++) {
+            const int p = pos0 + t;
+            const float *kr = keys + (size_t)t * kvd + (size_t)h * hd;
+            float *kb = m->kc + head + (size_t)(p / VT_KEYS) * VT_KEYS * hd + p % VT_KEYS;
+            for (int d = 0; d < hd; d++) kb[d * VT_KEYS] = kr[d];
+            memcpy(m->vc + head + (size_t)p * hd, values + (size_t)t * kvd + (size_t)h * hd, sizeof(float) * (size_t)hd);
+        }
+    }
 }
 
 /* Append T tokens at positions pos0.. (positions past pos0 are forgotten: a crop) and write
@@ -221,14 +247,19 @@ static int forward(vt_model *m, const int32_t *tokens, int T, int pos0, int n_ou
     if (T < 1 || pos0 < 0 || pos0 + T > m->n_ctx || n_out < 0 || n_out > T) return VT_ESHAPE;
     int rc = check_tensors(m);
     if (rc) return rc;
-    const int E = m->n_embd, hd = m->head_dim, kvd = m->n_head_kv * hd, F = m->n_ff;
+    const int E = m->n_embd, hd = m->head_dim, kvd = m->n_head_kv * hd, F = m->n_ff, group = m->n_head / m->n_head_kv;
+    const int64_t keys = (pos0 + T + VT_KEYS - 1) / VT_KEYS * VT_KEYS;
+    /* rows an attention item takes: items enough for every thread, at most VT_ATT_MAXQ queries */
+    const int spread = (vt_pool_threads(m->pool) + m->n_head_kv - 1) / m->n_head_kv;
+    int rows = (T + spread - 1) / spread;
+    rows = rows < VT_ATT_MAXQ / group ? rows : VT_ATT_MAXQ / group;
     const vt_tensor *emb = &m->global[T_TOK_EMBD], *head = m->global[T_OUTPUT].data ? &m->global[T_OUTPUT] : emb;
     for (int t = 0; t < T; t++)
         if (tokens[t] < 0 || tokens[t] >= emb->rows) return VT_ESHAPE;
     float *x = malloc(sizeof(float) * (size_t)T * E), *h = malloc(sizeof(float) * (size_t)T * E),
           *q = malloc(sizeof(float) * (size_t)T * E), *att = malloc(sizeof(float) * (size_t)T * E),
           *g = malloc(sizeof(float) * (size_t)T * F), *u = malloc(sizeof(float) * (size_t)T * F),
-          *scores = malloc(sizeof(float) * (size_t)vt_pool_threads(m->pool) * VT_ATT_HEADS * m->n_ctx),
+          *scores = malloc(sizeof(float) * (size_t)vt_pool_threads(m->pool) * VT_ATT_MAXQ * keys),
           *cs = malloc(sizeof(float) * (size_t)T * hd), /* each row's rotation, once for all layers */
           *kl = malloc(sizeof(float) * (size_t)T * kvd), *vl = malloc(sizeof(float) * (size_t)T * kvd); /* new keys, values */
     rc = (x && h && q && att && g && u && scores && cs && kl && vl) ? VT_OK : VT_ENOMEM;
@@ -247,10 +278,10 @@ static int forward(vt_model *m, const int32_t *tokens, int T, int pos0, int n_ou
             rope(m, q + (size_t)t * E, m->n_head, cs + (size_t)t * hd);
             rope(m, kl + (size_t)t * kvd, m->n_head_kv, cs + (size_t)t * hd);
         }
-        to_cache(m, m->kc, l, pos0, kl, T), to_cache(m, m->vc, l, pos0, vl, T);
-        const int group = m->n_head / m->n_head_kv, parts = (group + VT_ATT_HEADS - 1) / VT_ATT_HEADS;
-        attn_job aj = {m, q, att, scores, T, pos0, l, parts};
-        vt_pool_run(m->pool, attn_task, &aj, (int64_t)T * m->n_head_kv * parts, 1, (int64_t)T * m->n_head * (pos0 + T) * hd);
+        to_cache(m, l, pos0, kl, vl, T);
+        attn_job aj = {m, q, att, scores, keys, T, pos0, l, rows};
+        vt_pool_run(m->pool, attn_task, &aj, (int64_t)(T + rows - 1) / rows * m->n_head_kv, 1,
+                    (int64_t)T * m->n_head * (pos0 + T) * hd);
         if ((rc = mm(m, &w[T_WO], att, T, h))) break;
         for (int64_t i = 0; i < (int64_t)T * E; i++) x[i] = x[i] + h[i];
         for (int t = 0; t < T; t++) rmsnorm(x + (size_t)t * E, w[T_FFN_NORM].data, E, m->eps, h + (size_t)t * E);

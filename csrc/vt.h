@@ -72,7 +72,9 @@ enum { VT_MIN_SEP = 0, VT_MIN_INT = 1 };
  * only, never on n. */
 #define VT_ROWS 8
 #define VT_TILE 16 /* the most weight rows a tile interleaves (vt_kernels.tile) */
-#define VT_ATT_HEADS 4 /* query heads of one kv head attended together (wsum's nh) */
+#define VT_ATT_HEADS 4 /* weighted value sums taken together (wsum's nh) */
+#define VT_ATT_Q 6      /* queries scored together against each key block (scores' nq; AVX2: 12 sums in 16 registers) */
+#define VT_KEYS 16      /* keys a block of the key cache holds, dims outer: [dim][key] */
 #define VT_STREAM_ROWS 2 /* a drafter's steps: 1 token, or 2 after a round all accepted */
 typedef struct {
     /* K-quants: nb raw blocks of `type` against n Q8_K-quantized rows, row r's block b at
@@ -95,10 +97,12 @@ typedef struct {
                            int64_t ystride);
     /* F32/F16/BF16 weight row (raw) against 4 fp32 rows of n columns */
     void (*dot_f)(int type, const void *w, const float *const *x, int n, int64_t cols, float *out);
-    /* Attention's scores: s[i*ss + p] = key p (k + p*ks, n floats) against query q[i] as
-     * dot_f's F32 sum, i < nq (1..VT_ATT_HEADS), p < np */
-    void (*scores)(const float *k, int64_t ks, int64_t np, const float *const *q, int nq, int64_t n, float *s,
-                   int64_t ss);
+    /* Attention's scores: s[i*ss + p] = key p against query q[i], i < nq (1..VT_ATT_Q), p < np,
+     * each summed over dims 0..n-1 in order (q[d]*k[d] rounded, then added): every key its
+     * own lane, no reduction across lanes.  Keys in blocks of VT_KEYS, dims outer: key p's
+     * dim d at kb[(p / VT_KEYS) * VT_KEYS * n + d * VT_KEYS + p % VT_KEYS] (the last block
+     * readable whole; lanes past np ignored) */
+    void (*scores)(const float *kb, int64_t np, const float *const *q, int nq, int64_t n, float *s, int64_t ss);
     /* Attention's weighted values: o[i][d] = o[i][d] + e[i*es + p] * v[p*vs + d] for p = 0..np-1
      * in order, heads i < nh, d < n (elementwise: any width, any grouping of d) */
     void (*wsum)(float *const *o, int nh, const float *e, int64_t es, const float *v, int64_t vs, int64_t np, int64_t n);
@@ -280,8 +284,8 @@ VT_API int vt_pack(int isa, int type, const void *src, int64_t rows, int64_t col
 
 /* Path `isa`'s exp_n, scores and wsum (for tests; VT_EISA where the CPU lacks it). */
 VT_API int vt_exp_n(int isa, const float *x, float *y, int64_t n);
-VT_API int vt_scores(int isa, const float *k, int64_t ks, int64_t np, const float *const *q, int nq, int64_t n,
-                     float *s, int64_t ss);
+VT_API int vt_scores(int isa, const float *k, int64_t np, const float *const *q, int nq, int64_t n, float *s,
+                     int64_t ss); /* k: [np][n] rows, put in blocks here */
 VT_API int vt_wsum(int isa, float *const *o, int nh, const float *e, int64_t es, const float *v, int64_t vs,
                    int64_t np, int64_t n);
 

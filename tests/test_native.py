@@ -143,10 +143,18 @@ def test_exp_scores_and_wsum_paths_bit_identical_to_portable(isa):
         v = rng.standard_normal((53, n)).astype(np.float32)
         assert same_bits(N.wsum(e, v, isa=isa), N.wsum(e, v, isa="portable")), (heads, n)
     assert np.allclose(N.wsum(e, v, isa="portable"), e.astype(np.float64) @ v, rtol=1e-4, atol=1e-4)
-    for heads, n, keys in ((1, 64, 53), (4, 128, 48), (3, 64, 16), (2, 40, 37), (4, 64, 5)):  # 8-key blocks, tails
+    # 16-key blocks in pairs, a lone block, a part block; 1-6 queries
+    for heads, n, keys in ((1, 64, 53), (4, 128, 48), (3, 64, 16), (2, 40, 37), (4, 64, 5), (6, 128, 70),
+                           (5, 1, 9)):
         k, q = rng.standard_normal((keys, n)).astype(np.float32), rng.standard_normal((heads, n)).astype(np.float32)
         assert same_bits(N.scores(k, q, isa=isa), N.scores(k, q, isa="portable")), (heads, n, keys)
     assert np.allclose(N.scores(k, q, isa="portable"), q.astype(np.float64) @ k.T, rtol=1e-4, atol=1e-4)
+    # the portable recipe itself: each score summed over the dims in order, in float32
+    k, q = rng.standard_normal((21, 24)).astype(np.float32), rng.standard_normal((3, 24)).astype(np.float32)
+    seq = np.zeros((3, 21), np.float32)
+    for d in range(24):
+        seq = seq + np.outer(q[:, d], k[:, d]).astype(np.float32)
+    assert same_bits(N.scores(k, q, isa="portable"), seq)
 
 
 @pytest.mark.parametrize("isa", ABSENT)

@@ -47,7 +47,7 @@ def lib() -> ctypes.CDLL:
                             ("vt_packs", _int, [_int, _int]), ("vt_pack", _int, [_int, _int, _p, _i64, _i64, _p]),
                             ("vt_quantize_rows", _int, [_int, _p, _i64, _i64, _p, _p]),
                             ("vt_exp_n", _int, [_int, _p, _p, _i64]),
-                            ("vt_scores", _int, [_int, _p, _i64, _i64, _p, _int, _i64, _p, _i64]),
+                            ("vt_scores", _int, [_int, _p, _i64, _p, _int, _i64, _p, _i64]),
                             ("vt_wsum", _int, [_int, _p, _int, _p, _i64, _p, _i64, _i64, _i64]),
                             ("vt_pool_new", _p, [_int]), ("vt_pool_free", None, [_p]),
                             ("vt_isa_supported", _int, [_int]), ("vt_isa_best", _int, []),
@@ -227,11 +227,12 @@ def exp(x: np.ndarray, isa: str | None = None) -> np.ndarray:
 
 def scores(k: np.ndarray, q: np.ndarray, isa: str | None = None) -> np.ndarray:
     """Attention's scores on path `isa`: s [heads, positions] = q [heads, n] @ k [positions, n]^T,
-    each as the engine sums a dot product (16 lanes, then halving)."""
+    each as the engine sums a dot product (over the dims in order, each key its own lane);
+    up to 6 heads."""
     k, q = np.ascontiguousarray(k, dtype=np.float32), np.ascontiguousarray(q, dtype=np.float32)
     s = np.zeros((q.shape[0], k.shape[0]), dtype=np.float32)
     rows = (ctypes.c_void_p * q.shape[0])(*[q[i].ctypes.data for i in range(q.shape[0])])
-    check(lib().vt_scores(isa_index(isa), k.ctypes.data, k.shape[1], k.shape[0], rows, q.shape[0], k.shape[1],
+    check(lib().vt_scores(isa_index(isa), k.ctypes.data, k.shape[0], rows, q.shape[0], k.shape[1],
                           s.ctypes.data, s.shape[1]), "native scores")
     return s
 
