@@ -160,6 +160,8 @@ def test_batch_invariance(which, f32_gguf, q8_gguf, q5_gguf, q41_gguf):
     fresh = NativeTarget(path, threads=1)
     assert same_bits(got, torch.cat([fresh.logits(other[:i], 1) for i in range(26, 30)]))
     assert same_bits(one_at_a_time(NativeTarget(path, threads=1)), alone)
+    # 4 threads: attention items of part of the rows (one kv head's rows split between threads)
+    assert same_bits(NativeTarget(path, threads=4).logits(SEQ, len(SEQ)), alone)
     for isa in native.available_isas():
         t = NativeTarget(path, threads=2, isa=isa)
         t.logits(SEQ[:10], 1)
