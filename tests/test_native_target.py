@@ -283,7 +283,7 @@ def test_sampling_follows_the_target_with_a_native_drafter(tmp_path):
 
 
 def test_benchmark_scripts_run(f32_gguf, monkeypatch, capsys):
-    """benchmarks/{matmul_cost,verify_cost,native_check}.py wired up, on the tiny GGUF."""
+    """benchmarks/{matmul_cost,verify_cost,native_check,multiply_floor}.py wired up, on the tiny GGUF."""
     import importlib.util
     import json
     import subprocess
@@ -315,6 +315,14 @@ def test_benchmark_scripts_run(f32_gguf, monkeypatch, capsys):
     script("native_check").main()
     out = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert all(out["bit_identical"].values())
+    r = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "multiply_floor.py"), "--target",
+                        str(f32_gguf), "--rows", "1,16"], capture_output=True, text=True, timeout=120)
+    if "avx512vnni" in native.available_isas():  # the probe's instructions
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout.splitlines()[-1])
+        assert set(out["floor_ms"]) == {"1", "16"} and out["vpdpbusd_per_ns"]["alone"] > 0
+    else:
+        assert r.returncode == 1 and r.stderr.startswith("error:"), r.stderr
 
 
 def test_the_native_backend_loads_runs_generate_and_is_timed_by_auto(f32_gguf, tmp_path, monkeypatch):
