@@ -1077,7 +1077,8 @@ static void wsum(float *const *o, int nh, const float *e, int64_t es, const floa
 #undef vmul
 #undef vbcast
 
-/* vt_exp on a vector's lanes (AVX512: 16, else 8): its steps, lane by lane. */
+/* A vector of floats (AVX512: 16 lanes, else 8): vt_exp's steps lane by lane (expv, exp_n)
+ * and the keys of the cache's 16-key blocks (scores_kv). */
 #if VT_VNNI == 2
 #define VX(op) _mm512_##op
 #define VX_AS_PS _mm512_castsi512_ps

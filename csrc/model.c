@@ -96,7 +96,6 @@ static int mm(const vt_model *m, const vt_tensor *t, const float *x, int64_t L, 
     return vt_matmul(m->pool, m->isa, t->type, t->data, t->rows, t->cols, x, L, y);
 }
 
-
 static void add_bias(float *y, const vt_tensor *b, int64_t L, int64_t n) {
     if (!b->data) return;
     for (int64_t l = 0; l < L; l++)

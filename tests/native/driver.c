@@ -1,6 +1,7 @@
 /* A stand-alone check of the kernel library, built by test_native.py with sanitizers (and
  * usable under valgrind): random blocks of every type, every path this CPU runs against
- * the portable one and every row alone against the batch, on 1 and 2 threads.
+ * the portable one and every row alone against the batch, on 1 and 2 threads; a tiny
+ * model's forward as its tokens one at a time.
  * Usage: driver [check | bench TYPE ROWS COLS L REPS [ISA]]; exit status 0 when all agree. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +11,11 @@
 
 VT_API int vt_isa_supported(int isa);
 VT_API int vt_isa_best(void);
+VT_API vt_model *vt_model_new(int n_layer, int n_embd, int n_head, int n_head_kv, int n_ff, int n_vocab, int n_ctx,
+                              float eps, float rope_base, int rope_neox, vt_pool *pool, int isa);
+VT_API void vt_model_free(vt_model *m);
+VT_API int vt_model_set(vt_model *m, int layer, int slot, int type, const void *data, int64_t rows, int64_t cols);
+VT_API int vt_model_forward(vt_model *m, const int32_t *tokens, int T, int pos0, int n_out, float *out);
 
 static uint64_t rng = 88172645463325252ull;
 static uint32_t next(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return (uint32_t)rng; }
@@ -80,11 +86,11 @@ static int check(void) {
     float *kq = random_rows(P + 3, 64), sr[3][P], sc[3][P];
     const float *qs[3] = {kq + P * 64, kq + (P + 1) * 64, kq + (P + 2) * 64};
     bad |= vt_exp_n(VT_ISA_PORTABLE, x, yr, N) | vt_wsum(VT_ISA_PORTABLE, rp, 3, e, P, v, D, P, D) |
-           vt_scores(VT_ISA_PORTABLE, kq, 64, P, qs, 3, 64, sr[0], P);
+           vt_scores(VT_ISA_PORTABLE, kq, P, qs, 3, 64, sr[0], P);
     for (int isa = 1; isa < VT_ISA_COUNT; isa++) {
         if (!vt_isa_supported(isa)) continue;
         memset(o, 0, sizeof o);
-        bad |= vt_exp_n(isa, x, ye, N) | vt_wsum(isa, op, 3, e, P, v, D, P, D) | vt_scores(isa, kq, 64, P, qs, 3, 64, sc[0], P);
+        bad |= vt_exp_n(isa, x, ye, N) | vt_wsum(isa, op, 3, e, P, v, D, P, D) | vt_scores(isa, kq, P, qs, 3, 64, sc[0], P);
         if (memcmp(ye, yr, sizeof ye) || memcmp(o, r, sizeof o) || memcmp(sc, sr, sizeof sc)) {
             fprintf(stderr, "isa %d: exp, scores or wsum differs\n", isa);
             bad = 1;
@@ -94,8 +100,58 @@ static int check(void) {
     return bad;
 }
 
+/* A tiny model (Q4_K matrices, a Q6_K head, F32 vectors; a context that is not whole key
+ * blocks) on every path and 1 and 4 threads (4: attention items of part of the rows): all
+ * its tokens at once, then in two calls, each as the portable path's tokens one at a time. */
+static int check_model(void) {
+    enum { LAYERS = 2, E = 256, HEADS = 4, KV = 2, F = 512, V = 50, CTX = 70, T = 37, SLOTS = 12 };
+    const int64_t shape[SLOTS][2] = {{1, E}, {E, E}, {1, E}, {KV * 64, E}, {1, KV * 64}, {KV * 64, E},
+                                     {1, KV * 64}, {E, E}, {1, E}, {F, E}, {F, E}, {E, F}};
+    void *w[LAYERS + 1][SLOTS], *packed[LAYERS + 1][SLOTS];
+    int types[LAYERS + 1][SLOTS];
+    for (int l = 0; l <= LAYERS; l++) /* layer LAYERS: the embedding, output norm and head */
+        for (int s = 0; s < (l < LAYERS ? SLOTS : 3); s++) {
+            const int64_t rows = l < LAYERS ? shape[s][0] : s == 1 ? 1 : V, cols = l < LAYERS ? shape[s][1] : E;
+            types[l][s] = rows == 1 ? VT_F32 : l == LAYERS && s == 2 ? VT_Q6_K : VT_Q4_K;
+            w[l][s] = rows == 1 ? random_rows(1, cols) : random_weights(types[l][s], rows, cols);
+            packed[l][s] = malloc((size_t)(rows * cols / vt_block_elems(types[l][s]) * vt_block_bytes(types[l][s])));
+        }
+    int32_t tok[T];
+    for (int t = 0; t < T; t++) tok[t] = (int32_t)(next() % V);
+    float *ref = malloc(sizeof(float) * T * V), *out = malloc(sizeof(float) * T * V);
+    int bad = 0;
+    for (int isa = 0; isa < VT_ISA_COUNT; isa++) {
+        if (!vt_isa_supported(isa)) continue;
+        for (int threads = 1; threads <= 4; threads += 3) {
+            vt_pool *pool = vt_pool_new(threads);
+            vt_model *m = vt_model_new(LAYERS, E, HEADS, KV, F, V, CTX, 1e-6f, 10000.0f, 1, pool, isa);
+            for (int l = 0; l <= LAYERS; l++)
+                for (int s = 0; s < (l < LAYERS ? SLOTS : 3); s++) {
+                    const int64_t rows = l < LAYERS ? shape[s][0] : s == 1 ? 1 : V, cols = l < LAYERS ? shape[s][1] : E;
+                    const int pack = rows > 1 && !(l == LAYERS && s == 0); /* the embedding is read by rows, raw */
+                    if (pack) bad |= vt_pack(isa, types[l][s], w[l][s], rows, cols, packed[l][s]);
+                    bad |= vt_model_set(m, l < LAYERS ? l : -1, s, types[l][s], pack ? packed[l][s] : w[l][s], rows, cols);
+                }
+            if (isa == 0 && threads == 1)
+                for (int t = 0; t < T; t++) bad |= vt_model_forward(m, tok + t, 1, t, 1, ref + t * V);
+            bad |= vt_model_forward(m, tok, T, 0, T, out);
+            bad |= memcmp(out, ref, sizeof(float) * T * V) != 0;
+            bad |= vt_model_forward(m, tok, 20, 0, 20, out) | vt_model_forward(m, tok + 20, T - 20, 20, T - 20, out + 20 * V);
+            if (memcmp(out, ref, sizeof(float) * T * V)) {
+                fprintf(stderr, "model: isa %d threads %d differs\n", isa, threads);
+                bad = 1;
+            }
+            vt_model_free(m), vt_pool_free(pool);
+        }
+    }
+    for (int l = 0; l <= LAYERS; l++)
+        for (int s = 0; s < (l < LAYERS ? SLOTS : 3); s++) free(w[l][s]), free(packed[l][s]);
+    free(ref), free(out);
+    return bad;
+}
+
 int main(int argc, char **argv) {
-    if (argc < 2 || !strcmp(argv[1], "check")) return check();
+    if (argc < 2 || !strcmp(argv[1], "check")) return check() | check_model();
     if (!strcmp(argv[1], "bench") && argc >= 7) {
         const int type = atoi(argv[2]), reps = atoi(argv[6]), isa = argc > 7 ? atoi(argv[7]) : vt_isa_best();
         const int64_t rows = atol(argv[3]), cols = atol(argv[4]), L = atol(argv[5]);
