@@ -215,7 +215,7 @@ static void dot_f(int type, const void *w, const float *const *x, int rows, int6
 
 static void scores(const float *kb, int64_t np, const float *const *q, int nq, int64_t n, float *s, int64_t ss) {
     for (int64_t p0 = 0; p0 < np; p0 += VT_KEYS) {
-        const float *k = kb + p0 * n;
+        const float *k = kb + vt_key_at(p0, 0, n);
         for (int i = 0; i < nq; i++) {
             float a[VT_KEYS] = {0};
             for (int64_t d = 0; d < n; d++)

@@ -1122,7 +1122,7 @@ VT_INLINE void scores_kv(const float *kb, int64_t p0, int64_t np, const float *c
     vx_f a[2][VT_ATT_Q];
     for (int v = 0; v < nv; v++) {
         const int64_t p = p0 + v * VX_LANES;
-        k[v] = kb + p / VT_KEYS * VT_KEYS * n + p % VT_KEYS;
+        k[v] = kb + vt_key_at(p, 0, n);
         for (int i = 0; i < nq; i++) a[v][i] = VX(setzero_ps)();
     }
     for (int64_t d = 0; d < n; d++) {

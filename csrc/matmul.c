@@ -290,7 +290,7 @@ VT_API int vt_scores(int isa, const float *k, int64_t np, const float *const *q,
     float *kb = calloc((size_t)(blocks * VT_KEYS * n) + 1, sizeof(float));
     if (!kb) return VT_ENOMEM;
     for (int64_t p = 0; p < np; p++)
-        for (int64_t d = 0; d < n; d++) kb[p / VT_KEYS * VT_KEYS * n + d * VT_KEYS + p % VT_KEYS] = k[p * n + d];
+        for (int64_t d = 0; d < n; d++) kb[vt_key_at(p, d, n)] = k[p * n + d];
     kt->scores(kb, np, q, nq, n, s, ss);
     free(kb);
     return VT_OK;

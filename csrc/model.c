@@ -240,8 +240,7 @@ static void to_cache(const vt_model *m, int l, int pos0, const float *keys, cons
         for (int t = 0; t < T; t++) {
             const int p = pos0 + t;
             const float *kr = keys + (size_t)t * kvd + (size_t)h * hd;
-            float *kb = m->kc + head + (size_t)(p / VT_KEYS) * VT_KEYS * hd + p % VT_KEYS;
-            for (int d = 0; d < hd; d++) kb[d * VT_KEYS] = kr[d];
+            for (int d = 0; d < hd; d++) m->kc[head + vt_key_at(p, d, hd)] = kr[d];
             memcpy(m->vc + head + (size_t)p * hd, values + (size_t)t * kvd + (size_t)h * hd, sizeof(float) * (size_t)hd);
         }
     }

@@ -100,8 +100,7 @@ typedef struct {
     /* Attention's scores: s[i*ss + p] = key p against query q[i], i < nq (1..VT_ATT_Q), p < np,
      * each summed over dims 0..n-1 in order (q[d]*k[d] rounded, then added): every key its
      * own lane, no reduction across lanes.  Keys in blocks of VT_KEYS, dims outer: key p's
-     * dim d at kb[(p / VT_KEYS) * VT_KEYS * n + d * VT_KEYS + p % VT_KEYS] (the last block
-     * readable whole; lanes past np ignored) */
+     * dim d at kb[vt_key_at(p, d, n)] (the last block readable whole; lanes past np ignored) */
     void (*scores)(const float *kb, int64_t np, const float *const *q, int nq, int64_t n, float *s, int64_t ss);
     /* Attention's weighted values: o[i][d] = o[i][d] + e[i*es + p] * v[p*vs + d] for p = 0..np-1
      * in order, heads i < nh, d < n (elementwise: any width, any grouping of d) */
@@ -186,6 +185,12 @@ static inline float vt_exp(float x) {
     p = (p * (r * r) + r) + 1.0f;
     union { uint32_t u; float f; } two = {(uint32_t)((int32_t)n + 127) << 23};
     return p * two.f;
+}
+
+/* Where the key cache's blocks (VT_KEYS keys, dims outer; scores' layout) keep key p's dim d
+ * of a head of n dims: to_cache writes there, scores and vt_scores read there. */
+static inline int64_t vt_key_at(int64_t p, int64_t d, int64_t n) {
+    return p / VT_KEYS * VT_KEYS * n + d * VT_KEYS + p % VT_KEYS;
 }
 
 /* An activation block's 32-element sums from its 16-element ones (every path's quantize_k). */
