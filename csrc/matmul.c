@@ -209,14 +209,14 @@ int vt_matmul_parts(vt_pool *pool, int isa, int64_t cols, const float *x, int64_
     float *xd = NULL;
     if (need_k) {
         const int64_t nb = cols / QK_K;
-        xk = aligned_alloc(64, (size_t)(L * nb) * sizeof(vt_xk));
+        xk = vt_alloc((size_t)(L * nb) * sizeof(vt_xk));
         xd = calloc((size_t)(L * nb + 4), sizeof(float)); /* + 4: kernels load scales 4 rows at a time */
         if (!xk || !xd) {
             free(xk), free(xd);
             return VT_ENOMEM;
         }
     }
-    if (need_8 && !(x8 = malloc((size_t)(L * (cols / QK8_0)) * sizeof(vt_x8)))) {
+    if (need_8 && !(x8 = vt_alloc((size_t)(L * (cols / QK8_0)) * sizeof(vt_x8)))) {
         free(xk), free(xd);
         return VT_ENOMEM;
     }

@@ -46,8 +46,9 @@ VT_API vt_model *vt_model_new(int n_layer, int n_embd, int n_head, int n_head_kv
     const size_t kv = (size_t)n_layer * (size_t)m->ctx_keys * (size_t)(n_head_kv * m->head_dim);
     m->layer = calloc((size_t)n_layer * T_LAYER_SLOTS, sizeof(vt_tensor));
     m->inv_freq = malloc(sizeof(float) * (size_t)(m->head_dim / 2));
-    m->kc = calloc(kv, sizeof(float)); /* a block's lanes past the last key are read (never used): defined */
-    m->vc = malloc(kv * sizeof(float));
+    m->kc = vt_alloc(kv * sizeof(float));
+    m->vc = vt_alloc(kv * sizeof(float));
+    if (m->kc) memset(m->kc, 0, kv * sizeof(float)); /* a block's lanes past the last key are read (never used): defined */
     if (!m->layer || !m->inv_freq || !m->kc || !m->vc) {
         free(m->layer), free(m->inv_freq), free(m->kc), free(m->vc), free(m);
         return NULL;
@@ -262,12 +263,12 @@ static int forward(vt_model *m, const int32_t *tokens, int T, int pos0, int n_ou
     const vt_tensor *emb = &m->global[T_TOK_EMBD], *head = m->global[T_OUTPUT].data ? &m->global[T_OUTPUT] : emb;
     for (int t = 0; t < T; t++)
         if (tokens[t] < 0 || tokens[t] >= emb->rows) return VT_ESHAPE;
-    float *x = malloc(sizeof(float) * (size_t)T * E), *h = malloc(sizeof(float) * (size_t)T * E),
-          *q = malloc(sizeof(float) * (size_t)T * E), *att = malloc(sizeof(float) * (size_t)T * E),
-          *g = malloc(sizeof(float) * (size_t)T * F), *u = malloc(sizeof(float) * (size_t)T * F),
-          *scores = malloc(sizeof(float) * (size_t)vt_pool_threads(m->pool) * VT_ATT_MAXQ * keys),
-          *cs = malloc(sizeof(float) * (size_t)T * hd), /* each row's rotation, once for all layers */
-          *kl = malloc(sizeof(float) * (size_t)T * kvd), *vl = malloc(sizeof(float) * (size_t)T * kvd); /* new keys, values */
+    float *x = vt_alloc(sizeof(float) * (size_t)T * E), *h = vt_alloc(sizeof(float) * (size_t)T * E),
+          *q = vt_alloc(sizeof(float) * (size_t)T * E), *att = vt_alloc(sizeof(float) * (size_t)T * E),
+          *g = vt_alloc(sizeof(float) * (size_t)T * F), *u = vt_alloc(sizeof(float) * (size_t)T * F),
+          *scores = vt_alloc(sizeof(float) * (size_t)vt_pool_threads(m->pool) * VT_ATT_MAXQ * keys),
+          *cs = vt_alloc(sizeof(float) * (size_t)T * hd), /* each row's rotation, once for all layers */
+          *kl = vt_alloc(sizeof(float) * (size_t)T * kvd), *vl = vt_alloc(sizeof(float) * (size_t)T * kvd); /* new keys, values */
     rc = (x && h && q && att && g && u && scores && cs && kl && vl) ? VT_OK : VT_ENOMEM;
     for (int t = 0; t < T && !rc; t++) rope_angles(m, pos0 + t, cs + (size_t)t * hd);
     const int64_t row_bytes = E / vt_block_elems(emb->type) * vt_block_bytes(emb->type);

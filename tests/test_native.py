@@ -102,7 +102,7 @@ def test_packed_weights(wtype, isa):
         if not N.packs(wtype, isa):
             assert packed is w
             continue
-        assert packed.nbytes == w.nbytes
+        assert packed.nbytes == w.nbytes and packed.ctypes.data % 64 == 0  # each 512-bit load one cache line
         k_quant = wtype in (N.Q4_K, N.Q5_K, N.Q6_K)
         assert k_quant or isa == "avx512vnni"
         if rows == 7:  # no tile: K-quants reorder quants only, the rest stay the file's

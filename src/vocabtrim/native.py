@@ -161,6 +161,15 @@ def packs(wtype: int, isa: str | None = None) -> bool:
     return bool(lib().vt_packs(isa_index(isa), wtype))
 
 
+def aligned_empty(nbytes: int) -> np.ndarray:
+    """nbytes uninitialized bytes on a 64-byte boundary: the kernels' 512-bit loads then each
+    read one cache line (numpy's 16-byte alignment split most of them: Q4_K tiles ~5% slower
+    at L = 8-16, Zen 5)."""
+    buf = np.empty(nbytes + 64, dtype=np.uint8)
+    start = -buf.ctypes.data % 64
+    return buf[start:start + nbytes]
+
+
 def pack(w: np.ndarray, wtype: int, rows: int, cols: int, isa: str | None = None) -> np.ndarray:
     """W [rows, cols], raw GGUF data of `wtype`, in the layout `isa`'s kernels read: a copy
     of the same size with each K-quant block's quants reordered (so that unpacking yields
@@ -169,7 +178,7 @@ def pack(w: np.ndarray, wtype: int, rows: int, cols: int, isa: str | None = None
     w = _raw(w, rows * _row_bytes(wtype, cols), f"{TYPE_NAMES[wtype]} weight [{rows}, {cols}]")
     if not packs(wtype, isa):
         return w
-    out = np.empty(w.nbytes, dtype=np.uint8)
+    out = aligned_empty(w.nbytes)
     check(lib().vt_pack(isa_index(isa), wtype, w.ctypes.data, rows, cols, out.ctypes.data), "native pack")
     return out
 
