@@ -236,7 +236,21 @@ static void exp_n(const float *x, float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = vt_exp(x[i]);
 }
 
-const vt_kernels vt_kernels_portable = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, dot_f, scores, wsum, exp_n, vt_quantize_k, vt_quantize_8_0, NULL, 0, 0, NULL, NULL, NULL};
+static float softmax(float *e, int64_t n, float scale) {
+    float mx = -INFINITY;
+    for (int64_t p = 0; p < n; p++) {
+        const float v = e[p] * scale;
+        e[p] = v, mx = v > mx ? v : mx; /* exact in any order (x86: 16 running maxima) */
+    }
+    for (int64_t p = 0; p < n; p++) e[p] = vt_exp(e[p] - mx);
+    return vt_sum8(e, n, 0);
+}
+
+static void swiglu(float *g, const float *u, int64_t n) {
+    for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + vt_exp(-g[i])) * u[i];
+}
+
+const vt_kernels vt_kernels_portable = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, dot_f, scores, wsum, exp_n, softmax, swiglu, vt_quantize_k, vt_quantize_8_0, NULL, 0, 0, NULL, NULL, NULL};
 
 /* Dequantize n elements (whole blocks) of `type` to fp32, in the order and with the float
  * operations of ggml's dequantize_row_* (the tests hold it against gguf's quants.py). */

@@ -1082,11 +1082,13 @@ static void wsum(float *const *o, int nh, const float *e, int64_t es, const floa
 #if VT_VNNI == 2
 #define VX(op) _mm512_##op
 #define VX_AS_PS _mm512_castsi512_ps
+#define VX_XOR(a, b) _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)))
 typedef __m512 vx_f;
 enum { VX_LANES = 16 };
 #else
 #define VX(op) _mm256_##op
 #define VX_AS_PS _mm256_castsi256_ps
+#define VX_XOR _mm256_xor_ps
 typedef __m256 vx_f;
 enum { VX_LANES = 8 };
 #endif
@@ -1108,6 +1110,64 @@ static void exp_n(const float *x, float *y, int64_t n) {
     int64_t i = 0;
     for (; i + VX_LANES <= n; i += VX_LANES) VX(storeu_ps)(y + i, expv(VX(loadu_ps)(x + i)));
     for (; i < n; i++) y[i] = vt_exp(x[i]);
+}
+
+/* vt_sum8's 8 running sums plus the 8 (or 16) weights w of elements p.. (p a multiple of 8). */
+static inline __m256 sum8_add(__m256 s, vx_f w) {
+#if VT_VNNI == 2
+    return _mm256_add_ps(_mm256_add_ps(s, _mm512_castps512_ps256(w)), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(w), 1)));
+#else
+    return _mm256_add_ps(s, w);
+#endif
+}
+
+/* The portable softmax in two passes instead of four: the scaled scores and their max (the
+ * lanes' maxima, then theirs: exact), then each weight, stored and added to its running
+ * sum; model.c's scalar passes took ~2.5 cycles an element (Zen 5). */
+static float softmax(float *e, int64_t n, float scale) {
+    const vx_f sv = VX(set1_ps)(scale);
+    vx_f mv = VX(set1_ps)(-INFINITY);
+    int64_t p = 0;
+    for (; p + VX_LANES <= n; p += VX_LANES) {
+        const vx_f v = VX(mul_ps)(VX(loadu_ps)(e + p), sv);
+        VX(storeu_ps)(e + p, v);
+        mv = VX(max_ps)(v, mv); /* v > m ? v : m */
+    }
+    float m[VX_LANES], mx = -INFINITY;
+    VX(storeu_ps)(m, mv);
+    for (; p < n; p++) {
+        const float v = e[p] * scale;
+        e[p] = v, mx = v > mx ? v : mx;
+    }
+    for (int k = 0; k < VX_LANES; k++) mx = m[k] > mx ? m[k] : mx;
+    const vx_f mxv = VX(set1_ps)(mx);
+    __m256 s8 = _mm256_setzero_ps();
+    for (p = 0; p + VX_LANES <= n; p += VX_LANES) {
+        const vx_f w = expv(VX(sub_ps)(VX(loadu_ps)(e + p), mxv));
+        VX(storeu_ps)(e + p, w);
+        s8 = sum8_add(s8, w);
+    }
+    float s[8];
+    _mm256_storeu_ps(s, s8);
+    for (; p < n; p++) { /* up to 15 left (AVX512): element p still into sum p % 8 */
+        e[p] = vt_exp(e[p] - mx);
+        s[p % 8] = s[p % 8] + e[p];
+    }
+    for (int h = 4; h; h /= 2)
+        for (int k = 0; k < h; k++) s[k] = s[k] + s[k + h];
+    return s[0];
+}
+
+/* The portable swiglu lane by lane. */
+static void swiglu(float *g, const float *u, int64_t n) {
+    const vx_f one = VX(set1_ps)(1.0f), sign = VX(set1_ps)(-0.0f);
+    int64_t i = 0;
+    for (; i + VX_LANES <= n; i += VX_LANES) {
+        const vx_f x = VX(loadu_ps)(g + i);
+        const vx_f e = expv(VX_XOR(x, sign));
+        VX(storeu_ps)(g + i, VX(mul_ps)(VX(div_ps)(x, VX(add_ps)(one, e)), VX(loadu_ps)(u + i)));
+    }
+    for (; i < n; i++) g[i] = g[i] / (1.0f + vt_exp(-g[i])) * u[i];
 }
 
 /* Attention's scores (vt.h's recipe): nv (1, 2) vectors of keys against nq (1..VT_ATT_Q) queries,
@@ -1164,6 +1224,7 @@ static void scores(const float *kb, int64_t np, const float *const *q, int nq, i
 }
 #undef VX
 #undef VX_AS_PS
+#undef VX_XOR
 
 /* kern_portable.c's quantize_block on n (a multiple of 32) values, 8 lanes at a time, its
  * comparisons kept (NaN: never the max, clamped to -127): the quants in element order to q,
@@ -1233,4 +1294,4 @@ static void quantize_k(const float *x, int64_t cols, vt_xk *out, float *d, int64
     }
 }
 
-const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, dot_f, scores, wsum, exp_n, quantize_k, quantize_8, pack_k, KT_TABLE};
+const vt_kernels VT_KERNELS = {dot_k, dot_k_rows1, dot_q32, dot_q32_stream, dot_f, scores, wsum, exp_n, softmax, swiglu, quantize_k, quantize_8, pack_k, KT_TABLE};

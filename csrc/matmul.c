@@ -157,15 +157,7 @@ static void mm_task(void *vjob, int64_t i0, int64_t i1, int ith) {
         const vt_mm_part *g = &j->part[0], *u = &j->part[1];
         mm_rows(j, g, i0, i1);
         mm_rows(j, u, i0, i1);
-        float e[256];
-        for (int64_t l = 0; l < j->L; l++)
-            for (int64_t r0 = i0; r0 < i1; r0 += 256) {
-                float *a = g->y + l * g->rows + r0;
-                const int64_t n = i1 - r0 < 256 ? i1 - r0 : 256;
-                for (int64_t r = 0; r < n; r++) e[r] = -a[r];
-                j->k->exp_n(e, e, n);
-                for (int64_t r = 0; r < n; r++) a[r] = a[r] / (1.0f + e[r]) * u->y[l * u->rows + r0 + r];
-            }
+        for (int64_t l = 0; l < j->L; l++) j->k->swiglu(g->y + l * g->rows + i0, u->y + l * u->rows + i0, i1 - i0);
         return;
     }
     for (int i = 0, base = 0; i < j->n && i0 < i1; base += (int)j->part[i].rows, i++) {
@@ -278,6 +270,22 @@ VT_API int vt_exp_n(int isa, const float *x, float *y, int64_t n) {
     if (!k) return VT_EISA;
     if (n < 0) return VT_ESHAPE;
     k->exp_n(x, y, n);
+    return VT_OK;
+}
+
+VT_API int vt_softmax(int isa, float *e, int64_t n, float scale, float *sum) {
+    const vt_kernels *k = vt_kernels_for(isa);
+    if (!k) return VT_EISA;
+    if (n < 1) return VT_ESHAPE;
+    *sum = k->softmax(e, n, scale);
+    return VT_OK;
+}
+
+VT_API int vt_swiglu(int isa, float *g, const float *u, int64_t n) {
+    const vt_kernels *k = vt_kernels_for(isa);
+    if (!k) return VT_EISA;
+    if (n < 0) return VT_ESHAPE;
+    k->swiglu(g, u, n);
     return VT_OK;
 }
 

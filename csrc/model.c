@@ -134,41 +134,9 @@ static void rope(const vt_model *m, float *v, int n_heads, const float *cs) {
     }
 }
 
-/* e *= scale in place; returns the max (exact in any order: 8 running maxima, no libm call). */
-static float scale_max(float *e, int n, float scale) {
-    float m8[8], mx = -INFINITY;
-    for (int k = 0; k < 8; k++) m8[k] = -INFINITY;
-    int p = 0;
-    for (; p + 8 <= n; p += 8)
-        for (int k = 0; k < 8; k++) {
-            const float v = e[p + k] * scale;
-            e[p + k] = v, m8[k] = v > m8[k] ? v : m8[k];
-        }
-    for (; p < n; p++) {
-        const float v = e[p] * scale;
-        e[p] = v, mx = v > mx ? v : mx;
-    }
-    for (int k = 0; k < 8; k++) mx = m8[k] > mx ? m8[k] : mx;
-    return mx;
-}
-
-/* The sum of e[0..n-1] (sq: of their squares) as 8 running sums (element p into sum p % 8,
- * in order), then halved as dot_f's lanes are: 8 independent chains, not one add waiting on
- * the last (an RMSNorm's 1536 squares 4.6k cycles in one chain). */
-static float sum8(const float *e, int64_t n, int sq) {
-    float s[8] = {0};
-    int64_t p = 0;
-    for (; p + 8 <= n; p += 8)
-        for (int k = 0; k < 8; k++) s[k] = s[k] + (sq ? e[p + k] * e[p + k] : e[p + k]);
-    for (int k = 0; p < n; p++, k++) s[k] = s[k] + (sq ? e[p] * e[p] : e[p]);
-    for (int h = 4; h; h /= 2)
-        for (int k = 0; k < h; k++) s[k] = s[k] + s[k + h];
-    return s[0];
-}
-
 /* y = x / rms(x) * w, per row. */
 static void rmsnorm(const float *x, const float *w, int64_t n, float eps, float *y) {
-    const float s = 1.0f / sqrtf(sum8(x, n, 1) / (float)n + eps);
+    const float s = 1.0f / sqrtf(vt_sum8(x, n, 1) / (float)n + eps);
     for (int64_t i = 0; i < n; i++) y[i] = (x[i] * s) * w[i];
 }
 
@@ -213,10 +181,7 @@ static void attn_task(void *vjob, int64_t i0, int64_t i1, int ith) {
         for (int i = 0; i < nq; i++) { /* scaled, their max; the weights e = exp(score - max) in place, their sum */
             float *e = score + i * j->keys;
             const int n = j->pos0 + t0 + i / group + 1;
-            const float mx = scale_max(e, n, scale);
-            for (int p = 0; p < n; p++) e[p] = e[p] - mx;
-            k->exp_n(e, e, n);
-            sum[i] = sum8(e, n, 0);
+            sum[i] = k->softmax(e, n, scale);
         }
         for (int c = 0; c < np; c += VT_ATT_CHUNK)
             for (int i = 0, nh; i < nq; i += nh) { /* up to VT_ATT_HEADS of one row's heads at a time */

@@ -108,6 +108,11 @@ typedef struct {
     void (*wsum)(float *const *o, int nh, const float *e, int64_t es, const float *v, int64_t vs, int64_t np, int64_t n);
     /* y[i] = vt_exp(x[i]), i < n (y may be x) */
     void (*exp_n)(const float *x, float *y, int64_t n);
+    /* Attention's weights in place: e[p] = vt_exp(e[p]*scale - max), p < n, max the largest
+     * e[p]*scale (v > m ? v : m); returns vt_sum8 of the weights */
+    float (*softmax)(float *e, int64_t n, float scale);
+    /* SwiGLU in place: g[i] = g[i] / (1 + vt_exp(-g[i])) * u[i], i < n */
+    void (*swiglu)(float *g, const float *u, int64_t n);
     /* vt_quantize_k (max, multiplies, compares and the rounding trick are elementwise or
      * exact: every width gives its bits) */
     void (*quantize_k)(const float *x, int64_t cols, vt_xk *out, float *d, int64_t stride);
@@ -190,6 +195,20 @@ static inline float vt_exp(float x) {
 
 /* Where the key cache's blocks (VT_KEYS keys, dims outer; scores' layout) keep key p's dim d
  * of a head of n dims: to_cache writes there, scores and vt_scores read there. */
+/* The sum of e[0..n-1] (sq: of their squares) as 8 running sums (element p into sum p % 8,
+ * in order), then halved as dot_f's lanes are: 8 independent chains, not one add waiting on
+ * the last (an RMSNorm's 1536 squares 4.6k cycles in one chain). */
+static inline float vt_sum8(const float *e, int64_t n, int sq) {
+    float s[8] = {0};
+    int64_t p = 0;
+    for (; p + 8 <= n; p += 8)
+        for (int k = 0; k < 8; k++) s[k] = s[k] + (sq ? e[p + k] * e[p + k] : e[p + k]);
+    for (int k = 0; p < n; p++, k++) s[k] = s[k] + (sq ? e[p] * e[p] : e[p]);
+    for (int h = 4; h; h /= 2)
+        for (int k = 0; k < h; k++) s[k] = s[k] + s[k + h];
+    return s[0];
+}
+
 static inline int64_t vt_key_at(int64_t p, int64_t d, int64_t n) {
     return p / VT_KEYS * VT_KEYS * n + d * VT_KEYS + p % VT_KEYS;
 }
@@ -295,6 +314,8 @@ VT_API int vt_pack(int isa, int type, const void *src, int64_t rows, int64_t col
 
 /* Path `isa`'s exp_n, scores and wsum (for tests; VT_EISA where the CPU lacks it). */
 VT_API int vt_exp_n(int isa, const float *x, float *y, int64_t n);
+VT_API int vt_softmax(int isa, float *e, int64_t n, float scale, float *sum);
+VT_API int vt_swiglu(int isa, float *g, const float *u, int64_t n);
 VT_API int vt_scores(int isa, const float *k, int64_t np, const float *const *q, int nq, int64_t n, float *s,
                      int64_t ss); /* k: [np][n] rows, put in blocks here */
 VT_API int vt_wsum(int isa, float *const *o, int nh, const float *e, int64_t es, const float *v, int64_t vs,

@@ -132,12 +132,37 @@ def test_exp_is_close_to_numpy():
     assert edge[0] == edge[1] and 0 < edge[0] < 1e-37 and np.isfinite(edge[2]) and edge[2] == edge[3]
 
 
+def test_softmax_and_swiglu_recipes():
+    """The portable softmax: the scaled scores less their max, vt_exp'd, summed as 8 running
+    sums; SwiGLU: g / (1 + exp(-g)) * u; both against numpy in float64."""
+    rng = np.random.default_rng(13)
+    s = rng.standard_normal(211).astype(np.float32) * 5
+    e, total = N.softmax(s, 0.125, isa="portable")
+    ref = np.exp(s.astype(np.float64) * 0.125 - (s * np.float32(0.125)).max())
+    assert np.allclose(e, ref, rtol=1e-6, atol=0) and e.max() == 1.0
+    part = np.zeros(8, np.float32)
+    for p, w in enumerate(e):
+        part[p % 8] = part[p % 8] + w
+    for h in (4, 2, 1):
+        part[:h] = part[:h] + part[h:2 * h]
+    assert np.float32(total) == part[0]
+    g, u = rng.standard_normal(99).astype(np.float32) * 4, rng.standard_normal(99).astype(np.float32)
+    assert np.allclose(N.swiglu(g, u, isa="portable"), g / (1 + np.exp(-g.astype(np.float64))) * u, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("isa", FAST or [pytest.param("avx2", marks=pytest.mark.skip("no SIMD path on this CPU"))])
-def test_exp_scores_and_wsum_paths_bit_identical_to_portable(isa):
+def test_exp_softmax_swiglu_scores_and_wsum_paths_bit_identical_to_portable(isa):
     x = exp_inputs()
     for n in (len(x), 23, 7, 1):  # the vector body (16 or 8 lanes) and scalar tails
         assert same_bits(N.exp(x[:n], isa=isa), N.exp(x[:n], isa="portable")), n
     rng = np.random.default_rng(12)
+    for n in (len(x) - 1, 216, 47, 31, 23, 15, 7, 1):  # scores with an inf and a nan, then without; tails of 1-15
+        s = x[len(x) - n:] if n > 216 else rng.standard_normal(n).astype(np.float32) * 9
+        (e, total), (e0, total0) = N.softmax(s, 0.088, isa=isa), N.softmax(s, 0.088, isa="portable")
+        assert same_bits(e, e0) and same_bits(np.float32(total), np.float32(total0)), n
+    g, u = x[np.isfinite(x)] / 4, rng.standard_normal(np.isfinite(x).sum()).astype(np.float32)
+    for n in (len(g), 23, 7, 1):
+        assert same_bits(N.swiglu(g[:n], u[:n], isa=isa), N.swiglu(g[:n], u[:n], isa="portable")), n
     for heads, n in ((1, 128), (3, 128), (4, 64), (2, 96), (2, 37)):  # 96: a part of a full pass; 37: the element tail
         e = rng.random((heads, 53)).astype(np.float32)
         v = rng.standard_normal((53, n)).astype(np.float32)

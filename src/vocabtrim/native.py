@@ -47,6 +47,8 @@ def lib() -> ctypes.CDLL:
                             ("vt_packs", _int, [_int, _int]), ("vt_pack", _int, [_int, _int, _p, _i64, _i64, _p]),
                             ("vt_quantize_rows", _int, [_int, _p, _i64, _i64, _p, _p]),
                             ("vt_exp_n", _int, [_int, _p, _p, _i64]),
+                            ("vt_softmax", _int, [_int, _p, _i64, ctypes.c_float, _p]),
+                            ("vt_swiglu", _int, [_int, _p, _p, _i64]),
                             ("vt_scores", _int, [_int, _p, _i64, _p, _int, _i64, _p, _i64]),
                             ("vt_wsum", _int, [_int, _p, _int, _p, _i64, _p, _i64, _i64, _i64]),
                             ("vt_pool_new", _p, [_int]), ("vt_pool_free", None, [_p]),
@@ -231,6 +233,25 @@ def exp(x: np.ndarray, isa: str | None = None) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     y = np.empty_like(x)
     check(lib().vt_exp_n(isa_index(isa), x.ctypes.data, y.ctypes.data, x.size), "native exp")
+    return y
+
+
+def softmax(s: np.ndarray, scale: float, isa: str | None = None) -> tuple[np.ndarray, float]:
+    """Attention's weights on path `isa`: e = vt_exp(s * scale - max) and their sum (8
+    running sums, as the engine's), the division left to the caller, as the engine leaves it."""
+    e = np.array(s, dtype=np.float32, copy=True).reshape(-1)
+    total = ctypes.c_float()
+    check(lib().vt_softmax(isa_index(isa), e.ctypes.data, e.size, scale, ctypes.byref(total)), "native softmax")
+    return e, total.value
+
+
+def swiglu(g: np.ndarray, u: np.ndarray, isa: str | None = None) -> np.ndarray:
+    """SwiGLU on path `isa`: g / (1 + vt_exp(-g)) * u, elementwise."""
+    y = np.array(g, dtype=np.float32, copy=True).reshape(-1)
+    u = np.ascontiguousarray(u, dtype=np.float32).reshape(-1)
+    if u.size != y.size:
+        raise VocabtrimError("native swiglu: gate and up differ in size")
+    check(lib().vt_swiglu(isa_index(isa), y.ctypes.data, u.ctypes.data, y.size), "native swiglu")
     return y
 
 
