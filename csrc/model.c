@@ -25,6 +25,7 @@ struct vt_model {
     int n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab, n_ctx, rope_neox, isa;
     float eps, *inv_freq; /* rope: head_dim/2 frequencies */
     vt_tensor global[T_GLOBAL_SLOTS], *layer; /* [n_layer][T_LAYER_SLOTS] */
+    void *kc_mem; /* calloc's block under kc: zero pages become resident only as keys are written */
     float *kc, *vc; /* a kv head's keys [n_ctx / VT_KEYS][head_dim][VT_KEYS] (scores' blocks), values
                      * [n_ctx][head_dim]; per layer, kv head after kv head: each one stream */
     int64_t ctx_keys; /* n_ctx rounded up to whole key blocks: a kv head's positions in the caches */
@@ -46,11 +47,12 @@ VT_API vt_model *vt_model_new(int n_layer, int n_embd, int n_head, int n_head_kv
     const size_t kv = (size_t)n_layer * (size_t)m->ctx_keys * (size_t)(n_head_kv * m->head_dim);
     m->layer = calloc((size_t)n_layer * T_LAYER_SLOTS, sizeof(vt_tensor));
     m->inv_freq = malloc(sizeof(float) * (size_t)(m->head_dim / 2));
-    m->kc = vt_alloc(kv * sizeof(float));
+    /* zeroed (a block's lanes past the last key are read, never used: defined) and 64-byte aligned */
+    m->kc_mem = calloc(kv * sizeof(float) + 64, 1);
+    m->kc = m->kc_mem ? (float *)(((uintptr_t)m->kc_mem + 63) & ~(uintptr_t)63) : NULL;
     m->vc = vt_alloc(kv * sizeof(float));
-    if (m->kc) memset(m->kc, 0, kv * sizeof(float)); /* a block's lanes past the last key are read (never used): defined */
     if (!m->layer || !m->inv_freq || !m->kc || !m->vc) {
-        free(m->layer), free(m->inv_freq), free(m->kc), free(m->vc), free(m);
+        free(m->layer), free(m->inv_freq), free(m->kc_mem), free(m->vc), free(m);
         return NULL;
     }
     for (int i = 0; i < m->head_dim / 2; i++) m->inv_freq[i] = (float)(1.0 / pow(rope_base, 2.0 * i / m->head_dim));
@@ -59,7 +61,7 @@ VT_API vt_model *vt_model_new(int n_layer, int n_embd, int n_head, int n_head_kv
 
 VT_API void vt_model_free(vt_model *m) {
     if (!m) return;
-    free(m->layer), free(m->inv_freq), free(m->kc), free(m->vc), free(m);
+    free(m->layer), free(m->inv_freq), free(m->kc_mem), free(m->vc), free(m);
 }
 
 /* Point slot `slot` of layer `layer` (-1: the global slots) at a tensor. */

@@ -4,6 +4,8 @@ crop, on 1 and 2 threads, on every instruction-set path."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -175,6 +177,23 @@ def test_long_sequences_go_in_chunks(f32_gguf):
     target.reset()
     target.logits(seq[:120], 1)
     assert same_bits(target.logits(seq, 30), whole[-30:])
+
+
+def test_an_empty_cache_is_not_resident(tmp_path):
+    """The key and value caches are reserved, not written: a model's resident memory grows
+    with the tokens it caches, not with its context (the real target's 4096-token key cache
+    is 117 MB)."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        pytest.skip("no /proc/self/status to read resident memory from")
+    rss = lambda: int(next(line.split()[1] for line in status.read_text().splitlines() if line.startswith("VmRSS")))  # noqa: E731
+    model = tiny_qwen2(hidden=256)
+    model.config.max_position_embeddings = 1 << 20
+    path = write_gguf(model, tmp_path / "long.gguf")
+    before = rss()
+    target = NativeTarget(path, context=1 << 20)  # 2 x 1 GB of caches
+    target.logits(SEQ, 1)
+    assert target.context == 1 << 20 and rss() - before < 64 << 10  # KB
 
 
 def test_refusals(tmp_path, monkeypatch):
