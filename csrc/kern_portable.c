@@ -240,7 +240,7 @@ static float softmax(float *e, int64_t n, float scale) {
     float mx = -INFINITY;
     for (int64_t p = 0; p < n; p++) {
         const float v = e[p] * scale;
-        e[p] = v, mx = v > mx ? v : mx; /* exact in any order (x86: 16 running maxima) */
+        e[p] = v, mx = v > mx ? v : mx; /* exact in any order (x86: a vector of running maxima) */
     }
     for (int64_t p = 0; p < n; p++) e[p] = vt_exp(e[p] - mx);
     return vt_sum8(e, n, 0);

@@ -193,8 +193,6 @@ static inline float vt_exp(float x) {
     return p * two.f;
 }
 
-/* Where the key cache's blocks (VT_KEYS keys, dims outer; scores' layout) keep key p's dim d
- * of a head of n dims: to_cache writes there, scores and vt_scores read there. */
 /* The sum of e[0..n-1] (sq: of their squares) as 8 running sums (element p into sum p % 8,
  * in order), then halved as dot_f's lanes are: 8 independent chains, not one add waiting on
  * the last (an RMSNorm's 1536 squares 4.6k cycles in one chain). */
@@ -209,6 +207,8 @@ static inline float vt_sum8(const float *e, int64_t n, int sq) {
     return s[0];
 }
 
+/* Where the key cache's blocks (VT_KEYS keys, dims outer; scores' layout) keep key p's dim d
+ * of a head of n dims: to_cache writes there, scores and vt_scores read there. */
 static inline int64_t vt_key_at(int64_t p, int64_t d, int64_t n) {
     return p / VT_KEYS * VT_KEYS * n + d * VT_KEYS + p % VT_KEYS;
 }
@@ -219,8 +219,8 @@ static inline void vt_sums32(vt_xk *o) {
 }
 
 /* n bytes on a 64-byte boundary (free() releases them): the kernels' 512-bit loads of
- * caches and buffers each one cache line, not two (malloc's 16-byte alignment split every
- * one of them: attention's value sums 27% slower at 2000 cached tokens, Zen 5). */
+ * caches and buffers each one cache line, not two (malloc's 16-byte alignment split most
+ * of them: attention's value sums 27% slower at 2000 cached tokens, Zen 5). */
 static inline void *vt_alloc(size_t n) { return aligned_alloc(64, (n + 63) / 64 * 64 + 64 * !n); }
 
 static inline uint16_t vt_rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
@@ -312,7 +312,8 @@ VT_API int vt_packs(int isa, int type);
  * reads the file's; dst may be src). */
 VT_API int vt_pack(int isa, int type, const void *src, int64_t rows, int64_t cols, void *dst);
 
-/* Path `isa`'s exp_n, scores and wsum (for tests; VT_EISA where the CPU lacks it). */
+/* Path `isa`'s exp_n, softmax, swiglu, scores and wsum (for tests; VT_EISA where the CPU
+ * lacks it). */
 VT_API int vt_exp_n(int isa, const float *x, float *y, int64_t n);
 VT_API int vt_softmax(int isa, float *e, int64_t n, float scale, float *sum);
 VT_API int vt_swiglu(int isa, float *g, const float *u, int64_t n);
