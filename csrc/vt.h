@@ -73,7 +73,7 @@ enum { VT_MIN_SEP = 0, VT_MIN_INT = 1 };
  * only, never on n. */
 #define VT_ROWS 8
 #define VT_TILE 16 /* the most weight rows a tile interleaves (vt_kernels.tile) */
-#define VT_ATT_HEADS 4 /* weighted value sums taken together (wsum's nh) */
+#define VT_ATT_HEADS 6 /* weighted value sums taken together (wsum's nh): a Qwen2 row's heads of a kv head */
 #define VT_ATT_Q 6      /* queries scored together against each key block (scores' nq; AVX2: 12 sums in 16 registers) */
 #define VT_KEYS 16      /* keys a block of the key cache holds, dims outer: [dim][key] */
 #define VT_STREAM_ROWS 2 /* a drafter's steps: 1 token, or 2 after a round all accepted */
