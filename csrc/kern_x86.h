@@ -1157,9 +1157,7 @@ static float softmax(float *e, int64_t n, float scale) {
         e[p] = vt_exp(e[p] - mx);
         s[p % 8] = s[p % 8] + e[p];
     }
-    for (int h = 4; h; h /= 2)
-        for (int k = 0; k < h; k++) s[k] = s[k] + s[k + h];
-    return s[0];
+    return vt_fold8(s);
 }
 
 /* The portable swiglu lane by lane. */

@@ -193,18 +193,23 @@ static inline float vt_exp(float x) {
     return p * two.f;
 }
 
+/* vt_sum8's 8 running sums halved to one as dot_f's lanes are: s[k] + s[k + 4], then + 2, + 1. */
+static inline float vt_fold8(float *s) {
+    for (int h = 4; h; h /= 2)
+        for (int k = 0; k < h; k++) s[k] = s[k] + s[k + h];
+    return s[0];
+}
+
 /* The sum of e[0..n-1] (sq: of their squares) as 8 running sums (element p into sum p % 8,
- * in order), then halved as dot_f's lanes are: 8 independent chains, not one add waiting on
- * the last (an RMSNorm's 1536 squares 4.6k cycles in one chain). */
+ * in order), then vt_fold8: 8 independent chains, not one add waiting on the last (an
+ * RMSNorm's 1536 squares 4.6k cycles in one chain). */
 static inline float vt_sum8(const float *e, int64_t n, int sq) {
     float s[8] = {0};
     int64_t p = 0;
     for (; p + 8 <= n; p += 8)
         for (int k = 0; k < 8; k++) s[k] = s[k] + (sq ? e[p + k] * e[p + k] : e[p + k]);
     for (int k = 0; p < n; p++, k++) s[k] = s[k] + (sq ? e[p] * e[p] : e[p]);
-    for (int h = 4; h; h /= 2)
-        for (int k = 0; k < h; k++) s[k] = s[k] + s[k + h];
-    return s[0];
+    return vt_fold8(s);
 }
 
 /* Where the key cache's blocks (VT_KEYS keys, dims outer; scores' layout) keep key p's dim d
