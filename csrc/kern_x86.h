@@ -1,10 +1,12 @@
 /* The x86 kernels, compiled once per instruction set by the kern_<isa>.c files, which set
  * the target options and define:
  *   VT_KERNELS  the name of the vt_kernels table
- *   VT_VNNI     0: AVX2 (maddubs + madd + add), 1: AVX-VNNI (VEX vpdpwssd/vpdpbusd),
- *               2: AVX512-VNNI (16-row tiles of K-quants, Q4_0, Q5_0, Q8_0: pack_kt,
- *               dot_kt, dot_q32t; rows past the tiles: K-quants on 512-bit vectors,
- *               k_sums; the other kernels EVEX-encoded 256-bit)
+ *   VT_VNNI     0: AVX2 (maddubs + madd + add; K-quants woven, weave4),
+ *               1: AVX-VNNI (VEX vpdpwssd/vpdpbusd; 8-row tiles on 256-bit vectors),
+ *               2: AVX512-VNNI (16-row tiles on 512-bit vectors; the other kernels
+ *               EVEX-encoded 256-bit).
+ *               The VNNI paths tile K-quants, Q4_0, Q5_0 and Q8_0 (pack_kt, dot_kt,
+ *               dot_q32t), their K-quant rows past the tiles go through k_sums.
  * Each kernel follows kern_portable.c's float recipe lane by lane: the integer sums are
  * exact whatever the grouping, the float steps are the same multiplies and adds. */
 #include <immintrin.h>
@@ -22,6 +24,38 @@
 #else
 #define DPWSSD(acc, a, b) _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
 #define DPBUSD(acc, a, b) _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)))
+#endif
+
+/* A vector (AVX512: 16 lanes of 32 bits, else 8): VX(op) names the intrinsic of that width
+ * and VXI(op) its bitwise ones (_si512/_si256); used by the tiles (a lane a weight row),
+ * vt_exp's steps lane by lane (expv, exp_n) and the keys of the cache's 16-key blocks
+ * (scores_kv). */
+#if VT_VNNI == 2
+#define VX(op) _mm512_##op
+#define VXI(op) _mm512_##op##_si512
+#define VX_AS_PS _mm512_castsi512_ps
+#define VX_XOR(a, b) _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)))
+#define VX_LOADI(p) _mm512_loadu_si512(p)
+#define VX_PH(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p))) /* VX_LANES fp16 at p */
+#define VX_DUP128 _mm512_broadcast_i32x4
+#define VX_DPWSSD _mm512_dpwssd_epi32
+#define VX_DPBUSD _mm512_dpbusd_epi32
+typedef __m512 vx_f;
+typedef __m512i vx_i;
+enum { VX_LANES = 16 };
+#else
+#define VX(op) _mm256_##op
+#define VXI(op) _mm256_##op##_si256
+#define VX_AS_PS _mm256_castsi256_ps
+#define VX_XOR _mm256_xor_ps
+#define VX_LOADI(p) _mm256_loadu_si256((const __m256i *)(p))
+#define VX_PH(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+#define VX_DUP128 _mm256_broadcastsi128_si256
+#define VX_DPWSSD DPWSSD
+#define VX_DPBUSD DPBUSD
+typedef __m256 vx_f;
+typedef __m256i vx_i;
+enum { VX_LANES = 8 };
 #endif
 
 /* fp16 to fp32 with F16C (exact, as vt_fp16). */
@@ -84,10 +118,10 @@ VT_INLINE void weave4(const __m256i *s, __m256i *u) {
 
 /* Where the 32 bytes of half h's vector k sit in an activation block's 256 (XOFF),
  * and those of half h's pair p of weight vectors, as nibbles, in a packed block's 128
- * quant bytes (POFF).  256-bit paths: each half's in order.  AVX512: the halves side by
- * side, so that one 64-byte load holds vector k (pair p) of both halves and all the
- * vectors of a block share one vector of scales. */
-#if VT_VNNI == 2
+ * quant bytes (POFF).  AVX2: each half's in order.  VNNI paths: the halves side by side, so
+ * that AVX512's 64-byte load holds vector k (pair p) of both halves and all the vectors of
+ * a block share one vector of scales (AVX-VNNI loads each half's 32 bytes). */
+#if VT_VNNI >= 1
 #define XOFF(h, k) (64 * (k) + 32 * (h))
 #define POFF(h, p) (64 * (p) + 32 * (h))
 #else
@@ -96,11 +130,12 @@ VT_INLINE void weave4(const __m256i *s, __m256i *u) {
 #endif
 
 /* A block's 256 quants e (element order) in the order the kernels multiply them, as the
- * 32-byte vectors XOFF(h, k) of o.  256-bit paths: each half woven (weave4).  AVX512: by
- * group, vector k holding quants 4k..4k+3 of each 16-element group g at bytes 4g..4g+3, so
- * that each 32-bit lane (vpdpbusd's, and both words of vpmaddubsw's) sums one group. */
+ * 32-byte vectors XOFF(h, k) of o.  AVX2: each half woven (weave4).  VNNI paths: by group,
+ * vector k holding quants 4k..4k+3 of each 16-element group g at bytes 4g..4g+3, so that
+ * each 32-bit lane (vpdpbusd's, and both words of vpmaddubsw's) sums one group, and a tile
+ * takes a group's words by broadcast (kt_words). */
 static inline void order_k(const uint8_t *e, uint8_t *o) {
-#if VT_VNNI == 2
+#if VT_VNNI >= 1
     for (int k = 0; k < 4; k++)
         for (int g = 0; g < 16; g++) memcpy(o + 64 * k + 4 * g, e + 16 * g + 4 * k, 4);
 #else
@@ -167,9 +202,9 @@ static void pack_k(int type, const uint8_t *src, int64_t nb, uint8_t *dst) {
         __m256i hb = _mm256_setzero_si256(); /* Q5_K: the fifth bits of both halves */
         for (int h = 0; h < 2; h++) {
             const __m256i *w = W[h];
-            if (type == VT_Q6_K) { /* unpack_6's inverse (AVX512: the pairs 0,1 and 2,3 as Q4_K's) */
-                STORE256(o + POFF(h, 0), VT_VNNI == 2 ? nibbles(w[0], w[1]) : nibbles(w[0], w[2]));
-                STORE256(o + POFF(h, 1), VT_VNNI == 2 ? nibbles(w[2], w[3]) : nibbles(w[1], w[3]));
+            if (type == VT_Q6_K) { /* unpack_6's inverse (VNNI: the pairs 0,1 and 2,3 as Q4_K's) */
+                STORE256(o + POFF(h, 0), VT_VNNI >= 1 ? nibbles(w[0], w[1]) : nibbles(w[0], w[2]));
+                STORE256(o + POFF(h, 1), VT_VNNI >= 1 ? nibbles(w[2], w[3]) : nibbles(w[1], w[3]));
                 __m256i H = _mm256_setzero_si256();
                 const __m256i three = _mm256_set1_epi8(3);
                 for (int m = 0; m < 4; m++) /* bits 4-5 of vector m's quants at bits 2m, 2m+1 */
@@ -193,81 +228,127 @@ static inline __m256i mins(__m256i mn, const vt_xk *xb) {
     return _mm256_madd_epi16(mn, _mm256_load_si256((const __m256i *)xb->bs));
 }
 
-#if VT_VNNI == 2
-/* AVX512: one block against n rows in 512-bit vectors W[0..3], ordered by group (order_k):
+#if VT_VNNI >= 1
+/* VNNI paths: one block against n rows in vectors W[0..3] ordered by group (order_k):
  * 32-bit lane g of each holds group g's quants (Q4_K/Q5_K: sub-block g / 2), so Sv, the
  * scale of each word, is group w / 2's.  Q4_K: vpdpbusd sums 16 products a lane (at most
  * 16 x 15 x 127 < 2^15, so the lane is its own low word) and vpdpwssd scales it by Sv's
- * even words (odd words 0); Q5_K/Q6_K as the 256-bit paths: 4 (Q6_K: 2) vpmaddubsw words
- * summed as int16, then vpmaddwd.  Each row's 16 lanes are left for the caller to fold. */
+ * even words (odd words 0); Q5_K/Q6_K as the AVX2 path: 4 (Q6_K: 2) vpmaddubsw words
+ * summed as int16, then vpmaddwd.  AVX512 takes both halves of a block in one vector,
+ * AVX-VNNI half h in iteration h (lane g: group 8h + g, the halves' sums added).  Each
+ * row's lanes are left for the caller to fold. */
+#if VT_VNNI == 2
 static const int16_t SV45[32] __attribute__((aligned(64))) = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3,
                                                               4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7};
 static const int16_t SV6[32] __attribute__((aligned(64))) = {0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7,
                                                              8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15};
-#define PROD(k, r) _mm512_maddubs_epi16(W[k], _mm512_load_si512(xb[r].q + XOFF(0, k)))
-#define DP(acc, k, r) _mm512_dpbusd_epi32(acc, W[k], _mm512_load_si512(xb[r].q + XOFF(0, k)))
+#else
+/* Half h's byte shuffle of the 8 scales (int16, in both 128-bit lanes): lane g gets
+ * sub-block 4h + g / 2's in both words. */
+static const int8_t SV45[2][32] __attribute__((aligned(32))) = {
+    {0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7},
+    {8, 9, 8, 9, 8, 9, 8, 9, 10, 11, 10, 11, 10, 11, 10, 11, 12, 13, 12, 13, 12, 13, 12, 13, 14, 15, 14, 15, 14, 15, 14, 15}};
+#endif
 
-/* s[r]: row r's scaled quant products in 16 lanes (Q6_K: its offsets not yet subtracted). */
-VT_INLINE void k_sums(int type, const uint8_t *blk, const vt_xk *xb, const int n, __m512i *s, __m256i *mnp, float *d,
+/* The scale of each word for half h (AVX512: both): Q6_K from its 16 int8 scales S as
+ * int16, Q4_K/Q5_K from scales_45's sc (Q4_K: odd words 0). */
+VT_INLINE vx_i k_scales(int type, __m256i S, int h) {
+#if VT_VNNI == 2
+    (void)h;
+    if (type == VT_Q6_K) return _mm512_permutexvar_epi16(_mm512_load_si512(SV6), _mm512_castsi256_si512(S));
+    if (type == VT_Q4_K) return _mm512_maskz_permutexvar_epi16(0x55555555u, _mm512_load_si512(SV45), _mm512_castsi256_si512(S));
+    return _mm512_permutexvar_epi16(_mm512_load_si512(SV45), _mm512_castsi256_si512(S));
+#else
+    if (type == VT_Q6_K) /* groups 8h..8h+3 to the low 128 bits, 8h+4.. to the high, each word twice */
+        return _mm256_shuffle_epi8(h ? _mm256_permute4x64_epi64(S, 0x32) : _mm256_permute4x64_epi64(S, 0x10),
+                                   _mm256_setr_epi8(0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7, 0, 1, 0, 1, 2, 3, 2,
+                                                    3, 4, 5, 4, 5, 6, 7, 6, 7));
+    const __m256i v = _mm256_shuffle_epi8(S, _mm256_load_si256((const __m256i *)SV45[h]));
+    return type == VT_Q4_K ? _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF)) : v;
+#endif
+}
+
+/* Q5_K: quant vector k of half h (AVX512: both) plus 16 where its fifth bit is set (bit
+ * 4h + k of the 32 bytes qh at blk + 16: byte l the element at byte l of a half's vector). */
+VT_INLINE vx_i k_fifth(vx_i w, const uint8_t *blk, int h, int k) {
+#if VT_VNNI == 2
+    (void)h;
+    const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 16)));
+    const __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << k)), _mm256_set1_epi8((char)(16 << k)), 1);
+    return _mm512_mask_add_epi8(w, _mm512_test_epi8_mask(qh, bit), w, _mm512_set1_epi8(16));
+#else
+    const __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 16)), bit = _mm256_set1_epi8((char)(1 << (4 * h + k)));
+    return _mm256_or_si256(w, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit), _mm256_set1_epi8(16)));
+#endif
+}
+
+#define PROD(k, r) VX(maddubs_epi16)(W[k], VX_LOADI(xb[r].q + XOFF(h, k)))
+#define DP(acc, k, r) VX_DPBUSD(acc, W[k], VX_LOADI(xb[r].q + XOFF(h, k)))
+/* acc + the words of p times Sv in pairs (vpmaddwd alone where acc is zero: the first half) */
+#define SCALE(acc, p) (h ? VX_DPWSSD(acc, p, Sv) : VX(madd_epi16)(p, Sv))
+
+/* s[r]: row r's scaled quant products in VX_LANES lanes (Q6_K: its offsets not yet subtracted). */
+VT_INLINE void k_sums(int type, const uint8_t *blk, const vt_xk *xb, const int n, vx_i *s, __m256i *mnp, float *d,
                       float *dm) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
-    __m512i W[4], Sv;
-    __m256i mn;
+    const vx_i m4 = VX(set1_epi8)(0x0F);
+    __m256i S, mn;
     if (type == VT_Q6_K) {
-        const __m256i S = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
+        S = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
         mn = _mm256_slli_epi16(S, 5); /* 32 x scale: the -32 offset */
         *d = *dm = fp16(blk + 208);
-        Sv = _mm512_permutexvar_epi16(_mm512_load_si512(SV6), _mm512_castsi256_si512(S));
-        const __m512i H = _mm512_loadu_si512(blk + 128), m30 = _mm512_set1_epi8(0x30); /* [H0 | H1] */
-        const __m512i V0 = _mm512_loadu_si512(blk), V1 = _mm512_loadu_si512(blk + 64); /* pairs 0,1 and 2,3 */
-        W[0] = _mm512_or_si512(_mm512_and_si512(V0, m4), _mm512_and_si512(_mm512_slli_epi16(H, 4), m30));
-        W[1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(V0, 4), m4), _mm512_and_si512(_mm512_slli_epi16(H, 2), m30));
-        W[2] = _mm512_or_si512(_mm512_and_si512(V1, m4), _mm512_and_si512(H, m30));
-        W[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(V1, 4), m4), _mm512_and_si512(_mm512_srli_epi16(H, 2), m30));
     } else {
-        const int five = type == VT_Q5_K;
-        const uint8_t *qs = blk + (five ? 48 : 16);
-        __m256i sc;
-        scales_45(blk, &sc, &mn);
+        scales_45(blk, &S, &mn);
         *d = fp16(blk);
         *dm = fp16(blk + 2);
-        Sv = type == VT_Q4_K ? _mm512_maskz_permutexvar_epi16(0x55555555u, _mm512_load_si512(SV45), _mm512_castsi256_si512(sc))
-                             : _mm512_permutexvar_epi16(_mm512_load_si512(SV45), _mm512_castsi256_si512(sc));
-        const __m512i V0 = _mm512_loadu_si512(qs), V1 = _mm512_loadu_si512(qs + 64);
-        W[0] = _mm512_and_si512(V0, m4), W[1] = _mm512_and_si512(_mm512_srli_epi16(V0, 4), m4);
-        W[2] = _mm512_and_si512(V1, m4), W[3] = _mm512_and_si512(_mm512_srli_epi16(V1, 4), m4);
-        if (five) { /* bit 4h + k of qh[l]: the fifth bit of element l of half h's vector k */
-            const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 16)));
-            for (int k = 0; k < 4; k++) {
-                const __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << k)), _mm256_set1_epi8((char)(16 << k)), 1);
-                W[k] = _mm512_mask_add_epi8(W[k], _mm512_test_epi8_mask(qh, bit), W[k], _mm512_set1_epi8(16));
-            }
-        }
     }
-    for (int r = 0; r < n; r++) {
-        s[r] = type == VT_Q6_K
-                   ? _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_add_epi16(PROD(0, r), PROD(1, r)), Sv),
-                                         _mm512_add_epi16(PROD(2, r), PROD(3, r)), Sv)
-                   : type == VT_Q4_K ? _mm512_madd_epi16(DP(DP(DP(DP(_mm512_setzero_si512(), 0, r), 1, r), 2, r), 3, r), Sv)
-                   : _mm512_madd_epi16(_mm512_add_epi16(_mm512_add_epi16(PROD(0, r), PROD(1, r)),
-                                                        _mm512_add_epi16(PROD(2, r), PROD(3, r))), Sv);
-        __asm__("" : "+v"(s[r]));
+    for (int h = 0; h < 16 / VX_LANES; h++) {
+        const vx_i Sv = k_scales(type, S, h);
+        vx_i W[4];
+        if (type == VT_Q6_K) { /* [H0 | H1], pairs 0,1 and 2,3 */
+            const vx_i H = VX_LOADI(blk + 128 + 32 * h), m30 = VX(set1_epi8)(0x30);
+            const vx_i V0 = VX_LOADI(blk + POFF(h, 0)), V1 = VX_LOADI(blk + POFF(h, 1));
+            W[0] = VXI(or)(VXI(and)(V0, m4), VXI(and)(VX(slli_epi16)(H, 4), m30));
+            W[1] = VXI(or)(VXI(and)(VX(srli_epi16)(V0, 4), m4), VXI(and)(VX(slli_epi16)(H, 2), m30));
+            W[2] = VXI(or)(VXI(and)(V1, m4), VXI(and)(H, m30));
+            W[3] = VXI(or)(VXI(and)(VX(srli_epi16)(V1, 4), m4), VXI(and)(VX(srli_epi16)(H, 2), m30));
+        } else {
+            const uint8_t *qs = blk + (type == VT_Q5_K ? 48 : 16);
+            const vx_i V0 = VX_LOADI(qs + POFF(h, 0)), V1 = VX_LOADI(qs + POFF(h, 1));
+            W[0] = VXI(and)(V0, m4), W[1] = VXI(and)(VX(srli_epi16)(V0, 4), m4);
+            W[2] = VXI(and)(V1, m4), W[3] = VXI(and)(VX(srli_epi16)(V1, 4), m4);
+            for (int k = 0; type == VT_Q5_K && k < 4; k++) W[k] = k_fifth(W[k], blk, h, k);
+        }
+        for (int r = 0; r < n; r++) {
+            s[r] = type == VT_Q6_K ? VX_DPWSSD(SCALE(s[r], VX(add_epi16)(PROD(0, r), PROD(1, r))),
+                                               VX(add_epi16)(PROD(2, r), PROD(3, r)), Sv)
+                   : type == VT_Q4_K ? SCALE(s[r], DP(DP(DP(DP(VXI(setzero)(), 0, r), 1, r), 2, r), 3, r))
+                   : SCALE(s[r], VX(add_epi16)(VX(add_epi16)(PROD(0, r), PROD(1, r)), VX(add_epi16)(PROD(2, r), PROD(3, r))));
+            __asm__("" : "+v"(s[r]));
+        }
     }
     *mnp = mn;
 }
 #undef PROD
 #undef DP
+#undef SCALE
 
-/* k_sums folded to 8 lanes, as the 256-bit paths' k_block gives them. */
+/* k_sums folded to 8 lanes (AVX512: lane j + lane j + 8), as AVX2's k_block gives them. */
 VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *xb, const int n, __m256i *a, __m256i *mnp, float *d,
                        float *dm) {
-    __m512i s[VT_ROWS];
+    vx_i s[VT_ROWS];
     k_sums(type, blk, xb, n, s, mnp, d, dm);
     for (int r = 0; r < n; r++) {
+#if VT_VNNI == 2
         a[r] = _mm256_add_epi32(_mm512_castsi512_si256(s[r]), _mm512_extracti64x4_epi64(s[r], 1));
+#else
+        a[r] = s[r];
+#endif
         if (type == VT_Q6_K) a[r] = _mm256_sub_epi32(a[r], mins(*mnp, &xb[r])); /* S1 - S2, lane-wise */
     }
 }
+#endif
+
+#if VT_VNNI == 2
 
 /* The sums of the 16 lanes of each of v[0..7], as one vector (lane r: v[r]'s): rows8's
  * interleaves on 512 bits, then the 128-bit lanes added. */
@@ -301,7 +382,9 @@ static inline __m256i mins8_512(__m256i mn, const vt_xk *xb, const int n) {
     const __m512i g = _mm512_add_epi32(f, _mm512_shuffle_i64x2(f, f, _MM_SHUFFLE(2, 3, 0, 1)));
     return _mm512_castsi512_si256(_mm512_permutexvar_epi32(_mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 0, 0, 0, 0, 0, 0, 0, 0), g));
 }
-#else
+#endif
+
+#if VT_VNNI == 0
 /* The woven quants' products against row r's woven quants of half h: 4 maddubs summed as
  * int16 (Q4_K: each word at most 4 x 2 x 15 x 127, Q5_K 4 x 2 x 31 x 127 < 2^15), scaled by
  * S; Q6_K's 63s allow 2 (2 x 2 x 63 x 127 < 2^15).  The empty asm pins each row's sum in
@@ -522,6 +605,18 @@ VT_INLINE void dot_k_n(int type, const uint8_t *w, const vt_xk *x, const float *
     memcpy(out, o, sizeof(float) * (size_t)n);
 }
 
+/* Byte i: 16 where bit i of the 32 bits at m is set, else 0 (the fifth bits of 5-bit quants):
+ * each mask byte spread over 8 lanes, each lane testing its own bit. */
+static inline __m256i bits16(const uint8_t *m) {
+    uint32_t b;
+    memcpy(&b, m, 4);
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)b),
+                                               _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2,
+                                                                2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16));
+}
+
 /* A 32-element block's quants as bytes: Q4_0/Q5_0 unsigned, u = w + 16 (Q4_0: nibble + 8;
  * Q5_0: nibble | fifth bit << 4), Q8_0 signed as stored (vt_unpack_32's integers w);
  * Q4_1/Q5_1 as vt_unpack_32's (unsigned). */
@@ -534,15 +629,7 @@ VT_INLINE __m256i unpack32(int type, const uint8_t *blk) {
     const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
     if (type == VT_Q4_0) return _mm256_add_epi8(q, _mm256_set1_epi8(8));
     if (!five) return q;
-    uint32_t qh;
-    memcpy(&qh, h, 4);
-    /* bit i of qh to byte i: its byte spread over 8 lanes, each lane testing its own bit */
-    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh),
-                                               _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2,
-                                                                2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
-    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
-    const __m256i fifth = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
-    return _mm256_or_si256(q, _mm256_and_si256(fifth, _mm256_set1_epi8(16)));
+    return _mm256_or_si256(q, bits16(h));
 }
 
 /* The 8 lane sums (4 elements each) of q*x for one block, exact: Q4_0/Q5_0 as u*x plus the
@@ -619,23 +706,24 @@ VT_INLINE void q32_rows(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, 
 }
 
 
-/* AVX512: K-quants in tiles of KT (16) rows: a tile's block b
- * holds its rows' block b, lanes = rows, so that one multiply instruction takes 4 quants
- * of each row against the same 4 activation quants (a 32-bit word of the row's activation
- * block, broadcast) and no sum ever crosses lanes: each row's S1 = sum of scale x group
- * dot and S2 = sum of min x group sums are the integers dot_k's are, its float step the
- * same.  A tile block, in units of KT bytes (a vector is 4 KT bytes, lane r = row r):
+
+/* The VNNI paths' K-quants in tiles of KT rows (AVX512 16, AVX-VNNI 8: a vector's lanes):
+ * a tile's block b holds its rows' block b, lanes = rows, so that one multiply instruction
+ * takes 4 quants of each row against the same 4 activation quants (a 32-bit word of the
+ * row's activation block, broadcast) and no sum ever crosses lanes: each row's S1 = sum of
+ * scale x group dot and S2 = sum of min x group sums are the integers dot_k's are, its float
+ * step the same.  A tile block, in units of KT bytes (a vector is 4 KT bytes, lane r = row r):
  *   Q4_K (144 KT): d at 0, dm at 2 (fp16, row r at 2r); the packed scale bytes 0-3, 4-7,
  *     8-11 as 3 vectors at 4; 32 vectors of nibbles at 16 (words kt_words gives: low, high);
- *   Q5_K (176 KT): as Q4_K, the nibbles at 48 and at 16 per nibble vector two 64-bit masks
- *     of the fifth bits (low word's, high word's; bit 4r + i);
+ *   Q5_K (176 KT): as Q4_K, the nibbles at 48 and at 16 per nibble vector two masks of 4 KT
+ *     bits of the fifth bits (low word's, high word's; bit 4r + i);
  *   Q6_K (210 KT): d at 0; the int8 scales 4v..4v+3 as vector v at 2 (4 vectors); 32
  *     vectors of low nibbles at 18 (low, high); 16 of high 2 bits at 146 (4 words: bits 2c).
- * Which activation words a vector holds follows order_k (kt_words).  (The 256-bit paths'
- * tiles of 8, vpmaddubsw summed as int16, measured no faster than their dot_k at L = 8 on
- * a Zen 5, so they keep it.) */
-#if VT_VNNI == 2
-#define KT 16
+ * Which activation words a vector holds follows order_k (kt_words).  AVX-VNNI's tiles of 8
+ * take 256-bit vpdpbusd (8-row tiles of vpmaddubsw summed as int16, on AVX2, measured no
+ * faster than its dot_k at L = 8 on a Zen 5, so AVX2 keeps dot_k). */
+#if VT_VNNI >= 1
+#define KT VX_LANES
 #define KT_BYTES(type) (KT * vt_block_bytes(type))
 
 /* The activation words (a block's 32-bit words in order_k's order) of quant vector v. */
@@ -649,8 +737,8 @@ static void kt_words(int type, int v, int *w) {
 /* Q4_0, Q5_0, Q8_0 tiles (a block: its KT rows' fp16 d at 0, then in units of 4 KT bytes
  * vectors of 4-quant words, lane r = row r, word k = elements 4k..4k+3): Q8_0 words 0..7
  * at 2 KT; Q4_0 at 2 KT and Q5_0 at 6 KT vectors k = 0..3 of the raw nibble bytes
- * 4k..4k+3 (low: word k, high: word k + 4), Q5_0's fifth bits at 2 KT as 8 64-bit masks
- * (word k: bit 4r + i). */
+ * 4k..4k+3 (low: word k, high: word k + 4), Q5_0's fifth bits at 2 KT as 8 masks of 4 KT
+ * bits (word k: bit 4r + i). */
 static void pack_q32t(int type, const uint8_t *rows, int64_t nb, uint8_t *dst) {
     const int64_t bytes = vt_block_bytes(type), row_bytes = nb * bytes;
     for (int64_t b = 0; b < nb; b++) {
@@ -669,7 +757,7 @@ static void pack_q32t(int type, const uint8_t *rows, int64_t nb, uint8_t *dst) {
             memcpy(&qh, blk + 2, 4);
             for (int k = 0; five && k < 8; k++) mask[k] |= (uint64_t)(qh >> 4 * k & 15) << 4 * r;
         }
-        if (type == VT_Q5_0) memcpy(o + 2 * KT, mask, sizeof mask);
+        for (int k = 0; type == VT_Q5_0 && k < 8; k++) memcpy(o + 2 * KT + KT / 2 * k, &mask[k], KT / 2); /* x86: little-endian */
     }
 }
 
@@ -707,7 +795,7 @@ static void pack_kt(int type, const uint8_t *rows, int64_t nb, uint8_t *dst) {
                 uint64_t m = 0;
                 for (int r = 0; r < KT; r++)
                     for (int i = 0; i < 4; i++) m |= (uint64_t)(e[r][ord[4 * w[h] + i]] >> 4) << (4 * r + i);
-                memcpy(o + 16 * KT + 16 * v + 8 * h, &m, 8);
+                memcpy(o + 16 * KT + KT * v + KT / 2 * h, &m, KT / 2);
             }
             for (int r = 0; r < KT; r++)
                 for (int i = 0; i < 4; i++) {
@@ -722,119 +810,127 @@ static void pack_kt(int type, const uint8_t *rows, int64_t nb, uint8_t *dst) {
     }
 }
 
-#define BCAST(p) _mm512_set1_epi32(*(const int32_t *)(p))
-/* acc + w . the 4 bytes at p in every lane: vpdpbusd with an embedded broadcast (GCC emits a
- * separate vpbroadcastd for the intrinsic: Q6_K's loop measured 1.02 -> 0.92 ns per 256
- * weights per row at L = 8 with this, Q4_K's 0.85 -> 0.83). */
-static inline __m512i dp_bcast(__m512i acc, __m512i w, const void *p) {
+/* The 4 bytes at p in every lane. */
+static inline vx_i bcast4(const void *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return VX(set1_epi32)(v);
+}
+
+/* acc + w . the 4 bytes at p in every lane.  AVX512: vpdpbusd with an embedded broadcast
+ * (GCC emits a separate vpbroadcastd for the intrinsic: Q6_K's loop measured 1.02 -> 0.92
+ * ns per 256 weights per row at L = 8 with this, Q4_K's 0.85 -> 0.83); VEX has none. */
+static inline vx_i dp_bcast(vx_i acc, vx_i w, const void *p) {
+#if VT_VNNI == 2
     __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*(const int32_t *)p));
     return acc;
+#else
+    return _mm256_dpbusd_avx_epi32(acc, w, bcast4(p));
+#endif
 }
 
-/* Scale (sc) or min (!sc) j of each lane's row from the packed-scale words W0, W1, W2
+/* v + 16 in each byte whose bit is set in the mask of 4 KT bits at m (bit i: byte i). */
+static inline vx_i add16_where(vx_i v, const uint8_t *m) {
+#if VT_VNNI == 2
+    uint64_t b;
+    memcpy(&b, m, 8);
+    return _mm512_mask_add_epi8(v, _cvtu64_mask64(b), v, _mm512_set1_epi8(16));
+#else
+    return _mm256_or_si256(v, bits16(m)); /* the bytes are nibbles: or is add */
+#endif
+}
+
+/* Scale (sc) or min (!sc) j of each lane's row from the packed-scale words of tile block t
  * (kern_portable.c's vt_scale_min, lane-wise). */
-VT_INLINE __m512i kt_scale(const __m512i *W, int j, int sc) {
-    const __m512i m6 = _mm512_set1_epi32(63), m4 = _mm512_set1_epi32(15), m2 = _mm512_set1_epi32(3);
-    if (j < 4) return _mm512_and_si512(_mm512_srli_epi32(W[sc ? 0 : 1], 8 * j), m6);
+VT_INLINE vx_i kt_scale(const uint8_t *t, int j, int sc) {
+    const vx_i m6 = VX(set1_epi32)(63), m4 = VX(set1_epi32)(15), m2 = VX(set1_epi32)(3);
+    const vx_i W01 = VX_LOADI(t + (sc ? 4 : 8) * KT); /* bytes 0-3 (sc) or 4-7 (m) */
+    if (j < 4) return VXI(and)(VX(srli_epi32)(W01, 8 * j), m6);
     const int q = 8 * (j - 4);
-    const __m512i lo = _mm512_and_si512(_mm512_srli_epi32(W[2], sc ? q : q + 4), m4);
-    return _mm512_or_si512(lo, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(W[sc ? 0 : 1], q + 6), m2), 4));
+    const vx_i lo = VXI(and)(VX(srli_epi32)(VX_LOADI(t + 12 * KT), sc ? q : q + 4), m4);
+    return VXI(or)(lo, VX(slli_epi32)(VXI(and)(VX(srli_epi32)(W01, q + 6), m2), 4));
 }
 
-/* Q4_K and Q5_K (five: its fifth bits as 64-bit masks, two a nibble vector, at 16 KT):
- * block t's S2 (mins against the sub-blocks' sums, two sub-blocks a vpdpwssd: half the
- * multiplies of one a group, Q4_K at L = 8 0.83 -> 0.80 ns, the kernel being bound by the
- * multiply ports), then S1 (sub-block dots times their scales),
- * each sub-block's dots for all rows one quant vector at a time: n independent chains and
- * fewer live registers than row by row (Q4_K at L = 8: 0.95 -> 0.81 ns per 256 weights per
- * row, Zen 5; the multiplies' floor there, vpdpbusd/vpmulld/vpdpwssd at 2 a cycle, ~0.56). */
-VT_INLINE void kt_sums45(const int five, const uint8_t *t, const vt_xk *xb, __m512i *S1, __m512i *S2, const int n) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F), sixteen = _mm512_set1_epi8(16);
-    const __m512i W[3] = {_mm512_loadu_si512(t + 4 * KT), _mm512_loadu_si512(t + 8 * KT), _mm512_loadu_si512(t + 12 * KT)};
-    for (int sb = 0; sb < 8; sb += 2) { /* sub-blocks sb, sb + 1 in each lane's words */
-        const __m512i mn2 = _mm512_or_si512(kt_scale(W, sb, 0), _mm512_slli_epi32(kt_scale(W, sb + 1, 0), 16));
-        for (int i = 0; i < n; i++) S2[i] = _mm512_dpwssd_epi32(S2[i], mn2, BCAST(xb[i].bs32 + sb));
-    }
+/* Q4_K and Q5_K (five: its fifth bits as masks, two a nibble vector, at 16 KT): block t's
+ * S1 (sub-block dots times their scales), each sub-block's dots for all rows one quant
+ * vector at a time (n independent chains, and few live registers: Q4_K at L = 8 0.95 ->
+ * 0.81 ns per 256 weights per row against row by row, Zen 5, AVX512), then S2 (mins against
+ * the sub-blocks' sums, two sub-blocks a vpdpwssd: half the multiplies of one a group, Q4_K
+ * at L = 8 0.83 -> 0.80 ns, the kernel being bound by the multiply ports). */
+VT_INLINE void kt_sums45(const int five, const uint8_t *t, const vt_xk *xb, vx_i *S1, vx_i *S2, const int n) {
+    const vx_i m4 = VX(set1_epi8)(0x0F);
     for (int sb = 0; sb < 8; sb++) {
-        const __m512i sc = kt_scale(W, sb, 1);
-        __m512i lo[4], hi[4];
+        vx_i a[VT_ROWS];
+        for (int i = 0; i < n; i++) a[i] = VXI(setzero)();
         for (int k = 0; k < 4; k++) {
             const int v4 = 4 * sb + k;
-            const __m512i v = _mm512_loadu_si512(t + (five ? 48 : 16) * KT + 4 * KT * v4);
-            lo[k] = _mm512_and_si512(v, m4), hi[k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-            if (five) {
-                uint64_t ma, mb;
-                memcpy(&ma, t + 16 * KT + 16 * v4, 8), memcpy(&mb, t + 16 * KT + 16 * v4 + 8, 8);
-                lo[k] = _mm512_mask_add_epi8(lo[k], _cvtu64_mask64(ma), lo[k], sixteen);
-                hi[k] = _mm512_mask_add_epi8(hi[k], _cvtu64_mask64(mb), hi[k], sixteen);
-            }
+            const vx_i v = VX_LOADI(t + (five ? 48 : 16) * KT + 4 * KT * v4);
+            vx_i lo = VXI(and)(v, m4), hi = VXI(and)(VX(srli_epi16)(v, 4), m4);
+            if (five) lo = add16_where(lo, t + 16 * KT + KT * v4), hi = add16_where(hi, t + 16 * KT + KT * v4 + KT / 2);
+            for (int i = 0; i < n; i++) a[i] = dp_bcast(a[i], lo, xb[i].q + 8 * sb + 64 * k);
+            for (int i = 0; i < n; i++) a[i] = dp_bcast(a[i], hi, xb[i].q + 8 * sb + 64 * k + 4);
         }
-        __m512i a[VT_ROWS];
-        for (int i = 0; i < n; i++) a[i] = _mm512_setzero_si512();
-        for (int k = 0; k < 4; k++) {
-            for (int i = 0; i < n; i++) a[i] = dp_bcast(a[i], lo[k], xb[i].q + 8 * sb + 64 * k);
-            for (int i = 0; i < n; i++) a[i] = dp_bcast(a[i], hi[k], xb[i].q + 8 * sb + 64 * k + 4);
-        }
-        for (int i = 0; i < n; i++) S1[i] = _mm512_add_epi32(S1[i], _mm512_mullo_epi32(a[i], sc));
+        const vx_i sc = kt_scale(t, sb, 1);
+        for (int i = 0; i < n; i++) S1[i] = VX(add_epi32)(S1[i], VX(mullo_epi32)(a[i], sc));
+    }
+    for (int sb = 0; sb < 8; sb += 2) { /* sub-blocks sb, sb + 1 in each lane's words */
+        const vx_i mn2 = VXI(or)(kt_scale(t, sb, 0), VX(slli_epi32)(kt_scale(t, sb + 1, 0), 16));
+        for (int i = 0; i < n; i++) S2[i] = VX_DPWSSD(S2[i], mn2, bcast4(xb[i].bs32 + sb));
     }
 }
 
-/* Q6_K: S2 = 32 x the scales against the group sums, two groups a vpdpwssd; then per group
- * g, 4 vpdpbusd (its 4 words) for all rows one word at a time, times its scale (vpmullo). */
-VT_INLINE void kt_sums6(const uint8_t *t, const vt_xk *xb, __m512i *S1, __m512i *S2, const int n) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
-    /* bytes c, c + 1 of each 32-bit lane, each twice: c = 0 and c = 2 */
-    const __m512i dup[2] = {_mm512_broadcast_i32x4(_mm_setr_epi8(0, 0, 1, 1, 4, 4, 5, 5, 8, 8, 9, 9, 12, 12, 13, 13)),
-                            _mm512_broadcast_i32x4(_mm_setr_epi8(2, 2, 3, 3, 6, 6, 7, 7, 10, 10, 11, 11, 14, 14, 15, 15))};
-    for (int g = 0; g < 16; g += 2) {
-        const __m512i V = _mm512_loadu_si512(t + 2 * KT + 4 * KT * (g / 4));
-        const __m512i sp = _mm512_slli_epi16(_mm512_srai_epi16(_mm512_shuffle_epi8(V, dup[g % 4 / 2]), 8), 5);
-        for (int i = 0; i < n; i++) S2[i] = _mm512_dpwssd_epi32(S2[i], sp, BCAST(xb[i].bs + g));
-    }
+/* Q6_K: per group g, 4 vpdpbusd (its 4 words) for all rows one word at a time, times its
+ * scale (vpmullo); then S2 = 32 x the scales against the group sums, two groups a vpdpwssd. */
+VT_INLINE void kt_sums6(const uint8_t *t, const vt_xk *xb, vx_i *S1, vx_i *S2, const int n) {
+    const vx_i m4 = VX(set1_epi8)(0x0F), m30 = VX(set1_epi8)(0x30);
     for (int g = 0; g < 16; g++) {
-        const __m512i V = _mm512_loadu_si512(t + 2 * KT + 4 * KT * (g / 4));
-        const __m512i sc = _mm512_srai_epi32(_mm512_slli_epi32(V, 24 - 8 * (g % 4)), 24);
-        const __m512i N0 = _mm512_loadu_si512(t + 18 * KT + 8 * KT * g), N1 = _mm512_loadu_si512(t + 18 * KT + 8 * KT * g + 4 * KT),
-                      H = _mm512_loadu_si512(t + 146 * KT + 4 * KT * g);
-        const __m512i q[4] = {_mm512_or_si512(_mm512_and_si512(N0, m4), _mm512_and_si512(_mm512_slli_epi16(H, 4), m30)),
-                              _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(N0, 4), m4), _mm512_and_si512(_mm512_slli_epi16(H, 2), m30)),
-                              _mm512_or_si512(_mm512_and_si512(N1, m4), _mm512_and_si512(H, m30)),
-                              _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(N1, 4), m4), _mm512_and_si512(_mm512_srli_epi16(H, 2), m30))};
-        __m512i a[VT_ROWS];
-        for (int i = 0; i < n; i++) a[i] = _mm512_setzero_si512();
-        for (int k = 0; k < 4; k++)
-            for (int i = 0; i < n; i++) a[i] = dp_bcast(a[i], q[k], xb[i].q + 4 * g + 64 * k);
-        for (int i = 0; i < n; i++) S1[i] = _mm512_add_epi32(S1[i], _mm512_mullo_epi32(a[i], sc));
+        const vx_i N0 = VX_LOADI(t + 18 * KT + 8 * KT * g), N1 = VX_LOADI(t + 18 * KT + 8 * KT * g + 4 * KT),
+                   H = VX_LOADI(t + 146 * KT + 4 * KT * g);
+        vx_i a[VT_ROWS];
+        for (int i = 0; i < n; i++) a[i] = VXI(setzero)();
+        for (int k = 0; k < 4; k++) { /* low nibbles of N0, N1 (k = 0, 2; high: 1, 3), bits 2k, 2k + 1 of H */
+            const vx_i N = k < 2 ? N0 : N1, lo = VXI(and)(k % 2 ? VX(srli_epi16)(N, 4) : N, m4);
+            const vx_i hi = k == 0 ? VX(slli_epi16)(H, 4) : k == 1 ? VX(slli_epi16)(H, 2) : k == 2 ? H : VX(srli_epi16)(H, 2);
+            const vx_i q = VXI(or)(lo, VXI(and)(hi, m30));
+            for (int i = 0; i < n; i++) a[i] = dp_bcast(a[i], q, xb[i].q + 4 * g + 64 * k);
+        }
+        const vx_i sc = VX(srai_epi32)(VX(slli_epi32)(VX_LOADI(t + 2 * KT + 4 * KT * (g / 4)), 24 - 8 * (g % 4)), 24);
+        for (int i = 0; i < n; i++) S1[i] = VX(add_epi32)(S1[i], VX(mullo_epi32)(a[i], sc));
+    }
+    /* bytes c, c + 1 of each 32-bit lane, each twice: c = 0 and c = 2 */
+    const vx_i dup[2] = {VX_DUP128(_mm_setr_epi8(0, 0, 1, 1, 4, 4, 5, 5, 8, 8, 9, 9, 12, 12, 13, 13)),
+                         VX_DUP128(_mm_setr_epi8(2, 2, 3, 3, 6, 6, 7, 7, 10, 10, 11, 11, 14, 14, 15, 15))};
+    for (int g = 0; g < 16; g += 2) {
+        const vx_i V = VX_LOADI(t + 2 * KT + 4 * KT * (g / 4));
+        const vx_i sp = VX(slli_epi16)(VX(srai_epi16)(VX(shuffle_epi8)(V, dup[g % 4 / 2]), 8), 5);
+        for (int i = 0; i < n; i++) S2[i] = VX_DPWSSD(S2[i], sp, bcast4(xb[i].bs + g));
     }
 }
 
 /* One K-quant tile against n rows: per block the type's S1, S2, then dot_k's float step
- * (k_block_value times dx), 16 rows a vector. */
+ * (k_block_value times dx), KT rows a vector. */
 VT_INLINE void kt_k(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int64_t nb, float *y,
                     int64_t ystride, const int n) {
-    __m512 acc[VT_ROWS];
-    for (int i = 0; i < n; i++) acc[i] = _mm512_setzero_ps();
+    vx_f acc[VT_ROWS];
+    for (int i = 0; i < n; i++) acc[i] = VX(setzero_ps)();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *t = w + b * KT_BYTES(type);
         const vt_xk *xb = x + b * stride;
         for (int o = 0; o < KT_BYTES(type); o += 64) _mm_prefetch((const char *)t + VT_PREFETCH + o, _MM_HINT_T0);
-        __m512i S1[VT_ROWS], S2[VT_ROWS];
-        for (int i = 0; i < n; i++) S1[i] = S2[i] = _mm512_setzero_si512();
+        vx_i S1[VT_ROWS], S2[VT_ROWS];
+        for (int i = 0; i < n; i++) S1[i] = S2[i] = VXI(setzero)();
         if (type == VT_Q6_K) kt_sums6(t, xb, S1, S2, n);
         else kt_sums45(type == VT_Q5_K, t, xb, S1, S2, n);
-        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)t));
+        const vx_f d = VX_PH(t);
         for (int i = 0; i < n; i++) {
-            const __m512 v = type == VT_Q6_K
-                                 ? _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(S1[i], S2[i])))
-                                 : _mm512_sub_ps(_mm512_mul_ps(d, _mm512_cvtepi32_ps(S1[i])),
-                                                 _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(t + 2 * KT))),
-                                                               _mm512_cvtepi32_ps(S2[i])));
-            acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(_mm512_set1_ps(dx[b * stride + i]), v));
+            const vx_f v = type == VT_Q6_K ? VX(mul_ps)(d, VX(cvtepi32_ps)(VX(sub_epi32)(S1[i], S2[i])))
+                                           : VX(sub_ps)(VX(mul_ps)(d, VX(cvtepi32_ps)(S1[i])),
+                                                        VX(mul_ps)(VX_PH(t + 2 * KT), VX(cvtepi32_ps)(S2[i])));
+            acc[i] = VX(add_ps)(acc[i], VX(mul_ps)(VX(set1_ps)(dx[b * stride + i]), v));
         }
     }
-    for (int i = 0; i < n; i++) _mm512_storeu_ps(y + i * ystride, acc[i]);
+    for (int i = 0; i < n; i++) VX(storeu_ps)(y + i * ystride, acc[i]);
 }
-#undef BCAST
 
 static void dot_kt(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int n, int64_t nb,
                    float *y, int64_t ystride) {
@@ -847,43 +943,36 @@ static void dot_kt(int type, const uint8_t *w, const vt_xk *x, const float *dx, 
 }
 /* A Q4_0/Q5_0/Q8_0 tile against n rows: per block 8 vpdpbusd of u = w + off (16; Q8_0:
  * 128, its sign bit flipped) by the row's words, from -off x the block's quant sum, so each
- * lane is the row's exact S; then dot_q32's t*S and acc + that, 16 rows a vector. */
+ * lane is the row's exact S; then dot_q32's t*S and acc + that, KT rows a vector. */
 VT_INLINE void q32t(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, float *y, int64_t ystride, const int n) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
-    const int shift = type == VT_Q8_0 ? 7 : 4; /* off = 128 or 16 */
-    __m512 acc[VT_ROWS];
-    for (int i = 0; i < n; i++) acc[i] = _mm512_setzero_ps();
+    const vx_i m4 = VX(set1_epi8)(0x0F);
+    const int off = type == VT_Q8_0 ? 128 : 16;
+    vx_f acc[VT_ROWS];
+    for (int i = 0; i < n; i++) acc[i] = VX(setzero_ps)();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *t = w + b * KT_BYTES(type);
         for (int o = 0; o < KT_BYTES(type); o += 64) _mm_prefetch((const char *)t + VT_PREFETCH + o, _MM_HINT_T0);
-        __m512i u[8];
+        vx_i u[8];
         if (type == VT_Q8_0) {
-            for (int k = 0; k < 8; k++) u[k] = _mm512_xor_si512(_mm512_loadu_si512(t + 2 * KT + 4 * KT * k), _mm512_set1_epi8(-128));
+            for (int k = 0; k < 8; k++) u[k] = VXI(xor)(VX_LOADI(t + 2 * KT + 4 * KT * k), VX(set1_epi8)(-128));
         } else {
             const int five = type == VT_Q5_0;
             for (int k = 0; k < 4; k++) {
-                const __m512i v = _mm512_loadu_si512(t + (five ? 6 : 2) * KT + 4 * KT * k);
-                u[k] = _mm512_and_si512(v, m4), u[k + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                const vx_i v = VX_LOADI(t + (five ? 6 : 2) * KT + 4 * KT * k);
+                u[k] = VXI(and)(v, m4), u[k + 4] = VXI(and)(VX(srli_epi16)(v, 4), m4);
             }
-            for (int k = 0; k < 8; k++) {
-                if (five) {
-                    uint64_t mk;
-                    memcpy(&mk, t + 2 * KT + 8 * k, 8);
-                    u[k] = _mm512_mask_add_epi8(u[k], _cvtu64_mask64(mk), u[k], _mm512_set1_epi8(16));
-                } else {
-                    u[k] = _mm512_add_epi8(u[k], _mm512_set1_epi8(8));
-                }
-            }
+            for (int k = 0; k < 8; k++)
+                u[k] = five ? add16_where(u[k], t + 2 * KT + KT / 2 * k) : VX(add_epi8)(u[k], VX(set1_epi8)(8));
         }
-        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)t));
+        const vx_f dw = VX_PH(t);
         for (int i = 0; i < n; i++) {
             const vt_x8 *xb = x + i * nb + b;
-            __m512i s = _mm512_set1_epi32(-(xb->sum << shift));
+            vx_i s = VX(set1_epi32)(-off * xb->sum);
             for (int k = 0; k < 8; k++) s = dp_bcast(s, u[k], xb->q + 4 * k);
-            acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(_mm512_mul_ps(dw, _mm512_set1_ps(xb->d)), _mm512_cvtepi32_ps(s)));
+            acc[i] = VX(add_ps)(acc[i], VX(mul_ps)(VX(mul_ps)(dw, VX(set1_ps)(xb->d)), VX(cvtepi32_ps)(s)));
         }
     }
-    for (int i = 0; i < n; i++) _mm512_storeu_ps(y + i * ystride, acc[i]);
+    for (int i = 0; i < n; i++) VX(storeu_ps)(y + i * ystride, acc[i]);
 }
 
 static void dot_q32t(int type, const uint8_t *w, const vt_x8 *x, int n, int64_t nb, float *y, int64_t ystride) {
@@ -1081,21 +1170,6 @@ static void wsum(float *const *o, int nh, const float *e, int64_t es, const floa
 #undef vmul
 #undef vbcast
 
-/* A vector of floats (AVX512: 16 lanes, else 8): vt_exp's steps lane by lane (expv, exp_n)
- * and the keys of the cache's 16-key blocks (scores_kv). */
-#if VT_VNNI == 2
-#define VX(op) _mm512_##op
-#define VX_AS_PS _mm512_castsi512_ps
-#define VX_XOR(a, b) _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)))
-typedef __m512 vx_f;
-enum { VX_LANES = 16 };
-#else
-#define VX(op) _mm256_##op
-#define VX_AS_PS _mm256_castsi256_ps
-#define VX_XOR _mm256_xor_ps
-typedef __m256 vx_f;
-enum { VX_LANES = 8 };
-#endif
 static inline vx_f expv(vx_f x) {
     static const float c[6] = VT_EXP_C;
     const vx_f magic = VX(set1_ps)(12582912.0f);

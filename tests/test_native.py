@@ -93,9 +93,10 @@ def test_isa_paths_bit_identical_to_portable(wtype, isa, odd):
 @pytest.mark.parametrize("wtype", QUANTIZED + FLOATS, ids=N.TYPE_NAMES.get)
 def test_packed_weights(wtype, isa):
     """The SIMD paths read K-quants packed (each block's quants reordered, its scales and
-    size as the file's), and AVX512 holds 16 rows at a time in tiles (K-quants, Q4_0, Q5_0,
+    size as the file's), and the VNNI paths hold 16 (AVX512) or 8 (AVX-VNNI) rows at a time in
+    tiles (K-quants, Q4_0, Q5_0,
     Q8_0): what a native model holds; every other type and path the file's."""
-    for rows in (7, 37):  # below a tile (pack_k's layout or the file's), then 2 tiles and 5 rows
+    for rows in (7, 37):  # below a tile (pack_k's layout or the file's), then 2 (or 4) tiles and 5 rows
         cols = cols_of(wtype)
         w = N.random_weights(wtype, rows, cols, seed=8)
         packed = N.pack(w, wtype, rows, cols, isa=isa)
@@ -104,7 +105,7 @@ def test_packed_weights(wtype, isa):
             continue
         assert packed.nbytes == w.nbytes and packed.ctypes.data % 64 == 0  # each 512-bit load one cache line
         k_quant = wtype in (N.Q4_K, N.Q5_K, N.Q6_K)
-        assert k_quant or isa == "avx512vnni"
+        assert k_quant or isa in ("avx512vnni", "avxvnni")
         if rows == 7:  # no tile: K-quants reorder quants only, the rest stay the file's
             assert np.array_equal(packed, w.reshape(-1)) != k_quant
             if k_quant:
