@@ -1,7 +1,7 @@
 /* The x86 kernels, compiled once per instruction set by the kern_<isa>.c files, which set
  * the target options and define:
  *   VT_KERNELS  the name of the vt_kernels table
- *   VT_VNNI     0: AVX2 (maddubs + madd + add; K-quants woven, weave4),
+ *   VT_VNNI     0: AVX2 (maddubs + madd + add),
  *               1: AVX-VNNI (VEX vpdpwssd/vpdpbusd; 8-row tiles on 256-bit vectors),
  *               2: AVX512-VNNI (16-row tiles on 512-bit vectors; the other kernels
  *               EVEX-encoded 256-bit).
@@ -104,47 +104,22 @@ VT_INLINE void scales_45(const uint8_t *blk, __m256i *sc, __m256i *mn) {
     *mn = _mm256_set_m128i(_mm_unpackhi_epi16(m, m), _mm_unpacklo_epi16(m, m));
 }
 
-/* The order the SIMD paths keep a K-quant block's 256 activation quants in (and unpack the
- * weights' quants to): each 128 as 4 vectors of 32 consecutive elements s[0..3], interleaved
- * by 16-bit words, then by 32-bit pairs of words, within 128-bit lanes.  Every output vector
- * then has word w (of each lane) from s[w % 4], so the products of 4 (or 2) vectors can be
- * summed as int16 word by word and scaled once: each word holds one group's products. */
-VT_INLINE void weave4(const __m256i *s, __m256i *u) {
-    const __m256i t0 = _mm256_unpacklo_epi16(s[0], s[1]), t1 = _mm256_unpackhi_epi16(s[0], s[1]),
-                  t2 = _mm256_unpacklo_epi16(s[2], s[3]), t3 = _mm256_unpackhi_epi16(s[2], s[3]);
-    u[0] = _mm256_unpacklo_epi32(t0, t2), u[1] = _mm256_unpackhi_epi32(t0, t2);
-    u[2] = _mm256_unpacklo_epi32(t1, t3), u[3] = _mm256_unpackhi_epi32(t1, t3);
-}
-
-/* Where the 32 bytes of half h's vector k sit in an activation block's 256 (XOFF),
- * and those of half h's pair p of weight vectors, as nibbles, in a packed block's 128
- * quant bytes (POFF).  AVX2: each half's in order.  VNNI paths: the halves side by side, so
- * that AVX512's 64-byte load holds vector k (pair p) of both halves and all the vectors of
- * a block share one vector of scales (AVX-VNNI loads each half's 32 bytes). */
-#if VT_VNNI >= 1
+/* Where the 32 bytes of half h's vector k sit in an activation block's 256 (XOFF), and
+ * those of half h's pair p of weight vectors, as nibbles, in a packed block's 128 quant
+ * bytes (POFF): the halves side by side, so that AVX512's 64-byte load holds vector k
+ * (pair p) of both halves and all the vectors of a block share one vector of scales (the
+ * 256-bit paths load each half's 32 bytes). */
 #define XOFF(h, k) (64 * (k) + 32 * (h))
 #define POFF(h, p) (64 * (p) + 32 * (h))
-#else
-#define XOFF(h, k) (128 * (h) + 32 * (k))
-#define POFF(h, p) (64 * (h) + 32 * (p))
-#endif
 
-/* A block's 256 quants e (element order) in the order the kernels multiply them, as the
- * 32-byte vectors XOFF(h, k) of o.  AVX2: each half woven (weave4).  VNNI paths: by group,
- * vector k holding quants 4k..4k+3 of each 16-element group g at bytes 4g..4g+3, so that
- * each 32-bit lane (vpdpbusd's, and both words of vpmaddubsw's) sums one group, and a tile
- * takes a group's words by broadcast (kt_words). */
+/* A block's 256 quants e (element order) in the order the SIMD paths keep activations in
+ * and unpack weights to, as the 32-byte vectors XOFF(h, k) of o: by group, vector k holding
+ * quants 4k..4k+3 of each 16-element group g at bytes 4g..4g+3, so that each 32-bit lane
+ * (vpdpbusd's, and both words of vpmaddubsw's) sums one group, and a tile takes a group's
+ * words by broadcast (kt_words). */
 static inline void order_k(const uint8_t *e, uint8_t *o) {
-#if VT_VNNI >= 1
     for (int k = 0; k < 4; k++)
         for (int g = 0; g < 16; g++) memcpy(o + 64 * k + 4 * g, e + 16 * g + 4 * k, 4);
-#else
-    for (int h = 0; h < 2; h++) {
-        __m256i u[4];
-        weave4((const __m256i *)(e + 128 * h), u);
-        for (int k = 0; k < 4; k++) _mm256_storeu_si256((__m256i *)(o + XOFF(h, k)), u[k]);
-    }
-#endif
 }
 
 /* Q4_K/Q5_K: the quants of sub-blocks 4h..4h+3 from their 64 bytes v0, v1 (nibbles: low
@@ -202,9 +177,9 @@ static void pack_k(int type, const uint8_t *src, int64_t nb, uint8_t *dst) {
         __m256i hb = _mm256_setzero_si256(); /* Q5_K: the fifth bits of both halves */
         for (int h = 0; h < 2; h++) {
             const __m256i *w = W[h];
-            if (type == VT_Q6_K) { /* unpack_6's inverse (VNNI: the pairs 0,1 and 2,3 as Q4_K's) */
-                STORE256(o + POFF(h, 0), VT_VNNI >= 1 ? nibbles(w[0], w[1]) : nibbles(w[0], w[2]));
-                STORE256(o + POFF(h, 1), VT_VNNI >= 1 ? nibbles(w[2], w[3]) : nibbles(w[1], w[3]));
+            if (type == VT_Q6_K) { /* unpack_6's inverse (the pairs 0,1 and 2,3 as Q4_K's) */
+                STORE256(o + POFF(h, 0), nibbles(w[0], w[1]));
+                STORE256(o + POFF(h, 1), nibbles(w[2], w[3]));
                 __m256i H = _mm256_setzero_si256();
                 const __m256i three = _mm256_set1_epi8(3);
                 for (int m = 0; m < 4; m++) /* bits 4-5 of vector m's quants at bits 2m, 2m+1 */
@@ -228,15 +203,14 @@ static inline __m256i mins(__m256i mn, const vt_xk *xb) {
     return _mm256_madd_epi16(mn, _mm256_load_si256((const __m256i *)xb->bs));
 }
 
-#if VT_VNNI >= 1
-/* VNNI paths: one block against n rows in vectors W[0..3] ordered by group (order_k):
- * 32-bit lane g of each holds group g's quants (Q4_K/Q5_K: sub-block g / 2), so Sv, the
- * scale of each word, is group w / 2's.  Q4_K: vpdpbusd sums 16 products a lane (at most
- * 16 x 15 x 127 < 2^15, so the lane is its own low word) and vpdpwssd scales it by Sv's
- * even words (odd words 0); Q5_K/Q6_K as the AVX2 path: 4 (Q6_K: 2) vpmaddubsw words
- * summed as int16, then vpmaddwd.  AVX512 takes both halves of a block in one vector,
- * AVX-VNNI half h in iteration h (lane g: group 8h + g, the halves' sums added).  Each
- * row's lanes are left for the caller to fold. */
+/* One block against n rows in vectors W[0..3] ordered by group (order_k): 32-bit lane g of
+ * each holds group g's quants (Q4_K/Q5_K: sub-block g / 2), so Sv, the scale of each word,
+ * is group w / 2's.  Q4_K on VNNI: vpdpbusd sums 16 products a lane (at most 16 x 15 x 127
+ * < 2^15, so the lane is its own low word) and vpdpwssd scales it by Sv's even words (odd
+ * words 0); otherwise 4 (Q6_K: 2) vpmaddubsw words summed as int16 (each word at most 4 x
+ * 2 x 31 x 127, Q6_K 2 x 2 x 63 x 127 < 2^15), then vpmaddwd.  AVX512 takes both halves of
+ * a block in one vector, the 256-bit paths half h in iteration h (lane g: group 8h + g, the
+ * halves' sums added).  Each row's lanes are left for the caller to fold. */
 #if VT_VNNI == 2
 static const int16_t SV45[32] __attribute__((aligned(64))) = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3,
                                                               4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7};
@@ -251,7 +225,7 @@ static const int8_t SV45[2][32] __attribute__((aligned(32))) = {
 #endif
 
 /* The scale of each word for half h (AVX512: both): Q6_K from its 16 int8 scales S as
- * int16, Q4_K/Q5_K from scales_45's sc (Q4_K: odd words 0). */
+ * int16, Q4_K/Q5_K from scales_45's sc (Q4_K on VNNI: odd words 0). */
 VT_INLINE vx_i k_scales(int type, __m256i S, int h) {
 #if VT_VNNI == 2
     (void)h;
@@ -264,7 +238,7 @@ VT_INLINE vx_i k_scales(int type, __m256i S, int h) {
                                    _mm256_setr_epi8(0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7, 0, 1, 0, 1, 2, 3, 2,
                                                     3, 4, 5, 4, 5, 6, 7, 6, 7));
     const __m256i v = _mm256_shuffle_epi8(S, _mm256_load_si256((const __m256i *)SV45[h]));
-    return type == VT_Q4_K ? _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF)) : v;
+    return type == VT_Q4_K && VT_VNNI ? _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF)) : v;
 #endif
 }
 
@@ -321,7 +295,7 @@ VT_INLINE void k_sums(int type, const uint8_t *blk, const vt_xk *xb, const int n
         for (int r = 0; r < n; r++) {
             s[r] = type == VT_Q6_K ? VX_DPWSSD(SCALE(s[r], VX(add_epi16)(PROD(0, r), PROD(1, r))),
                                                VX(add_epi16)(PROD(2, r), PROD(3, r)), Sv)
-                   : type == VT_Q4_K ? SCALE(s[r], DP(DP(DP(DP(VXI(setzero)(), 0, r), 1, r), 2, r), 3, r))
+                   : type == VT_Q4_K && VT_VNNI ? SCALE(s[r], DP(DP(DP(DP(VXI(setzero)(), 0, r), 1, r), 2, r), 3, r))
                    : SCALE(s[r], VX(add_epi16)(VX(add_epi16)(PROD(0, r), PROD(1, r)), VX(add_epi16)(PROD(2, r), PROD(3, r))));
             __asm__("" : "+v"(s[r]));
         }
@@ -332,7 +306,7 @@ VT_INLINE void k_sums(int type, const uint8_t *blk, const vt_xk *xb, const int n
 #undef DP
 #undef SCALE
 
-/* k_sums folded to 8 lanes (AVX512: lane j + lane j + 8), as AVX2's k_block gives them. */
+/* k_sums folded to 8 lanes (AVX512: lane j + lane j + 8). */
 VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *xb, const int n, __m256i *a, __m256i *mnp, float *d,
                        float *dm) {
     vx_i s[VT_ROWS];
@@ -346,7 +320,6 @@ VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *xb, const int 
         if (type == VT_Q6_K) a[r] = _mm256_sub_epi32(a[r], mins(*mnp, &xb[r])); /* S1 - S2, lane-wise */
     }
 }
-#endif
 
 #if VT_VNNI == 2
 
@@ -384,74 +357,6 @@ static inline __m256i mins8_512(__m256i mn, const vt_xk *xb, const int n) {
 }
 #endif
 
-#if VT_VNNI == 0
-/* The woven quants' products against row r's woven quants of half h: 4 maddubs summed as
- * int16 (Q4_K: each word at most 4 x 2 x 15 x 127, Q5_K 4 x 2 x 31 x 127 < 2^15), scaled by
- * S; Q6_K's 63s allow 2 (2 x 2 x 63 x 127 < 2^15).  The empty asm pins each row's sum in
- * its register: left free, the compiler regroups the additions and spills at 8 rows. */
-#define PROD(W, j, r, h) _mm256_maddubs_epi16(W[j], _mm256_load_si256((const __m256i *)(xb[r].q + XOFF(h, j))))
-#define DOT128(W, S, h)                                                                                         \
-    for (int r = 0; r < n; r++) {                                                                             \
-        if (type == VT_Q6_K) {                                                                                \
-            a[r] = DPWSSD(a[r], _mm256_add_epi16(PROD(W, 0, r, h), PROD(W, 1, r, h)), S);                     \
-            a[r] = DPWSSD(a[r], _mm256_add_epi16(PROD(W, 2, r, h), PROD(W, 3, r, h)), S);                     \
-        } else {                                                                                              \
-            a[r] = DPWSSD(a[r], _mm256_add_epi16(_mm256_add_epi16(PROD(W, 0, r, h), PROD(W, 1, r, h)),        \
-                                                 _mm256_add_epi16(PROD(W, 2, r, h), PROD(W, 3, r, h))), S);   \
-        }                                                                                                     \
-        __asm__("" : "+x"(a[r]));                                                                             \
-    }
-
-/* One packed block of a weight row (blk) against the n rows' woven blocks xb[0..n-1] (`type` and n
- * are constants after inlining): a[r] += the scaled quant products (exact int32 sums in 8
- * lanes; Q6_K: less its offsets), *mnp the mins for mins() (taken after the products, so
- * that only the a[r] are live in their loop), d and dm the block's float factors. */
-VT_INLINE void k_block(int type, const uint8_t *blk, const vt_xk *xb, const int n, __m256i *a, __m256i *mnp, float *d,
-                       float *dm) {
-    __m256i mn;
-    if (type == VT_Q6_K) {
-        const __m256i S = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
-        mn = _mm256_slli_epi16(S, 5); /* 32 x scale: the -32 offset */
-        *d = *dm = fp16(blk + 208);
-#pragma GCC unroll 2
-        for (int h = 0; h < 2; h++) {
-            const __m256i A = _mm256_loadu_si256((const __m256i *)(blk + 64 * h));
-            const __m256i B = _mm256_loadu_si256((const __m256i *)(blk + 64 * h + 32));
-            const __m256i H = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h));
-            __m256i W[4]; /* packed (pack_k): woven elements 128h.., groups 8h + 2m (low lane) and 8h + 2m + 1 */
-            unpack_6(A, B, H, W);
-            /* word w of the low lane: group 8h + 2(w % 4), of the high lane: 8h + 2(w % 4) + 1 */
-            const __m256i G = h ? _mm256_permute4x64_epi64(S, 0xEE) : _mm256_permute4x64_epi64(S, 0x44);
-            const __m256i Sv = _mm256_shuffle_epi8(G, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 0, 1, 4, 5, 8, 9, 12, 13,
-                                                                       2, 3, 6, 7, 10, 11, 14, 15, 2, 3, 6, 7, 10, 11, 14, 15));
-            DOT128(W, Sv, h)
-        }
-    } else {
-        const int five = type == VT_Q5_K;
-        const uint8_t *qs = blk + (five ? 48 : 16);
-        const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
-        __m256i sc;
-        scales_45(blk, &sc, &mn);
-        *d = fp16(blk);
-        *dm = fp16(blk + 2);
-#pragma GCC unroll 2
-        for (int h = 0; h < 2; h++) {
-            const __m256i v0 = _mm256_loadu_si256((const __m256i *)(qs + 64 * h)),
-                          v1 = _mm256_loadu_si256((const __m256i *)(qs + 64 * h + 32));
-            __m256i W[4];
-            unpack_45(five, v0, v1, qh, h, W); /* packed (pack_k): sub-blocks 4h.. woven */
-            /* word w: sub-block 4h + w % 4 */
-            const __m256i Sv = _mm256_shuffle_epi8(
-                sc, _mm256_set1_epi64x(h ? 0x0F0E0D0C0B0A0908LL : 0x0706050403020100LL));
-            DOT128(W, Sv, h)
-        }
-    }
-    if (type == VT_Q6_K) /* S1 - S2 is what the recipe converts: subtract lane-wise */
-        for (int r = 0; r < n; r++) a[r] = _mm256_sub_epi32(a[r], mins(mn, &xb[r]));
-    *mnp = mn;
-}
-
-#endif
 
 /* The sums of the 8 lanes of each of v[0..7], as one vector (lane r: v[r]'s), by
  * interleaving and adding (shuffles and adds: vphaddd would load the multiply pipe). */
@@ -707,22 +612,23 @@ VT_INLINE void q32_rows(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, 
 
 
 
-/* The VNNI paths' K-quants in tiles of KT rows (AVX512 16, AVX-VNNI 8: a vector's lanes):
- * a tile's block b holds its rows' block b, lanes = rows, so that one multiply instruction
- * takes 4 quants of each row against the same 4 activation quants (a 32-bit word of the
- * row's activation block, broadcast) and no sum ever crosses lanes: each row's S1 = sum of
- * scale x group dot and S2 = sum of min x group sums are the integers dot_k's are, its float
- * step the same.  A tile block, in units of KT bytes (a vector is 4 KT bytes, lane r = row r):
+/* K-quants in tiles of KT rows (AVX512 16, the 256-bit paths 8: a vector's lanes): a tile's
+ * block b holds its rows' block b, lanes = rows, so that one multiply instruction takes 4
+ * quants of each row against the same 4 activation quants (a 32-bit word of the row's
+ * activation block, broadcast) and no sum ever crosses lanes: each row's S1 = sum of scale x
+ * group dot and S2 = sum of min x group sums are the integers dot_k's are, its float step
+ * the same.  A tile block, in units of KT bytes (a vector is 4 KT bytes, lane r = row r):
  *   Q4_K (144 KT): d at 0, dm at 2 (fp16, row r at 2r); the packed scale bytes 0-3, 4-7,
  *     8-11 as 3 vectors at 4; 32 vectors of nibbles at 16 (words kt_words gives: low, high);
  *   Q5_K (176 KT): as Q4_K, the nibbles at 48 and at 16 per nibble vector two masks of 4 KT
  *     bits of the fifth bits (low word's, high word's; bit 4r + i);
  *   Q6_K (210 KT): d at 0; the int8 scales 4v..4v+3 as vector v at 2 (4 vectors); 32
  *     vectors of low nibbles at 18 (low, high); 16 of high 2 bits at 146 (4 words: bits 2c).
- * Which activation words a vector holds follows order_k (kt_words).  AVX-VNNI's tiles of 8
- * take 256-bit vpdpbusd (8-row tiles of vpmaddubsw summed as int16, on AVX2, measured no
- * faster than its dot_k at L = 8 on a Zen 5, so AVX2 keeps dot_k). */
-#if VT_VNNI >= 1
+ * Which activation words a vector holds follows order_k (kt_words).  The VNNI paths also
+ * tile Q4_0, Q5_0 and Q8_0.  AVX2's tiles sum vpmaddubsw's words as int16 (KT_RUN): in a
+ * kernel harness with the weights in L2 (Zen 5, L = 8) no faster than its dot_k (Q6_K
+ * slower), but in the target, whose weights stream from memory, V(8) 70-76 -> 60 ms, and
+ * tiling Q4_K alone 82-85: dot_k's rows in column chunks are many short streams. */
 #define KT VX_LANES
 #define KT_BYTES(type) (KT * vt_block_bytes(type))
 
@@ -734,6 +640,7 @@ static void kt_words(int type, int v, int *w) {
     else for (int c = 0; c < 4; c++) w[c] = 16 * c + v - 32;         /* group v - 32 */
 }
 
+#if VT_VNNI /* AVX2's int16 sums would not hold Q8_0's u = w + 128 */
 /* Q4_0, Q5_0, Q8_0 tiles (a block: its KT rows' fp16 d at 0, then in units of 4 KT bytes
  * vectors of 4-quant words, lane r = row r, word k = elements 4k..4k+3): Q8_0 words 0..7
  * at 2 KT; Q4_0 at 2 KT and Q5_0 at 6 KT vectors k = 0..3 of the raw nibble bytes
@@ -760,13 +667,16 @@ static void pack_q32t(int type, const uint8_t *rows, int64_t nb, uint8_t *dst) {
         for (int k = 0; type == VT_Q5_0 && k < 8; k++) memcpy(o + 2 * KT + KT / 2 * k, &mask[k], KT / 2); /* x86: little-endian */
     }
 }
+#endif
 
 static void pack_kt(int type, const uint8_t *rows, int64_t nb, uint8_t *dst) {
     const int64_t bytes = vt_block_bytes(type), row_bytes = nb * bytes;
+#if VT_VNNI
     if (vt_block_elems(type) == QK8_0) {
         pack_q32t(type, rows, nb, dst);
         return;
     }
+#endif
     uint8_t id[QK_K] __attribute__((aligned(32))), ord[QK_K]; /* ord[p]: the element at activation position p */
     for (int i = 0; i < QK_K; i++) id[i] = (uint8_t)i;
     order_k(id, ord);
@@ -817,17 +727,35 @@ static inline vx_i bcast4(const void *p) {
     return VX(set1_epi32)(v);
 }
 
-/* acc + w . the 4 bytes at p in every lane.  AVX512: vpdpbusd with an embedded broadcast
- * (GCC emits a separate vpbroadcastd for the intrinsic: Q6_K's loop measured 1.02 -> 0.92
- * ns per 256 weights per row at L = 8 with this, Q4_K's 0.85 -> 0.83); VEX has none. */
+/* acc + w . the 4 bytes at p in every lane: VNNI, int32 lanes; AVX2, the int16 words of
+ * vpmaddubsw (pairs of products) added as int16.  AVX512: vpdpbusd with an embedded
+ * broadcast (GCC emits a separate vpbroadcastd for the intrinsic: Q6_K's loop measured 1.02
+ * -> 0.92 ns per 256 weights per row at L = 8 with this, Q4_K's 0.85 -> 0.83); VEX has none. */
 static inline vx_i dp_bcast(vx_i acc, vx_i w, const void *p) {
 #if VT_VNNI == 2
     __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*(const int32_t *)p));
     return acc;
-#else
+#elif VT_VNNI == 1
     return _mm256_dpbusd_avx_epi32(acc, w, bcast4(p));
+#else
+    return _mm256_add_epi16(acc, _mm256_maddubs_epi16(w, bcast4(p)));
 #endif
 }
+
+/* acc + dp_bcast's sums a times each lane's scale sc (< 2^15): VNNI's int32 lanes by
+ * vpmulld, AVX2's two int16 words by vpmaddwd with sc in both. */
+static inline vx_i kt_scaled(vx_i acc, vx_i a, vx_i sc) {
+#if VT_VNNI
+    return VX(add_epi32)(acc, VX(mullo_epi32)(a, sc));
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, _mm256_blend_epi16(sc, _mm256_slli_epi32(sc, 16), 0xAA)));
+#endif
+}
+
+/* How many quant vectors' dp_bcast a lane may sum before kt_scaled, for b-bit quants:
+ * VNNI's int32 any; AVX2's int16 words 8 of 4-bit quants' (8 x 2 x 15 x 127 < 2^15), 4 of
+ * 5-bit, 2 of 6-bit. */
+#define KT_RUN(b) (VT_VNNI ? 8 : 8 >> ((b) - 4))
 
 /* v + 16 in each byte whose bit is set in the mask of 4 KT bits at m (bit i: byte i). */
 static inline vx_i add16_where(vx_i v, const uint8_t *m) {
@@ -860,6 +788,7 @@ VT_INLINE vx_i kt_scale(const uint8_t *t, int j, int sc) {
 VT_INLINE void kt_sums45(const int five, const uint8_t *t, const vt_xk *xb, vx_i *S1, vx_i *S2, const int n) {
     const vx_i m4 = VX(set1_epi8)(0x0F);
     for (int sb = 0; sb < 8; sb++) {
+        const vx_i sc = kt_scale(t, sb, 1);
         vx_i a[VT_ROWS];
         for (int i = 0; i < n; i++) a[i] = VXI(setzero)();
         for (int k = 0; k < 4; k++) {
@@ -869,9 +798,9 @@ VT_INLINE void kt_sums45(const int five, const uint8_t *t, const vt_xk *xb, vx_i
             if (five) lo = add16_where(lo, t + 16 * KT + KT * v4), hi = add16_where(hi, t + 16 * KT + KT * v4 + KT / 2);
             for (int i = 0; i < n; i++) a[i] = dp_bcast(a[i], lo, xb[i].q + 8 * sb + 64 * k);
             for (int i = 0; i < n; i++) a[i] = dp_bcast(a[i], hi, xb[i].q + 8 * sb + 64 * k + 4);
+            if ((2 * k + 2) % KT_RUN(five ? 5 : 4)) continue;
+            for (int i = 0; i < n; i++) S1[i] = kt_scaled(S1[i], a[i], sc), a[i] = VXI(setzero)();
         }
-        const vx_i sc = kt_scale(t, sb, 1);
-        for (int i = 0; i < n; i++) S1[i] = VX(add_epi32)(S1[i], VX(mullo_epi32)(a[i], sc));
     }
     for (int sb = 0; sb < 8; sb += 2) { /* sub-blocks sb, sb + 1 in each lane's words */
         const vx_i mn2 = VXI(or)(kt_scale(t, sb, 0), VX(slli_epi32)(kt_scale(t, sb + 1, 0), 16));
@@ -886,6 +815,7 @@ VT_INLINE void kt_sums6(const uint8_t *t, const vt_xk *xb, vx_i *S1, vx_i *S2, c
     for (int g = 0; g < 16; g++) {
         const vx_i N0 = VX_LOADI(t + 18 * KT + 8 * KT * g), N1 = VX_LOADI(t + 18 * KT + 8 * KT * g + 4 * KT),
                    H = VX_LOADI(t + 146 * KT + 4 * KT * g);
+        const vx_i sc = VX(srai_epi32)(VX(slli_epi32)(VX_LOADI(t + 2 * KT + 4 * KT * (g / 4)), 24 - 8 * (g % 4)), 24);
         vx_i a[VT_ROWS];
         for (int i = 0; i < n; i++) a[i] = VXI(setzero)();
         for (int k = 0; k < 4; k++) { /* low nibbles of N0, N1 (k = 0, 2; high: 1, 3), bits 2k, 2k + 1 of H */
@@ -893,9 +823,9 @@ VT_INLINE void kt_sums6(const uint8_t *t, const vt_xk *xb, vx_i *S1, vx_i *S2, c
             const vx_i hi = k == 0 ? VX(slli_epi16)(H, 4) : k == 1 ? VX(slli_epi16)(H, 2) : k == 2 ? H : VX(srli_epi16)(H, 2);
             const vx_i q = VXI(or)(lo, VXI(and)(hi, m30));
             for (int i = 0; i < n; i++) a[i] = dp_bcast(a[i], q, xb[i].q + 4 * g + 64 * k);
+            if ((k + 1) % KT_RUN(6) && k < 3) continue;
+            for (int i = 0; i < n; i++) S1[i] = kt_scaled(S1[i], a[i], sc), a[i] = VXI(setzero)();
         }
-        const vx_i sc = VX(srai_epi32)(VX(slli_epi32)(VX_LOADI(t + 2 * KT + 4 * KT * (g / 4)), 24 - 8 * (g % 4)), 24);
-        for (int i = 0; i < n; i++) S1[i] = VX(add_epi32)(S1[i], VX(mullo_epi32)(a[i], sc));
     }
     /* bytes c, c + 1 of each 32-bit lane, each twice: c = 0 and c = 2 */
     const vx_i dup[2] = {VX_DUP128(_mm_setr_epi8(0, 0, 1, 1, 4, 4, 5, 5, 8, 8, 9, 9, 12, 12, 13, 13)),
@@ -941,6 +871,7 @@ static void dot_kt(int type, const uint8_t *w, const vt_xk *x, const float *dx, 
     BY_ROWS8(CALL)
 #undef CALL
 }
+#if VT_VNNI
 /* A Q4_0/Q5_0/Q8_0 tile against n rows: per block 8 vpdpbusd of u = w + off (16; Q8_0:
  * 128, its sign bit flipped) by the row's words, from -off x the block's quant sum, so each
  * lane is the row's exact S; then dot_q32's t*S and acc + that, KT rows a vector. */
@@ -986,7 +917,7 @@ static void dot_q32t(int type, const uint8_t *w, const vt_x8 *x, int n, int64_t 
 #define KT_TABLE 1u << VT_Q4_K | 1u << VT_Q5_K | 1u << VT_Q6_K | 1u << VT_Q4_0 | 1u << VT_Q5_0 | 1u << VT_Q8_0, KT, pack_kt, \
                  dot_kt, dot_q32t
 #else
-#define KT_TABLE 0, 0, NULL, NULL, NULL
+#define KT_TABLE 1u << VT_Q4_K | 1u << VT_Q5_K | 1u << VT_Q6_K, KT, pack_kt, dot_kt, NULL
 #endif
 
 /* 8 weights as fp32: F32, F16 (F16C, exact) or BF16 (a shift, exact). */

@@ -93,9 +93,9 @@ def test_isa_paths_bit_identical_to_portable(wtype, isa, odd):
 @pytest.mark.parametrize("wtype", QUANTIZED + FLOATS, ids=N.TYPE_NAMES.get)
 def test_packed_weights(wtype, isa):
     """The SIMD paths read K-quants packed (each block's quants reordered, its scales and
-    size as the file's), and the VNNI paths hold 16 (AVX512) or 8 (AVX-VNNI) rows at a time in
-    tiles (K-quants, Q4_0, Q5_0,
-    Q8_0): what a native model holds; every other type and path the file's."""
+    size as the file's), and hold 16 (AVX512) or 8 (256-bit) rows at a time in tiles
+    (K-quants; on the VNNI paths also Q4_0, Q5_0, Q8_0): what a native model holds; every
+    other type and path the file's."""
     for rows in (7, 37):  # below a tile (pack_k's layout or the file's), then 2 (or 4) tiles and 5 rows
         cols = cols_of(wtype)
         w = N.random_weights(wtype, rows, cols, seed=8)

@@ -175,8 +175,8 @@ def aligned_empty(nbytes: int) -> np.ndarray:
 def pack(w: np.ndarray, wtype: int, rows: int, cols: int, isa: str | None = None) -> np.ndarray:
     """W [rows, cols], raw GGUF data of `wtype`, in the layout `isa`'s kernels read: a copy
     of the same size with each K-quant block's quants reordered (so that unpacking yields
-    them in the order the kernel multiplies them), on the VNNI paths each 16 (AVX512) or 8
-    (AVX-VNNI) rows as one tile (lanes = rows), or `w` itself where they read the file's."""
+    them in the order the kernel multiplies them), each 16 (AVX512) or 8 (256-bit paths) rows
+    as one tile (lanes = rows), or `w` itself where they read the file's."""
     w = _raw(w, rows * _row_bytes(wtype, cols), f"{TYPE_NAMES[wtype]} weight [{rows}, {cols}]")
     if not packs(wtype, isa):
         return w
