@@ -798,6 +798,8 @@ VT_INLINE void kt_sums45(const int five, const uint8_t *t, const vt_xk *xb, vx_i
             if (five) lo = add16_where(lo, t + 16 * KT + KT * v4), hi = add16_where(hi, t + 16 * KT + KT * v4 + KT / 2);
             for (int i = 0; i < n; i++) a[i] = dp_bcast(a[i], lo, xb[i].q + 8 * sb + 64 * k);
             for (int i = 0; i < n; i++) a[i] = dp_bcast(a[i], hi, xb[i].q + 8 * sb + 64 * k + 4);
+            /* the sums so far scaled (AVX2's Q5_K after k = 1 too); written in the loop, not after
+             * it, AVX2's Q4_K tile ran 2.1 ns per 256 weights per row at L = 8, not 2.5 (Zen 5) */
             if ((2 * k + 2) % KT_RUN(five ? 5 : 4)) continue;
             for (int i = 0; i < n; i++) S1[i] = kt_scaled(S1[i], a[i], sc), a[i] = VXI(setzero)();
         }
@@ -810,12 +812,16 @@ VT_INLINE void kt_sums45(const int five, const uint8_t *t, const vt_xk *xb, vx_i
 
 /* Q6_K: per group g, 4 vpdpbusd (its 4 words) for all rows one word at a time, times its
  * scale (vpmullo); then S2 = 32 x the scales against the group sums, two groups a vpdpwssd. */
+/* Q6_K: group g's int8 scale of each lane's row. */
+static inline vx_i kt_scale6(const uint8_t *t, int g) {
+    return VX(srai_epi32)(VX(slli_epi32)(VX_LOADI(t + 2 * KT + 4 * KT * (g / 4)), 24 - 8 * (g % 4)), 24);
+}
+
 VT_INLINE void kt_sums6(const uint8_t *t, const vt_xk *xb, vx_i *S1, vx_i *S2, const int n) {
     const vx_i m4 = VX(set1_epi8)(0x0F), m30 = VX(set1_epi8)(0x30);
     for (int g = 0; g < 16; g++) {
         const vx_i N0 = VX_LOADI(t + 18 * KT + 8 * KT * g), N1 = VX_LOADI(t + 18 * KT + 8 * KT * g + 4 * KT),
                    H = VX_LOADI(t + 146 * KT + 4 * KT * g);
-        const vx_i sc = VX(srai_epi32)(VX(slli_epi32)(VX_LOADI(t + 2 * KT + 4 * KT * (g / 4)), 24 - 8 * (g % 4)), 24);
         vx_i a[VT_ROWS];
         for (int i = 0; i < n; i++) a[i] = VXI(setzero)();
         for (int k = 0; k < 4; k++) { /* low nibbles of N0, N1 (k = 0, 2; high: 1, 3), bits 2k, 2k + 1 of H */
@@ -823,9 +829,10 @@ VT_INLINE void kt_sums6(const uint8_t *t, const vt_xk *xb, vx_i *S1, vx_i *S2, c
             const vx_i hi = k == 0 ? VX(slli_epi16)(H, 4) : k == 1 ? VX(slli_epi16)(H, 2) : k == 2 ? H : VX(srli_epi16)(H, 2);
             const vx_i q = VXI(or)(lo, VXI(and)(hi, m30));
             for (int i = 0; i < n; i++) a[i] = dp_bcast(a[i], q, xb[i].q + 4 * g + 64 * k);
-            if ((k + 1) % KT_RUN(6) && k < 3) continue;
-            for (int i = 0; i < n; i++) S1[i] = kt_scaled(S1[i], a[i], sc), a[i] = VXI(setzero)();
+            if (k < 3 && (k + 1) % KT_RUN(6) == 0) /* AVX2: the int16 sums so far scaled */
+                for (int i = 0; i < n; i++) S1[i] = kt_scaled(S1[i], a[i], kt_scale6(t, g)), a[i] = VXI(setzero)();
         }
+        for (int i = 0; i < n; i++) S1[i] = kt_scaled(S1[i], a[i], kt_scale6(t, g));
     }
     /* bytes c, c + 1 of each 32-bit lane, each twice: c = 0 and c = 2 */
     const vx_i dup[2] = {VX_DUP128(_mm_setr_epi8(0, 0, 1, 1, 4, 4, 5, 5, 8, 8, 9, 9, 12, 12, 13, 13)),
