@@ -640,7 +640,6 @@ static void kt_words(int type, int v, int *w) {
     else for (int c = 0; c < 4; c++) w[c] = 16 * c + v - 32;         /* group v - 32 */
 }
 
-#if VT_VNNI /* AVX2's int16 sums would not hold Q8_0's u = w + 128 */
 /* Q4_0, Q5_0, Q8_0 tiles (a block: its KT rows' fp16 d at 0, then in units of 4 KT bytes
  * vectors of 4-quant words, lane r = row r, word k = elements 4k..4k+3): Q8_0 words 0..7
  * at 2 KT; Q4_0 at 2 KT and Q5_0 at 6 KT vectors k = 0..3 of the raw nibble bytes
@@ -667,16 +666,13 @@ static void pack_q32t(int type, const uint8_t *rows, int64_t nb, uint8_t *dst) {
         for (int k = 0; type == VT_Q5_0 && k < 8; k++) memcpy(o + 2 * KT + KT / 2 * k, &mask[k], KT / 2); /* x86: little-endian */
     }
 }
-#endif
 
 static void pack_kt(int type, const uint8_t *rows, int64_t nb, uint8_t *dst) {
     const int64_t bytes = vt_block_bytes(type), row_bytes = nb * bytes;
-#if VT_VNNI
     if (vt_block_elems(type) == QK8_0) {
         pack_q32t(type, rows, nb, dst);
         return;
     }
-#endif
     uint8_t id[QK_K] __attribute__((aligned(32))), ord[QK_K]; /* ord[p]: the element at activation position p */
     for (int i = 0; i < QK_K; i++) id[i] = (uint8_t)i;
     order_k(id, ord);
@@ -881,10 +877,11 @@ static void dot_kt(int type, const uint8_t *w, const vt_xk *x, const float *dx, 
     BY_ROWS8(CALL)
 #undef CALL
 }
-#if VT_VNNI
 /* A Q4_0/Q5_0/Q8_0 tile against n rows: per block 8 vpdpbusd of u = w + off (16; Q8_0:
  * 128, its sign bit flipped) by the row's words, from -off x the block's quant sum, so each
- * lane is the row's exact S; then dot_q32's t*S and acc + that, KT rows a vector. */
+ * lane is the row's exact S; then dot_q32's t*S and acc + that, KT rows a vector.  AVX2
+ * (Q4_0, Q5_0: u < 32; Q8_0's would overflow its int16 words) sums 4 words' vpmaddubsw as
+ * int16, then widens them by vpmaddwd. */
 VT_INLINE void q32t(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, float *y, int64_t ystride, const int n) {
     const vx_i m4 = VX(set1_epi8)(0x0F);
     const int off = type == VT_Q8_0 ? 128 : 16;
@@ -908,8 +905,15 @@ VT_INLINE void q32t(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, floa
         const vx_f dw = VX_PH(t);
         for (int i = 0; i < n; i++) {
             const vt_x8 *xb = x + i * nb + b;
-            vx_i s = VX(set1_epi32)(-off * xb->sum);
-            for (int k = 0; k < 8; k++) s = dp_bcast(s, u[k], xb->q + 4 * k);
+            vx_i s = VX(set1_epi32)(-off * xb->sum), a = VXI(setzero)();
+            for (int k = 0; k < 8; k++) {
+                if (VT_VNNI) {
+                    s = dp_bcast(s, u[k], xb->q + 4 * k);
+                    continue;
+                }
+                a = dp_bcast(a, u[k], xb->q + 4 * k);
+                if ((k + 1) % KT_RUN(5) == 0) s = VX(add_epi32)(s, VX(madd_epi16)(a, VX(set1_epi16)(1))), a = VXI(setzero)();
+            }
             acc[i] = VX(add_ps)(acc[i], VX(mul_ps)(VX(mul_ps)(dw, VX(set1_ps)(xb->d)), VX(cvtepi32_ps)(s)));
         }
     }
@@ -924,11 +928,9 @@ static void dot_q32t(int type, const uint8_t *w, const vt_x8 *x, int n, int64_t 
     BY_ROWS8(CALL)
 #undef CALL
 }
-#define KT_TABLE 1u << VT_Q4_K | 1u << VT_Q5_K | 1u << VT_Q6_K | 1u << VT_Q4_0 | 1u << VT_Q5_0 | 1u << VT_Q8_0, KT, pack_kt, \
-                 dot_kt, dot_q32t
-#else
-#define KT_TABLE 1u << VT_Q4_K | 1u << VT_Q5_K | 1u << VT_Q6_K, KT, pack_kt, dot_kt, NULL
-#endif
+/* The types tiled: AVX2 leaves Q8_0 to its per-row kernel (q32t's int16 words) */
+#define KT_TABLE 1u << VT_Q4_K | 1u << VT_Q5_K | 1u << VT_Q6_K | 1u << VT_Q4_0 | 1u << VT_Q5_0 | (VT_VNNI ? 1u << VT_Q8_0 : 0), \
+                 KT, pack_kt, dot_kt, dot_q32t
 
 /* 8 weights as fp32: F32, F16 (F16C, exact) or BF16 (a shift, exact). */
 static inline __m256 load8(int type, const void *w, int64_t i) {
