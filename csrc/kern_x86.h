@@ -624,8 +624,8 @@ VT_INLINE void q32_rows(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, 
  *     bits of the fifth bits (low word's, high word's; bit 4r + i);
  *   Q6_K (210 KT): d at 0; the int8 scales 4v..4v+3 as vector v at 2 (4 vectors); 32
  *     vectors of low nibbles at 18 (low, high); 16 of high 2 bits at 146 (4 words: bits 2c).
- * Which activation words a vector holds follows order_k (kt_words).  The VNNI paths also
- * tile Q4_0, Q5_0 and Q8_0.  AVX2's tiles sum vpmaddubsw's words as int16 (KT_RUN): in a
+ * Which activation words a vector holds follows order_k (kt_words).  Q4_0, Q5_0 and Q8_0
+ * are tiled too (pack_q32t).  AVX2's tiles sum vpmaddubsw's words as int16 (KT_RUN): in a
  * kernel harness with the weights in L2 (Zen 5, L = 8) no faster than its dot_k (Q6_K
  * slower), but in the target, whose weights stream from memory, V(8) 70-76 -> 60 ms, and
  * tiling Q4_K alone 82-85: dot_k's rows in column chunks are many short streams. */
@@ -877,11 +877,17 @@ static void dot_kt(int type, const uint8_t *w, const vt_xk *x, const float *dx, 
     BY_ROWS8(CALL)
 #undef CALL
 }
-/* A Q4_0/Q5_0/Q8_0 tile against n rows: per block 8 vpdpbusd of u = w + off (16; Q8_0:
- * 128, its sign bit flipped) by the row's words, from -off x the block's quant sum, so each
- * lane is the row's exact S; then dot_q32's t*S and acc + that, KT rows a vector.  AVX2
- * (Q4_0, Q5_0: u < 32; Q8_0's would overflow its int16 words) sums 4 words' vpmaddubsw as
- * int16, then widens them by vpmaddwd. */
+/* acc + (dw*dx)*S, S a row's exact sums (dot_q32's float step, lane by lane). */
+static inline vx_f q32_step(vx_f acc, vx_f dw, float dx, vx_i S) {
+    return VX(add_ps)(acc, VX(mul_ps)(VX(mul_ps)(dw, VX(set1_ps)(dx)), VX(cvtepi32_ps)(S)));
+}
+
+/* A Q4_0/Q5_0/Q8_0 tile against n rows: per block each row's exact S, then dot_q32's t*S and
+ * acc + that, KT rows a vector.  VNNI: 8 vpdpbusd of u = w + off (16; Q8_0: 128, its sign
+ * bit flipped) by the row's words, from -off x the block's quant sum.  AVX2: Q4_0/Q5_0 the
+ * same with 4 words' vpmaddubsw summed as int16, then widened by vpmaddwd (u < 32); Q8_0
+ * as |w| by the word with w's sign (each vpmaddubsw word at most 2 x 128 x 127, widened at
+ * once; u = w + 128 would overflow), one word of all rows at a time. */
 VT_INLINE void q32t(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, float *y, int64_t ystride, const int n) {
     const vx_i m4 = VX(set1_epi8)(0x0F);
     const int off = type == VT_Q8_0 ? 128 : 16;
@@ -890,6 +896,21 @@ VT_INLINE void q32t(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, floa
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *t = w + b * KT_BYTES(type);
         for (int o = 0; o < KT_BYTES(type); o += 64) _mm_prefetch((const char *)t + VT_PREFETCH + o, _MM_HINT_T0);
+        const vx_f dw = VX_PH(t);
+#if !VT_VNNI /* no 512-bit vpsignb */
+        if (type == VT_Q8_0) {
+            vx_i s[VT_ROWS];
+            for (int i = 0; i < n; i++) s[i] = VXI(setzero)();
+            for (int k = 0; k < 8; k++) {
+                const vx_i v = VX_LOADI(t + 2 * KT + 4 * KT * k), av = VX(abs_epi8)(v);
+                for (int i = 0; i < n; i++)
+                    s[i] = VX(add_epi32)(s[i], VX(madd_epi16)(VX(maddubs_epi16)(av, VX(sign_epi8)(bcast4(x[i * nb + b].q + 4 * k), v)),
+                                                              VX(set1_epi16)(1)));
+            }
+            for (int i = 0; i < n; i++) acc[i] = q32_step(acc[i], dw, x[i * nb + b].d, s[i]);
+            continue;
+        }
+#endif
         vx_i u[8];
         if (type == VT_Q8_0) {
             for (int k = 0; k < 8; k++) u[k] = VXI(xor)(VX_LOADI(t + 2 * KT + 4 * KT * k), VX(set1_epi8)(-128));
@@ -902,7 +923,6 @@ VT_INLINE void q32t(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, floa
             for (int k = 0; k < 8; k++)
                 u[k] = five ? add16_where(u[k], t + 2 * KT + KT / 2 * k) : VX(add_epi8)(u[k], VX(set1_epi8)(8));
         }
-        const vx_f dw = VX_PH(t);
         for (int i = 0; i < n; i++) {
             const vt_x8 *xb = x + i * nb + b;
             vx_i s = VX(set1_epi32)(-off * xb->sum), a = VXI(setzero)();
@@ -914,7 +934,7 @@ VT_INLINE void q32t(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, floa
                 a = dp_bcast(a, u[k], xb->q + 4 * k);
                 if ((k + 1) % KT_RUN(5) == 0) s = VX(add_epi32)(s, VX(madd_epi16)(a, VX(set1_epi16)(1))), a = VXI(setzero)();
             }
-            acc[i] = VX(add_ps)(acc[i], VX(mul_ps)(VX(mul_ps)(dw, VX(set1_ps)(xb->d)), VX(cvtepi32_ps)(s)));
+            acc[i] = q32_step(acc[i], dw, xb->d, s);
         }
     }
     for (int i = 0; i < n; i++) VX(storeu_ps)(y + i * ystride, acc[i]);
@@ -928,9 +948,8 @@ static void dot_q32t(int type, const uint8_t *w, const vt_x8 *x, int n, int64_t 
     BY_ROWS8(CALL)
 #undef CALL
 }
-/* The types tiled: AVX2 leaves Q8_0 to its per-row kernel (q32t's int16 words) */
-#define KT_TABLE 1u << VT_Q4_K | 1u << VT_Q5_K | 1u << VT_Q6_K | 1u << VT_Q4_0 | 1u << VT_Q5_0 | (VT_VNNI ? 1u << VT_Q8_0 : 0), \
-                 KT, pack_kt, dot_kt, dot_q32t
+#define KT_TABLE 1u << VT_Q4_K | 1u << VT_Q5_K | 1u << VT_Q6_K | 1u << VT_Q4_0 | 1u << VT_Q5_0 | 1u << VT_Q8_0, KT, pack_kt, \
+                 dot_kt, dot_q32t
 
 /* 8 weights as fp32: F32, F16 (F16C, exact) or BF16 (a shift, exact). */
 static inline __m256 load8(int type, const void *w, int64_t i) {
