@@ -357,7 +357,6 @@ static inline __m256i mins8_512(__m256i mn, const vt_xk *xb, const int n) {
 }
 #endif
 
-
 /* The sums of the 8 lanes of each of v[0..7], as one vector (lane r: v[r]'s), by
  * interleaving and adding (shuffles and adds: vphaddd would load the multiply pipe). */
 static inline __m256i rows8(const __m256i *v) {
@@ -609,8 +608,6 @@ VT_INLINE void q32_rows(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, 
         memcpy(y + l * ystride, o, sizeof(float) * (size_t)R);
     }
 }
-
-
 
 /* K-quants in tiles of KT rows (AVX512 16, the 256-bit paths 8: a vector's lanes): a tile's
  * block b holds its rows' block b, lanes = rows, so that one multiply instruction takes 4
@@ -994,7 +991,6 @@ VT_INLINE void dot_f_n(int type, const void *w, const float *const *x, int64_t n
     }
     for (int r = 0; r < rows; r++) out[r] = reduce16(lo[r], hi[r]);
 }
-
 
 /* The entry points: n (1..VT_ROWS) picks a copy of the loop specialized for that many
  * rows; the Q8_0 and float loops take 4 rows at a time. */
