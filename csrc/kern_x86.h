@@ -803,13 +803,15 @@ VT_INLINE void kt_sums45(const int five, const uint8_t *t, const vt_xk *xb, vx_i
     }
 }
 
-/* Q6_K: per group g, 4 vpdpbusd (its 4 words) for all rows one word at a time, times its
- * scale (vpmullo); then S2 = 32 x the scales against the group sums, two groups a vpdpwssd. */
 /* Q6_K: group g's int8 scale of each lane's row. */
 static inline vx_i kt_scale6(const uint8_t *t, int g) {
     return VX(srai_epi32)(VX(slli_epi32)(VX_LOADI(t + 2 * KT + 4 * KT * (g / 4)), 24 - 8 * (g % 4)), 24);
 }
 
+/* Q6_K: per group g, 4 vpdpbusd (its 4 words) for all rows one word at a time, times its
+ * scale (vpmullo; AVX2: every 2 words), scaled after the words rather than in their loop
+ * (AVX512 0.96 -> 0.90 ns per 256 weights per row at L = 8, Zen 5); then S2 = 32 x the
+ * scales against the group sums, two groups a vpdpwssd. */
 VT_INLINE void kt_sums6(const uint8_t *t, const vt_xk *xb, vx_i *S1, vx_i *S2, const int n) {
     const vx_i m4 = VX(set1_epi8)(0x0F), m30 = VX(set1_epi8)(0x30);
     for (int g = 0; g < 16; g++) {

@@ -448,7 +448,11 @@ def test_online_adaptation_learns_between_requests_and_the_answers_stay_the_targ
 
 
 def test_the_serve_command_listens_loads_answers_and_stops_on_ctrl_c(tiny_dirs, tmp_path):
-    p = subprocess.Popen([sys.executable, "-m", "vocabtrim.cli", "serve", "--target", tiny_dirs["target"],
+    # Ctrl-C as in a terminal: a shell's background job (a CI runner's, say) starts with
+    # SIGINT ignored, which Python and so this child would inherit
+    foreground = "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); " \
+                 "runpy.run_module('vocabtrim.cli', run_name='__main__')"
+    p = subprocess.Popen([sys.executable, "-c", foreground, "serve", "--target", tiny_dirs["target"],
                           "--draft", tiny_dirs["draft"], *ENGINE, "--port", "0", "--store", tmp_path / "s.json"],
                          stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     try:
@@ -465,7 +469,7 @@ def test_the_serve_command_listens_loads_answers_and_stops_on_ctrl_c(tiny_dirs, 
         p.send_signal(2)
         try:
             _, err = p.communicate(timeout=30)
-        except subprocess.TimeoutExpired:  # seen once in a full run (2026-12-05): say where it hangs
+        except subprocess.TimeoutExpired:  # say where it hangs
             p.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
             pytest.fail("serve did not stop within 30 s of Ctrl-C; its stderr:\n" + p.communicate()[1][-6000:])
     assert p.returncode == 130 and "interrupted" in err
