@@ -1,6 +1,7 @@
 """Packed fp16 layers (fbgemm): same weights, fp32 math, and everything else unchanged; the
 machine's dtype choice (`auto`) and the matrix products it times."""
 
+import copy
 import json
 import types
 
@@ -51,6 +52,24 @@ def test_wide_products_multiply_a_bf16_copy_and_decode_steps_the_fp16_one():
     assert kernels.rows(wide, torch.tensor([3, 1])).wide is not None  # its trimmed rows stay wide
     model = kernels.pack(tiny_model(64), wide=True)
     assert model.float().get_output_embeddings().wide.dtype == torch.bfloat16  # .float() leaves the copy
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("tie", [False, True])
+def test_pack_keeps_a_bf16_embedding_and_casts_its_rows(tie):
+    """The embedding stays as loaded (no fp32 copy of the table): the same logits as with
+    every parameter made fp32, hidden states in fp32, and a quantized copy computes in bf16."""
+    base = tiny_model(64, seed=3, tie=tie).bfloat16()
+    kept, upcast = kernels.pack(copy.deepcopy(base)), kernels.pack(copy.deepcopy(base))
+    upcast.get_input_embeddings().float()  # what pack made of it before
+    assert kept.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert kernels.compute_dtype(kept) == torch.float32
+    ids = torch.tensor([[5, 6, 7, 8]])
+    out = kept(ids, output_hidden_states=True)
+    assert out.hidden_states[0].dtype == torch.float32
+    assert torch.equal(out.logits, upcast(ids).logits)
+    q = kernels.quantized(kept, "int8")
+    assert kernels.compute_dtype(q) == kernels.QUANT_ACT and q(ids).logits.dtype == kernels.QUANT_ACT
 
 
 @needs_fbgemm

@@ -243,6 +243,8 @@ def quantized(model: nn.Module, scheme: str, saved: dict[str, Tensor] | None = N
                            (m.out_features, m.in_features))
 
     memo = {id(m): layer(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear | PackedLinear)}
+    memo |= {id(m): nn.Embedding.from_pretrained(m.weight.detach().to(act), padding_idx=m.padding_idx)
+             for m in model.modules() if isinstance(m, nn.Embedding)}  # without pack's cast to fp32
     out = copy.deepcopy(model, memo)
     for p in out.parameters():  # parameters only: buffers such as rotary frequencies keep their dtype
         p.data = p.data.to(act)
@@ -263,9 +265,12 @@ def in_dtype(model: nn.Module, dtype: str) -> nn.Module:
 
 
 def pack(model: nn.Module, wide: bool | None = None) -> nn.Module:
-    """Replace every nn.Linear of `model` by a PackedLinear and make the rest fp32, in place.
-    `wide` (default: where this machine measured bf16 faster for a prompt's rows,
-    wide_in_bf16) keeps a bf16 copy of each weight for products of many rows.
+    """Replace every nn.Linear of `model` by a PackedLinear and make the rest fp32, in place,
+    but for the embeddings: a lookup reads a few rows, so they keep their dtype (the weight
+    file's pages as loaded) and each row read is cast to fp32 (an fp32 copy of the 1.5B
+    target's would cost 0.9 GB). `wide` (default: where this machine measured bf16 faster
+    for a prompt's rows, wide_in_bf16) keeps a bf16 copy of each weight for products of
+    many rows.
 
     Packing converts and reorders every weight once (~150 ms per 14 M weights); it runs on
     all threads, one layer per thread."""
@@ -277,7 +282,16 @@ def pack(model: nn.Module, wide: bool | None = None) -> nn.Module:
         packed = list(pool.map(lambda s: PackedLinear(s[2].weight, s[2].bias, wide), slots))
     for (parent, name, _), new in zip(slots, packed):
         setattr(parent, name, new)
-    return model.float()
+    for m in model.modules():
+        if isinstance(m, nn.Embedding):
+            m.register_forward_hook(_rows_in_fp32)
+        else:
+            m._apply(lambda t: t.float() if t.is_floating_point() else t, recurse=False)
+    return model
+
+
+def _rows_in_fp32(module: nn.Module, args: tuple, rows: Tensor) -> Tensor:
+    return rows.float()
 
 
 def rows(linear: nn.Module, ids: Tensor, packed: bool = True) -> nn.Module:
@@ -344,8 +358,9 @@ def weight_bytes(module: nn.Module) -> int:
 
 def compute_dtype(model: nn.Module) -> torch.dtype:
     """The dtype the model's matmuls accumulate in (fp32 for packed layers), which is
-    also the dtype of its embeddings and norms."""
-    return next(model.parameters()).dtype
+    also the dtype of its norms and hidden states (not always its embeddings': see pack)."""
+    return next(p for m in model.modules() if not isinstance(m, nn.Embedding)
+                for p in m.parameters(recurse=False)).dtype
 
 
 # The machine: what it is, and which dtype measured faster on it

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cache import CachedLM, common_prefix, context_length
-from .kernels import stacked
+from .kernels import compute_dtype, stacked
 
 ARCHITECTURES = ("llama", "qwen2")
 MIN_CAPACITY = 256  # cache positions allocated at first; doubled when a sequence outgrows them
@@ -96,7 +96,7 @@ class LeanBody:
         self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         self.scaling = body.layers[0].self_attn.scaling
         self.context = context_length(model)
-        self.dtype = self.embed.weight.dtype  # what the hidden states come out in, as from transformers
+        self.dtype = compute_dtype(model)  # what the hidden states come out in, as from transformers
         self.layers = [Layer(Norm(b.input_layernorm),
                              product(stacked([b.self_attn.q_proj, b.self_attn.k_proj, b.self_attn.v_proj])),
                              product(b.self_attn.o_proj), Norm(b.post_attention_layernorm),
