@@ -637,30 +637,31 @@ static void kt_words(int type, int v, int *w) {
     else for (int c = 0; c < 4; c++) w[c] = 16 * c + v - 32;         /* group v - 32 */
 }
 
-/* Q4_0, Q5_0, Q8_0 tiles (a block: its KT rows' fp16 d at 0, then in units of 4 KT bytes
- * vectors of 4-quant words, lane r = row r, word k = elements 4k..4k+3): Q8_0 words 0..7
- * at 2 KT; Q4_0 at 2 KT and Q5_0 at 6 KT vectors k = 0..3 of the raw nibble bytes
- * 4k..4k+3 (low: word k, high: word k + 4), Q5_0's fifth bits at 2 KT as 8 masks of 4 KT
- * bits (word k: bit 4r + i). */
+/* Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 tiles (a block: its KT rows' fp16 d at 0 and, Q4_1/Q5_1,
+ * fp16 m at 2 KT (the head, H = 2 or 4 KT), then in units of 4 KT bytes vectors of 4-quant
+ * words, lane r = row r, word k = elements 4k..4k+3): Q8_0 words 0..7 at H; Q4_0/Q4_1 at H
+ * and Q5_0/Q5_1 at H + 4 KT vectors k = 0..3 of the raw nibble bytes 4k..4k+3 (low: word
+ * k, high: word k + 4), the fifth bits at H as 8 masks of 4 KT bits (word k: bit 4r + i). */
 static void pack_q32t(int type, const uint8_t *rows, int64_t nb, uint8_t *dst) {
     const int64_t bytes = vt_block_bytes(type), row_bytes = nb * bytes;
+    const int head = vt_has_min(type) ? 4 : 2, five = type == VT_Q5_0 || type == VT_Q5_1; /* head: bytes a row */
     for (int64_t b = 0; b < nb; b++) {
         uint8_t *o = dst + b * KT_BYTES(type);
         uint64_t mask[8] = {0};
         for (int r = 0; r < KT; r++) {
             const uint8_t *blk = rows + r * row_bytes + b * bytes;
-            memcpy(o + 2 * r, blk, 2);
+            for (int f = 0; f < head; f += 2) memcpy(o + f * KT + 2 * r, blk + f, 2);
             if (type == VT_Q8_0) {
                 for (int k = 0; k < 8; k++) memcpy(o + 2 * KT + 4 * KT * k + 4 * r, blk + 2 + 4 * k, 4);
                 continue;
             }
-            const int five = type == VT_Q5_0;
-            for (int k = 0; k < 4; k++) memcpy(o + (five ? 6 : 2) * KT + 4 * KT * k + 4 * r, blk + (five ? 6 : 2) + 4 * k, 4);
+            const int q = head + (five ? 4 : 0); /* the nibbles' offset, in the block and in KT units */
+            for (int k = 0; k < 4; k++) memcpy(o + q * KT + 4 * KT * k + 4 * r, blk + q + 4 * k, 4);
             uint32_t qh;
-            memcpy(&qh, blk + 2, 4);
+            memcpy(&qh, blk + head, 4);
             for (int k = 0; five && k < 8; k++) mask[k] |= (uint64_t)(qh >> 4 * k & 15) << 4 * r;
         }
-        for (int k = 0; type == VT_Q5_0 && k < 8; k++) memcpy(o + 2 * KT + KT / 2 * k, &mask[k], KT / 2); /* x86: little-endian */
+        for (int k = 0; five && k < 8; k++) memcpy(o + head * KT + KT / 2 * k, &mask[k], KT / 2); /* x86: little-endian */
     }
 }
 
@@ -881,15 +882,24 @@ static inline vx_f q32_step(vx_f acc, vx_f dw, float dx, vx_i S) {
     return VX(add_ps)(acc, VX(mul_ps)(VX(mul_ps)(dw, VX(set1_ps)(dx)), VX(cvtepi32_ps)(S)));
 }
 
-/* A Q4_0/Q5_0/Q8_0 tile against n rows: per block each row's exact S, then dot_q32's t*S and
- * acc + that, KT rows a vector.  VNNI: 8 vpdpbusd of u = w + off (16; Q8_0: 128, its sign
- * bit flipped) by the row's words, from -off x the block's quant sum.  AVX2: Q4_0/Q5_0 the
- * same with 4 words' vpmaddubsw summed as int16, then widened by vpmaddwd (u < 32); Q8_0
- * as |w| by the word with w's sign (each vpmaddubsw word at most 2 x 128 x 127, widened at
- * once; u = w + 128 would overflow), one word of all rows at a time. */
+/* With a minimum per block (Q4_1, Q5_1): acc + ((dw*dx)*S + (m*dx)*X), X the activation
+ * block's quant sum. */
+static inline vx_f q32_step_min(vx_f acc, vx_f dw, vx_f m, const vt_x8 *xb, vx_i S) {
+    const vx_f dx = VX(set1_ps)(xb->d), X = VX(set1_ps)((float)xb->sum);
+    return VX(add_ps)(acc, VX(add_ps)(VX(mul_ps)(VX(mul_ps)(dw, dx), VX(cvtepi32_ps)(S)), VX(mul_ps)(VX(mul_ps)(m, dx), X)));
+}
+
+/* A Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 tile against n rows: per block each row's exact S, then
+ * dot_q32's float step, KT rows a vector.  VNNI: 8 vpdpbusd of u = w + off (Q4_0/Q5_0 16;
+ * Q8_0 128, its sign bit flipped; Q4_1/Q5_1 0: their quants are unsigned) by the row's
+ * words, from -off x the block's quant sum.  AVX2: the 4- and 5-bit ones the same with 4
+ * words' vpmaddubsw summed as int16, then widened by vpmaddwd (u < 32); Q8_0 as |w| by the
+ * word with w's sign (each vpmaddubsw word at most 2 x 128 x 127, widened at once; u = w +
+ * 128 would overflow), one word of all rows at a time. */
 VT_INLINE void q32t(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, float *y, int64_t ystride, const int n) {
     const vx_i m4 = VX(set1_epi8)(0x0F);
-    const int off = type == VT_Q8_0 ? 128 : 16;
+    const int min = vt_has_min(type), head = min ? 4 : 2, five = type == VT_Q5_0 || type == VT_Q5_1;
+    const int off = type == VT_Q8_0 ? 128 : min ? 0 : 16;
     vx_f acc[VT_ROWS];
     for (int i = 0; i < n; i++) acc[i] = VX(setzero_ps)();
     for (int64_t b = 0; b < nb; b++) {
@@ -914,13 +924,13 @@ VT_INLINE void q32t(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, floa
         if (type == VT_Q8_0) {
             for (int k = 0; k < 8; k++) u[k] = VXI(xor)(VX_LOADI(t + 2 * KT + 4 * KT * k), VX(set1_epi8)(-128));
         } else {
-            const int five = type == VT_Q5_0;
             for (int k = 0; k < 4; k++) {
-                const vx_i v = VX_LOADI(t + (five ? 6 : 2) * KT + 4 * KT * k);
+                const vx_i v = VX_LOADI(t + (head + (five ? 4 : 0)) * KT + 4 * KT * k);
                 u[k] = VXI(and)(v, m4), u[k + 4] = VXI(and)(VX(srli_epi16)(v, 4), m4);
             }
             for (int k = 0; k < 8; k++)
-                u[k] = five ? add16_where(u[k], t + 2 * KT + KT / 2 * k) : VX(add_epi8)(u[k], VX(set1_epi8)(8));
+                u[k] = five ? add16_where(u[k], t + head * KT + KT / 2 * k)
+                       : min ? u[k] : VX(add_epi8)(u[k], VX(set1_epi8)(8));
         }
         for (int i = 0; i < n; i++) {
             const vt_x8 *xb = x + i * nb + b;
@@ -933,7 +943,7 @@ VT_INLINE void q32t(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, floa
                 a = dp_bcast(a, u[k], xb->q + 4 * k);
                 if ((k + 1) % KT_RUN(5) == 0) s = VX(add_epi32)(s, VX(madd_epi16)(a, VX(set1_epi16)(1))), a = VXI(setzero)();
             }
-            acc[i] = q32_step(acc[i], dw, xb->d, s);
+            acc[i] = min ? q32_step_min(acc[i], dw, VX_PH(t + 2 * KT), xb, s) : q32_step(acc[i], dw, xb->d, s);
         }
     }
     for (int i = 0; i < n; i++) VX(storeu_ps)(y + i * ystride, acc[i]);
@@ -943,11 +953,13 @@ static void dot_q32t(int type, const uint8_t *w, const vt_x8 *x, int n, int64_t 
 #define CALL(k)                                                                  \
     (type == VT_Q8_0   ? q32t(VT_Q8_0, w, x, nb, y, ystride, k)                  \
      : type == VT_Q5_0 ? q32t(VT_Q5_0, w, x, nb, y, ystride, k)                  \
+     : type == VT_Q5_1 ? q32t(VT_Q5_1, w, x, nb, y, ystride, k)                  \
+     : type == VT_Q4_1 ? q32t(VT_Q4_1, w, x, nb, y, ystride, k)                  \
                        : q32t(VT_Q4_0, w, x, nb, y, ystride, k))
     BY_ROWS8(CALL)
 #undef CALL
 }
-#define KT_TABLE 1u << VT_Q4_K | 1u << VT_Q5_K | 1u << VT_Q6_K | 1u << VT_Q4_0 | 1u << VT_Q5_0 | 1u << VT_Q8_0, KT, pack_kt, \
+#define KT_TABLE 1u << VT_Q4_K | 1u << VT_Q5_K | 1u << VT_Q6_K | 1u << VT_Q4_0 | 1u << VT_Q4_1 | 1u << VT_Q5_0 | 1u << VT_Q5_1 | 1u << VT_Q8_0, KT, pack_kt, \
                  dot_kt, dot_q32t
 
 /* 8 weights as fp32: F32, F16 (F16C, exact) or BF16 (a shift, exact). */

@@ -94,7 +94,7 @@ def test_isa_paths_bit_identical_to_portable(wtype, isa, odd):
 def test_packed_weights(wtype, isa):
     """The SIMD paths read K-quants packed (each block's quants reordered, its scales and
     size as the file's), and hold 16 (AVX512) or 8 (256-bit) rows at a time in tiles
-    (K-quants, Q4_0, Q5_0, Q8_0): what a native model holds; every other type and path the
+    (K-quants and the 32-element formats): what a native model holds; every other type and path the
     file's."""
     for rows in (7, 37):  # below a tile (pack_k's layout or the file's), then 2 (or 4) tiles and 5 rows
         cols = cols_of(wtype)
@@ -105,7 +105,7 @@ def test_packed_weights(wtype, isa):
             continue
         assert packed.nbytes == w.nbytes and packed.ctypes.data % 64 == 0  # each 512-bit load one cache line
         k_quant = wtype in (N.Q4_K, N.Q5_K, N.Q6_K)
-        assert k_quant or (isa != "portable" and wtype in (N.Q4_0, N.Q5_0, N.Q8_0))
+        assert k_quant or (isa != "portable" and wtype in (N.Q4_0, N.Q4_1, N.Q5_0, N.Q5_1, N.Q8_0))
         if rows == 7:  # no tile: K-quants reorder quants only, the rest stay the file's
             assert np.array_equal(packed, w.reshape(-1)) != k_quant
             if k_quant:
