@@ -2,6 +2,7 @@
  * engine holds.  Every step works row by row (a token's RMSNorm, its matmul outputs, its
  * attention over keys 0..pos in order), so a position's logits are the same bits whether
  * it is scored alone or among any number of rows, after any crop, on any thread count. */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +63,15 @@ VT_API vt_model *vt_model_new(int n_layer, int n_embd, int n_head, int n_head_kv
 VT_API void vt_model_free(vt_model *m) {
     if (!m) return;
     free(m->layer), free(m->inv_freq), free(m->kc_mem), free(m->vc), free(m);
+}
+
+/* Divide rope frequency i by f[i] (head_dim / 2 factors, each finite and > 0): the file's
+ * rope_freqs.weight, Llama 3's long-context scaling as llama.cpp applies it. */
+VT_API int vt_model_rope_factors(vt_model *m, const float *f) {
+    for (int i = 0; i < m->head_dim / 2; i++)
+        if (!(f[i] > 0.0f && f[i] <= FLT_MAX)) return VT_ESHAPE;
+    for (int i = 0; i < m->head_dim / 2; i++) m->inv_freq[i] = m->inv_freq[i] / f[i];
+    return VT_OK;
 }
 
 /* Point slot `slot` of layer `layer` (-1: the global slots) at a tensor. */

@@ -11,6 +11,7 @@ import functools
 import gc
 import itertools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -319,11 +320,13 @@ GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_
               "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
 
 
-def write_gguf(model: LlamaForCausalLM, path: Path, arch: str = "qwen2") -> Path:
+def write_gguf(model: LlamaForCausalLM, path: Path, arch: str = "qwen2", extra: dict | None = None) -> Path:
     """`model`'s weights in fp32 as a GGUF llama.cpp reads: by default the `qwen2`
     architecture, whose rotary embedding is transformers' own (no permuted q and k); `llama`
     with q's and k's rows permuted as llama.cpp's converter writes them; and a vocabulary of
-    plain tokens (w, 2 and their one merge w2, since tokenizers want some; then w5, w6, ...)."""
+    plain tokens (w, 2 and their one merge w2, since tokenizers want some; then w5, w6, ...).
+    Llama 3's rope scaling becomes rope_freqs.weight, as the converter writes it; `extra`:
+    more tensors by name."""
     import gguf
 
     from vocabtrim.gguf_copy import permute
@@ -355,11 +358,35 @@ def write_gguf(model: LlamaForCausalLM, path: Path, arch: str = "qwen2") -> Path
                     w.add_tensor(f"blk.{i}.{theirs}.{kind}", sd[f"model.layers.{i}.{ours}.{kind}"])
     w.add_tensor("output_norm.weight", sd["model.norm.weight"])
     w.add_tensor("output.weight", sd["lm_head.weight"] if "lm_head.weight" in sd else sd["model.embed_tokens.weight"])
+    if c.rope_parameters.get("rope_type") == "llama3":
+        w.add_tensor("rope_freqs.weight", llama3_rope_factors(c))
+    for name, tensor in (extra or {}).items():
+        w.add_tensor(name, tensor)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def llama3_rope_factors(c) -> np.ndarray:
+    """Each rotary frequency's divisor for Llama 3's rope scaling (llama.cpp's
+    convert_hf_to_gguf.py, LlamaModel.generate_extra_tensors)."""
+    r = c.rope_parameters
+    dim = c.hidden_size // c.num_attention_heads
+    freqs = 1.0 / (r["rope_theta"] ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    old, lo, hi = r["original_max_position_embeddings"], r["low_freq_factor"], r["high_freq_factor"]
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / hi:
+            out.append(1.0)
+        elif wavelen > old / lo:
+            out.append(r["factor"])
+        else:
+            smooth = (old / wavelen - lo) / (hi - lo)
+            out.append(1 / ((1 - smooth) / r["factor"] + smooth))
+    return np.array(out, np.float32)
 
 
 def k_quant_blocks(shape: tuple[int, int], qtype, std: float, seed: int) -> np.ndarray:

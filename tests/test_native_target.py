@@ -22,10 +22,11 @@ from conftest import (
     tiny_model,
     write_gguf,
 )
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from vocabtrim import native
+from vocabtrim import ggml, models, native
 from vocabtrim.engine import Engine
+from vocabtrim.ggml import GgmlTarget
 from vocabtrim.errors import VocabtrimError
 from vocabtrim.target import TorchTarget
 
@@ -127,6 +128,40 @@ def test_logits_match_the_torch_target(make, tmp_path):
             assert torch.allclose(got, want, atol=2e-5, rtol=1e-5), (got - want).abs().max()
 
 
+def tiny_llama(rope_scaling: dict | None) -> LlamaForCausalLM:
+    torch.manual_seed(4)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=256, eos_token_id=1, bos_token_id=0,
+                      rope_scaling=rope_scaling)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(8)
+    return model
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}  # head dim 8: factors 1, 3.1, 8, 8
+
+
+@pytest.mark.parametrize("rope", [None, LLAMA3_ROPE], ids=["llama", "llama3-rope"])
+def test_llama_files_are_the_models_on_every_backend(rope, tmp_path):
+    """The llama architecture (q and k rows permuted in the file, rotation by pairs) and Llama
+    3's rope scaling (the file's rope_freqs.weight): the native engine, the file loaded for
+    torch and llama.cpp all compute the torch model's logits; left out, the factors would
+    move them (checked)."""
+    model = tiny_llama(rope)
+    path = write_gguf(model, tmp_path / "m.gguf", arch="llama")
+    with torch.inference_mode():
+        want = TorchTarget(model).logits(SEQ, len(SEQ)).float()
+        from_file = models.load(str(path), "float32", "torch").as_target().logits(SEQ, len(SEQ)).float()
+        unscaled = TorchTarget(tiny_llama(None)).logits(SEQ, len(SEQ)).float()
+    close = lambda got: torch.allclose(got, want, atol=2e-5, rtol=1e-5)  # noqa: E731
+    assert close(NativeTarget(path, threads=2).logits(SEQ, len(SEQ))) and close(from_file)
+    assert close(unscaled) == (rope is None)
+    if ggml.available():
+        assert torch.allclose(GgmlTarget(path, threads=2).logits(SEQ, len(SEQ)), want, atol=1e-3)
+
+
 @pytest.mark.parametrize("which", ["q8_0", "q5_0", "q4_1"])
 def test_quantized_logits_close_to_torch(which, q8_gguf, q5_gguf, q41_gguf):
     path, model = {"q8_0": q8_gguf, "q5_0": q5_gguf, "q4_1": q41_gguf}[which]
@@ -207,6 +242,12 @@ def test_refusals(tmp_path, monkeypatch):
     path = quantized_gguf(tiny_qwen2(hidden=256), tmp_path / "tq1_0.gguf", native_type("TQ1_0"), monkeypatch)
     with pytest.raises(VocabtrimError, match="is TQ1_0, which the native engine does not read"):
         NativeTarget(path)
+    q_norm = {"blk.0.attn_q_norm.weight": np.ones(8, np.float32)}  # Qwen3's, say: not read, so refused
+    with pytest.raises(VocabtrimError, match="tensor blk.0.attn_q_norm.weight is not one the native engine reads"):
+        NativeTarget(write_gguf(tiny_qwen2(), tmp_path / "q_norm.gguf", extra=q_norm))
+    for bad in (np.zeros(4, np.float32), np.ones(3, np.float32), np.ones(4, np.float16)):
+        with pytest.raises(VocabtrimError, match="rope_freqs.weight is not 4 positive F32 factors"):
+            NativeTarget(write_gguf(tiny_qwen2(), tmp_path / "rope.gguf", extra={"rope_freqs.weight": bad}))
     target = NativeTarget(write_gguf(tiny_qwen2(), tmp_path / "ok.gguf"), context=16)
     with pytest.raises(VocabtrimError, match="context of 16"):
         target.logits(list(range(2, 20)), 1)

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -20,6 +21,7 @@ from . import backend, kernels
 from .catalog import BUILTINS, fetch, first_line, gguf_chat_template, gguf_path
 from .errors import VocabtrimError
 from .files import atomic_write, version
+from .gguf_header import read_gguf
 from .paths import cache_file
 from .target import Target
 
@@ -199,10 +201,28 @@ def _weights(spec: str, where: Path | str, gguf: str | None, dtype: str, merge: 
             where, dtype=kernels.TORCH_DTYPES.get(dtype, torch.bfloat16), local_files_only=True, **kwargs)
     if gguf:  # its weights are dequantized now, but transformers still marks it quantized
         model.is_quantized, model.hf_quantizer = False, None
+        _rope_factors(model, Path(where) / gguf)
     model.eval()
     if merge is not None:
         model = merge.apply(model, tokenizer)
     return kernels.in_dtype(model, dtype)
+
+
+def _rope_factors(model: torch.nn.Module, file: Path) -> None:
+    """transformers' GGUF loader leaves out a file's rope_freqs.weight (Llama 3's long-context
+    rope scaling, each rotary frequency's divisor), which llama.cpp and the native engine
+    apply: divided in here, so that the torch model is the file's."""
+    t = read_gguf(file)[1].get("rope_freqs.weight")
+    if t is None:
+        return
+    factors = torch.from_numpy(np.fromfile(file, np.float32, count=int(np.prod(t.dims)), offset=t.offset))
+    rotary = [m for m in model.modules() if isinstance(getattr(m, "inv_freq", None), torch.Tensor)]
+    if t.type != 0 or not rotary or any(m.inv_freq.shape != factors.shape for m in rotary):
+        raise VocabtrimError(f"{file.name}: rope_freqs.weight does not fit this model's rotary embedding "
+                             "(run it on the ggml backend)")
+    for m in rotary:
+        m.inv_freq = m.inv_freq / factors
+        m.original_inv_freq = m.inv_freq
 
 
 def _source(where: Path | str, gguf: str | None) -> str:

@@ -30,6 +30,7 @@ LAYER_TENSORS = ("attn_norm.weight", "attn_q.weight", "attn_q.bias", "attn_k.wei
                  "attn_v.bias", "attn_output.weight", "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight",
                  "ffn_down.weight")  # csrc/model.c's slot order
 GLOBAL_TENSORS = ("token_embd.weight", "output_norm.weight", "output.weight")
+ROPE_FACTORS = "rope_freqs.weight"
 CHUNK = 64  # rows a native call takes at most: bounds a long prefill's buffers
 
 
@@ -71,6 +72,8 @@ class NativeModel:
         self.dims = (self.n_layer, self.hidden_size, heads, field("attention.head_count_kv", heads),
                      field("feed_forward_length"), self.vocab_size, self.context)
         self.floats = (field("attention.layer_norm_rms_epsilon"), field("rope.freq_base", 10000.0), ARCHS[arch])
+        self._check_names()
+        self.rope_factors = self._rope_factors(self.hidden_size // heads)
         head = self.nbytes.get("output.weight", self.nbytes["token_embd.weight"])
         self.body_bytes = (sum(self.nbytes.values()) - self.nbytes["token_embd.weight"] - self.nbytes.get("output.weight", 0)
                            + self.nbytes["token_embd.weight"] // self.vocab_size)  # the embedding only by rows
@@ -79,9 +82,29 @@ class NativeModel:
         self.isa = native.isa_index(isa)
         self.packed = self._pack()
 
+    def _check_names(self) -> None:
+        """Refuse a tensor the forward would not read: running without it would be another
+        model than the file's (a Qwen3 file's q/k norms, say, under another name)."""
+        known = {*GLOBAL_TENSORS, ROPE_FACTORS, *(f"blk.{i}.{n}" for i in range(self.n_layer) for n in LAYER_TENSORS)}
+        for name in self.tensors:
+            if name not in known:
+                raise VocabtrimError(f"{self.path.name}: tensor {name} is not one the native engine reads: "
+                                     "use the ggml backend")
+
+    def _rope_factors(self, head_dim: int) -> np.ndarray | None:
+        """The file's rope_freqs.weight (Llama 3's long-context rope scaling, as llama.cpp's
+        converter writes it): each rotary frequency's divisor, or None."""
+        t = self.tensors.get(ROPE_FACTORS)
+        if t is None:
+            return None
+        f = self.map[t.offset:t.offset + self.nbytes[ROPE_FACTORS]].view(np.float32) if t.type == native.F32 else None
+        if f is None or tuple(t.dims) != (head_dim // 2,) or not (np.isfinite(f).all() and (f > 0).all()):
+            raise VocabtrimError(f"{self.path.name}: {ROPE_FACTORS} is not {head_dim // 2} positive F32 factors")
+        return np.ascontiguousarray(f)
+
     def _pack(self) -> dict[str, np.ndarray]:
         """The matrices the kernels read in a layout of their own (native.pack: K-quants on
-        the SIMD paths; on AVX512 also Q4_0, Q5_0, Q8_0, 16 rows to a tile), packed once for
+        the SIMD paths, and every quantized format there in tiles of a vector's lanes of rows), packed once for
         every cache over this model, their mapped pages then dropped (the file stays in the
         page cache; the process holds one copy). The embedding stays mapped (read by rows);
         a tied head is packed from it."""
@@ -114,6 +137,8 @@ class NativeModel:
         if not ptr:
             raise VocabtrimError(f"{self.path.name}: the native engine cannot hold a model of these dimensions "
                                  f"and a context of {self.context}")
+        if self.rope_factors is not None:
+            lib.vt_model_rope_factors(ptr, self.rope_factors.ctypes.data)  # checked at load: cannot fail
         slots = [(-1, GLOBAL_TENSORS)] + [(i, [f"blk.{i}.{n}" for n in LAYER_TENSORS]) for i in range(self.n_layer)]
         for layer, names in slots:
             for slot, name in enumerate(names):
