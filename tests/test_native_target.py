@@ -24,7 +24,7 @@ from conftest import (
 )
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from vocabtrim import ggml, models, native
+from vocabtrim import ggml, models, native, native_target
 from vocabtrim.engine import Engine
 from vocabtrim.ggml import GgmlTarget
 from vocabtrim.errors import VocabtrimError
@@ -245,6 +245,12 @@ def test_refusals(tmp_path, monkeypatch):
     q_norm = {"blk.0.attn_q_norm.weight": np.ones(8, np.float32)}  # Qwen3's, say: not read, so refused
     with pytest.raises(VocabtrimError, match="tensor blk.0.attn_q_norm.weight is not one the native engine reads"):
         NativeTarget(write_gguf(tiny_qwen2(), tmp_path / "q_norm.gguf", extra=q_norm))
+    read, path = native_target.read_gguf, write_gguf(tiny_qwen2(), tmp_path / "heads.gguf")
+    for key in ("attention.key_length", "rope.dimension_count"):  # not the hidden size over the heads (8)
+        with monkeypatch.context() as m:
+            m.setattr(native_target, "read_gguf", lambda p, key=key: ({**read(p)[0], f"qwen2.{key}": 16}, read(p)[1]))
+            with pytest.raises(VocabtrimError, match=f"qwen2.{key} is 16, not the hidden size over the heads"):
+                NativeTarget(path)
     for bad in (np.zeros(4, np.float32), np.ones(3, np.float32), np.ones(4, np.float16)):
         with pytest.raises(VocabtrimError, match="rope_freqs.weight is not 4 positive F32 factors"):
             NativeTarget(write_gguf(tiny_qwen2(), tmp_path / "rope.gguf", extra={"rope_freqs.weight": bad}))

@@ -73,7 +73,12 @@ class NativeModel:
                      field("feed_forward_length"), self.vocab_size, self.context)
         self.floats = (field("attention.layer_norm_rms_epsilon"), field("rope.freq_base", 10000.0), ARCHS[arch])
         self._check_names()
-        self.rope_factors = self._rope_factors(self.hidden_size // heads)
+        head_dim = self.hidden_size // heads
+        for key in ("attention.key_length", "attention.value_length", "rope.dimension_count"):
+            if field(key, head_dim) != head_dim:  # Mistral Nemo's wider heads, or rope on part of a head
+                raise VocabtrimError(f"{self.path.name}: {arch}.{key} is {field(key)}, not the hidden size over the "
+                                     f"heads ({head_dim}), which the native engine assumes: use the ggml backend")
+        self.rope_factors = self._rope_factors(head_dim)
         head = self.nbytes.get("output.weight", self.nbytes["token_embd.weight"])
         self.body_bytes = (sum(self.nbytes.values()) - self.nbytes["token_embd.weight"] - self.nbytes.get("output.weight", 0)
                            + self.nbytes["token_embd.weight"] // self.vocab_size)  # the embedding only by rows
