@@ -251,6 +251,13 @@ def test_refusals(tmp_path, monkeypatch):
             m.setattr(native_target, "read_gguf", lambda p, key=key: ({**read(p)[0], f"qwen2.{key}": 16}, read(p)[1]))
             with pytest.raises(VocabtrimError, match=f"qwen2.{key} is 16, not the hidden size over the heads"):
                 NativeTarget(path)
+    with monkeypatch.context() as m:  # a rope scaling neither the native engine nor transformers' loader applies
+        m.setattr(native_target, "read_gguf", lambda p: ({**read(p)[0], "qwen2.rope.scaling.type": "yarn"}, read(p)[1]))
+        m.setattr(models, "read_gguf", native_target.read_gguf)
+        with pytest.raises(VocabtrimError, match="the native engine has no rope scaling: use the ggml backend"):
+            NativeTarget(path)
+        with pytest.raises(VocabtrimError, match=r"leaves out its rope scaling \(yarn\), so it runs on the ggml backend only"):
+            models.load(str(path), "float32", "torch").model
     for bad in (np.zeros(4, np.float32), np.ones(3, np.float32), np.ones(4, np.float16)):
         with pytest.raises(VocabtrimError, match="rope_freqs.weight is not 4 positive F32 factors"):
             NativeTarget(write_gguf(tiny_qwen2(), tmp_path / "rope.gguf", extra={"rope_freqs.weight": bad}))

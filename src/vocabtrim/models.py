@@ -201,18 +201,23 @@ def _weights(spec: str, where: Path | str, gguf: str | None, dtype: str, merge: 
             where, dtype=kernels.TORCH_DTYPES.get(dtype, torch.bfloat16), local_files_only=True, **kwargs)
     if gguf:  # its weights are dequantized now, but transformers still marks it quantized
         model.is_quantized, model.hf_quantizer = False, None
-        _rope_factors(model, Path(where) / gguf)
+        _rope_as_the_file_says(model, Path(where) / gguf)
     model.eval()
     if merge is not None:
         model = merge.apply(model, tokenizer)
     return kernels.in_dtype(model, dtype)
 
 
-def _rope_factors(model: torch.nn.Module, file: Path) -> None:
-    """transformers' GGUF loader leaves out a file's rope_freqs.weight (Llama 3's long-context
-    rope scaling, each rotary frequency's divisor), which llama.cpp and the native engine
-    apply: divided in here, so that the torch model is the file's."""
-    t = read_gguf(file)[1].get("rope_freqs.weight")
+def _rope_as_the_file_says(model: torch.nn.Module, file: Path) -> None:
+    """transformers' GGUF loader leaves out a file's rope scaling, which llama.cpp applies:
+    rope_freqs.weight (Llama 3's, each rotary frequency's divisor) is divided in here, so
+    that the torch model is the file's; `rope.scaling.type` (YaRN, linear) is refused."""
+    meta, tensors = read_gguf(file)
+    kind = meta.get(f"{meta.get('general.architecture')}.rope.scaling.type", "none")
+    if kind != "none":
+        raise VocabtrimError(f"{file.name}: transformers' GGUF loader leaves out its rope scaling ({kind}), so "
+                             "it runs on the ggml backend only (and without transformers' peers, hf and pld)")
+    t = tensors.get("rope_freqs.weight")
     if t is None:
         return
     factors = torch.from_numpy(np.fromfile(file, np.float32, count=int(np.prod(t.dims)), offset=t.offset))
