@@ -222,7 +222,7 @@ def _rope_as_the_file_says(model: torch.nn.Module, file: Path) -> None:
         return
     factors = torch.from_numpy(np.fromfile(file, np.float32, count=int(np.prod(t.dims)), offset=t.offset))
     rotary = [m for m in model.modules() if isinstance(getattr(m, "inv_freq", None), torch.Tensor)]
-    if t.type != 0 or not rotary or any(m.inv_freq.shape != factors.shape for m in rotary):
+    if t.type != 0 or not rotary or any(m.inv_freq.shape != factors.shape for m in rotary):  # 0: F32
         raise VocabtrimError(f"{file.name}: rope_freqs.weight does not fit this model's rotary embedding "
                              "(run it on the ggml backend)")
     for m in rotary:

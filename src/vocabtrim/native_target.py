@@ -108,8 +108,8 @@ class NativeModel:
         return np.ascontiguousarray(f)
 
     def _pack(self) -> dict[str, np.ndarray]:
-        """The matrices the kernels read in a layout of their own (native.pack: K-quants on
-        the SIMD paths, and every quantized format there in tiles of a vector's lanes of rows), packed once for
+        """The matrices the kernels read in a layout of their own (native.pack: on the SIMD
+        paths every quantized format, in tiles of a vector's lanes of rows), packed once for
         every cache over this model, their mapped pages then dropped (the file stays in the
         page cache; the process holds one copy). The embedding stays mapped (read by rows);
         a tied head is packed from it."""
