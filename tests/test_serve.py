@@ -57,7 +57,7 @@ class Server:
                                queue_size, time_limit, store, online=online, rebuild=built.rebuild)
         self.service.decoder = self.decoder
         self.running = start(self.service, "127.0.0.1", 0, log=False)
-        self.url = f"http://127.0.0.1:{self.running.port}"
+        self.url = self.running.url
         self.client = OpenAI(base_url=self.url + "/v1", api_key=api_key or "none", max_retries=0)
 
     def close(self):
@@ -445,6 +445,19 @@ def test_online_adaptation_learns_between_requests_and_the_answers_stay_the_targ
 
 
 # --- the command ---
+
+
+def test_the_url_is_announced_before_the_server_logs_anything():
+    """The serve command's first stderr line is its URL: said before the server's thread,
+    whose log lines would race it, starts (a full test run once read uvicorn's first)."""
+    servers = lambda: sum(t.name == "vocabtrim-http" for t in threading.enumerate())  # noqa: E731
+    before, seen = servers(), []
+    running = start(Service("tiny", None), "127.0.0.1", 0, announce=lambda url: seen.append((url, servers())))
+    try:
+        assert seen == [(running.url, before)] and servers() == before + 1
+        assert running.url == f"http://127.0.0.1:{running.port}"
+    finally:
+        running.stop()
 
 
 def test_the_serve_command_listens_loads_answers_and_stops_on_ctrl_c(tiny_dirs, tmp_path):

@@ -271,6 +271,7 @@ class Running:
     server: uvicorn.Server
     thread: threading.Thread
     port: int
+    url: str  # http://host:port
 
     def wait(self) -> None:
         while self.thread.is_alive():
@@ -281,9 +282,12 @@ class Running:
         self.thread.join(10)
 
 
-def start(service: Service, host: str = "127.0.0.1", port: int = 8000, log: bool = True) -> Running:
+def start(service: Service, host: str = "127.0.0.1", port: int = 8000, log: bool = True,
+          announce: Callable[[str], None] = lambda url: None) -> Running:
     """Listen on host:port (0: any free port) and serve `service` from a background thread;
-    the models may load afterwards (`service.decoder`)."""
+    the models may load afterwards (`service.decoder`). `announce` gets the URL once the
+    socket listens and before the server logs anything, so that a script reading stderr
+    finds it first."""
     try:
         sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as e:
@@ -292,8 +296,11 @@ def start(service: Service, host: str = "127.0.0.1", port: int = 8000, log: bool
                             timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="vocabtrim-http", daemon=True)
+    port = sock.getsockname()[1]
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    announce(url)
     thread.start()
-    return Running(server, thread, sock.getsockname()[1])
+    return Running(server, thread, port, url)
 
 
 def serve(service: Service, load: Callable[[], Decoder], host: str, port: int) -> None:
@@ -301,10 +308,8 @@ def serve(service: Service, load: Callable[[], Decoder], host: str, port: int) -
     then decodes (`load` makes a Decoder with thread=False): llama.cpp's OpenMP workers ran a
     third slower for a thread once another one had driven them (measured: 27.5 against 38
     ms a target step), so one thread drives them all."""
-    running = start(service, host, port)
-    where = f"http://{'[' + host + ']' if ':' in host else host}:{running.port}"
-    print(f"listening on {where}; loading the models (/health answers 503 until they are ready)",
-          file=sys.stderr)
+    running = start(service, host, port, announce=lambda url: print(
+        f"listening on {url}; loading the models (/health answers 503 until they are ready)", file=sys.stderr))
     loaded: queue.Queue[Decoder | BaseException] = queue.Queue()
 
     def decode() -> None:
@@ -322,7 +327,7 @@ def serve(service: Service, load: Callable[[], Decoder], host: str, port: int) -
         if isinstance(got, BaseException):
             raise got
         service.decoder = got
-        print(f"ready: {service.name} at {where}/v1", file=sys.stderr)
+        print(f"ready: {service.name} at {running.url}/v1", file=sys.stderr)
         running.wait()
     finally:
         running.stop()
