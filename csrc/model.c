@@ -1,4 +1,4 @@
-/* The forward of a Llama/Qwen2-architecture model over GGUF tensors, with the KV cache the
+/* The forward of a Llama/Qwen2/Qwen3-architecture model over GGUF tensors, with the KV cache the
  * engine holds.  Every step works row by row (a token's RMSNorm, its matmul outputs, its
  * attention over keys 0..pos in order), so a position's logits are the same bits whether
  * it is scored alone or among any number of rows, after any crop, on any thread count. */
@@ -19,7 +19,8 @@ typedef struct {
 } vt_tensor;
 
 /* Tensor slots, per layer then global; Python maps GGUF names onto them. */
-enum { T_ATTN_NORM, T_WQ, T_BQ, T_WK, T_BK, T_WV, T_BV, T_WO, T_FFN_NORM, T_GATE, T_UP, T_DOWN, T_LAYER_SLOTS };
+enum { T_ATTN_NORM, T_WQ, T_BQ, T_WK, T_BK, T_WV, T_BV, T_WO, T_FFN_NORM, T_GATE, T_UP, T_DOWN, T_QNORM, T_KNORM,
+       T_LAYER_SLOTS }; /* T_QNORM, T_KNORM: Qwen3's per-head RMSNorm weights of q and k */
 enum { T_TOK_EMBD, T_OUT_NORM, T_OUTPUT, T_GLOBAL_SLOTS };
 
 struct vt_model {
@@ -33,16 +34,17 @@ struct vt_model {
     vt_pool *pool;
 };
 
-VT_API vt_model *vt_model_new(int n_layer, int n_embd, int n_head, int n_head_kv, int n_ff, int n_vocab, int n_ctx,
-                              float eps, float rope_base, int rope_neox, vt_pool *pool, int isa) {
-    if (n_layer < 1 || n_head < 1 || n_head_kv < 1 || n_head % n_head_kv || n_head / n_head_kv > VT_ATT_MAXQ ||
-        n_embd % n_head || (n_embd / n_head) % 2 ||
+/* head_dim: each head's width (n_embd / n_head in Llama and Qwen2, wider in Qwen3's small models). */
+VT_API vt_model *vt_model_new(int n_layer, int n_embd, int n_head, int n_head_kv, int head_dim, int n_ff, int n_vocab,
+                              int n_ctx, float eps, float rope_base, int rope_neox, vt_pool *pool, int isa) {
+    if (n_layer < 1 || n_embd < 1 || n_head < 1 || n_head_kv < 1 || n_head % n_head_kv ||
+        n_head / n_head_kv > VT_ATT_MAXQ || head_dim < 2 || head_dim % 2 || head_dim > 1024 ||
         n_ff < 1 || n_vocab < 1 || n_ctx < 1 || !pool || !vt_kernels_for(isa))
         return NULL;
     vt_model *m = calloc(1, sizeof *m);
     if (!m) return NULL;
     *m = (vt_model){.n_layer = n_layer, .n_embd = n_embd, .n_head = n_head, .n_head_kv = n_head_kv,
-                    .head_dim = n_embd / n_head, .n_ff = n_ff, .n_vocab = n_vocab, .n_ctx = n_ctx,
+                    .head_dim = head_dim, .n_ff = n_ff, .n_vocab = n_vocab, .n_ctx = n_ctx,
                     .rope_neox = rope_neox, .isa = isa, .eps = eps, .pool = pool};
     m->ctx_keys = (n_ctx + VT_KEYS - 1) / VT_KEYS * VT_KEYS;
     const size_t kv = (size_t)n_layer * (size_t)m->ctx_keys * (size_t)(n_head_kv * m->head_dim);
@@ -85,11 +87,12 @@ VT_API int vt_model_set(vt_model *m, int layer, int slot, int type, const void *
 
 /* Every slot the forward reads present, of the shape it needs; vectors are [1, n] F32. */
 static int check_tensors(const vt_model *m) {
-    const int64_t E = m->n_embd, kvd = (int64_t)m->n_head_kv * m->head_dim, F = m->n_ff, V = m->n_vocab;
+    const int64_t E = m->n_embd, hd = m->head_dim, qd = (int64_t)m->n_head * hd, kvd = (int64_t)m->n_head_kv * hd,
+                  F = m->n_ff, V = m->n_vocab;
     /* rows, cols, required, vector */
-    static const int8_t need[T_LAYER_SLOTS] = {1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 1, 1};
-    const int64_t shape[T_LAYER_SLOTS][2] = {{1, E}, {E, E}, {1, E}, {kvd, E}, {1, kvd}, {kvd, E},
-                                             {1, kvd}, {E, E}, {1, E}, {F, E}, {F, E}, {E, F}};
+    static const int8_t need[T_LAYER_SLOTS] = {1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 1, 1, 0, 0};
+    const int64_t shape[T_LAYER_SLOTS][2] = {{1, E}, {qd, E}, {1, qd}, {kvd, E}, {1, kvd}, {kvd, E}, {1, kvd},
+                                             {E, qd}, {1, E},  {F, E},  {F, E},  {E, F},   {1, hd}, {1, hd}};
     const int64_t gshape[T_GLOBAL_SLOTS][2] = {{V, E}, {1, E}, {V, E}};
     for (int l = -1; l < m->n_layer; l++)
         for (int s = 0; s < (l < 0 ? T_GLOBAL_SLOTS : T_LAYER_SLOTS); s++) {
@@ -104,6 +107,8 @@ static int check_tensors(const vt_model *m) {
         }
     return VT_OK;
 }
+
+VT_API int vt_model_check(const vt_model *m) { return check_tensors(m); }
 
 static int mm(const vt_model *m, const vt_tensor *t, const float *x, int64_t L, float *y) {
     return vt_matmul(m->pool, m->isa, t->type, t->data, t->rows, t->cols, x, L, y);
@@ -150,6 +155,12 @@ static void rope(const vt_model *m, float *v, int n_heads, const float *cs) {
 static void rmsnorm(const float *x, const float *w, int64_t n, float eps, float *y) {
     const float s = 1.0f / sqrtf(vt_sum8(x, n, 1) / (float)n + eps);
     for (int64_t i = 0; i < n; i++) y[i] = (x[i] * s) * w[i];
+}
+
+/* Qwen3: each of n heads (rows of head_dim at v) RMS-normed in place by w, where the file has w. */
+static void head_norm(const vt_model *m, const vt_tensor *w, float *v, int64_t n) {
+    if (!w->data) return;
+    for (int64_t i = 0; i < n; i++) rmsnorm(v + i * m->head_dim, w->data, m->head_dim, m->eps, v + i * m->head_dim);
 }
 
 typedef struct {
@@ -231,7 +242,8 @@ static int forward(vt_model *m, const int32_t *tokens, int T, int pos0, int n_ou
     if (T < 1 || pos0 < 0 || pos0 + T > m->n_ctx || n_out < 0 || n_out > T) return VT_ESHAPE;
     int rc = check_tensors(m);
     if (rc) return rc;
-    const int E = m->n_embd, hd = m->head_dim, kvd = m->n_head_kv * hd, F = m->n_ff, group = m->n_head / m->n_head_kv;
+    const int E = m->n_embd, hd = m->head_dim, qd = m->n_head * hd, kvd = m->n_head_kv * hd, F = m->n_ff,
+              group = m->n_head / m->n_head_kv;
     const int64_t keys = (pos0 + T + VT_KEYS - 1) / VT_KEYS * VT_KEYS;
     /* rows an attention item takes: items enough for every thread, at most VT_ATT_MAXQ queries */
     const int spread = (vt_pool_threads(m->pool) + m->n_head_kv - 1) / m->n_head_kv;
@@ -241,7 +253,7 @@ static int forward(vt_model *m, const int32_t *tokens, int T, int pos0, int n_ou
     for (int t = 0; t < T; t++)
         if (tokens[t] < 0 || tokens[t] >= emb->rows) return VT_ESHAPE;
     float *x = vt_alloc(sizeof(float) * (size_t)T * E), *h = vt_alloc(sizeof(float) * (size_t)T * E),
-          *q = vt_alloc(sizeof(float) * (size_t)T * E), *att = vt_alloc(sizeof(float) * (size_t)T * E),
+          *q = vt_alloc(sizeof(float) * (size_t)T * qd), *att = vt_alloc(sizeof(float) * (size_t)T * qd),
           *g = vt_alloc(sizeof(float) * (size_t)T * F), *u = vt_alloc(sizeof(float) * (size_t)T * F),
           *scores = vt_alloc(sizeof(float) * (size_t)vt_pool_threads(m->pool) * VT_ATT_MAXQ * keys),
           *cs = vt_alloc(sizeof(float) * (size_t)T * hd), /* each row's rotation, once for all layers */
@@ -254,12 +266,13 @@ static int forward(vt_model *m, const int32_t *tokens, int T, int pos0, int n_ou
     for (int l = 0; l < m->n_layer && !rc; l++) {
         const vt_tensor *w = m->layer + (size_t)l * T_LAYER_SLOTS;
         for (int t = 0; t < T; t++) rmsnorm(x + (size_t)t * E, w[T_ATTN_NORM].data, E, m->eps, h + (size_t)t * E);
-        const vt_mm_part qkv[3] = {{w[T_WQ].type, w[T_WQ].data, E, q}, {w[T_WK].type, w[T_WK].data, kvd, kl},
+        const vt_mm_part qkv[3] = {{w[T_WQ].type, w[T_WQ].data, qd, q}, {w[T_WK].type, w[T_WK].data, kvd, kl},
                                    {w[T_WV].type, w[T_WV].data, kvd, vl}};
         if ((rc = vt_matmul_parts(m->pool, m->isa, E, h, T, qkv, 3, 0))) break;
-        add_bias(q, &w[T_BQ], T, E), add_bias(kl, &w[T_BK], T, kvd), add_bias(vl, &w[T_BV], T, kvd);
+        add_bias(q, &w[T_BQ], T, qd), add_bias(kl, &w[T_BK], T, kvd), add_bias(vl, &w[T_BV], T, kvd);
+        head_norm(m, &w[T_QNORM], q, (int64_t)T * m->n_head), head_norm(m, &w[T_KNORM], kl, (int64_t)T * m->n_head_kv);
         for (int t = 0; t < T; t++) {
-            rope(m, q + (size_t)t * E, m->n_head, cs + (size_t)t * hd);
+            rope(m, q + (size_t)t * qd, m->n_head, cs + (size_t)t * hd);
             rope(m, kl + (size_t)t * kvd, m->n_head_kv, cs + (size_t)t * hd);
         }
         to_cache(m, l, pos0, kl, vl, T);

@@ -317,7 +317,8 @@ def bench_gguf(path: Path, tmp_path: Path, methods: str, questions: int) -> Path
 
 GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
               "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-              "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+              "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+              "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}  # the last two: Qwen3's
 
 
 def write_gguf(model: LlamaForCausalLM, path: Path, arch: str = "qwen2", extra: dict | None = None) -> Path:
@@ -339,6 +340,9 @@ def write_gguf(model: LlamaForCausalLM, path: Path, arch: str = "qwen2", extra: 
                        (w.add_rope_freq_base, c.rope_parameters["rope_theta"]),
                        (w.add_layer_norm_rms_eps, c.rms_norm_eps), (w.add_bos_token_id, 0), (w.add_eos_token_id, 1)):
         add(value)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    if head_dim != c.hidden_size // c.num_attention_heads:  # Qwen3's small models
+        w.add_key_length(head_dim), w.add_value_length(head_dim)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("qwen2")

@@ -22,7 +22,7 @@ from conftest import (
     tiny_model,
     write_gguf,
 )
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from vocabtrim import ggml, models, native, native_target
 from vocabtrim.engine import Engine
@@ -162,6 +162,32 @@ def test_llama_files_are_the_models_on_every_backend(rope, tmp_path):
         assert torch.allclose(GgmlTarget(path, threads=2).logits(SEQ, len(SEQ)), want, atol=1e-3)
 
 
+def test_qwen3_files_are_the_models_on_every_backend(tmp_path):
+    """Qwen3: heads wider than the hidden size over their count (16 against 8 here, as in
+    its small models) and an RMSNorm of each q and k head before RoPE: the native engine,
+    the file loaded for torch and llama.cpp compute the torch model's logits, the native
+    ones the same bits scored alone and in a batch."""
+    torch.manual_seed(5)
+    cfg = Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=16, max_position_embeddings=256, tie_word_embeddings=True,
+                      eos_token_id=1, bos_token_id=0)
+    model = Qwen3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:  # norms that count
+            layer.self_attn.q_norm.weight.uniform_(0.5, 1.5), layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
+        model.get_output_embeddings().weight.mul_(8)
+    path = write_gguf(model, tmp_path / "qwen3.gguf", arch="qwen3")
+    with torch.inference_mode():
+        want = TorchTarget(model).logits(SEQ, len(SEQ)).float()
+        from_file = models.load(str(path), "float32", "torch").as_target().logits(SEQ, len(SEQ)).float()
+    target = NativeTarget(path, threads=2)
+    got = target.logits(SEQ, len(SEQ))
+    assert torch.allclose(got, want, atol=2e-5, rtol=1e-5) and torch.allclose(from_file, want, atol=2e-5, rtol=1e-5)
+    assert same_bits(one_at_a_time(target), got)
+    if ggml.available():
+        assert torch.allclose(GgmlTarget(path, threads=2).logits(SEQ, len(SEQ)), want, atol=1e-3)
+
+
 @pytest.mark.parametrize("which", ["q8_0", "q5_0", "q4_1"])
 def test_quantized_logits_close_to_torch(which, q8_gguf, q5_gguf, q41_gguf):
     path, model = {"q8_0": q8_gguf, "q5_0": q5_gguf, "q4_1": q41_gguf}[which]
@@ -246,11 +272,15 @@ def test_refusals(tmp_path, monkeypatch):
     with pytest.raises(VocabtrimError, match="tensor blk.0.attn_q_norm.weight is not one the native engine reads"):
         NativeTarget(write_gguf(tiny_qwen2(), tmp_path / "q_norm.gguf", extra=q_norm))
     read, path = native_target.read_gguf, write_gguf(tiny_qwen2(), tmp_path / "heads.gguf")
-    for key in ("attention.key_length", "rope.dimension_count"):  # not the hidden size over the heads (8)
+    for key in ("attention.value_length", "rope.dimension_count"):  # not the heads' width (8)
         with monkeypatch.context() as m:
             m.setattr(native_target, "read_gguf", lambda p, key=key: ({**read(p)[0], f"qwen2.{key}": 16}, read(p)[1]))
-            with pytest.raises(VocabtrimError, match=f"qwen2.{key} is 16, not the hidden size over the heads"):
+            with pytest.raises(VocabtrimError, match=rf"qwen2.{key} is 16, not the heads' width \(8\)"):
                 NativeTarget(path)
+    with monkeypatch.context() as m:  # heads of 16 would need q and k of 64 rows: these have 32 and 16
+        m.setattr(native_target, "read_gguf", lambda p: ({**read(p)[0], "qwen2.attention.key_length": 16}, read(p)[1]))
+        with pytest.raises(VocabtrimError, match="not those of a model of its header's dimensions"):
+            NativeTarget(path)
     with monkeypatch.context() as m:  # a rope scaling neither the native engine nor transformers' loader applies
         m.setattr(native_target, "read_gguf", lambda p: ({**read(p)[0], "qwen2.rope.scaling.type": "yarn"}, read(p)[1]))
         m.setattr(models, "read_gguf", native_target.read_gguf)

@@ -193,26 +193,39 @@ def _reading(spec: str, where: Path | str):
 def _weights(spec: str, where: Path | str, gguf: str | None, dtype: str, merge: Merge | None = None,
              tokenizer=None) -> torch.nn.Module:
     """The torch model of `spec`, in `dtype`, eval mode, with `merge` applied."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    kwargs = {"gguf_file": gguf} if gguf else {}
+    kwargs, header = {}, None
     with _reading(spec, where):
+        if gguf:
+            header = read_gguf(Path(where) / gguf)
+            kwargs = {"gguf_file": gguf, "config": _gguf_config(AutoConfig.from_pretrained(
+                where, gguf_file=gguf, local_files_only=True), header[0])}
         model = AutoModelForCausalLM.from_pretrained(
             where, dtype=kernels.TORCH_DTYPES.get(dtype, torch.bfloat16), local_files_only=True, **kwargs)
     if gguf:  # its weights are dequantized now, but transformers still marks it quantized
         model.is_quantized, model.hf_quantizer = False, None
-        _rope_as_the_file_says(model, Path(where) / gguf)
+        _rope_as_the_file_says(model, Path(where) / gguf, *header)
     model.eval()
     if merge is not None:
         model = merge.apply(model, tokenizer)
     return kernels.in_dtype(model, dtype)
 
 
-def _rope_as_the_file_says(model: torch.nn.Module, file: Path) -> None:
+def _gguf_config(config, meta: dict):
+    """`config` as transformers read it from a GGUF header `meta`, with the heads' width it
+    leaves out (`attention.key_length`: Qwen3's small models have heads wider than the
+    hidden size over their count)."""
+    width = meta.get(f"{meta.get('general.architecture')}.attention.key_length")
+    if width is not None and hasattr(config, "head_dim"):
+        config.head_dim = width
+    return config
+
+
+def _rope_as_the_file_says(model: torch.nn.Module, file: Path, meta: dict, tensors: dict) -> None:
     """transformers' GGUF loader leaves out a file's rope scaling, which llama.cpp applies:
     rope_freqs.weight (Llama 3's, each rotary frequency's divisor) is divided in here, so
     that the torch model is the file's; `rope.scaling.type` (YaRN, linear) is refused."""
-    meta, tensors = read_gguf(file)
     kind = meta.get(f"{meta.get('general.architecture')}.rope.scaling.type", "none")
     if kind != "none":
         raise VocabtrimError(f"{file.name}: transformers' GGUF loader leaves out its rope scaling ({kind}), so "

@@ -53,8 +53,9 @@ def lib() -> ctypes.CDLL:
                             ("vt_wsum", _int, [_int, _p, _int, _p, _i64, _p, _i64, _i64, _i64]),
                             ("vt_pool_new", _p, [_int]), ("vt_pool_free", None, [_p]),
                             ("vt_isa_supported", _int, [_int]), ("vt_isa_best", _int, []),
-                            ("vt_model_new", _p, [_int] * 7 + [ctypes.c_float] * 2 + [_int, _p, _int]),
+                            ("vt_model_new", _p, [_int] * 8 + [ctypes.c_float] * 2 + [_int, _p, _int]),
                             ("vt_model_free", None, [_p]), ("vt_model_rope_factors", _int, [_p, _p]),
+                            ("vt_model_check", _int, [_p]),
                             ("vt_model_set", _int, [_p, _int, _int, _int, _p, _i64, _i64]),
                             ("vt_model_forward", _int, [_p, _p, _int, _int, _int, _p]),
                             ("vt_model_hidden", _int, [_p, _p, _int, _int, _int, _p])):

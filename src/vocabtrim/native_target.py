@@ -1,4 +1,4 @@
-"""A GGUF model of the Llama/Qwen2 architecture on vocabtrim's own kernels (csrc/model.c):
+"""A GGUF model of the Llama, Qwen2 or Qwen3 architecture on vocabtrim's own kernels (csrc/model.c):
 `NativeModel` (the file, read once: its header, its memory-mapped weights), `NativeTarget`
 (a KV cache over it: a target's logits, one native call per `logits(seq, n)`, or a
 drafter's hidden states) and `NativeRows` (rows of a matrix at their stored format: a
@@ -25,12 +25,13 @@ from .errors import VocabtrimError
 from .files import version
 from .gguf_header import read_gguf
 
-ARCHS = {"qwen2": True, "llama": False}  # architecture -> rotary embedding on halves (NEOX) rather than pairs
+ARCHS = {"qwen2": True, "qwen3": True, "llama": False}  # architecture -> RoPE on halves (NEOX), not on pairs
 LAYER_TENSORS = ("attn_norm.weight", "attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias", "attn_v.weight",
                  "attn_v.bias", "attn_output.weight", "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight",
-                 "ffn_down.weight")  # csrc/model.c's slot order
+                 "ffn_down.weight", "attn_q_norm.weight", "attn_k_norm.weight")  # csrc/model.c's slot order
 GLOBAL_TENSORS = ("token_embd.weight", "output_norm.weight", "output.weight")
 ROPE_FACTORS = "rope_freqs.weight"
+QWEN3_ONLY = ("attn_q_norm.weight", "attn_k_norm.weight")  # its per-head RMSNorms of q and k, before RoPE
 CHUNK = 64  # rows a native call takes at most: bounds a long prefill's buffers
 
 
@@ -46,7 +47,7 @@ class NativeModel:
         self.map = np.memmap(self.path, dtype=np.uint8, mode="r")  # the weights the engine reads, mapped
         arch = meta.get("general.architecture")
         if arch not in ARCHS:
-            raise VocabtrimError(f"{self.path.name}: the native engine runs {' and '.join(ARCHS)} models, not {arch}: "
+            raise VocabtrimError(f"{self.path.name}: the native engine runs {', '.join(ARCHS)} models, not {arch}: "
                                  "use the ggml backend")
         if meta.get(f"{arch}.rope.scaling.type", "none") != "none":
             raise VocabtrimError(f"{self.path.name}: the native engine has no rope scaling: use the ggml backend")
@@ -69,15 +70,15 @@ class NativeModel:
         field = lambda key, default=None: meta.get(f"{arch}.{key}", default)  # noqa: E731
         self.n_layer, heads = field("block_count"), field("attention.head_count")
         self.context = min(context, field("context_length"))
-        self.dims = (self.n_layer, self.hidden_size, heads, field("attention.head_count_kv", heads),
+        head_dim = field("attention.key_length", self.hidden_size // heads)  # Qwen3's small models: wider heads
+        self.dims = (self.n_layer, self.hidden_size, heads, field("attention.head_count_kv", heads), head_dim,
                      field("feed_forward_length"), self.vocab_size, self.context)
         self.floats = (field("attention.layer_norm_rms_epsilon"), field("rope.freq_base", 10000.0), ARCHS[arch])
-        self._check_names()
-        head_dim = self.hidden_size // heads
-        for key in ("attention.key_length", "attention.value_length", "rope.dimension_count"):
-            if field(key, head_dim) != head_dim:  # Mistral Nemo's wider heads, or rope on part of a head
-                raise VocabtrimError(f"{self.path.name}: {arch}.{key} is {field(key)}, not the hidden size over the "
-                                     f"heads ({head_dim}), which the native engine assumes: use the ggml backend")
+        self._check_names(arch)
+        for key in ("attention.value_length", "rope.dimension_count"):
+            if field(key, head_dim) != head_dim:  # values of another width, or rope on part of a head
+                raise VocabtrimError(f"{self.path.name}: {arch}.{key} is {field(key)}, not the heads' width "
+                                     f"({head_dim}), which the native engine assumes: use the ggml backend")
         self.rope_factors = self._rope_factors(head_dim)
         head = self.nbytes.get("output.weight", self.nbytes["token_embd.weight"])
         self.body_bytes = (sum(self.nbytes.values()) - self.nbytes["token_embd.weight"] - self.nbytes.get("output.weight", 0)
@@ -87,10 +88,12 @@ class NativeModel:
         self.isa = native.isa_index(isa)
         self.packed = self._pack()
 
-    def _check_names(self) -> None:
+    def _check_names(self, arch: str) -> None:
         """Refuse a tensor the forward would not read: running without it would be another
-        model than the file's (a Qwen3 file's q/k norms, say, under another name)."""
-        known = {*GLOBAL_TENSORS, ROPE_FACTORS, *(f"blk.{i}.{n}" for i in range(self.n_layer) for n in LAYER_TENSORS)}
+        model than the file's (q/k norms in a file that says qwen2, say: llama.cpp refuses
+        it too). Only Qwen3 has q/k norms."""
+        layer = [n for n in LAYER_TENSORS if arch == "qwen3" or n not in QWEN3_ONLY]
+        known = {*GLOBAL_TENSORS, ROPE_FACTORS, *(f"blk.{i}.{n}" for i in range(self.n_layer) for n in layer)}
         for name in self.tensors:
             if name not in known:
                 raise VocabtrimError(f"{self.path.name}: tensor {name} is not one the native engine reads: "
@@ -155,6 +158,10 @@ class NativeModel:
                     if rc:
                         lib.vt_model_free(ptr)
                         native.check(rc, f"{self.path.name}: tensor {name}")
+        if lib.vt_model_check(ptr):
+            lib.vt_model_free(ptr)
+            raise VocabtrimError(f"{self.path.name}: its tensors are not those of a model of its header's dimensions "
+                                 "(or a vector is not F32) as the native engine reads it: use the ggml backend")
         return ptr
 
     def new_lm(self) -> NativeTarget:
@@ -253,7 +260,7 @@ class NativeTarget:
 
 
 class NativeBackend:
-    """The model's GGUF file on vocabtrim's own batch-invariant kernels (Llama/Qwen2)."""
+    """The model's GGUF file on vocabtrim's own batch-invariant kernels (Llama, Qwen2, Qwen3)."""
 
     name, runs_gguf, drafts = "native", True, True
     max_context = 8192

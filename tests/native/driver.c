@@ -11,8 +11,8 @@
 
 VT_API int vt_isa_supported(int isa);
 VT_API int vt_isa_best(void);
-VT_API vt_model *vt_model_new(int n_layer, int n_embd, int n_head, int n_head_kv, int n_ff, int n_vocab, int n_ctx,
-                              float eps, float rope_base, int rope_neox, vt_pool *pool, int isa);
+VT_API vt_model *vt_model_new(int n_layer, int n_embd, int n_head, int n_head_kv, int head_dim, int n_ff, int n_vocab,
+                              int n_ctx, float eps, float rope_base, int rope_neox, vt_pool *pool, int isa);
 VT_API void vt_model_free(vt_model *m);
 VT_API int vt_model_set(vt_model *m, int layer, int slot, int type, const void *data, int64_t rows, int64_t cols);
 VT_API int vt_model_forward(vt_model *m, const int32_t *tokens, int T, int pos0, int n_out, float *out);
@@ -126,7 +126,7 @@ static int check_model(void) {
         if (!vt_isa_supported(isa)) continue;
         for (int threads = 1; threads <= 4; threads += 3) {
             vt_pool *pool = vt_pool_new(threads);
-            vt_model *m = vt_model_new(LAYERS, E, HEADS, KV, F, V, CTX, 1e-6f, 10000.0f, 1, pool, isa);
+            vt_model *m = vt_model_new(LAYERS, E, HEADS, KV, E / HEADS, F, V, CTX, 1e-6f, 10000.0f, 1, pool, isa);
             for (int l = 0; l <= LAYERS; l++)
                 for (int s = 0; s < (l < LAYERS ? SLOTS : 3); s++) {
                     const int pack = rows[l][s] > 1 && !(l == LAYERS && s == 0); /* the embedding is read by rows, raw */
