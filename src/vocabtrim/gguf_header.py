@@ -9,7 +9,11 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .errors import VocabtrimError
+
+ROPE_FACTORS = "rope_freqs.weight"
 
 
 @dataclass
@@ -107,3 +111,16 @@ def check_gguf(path: Path) -> None:
     if end > have:
         raise VocabtrimError(f"{path.name} is a truncated GGUF file: its tensors end at byte {end:,}, "
                              f"the file has {have:,}")
+
+
+def rope_factors(path: Path, tensors: dict[str, GgufTensor], n: int) -> np.ndarray | None:
+    """The file's rope_freqs.weight (Llama 3's long-context rope scaling, as llama.cpp's
+    converter writes it): each of the `n` rotary frequencies' divisor, or None where the
+    file has none. Both the native engine and torch's loading of the file apply it."""
+    t = tensors.get(ROPE_FACTORS)
+    if t is None:
+        return None
+    f = np.fromfile(path, np.float32, count=n, offset=t.offset) if t.type == 0 else None  # 0: F32
+    if f is None or tuple(t.dims) != (n,) or len(f) != n or not (np.isfinite(f).all() and (f > 0).all()):
+        raise VocabtrimError(f"{path.name}: {ROPE_FACTORS} is not {n} positive F32 factors")
+    return f

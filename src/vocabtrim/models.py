@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -21,7 +20,7 @@ from . import backend, kernels
 from .catalog import BUILTINS, fetch, first_line, gguf_chat_template, gguf_path
 from .errors import VocabtrimError
 from .files import atomic_write, version
-from .gguf_header import read_gguf
+from .gguf_header import ROPE_FACTORS, read_gguf, rope_factors
 from .paths import cache_file
 from .target import Target
 
@@ -124,25 +123,27 @@ def load(spec: str, dtype: str = "auto", on: str = "torch", merge: Merge | None 
     hf_logging.set_verbosity_error()
     dtype, runs_gguf = kernels.resolve(dtype), backend.get(on).runs_gguf
     where, gguf = resolve(spec)
-    kwargs = {"gguf_file": gguf} if gguf else {}
+    kwargs, header = {"gguf_file": gguf} if gguf else {}, None
     with _reading(spec, where):
         tok = AutoTokenizer.from_pretrained(where, local_files_only=True, **kwargs)
         if gguf and tok.chat_template is None:
             tok.chat_template = gguf_chat_template(Path(where) / gguf)
         config = AutoConfig.from_pretrained(where, local_files_only=True, **kwargs)
+        if gguf:
+            header = read_gguf(Path(where) / gguf)
+            config = _gguf_config(config, header[0])
         generation = _generation(where)
+    weights = lambda: _weights(spec, where, gguf, dtype, config, header, merge, tok)  # noqa: E731
     if not runs_gguf:
         source = _source(where, gguf) if merge is None else json.dumps([_source(where, gguf), version(merge.file)])
-        return Loaded(spec, lambda: _weights(spec, where, gguf, dtype, merge, tok), tok, dtype, source, on, None,
-                      config, generation)
+        return Loaded(spec, weights, tok, dtype, source, on, None, config, generation)
     if merge is not None:
         raise VocabtrimError(f"an adapter adapts a drafter's torch weights; the {on} backend runs a GGUF file")
     file = gguf_path(spec)
     if file is None:
         raise VocabtrimError(f"the {on} backend runs GGUF files; {spec} is not one (give a .gguf file "
                              "or use --backend torch)")
-    return Loaded(spec, lambda: _weights(spec, where, gguf, dtype), tok, dtype, _source(file.parent, file.name),
-                  on, file, config, generation)
+    return Loaded(spec, weights, tok, dtype, _source(file.parent, file.name), on, file, config, generation)
 
 
 def on_gguf(loaded: Loaded, on: str, file: Path | None = None) -> Loaded:
@@ -190,17 +191,14 @@ def _reading(spec: str, where: Path | str):
         warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
-def _weights(spec: str, where: Path | str, gguf: str | None, dtype: str, merge: Merge | None = None,
-             tokenizer=None) -> torch.nn.Module:
-    """The torch model of `spec`, in `dtype`, eval mode, with `merge` applied."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def _weights(spec: str, where: Path | str, gguf: str | None, dtype: str, config, header: tuple | None,
+             merge: Merge | None = None, tokenizer=None) -> torch.nn.Module:
+    """The torch model of `spec`, in `dtype`, eval mode, with `merge` applied; `config` and
+    `header` (a GGUF file's, read_gguf's) as `load` read them."""
+    from transformers import AutoModelForCausalLM
 
-    kwargs, header = {}, None
+    kwargs = {"gguf_file": gguf, "config": config} if gguf else {}
     with _reading(spec, where):
-        if gguf:
-            header = read_gguf(Path(where) / gguf)
-            kwargs = {"gguf_file": gguf, "config": _gguf_config(AutoConfig.from_pretrained(
-                where, gguf_file=gguf, local_files_only=True), header[0])}
         model = AutoModelForCausalLM.from_pretrained(
             where, dtype=kernels.TORCH_DTYPES.get(dtype, torch.bfloat16), local_files_only=True, **kwargs)
     if gguf:  # its weights are dequantized now, but transformers still marks it quantized
@@ -230,16 +228,15 @@ def _rope_as_the_file_says(model: torch.nn.Module, file: Path, meta: dict, tenso
     if kind != "none":
         raise VocabtrimError(f"{file.name}: transformers' GGUF loader leaves out its rope scaling ({kind}), so "
                              "it runs on the ggml backend only (and without transformers' peers, hf and pld)")
-    t = tensors.get("rope_freqs.weight")
-    if t is None:
+    if ROPE_FACTORS not in tensors:
         return
-    factors = torch.from_numpy(np.fromfile(file, np.float32, count=int(np.prod(t.dims)), offset=t.offset))
     rotary = [m for m in model.modules() if isinstance(getattr(m, "inv_freq", None), torch.Tensor)]
-    if t.type != 0 or not rotary or any(m.inv_freq.shape != factors.shape for m in rotary):  # 0: F32
-        raise VocabtrimError(f"{file.name}: rope_freqs.weight does not fit this model's rotary embedding "
+    if not rotary or any(m.inv_freq.shape != rotary[0].inv_freq.shape for m in rotary):
+        raise VocabtrimError(f"{file.name}: {ROPE_FACTORS} does not fit this model's rotary embedding "
                              "(run it on the ggml backend)")
+    f = rope_factors(file, tensors, len(rotary[0].inv_freq))
     for m in rotary:
-        m.inv_freq = m.inv_freq / factors
+        m.inv_freq = m.inv_freq / torch.from_numpy(f)
         m.original_inv_freq = m.inv_freq
 
 

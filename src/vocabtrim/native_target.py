@@ -23,14 +23,13 @@ from . import native
 from .cache import common_prefix
 from .errors import VocabtrimError
 from .files import version
-from .gguf_header import read_gguf
+from .gguf_header import ROPE_FACTORS, read_gguf, rope_factors
 
 ARCHS = {"qwen2": True, "qwen3": True, "llama": False}  # architecture -> RoPE on halves (NEOX), not on pairs
 LAYER_TENSORS = ("attn_norm.weight", "attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias", "attn_v.weight",
                  "attn_v.bias", "attn_output.weight", "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight",
                  "ffn_down.weight", "attn_q_norm.weight", "attn_k_norm.weight")  # csrc/model.c's slot order
 GLOBAL_TENSORS = ("token_embd.weight", "output_norm.weight", "output.weight")
-ROPE_FACTORS = "rope_freqs.weight"
 QWEN3_ONLY = ("attn_q_norm.weight", "attn_k_norm.weight")  # its per-head RMSNorms of q and k, before RoPE
 CHUNK = 64  # rows a native call takes at most: bounds a long prefill's buffers
 
@@ -79,7 +78,7 @@ class NativeModel:
             if field(key, head_dim) != head_dim:  # values of another width, or rope on part of a head
                 raise VocabtrimError(f"{self.path.name}: {arch}.{key} is {field(key)}, not the heads' width "
                                      f"({head_dim}), which the native engine assumes: use the ggml backend")
-        self.rope_factors = self._rope_factors(head_dim)
+        self.rope_factors = rope_factors(self.path, self.tensors, head_dim // 2)
         head = self.nbytes.get("output.weight", self.nbytes["token_embd.weight"])
         self.body_bytes = (sum(self.nbytes.values()) - self.nbytes["token_embd.weight"] - self.nbytes.get("output.weight", 0)
                            + self.nbytes["token_embd.weight"] // self.vocab_size)  # the embedding only by rows
@@ -98,17 +97,6 @@ class NativeModel:
             if name not in known:
                 raise VocabtrimError(f"{self.path.name}: tensor {name} is not one the native engine reads: "
                                      "use the ggml backend")
-
-    def _rope_factors(self, head_dim: int) -> np.ndarray | None:
-        """The file's rope_freqs.weight (Llama 3's long-context rope scaling, as llama.cpp's
-        converter writes it): each rotary frequency's divisor, or None."""
-        t = self.tensors.get(ROPE_FACTORS)
-        if t is None:
-            return None
-        f = self.map[t.offset:t.offset + self.nbytes[ROPE_FACTORS]].view(np.float32) if t.type == native.F32 else None
-        if f is None or tuple(t.dims) != (head_dim // 2,) or not (np.isfinite(f).all() and (f > 0).all()):
-            raise VocabtrimError(f"{self.path.name}: {ROPE_FACTORS} is not {head_dim // 2} positive F32 factors")
-        return np.ascontiguousarray(f)
 
     def _pack(self) -> dict[str, np.ndarray]:
         """The matrices the kernels read in a layout of their own (native.pack: on the SIMD
