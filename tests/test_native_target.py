@@ -150,16 +150,26 @@ def test_llama_files_are_the_models_on_every_backend(rope, tmp_path):
     torch and llama.cpp all compute the torch model's logits; left out, the factors would
     move them (checked)."""
     model = tiny_llama(rope)
-    path = write_gguf(model, tmp_path / "m.gguf", arch="llama")
+    want = assert_every_backend_computes(model, write_gguf(model, tmp_path / "m.gguf", arch="llama"))
+    with torch.inference_mode():
+        unscaled = TorchTarget(tiny_llama(None)).logits(SEQ, len(SEQ)).float()
+    assert torch.allclose(unscaled, want, atol=2e-5, rtol=1e-5) == (rope is None)
+
+
+def assert_every_backend_computes(model, path: Path) -> torch.Tensor:
+    """The GGUF at `path` gives `model`'s logits on the native engine, on torch from the file
+    and on llama.cpp (when installed); the native ones the same bits scored one at a time.
+    Returns `model`'s logits."""
     with torch.inference_mode():
         want = TorchTarget(model).logits(SEQ, len(SEQ)).float()
         from_file = models.load(str(path), "float32", "torch").as_target().logits(SEQ, len(SEQ)).float()
-        unscaled = TorchTarget(tiny_llama(None)).logits(SEQ, len(SEQ)).float()
-    close = lambda got: torch.allclose(got, want, atol=2e-5, rtol=1e-5)  # noqa: E731
-    assert close(NativeTarget(path, threads=2).logits(SEQ, len(SEQ))) and close(from_file)
-    assert close(unscaled) == (rope is None)
+    target = NativeTarget(path, threads=2)
+    got = target.logits(SEQ, len(SEQ))
+    assert torch.allclose(got, want, atol=2e-5, rtol=1e-5) and torch.allclose(from_file, want, atol=2e-5, rtol=1e-5)
+    assert same_bits(one_at_a_time(target), got)
     if ggml.available():
         assert torch.allclose(GgmlTarget(path, threads=2).logits(SEQ, len(SEQ)), want, atol=1e-3)
+    return want
 
 
 def test_qwen3_files_are_the_models_on_every_backend(tmp_path):
@@ -176,16 +186,7 @@ def test_qwen3_files_are_the_models_on_every_backend(tmp_path):
         for layer in model.model.layers:  # norms that count
             layer.self_attn.q_norm.weight.uniform_(0.5, 1.5), layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
         model.get_output_embeddings().weight.mul_(8)
-    path = write_gguf(model, tmp_path / "qwen3.gguf", arch="qwen3")
-    with torch.inference_mode():
-        want = TorchTarget(model).logits(SEQ, len(SEQ)).float()
-        from_file = models.load(str(path), "float32", "torch").as_target().logits(SEQ, len(SEQ)).float()
-    target = NativeTarget(path, threads=2)
-    got = target.logits(SEQ, len(SEQ))
-    assert torch.allclose(got, want, atol=2e-5, rtol=1e-5) and torch.allclose(from_file, want, atol=2e-5, rtol=1e-5)
-    assert same_bits(one_at_a_time(target), got)
-    if ggml.available():
-        assert torch.allclose(GgmlTarget(path, threads=2).logits(SEQ, len(SEQ)), want, atol=1e-3)
+    assert_every_backend_computes(model, write_gguf(model, tmp_path / "qwen3.gguf", arch="qwen3"))
 
 
 @pytest.mark.parametrize("which", ["q8_0", "q5_0", "q4_1"])
