@@ -35,9 +35,10 @@ from .profile import forward_ms
 from .tokenmap import TokenMap
 from .vocab import tokenizer_fingerprint
 
-# auto's probe: one-token steps after TIMING_CONTEXT cached tokens, TIMING_ROUNDS medians
-# of TIMING_REPEATS steps, the least kept (a busy moment slows a round, never speeds one)
-TIMING_CONTEXT, TIMING_REPEATS, TIMING_ROUNDS = 128, 8, 3
+# auto's probe: after TIMING_CONTEXT cached tokens, a one-token step and a TIMING_VERIFY-token
+# verification, each the least of TIMING_ROUNDS medians of TIMING_REPEATS (a busy moment
+# slows a round, never speeds one)
+TIMING_CONTEXT, TIMING_VERIFY, TIMING_REPEATS, TIMING_ROUNDS = 128, 8, 8, 3
 
 
 @dataclass(frozen=True)
@@ -117,10 +118,12 @@ def load_drafter(spec: str, dtype: str = "auto", adapter: Path | None = None, la
 def choose(spec: str, name: str, dtype: str = "auto") -> str:
     """The backend for the target `spec`: `name` itself (refused in one line where it is not
     installed), or with `auto` whichever registered backend decodes this model file faster
-    on this machine: one single-token step of each after a short cached context (the step
-    speculative decoding cannot skip; the least of a few rounds' medians, so that a busy
-    moment does not decide), timed once and cached per CPU, threads, model file, dtype,
-    candidates, their builds and probe. Each is timed in a child process: one whose native
+    on this machine: the least sum of a single-token step (what plain decoding repeats) and
+    an 8-token verification (a speculative round's), each after a short cached context.
+    Both, because backends differ most in the second (llama.cpp's 8 tokens cost 4-8 of its
+    steps, the native engine's 1.3-2), while at one token both are bound by memory and a
+    host's changing bandwidth can swap them. Timed once and cached per CPU, threads, model
+    file, dtype, candidates, their builds and probe. Each is timed in a child process: one whose native
     library dies there is reported in one line and not chosen; one that cannot run the file
     (the native engine refuses an architecture or tensor type) is left out."""
     if name != "auto":
@@ -133,7 +136,7 @@ def choose(spec: str, name: str, dtype: str = "auto") -> str:
     dtype = resolve(dtype)
     path = cache_file("profiles", {"backend_choice": cpu(), "gguf": version(gguf), "dtype": dtype,
                                    "candidates": names, "builds": [backend.get(n).build() for n in names],
-                                   "probe": [TIMING_CONTEXT, TIMING_REPEATS, TIMING_ROUNDS]},
+                                   "probe": [TIMING_CONTEXT, TIMING_VERIFY, TIMING_REPEATS, TIMING_ROUNDS]},
                       ".json")
     choice = _read_choice(path)
     if choice is None:
@@ -141,7 +144,7 @@ def choose(spec: str, name: str, dtype: str = "auto") -> str:
         ms, failed = {}, {}
         for n in names:
             try:
-                ms[n] = run_isolated(_step_ms, n, spec, dtype)
+                ms[n] = run_isolated(_probe_ms, n, spec, dtype)
             except Crashed as e:
                 failed[n] = str(e)
                 print(f"the {n} backend crashed while timing {spec} ({e}): not chosen", file=sys.stderr)
@@ -163,12 +166,13 @@ def _read_choice(path: Path) -> dict | None:
 
 
 @torch.inference_mode()
-def _step_ms(name: str, spec: str, dtype: str) -> float:
-    """ms of one single-token step of backend `name` after TIMING_CONTEXT cached tokens: the
-    least of TIMING_ROUNDS medians."""
+def _probe_ms(name: str, spec: str, dtype: str) -> float:
+    """ms of a single-token step plus a TIMING_VERIFY-token verification of backend `name`
+    after TIMING_CONTEXT cached tokens, each the least of TIMING_ROUNDS medians."""
     target = models.load(spec, dtype, name).as_target()
     ids = [(500 + i) % target.vocab_size for i in range(TIMING_CONTEXT)]
-    return min(forward_ms(target.logits, target.vocab_size, ids, 1, TIMING_REPEATS) for _ in range(TIMING_ROUNDS))
+    return sum(min(forward_ms(target.logits, target.vocab_size, ids, n, TIMING_REPEATS) for _ in range(TIMING_ROUNDS))
+               for n in (1, TIMING_VERIFY))
 
 
 def build(options: Options, spec: Spec, rule: str | None = None, ngram_given: bool = False,
