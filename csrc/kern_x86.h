@@ -90,6 +90,15 @@ static inline __m128i hsum4(__m256i a, __m256i b, __m256i c, __m256i d) {
  * threads, 7.9 -> 4.3 ms; Q6_K 10.4 -> 6.9; the target's V(8) 86 -> 48-51 ms). */
 #define VT_PREFETCH 4096
 
+/* A hint for the `bytes` at VT_PREFETCH past p (past the end of the data a hint, not a
+ * fault): into L2 (l2, the tiles) or L1 (the one- and two-row kernels). */
+static inline void prefetch_ahead(const void *p, int bytes, int l2) {
+    for (int o = 0; o < bytes; o += 64) {
+        if (l2) _mm_prefetch((const char *)p + VT_PREFETCH + o, _MM_HINT_T1);
+        else _mm_prefetch((const char *)p + VT_PREFETCH + o, _MM_HINT_T0);
+    }
+}
+
 /* Q4_K/Q5_K: the 6-bit scales as 8 int16 in both 128-bit lanes, the mins doubled to one
  * per 16-element group.  Packed bytes s[0..11] (see kern_portable.c's vt_scale_min):
  * j < 4: sc = s[j] & 63, m = s[j+4] & 63; j >= 4: sc = s[j+4] & 15 | (s[j-4] >> 6) << 4,
@@ -413,8 +422,7 @@ VT_INLINE void rows1(int type, const uint8_t *w, const vt_xk *x, const float *dx
     for (int64_t i = 0; i < N; i += 4) {
         const int k = N - i < 4 ? (int)(N - i) : 4;
         const uint8_t *blk = w + i * bytes;
-        /* the lines VT_PREFETCH bytes on (past the end of the data it is a hint, not a fault) */
-        for (int j = 0; j < 4 * (int)bytes; j += 64) _mm_prefetch((const char *)blk + VT_PREFETCH + j, _MM_HINT_T0);
+        prefetch_ahead(blk, 4 * (int)bytes, 0);
         if (k < 4) {
             memset(pad, 0, sizeof pad);
             memcpy(pad, blk, (size_t)(k * bytes));
@@ -587,8 +595,7 @@ VT_INLINE void q32_rows(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, 
     __m128 acc[VT_STREAM_ROWS];
     for (int l = 0; l < N; l++) acc[l] = _mm_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const char *ahead = (const char *)w + VT_PREFETCH + b * R * bytes;
-        for (int o = 0; o < R * (int)bytes; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
+        prefetch_ahead(w + b * R * bytes, R * (int)bytes, 0);
         __m256i u[4], aw[4], s[4];
         for (int j = 0; j < R; j++) {
             const uint8_t *wb = w + j * row_bytes + b * bytes;
@@ -860,7 +867,7 @@ VT_INLINE void kt_k(int type, const uint8_t *w, const vt_xk *x, const float *dx,
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *t = w + b * KT_BYTES(type);
         const vt_xk *xb = x + b * stride;
-        for (int o = 0; o < KT_BYTES(type); o += 64) _mm_prefetch((const char *)t + VT_PREFETCH + o, _MM_HINT_T1);
+        prefetch_ahead(t, KT_BYTES(type), 1);
         vx_i S1[VT_ROWS], S2[VT_ROWS];
         for (int i = 0; i < n; i++) S1[i] = S2[i] = VXI(setzero)();
         if (type != VT_Q6_K) kt_sums45(type == VT_Q5_K, t, xb, S1, S2, n);
@@ -913,7 +920,7 @@ VT_INLINE void q32t(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, floa
     for (int i = 0; i < n; i++) acc[i] = VX(setzero_ps)();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *t = w + b * KT_BYTES(type);
-        for (int o = 0; o < KT_BYTES(type); o += 64) _mm_prefetch((const char *)t + VT_PREFETCH + o, _MM_HINT_T1);
+        prefetch_ahead(t, KT_BYTES(type), 1);
         const vx_f dw = VX_PH(t);
 #if !VT_VNNI /* no 512-bit vpsignb */
         if (type == VT_Q8_0) {
