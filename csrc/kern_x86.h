@@ -783,36 +783,48 @@ VT_INLINE vx_i kt_scale(const uint8_t *t, int j, int sc) {
     return VXI(or)(lo, VX(slli_epi32)(VXI(and)(VX(srli_epi32)(W01, q + 6), m2), 4));
 }
 
+/* Q4_K/Q5_K: quant vector v4 of tile block t as its low and high nibbles' quants (Q5_K's with
+ * their fifth bits). */
+VT_INLINE void q45_quants(const int five, const uint8_t *t, int v4, vx_i *lo, vx_i *hi) {
+    const vx_i m4 = VX(set1_epi8)(0x0F), v = VX_LOADI(t + (five ? 48 : 16) * KT + 4 * KT * v4);
+    *lo = VXI(and)(v, m4), *hi = VXI(and)(VX(srli_epi16)(v, 4), m4);
+    if (five) *lo = add16_where(*lo, t + 16 * KT + KT * v4), *hi = add16_where(*hi, t + 16 * KT + KT * v4 + KT / 2);
+}
+
 /* Q4_K and Q5_K (five: its fifth bits as masks, two a nibble vector, at 16 KT): block t's
- * S1 (sub-block dots times their scales), each sub-block's dots for all rows one quant
- * vector at a time (n independent chains, and few live registers: Q4_K at L = 8 0.95 ->
- * 0.81 ns per 256 weights per row against row by row, Zen 5, AVX512), then S2 (mins against
- * the sub-blocks' sums, two sub-blocks a vpdpwssd: half the multiplies of one a group, Q4_K
- * at L = 8 0.83 -> 0.80 ns, the kernel being bound by the multiply ports). */
+ * S1 (sub-block dots times their scales), then S2 (mins against the sub-blocks' sums, two
+ * sub-blocks a vpdpwssd: half the multiplies of one a group, Q4_K at L = 8 0.83 -> 0.80 ns
+ * per 256 weights per row, the kernel being bound by the multiply ports).  VNNI: each
+ * sub-block's dots for all rows one quant vector at a time (n independent vpdpbusd chains,
+ * and few live registers: Q4_K at L = 8 0.95 -> 0.81 ns against row by row, Zen 5, AVX512).
+ * AVX2: a sub-block's 8 quant vectors unpacked once, then row by row, its int16 words scaled
+ * every KT_RUN products (vpaddw's chain is short; rows side by side kept n accumulators
+ * beside the n sums in 16 registers: Q4_K at L = 4 3.9 -> 3.5, Q5_K at L = 8 3.57 -> 3.27,
+ * Zen 4). */
 VT_INLINE void kt_sums45(const int five, const uint8_t *t, const vt_xk *xb, vx_i *S1, vx_i *S2, const int n) {
-    const vx_i m4 = VX(set1_epi8)(0x0F);
     for (int sb = 0; sb < 8; sb++) {
         const vx_i sc = kt_scale(t, sb, 1);
+        if (!VT_VNNI) {
+            vx_i u[8];
+            for (int k = 0; k < 4; k++) q45_quants(five, t, 4 * sb + k, &u[2 * k], &u[2 * k + 1]);
+            for (int i = 0; i < n; i++) {
+                vx_i a = VXI(setzero)();
+                for (int k = 0; k < 4; k++) {
+                    a = dp_bcast(dp_bcast(a, u[2 * k], xb[i].q + 8 * sb + 64 * k), u[2 * k + 1], xb[i].q + 8 * sb + 64 * k + 4);
+                    if ((2 * k + 2) % KT_RUN(five ? 5 : 4) == 0) S1[i] = kt_scaled(S1[i], a, sc), a = VXI(setzero)();
+                }
+            }
+            continue;
+        }
         vx_i a[VT_ROWS];
         for (int i = 0; i < n; i++) a[i] = VXI(setzero)();
         for (int k = 0; k < 4; k++) {
-            const int v4 = 4 * sb + k;
-            const vx_i v = VX_LOADI(t + (five ? 48 : 16) * KT + 4 * KT * v4);
-            vx_i lo = VXI(and)(v, m4), hi = VXI(and)(VX(srli_epi16)(v, 4), m4);
-            if (five) lo = add16_where(lo, t + 16 * KT + KT * v4), hi = add16_where(hi, t + 16 * KT + KT * v4 + KT / 2);
-            if (VT_VNNI || n <= 4) {
-                for (int i = 0; i < n; i++) a[i] = dp_bcast(a[i], lo, xb[i].q + 8 * sb + 64 * k);
-                for (int i = 0; i < n; i++) a[i] = dp_bcast(a[i], hi, xb[i].q + 8 * sb + 64 * k + 4);
-            } else /* AVX2, 5-8 rows: a row's two words at once; in two loops GCC summed each row's pair of
-                    * products before its accumulator, 8 products live in 16 registers and 3 rows spilled
-                    * (Q4_K at L = 8 2.0 -> 1.72 ns per 256 weights per row, Q5_K 2.77 -> 2.48, Zen 5) */
-                for (int i = 0; i < n; i++)
-                    a[i] = dp_bcast(dp_bcast(a[i], lo, xb[i].q + 8 * sb + 64 * k), hi, xb[i].q + 8 * sb + 64 * k + 4);
-            /* the sums so far scaled (AVX2's Q5_K after k = 1 too); written in the loop, not after
-             * it, AVX2's Q4_K tile ran 2.1 ns per 256 weights per row at L = 8, not 2.5 (Zen 5) */
-            if ((2 * k + 2) % KT_RUN(five ? 5 : 4)) continue;
-            for (int i = 0; i < n; i++) S1[i] = kt_scaled(S1[i], a[i], sc), a[i] = VXI(setzero)();
+            vx_i lo, hi;
+            q45_quants(five, t, 4 * sb + k, &lo, &hi);
+            for (int i = 0; i < n; i++) a[i] = dp_bcast(a[i], lo, xb[i].q + 8 * sb + 64 * k);
+            for (int i = 0; i < n; i++) a[i] = dp_bcast(a[i], hi, xb[i].q + 8 * sb + 64 * k + 4);
         }
+        for (int i = 0; i < n; i++) S1[i] = kt_scaled(S1[i], a[i], sc);
     }
     for (int sb = 0; sb < 8; sb += 2) { /* sub-blocks sb, sb + 1 in each lane's words */
         const vx_i mn2 = VXI(or)(kt_scale(t, sb, 0), VX(slli_epi32)(kt_scale(t, sb + 1, 0), 16));
@@ -825,24 +837,41 @@ static inline vx_i kt_scale6(const uint8_t *t, int g) {
     return VX(srai_epi32)(VX(slli_epi32)(VX_LOADI(t + 2 * KT + 4 * KT * (g / 4)), 24 - 8 * (g % 4)), 24);
 }
 
-/* Q6_K: per group g, 4 vpdpbusd (its 4 words) for all rows one word at a time, times its
- * scale (vpmullo; AVX2: every 2 words), scaled after the words rather than in their loop
- * (AVX512 0.96 -> 0.90 ns per 256 weights per row at L = 8, Zen 5); then S2 = 32 x the
- * scales against the group sums, two groups a vpdpwssd. */
+/* Q6_K: a group's quant vector k: low nibbles of N0, N1 (k = 0, 2; high: 1, 3), bits 2k,
+ * 2k + 1 of H. */
+VT_INLINE vx_i q6_quants(vx_i N0, vx_i N1, vx_i H, int k) {
+    const vx_i N = k < 2 ? N0 : N1, lo = VXI(and)(k % 2 ? VX(srli_epi16)(N, 4) : N, VX(set1_epi8)(0x0F));
+    const vx_i hi = k == 0 ? VX(slli_epi16)(H, 4) : k == 1 ? VX(slli_epi16)(H, 2) : k == 2 ? H : VX(srli_epi16)(H, 2);
+    return VXI(or)(lo, VXI(and)(hi, VX(set1_epi8)(0x30)));
+}
+
+/* Q6_K: per group g its 4 quant vectors' products, times its scale, then S2 = 32 x the
+ * scales against the group sums, two groups a vpdpwssd.  VNNI: 4 vpdpbusd for all rows one
+ * word at a time, scaled (vpmulld) after the words rather than in their loop (AVX512 0.96 ->
+ * 0.90 ns per 256 weights per row at L = 8, Zen 5).  AVX2: as kt_sums45's, row by row,
+ * every 2 words scaled (two passes of at most 4 rows before: L = 8 3.95 -> 3.45 ns, Zen 4). */
 VT_INLINE void kt_sums6(const uint8_t *t, const vt_xk *xb, vx_i *S1, vx_i *S2, const int n) {
-    const vx_i m4 = VX(set1_epi8)(0x0F), m30 = VX(set1_epi8)(0x30);
     for (int g = 0; g < 16; g++) {
         const vx_i N0 = VX_LOADI(t + 18 * KT + 8 * KT * g), N1 = VX_LOADI(t + 18 * KT + 8 * KT * g + 4 * KT),
                    H = VX_LOADI(t + 146 * KT + 4 * KT * g);
+        if (!VT_VNNI) {
+            const vx_i sc = kt_scale6(t, g);
+            vx_i q[4];
+            for (int k = 0; k < 4; k++) q[k] = q6_quants(N0, N1, H, k);
+            for (int i = 0; i < n; i++) {
+                vx_i a = VXI(setzero)();
+                for (int k = 0; k < 4; k++) {
+                    a = dp_bcast(a, q[k], xb[i].q + 4 * g + 64 * k);
+                    if ((k + 1) % KT_RUN(6) == 0) S1[i] = kt_scaled(S1[i], a, sc), a = VXI(setzero)();
+                }
+            }
+            continue;
+        }
         vx_i a[VT_ROWS];
         for (int i = 0; i < n; i++) a[i] = VXI(setzero)();
-        for (int k = 0; k < 4; k++) { /* low nibbles of N0, N1 (k = 0, 2; high: 1, 3), bits 2k, 2k + 1 of H */
-            const vx_i N = k < 2 ? N0 : N1, lo = VXI(and)(k % 2 ? VX(srli_epi16)(N, 4) : N, m4);
-            const vx_i hi = k == 0 ? VX(slli_epi16)(H, 4) : k == 1 ? VX(slli_epi16)(H, 2) : k == 2 ? H : VX(srli_epi16)(H, 2);
-            const vx_i q = VXI(or)(lo, VXI(and)(hi, m30));
+        for (int k = 0; k < 4; k++) {
+            const vx_i q = q6_quants(N0, N1, H, k);
             for (int i = 0; i < n; i++) a[i] = dp_bcast(a[i], q, xb[i].q + 4 * g + 64 * k);
-            if (k < 3 && (k + 1) % KT_RUN(6) == 0) /* AVX2: the int16 sums so far scaled */
-                for (int i = 0; i < n; i++) S1[i] = kt_scaled(S1[i], a[i], kt_scale6(t, g)), a[i] = VXI(setzero)();
         }
         for (int i = 0; i < n; i++) S1[i] = kt_scaled(S1[i], a[i], kt_scale6(t, g));
     }
@@ -857,9 +886,7 @@ VT_INLINE void kt_sums6(const uint8_t *t, const vt_xk *xb, vx_i *S1, vx_i *S2, c
 }
 
 /* One K-quant tile against n rows: per block the type's S1, S2, then dot_k's float step
- * (k_block_value times dx), KT rows a vector.  AVX2's Q6_K takes more than 4 rows in two
- * passes (16 registers: its tile at L = 8 2.95 -> 2.64 ns per 256 weights per row, Zen 5;
- * Q4_K's and Q5_K's slower so). */
+ * (k_block_value times dx), KT rows a vector. */
 VT_INLINE void kt_k(int type, const uint8_t *w, const vt_xk *x, const float *dx, int64_t stride, int64_t nb, float *y,
                     int64_t ystride, const int n) {
     vx_f acc[VT_ROWS];
@@ -871,8 +898,7 @@ VT_INLINE void kt_k(int type, const uint8_t *w, const vt_xk *x, const float *dx,
         vx_i S1[VT_ROWS], S2[VT_ROWS];
         for (int i = 0; i < n; i++) S1[i] = S2[i] = VXI(setzero)();
         if (type != VT_Q6_K) kt_sums45(type == VT_Q5_K, t, xb, S1, S2, n);
-        else if (VT_VNNI || n <= 4) kt_sums6(t, xb, S1, S2, n);
-        else kt_sums6(t, xb, S1, S2, 4), kt_sums6(t, xb + 4, S1 + 4, S2 + 4, n - 4);
+        else kt_sums6(t, xb, S1, S2, n);
         const vx_f d = VX_PH(t);
         for (int i = 0; i < n; i++) {
             const vx_f v = type == VT_Q6_K ? VX(mul_ps)(d, VX(cvtepi32_ps)(VX(sub_epi32)(S1[i], S2[i])))
