@@ -85,6 +85,16 @@ def test_a_named_backend_is_taken_as_asked(tiny_dirs):
     assert loading.choose(str(tiny_dirs["target"]), "auto") == "torch"  # no GGUF file: the one candidate
 
 
+def test_auto_weighs_a_step_and_a_verification(tiny_dirs, monkeypatch):
+    """auto's probe: the sum of a one-token step and a TIMING_VERIFY-token verification (at
+    one token the backends are bound by memory alike; they differ in verifying)."""
+    ms = {1: 2.0, loading.TIMING_VERIFY: 5.0}
+    seen = []
+    monkeypatch.setattr(loading, "forward_ms", lambda score, vocab, ids, n, repeats: seen.append(n) or ms[n])
+    assert loading._probe_ms("torch", str(tiny_dirs["target"]), "float32") == 7.0
+    assert sorted(set(seen)) == [1, loading.TIMING_VERIFY] and len(seen) == 2 * loading.TIMING_ROUNDS
+
+
 def _modules() -> dict[str, ast.Module]:
     return {str(p.relative_to(SRC)): ast.parse(p.read_text()) for p in SRC.rglob("*.py")}
 
