@@ -90,12 +90,19 @@ static inline __m128i hsum4(__m256i a, __m256i b, __m256i c, __m256i d) {
  * threads, 7.9 -> 4.3 ms; Q6_K 10.4 -> 6.9; the target's V(8) 86 -> 48-51 ms). */
 #define VT_PREFETCH 4096
 
-/* A hint for the `bytes` at VT_PREFETCH past p (past the end of the data a hint, not a
- * fault): into L2 (l2, the tiles) or L1 (the one- and two-row kernels). */
-static inline void prefetch_ahead(const void *p, int bytes, int l2) {
+/* A tile against n rows prefetches twice as far at up to 4 rows, where it waits on memory:
+ * the target's V(2) 27.0-28.6 -> 23.7-24.8 ms, V(1) 26.2 -> 25.1, the Q4_0 drafter's step
+ * 8.8-10.3 -> 7.9-9.2 (Zen 4, its fast-memory state, both in one process alternated; 12, 16
+ * and 24 KB no better), and VT_PREFETCH past more rows, where the multiplies bind it (8 KB:
+ * V(8) 50.5-51.7 -> 52.0-53.3). */
+#define KT_AHEAD(n) ((n) <= 4 ? 2 * VT_PREFETCH : VT_PREFETCH)
+
+/* A hint for the `bytes` at `ahead` past p (past the end of the data a hint, not a fault):
+ * into L2 (l2, the tiles) or L1 (the one- and two-row kernels). */
+static inline void prefetch_ahead(const void *p, int bytes, int ahead, int l2) {
     for (int o = 0; o < bytes; o += 64) {
-        if (l2) _mm_prefetch((const char *)p + VT_PREFETCH + o, _MM_HINT_T1);
-        else _mm_prefetch((const char *)p + VT_PREFETCH + o, _MM_HINT_T0);
+        if (l2) _mm_prefetch((const char *)p + ahead + o, _MM_HINT_T1);
+        else _mm_prefetch((const char *)p + ahead + o, _MM_HINT_T0);
     }
 }
 
@@ -422,7 +429,7 @@ VT_INLINE void rows1(int type, const uint8_t *w, const vt_xk *x, const float *dx
     for (int64_t i = 0; i < N; i += 4) {
         const int k = N - i < 4 ? (int)(N - i) : 4;
         const uint8_t *blk = w + i * bytes;
-        prefetch_ahead(blk, 4 * (int)bytes, 0);
+        prefetch_ahead(blk, 4 * (int)bytes, VT_PREFETCH, 0);
         if (k < 4) {
             memset(pad, 0, sizeof pad);
             memcpy(pad, blk, (size_t)(k * bytes));
@@ -595,7 +602,7 @@ VT_INLINE void q32_rows(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, 
     __m128 acc[VT_STREAM_ROWS];
     for (int l = 0; l < N; l++) acc[l] = _mm_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        prefetch_ahead(w + b * R * bytes, R * (int)bytes, 0);
+        prefetch_ahead(w + b * R * bytes, R * (int)bytes, VT_PREFETCH, 0);
         __m256i u[4], aw[4], s[4];
         for (int j = 0; j < R; j++) {
             const uint8_t *wb = w + j * row_bytes + b * bytes;
@@ -894,7 +901,7 @@ VT_INLINE void kt_k(int type, const uint8_t *w, const vt_xk *x, const float *dx,
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *t = w + b * KT_BYTES(type);
         const vt_xk *xb = x + b * stride;
-        prefetch_ahead(t, KT_BYTES(type), 1);
+        prefetch_ahead(t, KT_BYTES(type), KT_AHEAD(n), 1);
         vx_i S1[VT_ROWS], S2[VT_ROWS];
         for (int i = 0; i < n; i++) S1[i] = S2[i] = VXI(setzero)();
         if (type != VT_Q6_K) kt_sums45(type == VT_Q5_K, t, xb, S1, S2, n);
@@ -946,7 +953,7 @@ VT_INLINE void q32t(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, floa
     for (int i = 0; i < n; i++) acc[i] = VX(setzero_ps)();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *t = w + b * KT_BYTES(type);
-        prefetch_ahead(t, KT_BYTES(type), 1);
+        prefetch_ahead(t, KT_BYTES(type), KT_AHEAD(n), 1);
         const vx_f dw = VX_PH(t);
 #if !VT_VNNI /* no 512-bit vpsignb */
         if (type == VT_Q8_0) {
