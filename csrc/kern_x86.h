@@ -798,6 +798,20 @@ VT_INLINE void q45_quants(const int five, const uint8_t *t, int v4, vx_i *lo, vx
     if (five) *lo = add16_where(*lo, t + 16 * KT + KT * v4), *hi = add16_where(*hi, t + 16 * KT + KT * v4 + KT / 2);
 }
 
+/* AVX2's K-quant tiles row by row: each row's words against the m quant vectors u (vector j
+ * against activation bytes base + 64 (j / per) + 4 (j % per)), its int16 sums scaled by sc
+ * every `run` vectors into S1. */
+VT_INLINE void kt_rows(const vx_i *u, int m, int per, int base, int run, vx_i sc, const vt_xk *xb, vx_i *S1,
+                       const int n) {
+    for (int i = 0; i < n; i++) {
+        vx_i a = VXI(setzero)();
+        for (int j = 0; j < m; j++) {
+            a = dp_bcast(a, u[j], xb[i].q + base + 64 * (j / per) + 4 * (j % per));
+            if ((j + 1) % run == 0) S1[i] = kt_scaled(S1[i], a, sc), a = VXI(setzero)();
+        }
+    }
+}
+
 /* Q4_K and Q5_K (five: its fifth bits as masks, two a nibble vector, at 16 KT): block t's
  * S1 (sub-block dots times their scales), then S2 (mins against the sub-blocks' sums, two
  * sub-blocks a vpdpwssd: half the multiplies of one a group, Q4_K at L = 8 0.83 -> 0.80 ns
@@ -814,13 +828,7 @@ VT_INLINE void kt_sums45(const int five, const uint8_t *t, const vt_xk *xb, vx_i
         if (!VT_VNNI) {
             vx_i u[8];
             for (int k = 0; k < 4; k++) q45_quants(five, t, 4 * sb + k, &u[2 * k], &u[2 * k + 1]);
-            for (int i = 0; i < n; i++) {
-                vx_i a = VXI(setzero)();
-                for (int k = 0; k < 4; k++) {
-                    a = dp_bcast(dp_bcast(a, u[2 * k], xb[i].q + 8 * sb + 64 * k), u[2 * k + 1], xb[i].q + 8 * sb + 64 * k + 4);
-                    if ((2 * k + 2) % KT_RUN(five ? 5 : 4) == 0) S1[i] = kt_scaled(S1[i], a, sc), a = VXI(setzero)();
-                }
-            }
+            kt_rows(u, 8, 2, 8 * sb, KT_RUN(five ? 5 : 4), sc, xb, S1, n);
             continue;
         }
         vx_i a[VT_ROWS];
@@ -862,16 +870,9 @@ VT_INLINE void kt_sums6(const uint8_t *t, const vt_xk *xb, vx_i *S1, vx_i *S2, c
         const vx_i N0 = VX_LOADI(t + 18 * KT + 8 * KT * g), N1 = VX_LOADI(t + 18 * KT + 8 * KT * g + 4 * KT),
                    H = VX_LOADI(t + 146 * KT + 4 * KT * g);
         if (!VT_VNNI) {
-            const vx_i sc = kt_scale6(t, g);
             vx_i q[4];
             for (int k = 0; k < 4; k++) q[k] = q6_quants(N0, N1, H, k);
-            for (int i = 0; i < n; i++) {
-                vx_i a = VXI(setzero)();
-                for (int k = 0; k < 4; k++) {
-                    a = dp_bcast(a, q[k], xb[i].q + 4 * g + 64 * k);
-                    if ((k + 1) % KT_RUN(6) == 0) S1[i] = kt_scaled(S1[i], a, sc), a = VXI(setzero)();
-                }
-            }
+            kt_rows(q, 4, 1, 4 * g, KT_RUN(6), kt_scale6(t, g), xb, S1, n);
             continue;
         }
         vx_i a[VT_ROWS];
