@@ -93,9 +93,10 @@ static inline __m128i hsum4(__m256i a, __m256i b, __m256i c, __m256i d) {
 /* A tile against n rows prefetches twice as far at up to 4 rows, where it waits on memory:
  * the target's V(2) 27.0-28.6 -> 23.7-24.8 ms, V(1) 26.2 -> 25.1, the Q4_0 drafter's step
  * 8.8-10.3 -> 7.9-9.2 (Zen 4, its fast-memory state, both in one process alternated; 12, 16
- * and 24 KB no better), and VT_PREFETCH past more rows, where the multiplies bind it (8 KB:
- * V(8) 50.5-51.7 -> 52.0-53.3). */
-#define KT_AHEAD(n) ((n) <= 4 ? 2 * VT_PREFETCH : VT_PREFETCH)
+ * and 24 KB no better), and 6 KB past more rows, where the multiplies bind it (with the K
+ * tiles' hints in parts, prefetch_part: against 4 KB, 5 pairs, V(8) median 43.72 -> 42.86
+ * ms, V(16) 87.21 -> 85.90; 8 KB no better; with the hints in one burst 8 KB was slower). */
+#define KT_AHEAD(n) ((n) <= 4 ? 2 * VT_PREFETCH : 3 * VT_PREFETCH / 2)
 
 /* A hint for the `bytes` at `ahead` past p (past the end of the data a hint, not a fault):
  * into L2 (l2, the tiles) or L1 (the one- and two-row kernels). */
