@@ -98,6 +98,12 @@ static inline __m128i hsum4(__m256i a, __m256i b, __m256i c, __m256i d) {
  * ms, V(16) 87.21 -> 85.90; 8 KB no better; with the hints in one burst 8 KB was slower). */
 #define KT_AHEAD(n) ((n) <= 4 ? 2 * VT_PREFETCH : 3 * VT_PREFETCH / 2)
 
+/* The parts a K-quant tile hints its next block in (prefetch_part; Q6_K twice as many): one
+ * a sub-block at up to 4 rows, one every two past that.  At 1 and 2 rows against 4 parts
+ * (Zen 4, slow-memory state, one process alternating, 49 and 38 rounds): V(1) median 30.8
+ * -> 30.3 and 30.2 -> 29.9 ms, V(2) 31.7 -> 31.3 and 30.8 -> 30.5. */
+#define KT_PARTS(n) ((n) <= 4 ? 8 : 4)
+
 /* A hint for the `bytes` at `ahead` past p (past the end of the data a hint, not a fault):
  * into L2 (l2, the tiles) or L1 (the one- and two-row kernels). */
 static inline void prefetch_ahead(const void *p, int bytes, int ahead, int l2) {
@@ -108,8 +114,9 @@ static inline void prefetch_ahead(const void *p, int bytes, int ahead, int l2) {
 }
 
 /* The lines of the `bytes` at p in part `part` of `parts` (each line in one part), into L2.
- * A K-quant tile hints the block KT_AHEAD on in 4 parts of ~9 lines (Q6_K: 8 of ~7), one
- * every two sub-blocks (groups), not in one burst of 36 (53) at the block's start.  Zen 4,
+ * A K-quant tile hints the block KT_AHEAD on in KT_PARTS parts (past 4 rows 4 of ~9 lines,
+ * Q6_K 8 of ~7: one every two sub-blocks or groups), not in one burst of 36 (53) lines at the
+ * block's start.  Zen 4,
  * the target, libraries alternated, 8 pairs each: a part per sub-block against the burst,
  * V(8) 48.4-51.0 -> 45.1-48.4 ms, V(16) 94.9-99.8 -> 90.4-96.7, V(1) the same (forced AVX2:
  * V(8) 69-75 -> 68-72); these parts against that, V(16)'s median 93.6 -> 88.8, V(8) the
@@ -837,7 +844,8 @@ VT_INLINE void kt_rows(const vx_i *u, int m, int per, int base, int run, vx_i sc
  * Zen 4). */
 VT_INLINE void kt_sums45(const int five, const uint8_t *t, const vt_xk *xb, vx_i *S1, vx_i *S2, const int n) {
     for (int sb = 0; sb < 8; sb++) {
-        if (sb % 2 == 0) prefetch_part(t + KT_AHEAD(n), KT_BYTES(five ? VT_Q5_K : VT_Q4_K), sb / 2, 4);
+        if (sb % (8 / KT_PARTS(n)) == 0)
+            prefetch_part(t + KT_AHEAD(n), KT_BYTES(five ? VT_Q5_K : VT_Q4_K), sb / (8 / KT_PARTS(n)), KT_PARTS(n));
         const vx_i sc = kt_scale(t, sb, 1);
         if (!VT_VNNI) {
             vx_i u[8];
@@ -881,7 +889,7 @@ VT_INLINE vx_i q6_quants(vx_i N0, vx_i N1, vx_i H, int k) {
  * every 2 words scaled (two passes of at most 4 rows before: L = 8 3.95 -> 3.45 ns, Zen 4). */
 VT_INLINE void kt_sums6(const uint8_t *t, const vt_xk *xb, vx_i *S1, vx_i *S2, const int n) {
     for (int g = 0; g < 16; g++) {
-        if (g % 2 == 0) prefetch_part(t + KT_AHEAD(n), KT_BYTES(VT_Q6_K), g / 2, 8);
+        if (g % (8 / KT_PARTS(n)) == 0) prefetch_part(t + KT_AHEAD(n), KT_BYTES(VT_Q6_K), g / (8 / KT_PARTS(n)), 2 * KT_PARTS(n));
         const vx_i N0 = VX_LOADI(t + 18 * KT + 8 * KT * g), N1 = VX_LOADI(t + 18 * KT + 8 * KT * g + 4 * KT),
                    H = VX_LOADI(t + 146 * KT + 4 * KT * g);
         if (!VT_VNNI) {
