@@ -114,16 +114,24 @@ static inline void prefetch_ahead(const void *p, int bytes, int ahead, int l2) {
 }
 
 /* The lines of the `bytes` at p in part `part` of `parts` (each line in one part), into L2.
- * A K-quant tile hints the block KT_AHEAD on in KT_PARTS parts (past 4 rows 4 of ~9 lines,
- * Q6_K 8 of ~7: one every two sub-blocks or groups), not in one burst of 36 (53) lines at the
- * block's start.  Zen 4,
- * the target, libraries alternated, 8 pairs each: a part per sub-block against the burst,
+ * A K-quant tile hints the block KT_AHEAD on in KT_PARTS parts (kt_hint; past 4 rows 4 of ~9
+ * lines, Q6_K 8 of ~7: one every two sub-blocks or groups), not in one burst of 36 (53) lines
+ * at the block's start.  Zen 4, the target, libraries alternated, 8 pairs each: a part per
+ * sub-block against the burst,
  * V(8) 48.4-51.0 -> 45.1-48.4 ms, V(16) 94.9-99.8 -> 90.4-96.7, V(1) the same (forced AVX2:
  * V(8) 69-75 -> 68-72); these parts against that, V(16)'s median 93.6 -> 88.8, V(8) the
  * same; a part per quant vector (~1 line): slower. */
 static inline void prefetch_part(const uint8_t *p, int bytes, int part, int parts) {
     for (int o = (bytes * part / parts + 63) & ~63; o < bytes * (part + 1) / parts; o += 64)
         _mm_prefetch((const char *)p + o, _MM_HINT_T1);
+}
+
+/* At step `step` of a tile block's `steps` (Q4_K/Q5_K's 8 sub-blocks, Q6_K's 16 groups), the
+ * hint of its part of the block KT_AHEAD on, if a part starts there: KT_PARTS(n) parts a
+ * block of 8 steps, as many per 8 steps of longer ones. */
+VT_INLINE void kt_hint(const uint8_t *t, int bytes, int step, int steps, const int n) {
+    const int parts = KT_PARTS(n) * steps / 8, every = steps / parts;
+    if (step % every == 0) prefetch_part(t + KT_AHEAD(n), bytes, step / every, parts);
 }
 
 /* Q4_K/Q5_K: the 6-bit scales as 8 int16 in both 128-bit lanes, the mins doubled to one
@@ -844,8 +852,7 @@ VT_INLINE void kt_rows(const vx_i *u, int m, int per, int base, int run, vx_i sc
  * Zen 4). */
 VT_INLINE void kt_sums45(const int five, const uint8_t *t, const vt_xk *xb, vx_i *S1, vx_i *S2, const int n) {
     for (int sb = 0; sb < 8; sb++) {
-        if (sb % (8 / KT_PARTS(n)) == 0)
-            prefetch_part(t + KT_AHEAD(n), KT_BYTES(five ? VT_Q5_K : VT_Q4_K), sb / (8 / KT_PARTS(n)), KT_PARTS(n));
+        kt_hint(t, KT_BYTES(five ? VT_Q5_K : VT_Q4_K), sb, 8, n);
         const vx_i sc = kt_scale(t, sb, 1);
         if (!VT_VNNI) {
             vx_i u[8];
@@ -889,7 +896,7 @@ VT_INLINE vx_i q6_quants(vx_i N0, vx_i N1, vx_i H, int k) {
  * every 2 words scaled (two passes of at most 4 rows before: L = 8 3.95 -> 3.45 ns, Zen 4). */
 VT_INLINE void kt_sums6(const uint8_t *t, const vt_xk *xb, vx_i *S1, vx_i *S2, const int n) {
     for (int g = 0; g < 16; g++) {
-        if (g % (8 / KT_PARTS(n)) == 0) prefetch_part(t + KT_AHEAD(n), KT_BYTES(VT_Q6_K), g / (8 / KT_PARTS(n)), 2 * KT_PARTS(n));
+        kt_hint(t, KT_BYTES(VT_Q6_K), g, 16, n);
         const vx_i N0 = VX_LOADI(t + 18 * KT + 8 * KT * g), N1 = VX_LOADI(t + 18 * KT + 8 * KT * g + 4 * KT),
                    H = VX_LOADI(t + 146 * KT + 4 * KT * g);
         if (!VT_VNNI) {
