@@ -113,7 +113,19 @@ static inline void prefetch_ahead(const void *p, int bytes, int ahead, int l2) {
     }
 }
 
-/* The lines of the `bytes` at p in part `part` of `parts` (each line in one part), into L2.
+/* How far ahead AVX512's tiles against one row also hint their weights into L1 (0: not): a
+ * block or so, beside the L2 hints KT_AHEAD on.  At one row the core otherwise waits on its
+ * own loads of lines not in L1 yet.  Zen 4, the target's V(1) on one thread 42.3 -> 39.0 ms,
+ * on two 24.4 -> 23.1 in the fast-memory state and 30.55 -> 30.25 in the slow one (one process,
+ * alternating); 0.25 and 0.75 KB the same within 0.3 ms, the next block's lines slower than
+ * none; libraries alternated, one thread: V(1) 42.0 -> 39.3, the Q4_0 drafter's step 9.8 ->
+ * 9.5.  AVX2's tiles (half the bytes a block, twice the instructions) got slower on one thread
+ * (39.4 -> 41.1), so not there; past one row the L1 holds the rows' activation words, which
+ * lines of weights would evict. */
+#define KT_NEAR(n) (VT_VNNI == 2 && (n) == 1 ? 512 : 0)
+
+/* The lines of the `bytes` at p in part `part` of `parts` (each line in one part), into L2
+ * (l2) or L1.
  * A K-quant tile hints the block KT_AHEAD on in KT_PARTS parts (kt_hint; past 4 rows 4 of ~9
  * lines, Q6_K 8 of ~7: one every two sub-blocks or groups), not in one burst of 36 (53) lines
  * at the block's start.  Zen 4, the target, libraries alternated, 8 pairs each: a part per
@@ -121,9 +133,11 @@ static inline void prefetch_ahead(const void *p, int bytes, int ahead, int l2) {
  * V(8) 48.4-51.0 -> 45.1-48.4 ms, V(16) 94.9-99.8 -> 90.4-96.7, V(1) the same (forced AVX2:
  * V(8) 69-75 -> 68-72); these parts against that, V(16)'s median 93.6 -> 88.8, V(8) the
  * same; a part per quant vector (~1 line): slower. */
-static inline void prefetch_part(const uint8_t *p, int bytes, int part, int parts) {
-    for (int o = (bytes * part / parts + 63) & ~63; o < bytes * (part + 1) / parts; o += 64)
-        _mm_prefetch((const char *)p + o, _MM_HINT_T1);
+static inline void prefetch_part(const uint8_t *p, int bytes, int part, int parts, int l2) {
+    for (int o = (bytes * part / parts + 63) & ~63; o < bytes * (part + 1) / parts; o += 64) {
+        if (l2) _mm_prefetch((const char *)p + o, _MM_HINT_T1);
+        else _mm_prefetch((const char *)p + o, _MM_HINT_T0);
+    }
 }
 
 /* At step `step` of a tile block's `steps` (Q4_K/Q5_K's 8 sub-blocks, Q6_K's 16 groups), the
@@ -131,7 +145,9 @@ static inline void prefetch_part(const uint8_t *p, int bytes, int part, int part
  * block of 8 steps, as many per 8 steps of longer ones. */
 VT_INLINE void kt_hint(const uint8_t *t, int bytes, int step, int steps, const int n) {
     const int parts = KT_PARTS(n) * steps / 8, every = steps / parts;
-    if (step % every == 0) prefetch_part(t + KT_AHEAD(n), bytes, step / every, parts);
+    if (step % every) return;
+    prefetch_part(t + KT_AHEAD(n), bytes, step / every, parts, 1);
+    if (KT_NEAR(n)) prefetch_part(t + KT_NEAR(n), bytes, step / every, parts, 0);
 }
 
 /* Q4_K/Q5_K: the 6-bit scales as 8 int16 in both 128-bit lanes, the mins doubled to one
@@ -984,6 +1000,7 @@ VT_INLINE void q32t(int type, const uint8_t *w, const vt_x8 *x, int64_t nb, floa
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *t = w + b * KT_BYTES(type);
         prefetch_ahead(t, KT_BYTES(type), KT_AHEAD(n), 1);
+        if (KT_NEAR(n)) prefetch_ahead(t, KT_BYTES(type), KT_NEAR(n), 0);
         const vx_f dw = VX_PH(t);
 #if !VT_VNNI /* no 512-bit vpsignb */
         if (type == VT_Q8_0) {
