@@ -114,14 +114,15 @@ static inline void prefetch_ahead(const void *p, int bytes, int ahead, int l2) {
 }
 
 /* How far ahead AVX512's tiles against one row also hint their weights into L1 (0: not): a
- * block or so, beside the L2 hints KT_AHEAD on.  At one row the core otherwise waits on its
- * own loads of lines not in L1 yet.  Zen 4, the target's V(1) on one thread 42.3 -> 39.0 ms,
- * on two 24.4 -> 23.1 in the fast-memory state and 30.55 -> 30.25 in the slow one (one process,
- * alternating); 0.25 and 0.75 KB the same within 0.3 ms, the next block's lines slower than
- * none; libraries alternated, one thread: V(1) 42.0 -> 39.3, the Q4_0 drafter's step 9.8 ->
- * 9.5.  AVX2's tiles (half the bytes a block, twice the instructions) got slower on one thread
- * (39.4 -> 41.1), so not there; past one row the L1 holds the rows' activation words, which
- * lines of weights would evict. */
+ * block or so, beside the L2 hints KT_AHEAD on.  One row's tile outruns its loads: work that
+ * only slows it (a chain of imuls a sub-block) made V(1) faster too (docs/native.md, sixteenth
+ * session; why, this guest has no counters to show).  Zen 4, the target's V(1) on one thread
+ * 42.3 -> 39.0 ms, on two 24.4 -> 23.1 in the fast-memory state and 30.55 -> 30.25 in the
+ * slow one (one process, alternating); 0.25 and 0.75 KB the same within 0.3 ms, the next
+ * block's lines slower than none; libraries alternated, one thread: V(1) 42.0 -> 39.3, the
+ * Q4_0 drafter's step 9.8 -> 9.5.  AVX2's tiles (half the bytes a block, twice the
+ * instructions) got slower on one thread (39.4 -> 41.1), so not there; past one row the L1
+ * holds the rows' activation words, which lines of weights would evict. */
 #define KT_NEAR(n) (VT_VNNI == 2 && (n) == 1 ? 512 : 0)
 
 /* The lines of the `bytes` at p in part `part` of `parts` (each line in one part), into L2
