@@ -13,8 +13,20 @@ Backends (each timed in its own child process: one that crashes is reported, not
 - `ggml-no-extra`: llama.cpp with extra buffer types off (no repacking, no AMX);
 - `ggml-amx-safe`: the AMX avoidance forced on (extra buffer types off, the tensors llama.cpp
   would repack put in its CPU_REPACK buffer by name), as an AMX host runs it.
+- `native-avx2`: the native engine forced onto its AVX2 path.
 The last line printed is one JSON object: {"cpu": ..., "backends": {name: {"1": ms, ...,
 "prefill_512": ms} or {"crashed": how}}}.
+
+On hosts whose memory rate changes from minute to minute (the Zen 4 guests: ~35 or ~60 GB/s),
+runs minutes apart do not compare. `--alternate SECONDS` times the backends in one child
+process instead, one after the other, line after line, each line after a read of the memory
+rate (`torch.sum` over --probe-mib, twice), and reports the medians of the lines by state: a
+rate above --split GB/s is "fast", below "slow" (--split 0: all lines one state, "all"):
+
+    python benchmarks/verify_cost.py --backends native,native-avx2,ggml --rows 1,8,16 --alternate 120 --split 45
+
+There the JSON is {"cpu": ..., "split_gbs": ..., "states": {state: {"lines": n, "gbs": median,
+"backends": {name: {"1": ms, ...}}}}}, no prefill.
 """
 
 from __future__ import annotations
@@ -33,7 +45,7 @@ from vocabtrim.isolate import Crashed, run_isolated
 from vocabtrim.kernels import cpu
 from vocabtrim.profile import forward_ms
 
-BACKENDS = ("native", "ggml", "ggml-no-extra", "ggml-amx-safe")
+BACKENDS = ("native", "native-avx2", "ggml", "ggml-no-extra", "ggml-amx-safe")
 
 
 @dataclass(frozen=True)
@@ -52,8 +64,8 @@ def target(name: str, plan: Plan):
     from vocabtrim.native_target import NativeTarget
 
     size = max(plan.context, plan.prefill) + max(plan.rows)
-    if name == "native":
-        return NativeTarget(plan.path, threads=plan.threads, context=size)
+    if name.startswith("native"):
+        return NativeTarget(plan.path, threads=plan.threads, context=size, isa="avx2" if name == "native-avx2" else None)
     if name == "ggml-no-extra":
         default = ggml.model_params
         ggml.model_params = lambda p, repack=True, info=None: default(p, False, info)
@@ -79,6 +91,36 @@ def measure(name: str, plan: Plan) -> dict[str, float]:
     return out
 
 
+def alternate(names: list[str], plan: Plan, seconds: float, probe_mib: int, split: float) -> dict:
+    """The backends' V(L) line after line for `seconds`, each line after a memory-rate read:
+    medians of the lines by state."""
+    import torch
+
+    targets = {name: target(name, plan) for name in names}
+    probe = torch.ones(probe_mib << 18, dtype=torch.float32)
+    lines: list[tuple[float, dict[str, dict[str, float]]]] = []
+    end = time.monotonic() + seconds
+    while not lines or time.monotonic() < end:
+        start = time.perf_counter()
+        probe.sum(), probe.sum()
+        gbs = 2 * probe.numel() * 4 / (time.perf_counter() - start) / 1e9
+        ms = {}
+        for name, t in targets.items():
+            ids = [(500 + 7 * i) % t.vocab_size for i in range(plan.context)]
+            ms[name] = {str(n): forward_ms(t.logits, t.vocab_size, ids, n, plan.repeats) for n in plan.rows}
+        lines.append((gbs, ms))
+        print(f"{gbs:5.1f} GB/s  " + "  ".join(f"{name} " + "/".join(f"{v:.1f}" for v in m.values())
+                                           for name, m in ms.items()), file=sys.stderr, flush=True)
+    states: dict[str, dict] = {}
+    for state in ("all",) if split <= 0 else ("fast", "slow"):
+        own = [(g, m) for g, m in lines if state == "all" or (g > split) == (state == "fast")]
+        if own:
+            states[state] = {"lines": len(own), "gbs": round(statistics.median(g for g, _ in own), 1),
+                             "backends": {name: {n: round(statistics.median(m[name][n] for _, m in own), 2)
+                                                 for n in map(str, plan.rows)} for name in names}}
+    return states
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backends", default="native,ggml", help=f"comma-separated, of {', '.join(BACKENDS)}")
@@ -88,6 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--alternate", type=float, default=0, metavar="SECONDS",
+                    help="time the backends in one process, alternated for SECONDS, by memory state")
+    ap.add_argument("--split", type=float, default=0, metavar="GBS", help="with --alternate: fast above, slow below")
+    ap.add_argument("--probe-mib", type=int, default=1024, help="with --alternate: the memory-rate read's size")
     args = ap.parse_args(argv)
     names = [b for b in args.backends.split(",") if b]
     try:
@@ -98,11 +144,22 @@ def main(argv: list[str] | None = None) -> None:
         raise VocabtrimError(f"--backends takes names of {', '.join(BACKENDS)}")
     if not rows or min(rows) < 1 or min(args.context, args.prefill, args.threads, args.repeats) < 1:
         raise VocabtrimError("--rows takes positive counts, and --context, --prefill, --threads and --repeats too")
+    if args.alternate < 0 or args.split < 0 or args.probe_mib < 1:
+        raise VocabtrimError("--alternate and --split take seconds and GB/s >= 0, --probe-mib a positive size")
     path = catalog.gguf_path(args.target)
     if path is None:
         raise VocabtrimError(f"{args.target} has no GGUF file")
     plan = Plan(str(path), rows, args.context, args.prefill, args.threads, args.repeats)
     result = {"cpu": cpu()["cpu"], "target": path.name, "threads": args.threads, "backends": {}}
+    if args.alternate:
+        del result["backends"]
+        result["split_gbs"] = args.split
+        try:
+            result["states"] = run_isolated(alternate, names, plan, args.alternate, args.probe_mib, args.split)
+        except Crashed as e:
+            result["crashed"] = str(e)
+        print(json.dumps(result))
+        return
     for name in names:
         try:
             result["backends"][name] = run_isolated(measure, name, plan)

@@ -414,6 +414,14 @@ def test_benchmark_scripts_run(f32_gguf, monkeypatch, capsys):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.splitlines()[-1])
     assert set(out["backends"]["native"]) == {"1", "2", "prefill_16"}
+    both = "native,native-avx2" if "avx2" in native.available_isas() else "native"
+    r = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "verify_cost.py"), "--target",
+                        str(f32_gguf), "--backends", both, "--rows", "1,2", "--context", "8", "--repeats", "1",
+                        "--alternate", "0.01", "--probe-mib", "8"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.splitlines()[-1])["states"]["all"]  # no --split: one state
+    assert out["lines"] >= 1 and set(out["backends"]) == set(both.split(","))
+    assert all(set(ms) == {"1", "2"} for ms in out["backends"].values())
     monkeypatch.setitem(sys.modules, "vocabtrim.ggml", None)  # no llama.cpp comparison here
     monkeypatch.setattr(sys, "argv", ["native_check.py", "--gguf", str(f32_gguf), "--tokens", "17", "--prefix", "5"])
     script("native_check").main()
