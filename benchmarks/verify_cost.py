@@ -75,10 +75,15 @@ def target(name: str, plan: Plan):
     return ggml.GgmlTarget(plan.path, size, plan.threads)
 
 
+def tokens(t, n: int) -> list[int]:
+    """The n token ids every run scores, for target t's vocabulary."""
+    return [(500 + 7 * i) % t.vocab_size for i in range(n)]
+
+
 def measure(name: str, plan: Plan) -> dict[str, float]:
     """V(L) in ms for each L, and the prefill's ms."""
     t = target(name, plan)
-    ids = [(500 + 7 * i) % t.vocab_size for i in range(max(plan.context, plan.prefill))]
+    ids = tokens(t, max(plan.context, plan.prefill))
     out = {str(n): round(forward_ms(t.logits, t.vocab_size, ids[:plan.context], n, plan.repeats), 2)
            for n in plan.rows}
     times = []
@@ -97,6 +102,7 @@ def alternate(names: list[str], plan: Plan, seconds: float, probe_mib: int, spli
     import torch
 
     targets = {name: target(name, plan) for name in names}
+    context = {name: tokens(t, plan.context) for name, t in targets.items()}
     probe = torch.ones(probe_mib << 18, dtype=torch.float32)
     lines: list[tuple[float, dict[str, dict[str, float]]]] = []
     end = time.monotonic() + seconds
@@ -106,8 +112,7 @@ def alternate(names: list[str], plan: Plan, seconds: float, probe_mib: int, spli
         gbs = 2 * probe.numel() * 4 / (time.perf_counter() - start) / 1e9
         ms = {}
         for name, t in targets.items():
-            ids = [(500 + 7 * i) % t.vocab_size for i in range(plan.context)]
-            ms[name] = {str(n): forward_ms(t.logits, t.vocab_size, ids, n, plan.repeats) for n in plan.rows}
+            ms[name] = {str(n): forward_ms(t.logits, t.vocab_size, context[name], n, plan.repeats) for n in plan.rows}
         lines.append((gbs, ms))
         print(f"{gbs:5.1f} GB/s  " + "  ".join(f"{name} " + "/".join(f"{v:.1f}" for v in m.values())
                                            for name, m in ms.items()), file=sys.stderr, flush=True)
@@ -150,9 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     if path is None:
         raise VocabtrimError(f"{args.target} has no GGUF file")
     plan = Plan(str(path), rows, args.context, args.prefill, args.threads, args.repeats)
-    result = {"cpu": cpu()["cpu"], "target": path.name, "threads": args.threads, "backends": {}}
+    result = {"cpu": cpu()["cpu"], "target": path.name, "threads": args.threads}
     if args.alternate:
-        del result["backends"]
         result["split_gbs"] = args.split
         try:
             result["states"] = run_isolated(alternate, names, plan, args.alternate, args.probe_mib, args.split)
@@ -160,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
             result["crashed"] = str(e)
         print(json.dumps(result))
         return
+    result["backends"] = {}
     for name in names:
         try:
             result["backends"][name] = run_isolated(measure, name, plan)
