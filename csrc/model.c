@@ -219,6 +219,14 @@ static void attn_task(void *vjob, int64_t i0, int64_t i1, int ith) {
     }
 }
 
+/* The rows an attention item takes of T: items enough for every thread, at most VT_ATT_MAXQ
+ * queries (which rows share an item never changes a row's bits). */
+static int att_rows(const vt_model *m, int T) {
+    const int spread = (vt_pool_threads(m->pool) + m->n_head_kv - 1) / m->n_head_kv,
+              rows = (T + spread - 1) / spread, most = VT_ATT_MAXQ / (m->n_head / m->n_head_kv);
+    return rows < most ? rows : most;
+}
+
 /* T new keys and values, rows of n_head_kv * head_dim, into layer l's caches at positions
  * pos0.. (each kv head's values one stream: cold 64-dim ones read 1.5x faster than as
  * every other half row, 128-dim ones up to 1.3x; C harness, Zen 5; keys in scores' blocks). */
@@ -242,13 +250,8 @@ static int forward(vt_model *m, const int32_t *tokens, int T, int pos0, int n_ou
     if (T < 1 || pos0 < 0 || pos0 + T > m->n_ctx || n_out < 0 || n_out > T) return VT_ESHAPE;
     int rc = check_tensors(m);
     if (rc) return rc;
-    const int E = m->n_embd, hd = m->head_dim, qd = m->n_head * hd, kvd = m->n_head_kv * hd, F = m->n_ff,
-              group = m->n_head / m->n_head_kv;
+    const int E = m->n_embd, hd = m->head_dim, qd = m->n_head * hd, kvd = m->n_head_kv * hd, F = m->n_ff;
     const int64_t keys = (pos0 + T + VT_KEYS - 1) / VT_KEYS * VT_KEYS;
-    /* rows an attention item takes: items enough for every thread, at most VT_ATT_MAXQ queries */
-    const int spread = (vt_pool_threads(m->pool) + m->n_head_kv - 1) / m->n_head_kv;
-    int rows = (T + spread - 1) / spread;
-    rows = rows < VT_ATT_MAXQ / group ? rows : VT_ATT_MAXQ / group;
     const vt_tensor *emb = &m->global[T_TOK_EMBD], *head = m->global[T_OUTPUT].data ? &m->global[T_OUTPUT] : emb;
     for (int t = 0; t < T; t++)
         if (tokens[t] < 0 || tokens[t] >= emb->rows) return VT_ESHAPE;
@@ -276,16 +279,22 @@ static int forward(vt_model *m, const int32_t *tokens, int T, int pos0, int n_ou
             rope(m, kl + (size_t)t * kvd, m->n_head_kv, cs + (size_t)t * hd);
         }
         to_cache(m, l, pos0, kl, vl, T);
-        attn_job aj = {m, q, att, scores, keys, T, pos0, l, rows};
-        vt_pool_run(m->pool, attn_task, &aj, (int64_t)(T + rows - 1) / rows * m->n_head_kv, 1,
-                    (int64_t)T * m->n_head * (pos0 + T) * hd);
-        if ((rc = mm(m, &w[T_WO], att, T, h))) break;
-        for (int64_t i = 0; i < (int64_t)T * E; i++) x[i] = x[i] + h[i];
-        for (int t = 0; t < T; t++) rmsnorm(x + (size_t)t * E, w[T_FFN_NORM].data, E, m->eps, h + (size_t)t * E);
+        /* past the last layer's keys and values only the n_out rows asked for go on: a prefill's
+         * other rows would spend 93% of that layer's multiplies on nothing read, and no kept
+         * row's bits can see them (every step is row by row) */
+        const int skip = l == m->n_layer - 1 ? T - n_out : 0, R = T - skip, rows = att_rows(m, R);
+        if (!R) break;
+        float *xs = x + (size_t)skip * E;
+        attn_job aj = {m, q + (size_t)skip * qd, att, scores, keys, R, pos0 + skip, l, rows};
+        vt_pool_run(m->pool, attn_task, &aj, (int64_t)(R + rows - 1) / rows * m->n_head_kv, 1,
+                    (int64_t)R * m->n_head * (pos0 + T) * hd);
+        if ((rc = mm(m, &w[T_WO], att, R, h))) break;
+        for (int64_t i = 0; i < (int64_t)R * E; i++) xs[i] = xs[i] + h[i];
+        for (int t = 0; t < R; t++) rmsnorm(xs + (size_t)t * E, w[T_FFN_NORM].data, E, m->eps, h + (size_t)t * E);
         const vt_mm_part gu[2] = {{w[T_GATE].type, w[T_GATE].data, F, g}, {w[T_UP].type, w[T_UP].data, F, u}};
-        if ((rc = vt_matmul_parts(m->pool, m->isa, E, h, T, gu, 2, 1))) break; /* g = silu(gate) * up */
-        if ((rc = mm(m, &w[T_DOWN], g, T, h))) break;
-        for (int64_t i = 0; i < (int64_t)T * E; i++) x[i] = x[i] + h[i];
+        if ((rc = vt_matmul_parts(m->pool, m->isa, E, h, R, gu, 2, 1))) break; /* g = silu(gate) * up */
+        if ((rc = mm(m, &w[T_DOWN], g, R, h))) break;
+        for (int64_t i = 0; i < (int64_t)R * E; i++) xs[i] = xs[i] + h[i];
     }
     if (!rc && n_out) {
         for (int t = T - n_out; t < T; t++)
