@@ -258,6 +258,16 @@ def test_an_empty_cache_is_not_resident(tmp_path):
     assert target.context == 1 << 20 and rss() - before < 64 << 10  # KB
 
 
+def test_the_native_backend_takes_the_models_trained_context(tmp_path):
+    """Its cache is reserved, not resident (above), so the native backend caps nothing: a
+    32768-token model holds 32768 tokens there (ggml's eager cache stops at 8192)."""
+    from vocabtrim import models
+
+    model = tiny_qwen2(hidden=64)
+    model.config.max_position_embeddings = 1 << 15
+    loaded = models.load(str(write_gguf(model, tmp_path / "long.gguf")), "float32", "native")
+    assert loaded.context == 1 << 15 and loaded.as_target().context == 1 << 15
+
 def test_refusals(tmp_path, monkeypatch):
     import gguf
 

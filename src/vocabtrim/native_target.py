@@ -251,7 +251,7 @@ class NativeBackend:
     """The model's GGUF file on vocabtrim's own batch-invariant kernels (Llama, Qwen2, Qwen3)."""
 
     name, runs_gguf, drafts = "native", True, True
-    max_context = 8192
+    max_context = None  # the model's trained length: its KV cache is reserved, resident only as written
 
     def available(self) -> bool:
         return native.available()
