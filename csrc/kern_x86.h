@@ -1315,23 +1315,30 @@ static void swiglu(float *g, const float *u, int64_t n) {
     for (; i < n; i++) g[i] = g[i] / (1.0f + vt_exp(-g[i])) * u[i];
 }
 
-/* Attention's scores (vt.h's recipe): nv (1, 2) vectors of keys against nq (1..VT_ATT_Q) queries,
- * each key vector's dim d loaded once for all of them and each query's dim d broadcast once
- * for both; a lane is one key's sum, never reduced across lanes (the former kernel, dot_f's
- * lane sums then a halving tree per key and query, spent more on the tree than on the
- * products: 2.7 ns a query and key at 3 queries, against 1.1 here at 6, Zen 5).  Key p0 + j
- * of vector v's lane j ends in s[i*ss + p0 + v*VX_LANES + j] while that is below np. */
+/* Key vectors scores_kv takes at once: AVX512's 32 registers hold 4 x VT_ATT_Q sums (a
+ * chunk's 64 keys in one pass: each query's dim broadcast once for 4 vectors, not 2; Zen 4,
+ * one thread, 6 queries: 37-38 -> 42-44 multiply-adds a ns over 512 keys, 36 -> 40-41 over
+ * 8192), the 256-bit paths' 16 hold 2 x VT_ATT_Q. */
+#define SCORE_VECS (VT_VNNI == 2 ? 4 : 2)
+
+/* Attention's scores (vt.h's recipe): nv (1..SCORE_VECS) vectors of keys against nq
+ * (1..VT_ATT_Q) queries, each key vector's dim d loaded once for all of them and each
+ * query's dim d broadcast once for all nv; a lane is one key's sum, never reduced across
+ * lanes (the former kernel, dot_f's lane sums then a halving tree per key and query, spent
+ * more on the tree than on the products: 2.7 ns a query and key at 3 queries, against 1.1
+ * here at 6, Zen 5).  Key p0 + j of vector v's lane j ends in s[i*ss + p0 + v*VX_LANES + j]
+ * while that is below np. */
 VT_INLINE void scores_kv(const float *kb, int64_t p0, int64_t np, const float *const *q, const int nq, int64_t n,
                          float *s, int64_t ss, const int nv) {
-    const float *k[2];
-    vx_f a[2][VT_ATT_Q];
+    const float *k[SCORE_VECS];
+    vx_f a[SCORE_VECS][VT_ATT_Q];
     for (int v = 0; v < nv; v++) {
         const int64_t p = p0 + v * VX_LANES;
         k[v] = kb + vt_key_at(p, 0, n);
         for (int i = 0; i < nq; i++) a[v][i] = VX(setzero_ps)();
     }
     for (int64_t d = 0; d < n; d++) {
-        vx_f kv[2];
+        vx_f kv[SCORE_VECS];
         for (int v = 0; v < nv; v++) kv[v] = VX(loadu_ps)(k[v] + d * VT_KEYS);
         for (int i = 0; i < nq; i++) {
             const vx_f qd = VX(set1_ps)(q[i][d]);
@@ -1353,20 +1360,30 @@ VT_INLINE void scores_kv(const float *kb, int64_t p0, int64_t np, const float *c
 }
 
 static void scores(const float *kb, int64_t np, const float *const *q, int nq, int64_t n, float *s, int64_t ss) {
-    for (int64_t p0 = 0; p0 < np; p0 += 2 * VX_LANES) {
-        const int nv = p0 + VX_LANES < np ? 2 : 1;
-#define CALL(r) (nv == 2 ? scores_kv(kb, p0, np, q, r, n, s, ss, 2) : scores_kv(kb, p0, np, q, r, n, s, ss, 1))
-        switch (nq) {
-        case 1: CALL(1); break;
-        case 2: CALL(2); break;
-        case 3: CALL(3); break;
-        case 4: CALL(4); break;
-        case 5: CALL(5); break;
-        default: CALL(6);
+    for (int64_t p0 = 0; p0 < np; p0 += SCORE_VECS * VX_LANES) {
+        const int64_t left = (np - p0 + VX_LANES - 1) / VX_LANES;
+        const int nv = left < SCORE_VECS ? (int)left : SCORE_VECS;
+#define CALL(v)                                                  \
+    switch (nq) {                                                \
+    case 1: scores_kv(kb, p0, np, q, 1, n, s, ss, v); break;     \
+    case 2: scores_kv(kb, p0, np, q, 2, n, s, ss, v); break;     \
+    case 3: scores_kv(kb, p0, np, q, 3, n, s, ss, v); break;     \
+    case 4: scores_kv(kb, p0, np, q, 4, n, s, ss, v); break;     \
+    case 5: scores_kv(kb, p0, np, q, 5, n, s, ss, v); break;     \
+    default: scores_kv(kb, p0, np, q, 6, n, s, ss, v);           \
+    }
+        switch (nv) {
+        case 1: CALL(1) break;
+#if SCORE_VECS > 2
+        case 3: CALL(3) break;
+        case 4: CALL(4) break;
+#endif
+        default: CALL(2)
         }
 #undef CALL
     }
 }
+#undef SCORE_VECS
 #undef VX
 #undef VX_AS_PS
 #undef VX_XOR
