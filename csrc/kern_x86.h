@@ -1317,7 +1317,7 @@ static void swiglu(float *g, const float *u, int64_t n) {
 
 /* Key vectors scores_kv takes at once: AVX512's 32 registers hold 4 x VT_ATT_Q sums (a
  * chunk's 64 keys in one pass: each query's dim broadcast once for 4 vectors, not 2; Zen 4,
- * one thread, 6 queries: 37-38 -> 42-44 multiply-adds a ns over 512 keys, 36 -> 40-41 over
+ * one thread, 6 queries: 37-38 -> 42-44 multiply-adds a ns over 512 keys, 36 -> 40-43 over
  * 8192), the 256-bit paths' 16 hold 2 x VT_ATT_Q. */
 #define SCORE_VECS (VT_VNNI == 2 ? 4 : 2)
 

@@ -280,8 +280,8 @@ static int forward(vt_model *m, const int32_t *tokens, int T, int pos0, int n_ou
         }
         to_cache(m, l, pos0, kl, vl, T);
         /* past the last layer's keys and values only the n_out rows asked for go on: a prefill's
-         * other rows would spend 93% of that layer's multiplies on nothing read, and no kept
-         * row's bits can see them (every step is row by row) */
+         * other rows would spend most of that layer's multiplies (93% in the default target) on
+         * nothing read, and no kept row's bits can see them (every step is row by row) */
         const int skip = l == m->n_layer - 1 ? T - n_out : 0, R = T - skip, rows = att_rows(m, R);
         if (!R) break;
         float *xs = x + (size_t)skip * E;

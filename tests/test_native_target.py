@@ -268,6 +268,7 @@ def test_the_native_backend_takes_the_models_trained_context(tmp_path):
     loaded = models.load(str(write_gguf(model, tmp_path / "long.gguf")), "float32", "native")
     assert loaded.context == 1 << 15 and loaded.as_target().context == 1 << 15
 
+
 def test_refusals(tmp_path, monkeypatch):
     import gguf
 
