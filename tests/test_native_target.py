@@ -265,8 +265,17 @@ def test_the_native_backend_takes_the_models_trained_context(tmp_path):
 
     model = tiny_qwen2(hidden=64)
     model.config.max_position_embeddings = 1 << 15
-    loaded = models.load(str(write_gguf(model, tmp_path / "long.gguf")), "float32", "native")
+    path = write_gguf(model, tmp_path / "long.gguf")
+    loaded = models.load(str(path), "float32", "native")
     assert loaded.context == 1 << 15 and loaded.as_target().context == 1 << 15
+    if not ggml.available():
+        return
+    from conftest import cli
+
+    (tmp_path / "p.txt").write_text("w2" * 5000)  # > 8192 tokens
+    r = cli("generate", "--target", path, "--backend", "ggml", "--no-draft", "--raw", "--prompt-file",
+            tmp_path / "p.txt", "--max-new-tokens", 1)
+    assert r.exit_code == 1 and r.stderr.endswith("on the ggml backend; --backend native takes the model's 32768\n"), r.stderr
 
 
 def test_refusals(tmp_path, monkeypatch):

@@ -60,11 +60,16 @@ class Loaded:
         return self.weights
 
     @property
+    def trained_context(self) -> int:
+        """The longest sequence the model was made for (its config's)."""
+        return int(getattr(self.config, "max_position_embeddings", 1 << 30))
+
+    @property
     def context(self) -> int:
-        """The longest sequence its target takes."""
-        trained = int(getattr(self.config, "max_position_embeddings", 1 << 30))
+        """The longest sequence its target takes: the trained length, or less where the
+        backend caps its cache."""
         cap = backend.get(self.backend).max_context
-        return trained if cap is None else min(trained, cap)
+        return self.trained_context if cap is None else min(self.trained_context, cap)
 
     @property
     def drafting(self):

@@ -129,7 +129,14 @@ def generate(prompt, prompt_file, max_new_tokens, temperature, top_p, top_k, see
     ids: list[int] = []
 
     def fits(parts: Parts) -> None:  # the prompt against the context, before the weights load
-        ids.extend(encode_within(parts.target.tokenizer, text, parts.target.context, system, raw))
+        t = parts.target
+        try:
+            ids.extend(encode_within(t.tokenizer, text, t.context, system, raw))
+        except VocabtrimError as e:
+            if t.context < t.trained_context:  # the backend's cap, not the model's
+                raise VocabtrimError(f"{e} on the {t.backend} backend; --backend native takes the model's "
+                                     f"{t.trained_context}") from None
+            raise
 
     built = build(check=fits)
     tgt = built.parts.target
