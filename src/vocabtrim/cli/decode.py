@@ -134,8 +134,8 @@ def generate(prompt, prompt_file, max_new_tokens, temperature, top_p, top_k, see
             ids.extend(encode_within(t.tokenizer, text, t.context, system, raw))
         except VocabtrimError as e:
             if t.context < t.trained_context:  # the backend's cap, not the model's
-                raise VocabtrimError(f"{e} on the {t.backend} backend; --backend native takes the model's "
-                                     f"{t.trained_context}") from None
+                raise VocabtrimError(f"{e} on the {t.backend} backend (the model was made for "
+                                     f"{t.trained_context}, which --backend native holds)") from None
             raise
 
     built = build(check=fits)
