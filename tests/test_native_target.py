@@ -275,8 +275,8 @@ def test_the_native_backend_takes_the_models_trained_context(tmp_path):
     (tmp_path / "p.txt").write_text("w2" * 5000)  # > 8192 tokens
     r = cli("generate", "--target", path, "--backend", "ggml", "--no-draft", "--raw", "--prompt-file",
             tmp_path / "p.txt", "--max-new-tokens", 1)
-    assert r.exit_code == 1 and r.stderr.endswith("on the ggml backend (the model was made for 32768, which --backend native "
-                                                      "holds)\n"), r.stderr
+    want = "on the ggml backend (the model was made for 32768, which --backend native holds)\n"
+    assert r.exit_code == 1 and r.stderr.endswith(want), r.stderr
 
 
 def test_refusals(tmp_path, monkeypatch):
